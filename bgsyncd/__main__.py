@@ -1,0 +1,5 @@
+"""Allow ``python -m bgsyncd``."""
+
+from bgsyncd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""The daemon: wires the components together and owns the main loop.
+
+Start order: settings, logging, queue (give back leases of a crashed run),
+stale temp files, cache, pacer, credits, metrics, client, worker, dispatcher,
+watcher (start-up scan), READY=1. Stop order (SIGTERM/SIGINT): stop intake
+(watcher), stop claiming, let jobs in flight finish up to ``timeout_seconds``,
+give the rest back to the queue, close client and database, exit 0. Signal
+handlers only set flags: the main loop does the work.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as stdqueue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from bgsyncd import __version__, outputs
+from bgsyncd.cache import ResultCache
+from bgsyncd.client import Client
+from bgsyncd.config import Settings, load_settings, require_api_key
+from bgsyncd.credits import CreditGuard
+from bgsyncd.dispatch import Dispatcher
+from bgsyncd.errors import ConfigError
+from bgsyncd.logs import configure_logging, get_logger
+from bgsyncd.metrics import Metrics
+from bgsyncd.notify import Notifier
+from bgsyncd.pacer import Pacer
+from bgsyncd.queue import STATES, Found, Queue, SqliteRequestLog
+from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
+from bgsyncd.watcher import Watcher
+from bgsyncd.worker import Worker, WorkerConfig
+
+log = get_logger("bgsyncd.daemon")
+
+INGEST_BATCH = 2000
+REFRESH_SECONDS = 5.0
+
+
+class Daemon:
+    """One running bgsyncd: build with settings, then ``run()``."""
+
+    def __init__(self, settings: Settings, *, once: bool = False) -> None:
+        if not settings.folders:
+            raise ConfigError(f"{settings.config_path}: folder: no [[folder]] is configured")
+        self.settings = settings
+        self.once = once
+        self._key = require_api_key(settings)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._dirty = threading.Event()
+        self._signals = 0
+        self._found: stdqueue.Queue[Found | None] = stdqueue.Queue(maxsize=20_000)
+        self._old_clients: list[Client] = []
+
+        self.queue = Queue(settings.queue.database)
+        resent = self.queue.recover()
+        if resent:
+            log.warning("queue.recovered", jobs=resent, note="outcome unknown; will be sent again")
+        for folder in settings.folders:
+            for root in (folder.outbox, folder.quarantine, folder.done):
+                if root is not None:
+                    outputs.cleanup_temp_files(root)
+        self.cache = ResultCache(
+            settings.state_dir / "cache", settings.queue.cache_max_megabytes * 1024 * 1024
+        )
+        self.pacer = Pacer(
+            settings.api.rate_limit,
+            settings.api.rate_window_seconds,
+            SqliteRequestLog(settings.queue.database),
+        )
+        self.credits = CreditGuard(settings.credits.floor, settings.credits.check_interval_seconds)
+        self.metrics = Metrics(settings.metrics.listen, [f.name for f in settings.folders], __version__)
+        self.metrics.credits_floor(settings.credits.floor)
+        self.client = self._make_client(settings)
+        self.worker = Worker(
+            self.queue, self.cache, self.metrics, _worker_config(settings), lambda: self.client
+        )
+        self.dispatcher = Dispatcher(
+            self.queue,
+            self.worker,
+            self.pacer,
+            self.credits,
+            lambda: self.client,
+            self.metrics,
+            max_in_flight=settings.api.max_in_flight,
+            lease_seconds=settings.api.timeout_seconds + 60.0,
+            on_state_change=self._dirty.set,
+        )
+        self.watcher = self._make_watcher(settings)
+        self.notifier = Notifier.from_environ(os.environ)
+        self._ingest = threading.Thread(target=self._ingest_loop, name="bgsyncd-ingest", daemon=True)
+
+    # -- wiring helpers --------------------------------------------------------------
+
+    def _make_client(self, settings: Settings) -> Client:
+        return Client(
+            settings.api.base_url,
+            self._key,
+            settings.api.timeout_seconds,
+            gate=self.pacer.acquire,
+            observe=self.metrics.api_request,
+        )
+
+    def _make_watcher(self, settings: Settings) -> Watcher:
+        return Watcher(
+            settings.folders,
+            self._found.put,
+            self.queue.is_unchanged,
+            settings.queue.settle_seconds,
+            settings.queue.rescan_interval_seconds,
+        )
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped (or, with ``once``, until nothing can be sent now)."""
+        self._install_signals()
+        self.metrics.start()
+        self._ingest.start()
+        self.dispatcher.start()
+        seen = self.watcher.start()
+        log.info("daemon.ready", folders=[f.name for f in self.settings.folders], files_seen=seen)
+        self.notifier.ready()
+        self._refresh()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _loop(self) -> None:
+        interval = REFRESH_SECONDS
+        if self.notifier.watchdog_interval:
+            interval = min(interval, self.notifier.watchdog_interval)
+        progress = _Progress(self.once and sys.stderr.isatty())
+        while not self._stop.is_set():
+            self._wake.wait(0.2 if self.once else interval)
+            self._wake.clear()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self._heartbeat()
+            if self._dirty.is_set() or not self.once:
+                self._dirty.clear()
+                self._refresh()
+            if self.once:
+                counts = self.queue.counts()
+                progress.show(counts)
+                if self._once_finished():
+                    progress.finish(counts)
+                    return
+
+    def _once_finished(self) -> bool:
+        if self._found.unfinished_tasks or self.watcher.pending():
+            return False
+        if self.dispatcher.in_flight:
+            return False
+        if self.dispatcher.paused is not None:
+            log.warning("once.paused", reason=self.dispatcher.paused)
+            return True
+        ready = self.queue.next_ready_at()
+        return ready is None or (ready > time.time() and self.dispatcher.idle_drained.is_set())
+
+    def _heartbeat(self) -> None:
+        if self.dispatcher.alive() and self.watcher.alive() and self._ingest.is_alive():
+            self.metrics.heartbeat()
+            self.notifier.watchdog()
+
+    def _refresh(self) -> None:
+        """Publish queue counts to metrics, systemd and the database."""
+        counts = self.queue.counts()
+        totals = dict.fromkeys(STATES, 0)
+        for per in counts.values():
+            for state, n in per.items():
+                totals[state] += n
+        oldest = self.queue.oldest_pending_queued_at()
+        age = max(0.0, time.time() - oldest) if oldest is not None else None
+        self.metrics.jobs(totals, age)
+        paused = self.dispatcher.paused
+        self.queue.set_state(STATE_PAUSED, paused)
+        available = self.credits.available
+        self.queue.set_state(STATE_CREDITS, None if available is None else str(available))
+        status = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in totals.items() if n)
+        self.notifier.status((status or "idle") + (f"; paused: {paused}" if paused else ""))
+
+    def _ingest_loop(self) -> None:
+        """Batch found files into the queue: one transaction per batch."""
+        while True:
+            item = self._found.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < INGEST_BATCH:
+                try:
+                    nxt = self._found.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if nxt is None:
+                    self._found.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                queued = self.queue.enqueue_many(batch)
+            except Exception:
+                log.exception("queue.ingest_failed", files=len(batch))
+                queued = []
+            finally:
+                for _ in batch:
+                    self._found.task_done()
+            for found in queued:
+                self.metrics.file_discovered(found.folder)
+                log.info("file.queued", folder=found.folder, path=found.relpath, size=found.size)
+            if queued:
+                self._dirty.set()
+                self.dispatcher.wake()
+
+    # -- signals and reload ----------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(1)  # a second signal: exit at once; leases are recovered at start
+        self._stop.set()
+        self._wake.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Stop as SIGTERM would (for tests and the demo)."""
+        self._stop.set()
+        self._wake.set()
+
+    def reload(self) -> None:
+        """Re-read the configuration and the key; re-check credits at once."""
+        try:
+            new = load_settings(self.settings.config_path)
+            key = require_api_key(new)
+            if not new.folders:
+                raise ConfigError(f"{new.config_path}: folder: no [[folder]] is configured")
+        except ConfigError as exc:
+            log.error("config.reload_failed", error=str(exc))
+            return
+        old = self.settings
+        configure_logging(new.logging.format, new.logging.level, self._secrets)
+        for name in ("database", "cache_max_megabytes"):
+            if getattr(new.queue, name) != getattr(old.queue, name):
+                log.warning("config.restart_needed", key=f"queue.{name}")
+        for name in ("max_in_flight", "timeout_seconds"):
+            if getattr(new.api, name) != getattr(old.api, name):
+                log.warning("config.restart_needed", key=f"api.{name}")
+        if new.metrics.listen != old.metrics.listen:
+            log.warning("config.restart_needed", key="metrics.listen")
+        self.pacer.reconfigure(new.api.rate_limit, new.api.rate_window_seconds)
+        self.credits.set_floor(new.credits.floor)
+        self.metrics.credits_floor(new.credits.floor)
+        if key != self._key or new.api.base_url != old.api.base_url:
+            self._key = key
+            self._old_clients.append(self.client)
+            self.client = self._make_client(new)
+        for folder in new.folders:
+            self.metrics.add_folder(folder.name)
+        self.worker.config = _worker_config(new)
+        if new.folders != old.folders or new.queue.settle_seconds != old.queue.settle_seconds:
+            self.watcher.stop()
+            self.watcher = self._make_watcher(new)
+            self.watcher.start()
+        else:
+            self.watcher.rescan()
+        self.settings = new
+        log.info("config.reloaded", folders=[f.name for f in new.folders])
+        self.dispatcher.recheck_credits()
+
+    def _secrets(self) -> Sequence[str]:
+        return [self._key]
+
+    # -- stopping --------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        drain = self.settings.api.timeout_seconds
+        self.notifier.stopping()
+        self.notifier.extend_timeout(drain + 10)
+        log.info("daemon.stopping", in_flight=self.dispatcher.in_flight)
+        self.watcher.stop()
+        left = self.dispatcher.stop(timeout=drain)
+        if left:
+            log.warning("daemon.returned_jobs", jobs=len(left))
+        self._found.put(None)
+        self._ingest.join(timeout=10)
+        self._refresh()
+        self.metrics.stop()
+        for client in [*self._old_clients, self.client]:
+            client.close()
+        self.queue.close()
+        log.info("daemon.stopped")
+
+
+class _Progress:
+    """A one-line progress bar for ``once`` on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def show(self, counts: dict[str, dict[str, int]]) -> None:
+        if not self.enabled:
+            return
+        done = sum(c["done"] + c["quarantined"] for c in counts.values())
+        total = sum(sum(c.values()) for c in counts.values())
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\r[{bar}] {done}/{total}")
+        sys.stderr.flush()
+
+    def finish(self, counts: dict[str, dict[str, int]]) -> None:
+        if self.enabled:
+            self.show(counts)
+            sys.stderr.write("\n")
+
+
+def _worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        folders={f.name: f for f in settings.folders},
+        max_upload_bytes=settings.api.max_upload_bytes,
+        max_attempts=settings.queue.max_attempts,
+        retry_base_seconds=settings.queue.retry_base_seconds,
+        retry_max_seconds=settings.queue.retry_max_seconds,
+    )
+
+
+def run_daemon(config: str | Path | None, *, once: bool = False) -> int:
+    """``bgsyncd run`` and ``bgsyncd once``."""
+    settings = load_settings(config)
+    holder: list[str] = []
+    configure_logging(settings.logging.format, settings.logging.level, lambda: holder)
+    for warning in settings.warnings:
+        log.warning("config.warning", warning=warning)
+    daemon = Daemon(settings, once=once)
+    holder.append(daemon._key)
+    return daemon.run()

@@ -1,0 +1,147 @@
+"""``bgsyncd demo``: the quick start, with no API key and no network.
+
+Creates a demo folder with an inbox, an outbox, a quarantine and a few sample
+images, starts the emulator on loopback and the daemon on it, and says where
+to look. Ctrl-C ends both cleanly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from bgsyncd.config import load_settings
+from bgsyncd.daemon import Daemon
+from bgsyncd.emulator import Emulator
+from bgsyncd.logs import configure_logging
+
+DEMO_METRICS_PORT = 9808
+
+
+def run_demo(root: Path) -> int:
+    """Set up ``root`` and run the daemon on it until Ctrl-C."""
+    root = root.resolve()
+    for name in ("inbox", "outbox", "quarantine", "state"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    _write_samples(root / "inbox")
+    key = "demo-" + secrets.token_hex(8)
+    key_file = root / "state" / "api_key"
+    key_file.write_text(key + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
+    emulator = Emulator(keys=[key], credits=100, seed=7).start()
+    listen = f"127.0.0.1:{_free_port(DEMO_METRICS_PORT)}"
+    config = root / "config.toml"
+    config.write_text(
+        _CONFIG.format(url=emulator.url, key_file=key_file, listen=listen), encoding="utf-8"
+    )
+    os.environ.pop("BGSYNCD_API_KEY", None)  # the demo uses its own key, never a real one
+    settings = load_settings(config)
+    configure_logging("console", "info", lambda: [key])
+    print(
+        f"""
+bgsyncd demo
+  emulator (a local WithoutBG-compatible API): {emulator.url}
+  inbox:       {root / "inbox"}      <- drop more images here
+  outbox:      {root / "outbox"}     <- transparent cut-outs appear here
+  quarantine:  {root / "quarantine"} <- files that cannot be processed, with the reason
+  metrics:     http://{listen}/metrics
+  status:      bgsyncd status --config {config}
+  config:      {config}
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )
+    try:
+        return Daemon(settings).run()
+    finally:
+        emulator.stop()
+
+
+_CONFIG = """\
+# Written by `bgsyncd demo`: the emulator stands in for the real API.
+[api]
+base_url = "{url}"
+key_file = "{key_file}"
+
+[queue]
+database = "state/queue.sqlite3"
+settle_seconds = 0.5
+
+[metrics]
+listen = "{listen}"
+
+[logging]
+format = "console"
+
+[[folder]]
+name = "demo"
+inbox = "inbox"
+outbox = "outbox"
+quarantine = "quarantine"
+"""
+
+
+def _free_port(preferred: int) -> int:
+    """``preferred`` when it is free on loopback, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            bound: int = sock.getsockname()[1]
+            return bound
+    raise OSError("no free port on 127.0.0.1")
+
+
+def _write_samples(inbox: Path) -> None:
+    """A few kinds of input: a product shot, a portrait-like shape, a transparent
+    PNG, a nested folder and, to show the quarantine, a file that is no image."""
+    samples = {
+        "product.jpg": _product(),
+        "portrait.png": _portrait(),
+        "logo-transparent.png": _transparent(),
+        "catalogue/spring/mug.webp": _product((40, 90, 160), "WEBP"),
+        "not-an-image.jpg": b"this is text, not a JPEG\n",
+    }
+    for rel, data in samples.items():
+        path = inbox / rel
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _product(colour: tuple[int, int, int] = (170, 40, 50), fmt: str = "JPEG") -> bytes:
+    img = Image.new("RGB", (640, 480), (238, 238, 234))
+    draw = ImageDraw.Draw(img)
+    draw.rounded_rectangle((220, 120, 420, 400), radius=30, fill=colour)
+    draw.ellipse((400, 180, 500, 300), outline=colour, width=22)
+    return _encode(img, fmt)
+
+
+def _portrait() -> bytes:
+    img = Image.new("RGB", (480, 640), (210, 225, 240))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((170, 110, 310, 270), fill=(205, 160, 130))
+    draw.rounded_rectangle((110, 280, 370, 640), radius=80, fill=(60, 70, 90))
+    return _encode(img, "PNG")
+
+
+def _transparent() -> bytes:
+    img = Image.new("RGBA", (400, 400), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((50, 50, 350, 350), fill=(250, 200, 30, 255))
+    draw.ellipse((140, 140, 260, 260), fill=(0, 0, 0, 0))
+    return _encode(img, "PNG")

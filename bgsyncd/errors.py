@@ -1,0 +1,128 @@
+"""The errors bgsyncd raises, and what each one means for a job.
+
+::
+
+    BgsyncdError
+     ├── ConfigError              bad configuration: exit status 2, never a traceback
+     ├── Stopped                  the daemon is shutting down; a wait was abandoned
+     └── ApiError                 anything the API (or the way to it) answered
+          ├── PermanentFileError  this file will never succeed: quarantine, no retry
+          │    ├── FileTooLarge        413
+          │    └── UnsupportedMedia    415
+          ├── AccountError        the whole account is blocked: pause every dispatch
+          │    ├── InvalidApiKey       401
+          │    ├── InsufficientCredits 402
+          │    └── CreditsExpired      403
+          ├── RateLimited         429: wait (retry_after when given), no attempt counted
+          └── TransientError      try again later with backoff, counting attempts
+               ├── ServerError         5xx (and any other unexpected status)
+               ├── RequestTimeout      connect/read/write/pool timeout
+               ├── ConnectionFailed    refused, reset, dropped connection
+               └── MalformedResponse   a 200 whose body we cannot use
+
+``TransientError.outcome_unknown`` is True when the request body may have reached
+the API and been charged (read timeout, connection dropped after sending): a
+re-send of such a request may cost a second credit and is counted as a resend.
+
+No message here ever contains the API key: the client builds messages from the
+status, the endpoint and the API's own error text only.
+"""
+
+from __future__ import annotations
+
+
+class BgsyncdError(Exception):
+    """Base of every error bgsyncd raises on purpose."""
+
+
+class ConfigError(BgsyncdError):
+    """The configuration is invalid; the message names the key and the file."""
+
+
+class Stopped(BgsyncdError):
+    """A blocking wait was abandoned because the daemon is stopping."""
+
+
+class ApiError(BgsyncdError):
+    """An API call failed; ``status`` is the HTTP status, or None without one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class PermanentFileError(ApiError):
+    """The API will never accept this file; ``reason`` is the quarantine reason."""
+
+    reason = "rejected_by_api"
+
+
+class FileTooLarge(PermanentFileError):
+    """413: the upload was over the API's size limit."""
+
+    reason = "too_large"
+
+
+class UnsupportedMedia(PermanentFileError):
+    """415: the API could not read the image."""
+
+    reason = "unsupported_media"
+
+
+class AccountError(ApiError):
+    """The account cannot be used right now; ``reason`` names the pause."""
+
+    reason = "account_error"
+
+
+class InvalidApiKey(AccountError):
+    """401: the key was refused."""
+
+    reason = "invalid_api_key"
+
+
+class InsufficientCredits(AccountError):
+    """402: no credits left."""
+
+    reason = "insufficient_credits"
+
+
+class CreditsExpired(AccountError):
+    """403: the credits have expired."""
+
+    reason = "credits_expired"
+
+
+class RateLimited(ApiError):
+    """429: too many requests; ``retry_after`` is in seconds when the API said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
+class TransientError(ApiError):
+    """A failure that may pass; ``outcome_unknown`` when a credit may be spent."""
+
+    def __init__(
+        self, message: str, status: int | None = None, *, outcome_unknown: bool = False
+    ) -> None:
+        super().__init__(message, status)
+        self.outcome_unknown = outcome_unknown
+
+
+class ServerError(TransientError):
+    """5xx, or a status the reference does not name."""
+
+
+class RequestTimeout(TransientError):
+    """The request timed out (connect, write, read or pool)."""
+
+
+class ConnectionFailed(TransientError):
+    """The connection could not be made or was dropped."""
+
+
+class MalformedResponse(TransientError):
+    """The API answered 200 with a body we could not use."""

@@ -1,0 +1,296 @@
+"""Processing one claimed job: from the input file to its outputs.
+
+``Worker.process`` never raises for a bad file or a failed request: every
+outcome becomes a queue transition (done, quarantined, retry later, released)
+and a ``Result`` that tells the dispatcher what it means for the account.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bgsyncd import imaging, outputs
+from bgsyncd.backoff import compute_backoff
+from bgsyncd.cache import ResultCache
+from bgsyncd.client import Client
+from bgsyncd.config import FolderSettings
+from bgsyncd.errors import (
+    AccountError,
+    PermanentFileError,
+    RateLimited,
+    Stopped,
+    TransientError,
+)
+from bgsyncd.logs import get_logger
+from bgsyncd.metrics import Recorder
+from bgsyncd.queue import Job, Queue
+
+log = get_logger("bgsyncd.worker")
+
+# A file this large is refused before it is read into memory, whatever `oversize` says.
+HARD_SIZE_LIMIT = 256 * 1024 * 1024
+
+
+class Kind(enum.Enum):
+    """What became of a job, as far as the dispatcher cares."""
+
+    DONE = "done"  # outputs written (from the API or the cache)
+    QUARANTINED = "quarantined"
+    RETRY = "retry"  # transient failure, retried later
+    VANISHED = "vanished"  # the input disappeared before it was processed
+    PAUSED = "paused"  # account-wide problem: the job went back to the queue
+    RATE_LIMITED = "rate_limited"  # 429: the job went back to the queue
+    RELEASED = "released"  # shutting down: the job went back to the queue
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one job; ``charged`` when a credit was (or may have been) spent."""
+
+    kind: Kind
+    charged: bool = False
+    reason: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The parts of the settings the worker uses (replaced on reload)."""
+
+    folders: Mapping[str, FolderSettings]
+    max_upload_bytes: int
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+
+
+class _Quarantine(Exception):
+    """Internal: stop processing and quarantine the input."""
+
+    def __init__(self, reason: str, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.http_status = http_status
+
+
+class Worker:
+    """Turns a claimed job into outputs; safe to call from several threads."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        cache: ResultCache,
+        recorder: Recorder,
+        config: WorkerConfig,
+        client: Callable[[], Client],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue = queue
+        self._cache = cache
+        self._recorder = recorder
+        self.config = config
+        self._client = client
+        self._clock = clock
+
+    def process(self, job: Job) -> Result:
+        """Process ``job`` (claimed, in flight) to one of the outcomes of ``Kind``."""
+        folder = self.config.folders.get(job.folder)
+        if folder is None:
+            # The folder was removed by a reload: leave the job for a later configuration.
+            self._queue.release(job.id)
+            return Result(Kind.RELEASED)
+        bound = log.bind(folder=job.folder, path=job.relpath, job=job.id)
+        try:
+            return self._process(job, folder, bound)
+        except _Quarantine as q:
+            return self._quarantine(job, folder, q.reason, q.message, q.http_status, bound)
+        except Exception as exc:  # a bug must not take the daemon down, nor loop forever
+            bound.exception("job.error", error=type(exc).__name__)
+            return self._retry(job, folder, f"internal error: {type(exc).__name__}", None, bound)
+
+    def _process(self, job: Job, folder: FolderSettings, bound: Any) -> Result:
+        src = folder.inbox / job.relpath
+        data = _read_input(src)
+        if data is None:
+            self._queue.forget(job.id)
+            bound.info("file.vanished")
+            return Result(Kind.VANISHED)
+        if len(data) > HARD_SIZE_LIMIT:
+            raise _Quarantine("too_large", f"{len(data)} bytes is over the hard limit")
+        if imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
+            raise _Quarantine("unsupported_media", "not a JPEG, PNG, WebP, TIFF, BMP or GIF")
+        try:
+            imaging.inspect(data)
+        except imaging.CorruptImage as exc:
+            raise _Quarantine("corrupt_image", str(exc)) from None
+        sha = hashlib.sha256(data).hexdigest()
+        self._queue.set_sha256(job.id, sha)
+        cached = self._cache.get(sha)
+        if cached is not None:
+            self._finish(job, folder, data, cached, src, bound)
+            self._recorder.job_finished(job.folder, "cached", self._clock() - job.queued_at)
+            bound.info("job.done", source="cache")
+            return Result(Kind.DONE)
+        oversize = len(data) > self.config.max_upload_bytes
+        if oversize and folder.oversize == "quarantine":
+            raise _Quarantine(
+                "too_large", f"{len(data)} bytes is over api.max_upload_bytes", None
+            )
+        if job.resend:
+            self._recorder.resend()
+            bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
+        try:
+            if oversize:
+                upload = imaging.shrink_to_fit(data, self.config.max_upload_bytes)
+                alpha = self._client().alpha_channel(upload, filename=src.name)
+                cutout = imaging.compose(data, alpha, result_is_alpha=True)
+            else:
+                result = self._client().remove_background(data, filename=src.name)
+                cutout = imaging.compose(data, result, result_is_alpha=False)
+        except Stopped:
+            self._queue.release(job.id)
+            return Result(Kind.RELEASED)
+        except PermanentFileError as exc:
+            raise _Quarantine(exc.reason, exc.message, exc.status) from None
+        except AccountError as exc:
+            self._queue.release(job.id)
+            return Result(Kind.PAUSED, reason=exc.reason)
+        except RateLimited as exc:
+            self._queue.release(job.id)
+            self._recorder.rate_limited()
+            bound.warning("api.rate_limited", retry_after=exc.retry_after)
+            return Result(Kind.RATE_LIMITED, retry_after=exc.retry_after)
+        except TransientError as exc:
+            if exc.outcome_unknown:
+                bound.warning("api.outcome_unknown", error=exc.message)
+            return self._retry(job, folder, exc.message, exc.status, bound, exc.outcome_unknown)
+        except imaging.CorruptImage as exc:
+            # The API answered with something Pillow cannot use: malformed, try again.
+            return self._retry(job, folder, f"unusable result: {exc}", None, bound, False)
+        self._cache.put(sha, cutout)
+        self._finish(job, folder, data, cutout, src, bound)
+        self._recorder.job_finished(job.folder, "success", self._clock() - job.queued_at)
+        bound.info("job.done", source="api")
+        return Result(Kind.DONE, charged=True)
+
+    def _finish(
+        self, job: Job, folder: FolderSettings, data: bytes, cutout: bytes, src: Path, bound: Any
+    ) -> None:
+        """Write the outputs, mark the job done, then deal with the input."""
+        written = self._write_outputs(job, folder, cutout)
+        self._queue.complete(job.id, written)
+        if folder.after_success == "delete":
+            src.unlink(missing_ok=True)
+            outputs.fsync_dir(src.parent)
+        elif folder.after_success == "move" and folder.done is not None:
+            try:
+                outputs.move_to(src, folder.done, job.relpath)
+            except FileNotFoundError:
+                bound.warning("file.vanished", during="move to done")
+
+    def _write_outputs(self, job: Job, folder: FolderSettings, cutout: bytes) -> list[str]:
+        ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
+        primary = self._queue.claim_output(
+            job.folder, job.id, outputs.output_candidates(job.relpath, ext)
+        )
+        if folder.output == "mask":
+            outputs.write_atomic(folder.outbox / primary, imaging.encode_mask(cutout))
+            return [primary]
+        outputs.write_atomic(
+            folder.outbox / primary,
+            imaging.encode_cutout(cutout, folder.format, folder.background),
+        )
+        written = [primary]
+        mask = outputs.mask_relpath(primary, folder.output)
+        if mask is not None:
+            outputs.write_atomic(folder.outbox / mask, imaging.encode_mask(cutout))
+            written.append(mask)
+        return written
+
+    def _retry(
+        self,
+        job: Job,
+        folder: FolderSettings,
+        message: str,
+        status: int | None,
+        bound: Any,
+        charged: bool = False,
+    ) -> Result:
+        attempts = job.attempts + 1
+        if attempts >= self.config.max_attempts:
+            self._quarantine(job, folder, "retries_exhausted", message, status, bound, attempts)
+            return Result(Kind.QUARANTINED, charged=charged)
+        delay = compute_backoff(
+            attempts, self.config.retry_base_seconds, self.config.retry_max_seconds
+        )
+        self._queue.retry_later(job.id, self._clock() + delay, message, resend=charged)
+        bound.warning("job.retry", attempts=attempts, delay=round(delay, 2), error=message)
+        return Result(Kind.RETRY, charged=charged)
+
+    def _quarantine(
+        self,
+        job: Job,
+        folder: FolderSettings,
+        reason: str,
+        message: str,
+        status: int | None,
+        bound: Any,
+        attempts: int | None = None,
+    ) -> Result:
+        src = folder.inbox / job.relpath
+        sidecar = {
+            "path": job.relpath,
+            "folder": job.folder,
+            "reason": reason,
+            "http_status": status,
+            "message": message,
+            "attempts": job.attempts if attempts is None else attempts,
+            "first_seen": _iso(job.first_seen),
+            "failed_at": _iso(self._clock()),
+        }
+        try:
+            outputs.quarantine_file(src, folder.quarantine, job.relpath, sidecar)
+        except FileNotFoundError:
+            self._queue.forget(job.id)
+            bound.info("file.vanished", during="quarantine")
+            return Result(Kind.VANISHED)
+        self._queue.quarantine(job.id, reason, message, status)
+        self._recorder.job_finished(job.folder, "quarantined", None)
+        bound.warning("job.quarantined", reason=reason, http_status=status, error=message)
+        return Result(Kind.QUARANTINED, reason=reason)
+
+
+def _read_input(path: Path) -> bytes | None:
+    """The file's bytes, or None when it is gone or no longer a regular file.
+
+    ``O_NOFOLLOW`` refuses a symlink swapped in after discovery and ``O_NONBLOCK``
+    keeps a FIFO from blocking; ``fstat`` then checks what was really opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            return None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        return fh.read()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,71 @@
+"""Small helpers shared by the tests: waiting on conditions and making images."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from PIL import Image, ImageDraw
+
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Return the first truthy value of ``condition()``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def product_image(width: int = 64, height: int = 48, fmt: str = "JPEG", **save: object) -> bytes:
+    """A dark object on a plain light background, encoded as ``fmt``."""
+    img = Image.new("RGB", (width, height), (235, 235, 230))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse(
+        (width // 4, height // 4, width * 3 // 4, height * 3 // 4), fill=(150, 30, 40)
+    )
+    if fmt in ("GIF",):
+        img = img.convert("P")
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def transparent_png(width: int = 40, height: int = 40) -> bytes:
+    """An RGBA PNG that is already partly transparent."""
+    img = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    ImageDraw.Draw(img).rectangle((10, 10, 30, 30), fill=(20, 120, 200, 255))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def noisy_image(width: int, height: int, fmt: str = "PNG") -> bytes:
+    """An image that compresses badly, for size-limit tests."""
+    img = Image.frombytes("RGB", (width, height), _random_bytes(width * height * 3))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _random_bytes(n: int) -> bytes:
+    import random
+
+    rng = random.Random(1234)
+    return rng.randbytes(n)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decode ``data`` fully and return the image."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
