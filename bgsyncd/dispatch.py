@@ -49,7 +49,6 @@ class Dispatcher:
         lease_seconds: float,
         on_state_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._queue = queue
         self._worker = worker
@@ -61,13 +60,11 @@ class Dispatcher:
         self._lease = lease_seconds
         self._on_state_change = on_state_change
         self._clock = clock
-        self._monotonic = monotonic
         self._cond = threading.Condition()
         self._in_flight: dict[int, Job] = {}
         self._paused: str | None = None
         self._stopping = False
         self._check_now = True
-        self._next_check_retry = 0.0
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="bgsyncd-worker")
         self._thread = threading.Thread(target=self._run, name="bgsyncd-dispatch", daemon=True)
         self.idle_drained = threading.Event()
@@ -110,10 +107,10 @@ class Dispatcher:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout=5.0)
-        deadline = self._monotonic() + timeout
+        deadline = time.monotonic() + timeout
         with self._cond:
-            while self._in_flight and self._monotonic() < deadline:
-                self._cond.wait(deadline - self._monotonic())
+            while self._in_flight and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
             left = list(self._in_flight.values())
         self._pacer.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -164,11 +161,13 @@ class Dispatcher:
         now = self._clock()
         if ready_at > now:
             return min(ready_at - now, self._until_next_check())
+        if not self._credits.try_reserve():
+            return 0.0
         job = self._queue.claim(self._lease)
         if job is None:
+            self._credits.settle(charged=False)
             return 0.0
         self.idle_drained.clear()
-        self._credits.reserve()
         with self._cond:
             self._in_flight[job.id] = job
         self._pool.submit(self._run_job, job)
@@ -195,17 +194,10 @@ class Dispatcher:
     # -- credits and pauses ----------------------------------------------------------
 
     def _credit_check_due(self) -> bool:
-        if self._check_now:
-            return True
-        if self._monotonic() < self._next_check_retry:
-            return False
-        return self._credits.check_due()
+        return self._check_now or self._credits.check_due()
 
     def _until_next_check(self) -> float:
-        if self._credits.last_checked is None:
-            return max(0.05, self._next_check_retry - self._monotonic())
-        interval = self._credits.check_interval
-        return max(0.05, self._credits.last_checked + interval - self._monotonic())
+        return max(0.05, self._credits.seconds_until_check())
 
     def _check_credits(self) -> None:
         self._check_now = False
@@ -214,11 +206,11 @@ class Dispatcher:
         except Stopped:
             return
         except AccountError as exc:
-            self._credits.mark_checked()
+            self._credits.note_check_failed()
             self._pause(exc.reason)
             return
         except ApiError as exc:
-            self._next_check_retry = self._monotonic() + CHECK_RETRY_SECONDS
+            self._credits.note_check_failed(retry_in=CHECK_RETRY_SECONDS)
             log.warning("credits.check_failed", error=exc.message, status=exc.status)
             return
         expires = credits.expires_at.timestamp() if credits.expires_at else None

@@ -1,0 +1,255 @@
+"""The sliding-log rate limit: never more than ``limit`` request starts in any window.
+
+A token bucket with a burst lets up to about twice the limit through one window;
+only a log of start times keeps "never more than N in any window" (PITFALLS).
+The log is persisted through a :class:`RequestLog` (SQLite in the daemon) so
+starts made before a restart still count.
+
+The window is widened by ``margin`` seconds when deciding, to absorb clock and
+network skew between us and the API's own counter.
+
+Every decision uses one rule: a start at ``t`` is in the window at ``now`` iff
+``t + window + margin > now``. ``delay()`` is computed from the same
+expression, so "delay is 0" and "there is room" never disagree by a rounding
+error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Protocol
+
+from bgsyncd.errors import Stopped
+
+
+class RequestLog(Protocol):
+    """Where request start times survive a restart."""
+
+    def record(self, t: float) -> None:
+        """Store one request start time."""
+
+    def since(self, t: float) -> list[float]:
+        """Return the stored start times later than ``t``."""
+
+
+class MemoryRequestLog:
+    """A :class:`RequestLog` held in memory (tests, and runs without a database)."""
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+        self._lock = threading.Lock()
+
+    def record(self, t: float) -> None:
+        """Store one request start time."""
+        with self._lock:
+            self._times.append(t)
+
+    def since(self, t: float) -> list[float]:
+        """Return the stored start times later than ``t``, oldest first."""
+        with self._lock:
+            return sorted(x for x in self._times if x > t)
+
+
+class Pacer:
+    """Gate every API request so no ``window`` sees more than ``limit`` starts.
+
+    Thread-safe: worker threads and the dispatcher share one instance.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        log: RequestLog,
+        clock: Callable[[], float] = time.time,
+        margin: float = 0.25,
+    ) -> None:
+        _validate(limit, window)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self._limit = limit
+        self._window = window
+        self._margin = margin
+        self._log = log
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._closed = False
+        # A 429 blocks every start until this time; the length is kept so a
+        # clock that jumps backwards cannot stretch the block (see _normalise).
+        self._blocked_until: float | None = None
+        self._block_length = 0.0
+        self._starts: deque[float] = deque()
+        # Starts this instance recorded (raw times), to tell them from other
+        # processes' starts when the shared log is read again.
+        self._own: Counter[float] = Counter()
+        now = clock()
+        self._load(self._log.since(now - self._span()), now)
+
+    # -- public ------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed per window."""
+        return self._limit
+
+    @property
+    def window(self) -> float:
+        """The window length in seconds (without the margin)."""
+        return self._window
+
+    def delay(self) -> float:
+        """Seconds until a start would be allowed; 0.0 means now."""
+        with self._cond:
+            return self._delay(self._clock())
+
+    def recent_count(self) -> int:
+        """How many starts are in the current window (margin included)."""
+        with self._cond:
+            now = self._clock()
+            self._normalise(now)
+            return len(self._starts)
+
+    def try_acquire(self) -> bool:
+        """Record a start and return True if one is allowed now, else False."""
+        with self._cond:
+            if self._closed:
+                return False
+            now = self._clock()
+            if self._delay(now) > 0.0 or self._delay_after_sync(now) > 0.0:
+                return False
+            self._record(now)
+            return True
+
+    def acquire(self) -> float:
+        """Block until a start is allowed, record it and return its time.
+
+        Raises :class:`~bgsyncd.errors.Stopped` once :meth:`close` was called.
+        """
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise Stopped("pacer closed")
+                now = self._clock()
+                wait = self._delay(now)
+                if wait <= 0.0:
+                    wait = self._delay_after_sync(now)
+                if wait <= 0.0:
+                    self._record(now)
+                    return now
+                # Re-check after waking: another thread may have taken the
+                # slot, a 429 may have come in, or we were closed.
+                self._cond.wait(timeout=wait)
+
+    def note_rate_limited(self, retry_after: float | None) -> None:
+        """After a 429: allow no start for ``retry_after`` seconds.
+
+        Without a Retry-After the API's own log is full by its count, whatever
+        ours says; any request it counted began before now, so it has left the
+        window by ``now + window + margin``.
+        """
+        with self._cond:
+            now = self._clock()
+            length = self._span() if retry_after is None else max(0.0, float(retry_after))
+            until = now + length
+            if self._blocked_until is None or until > self._blocked_until:
+                self._blocked_until = until
+                self._block_length = length
+            self._cond.notify_all()
+
+    def reconfigure(self, limit: int, window: float) -> None:
+        """Apply a new limit and window (configuration reload)."""
+        _validate(limit, window)
+        with self._cond:
+            old_span = self._span()
+            self._limit = limit
+            self._window = window
+            if self._span() > old_span:
+                # Starts older than the old window were dropped from memory;
+                # the log still has them and they may count in the longer one.
+                now = self._clock()
+                self._load(self._log.since(now - self._span()), now)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Make blocked and future :meth:`acquire` calls raise Stopped."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- internals (call with the lock held) --------------------------------
+
+    def _span(self) -> float:
+        return self._window + self._margin
+
+    def _load(self, times: list[float], now: float) -> None:
+        """Merge logged starts into memory without counting any twice."""
+        # Starts "in the future" mean the clock went back since they were
+        # recorded: count them as starting now, which keeps them in the window
+        # for at least a full window of real time.
+        merged = Counter(min(t, now) for t in self._starts)
+        for t, n in Counter(min(t, now) for t in times).items():
+            merged[t] = max(merged[t], n)
+        self._starts = deque(sorted(merged.elements()))
+        self._normalise(now)
+
+    def _normalise(self, now: float) -> None:
+        """Drop starts that left the window; clamp times from a clock that went back."""
+        span = self._span()
+        starts = self._starts
+        while starts and starts[0] + span <= now:
+            starts.popleft()
+        # The deque is sorted, so any future starts are at the right end.
+        # Clamping them to now keeps it sorted.
+        clamped = 0
+        while starts and starts[-1] > now:
+            starts.pop()
+            clamped += 1
+        starts.extend([now] * clamped)
+        if self._blocked_until is not None:
+            if self._blocked_until <= now:
+                self._blocked_until = None
+            elif self._blocked_until - now > self._block_length:
+                self._blocked_until = now + self._block_length
+
+    def _delay(self, now: float) -> float:
+        self._normalise(now)
+        wait = 0.0
+        if self._blocked_until is not None:
+            wait = self._blocked_until - now
+        excess = len(self._starts) - self._limit
+        if excess >= 0:
+            # Room comes when the (excess + 1)-th oldest start leaves.
+            wait = max(wait, self._starts[excess] + self._span() - now)
+        return max(wait, 0.0)
+
+    def _delay_after_sync(self, now: float) -> float:
+        """The delay once starts logged by other processes are merged in.
+
+        Another process on the same log (``bgsyncd credits`` beside the daemon,
+        later other hosts) records its starts there; read them just before
+        granting a start, which happens at most ``limit`` times a window.
+        """
+        foreign = Counter(self._log.since(now - self._span())) - self._own
+        if foreign:
+            self._load(list(foreign.elements()), now)
+        return self._delay(now)
+
+    def _record(self, now: float) -> None:
+        # Memory first: if the log write fails the start still counts here,
+        # and the caller sees the error and sends nothing (safe side).
+        self._starts.append(now)
+        span = self._span()
+        for t in [t for t in self._own if t + span < now]:
+            del self._own[t]
+        self._own[now] += 1
+        self._log.record(now)
+
+
+def _validate(limit: int, window: float) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if window <= 0:
+        raise ValueError(f"window must be > 0, got {window}")
