@@ -1,0 +1,560 @@
+"""The durable job queue: jobs, output-name claims, the request log, daemon state.
+
+SQLite in WAL mode with ``synchronous=FULL``: once a write method returns, the
+change survives kill -9 and power loss. This is the only module that imports
+``sqlite3``; its public methods speak ``Found``, ``Job``, str, int and float
+only, so a second backend (PostgreSQL, for several hosts sharing one key) can
+implement the same interface. SQLite failures surface as :class:`QueueError`.
+
+A job's life: ``pending`` -> ``in_flight`` (claimed with a lease) -> ``done``,
+``quarantined`` or ``retry_wait`` (back to ``pending`` when its time comes).
+A run that dies leaves ``in_flight`` rows; :meth:`Queue.recover` returns them
+to ``pending`` with ``resend`` set, because the API may already have charged.
+
+Methods that change one job by id do nothing if the job was forgotten meanwhile
+(its input vanished): there is nothing left to record.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bgsyncd.errors import BgsyncdError
+
+STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
+
+
+class QueueError(BgsyncdError):
+    """The queue database cannot be opened, read or written."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """A complete file in an inbox, as the watcher saw it."""
+
+    folder: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file's row in the queue."""
+
+    id: int
+    folder: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str | None
+    state: str
+    attempts: int
+    first_seen: float
+    queued_at: float
+    resend: bool  # was in flight when a run died: the next send may be a second charge
+    reason: str | None = None  # quarantine reason
+    last_error: str | None = None  # last failure or quarantine message
+    http_status: int | None = None
+    next_attempt_at: float | None = None
+    outputs: tuple[str, ...] = ()
+
+
+# Migration n (1-based) brings a database from user_version n-1 to n.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            folder TEXT NOT NULL, relpath TEXT NOT NULL,
+            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+            sha256 TEXT,
+            state TEXT NOT NULL CHECK (state IN
+                ('pending', 'in_flight', 'retry_wait', 'done', 'quarantined')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL, lease_until REAL,
+            resend INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT, http_status INTEGER, reason TEXT,
+            first_seen REAL NOT NULL, queued_at REAL NOT NULL, updated_at REAL NOT NULL,
+            outputs TEXT NOT NULL DEFAULT '[]',
+            UNIQUE (folder, relpath))""",
+        # claim: next folder with pending work, then its oldest job; counts; listings
+        "CREATE INDEX jobs_by_state_folder ON jobs (state, folder, queued_at, id)",
+        "CREATE INDEX jobs_by_state_queued ON jobs (state, queued_at)",
+        "CREATE INDEX jobs_by_state_retry ON jobs (state, next_attempt_at)",
+        """CREATE TABLE output_claims (
+            folder TEXT NOT NULL, outpath TEXT NOT NULL,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            PRIMARY KEY (folder, outpath)) WITHOUT ROWID""",
+        "CREATE INDEX output_claims_by_job ON output_claims (job_id)",
+        "CREATE TABLE request_log (t REAL NOT NULL)",
+        "CREATE INDEX request_log_by_t ON request_log (t)",
+        "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+# f-strings with "noqa: S608" splice in only this module's own constant SQL text.
+_COLUMNS = (
+    "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
+    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs"
+)
+# The hot-path statements, named so the tests can check their query plans.
+SQL_IS_UNCHANGED = (
+    "SELECT 1 FROM jobs WHERE folder = ? AND relpath = ? AND size = ? AND mtime_ns = ?"
+    " AND inode = ?"
+)
+SQL_PROMOTE = (
+    "UPDATE jobs SET state = 'pending', next_attempt_at = NULL, updated_at = ?"
+    " WHERE state = 'retry_wait' AND next_attempt_at <= ?"
+)
+SQL_FIRST_FOLDER = "SELECT folder FROM jobs WHERE state = 'pending' ORDER BY folder LIMIT 1"
+SQL_NEXT_FOLDER = (
+    "SELECT folder FROM jobs WHERE state = 'pending' AND folder > ? ORDER BY folder LIMIT 1"
+)
+SQL_OLDEST_IN_FOLDER = (
+    f"SELECT {_COLUMNS} FROM jobs WHERE state = 'pending' AND folder = ?"  # noqa: S608
+    " ORDER BY queued_at, id LIMIT 1"
+)
+SQL_ANY_PENDING = "SELECT 1 FROM jobs WHERE state = 'pending' LIMIT 1"
+SQL_NEXT_RETRY = "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'retry_wait'"
+SQL_COUNTS = "SELECT folder, state, COUNT(*) FROM jobs GROUP BY state, folder"
+SQL_OLDEST_OPEN = (
+    "SELECT MIN(m) FROM ("
+    " SELECT MIN(queued_at) AS m FROM jobs WHERE state = 'pending'"
+    " UNION ALL SELECT MIN(queued_at) FROM jobs WHERE state = 'in_flight'"
+    " UNION ALL SELECT MIN(queued_at) FROM jobs WHERE state = 'retry_wait')"
+)
+SQL_RECOVER = (
+    "UPDATE jobs SET state = 'pending', resend = 1, lease_until = NULL, updated_at = ?"
+    " WHERE state = 'in_flight'"
+)
+SQL_QUARANTINED = (
+    f"SELECT {_COLUMNS} FROM jobs WHERE state = 'quarantined'"  # noqa: S608
+    " ORDER BY folder, queued_at, id"
+)
+SQL_QUARANTINED_IN = (
+    f"SELECT {_COLUMNS} FROM jobs WHERE state = 'quarantined' AND folder = ?"  # noqa: S608
+    " ORDER BY queued_at, id"
+)
+SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = ? AND outpath = ?"
+SQL_SINCE = "SELECT t FROM request_log WHERE t >= ? ORDER BY t"
+# New path -> pending; changed stat -> pending again unless a worker holds it
+# (the worker sees the change itself). rowcount 0 means nothing was queued.
+_SQL_UPSERT = """
+INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
+                  updated_at)
+VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)
+ON CONFLICT (folder, relpath) DO UPDATE SET
+    size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
+    sha256 = NULL, state = 'pending', attempts = 0, next_attempt_at = NULL,
+    lease_until = NULL, resend = 0, last_error = NULL, http_status = NULL, reason = NULL,
+    queued_at = excluded.queued_at, updated_at = excluded.updated_at
+WHERE state != 'in_flight'
+    AND (size != excluded.size OR mtime_ns != excluded.mtime_ns OR inode != excluded.inode)
+"""
+
+
+def _query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
+    """The hot-path statements with sample parameters, for EXPLAIN QUERY PLAN checks."""
+    return {
+        "is_unchanged": (SQL_IS_UNCHANGED, ("f", "a.jpg", 1, 2, 3)),
+        "promote": (SQL_PROMOTE, (0.0, 0.0)),
+        "first_folder": (SQL_FIRST_FOLDER, ()),
+        "next_folder": (SQL_NEXT_FOLDER, ("f",)),
+        "oldest_in_folder": (SQL_OLDEST_IN_FOLDER, ("f",)),
+        "any_pending": (SQL_ANY_PENDING, ()),
+        "next_retry": (SQL_NEXT_RETRY, ()),
+        "counts": (SQL_COUNTS, ()),
+        "oldest_open": (SQL_OLDEST_OPEN, ()),
+        "recover": (SQL_RECOVER, (0.0,)),
+        "quarantined": (SQL_QUARANTINED, ()),
+        "quarantined_in": (SQL_QUARANTINED_IN, ("f",)),
+        "owner": (SQL_OWNER, ("f", "a.png")),
+        "since": (SQL_SINCE, (0.0,)),
+    }
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the database at ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, because a
+        # deferred read-then-write transaction fails with SQLITE_BUSY at once.
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except (OSError, sqlite3.Error) as exc:
+        raise QueueError(f"cannot open the queue database {path}: {exc}") from exc
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise QueueError(f"{path}: WAL mode unavailable (the database must be on a local disk)")
+    try:
+        with _transaction(conn):
+            version = _check_version(conn, path)
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[number - 1]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_version(conn: sqlite3.Connection, path: Path | str) -> int:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise QueueError(
+            f"{path} has queue schema version {version}, but this bgsyncd knows only up to "
+            f"{SCHEMA_VERSION}: upgrade bgsyncd or use another database"
+        )
+    return version
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; joins one already open."""
+    if conn.in_transaction:
+        yield
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise QueueError(f"queue database: {exc}") from exc
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=row[0], folder=row[1], relpath=row[2], size=row[3], mtime_ns=row[4], inode=row[5],
+        sha256=row[6], state=row[7], attempts=row[8], first_seen=row[9], queued_at=row[10],
+        resend=bool(row[11]), reason=row[12], last_error=row[13], http_status=row[14],
+        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])),
+    )  # fmt: skip
+
+
+class Queue:
+    """The job queue; one connection shared by the daemon's threads behind a lock."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._setup(_connect(Path(path)), clock, readonly=False)
+
+    def _setup(self, conn: sqlite3.Connection, clock: Callable[[], float], readonly: bool) -> None:
+        self._conn = conn
+        self._clock = clock
+        self._readonly = readonly
+        self._lock = threading.RLock()
+        self._last_folder: str | None = None  # round-robin position
+
+    @classmethod
+    def open_readonly(cls, path: Path, clock: Callable[[], float] = time.time) -> Queue:
+        """A read-only view for ``status``, safe beside a running daemon.
+
+        Never creates the database: when it does not exist yet (or was never
+        initialised) the view is empty, so ``counts()`` is ``{}`` and
+        ``get_state`` is None. Write methods raise :class:`QueueError`.
+        """
+        path = Path(path)
+        try:
+            conn = None
+            if path.exists():
+                uri = path.resolve().as_uri() + "?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                current = False
+                try:
+                    conn.execute("PRAGMA busy_timeout = 5000")
+                    current = _check_version(conn, path) == SCHEMA_VERSION
+                finally:
+                    if not current:  # not yet initialised (or too new): nothing to show
+                        conn.close()
+                        conn = None
+            if conn is None:
+                conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                for statement in (s for migration in _MIGRATIONS for s in migration):
+                    conn.execute(statement)
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot read the queue database {path}: {exc}") from exc
+        view = cls.__new__(cls)
+        view._setup(conn, clock, readonly=True)
+        return view
+
+    def close(self) -> None:
+        """Close the connection; the queue cannot be used afterwards."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise QueueError(f"queue database: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._readonly:
+            raise QueueError("the queue was opened read-only")
+        with self._read() as conn, _transaction(conn):
+            yield conn
+
+    def _update(self, job_id: int, assignments: str, *params: object) -> None:
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
+                (*params, self._clock(), job_id),
+            )
+
+    # discovery
+
+    def is_unchanged(self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int) -> bool:
+        """True when the queue already knows this path with exactly this size, mtime and inode."""
+        with self._read() as conn:
+            params = (folder, relpath, size, mtime_ns, inode)
+            return conn.execute(SQL_IS_UNCHANGED, params).fetchone() is not None
+
+    def enqueue_many(self, found: Iterable[Found]) -> list[Found]:
+        """Queue new and changed files in one transaction; return those queued.
+
+        A changed file goes back to pending with its attempts and hash reset,
+        unless it is in flight: the worker notices the change itself.
+        """
+        queued: dict[tuple[str, str], Found] = {}
+        with self._write() as conn:
+            now = self._clock()
+            for f in found:
+                params = (f.folder, f.relpath, f.size, f.mtime_ns, f.inode, now, now, now)
+                if conn.execute(_SQL_UPSERT, params).rowcount:
+                    queued[(f.folder, f.relpath)] = f
+        return list(queued.values())
+
+    def forget(self, job_id: int) -> None:
+        """Delete a job and its output claims (its input vanished)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM output_claims WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def find(self, folder: str, relpath: str) -> Job | None:
+        """The job for this input path, if any."""
+        with self._read() as conn:
+            sql = f"SELECT {_COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
+            row = conn.execute(sql, (folder, relpath)).fetchone()
+        return None if row is None else _job(row)
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id, if it still exists."""
+        with self._read() as conn:
+            sql = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
+            row = conn.execute(sql, (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    # dispatch
+
+    def recover(self) -> int:
+        """At start: every in_flight job goes back to pending marked resend; return how many."""
+        with self._write() as conn:
+            return conn.execute(SQL_RECOVER, (self._clock(),)).rowcount
+
+    def claim(self, lease_seconds: float) -> Job | None:
+        """Take the next job: round-robin over folders with pending work, oldest first."""
+        with self._write() as conn:
+            now = self._clock()
+            conn.execute(SQL_PROMOTE, (now, now))
+            row = None
+            if self._last_folder is not None:
+                row = conn.execute(SQL_NEXT_FOLDER, (self._last_folder,)).fetchone()
+            if row is None:  # past the last folder: wrap around
+                row = conn.execute(SQL_FIRST_FOLDER).fetchone()
+            if row is None:
+                return None
+            job = _job(conn.execute(SQL_OLDEST_IN_FOLDER, (row[0],)).fetchone())
+            conn.execute(
+                "UPDATE jobs SET state = 'in_flight', lease_until = ?, updated_at = ? WHERE id = ?",
+                (now + lease_seconds, now, job.id),
+            )
+            self._last_folder = job.folder
+        return replace(job, state="in_flight")
+
+    def next_ready_at(self) -> float | None:
+        """Now if a job is pending, else when the earliest retry is due, else None."""
+        with self._read() as conn:
+            if conn.execute(SQL_ANY_PENDING).fetchone() is not None:
+                return self._clock()
+            at = conn.execute(SQL_NEXT_RETRY).fetchone()[0]
+        return None if at is None else float(at)
+
+    def set_sha256(self, job_id: int, sha256: str) -> None:
+        """Record the content hash of a job's input."""
+        self._update(job_id, "sha256 = ?", sha256)
+
+    def complete(self, job_id: int, outputs: Sequence[str]) -> None:
+        """Mark a job done with the outputs it wrote."""
+        self._update(
+            job_id,
+            "state = 'done', outputs = ?, lease_until = NULL, resend = 0, next_attempt_at = NULL,"
+            " last_error = NULL, http_status = NULL, reason = NULL",
+            json.dumps(list(outputs)),
+        )
+
+    def quarantine(self, job_id: int, reason: str, message: str, http_status: int | None) -> None:
+        """Mark a job quarantined, keeping why."""
+        self._update(
+            job_id,
+            "state = 'quarantined', reason = ?, last_error = ?, http_status = ?,"
+            " lease_until = NULL, resend = 0, next_attempt_at = NULL",
+            reason, message, http_status,
+        )  # fmt: skip
+
+    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
+        """Count a failed attempt and wait until ``at``; return the attempts so far.
+
+        ``resend``: the failed request's outcome is unknown, so the next send
+        may be a second charge (a read timeout after the upload, say).
+        """
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'retry_wait', attempts = attempts + 1,"
+                " next_attempt_at = ?, last_error = ?, lease_until = NULL, resend = ?,"
+                " updated_at = ? WHERE id = ?",
+                (at, error, int(resend), self._clock(), job_id),
+            )
+            row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def release(self, job_id: int) -> None:
+        """Put a claimed job back to pending without counting an attempt."""
+        self._update(job_id, "state = 'pending', lease_until = NULL")
+
+    def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str:
+        """Return the first candidate output path that is this job's or free, claiming it.
+
+        ``candidates`` is in preference order and may be endless; it is read
+        only up to the answer. A name this job owns stays its own across restarts.
+        """
+        with self._write() as conn:
+            for outpath in candidates:
+                row = conn.execute(SQL_OWNER, (folder, outpath)).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (?, ?, ?)",
+                        (folder, outpath, job_id),
+                    )
+                    return outpath
+                if row[0] == job_id:
+                    return outpath
+        raise QueueError(f"no free output name for job {job_id} in {folder}")
+
+    # status and retry
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per folder and state; every state present for each folder with jobs."""
+        result: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for folder, state, n in conn.execute(SQL_COUNTS):
+                result.setdefault(folder, dict.fromkeys(STATES, 0))[state] = n
+        return result
+
+    def oldest_pending_queued_at(self) -> float | None:
+        """When the oldest job not yet done or quarantined was queued."""
+        with self._read() as conn:
+            at = conn.execute(SQL_OLDEST_OPEN).fetchone()[0]
+        return None if at is None else float(at)
+
+    def quarantined(self, folder: str | None = None) -> list[Job]:
+        """Quarantined jobs, of one folder or all, oldest first."""
+        with self._read() as conn:
+            if folder is None:
+                rows = conn.execute(SQL_QUARANTINED).fetchall()
+            else:
+                rows = conn.execute(SQL_QUARANTINED_IN, (folder,)).fetchall()
+        return [_job(row) for row in rows]
+
+    def requeue(self, job_id: int) -> bool:
+        """Put a quarantined job back to pending with a fresh count; False if not quarantined."""
+        with self._write() as conn:
+            now = self._clock()
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,"
+                " http_status = NULL, reason = NULL, sha256 = NULL, resend = 0,"
+                " next_attempt_at = NULL, queued_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'quarantined'",
+                (now, now, job_id),
+            )
+            return cur.rowcount == 1
+
+    def get_state(self, key: str) -> str | None:
+        """A daemon state value (pause reason, last credits...), or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Set a daemon state value; None deletes it."""
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM state WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+
+
+class SqliteRequestLog:
+    """The pacer's log of request start times, durable across restarts.
+
+    Lives in the queue database file with its own connection, so a pacer wait
+    never queues behind a queue write. Times are wall-clock seconds.
+    """
+
+    def __init__(self, path: Path, keep_seconds: float = 3600.0) -> None:
+        self._conn = _connect(Path(path))
+        self._lock = threading.Lock()
+        self._keep = keep_seconds
+        self._records = 0
+
+    def record(self, t: float) -> None:
+        """Log a request start; committed (durable) before it returns."""
+        with self._lock, _transaction(self._conn):
+            self._conn.execute("INSERT INTO request_log (t) VALUES (?)", (t,))
+            self._records += 1
+            if self._records % 100 == 1:  # prune now and then, not on every request
+                self._conn.execute("DELETE FROM request_log WHERE t < ?", (t - self._keep,))
+
+    def since(self, t: float) -> list[float]:
+        """Start times at or after ``t``, oldest first."""
+        with self._lock:
+            try:
+                return [row[0] for row in self._conn.execute(SQL_SINCE, (t,))]
+            except sqlite3.Error as exc:
+                raise QueueError(f"queue database: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
