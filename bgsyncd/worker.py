@@ -212,8 +212,12 @@ class Worker:
             imaging.encode_cutout(cutout, folder.format, folder.background),
         )
         written = [primary]
-        mask = outputs.mask_relpath(primary, folder.output)
-        if mask is not None:
+        if folder.output == "both":
+            # The mask's name is claimed too: `a.mask.jpg` beside `a.jpg` must not
+            # write the same file as a.jpg's mask.
+            mask = self._queue.claim_output(
+                job.folder, job.id, outputs.mask_candidates(primary)
+            )
             outputs.write_atomic(folder.outbox / mask, imaging.encode_mask(cutout))
             written.append(mask)
         return written

@@ -1,0 +1,343 @@
+"""outputs: names, atomic writes, temp-file cleanup and safe moves, on the real filesystem."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from bgsyncd import outputs
+
+SIDECAR = {
+    "path": "sub/photo.jpg",
+    "folder": "products",
+    "reason": "corrupt_image",
+    "http_status": None,
+    "message": "image could not be decoded: image file is truncated",
+    "attempts": 0,
+    "first_seen": "2025-01-02T03:04:05Z",
+    "failed_at": "2025-01-02T03:04:09Z",
+}
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".bgsyncd-" in p.name)
+
+
+# names
+
+
+def test_output_candidates_follow_the_collision_rule() -> None:
+    assert list(islice(outputs.output_candidates("dir/a.jpg", "png"), 5)) == [
+        "dir/a.png",
+        "dir/a.jpg.png",
+        "dir/a.jpg~2.png",
+        "dir/a.jpg~3.png",
+        "dir/a.jpg~4.png",
+    ]
+    assert list(islice(outputs.output_candidates("a.webp", "png"), 3)) == [
+        "a.png",
+        "a.webp.png",
+        "a.webp~2.png",
+    ]
+    assert list(islice(outputs.output_candidates("x/y/photo.tar.gz", "jpg"), 2)) == [
+        "x/y/photo.tar.jpg",
+        "x/y/photo.tar.gz.jpg",
+    ]
+
+
+def test_output_candidates_never_repeat_for_a_name_without_extension() -> None:
+    assert list(islice(outputs.output_candidates("d/README", "webp"), 3)) == [
+        "d/README.webp",
+        "d/README~2.webp",
+        "d/README~3.webp",
+    ]
+
+
+def test_mask_relpath_for_each_output_kind() -> None:
+    assert outputs.mask_relpath("dir/a.png", "both") == "dir/a.mask.png"
+    assert outputs.mask_relpath("dir/a.jpg~2.webp", "both") == "dir/a.jpg~2.mask.png"
+    assert outputs.mask_relpath("a.jpg", "both") == "a.mask.png"
+    assert outputs.mask_relpath("dir/a.png", "cutout") is None
+    assert outputs.mask_relpath("dir/a.png", "mask") is None
+    with pytest.raises(ValueError, match="output"):
+        outputs.mask_relpath("dir/a.png", "everything")
+
+
+def test_mask_candidates_start_with_mask_relpath() -> None:
+    assert list(islice(outputs.mask_candidates("dir/a.webp"), 3)) == [
+        "dir/a.mask.png",
+        "dir/a.mask~2.png",
+        "dir/a.mask~3.png",
+    ]
+
+
+def test_sidecar_path_appends_to_the_whole_name(tmp_path: Path) -> None:
+    assert outputs.sidecar_path(tmp_path / "photo.jpg") == tmp_path / "photo.jpg.error.json"
+
+
+# write_atomic
+
+
+@pytest.fixture
+def umask_027() -> Iterator[None]:
+    old = os.umask(0o027)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_write_atomic_writes_creates_folders_and_leaves_no_temp(
+    tmp_path: Path, umask_027: None
+) -> None:
+    target = tmp_path / "out" / "deep" / "a.png"
+    outputs.write_atomic(target, b"first")
+    outputs.write_atomic(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # 0o666 & ~0o027
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_atomic_mode_follows_another_umask(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        outputs.write_atomic(tmp_path / "a.png", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.png").stat().st_mode) == 0o664
+
+
+def test_write_atomic_failing_rename_leaves_no_temp(tmp_path: Path) -> None:
+    (tmp_path / "a.png").mkdir()  # a folder is in the way: the final rename fails
+    with pytest.raises(OSError):
+        outputs.write_atomic(tmp_path / "a.png", b"data")
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_atomic_failing_mid_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
+    # A real short write: a file-size limit makes write() fail with EFBIG after
+    # 4 KiB. Run in a child process so the limit cannot touch the test runner.
+    target = tmp_path / "a.png"
+    target.write_bytes(b"old content")
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        from pathlib import Path
+        from bgsyncd import outputs
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            outputs.write_atomic(Path({str(target)!r}), b"x" * 100_000)
+        except OSError as exc:
+            sys.exit(f"failed: {{exc.errno}}")
+        sys.exit("no error")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stderr.strip().startswith("failed:"), proc.stderr
+    assert target.read_bytes() == b"old content"
+    assert _leftovers(tmp_path) == []
+
+
+# cleanup_temp_files
+
+
+def test_cleanup_removes_only_our_temp_files(tmp_path: Path) -> None:
+    root = tmp_path / "outbox"
+    ours = [
+        root / ".a.png.bgsyncd-0123456789abcdef.tmp",
+        root / "x/y/.b.webp.bgsyncd-fedcba9876543210.tmp",
+    ]
+    theirs = [
+        root / "photo.tmp",
+        root / ".a.png.bgsyncd-nothex.tmp",
+        root / "a.png.bgsyncd-0123456789abcdef.tmp",  # not hidden: not our name
+        root / "x/.rsync.AbC123",
+        root / "x/a.png",
+    ]
+    for path in ours + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    # Neither a symlink with our name nor anything behind a symlinked folder is touched.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    behind = outside / ".c.png.bgsyncd-00000000000000aa.tmp"
+    behind.write_bytes(b"x")
+    (root / "link").symlink_to(outside)
+    link_named_like_ours = root / ".d.png.bgsyncd-00000000000000bb.tmp"
+    link_named_like_ours.symlink_to(behind)
+
+    assert outputs.cleanup_temp_files(root) == 2
+    assert not any(p.exists() for p in ours)
+    assert all(p.exists() for p in theirs)
+    assert behind.exists() and link_named_like_ours.is_symlink()
+
+
+def test_cleanup_of_a_missing_folder_is_zero(tmp_path: Path) -> None:
+    assert outputs.cleanup_temp_files(tmp_path / "nothing") == 0
+
+
+def test_temp_names_of_very_long_names_stay_within_the_limit(tmp_path: Path) -> None:
+    name = "é" * 120 + ".jpg"  # 244 bytes in UTF-8
+    outputs.write_atomic(tmp_path / name, b"ok")
+    assert (tmp_path / name).read_bytes() == b"ok"
+    assert _leftovers(tmp_path) == []
+
+
+# quarantine_file and move_to
+
+
+def _drop(folder: Path, relpath: str, data: bytes) -> Path:
+    path = folder / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_quarantine_moves_the_file_and_writes_the_sidecar(tmp_path: Path) -> None:
+    src = _drop(tmp_path / "inbox", "sub/photo.jpg", b"jpeg bytes")
+    final = outputs.quarantine_file(src, tmp_path / "quarantine", "sub/photo.jpg", SIDECAR)
+    assert final == tmp_path / "quarantine" / "sub" / "photo.jpg"
+    assert final.read_bytes() == b"jpeg bytes"
+    assert not src.exists()
+    sidecar = final.parent / "photo.jpg.error.json"
+    assert json.loads(sidecar.read_text()) == SIDECAR
+    assert list(json.loads(sidecar.read_text())) == list(SIDECAR)  # keys in the given order
+    assert _leftovers(tmp_path) == []
+
+
+def test_quarantine_collision_keeps_the_first_and_suffixes_the_newcomer(tmp_path: Path) -> None:
+    q = tmp_path / "quarantine"
+    first = outputs.quarantine_file(
+        _drop(tmp_path / "inbox", "photo.jpg", b"one"), q, "photo.jpg", SIDECAR
+    )
+    second = outputs.quarantine_file(
+        _drop(tmp_path / "inbox", "photo.jpg", b"two"), q, "photo.jpg", {**SIDECAR, "attempts": 5}
+    )
+    assert (first.name, second.name) == ("photo.jpg", "photo~2.jpg")
+    assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
+    assert json.loads((q / "photo.jpg.error.json").read_text())["attempts"] == 0
+    assert json.loads((q / "photo~2.jpg.error.json").read_text())["attempts"] == 5
+
+
+def test_quarantine_treats_a_leftover_sidecar_as_taken(tmp_path: Path) -> None:
+    q = tmp_path / "quarantine"
+    _drop(q, "photo.jpg.error.json", b"{}")
+    final = outputs.quarantine_file(
+        _drop(tmp_path / "inbox", "photo.jpg", b"x"), q, "photo.jpg", SIDECAR
+    )
+    assert final.name == "photo~2.jpg"
+    assert (q / "photo.jpg.error.json").read_bytes() == b"{}"
+
+
+def test_concurrent_quarantines_of_one_name_all_get_their_own(tmp_path: Path) -> None:
+    q = tmp_path / "quarantine"
+    sources = [_drop(tmp_path / f"inbox{i}", "photo.jpg", str(i).encode()) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        finals = list(
+            pool.map(lambda s: outputs.quarantine_file(s, q, "photo.jpg", SIDECAR), sources)
+        )
+    assert len(set(finals)) == 8
+    assert sorted(f.read_bytes() for f in finals) == [str(i).encode() for i in range(8)]
+
+
+def test_quarantine_of_a_vanished_file_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        outputs.quarantine_file(tmp_path / "gone.jpg", tmp_path / "q", "gone.jpg", SIDECAR)
+    assert not (tmp_path / "q" / "gone.jpg.error.json").exists()
+
+
+def test_moves_refuse_a_relpath_that_leaves_the_folder(tmp_path: Path) -> None:
+    src = _drop(tmp_path / "inbox", "a.jpg", b"x")
+    for bad in ("../a.jpg", "/etc/a.jpg", ""):
+        with pytest.raises(ValueError, match="relative path"):
+            outputs.move_to(src, tmp_path / "done", bad)
+    assert src.exists()
+
+
+def test_move_to_mirrors_the_path_and_suffixes_on_collision(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    _drop(done, "a/b/pic.png", b"older")
+    final = outputs.move_to(_drop(tmp_path / "inbox", "a/b/pic.png", b"new"), done, "a/b/pic.png")
+    assert final == done / "a" / "b" / "pic~2.png"
+    assert final.read_bytes() == b"new"
+    assert (done / "a/b/pic.png").read_bytes() == b"older"
+    assert not (tmp_path / "inbox/a/b/pic.png").exists()
+
+
+def test_move_to_brings_a_quarantined_file_back_to_the_inbox(tmp_path: Path) -> None:
+    q = tmp_path / "quarantine"
+    quarantined = outputs.quarantine_file(
+        _drop(tmp_path / "inbox", "s/p.jpg", b"img"), q, "s/p.jpg", SIDECAR
+    )
+    back = outputs.move_to(quarantined, tmp_path / "inbox", "s/p.jpg")
+    assert back == tmp_path / "inbox" / "s" / "p.jpg"
+    assert back.read_bytes() == b"img"
+    assert not quarantined.exists()
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a different filesystem from ``tmp_path`` (tmpfs /dev/shm)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem: /dev/shm is missing or on the same device as tmp")
+    folder = Path(tempfile.mkdtemp(prefix="bgsyncd-test-", dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_quarantine_across_filesystems(tmp_path: Path, other_filesystem: Path) -> None:
+    src = _drop(tmp_path / "inbox", "sub/photo.jpg", b"x" * 3_000_000)
+    os.chmod(src, 0o640)
+    os.utime(src, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    q = other_filesystem / "quarantine"
+    _drop(q, "sub/photo.jpg", b"already here")
+
+    final = outputs.quarantine_file(src, q, "sub/photo.jpg", SIDECAR)
+
+    assert os.stat(final).st_dev != os.stat(tmp_path).st_dev
+    assert final == q / "sub" / "photo~2.jpg"
+    assert final.read_bytes() == b"x" * 3_000_000
+    assert stat.S_IMODE(final.stat().st_mode) == 0o640
+    assert final.stat().st_mtime_ns == 1_600_000_000_000_000_000
+    assert (q / "sub/photo.jpg").read_bytes() == b"already here"
+    assert json.loads((q / "sub/photo~2.jpg.error.json").read_text()) == SIDECAR
+    assert not src.exists()
+    assert _leftovers(q) == []
+
+
+def test_move_to_across_filesystems_and_back(tmp_path: Path, other_filesystem: Path) -> None:
+    src = _drop(other_filesystem / "inbox", "a.png", b"png")
+    final = outputs.move_to(src, tmp_path / "done", "a.png")
+    assert final.read_bytes() == b"png" and not src.exists()
+    back = outputs.move_to(final, other_filesystem / "inbox", "a.png")
+    assert back == src and back.read_bytes() == b"png" and not final.exists()
+    assert _leftovers(tmp_path) == [] and _leftovers(other_filesystem) == []
+
+
+def test_fsync_dir_accepts_a_folder(tmp_path: Path) -> None:
+    outputs.fsync_dir(tmp_path)
+    with pytest.raises(NotADirectoryError):
+        outputs.fsync_dir(_drop(tmp_path, "f", b""))
