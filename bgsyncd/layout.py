@@ -1,0 +1,91 @@
+"""The folders of a configuration: inboxes that exist, output trees that do not collide.
+
+Part of loading the configuration (``config.load_settings`` calls it); every
+problem is a ``ConfigError`` naming the key (``folder[1].outbox``) and the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bgsyncd.errors import ConfigError
+
+if TYPE_CHECKING:  # config imports this module; only the type is needed here
+    from bgsyncd.config import FolderSettings
+
+
+def _fail(file: Path, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{file}: invalid configuration: {key}: {message}")
+
+
+def output_trees(folder: FolderSettings) -> list[tuple[str, Path]]:
+    """The folders bgsyncd writes into for ``folder``, by key: outbox, quarantine, done."""
+    trees = [("outbox", folder.outbox), ("quarantine", folder.quarantine)]
+    return trees if folder.done is None else [*trees, ("done", folder.done)]
+
+
+def check_folders(folders: Sequence[FolderSettings], file: Path) -> None:
+    """Each inbox exists; nothing we write lands in an inbox or on another output."""
+    for i, f in enumerate(folders):
+        if not f.inbox.is_dir():
+            raise _fail(file, f"folder[{i}].inbox", f"{f.inbox} does not exist or is not a folder")
+        for kind, path in output_trees(f):
+            if path.exists() and not path.is_dir():
+                raise _fail(file, f"folder[{i}].{kind}", f"{path} exists and is not a folder")
+    inboxes = [(f"folder[{i}].inbox", f.inbox.resolve()) for i, f in enumerate(folders)]
+    trees = [
+        (f"folder[{i}].{kind}", kind, path.resolve())
+        for i, f in enumerate(folders)
+        for kind, path in output_trees(f)
+    ]
+    for (key_a, a), (key_b, b) in combinations(inboxes, 2):
+        if relation := _nesting(b, a):
+            raise _fail(file, key_b, f"{b} {relation} {key_a} ({a}); inboxes must not overlap")
+    # Any inbox, the folder's own included, and either way round: an outbox that
+    # contains an inbox receives outputs under that inbox's relative paths too.
+    for key, _kind, path in trees:
+        for inbox_key, inbox in inboxes:
+            if relation := _nesting(path, inbox):
+                raise _fail(
+                    file,
+                    key,
+                    f"{path} {relation} {inbox_key} ({inbox}); "
+                    "files written there would be picked up as new inputs",
+                )
+    # Output names are claimed per folder, and quarantine never overwrites: only
+    # quarantine folders may be shared.
+    for (key_a, kind_a, a), (key_b, kind_b, b) in combinations(trees, 2):
+        if kind_a == kind_b == "quarantine":
+            continue
+        if relation := _nesting(b, a):
+            raise _fail(file, key_b, f"{b} {relation} {key_a} ({a}); their files would collide")
+
+
+def create_folders(folders: Sequence[FolderSettings], file: Path) -> None:
+    """Create the missing outbox, quarantine and done folders (with parents)."""
+    for i, f in enumerate(folders):
+        for kind, path in output_trees(f):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise _fail(
+                    file, f"folder[{i}].{kind}", f"{path} exists and is not a folder"
+                ) from None
+            except OSError as exc:
+                raise _fail(
+                    file, f"folder[{i}].{kind}", f"cannot create {path}: {exc.strerror}"
+                ) from None
+
+
+def _nesting(a: Path, b: Path) -> str | None:
+    """How resolved path ``a`` relates to ``b``: "is", "is inside", "contains" or None."""
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "is inside"
+    if a in b.parents:
+        return "contains"
+    return None

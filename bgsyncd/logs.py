@@ -1,0 +1,231 @@
+"""Logging: structlog to stderr, one JSON object a line, with the API key redacted.
+
+Every line — from bgsyncd's own structlog loggers and from stdlib ``logging``
+(httpx, watchdog), tracebacks included — passes one redaction step that replaces
+each current secret with ``***``. The processor chain is built once and reads a
+small mutable state, so :func:`configure_logging` can be called again (reload:
+new level, new key) and loggers bound earlier follow it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+REDACTED = "***"
+LEVELS: Mapping[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+# Loggers that would log request lines (URLs, and at DEBUG, header events) at
+# INFO and below; held at WARNING whatever the root level says.
+_QUIET_LIBRARIES = ("httpx", "httpcore", "hpack", "h11", "h2")
+
+_write_lock = threading.Lock()
+
+
+class _State:
+    """What a reload may change; read by the processors on every event."""
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+        self.secrets: Callable[[], Sequence[str]] = lambda: ()
+        self.last_secrets: tuple[str, ...] = ()
+        self.render: Processor = structlog.processors.JSONRenderer()
+
+
+_state = _State()
+
+
+def _write(line: str) -> None:
+    """Write one line to the *current* stderr (tests swap it), in one call."""
+    with _write_lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+class _StderrLogger:
+    """The structlog output: whole lines to stderr, under the lock stdlib logging shares."""
+
+    def msg(self, message: str) -> None:
+        """Write ``message`` as one line."""
+        _write(message)
+
+    log = debug = info = warning = warn = error = err = critical = fatal = exception = msg
+    failure = msg
+
+
+class _StderrHandler(logging.Handler):
+    """Stdlib records rendered by :class:`structlog.stdlib.ProcessorFormatter`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format (redacting) and write one record."""
+        try:
+            _write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _filter_level(_: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    # structlog passes the level's name ("warning", "error"...) as the method.
+    if LEVELS.get(method, logging.CRITICAL) < _state.level:
+        raise structlog.DropEvent
+    return event
+
+
+def _name_logger(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    if "logger_name" in event:
+        event.setdefault("logger", event.pop("logger_name"))
+    return event
+
+
+def _current_secrets() -> tuple[str, ...]:
+    try:
+        found = tuple(s for s in _state.secrets() if s)
+    except Exception:
+        # Unable to ask (key being reloaded?): keep redacting what we knew.
+        return _state.last_secrets
+    # Longest first, so a secret that contains another is replaced whole.
+    _state.last_secrets = tuple(sorted(set(found), key=len, reverse=True))
+    return _state.last_secrets
+
+
+def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_scrub(v, secrets) for v in value]
+    # Exceptions, bytes, paths...: the renderers fall back to repr(), so check that.
+    text = repr(value)
+    scrubbed = _scrub(text, secrets)
+    return value if scrubbed == text else scrubbed
+
+
+def redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """Replace every current secret in every value of ``event`` with ``***``."""
+    secrets = _current_secrets()
+    if not secrets:
+        return event
+    return {key: _scrub(value, secrets) for key, value in event.items()}
+
+
+def _render(logger: WrappedLogger, method: str, event: EventDict) -> str | bytes:
+    # Timestamp, level and event first: what a human scans for in a JSON line.
+    first = {k: event.pop(k) for k in ("timestamp", "level", "event") if k in event}
+    return _state.render(logger, method, {**first, **event})  # type: ignore[return-value]
+
+
+def _timestamp() -> Processor:
+    return structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+# The one chain; what a reload changes lives in _state, read by these processors.
+_PROCESSORS: list[Processor] = [
+    _filter_level,
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    _name_logger,
+    _timestamp(),
+    structlog.processors.StackInfoRenderer(),
+    # Tracebacks become text here, before redaction sees them.
+    structlog.processors.format_exc_info,
+    redact,
+    _render,
+]
+_WRAPPER = structlog.make_filtering_bound_logger(logging.DEBUG)  # _filter_level decides
+_OUTPUT = _StderrLogger()
+
+
+def configure_logging(
+    format: str, level: str, secrets: Callable[[], Sequence[str]] = lambda: ()
+) -> None:
+    """Send logs to stderr as ``json`` or ``console`` at ``level``, redacting ``secrets()``.
+
+    ``secrets`` is asked on every event, so a key changed on reload is redacted
+    at once. Safe to call again; stdlib ``logging`` is routed here at WARNING
+    and above.
+    """
+    if format not in ("json", "console"):
+        raise ValueError(f"logging.format must be 'json' or 'console', got {format!r}")
+    if level.lower() not in LEVELS:
+        raise ValueError(f"logging.level must be one of {', '.join(LEVELS)}, got {level!r}")
+    _state.level = LEVELS[level.lower()]
+    _state.secrets = secrets
+    _current_secrets()
+    if format == "json":
+        _state.render = structlog.processors.JSONRenderer()
+    else:
+        _state.render = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    # Loggers from get_logger() carry the chain themselves; this routes plain
+    # structlog.get_logger() calls (and re-asserts it after a test helper
+    # replaced the global configuration).
+    structlog.configure(
+        processors=_PROCESSORS,
+        wrapper_class=_WRAPPER,
+        logger_factory=lambda *_: _OUTPUT,
+        cache_logger_on_first_use=False,
+    )
+    _configure_stdlib(max(logging.WARNING, _state.level))
+
+
+def _configure_stdlib(level: int) -> None:
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.add_log_level,
+                _timestamp(),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact,
+                _render,
+            ],
+        )
+    )
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
+
+
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """A structlog logger; ``name`` becomes the ``logger`` key. Safe at import time.
+
+    It carries bgsyncd's processor chain and output itself instead of reading
+    structlog's global configuration when first used: a logger made or bound
+    before :func:`configure_logging` still redacts and writes to stderr.
+    """
+    # "logger" is a parameter of wrap_logger, hence the rename in _name_logger.
+    initial: MutableMapping[str, Any] = {"logger_name": name} if name else {}
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        _OUTPUT,
+        processors=_PROCESSORS,
+        wrapper_class=_WRAPPER,
+        cache_logger_on_first_use=True,
+        **initial,
+    )
+    return logger

@@ -1,0 +1,416 @@
+"""The Prometheus recorder, and the small HTTP server for /metrics and /healthz.
+
+The rest of bgsyncd talks to a :class:`Recorder`, never to prometheus_client (which
+is imported here alone). :class:`NullRecorder` does nothing; :class:`Metrics`
+records into its own registry and serves it. Metrics observe, they never steer:
+every recording method of :class:`Metrics` logs and swallows its own failures.
+
+No label holds a file path: ``folder`` is the configured folder name, ``endpoint``
+the API endpoint name, ``code`` an HTTP status or ``error``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from bgsyncd.logs import get_logger
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
+OUTCOMES = ("success", "cached", "quarantined")
+PAUSE_REASONS = ("credit_floor", "invalid_api_key", "insufficient_credits", "credits_expired")
+ENDPOINTS = (
+    "image-without-background",
+    "image-without-background-base64",
+    "alpha-channel",
+    "alpha-channel-base64",
+    "available-credit",
+)
+# An API call takes from a tenth of a second to the 120 s default timeout.
+API_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 90.0, 120.0)
+# Queued -> written includes waiting for the rate limit: seconds to most of a day.
+JOB_BUCKETS = (
+    *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+    *(1800.0, 3600.0, 7200.0, 21600.0, 86400.0),
+)
+
+_log = get_logger("bgsyncd.metrics")
+
+
+class Recorder(Protocol):
+    """What the daemon, dispatcher and worker report; implementations never raise."""
+
+    def file_discovered(self, folder: str) -> None:
+        """A complete file was queued in ``folder``."""
+
+    def job_finished(self, folder: str, outcome: str, duration: float | None) -> None:
+        """A job ended (success, cached, quarantined) ``duration`` s after it was queued."""
+
+    def api_request(self, endpoint: str, code: str, seconds: float) -> None:
+        """One API request ended with HTTP status ``code`` (or ``"error"``)."""
+
+    def rate_limited(self) -> None:
+        """The API answered 429."""
+
+    def credits(self, available: int | None, expires_at: float | None) -> None:
+        """The last known credit balance and its expiry (epoch seconds); None = unknown."""
+
+    def credits_floor(self, floor: int) -> None:
+        """The configured credit floor."""
+
+    def paused(self, reason: str | None) -> None:
+        """Dispatch is paused for ``reason``, or running when None."""
+
+    def jobs(self, counts: Mapping[str, int], oldest_pending_age: float | None) -> None:
+        """Jobs by state, and the age of the oldest job not yet finished."""
+
+    def resend(self) -> None:
+        """A request whose earlier outcome was unknown is sent again."""
+
+    def heartbeat(self) -> None:
+        """The main loop is alive."""
+
+    def add_folder(self, folder: str) -> None:
+        """A folder was added (on reload): create its series."""
+
+
+class NullRecorder:
+    """A recorder that records nothing (metrics disabled, tests, one-shot commands)."""
+
+    def file_discovered(self, folder: str) -> None:
+        """Do nothing."""
+
+    def job_finished(self, folder: str, outcome: str, duration: float | None) -> None:
+        """Do nothing."""
+
+    def api_request(self, endpoint: str, code: str, seconds: float) -> None:
+        """Do nothing."""
+
+    def rate_limited(self) -> None:
+        """Do nothing."""
+
+    def credits(self, available: int | None, expires_at: float | None) -> None:
+        """Do nothing."""
+
+    def credits_floor(self, floor: int) -> None:
+        """Do nothing."""
+
+    def paused(self, reason: str | None) -> None:
+        """Do nothing."""
+
+    def jobs(self, counts: Mapping[str, int], oldest_pending_age: float | None) -> None:
+        """Do nothing."""
+
+    def resend(self) -> None:
+        """Do nothing."""
+
+    def heartbeat(self) -> None:
+        """Do nothing."""
+
+    def add_folder(self, folder: str) -> None:
+        """Do nothing."""
+
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _guarded(method: F) -> F:
+    """Log and swallow any exception of a recording method: observers never steer."""
+
+    @functools.wraps(method)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception as exc:
+            # A broken log must not break the caller either.
+            with contextlib.suppress(Exception):
+                _log.warning("metrics.error", method=method.__name__, error=repr(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); ``""`` -> None (disabled)."""
+    listen = listen.strip()
+    if not listen:
+        return None
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"metrics.listen must be 'host:port' or '[v6addr]:port', got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"metrics.listen: put an IPv6 address in brackets, got {listen!r}")
+    # No host (":9808") means loopback, as in config.py: exposing it is a choice.
+    return host or "127.0.0.1", int(port_text)
+
+
+class Metrics:
+    """The Prometheus recorder: its own registry, served on ``listen`` by :meth:`start`."""
+
+    def __init__(
+        self,
+        listen: str,
+        folders: Sequence[str],
+        version: str,
+        clock: Callable[[], float] = time.time,
+        stall_seconds: float = 30.0,
+    ) -> None:
+        # Process-wide switch; _created series only confuse rate() and promtool.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self._address = parse_listen(listen)
+        self._clock = clock
+        self._stall = stall_seconds
+        # Start with a grace period: the loop has until stall_seconds to beat first.
+        self._last_beat = clock()
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._define(self.registry)
+        self._metrics_app = prometheus_client.make_wsgi_app(self.registry)
+        self._build_info.labels(version=version).set(1)
+        for state in STATES:
+            self._jobs.labels(state=state).set(0)
+        for reason in PAUSE_REASONS:
+            self._paused.labels(reason=reason).set(0)
+        self._reasons = list(PAUSE_REASONS)
+        for endpoint in ENDPOINTS:
+            self._api_requests.labels(endpoint=endpoint, code="200")
+            self._api_duration.labels(endpoint=endpoint)
+        self._credits_available.set(math.nan)  # unknown until the first credit check
+        self._credits_expiry.set(math.nan)
+        for folder in folders:
+            self.add_folder(folder)
+
+    def _define(self, r: CollectorRegistry) -> None:
+        self._build_info = Gauge(
+            "bgsyncd_build_info", "bgsyncd version (always 1).", ["version"], registry=r
+        )
+        self._discovered = Counter(
+            "bgsyncd_files_discovered_total",
+            "Complete files queued, by folder.",
+            ["folder"],
+            registry=r,
+        )
+        self._jobs = Gauge("bgsyncd_jobs", "Jobs in the queue, by state.", ["state"], registry=r)
+        self._finished = Counter(
+            "bgsyncd_jobs_finished_total",
+            "Jobs finished, by outcome.",
+            ["folder", "outcome"],
+            registry=r,
+        )
+        self._api_requests = Counter(
+            "bgsyncd_api_requests_total",
+            "API requests by endpoint and HTTP status (or error).",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self._api_duration = Histogram(
+            "bgsyncd_api_request_duration_seconds",
+            "API request duration.",
+            ["endpoint"],
+            buckets=API_BUCKETS,
+            registry=r,
+        )
+        self._rate_limited = Counter(
+            "bgsyncd_rate_limited_total", "API answers 429 Too Many Requests.", registry=r
+        )
+        self._credits_available = Gauge(
+            "bgsyncd_credits_available", "Last known available credits (NaN: unknown).", registry=r
+        )
+        self._credits_floor = Gauge("bgsyncd_credits_floor", "Configured credit floor.", registry=r)
+        self._credits_expiry = Gauge(
+            "bgsyncd_credits_expiry_timestamp_seconds",
+            "When the credits expire (NaN: unknown).",
+            registry=r,
+        )
+        self._paused = Gauge(
+            "bgsyncd_dispatch_paused",
+            "1 while dispatch is paused for reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._oldest = Gauge(
+            "bgsyncd_oldest_pending_age_seconds",
+            "Age of the oldest job not yet done or quarantined.",
+            registry=r,
+        )
+        self._job_duration = Histogram(
+            "bgsyncd_job_duration_seconds",
+            "Time from file queued to output written.",
+            ["folder"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self._last_success = Gauge(
+            "bgsyncd_last_success_timestamp_seconds",
+            "When a job last succeeded (0: never).",
+            ["folder"],
+            registry=r,
+        )
+        self._resends = Counter(
+            "bgsyncd_resends_total",
+            "Requests sent again whose earlier outcome was unknown.",
+            registry=r,
+        )
+
+    # --- Recorder -------------------------------------------------------------
+
+    @_guarded
+    def add_folder(self, folder: str) -> None:
+        """Create every series of ``folder`` so they exist before the first event."""
+        self._discovered.labels(folder=folder)
+        for outcome in OUTCOMES:
+            self._finished.labels(folder=folder, outcome=outcome)
+        self._job_duration.labels(folder=folder)
+        self._last_success.labels(folder=folder)
+
+    @_guarded
+    def file_discovered(self, folder: str) -> None:
+        """Count a file queued in ``folder``."""
+        self._discovered.labels(folder=folder).inc()
+
+    @_guarded
+    def job_finished(self, folder: str, outcome: str, duration: float | None) -> None:
+        """Count the outcome; a success also times the job and stamps the last success."""
+        self._finished.labels(folder=folder, outcome=outcome).inc()
+        if outcome in ("success", "cached"):
+            if duration is not None:
+                self._job_duration.labels(folder=folder).observe(duration)
+            self._last_success.labels(folder=folder).set(self._clock())
+
+    @_guarded
+    def api_request(self, endpoint: str, code: str, seconds: float) -> None:
+        """Count and time one API request."""
+        self._api_requests.labels(endpoint=endpoint, code=code).inc()
+        self._api_duration.labels(endpoint=endpoint).observe(seconds)
+
+    @_guarded
+    def rate_limited(self) -> None:
+        """Count a 429."""
+        self._rate_limited.inc()
+
+    @_guarded
+    def credits(self, available: int | None, expires_at: float | None) -> None:
+        """Set the credit balance and expiry; None is exported as NaN (unknown)."""
+        self._credits_available.set(math.nan if available is None else float(available))
+        self._credits_expiry.set(math.nan if expires_at is None else float(expires_at))
+
+    @_guarded
+    def credits_floor(self, floor: int) -> None:
+        """Set the configured floor."""
+        self._credits_floor.set(float(floor))
+
+    @_guarded
+    def paused(self, reason: str | None) -> None:
+        """Set 1 for ``reason`` and 0 for every other reason."""
+        if reason is not None and reason not in self._reasons:
+            self._reasons.append(reason)
+        for known in self._reasons:
+            self._paused.labels(reason=known).set(1 if known == reason else 0)
+
+    @_guarded
+    def jobs(self, counts: Mapping[str, int], oldest_pending_age: float | None) -> None:
+        """Set jobs by state (missing states are 0) and the oldest pending age (0: none)."""
+        for state in (*STATES, *(s for s in counts if s not in STATES)):
+            self._jobs.labels(state=state).set(float(counts.get(state, 0)))
+        self._oldest.set(0.0 if oldest_pending_age is None else float(oldest_pending_age))
+
+    @_guarded
+    def resend(self) -> None:
+        """Count a re-send of a request whose outcome was unknown."""
+        self._resends.inc()
+
+    @_guarded
+    def heartbeat(self) -> None:
+        """Note that the main loop is alive."""
+        self._last_beat = self._clock()
+
+    # --- serving --------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """True while the last heartbeat is younger than ``stall_seconds``."""
+        return self._clock() - self._last_beat < self._stall
+
+    @property
+    def port(self) -> int | None:
+        """The bound port once started (useful with port 0), else None."""
+        return self._server.server_port if self._server is not None else None
+
+    def start(self) -> None:
+        """Serve /metrics and /healthz in a daemon thread; nothing when listen is ''."""
+        if self._address is None or self._server is not None:
+            return
+        host, port = self._address
+        server_class = _Server6 if ":" in host else _Server
+        self._server = make_server(host, port, self._app, server_class, _QuietHandler)
+        # serve_forever polls for shutdown: 0.1 s keeps stop() quick at ten cheap
+        # wake-ups a second.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="bgsyncd-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+        _log.info("metrics.listening", host=host, port=self.port)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            ok = self.healthy()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            body = b"ok\n" if ok else b"main loop stalled\n"
+        elif path == "/":
+            status, body = "200 OK", b"bgsyncd: see /metrics and /healthz\n"
+        else:
+            status, body = "404 Not Found", b"not found\n"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [body]
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can
+        # hang for seconds without DNS; the name is never used here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+        self.setup_environ()
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds are not worth a log line."""

@@ -1,0 +1,99 @@
+"""The sd_notify protocol: state datagrams to systemd, without libsystemd.
+
+systemd passes ``NOTIFY_SOCKET`` (a filesystem path, or an abstract socket name
+starting with ``@``) and, with ``WatchdogSec=``, ``WATCHDOG_USEC``. Each message
+is one datagram of ``KEY=value`` lines. Outside systemd (no ``NOTIFY_SOCKET``)
+every call does nothing, and no call ever raises: a lost notification must not
+stop the daemon (systemd's watchdog will notice if it matters).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+from bgsyncd.logs import get_logger
+
+_log = get_logger("bgsyncd.notify")
+
+
+class Notifier:
+    """Sends sd_notify messages to ``address``; a no-op when ``address`` is None."""
+
+    def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
+        self._address: str | bytes | None = address
+        if address and address.startswith("@"):
+            # Abstract namespace: the name starts with a NUL byte instead of "@".
+            self._address = b"\0" + address[1:].encode()
+        self._watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], pid: int | None = None) -> Notifier:
+        """Read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` from ``environ``.
+
+        ``WATCHDOG_PID``, when set, must be our pid (``pid``, default ``os.getpid()``),
+        else the watchdog is meant for another process and is ignored.
+        """
+        address = environ.get("NOTIFY_SOCKET") or None
+        usec: int | None = None
+        try:
+            usec = int(environ.get("WATCHDOG_USEC", ""))
+        except ValueError:
+            usec = None
+        watchdog_pid = environ.get("WATCHDOG_PID")
+        if watchdog_pid and watchdog_pid.strip() != str(os.getpid() if pid is None else pid):
+            usec = None
+        return cls(address, usec)
+
+    @property
+    def enabled(self) -> bool:
+        """True when running under systemd with a notify socket."""
+        return self._address is not None
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None."""
+        if self._watchdog_usec is None:
+            return None
+        return self._watchdog_usec / 2_000_000
+
+    def notify(self, **fields: object) -> bool:
+        """Send ``KEY=value`` lines in one datagram; True if it was sent."""
+        if self._address is None or not fields:
+            return False
+        # A value may not span lines: the protocol is one assignment a line.
+        text = "\n".join(f"{k}={' '.join(str(v).splitlines())}" for k, v in fields.items())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(text.encode(), self._address)
+        except OSError as exc:
+            _log.warning("notify.failed", fields=sorted(fields), error=str(exc))
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        """READY=1: start-up is finished (and STATUS= when given)."""
+        if status is None:
+            return self.notify(READY=1)
+        return self.notify(READY=1, STATUS=status)
+
+    def status(self, text: str) -> bool:
+        """STATUS=: one line shown by ``systemctl status``."""
+        return self.notify(STATUS=text)
+
+    def watchdog(self) -> bool:
+        """WATCHDOG=1: the main loop is alive."""
+        return self.notify(WATCHDOG=1)
+
+    def reloading(self) -> bool:
+        """RELOADING=1: a configuration reload has begun (send ready() when done)."""
+        return self.notify(RELOADING=1)
+
+    def stopping(self) -> bool:
+        """STOPPING=1: shutdown has begun."""
+        return self.notify(STOPPING=1)
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """EXTEND_TIMEOUT_USEC=: ask for ``seconds`` more before systemd gives up."""
+        return self.notify(EXTEND_TIMEOUT_USEC=max(0, int(seconds * 1_000_000)))

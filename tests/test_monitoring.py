@@ -1,0 +1,315 @@
+"""monitoring/: promtool judges the alert rules (and unit-tests them), the metrics
+exposition and the dashboard's queries; the dashboard uses only contract metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgsyncd.metrics import Metrics
+from tests.test_metrics import CONTRACT
+
+MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+RULES = MONITORING / "alerts.yml"
+DASHBOARD = MONITORING / "grafana-dashboard.json"
+
+pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], input=stdin, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def test_rules_pass_promtool_check() -> None:
+    result = promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+    assert "WARNING" not in result.stdout + result.stderr
+
+
+def without_annotations(text: str) -> str:
+    """The rules without their annotations, so unit tests compare labels only."""
+    out: list[str] = []
+    skip_deeper_than: int | None = None
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip_deeper_than is not None:
+            if not line.strip() or indent > skip_deeper_than:
+                continue
+            skip_deeper_than = None
+        if line.strip() == "annotations:":
+            skip_deeper_than = indent
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+INSTANCE = {"job": "bgsyncd", "instance": "host:9808"}
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    all_labels = {**INSTANCE, **labels}
+    inner = ", ".join(f'{k}="{v}"' for k, v in all_labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+def fires(alert: str, at: str, *expected: dict[str, str]) -> dict[str, Any]:
+    return {
+        "eval_time": at,
+        "alertname": alert,
+        "exp_alerts": [{"exp_labels": labels} for labels in expected],
+    }
+
+
+ALERT_TESTS: list[dict[str, Any]] = [
+    {  # paused: fires after 10 minutes; the no-success alert stays quiet meanwhile
+        "interval": "1m",
+        "input_series": [
+            series("bgsyncd_dispatch_paused", "1x100", reason="credit_floor"),
+            series("bgsyncd_dispatch_paused", "0x100", reason="invalid_api_key"),
+            series("bgsyncd_jobs", "5x100", state="pending"),
+            series("bgsyncd_last_success_timestamp_seconds", "0x100", folder="products"),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdDispatchPaused", "5m"),
+            fires(
+                "BgsyncdDispatchPaused",
+                "15m",
+                {**INSTANCE, "reason": "credit_floor", "severity": "critical"},
+            ),
+            fires("BgsyncdNoRecentSuccess", "90m"),
+        ],
+    },
+    {  # pending work, no success for an hour, not paused: fires; a fresh success: quiet
+        # (promtool's clock starts at 0: "0 = never" is an hour old at 60m)
+        "interval": "1m",
+        "input_series": [
+            series("bgsyncd_dispatch_paused", "0x100", reason="credit_floor"),
+            series("bgsyncd_jobs", "5x100", state="pending"),
+            series("bgsyncd_jobs", "0x100", state="in_flight"),
+            series("bgsyncd_last_success_timestamp_seconds", "0x100", folder="products"),
+            series(
+                "bgsyncd_last_success_timestamp_seconds",
+                "0+60x100",  # the series' own time: a success every minute
+                folder="products",
+                instance="busy:9808",
+            ),
+            series("bgsyncd_jobs", "5x100", state="pending", instance="busy:9808"),
+            series("bgsyncd_dispatch_paused", "0x100", reason="credit_floor", instance="busy:9808"),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdNoRecentSuccess", "70m"),
+            fires("BgsyncdNoRecentSuccess", "80m", {**INSTANCE, "severity": "critical"}),
+        ],
+    },
+    {  # oldest pending over an hour, for 5 minutes
+        "interval": "1m",
+        "input_series": [
+            series("bgsyncd_oldest_pending_age_seconds", "3700+60x20"),
+            series("bgsyncd_oldest_pending_age_seconds", "100x20", instance="ok:9808"),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdOldestPendingTooOld", "2m"),
+            fires("BgsyncdOldestPendingTooOld", "10m", {**INSTANCE, "severity": "warning"}),
+        ],
+    },
+    {  # target down
+        "interval": "1m",
+        "input_series": [series("up", "0x20"), series("up", "1x20", instance="ok:9808")],
+        "alert_rule_test": [fires("BgsyncdDown", "10m", {**INSTANCE, "severity": "critical"})],
+    },
+    {  # credits above the floor (50) less than a day's use (1440): warn; plenty: quiet
+        "interval": "1m",
+        "input_series": [
+            series("bgsyncd_credits_available", "100x200"),
+            series("bgsyncd_credits_floor", "50x200"),
+            series("bgsyncd_jobs_finished_total", "0+1x200", folder="p", outcome="success"),
+            series("bgsyncd_credits_available", "100000x200", instance="rich:9808"),
+            series("bgsyncd_credits_floor", "50x200", instance="rich:9808"),
+            series(
+                "bgsyncd_jobs_finished_total",
+                "0+1x200",
+                folder="p",
+                outcome="success",
+                instance="rich:9808",
+            ),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdCreditsNearFloor", "20m"),
+            fires("BgsyncdCreditsNearFloor", "3h", {**INSTANCE, "severity": "warning"}),
+        ],
+    },
+    {  # credits that expire in three days
+        "interval": "1m",
+        "input_series": [
+            series("bgsyncd_credits_expiry_timestamp_seconds", "259200x100"),
+            series("bgsyncd_credits_available", "100x100"),
+            series("bgsyncd_credits_floor", "0x100"),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdCreditsExpiringSoon", "30m"),
+            fires("BgsyncdCreditsExpiringSoon", "90m", {**INSTANCE, "severity": "warning"}),
+        ],
+    },
+    {  # a quarantine in one folder; successes elsewhere do not count
+        "interval": "1m",
+        "input_series": [
+            series(
+                "bgsyncd_jobs_finished_total",
+                "0 0 0 1 1 1 1 1 1 1",
+                folder="products",
+                outcome="quarantined",
+            ),
+            series("bgsyncd_jobs_finished_total", "0+1x9", folder="catalogue", outcome="success"),
+            series("bgsyncd_jobs_finished_total", "0x9", folder="catalogue", outcome="quarantined"),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdQuarantineGrowing", "1m"),
+            fires(
+                "BgsyncdQuarantineGrowing",
+                "6m",
+                {**INSTANCE, "folder": "products", "severity": "warning"},
+            ),
+        ],
+    },
+]
+
+
+def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(without_annotations(RULES.read_text(encoding="utf-8")), encoding="utf-8")
+    assert "annotations" not in rules.read_text()
+    tests = tmp_path / "tests.yml"
+    # JSON is YAML: promtool reads it as is.
+    tests.write_text(
+        json.dumps({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": ALERT_TESTS}),
+        encoding="utf-8",
+    )
+    result = promtool("test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def exposition() -> str:
+    """A real scrape of a Metrics instance with something in every metric."""
+    m = Metrics("127.0.0.1:0", ["products", "catalogue"], "1.2.3", clock=lambda: 1_700_000_000.0)
+    m.start()
+    try:
+        m.file_discovered("products")
+        m.job_finished("products", "success", 2.5)
+        m.job_finished("catalogue", "quarantined", None)
+        m.api_request("image-without-background", "200", 1.2)
+        m.api_request("available-credit", "error", 0.05)
+        m.rate_limited()
+        m.resend()
+        m.credits(120, 1_800_000_000.0)
+        m.credits_floor(10)
+        m.paused("credit_floor")
+        m.jobs({"pending": 4, "in_flight": 2}, 30.0)
+        m.heartbeat()
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+    finally:
+        m.stop()
+
+
+def test_exposition_passes_promtool_check_metrics(exposition: str) -> None:
+    result = promtool("check", "metrics", stdin=exposition)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for p in d["panels"]:
+        out.append(p)
+        out.extend(p.get("panels", []))
+    return out
+
+
+def expressions(d: dict[str, Any]) -> list[str]:
+    exprs = [t["expr"] for p in panels(d) for t in p.get("targets", [])]
+    for var in d["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]
+            exprs.append(query["query"] if isinstance(query, dict) else query)
+    return exprs
+
+
+def test_dashboard_uses_only_contract_metrics(exposition: str) -> None:
+    d = dashboard()
+    used = {name for e in expressions(d) for name in re.findall(r"\bbgsyncd_[a-z_]+", e)}
+    exposed = {
+        line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line[:1].isalpha()
+    }
+    for name in used:
+        assert name in exposed, f"dashboard uses {name}, which bgsyncd does not expose"
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in CONTRACT or base in CONTRACT, name
+    # Everything the contract promises is on the dashboard.
+    assert {re.sub(r"_(bucket|sum|count)$", "", n) for n in used} == set(CONTRACT)
+
+
+def test_dashboard_has_the_panels_and_variables() -> None:
+    d = dashboard()
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["folder"]["type"] == "query"
+    titles = {p["title"] for p in panels(d)}
+    for wanted in (
+        "Queue by state",
+        "Files per minute against the limit",
+        "API status codes",
+        "API request latency",
+        "Credits against the floor",
+        "Credit expiry",
+        "Dispatch pauses by reason",
+        "Oldest pending age",
+        "Quarantined per hour, by folder",
+    ):
+        assert wanted in titles
+    for p in panels(d):
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
+            assert p.get("description"), p["title"]
+    quarantine = next(p for p in panels(d) if p["title"].startswith("Quarantined"))
+    assert "no reason label" in quarantine["description"]
+    assert 'outcome="quarantined"' in quarantine["targets"][0]["expr"]
+    assert any("$folder" in e for e in expressions(d))
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    substitutions = {
+        "$__rate_interval": "5m",
+        "$job": ".*",
+        "$instance": ".*",
+        "$folder": ".*",
+        "$rate_limit": "7",
+    }
+    rules = []
+    for i, query in enumerate(expressions(dashboard())):
+        # Grafana's label_values(SELECTOR, label): check the selector.
+        expr = re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", query)
+        for var, value in substitutions.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
