@@ -10,6 +10,7 @@ handlers only set flags: the main loop does the work.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import queue as stdqueue
 import signal
@@ -40,6 +41,8 @@ log = get_logger("bgsyncd.daemon")
 
 INGEST_BATCH = 2000
 REFRESH_SECONDS = 5.0
+# `once` waits for retries due within this many seconds before it exits.
+ONCE_RETRY_HORIZON = 60.0
 
 
 class Daemon:
@@ -165,8 +168,11 @@ class Daemon:
         if self.dispatcher.paused is not None:
             log.warning("once.paused", reason=self.dispatcher.paused)
             return True
+        # Retries due soon are waited for; a longer backoff is left for a later run.
         ready = self.queue.next_ready_at()
-        return ready is None or (ready > time.time() and self.dispatcher.idle_drained.is_set())
+        if ready is None:
+            return True
+        return ready > time.time() + ONCE_RETRY_HORIZON and self.dispatcher.idle_drained.is_set()
 
     def _heartbeat(self) -> None:
         if self.dispatcher.alive() and self.watcher.alive() and self._ingest.is_alive():
@@ -226,6 +232,8 @@ class Daemon:
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        # SIGUSR1 dumps every thread's stack to stderr: for debugging a stuck daemon.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)

@@ -65,6 +65,7 @@ class Dispatcher:
         self._paused: str | None = None
         self._stopping = False
         self._check_now = True
+        self._kicked = False
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="bgsyncd-worker")
         self._thread = threading.Thread(target=self._run, name="bgsyncd-dispatch", daemon=True)
         self.idle_drained = threading.Event()
@@ -78,13 +79,19 @@ class Dispatcher:
     def wake(self) -> None:
         """Something changed (new work, a signal): look again now."""
         with self._cond:
-            self._cond.notify_all()
+            self._kick_locked()
+
+    def _kick_locked(self) -> None:
+        # The flag closes the race between deciding to wait and waiting: a
+        # wake-up that lands while the dispatcher is mid-step is not lost.
+        self._kicked = True
+        self._cond.notify_all()
 
     def recheck_credits(self) -> None:
         """Check credits at once (SIGHUP); a successful check lifts any pause."""
         with self._cond:
             self._check_now = True
-            self._cond.notify_all()
+            self._kick_locked()
 
     @property
     def paused(self) -> str | None:
@@ -105,7 +112,7 @@ class Dispatcher:
         """Stop claiming, wait up to ``timeout`` for jobs in flight; return the rest."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._kick_locked()
         self._thread.join(timeout=5.0)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -125,6 +132,7 @@ class Dispatcher:
             with self._cond:
                 if self._stopping:
                     return
+                self._kicked = False
             try:
                 wait = self._step()
             except Exception:  # the loop must survive anything; the heartbeat tells
@@ -132,7 +140,7 @@ class Dispatcher:
                 wait = 1.0
             if wait > 0:
                 with self._cond:
-                    if not self._stopping:
+                    if not self._stopping and not self._kicked:
                         self._cond.wait(wait)
 
     def _step(self) -> float:
@@ -188,7 +196,7 @@ class Dispatcher:
                     self._pause_locked(result.reason)
                 elif result.kind is Kind.RATE_LIMITED:
                     self._pacer.note_rate_limited(result.retry_after)
-                self._cond.notify_all()
+                self._kick_locked()
             self._on_state_change()
 
     # -- credits and pauses ----------------------------------------------------------

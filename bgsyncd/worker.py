@@ -7,13 +7,15 @@ and a ``Result`` that tells the dispatcher what it means for the account.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import hashlib
 import os
 import stat
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,6 +104,8 @@ class Worker:
         self.config = config
         self._client = client
         self._clock = clock
+        self._lock = threading.Lock()
+        self._busy: dict[str, threading.Event] = {}
 
     def process(self, job: Job) -> Result:
         """Process ``job`` (claimed, in flight) to one of the outcomes of ``Kind``."""
@@ -136,6 +140,33 @@ class Worker:
             raise _Quarantine("corrupt_image", str(exc)) from None
         sha = hashlib.sha256(data).hexdigest()
         self._queue.set_sha256(job.id, sha)
+        with self._same_content(sha):
+            return self._process_content(job, folder, data, sha, src, bound)
+
+    @contextlib.contextmanager
+    def _same_content(self, sha: str) -> Iterator[None]:
+        """Let one job at a time process a given content; the others wait for it.
+
+        Two names with the same bytes dropped together would otherwise both be
+        sent before either result is cached: the second waits, then finds the
+        first one's result in the cache and spends no credit.
+        """
+        while True:
+            with self._lock:
+                busy = self._busy.get(sha)
+                if busy is None:
+                    self._busy[sha] = threading.Event()
+                    break
+            busy.wait()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.pop(sha).set()
+
+    def _process_content(
+        self, job: Job, folder: FolderSettings, data: bytes, sha: str, src: Path, bound: Any
+    ) -> Result:
         cached = self._cache.get(sha)
         if cached is not None:
             self._finish(job, folder, data, cached, src, bound)
@@ -144,9 +175,7 @@ class Worker:
             return Result(Kind.DONE)
         oversize = len(data) > self.config.max_upload_bytes
         if oversize and folder.oversize == "quarantine":
-            raise _Quarantine(
-                "too_large", f"{len(data)} bytes is over api.max_upload_bytes", None
-            )
+            raise _Quarantine("too_large", f"{len(data)} bytes is over api.max_upload_bytes", None)
         if job.resend:
             self._recorder.resend()
             bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
@@ -215,9 +244,7 @@ class Worker:
         if folder.output == "both":
             # The mask's name is claimed too: `a.mask.jpg` beside `a.jpg` must not
             # write the same file as a.jpg's mask.
-            mask = self._queue.claim_output(
-                job.folder, job.id, outputs.mask_candidates(primary)
-            )
+            mask = self._queue.claim_output(job.folder, job.id, outputs.mask_candidates(primary))
             outputs.write_atomic(folder.outbox / mask, imaging.encode_mask(cutout))
             written.append(mask)
         return written
