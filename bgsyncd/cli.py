@@ -48,9 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     credits = sub.add_parser("credits", parents=[common], help="ask the API for credits")
     credits.add_argument("--json", action="store_true", help="one JSON object")
     sub.add_parser("check-config", parents=[common], help="validate and print the settings")
-    emulator = sub.add_parser(
-        "emulator", help="a local WithoutBG-compatible API", add_help=False
-    )
+    emulator = sub.add_parser("emulator", help="a local WithoutBG-compatible API", add_help=False)
     emulator.add_argument("args", nargs=argparse.REMAINDER)
     demo = sub.add_parser("demo", parents=[common], help="the quick start, no key needed")
     demo.add_argument("--dir", default="bgsyncd-demo", help="demo folder (default: %(default)s)")

@@ -79,7 +79,9 @@ class Daemon:
             SqliteRequestLog(settings.queue.database),
         )
         self.credits = CreditGuard(settings.credits.floor, settings.credits.check_interval_seconds)
-        self.metrics = Metrics(settings.metrics.listen, [f.name for f in settings.folders], __version__)
+        self.metrics = Metrics(
+            settings.metrics.listen, [f.name for f in settings.folders], __version__
+        )
         self.metrics.credits_floor(settings.credits.floor)
         self.client = self._make_client(settings)
         self.worker = Worker(
@@ -98,7 +100,9 @@ class Daemon:
         )
         self.watcher = self._make_watcher(settings)
         self.notifier = Notifier.from_environ(os.environ)
-        self._ingest = threading.Thread(target=self._ingest_loop, name="bgsyncd-ingest", daemon=True)
+        self._ingest = threading.Thread(
+            target=self._ingest_loop, name="bgsyncd-ingest", daemon=True
+        )
 
     # -- wiring helpers --------------------------------------------------------------
 

@@ -133,7 +133,9 @@ def request_log_for(settings: Settings) -> RequestLog:
 def fetch_credits(settings: Settings) -> Credits:
     """One paced credit check, outside the daemon."""
     key = require_api_key(settings)
-    pacer = Pacer(settings.api.rate_limit, settings.api.rate_window_seconds, request_log_for(settings))
+    pacer = Pacer(
+        settings.api.rate_limit, settings.api.rate_window_seconds, request_log_for(settings)
+    )
     with Client(
         settings.api.base_url, key, settings.api.timeout_seconds, gate=pacer.acquire
     ) as client:

@@ -22,7 +22,9 @@ TEST_KEY = "test-key-0123456789"
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
     """An emulator on loopback with a generous limit (tests that pace set their own)."""
-    with Emulator(keys=[TEST_KEY], credits=10_000, rate_limit=1000, rate_window=60.0, seed=1) as emu:
+    with Emulator(
+        keys=[TEST_KEY], credits=10_000, rate_limit=1000, rate_window=60.0, seed=1
+    ) as emu:
         yield emu
 
 
@@ -163,7 +165,9 @@ def daemons() -> Iterator[list[DaemonProcess]]:
         d._log.close()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``bgsyncd ARGS`` to completion."""
     return subprocess.run(
         [sys.executable, "-m", "bgsyncd", *args],

@@ -50,9 +50,7 @@ def test_nested_mixed_formats_give_mirrored_rgba_outputs(tmp_path, emulator, dae
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     expected = {rel.rsplit(".", 1)[0] + ".png": rel for rel in files}
-    wait_until(
-        lambda: all((outbox / out).exists() for out in expected), 30, what="all outputs"
-    )
+    wait_until(lambda: all((outbox / out).exists() for out in expected), 30, what="all outputs")
     for out, rel in expected.items():
         result = open_image((outbox / out).read_bytes())
         source = open_image(files[rel])
@@ -152,9 +150,11 @@ def test_bad_inputs_each_get_their_outcome_and_the_daemon_keeps_running(
         "huge.png": "too_large",
     }
     wait_until(
-        lambda: all((quarantine / n).exists() for n in expected_quarantine)
-        and (outbox / "with space é.png").exists()
-        and (outbox / "ünïcødé.png").exists(),
+        lambda: (
+            all((quarantine / n).exists() for n in expected_quarantine)
+            and (outbox / "with space é.png").exists()
+            and (outbox / "ünïcødé.png").exists()
+        ),
         30,
         what="quarantine and outputs",
     )
@@ -162,8 +162,14 @@ def test_bad_inputs_each_get_their_outcome_and_the_daemon_keeps_running(
         sidecar = json.loads((quarantine / f"{name}.error.json").read_text())
         assert sidecar["reason"] == reason, name
         assert set(sidecar) == {
-            "path", "folder", "reason", "http_status", "message",
-            "attempts", "first_seen", "failed_at",
+            "path",
+            "folder",
+            "reason",
+            "http_status",
+            "message",
+            "attempts",
+            "first_seen",
+            "failed_at",
         }
         assert sidecar["path"] == name and sidecar["folder"] == "bad"
         assert not (inbox / name).exists()
@@ -263,7 +269,11 @@ def test_once_processes_everything_and_exits(tmp_path, emulator):
     assert (Path(folder["quarantine"]) / "bad.jpg.error.json").exists()
     status = json.loads(run_cli("status", "--json", "--config", str(config)).stdout)
     assert status["jobs"] == {
-        "pending": 0, "in_flight": 0, "retry_wait": 0, "done": 5, "quarantined": 1,
+        "pending": 0,
+        "in_flight": 0,
+        "retry_wait": 0,
+        "done": 5,
+        "quarantined": 1,
     }
     assert status["folders"] == {"batch": status["jobs"]}
     assert status["paused"] is None
