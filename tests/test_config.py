@@ -94,10 +94,10 @@ def test_an_empty_file_gives_the_spec_defaults_and_no_folders(cfg: Path) -> None
 
 
 def example_in(tmp_path: Path) -> Path:
-    """config.example.toml with its /srv/bg and /var/lib paths moved under tmp_path."""
+    """config.example.toml with its /srv/bgsyncd and /var/lib paths moved under tmp_path."""
     text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
-    assert "/srv/bg/" in text
-    text = text.replace("/srv/bg/", f"{tmp_path}/bg/").replace("/var/lib/", f"{tmp_path}/lib/")
+    assert "/srv/bgsyncd/" in text
+    text = text.replace("/srv/bgsyncd/", f"{tmp_path}/bg/").replace("/var/lib/", f"{tmp_path}/lib/")
     (tmp_path / "bg" / "inbox").mkdir(parents=True)
     path = tmp_path / "example.toml"
     path.write_text(text, encoding="utf-8")
