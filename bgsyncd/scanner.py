@@ -1,0 +1,218 @@
+"""Scanning inboxes: which names count, and a streaming walk that never follows a link.
+
+``Scanner`` walks every inbox in the caller's thread at start-up, then in its
+own thread every ``rescan_interval`` seconds and whenever asked (SIGHUP, an
+inotify overflow): the reconciliation that catches what events missed.
+
+Ignored, never queued: any path component starting with "." (dotfiles, dot
+folders, rsync's ``.name.XXXXXX`` temp files), the usual temp names
+(``*.part``, ``*.crdownload``, ``*.tmp``, ``*~``, ``*.swp``, case-insensitive),
+and a folder's ``ignore`` globs. A glob is matched (``fnmatchcase``, so ``*``
+also crosses "/") against the file's path relative to the inbox, against its
+name, and against the relative path and the name of every folder it is in:
+``*.raw`` ignores ``a/b.raw``; ``scratch`` ignores everything under any folder
+named ``scratch``; ``raw/*`` ignores everything under the top-level ``raw``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from bgsyncd.logs import get_logger
+
+log = get_logger("bgsyncd.watcher")
+
+TEMP_SUFFIXES = (".part", ".crdownload", ".tmp", "~", ".swp")
+
+# O_NOFOLLOW: a folder swapped for a symlink between listing and opening is
+# refused rather than followed out of the inbox.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
+
+
+class IgnoreRules:
+    """The built-in temp-file rules plus one folder's ``ignore`` globs."""
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        pats = [p for p in patterns if p]
+        # One combined regex: a single match call per candidate, whatever the count.
+        joined = "|".join(f"(?:{fnmatch.translate(p)})" for p in pats)
+        self._glob = re.compile(joined) if pats else None
+
+    def ignored(self, relpath: str) -> bool:
+        """True when the file at ``relpath`` ("/"-separated) is never queued."""
+        parts = relpath.split("/")
+        name = parts[-1]
+        if name.lower().endswith(TEMP_SUFFIXES):
+            return True
+        return self._ignored_parts(parts)
+
+    def ignored_dir(self, relpath: str) -> bool:
+        """True when nothing under the folder ``relpath`` is ever queued."""
+        return self._ignored_parts(relpath.split("/"))
+
+    def _ignored_parts(self, parts: list[str]) -> bool:
+        if any(p.startswith(".") or not p for p in parts):
+            return True
+        glob = self._glob
+        if glob is None:
+            return False
+        prefix = ""
+        for part in parts:
+            prefix = f"{prefix}/{part}" if prefix else part
+            if glob.match(part) or glob.match(prefix):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """One watched folder as the watcher sees it."""
+
+    name: str
+    root: str
+    recursive: bool
+    polling: bool
+    rules: IgnoreRules
+
+    def relpath(self, path: str) -> str | None:
+        """``path`` relative to the inbox, or None if outside, too deep or ignored."""
+        prefix = self.root + "/"
+        if not path.startswith(prefix):
+            return None
+        rel = path[len(prefix) :]
+        if not self.recursive and "/" in rel:
+            return None
+        return None if self.rules.ignored(rel) else rel
+
+
+def regular_file(root: str, rel: str) -> os.stat_result | None:
+    """``lstat`` of ``root/rel`` if it is a regular file reached through real folders."""
+    try:
+        path = root
+        for part in rel.split("/")[:-1]:
+            path = f"{path}/{part}"
+            # A folder swapped for a symlink must not lead us out of the inbox.
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return None
+        st = os.lstat(f"{root}/{rel}")
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def walk(root: str, recursive: bool, rules: IgnoreRules) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield ``(relpath, lstat)`` for each regular, non-ignored file under ``root``.
+
+    Streaming: only the folders still to visit are held, never the file list.
+    Symlinks (to files or folders) are skipped, never followed; unreadable or
+    vanished folders are skipped silently (the next scan tries again).
+    """
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            fd = os.open(f"{root}/{rel}" if rel else root, _DIR_FLAGS if rel else os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            yield from _walk_one(fd, rel, recursive, rules, pending)
+        finally:
+            os.close(fd)
+
+
+def _walk_one(
+    fd: int, rel: str, recursive: bool, rules: IgnoreRules, pending: list[str]
+) -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        entries = os.scandir(fd)
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive and not rules.ignored_dir(child):
+                        pending.append(child)
+                    continue
+                # Names first: an ignored file costs no system call.
+                if rules.ignored(child):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield child, st
+
+
+class Scanner:
+    """Walks every inbox and passes each file found to ``found``."""
+
+    def __init__(
+        self,
+        inboxes: Iterable[Inbox],
+        found: Callable[[Inbox, str, os.stat_result], None],
+        interval: float,
+    ) -> None:
+        self._inboxes = tuple(inboxes)
+        self._found = found
+        self._interval = interval
+        self._requested = threading.Event()
+        self._stopping = threading.Event()
+        self._scanning = False
+        self._thread = threading.Thread(target=self._run, name="bgsyncd-scan", daemon=True)
+
+    def scan(self) -> int:
+        """Walk every inbox now, in this thread; return the files seen."""
+        seen = 0
+        for inbox in self._inboxes:
+            for rel, st in walk(inbox.root, inbox.recursive, inbox.rules):
+                if self._stopping.is_set():
+                    return seen
+                seen += 1
+                self._found(inbox, rel, st)
+        return seen
+
+    def start(self) -> None:
+        """Start the periodic scans."""
+        self._thread.start()
+
+    def request(self) -> None:
+        """Ask for a scan soon; returns at once."""
+        self._requested.set()
+
+    def busy(self) -> bool:
+        """True while a scan is requested or running."""
+        return self._scanning or self._requested.is_set()
+
+    def alive(self) -> bool:
+        """True while the scan thread runs."""
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Abandon any scan and stop the thread."""
+        self._stopping.set()
+        self._requested.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        # A timed wait, not a poll: an idle daemon sleeps here for the interval.
+        while not self._stopping.is_set():
+            self._requested.wait(self._interval)
+            if self._stopping.is_set():
+                return
+            self._scanning = True
+            self._requested.clear()
+            try:
+                self.scan()
+            except Exception:
+                log.exception("watcher.scan_failed")
+            finally:
+                self._scanning = False

@@ -1,0 +1,479 @@
+"""The watcher against the real filesystem and real watchdog observers (inotify, polling)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bgsyncd.config import FolderSettings
+from bgsyncd.openfiles import OpenForWriting
+from bgsyncd.queue import Found
+from bgsyncd.scanner import IgnoreRules
+from bgsyncd.watcher import Watcher
+from tests.helpers import wait_until
+
+SENTINEL = "zz-sentinel.jpg"
+OLD = time.time() - 3600
+
+
+class Sink:
+    """A thread-safe list of what the watcher emitted, with when."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[Found, float]] = []
+
+    def __call__(self, found: Found) -> None:
+        with self.lock:
+            self.items.append((found, time.monotonic()))
+
+    def found(self, relpath: str | None = None) -> list[Found]:
+        with self.lock:
+            return [f for f, _ in self.items if relpath is None or f.relpath == relpath]
+
+    def names(self) -> list[str]:
+        return sorted(f.relpath for f in self.found())
+
+    def at(self, relpath: str) -> float:
+        with self.lock:
+            return next(t for f, t in self.items if f.relpath == relpath)
+
+
+class Env:
+    """An inbox, a folder beside it (same filesystem) and started watchers."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.inbox = tmp_path / "inbox"
+        self.outside = tmp_path / "outside"
+        self.inbox.mkdir()
+        self.outside.mkdir()
+        self.watchers: list[Watcher] = []
+
+    def folder(self, **kw: object) -> FolderSettings:
+        return FolderSettings(
+            name="products",
+            inbox=self.inbox,
+            outbox=self.tmp / "outbox",
+            quarantine=self.tmp / "quarantine",
+            **kw,
+        )
+
+    def start(
+        self,
+        settle: float = 5.0,
+        rescan: float = 300.0,
+        sink: Callable[[Found], None] | None = None,
+        is_unchanged: Callable[[str, str, int, int, int], bool] | None = None,
+        **folder: object,
+    ) -> tuple[Watcher, Sink]:
+        recorder = Sink()
+        watcher = Watcher(
+            [self.folder(**folder)],
+            sink or recorder,
+            is_unchanged or (lambda *_: False),
+            settle,
+            rescan,
+            poll_interval=0.1,
+        )
+        self.watchers.append(watcher)
+        self.seen = watcher.start()
+        return watcher, recorder
+
+    def sentinel(self, sink: Sink, timeout: float = 3.0) -> None:
+        """Write a file and wait for it: events before it have been dealt with."""
+        write(self.inbox / SENTINEL)
+        wait_until(lambda: sink.found(SENTINEL), timeout, what="the sentinel file")
+
+
+def write(path: Path, data: bytes = b"x" * 1000, mtime: float | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    for w in e.watchers:
+        w.stop()
+
+
+# -- inotify: closes and renames ------------------------------------------------------
+
+
+def test_written_and_closed_is_emitted_once_at_close(env: Env) -> None:
+    _, sink = env.start(settle=5.0)
+    start = time.monotonic()
+    write(env.inbox / "a.jpg", b"a" * 1234)
+    (found,) = wait_until(lambda: sink.found("a.jpg"), 3.0)
+    # Long before settle_seconds: the close said it was complete.
+    assert sink.at("a.jpg") - start < 3.0
+    assert (found.folder, found.size) == ("products", 1234)
+    st = os.lstat(env.inbox / "a.jpg")
+    assert (found.mtime_ns, found.inode) == (st.st_mtime_ns, st.st_ino)
+    env.sentinel(sink)
+    assert len(sink.found("a.jpg")) == 1
+
+
+def test_writer_pausing_longer_than_settle_is_emitted_only_after_close(env: Env) -> None:
+    watcher, sink = env.start(settle=0.3)
+    with open(env.inbox / "slow.jpg", "wb", buffering=0) as f:
+        f.write(b"1" * 500)
+        wait_until(lambda: watcher.pending() == 1)
+        time.sleep(1.0)  # the writer's own pause, over three times settle_seconds
+        assert sink.found() == []
+        f.write(b"2" * 500)
+    (found,) = wait_until(lambda: sink.found("slow.jpg"), 3.0)
+    assert found.size == 1000
+    env.sentinel(sink)
+    assert len(sink.found("slow.jpg")) == 1
+
+
+def test_rsync_temp_renamed_is_emitted_under_final_name_only(env: Env) -> None:
+    _, sink = env.start(settle=5.0)
+    write(env.inbox / ".photo.jpg.AbC123", b"p" * 700)
+    os.rename(env.inbox / ".photo.jpg.AbC123", env.inbox / "photo.jpg")
+    (found,) = wait_until(lambda: sink.found("photo.jpg"), 3.0)
+    assert found.size == 700
+    env.sentinel(sink)
+    assert sink.names() == ["photo.jpg", SENTINEL]
+
+
+def test_browser_download_renamed_is_emitted_under_final_name(env: Env) -> None:
+    _, sink = env.start(settle=5.0)
+    write(env.inbox / "shoe.png.crdownload")
+    os.rename(env.inbox / "shoe.png.crdownload", env.inbox / "shoe.png")
+    wait_until(lambda: sink.found("shoe.png"), 3.0)
+    env.sentinel(sink)
+    assert sink.names() == ["shoe.png", SENTINEL]
+
+
+def test_mv_from_outside_is_emitted_well_before_settle(env: Env) -> None:
+    _, sink = env.start(settle=5.0)
+    write(env.outside / "moved.jpg", b"m" * 321)
+    start = time.monotonic()
+    os.rename(env.outside / "moved.jpg", env.inbox / "moved.jpg")
+    (found,) = wait_until(lambda: sink.found("moved.jpg"), 3.0)
+    assert sink.at("moved.jpg") - start < 2.0
+    assert found.size == 321
+
+
+def test_reopened_for_append_is_emitted_again(env: Env) -> None:
+    _, sink = env.start(settle=5.0)
+    write(env.inbox / "grow.jpg", b"a" * 100)
+    wait_until(lambda: sink.found("grow.jpg"), 3.0)
+    with open(env.inbox / "grow.jpg", "ab") as f:
+        f.write(b"b" * 50)
+    wait_until(lambda: len(sink.found("grow.jpg")) == 2, 3.0)
+    assert [f.size for f in sink.found("grow.jpg")] == [100, 150]
+
+
+def test_new_subfolders_written_or_moved_in_are_emitted(env: Env) -> None:
+    _, sink = env.start(settle=0.3)
+    write(env.inbox / "new" / "a.jpg")
+    write(env.inbox / "new" / "deeper" / "b.jpg")
+    tree = env.outside / "batch"
+    for rel in ("c.jpg", "d.jpg", "inner/e.jpg"):
+        write(tree / rel)
+    os.rename(tree, env.inbox / "batch")
+    expected = ["batch/c.jpg", "batch/d.jpg", "batch/inner/e.jpg", "new/a.jpg", "new/deeper/b.jpg"]
+    wait_until(lambda: sink.names() == expected, 5.0, what=f"{expected}, got {sink.names()}")
+
+
+def test_file_deleted_before_complete_is_dropped(env: Env) -> None:
+    watcher, sink = env.start(settle=0.3)
+    with open(env.inbox / "gone.jpg", "wb", buffering=0) as f:
+        f.write(b"g" * 100)
+        wait_until(lambda: watcher.pending() == 1)
+        os.unlink(env.inbox / "gone.jpg")
+    env.sentinel(sink)
+    wait_until(lambda: watcher.pending() == 0)
+    assert sink.names() == [SENTINEL]
+
+
+# -- scans ----------------------------------------------------------------------------
+
+
+def test_file_present_before_start_is_found_by_startup_scan(env: Env) -> None:
+    write(env.inbox / "early.jpg")
+    write(env.inbox / "sub" / "early2.jpg")
+    _, sink = env.start(settle=0.3)
+    assert env.seen == 2
+    wait_until(lambda: sink.names() == ["early.jpg", "sub/early2.jpg"], 3.0)
+
+
+def test_old_file_is_emitted_by_the_scan_without_waiting_settle(env: Env) -> None:
+    write(env.inbox / "old.jpg", mtime=OLD)
+    _, sink = env.start(settle=60.0)
+    # The start-up scan is blocking and the mtime shows an hour of quiet.
+    assert sink.names() == ["old.jpg"]
+
+
+def test_is_unchanged_suppresses_scan_emissions(env: Env) -> None:
+    write(env.inbox / "known.jpg", b"k" * 10, mtime=OLD)
+    write(env.inbox / "fresh.jpg", b"f" * 20)
+    calls: list[tuple[str, str, int, int, int]] = []
+
+    def unchanged(*args: object) -> bool:
+        calls.append(args)  # type: ignore[arg-type]
+        return True
+
+    watcher, sink = env.start(settle=0.2, is_unchanged=unchanged)
+    assert env.seen == 2
+    watcher.rescan()
+    wait_until(lambda: watcher.pending() == 0)
+    assert sink.found() == []
+    st = os.lstat(env.inbox / "known.jpg")
+    assert ("products", "known.jpg", 10, st.st_mtime_ns, st.st_ino) in calls
+
+
+@pytest.mark.parametrize("how", ["periodic", "rescan", "overflow"])
+def test_rescan_finds_a_file_whose_emission_was_lost(env: Env, how: str) -> None:
+    """A file reported once but never queued (lost) is found again by reconciliation."""
+    queued: dict[str, tuple[int, int, int]] = {}
+    lost: list[str] = []
+    recorder = Sink()
+
+    def sink(found: Found) -> None:
+        if found.relpath == "lost.jpg" and not lost:
+            lost.append(found.relpath)  # dropped on the way to the queue
+            return
+        queued[found.relpath] = (found.size, found.mtime_ns, found.inode)
+        recorder(found)
+
+    def unchanged(folder: str, rel: str, size: int, mtime_ns: int, inode: int) -> bool:
+        return queued.get(rel) == (size, mtime_ns, inode)
+
+    watcher, _ = env.start(
+        settle=0.2, rescan=0.5 if how == "periodic" else 300.0, sink=sink, is_unchanged=unchanged
+    )
+    write(env.inbox / "lost.jpg", mtime=OLD)
+    wait_until(lambda: lost, 3.0)
+    if how == "rescan":
+        watcher.rescan()
+    elif how == "overflow":
+        # What watchdog logs when the kernel reports IN_Q_OVERFLOW.
+        import logging
+
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+    wait_until(lambda: recorder.found("lost.jpg"), 5.0)
+    env.sentinel(recorder)
+    assert recorder.names() == ["lost.jpg", SENTINEL]
+
+
+@pytest.mark.parametrize("polling", [False, True])
+def test_file_held_open_for_writing_is_not_emitted_until_closed(env: Env, polling: bool) -> None:
+    path = write(env.inbox / "held.jpg", b"h" * 100, mtime=OLD)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; f = open(sys.argv[1], 'ab'); print('open', flush=True); "
+            "sys.stdin.readline(); f.close()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        watcher, sink = env.start(settle=0.2, polling=polling)
+        assert env.seen == 1
+        time.sleep(1.0)  # the other process keeps writing (five settle periods)
+        assert sink.found() == []
+        assert watcher.pending() == 1
+    finally:
+        holder.communicate("\n", timeout=10)
+    wait_until(lambda: sink.found("held.jpg"), 3.0)
+    env.sentinel(sink)
+    (found,) = sink.found("held.jpg")
+    assert found.size == 100
+
+
+# -- what is never emitted ------------------------------------------------------------
+
+
+IGNORED = [
+    ".hidden.jpg",
+    "a.jpg.part",
+    "b.jpg.tmp",
+    "c.jpg~",
+    ".c.jpg.swp",
+    "d.SWP",
+    "e.raw",
+    "raws/f.raw",
+    ".cache/g.jpg",
+    "scratch/h.jpg",
+]
+
+
+def test_ignored_names_are_never_emitted(env: Env) -> None:
+    for rel in IGNORED:
+        write(env.inbox / "before" / rel, mtime=OLD)
+    _, sink = env.start(settle=0.2, ignore=("*.raw", "scratch"))
+    for rel in IGNORED:
+        write(env.inbox / rel)
+    env.sentinel(sink)
+    assert sink.names() == [SENTINEL]
+
+
+def test_links_fifos_sockets_and_folders_are_never_emitted(env: Env) -> None:
+    secret = write(env.outside / "secret.jpg", mtime=OLD)
+    (env.outside / "dir").mkdir()
+    write(env.outside / "dir" / "inside.jpg", mtime=OLD)
+
+    def specials(where: Path) -> None:
+        where.mkdir(exist_ok=True)
+        (where / "link.jpg").symlink_to(secret)
+        (where / "linkdir").symlink_to(env.outside / "dir")
+        os.mkfifo(where / "fifo.jpg")
+        (where / "x.jpg").mkdir()
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(where / "s.jpg"))
+        sock.close()
+
+    specials(env.inbox / "b")
+    watcher, sink = env.start(settle=0.2)
+    assert env.seen == 0
+    specials(env.inbox / "a")
+    write(env.outside / "dir" / "later.jpg")
+    env.sentinel(sink)
+    watcher.rescan()
+    wait_until(lambda: watcher.pending() == 0)
+    assert sink.names() == [SENTINEL]
+    assert watcher.alive()
+
+
+def test_non_recursive_folder_ignores_subfolders(env: Env) -> None:
+    write(env.inbox / "sub" / "before.jpg", mtime=OLD)
+    _, sink = env.start(settle=0.2, recursive=False)
+    assert env.seen == 0
+    write(env.inbox / "sub" / "after.jpg")
+    env.sentinel(sink)
+    assert sink.names() == [SENTINEL]
+
+
+def test_names_with_spaces_and_non_ascii_are_emitted(env: Env) -> None:
+    write(env.inbox / "früh ling" / "早い.jpg", mtime=OLD)
+    _, sink = env.start(settle=5.0)
+    write(env.inbox / "my photo ü.jpg")
+    wait_until(lambda: sink.names() == ["früh ling/早い.jpg", "my photo ü.jpg"], 3.0)
+
+
+# -- polling ----------------------------------------------------------------------------
+
+
+def test_polling_folder_emits_after_settle(env: Env) -> None:
+    _, sink = env.start(settle=0.3, polling=True)
+    written = time.monotonic()
+    write(env.inbox / "nfs.jpg", b"n" * 400)
+    (found,) = wait_until(lambda: sink.found("nfs.jpg"), 5.0)
+    assert found.size == 400
+    assert sink.at("nfs.jpg") - written >= 0.3
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def test_missing_inbox_fails_start_and_leaves_nothing_running(tmp_path: Path) -> None:
+    folder = FolderSettings(
+        inbox=tmp_path / "nope", outbox=tmp_path / "o", quarantine=tmp_path / "q"
+    )
+    before = threading.active_count()
+    watcher = Watcher([folder], Sink(), lambda *_: False, 1.0, 300.0)
+    with pytest.raises(OSError, match="nope"):
+        watcher.start()
+    assert not watcher.alive()
+    wait_until(lambda: threading.active_count() == before)
+
+
+def test_alive_until_stopped(env: Env) -> None:
+    watcher, _ = env.start()
+    assert watcher.alive()
+    watcher.stop()
+    assert not watcher.alive()
+
+
+def test_idle_watcher_uses_almost_no_cpu(env: Env) -> None:
+    env.start()
+    before = time.process_time()
+    time.sleep(1.0)  # the point: measure what an idle watcher costs over a second
+    assert time.process_time() - before < 0.05
+
+
+def test_startup_scan_is_fast(env: Env) -> None:
+    count = 0
+    for d in range(50):
+        folder = env.inbox / f"d{d:02}"
+        folder.mkdir()
+        for i in range(200):
+            write(folder / f"{i}.jpg", b"x", mtime=OLD)
+            count += 1
+    started = time.monotonic()
+    watcher, sink = env.start(settle=2.0)
+    elapsed = time.monotonic() - started
+    assert env.seen == count
+    assert len(sink.found()) == count
+    assert count / elapsed >= 2000, f"{count / elapsed:.0f} files/s"
+    assert watcher.pending() == 0
+
+
+def test_open_for_writing_sees_writers_not_readers(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.jpg")
+    st = os.lstat(path)
+    open_files = OpenForWriting([str(tmp_path)], max_age=0.0)
+    assert not open_files.holds(st.st_dev, st.st_ino)
+    with open(path, "rb"):
+        assert not open_files.holds(st.st_dev, st.st_ino)
+    with open(path, "r+b"):
+        assert open_files.holds(st.st_dev, st.st_ino)
+    with open(path, "ab"):
+        assert open_files.holds(st.st_dev, st.st_ino)
+        assert not OpenForWriting([str(tmp_path / "elsewhere")], max_age=0.0).holds(
+            st.st_dev, st.st_ino
+        )
+    assert not open_files.holds(st.st_dev, st.st_ino)
+
+
+# -- the rules for names ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rel", "ignored"),
+    [
+        ("a.jpg", False),
+        ("sub/a.jpg", False),
+        (".a.jpg", True),
+        ("sub/.a.jpg.Xy12Ab", True),
+        (".git/a.jpg", True),
+        ("a.PART", True),
+        ("a.crdownload", True),
+        ("a.tmp", True),
+        ("a.jpg~", True),
+        ("a.swp", True),
+        ("x.raw", True),
+        ("deep/x.raw", True),
+        ("scratch/a.jpg", True),
+        ("a/scratch/b.jpg", True),
+        ("scratchpad/a.jpg", False),
+        ("tmp.jpg", False),
+    ],
+)
+def test_ignore_rules(rel: str, ignored: bool) -> None:
+    assert IgnoreRules(["*.raw", "scratch"]).ignored(rel) is ignored
