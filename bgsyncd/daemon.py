@@ -61,6 +61,10 @@ class Daemon:
         self._signals = 0
         self._found: stdqueue.Queue[Found | None] = stdqueue.Queue(maxsize=20_000)
         self._old_clients: list[Client] = []
+        self._published: dict[str, str | None] = {}
+        self._published_check: float | None = None
+        self._last_refresh = 0.0
+        self._open_jobs = False
 
         self.queue = Queue(settings.queue.database)
         resent = self.queue.recover()
@@ -154,7 +158,7 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             self._heartbeat()
-            if self._dirty.is_set() or not self.once:
+            if self._refresh_due():
                 self._dirty.clear()
                 self._refresh()
             if self.once:
@@ -183,22 +187,42 @@ class Daemon:
             self.metrics.heartbeat()
             self.notifier.watchdog()
 
+    def _refresh_due(self) -> bool:
+        """Something changed, or open jobs are ageing; an idle daemon asks nothing."""
+        if self._dirty.is_set() or self.credits.last_checked != self._published_check:
+            return True
+        age_moves = self._open_jobs and not self.once
+        return age_moves and time.monotonic() - self._last_refresh >= REFRESH_SECONDS
+
     def _refresh(self) -> None:
         """Publish queue counts to metrics, systemd and the database."""
+        self._last_refresh = time.monotonic()
+        self._published_check = self.credits.last_checked
         counts = self.queue.counts()
         totals = dict.fromkeys(STATES, 0)
         for per in counts.values():
             for state, n in per.items():
                 totals[state] += n
         oldest = self.queue.oldest_pending_queued_at()
+        self._open_jobs = oldest is not None
         age = max(0.0, time.time() - oldest) if oldest is not None else None
         self.metrics.jobs(totals, age)
         paused = self.dispatcher.paused
-        self.queue.set_state(STATE_PAUSED, paused)
         available = self.credits.available
-        self.queue.set_state(STATE_CREDITS, None if available is None else str(available))
+        self._publish(STATE_PAUSED, paused)
+        self._publish(STATE_CREDITS, None if available is None else str(available))
         status = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in totals.items() if n)
-        self.notifier.status((status or "idle") + (f"; paused: {paused}" if paused else ""))
+        status = (status or "idle") + (f"; paused: {paused}" if paused else "")
+        if status != self._published.get("status"):
+            self._published["status"] = status
+            self.notifier.status(status)
+
+    def _publish(self, key: str, value: str | None) -> None:
+        """Write daemon state for `bgsyncd status`, only when it changed."""
+        if key in self._published and self._published[key] == value:
+            return
+        self.queue.set_state(key, value)
+        self._published[key] = value
 
     def _ingest_loop(self) -> None:
         """Batch found files into the queue: one transaction per batch."""

@@ -35,7 +35,7 @@ from bgsyncd.errors import (
 )
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
-from bgsyncd.queue import Job, Queue
+from bgsyncd.queue import Found, Job, Queue
 
 log = get_logger("bgsyncd.worker")
 
@@ -125,11 +125,12 @@ class Worker:
 
     def _process(self, job: Job, folder: FolderSettings, bound: Any) -> Result:
         src = folder.inbox / job.relpath
-        data = _read_input(src)
-        if data is None:
+        read = _read_input(src)
+        if read is None:
             self._queue.forget(job.id)
             bound.info("file.vanished")
             return Result(Kind.VANISHED)
+        data, sig = read
         if len(data) > HARD_SIZE_LIMIT:
             raise _Quarantine("too_large", f"{len(data)} bytes is over the hard limit")
         if imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
@@ -141,7 +142,7 @@ class Worker:
         sha = hashlib.sha256(data).hexdigest()
         self._queue.set_sha256(job.id, sha)
         with self._same_content(sha):
-            return self._process_content(job, folder, data, sha, src, bound)
+            return self._process_content(job, folder, data, sig, sha, src, bound)
 
     @contextlib.contextmanager
     def _same_content(self, sha: str) -> Iterator[None]:
@@ -165,11 +166,18 @@ class Worker:
                 self._busy.pop(sha).set()
 
     def _process_content(
-        self, job: Job, folder: FolderSettings, data: bytes, sha: str, src: Path, bound: Any
+        self,
+        job: Job,
+        folder: FolderSettings,
+        data: bytes,
+        sig: _Signature,
+        sha: str,
+        src: Path,
+        bound: Any,
     ) -> Result:
         cached = self._cache.get(sha)
         if cached is not None:
-            self._finish(job, folder, data, cached, src, bound)
+            self._finish(job, folder, sig, cached, src, bound)
             self._recorder.job_finished(job.folder, "cached", self._clock() - job.queued_at)
             bound.info("job.done", source="cache")
             return Result(Kind.DONE)
@@ -208,17 +216,34 @@ class Worker:
             # The API answered with something Pillow cannot use: malformed, try again.
             return self._retry(job, folder, f"unusable result: {exc}", None, bound, False)
         self._cache.put(sha, cutout)
-        self._finish(job, folder, data, cutout, src, bound)
+        self._finish(job, folder, sig, cutout, src, bound)
         self._recorder.job_finished(job.folder, "success", self._clock() - job.queued_at)
         bound.info("job.done", source="api")
         return Result(Kind.DONE, charged=True)
 
     def _finish(
-        self, job: Job, folder: FolderSettings, data: bytes, cutout: bytes, src: Path, bound: Any
+        self,
+        job: Job,
+        folder: FolderSettings,
+        sig: _Signature,
+        cutout: bytes,
+        src: Path,
+        bound: Any,
     ) -> None:
-        """Write the outputs, mark the job done, then deal with the input."""
+        """Write the outputs, mark the job done, then deal with the input.
+
+        If the input changed after it was read (a writer came back), it is
+        neither deleted nor moved but queued again: its new content must not
+        be lost, and it gets its own turn.
+        """
         written = self._write_outputs(job, folder, cutout)
         self._queue.complete(job.id, written)
+        now = _signature_of(src)
+        if now is not None and now != sig:
+            size, mtime_ns, inode = now
+            self._queue.enqueue_many([Found(job.folder, job.relpath, size, mtime_ns, inode)])
+            bound.info("file.changed", note="changed while processed; queued again")
+            return
         if folder.after_success == "delete":
             src.unlink(missing_ok=True)
             outputs.fsync_dir(src.parent)
@@ -302,8 +327,19 @@ class Worker:
         return Result(Kind.QUARANTINED, reason=reason)
 
 
-def _read_input(path: Path) -> bytes | None:
-    """The file's bytes, or None when it is gone or no longer a regular file.
+_Signature = tuple[int, int, int]  # size, mtime_ns, inode: what the queue compares
+
+
+def _signature_of(path: Path) -> _Signature | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _read_input(path: Path) -> tuple[bytes, _Signature] | None:
+    """The file's bytes and signature, or None when it is gone or not a regular file.
 
     ``O_NOFOLLOW`` refuses a symlink swapped in after discovery and ``O_NONBLOCK``
     keeps a FIFO from blocking; ``fstat`` then checks what was really opened.
@@ -318,9 +354,13 @@ def _read_input(path: Path) -> bytes | None:
             return None
         raise
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
             return None
-        return fh.read()
+        data = fh.read()
+        # Signature after the read: a write during it shows as a change later.
+        st = os.fstat(fh.fileno())
+        return data, (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _iso(ts: float) -> str:
