@@ -30,9 +30,7 @@ def product_image(width: int = 64, height: int = 48, fmt: str = "JPEG", **save: 
     """A dark object on a plain light background, encoded as ``fmt``."""
     img = Image.new("RGB", (width, height), (235, 235, 230))
     draw = ImageDraw.Draw(img)
-    draw.ellipse(
-        (width // 4, height // 4, width * 3 // 4, height * 3 // 4), fill=(150, 30, 40)
-    )
+    draw.ellipse((width // 4, height // 4, width * 3 // 4, height * 3 // 4), fill=(150, 30, 40))
     if fmt in ("GIF",):
         img = img.convert("P")
     buf = io.BytesIO()
