@@ -209,6 +209,9 @@ class Daemon:
         self.metrics.jobs(totals, age)
         paused = self.dispatcher.paused
         available = self.credits.available
+        if available is not None:
+            # The local count moves with every success, not only at a check.
+            self.metrics.credits(available, self.credits.expires_at)
         self._publish(STATE_PAUSED, paused)
         self._publish(STATE_CREDITS, None if available is None else str(available))
         status = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in totals.items() if n)

@@ -28,17 +28,18 @@ def run_demo(root: Path) -> int:
     root = root.resolve()
     for name in ("inbox", "outbox", "quarantine", "state"):
         (root / name).mkdir(parents=True, exist_ok=True)
-    _write_samples(root / "inbox")
+    _write_samples(root / "inbox", root / "quarantine")
     key = "demo-" + secrets.token_hex(8)
     key_file = root / "state" / "api_key"
-    key_file.write_text(key + "\n", encoding="utf-8")
-    key_file.chmod(0o600)
+    # Created 0600 rather than chmod-ed after: not readable by others for a moment.
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    key_file.chmod(0o600)  # a file left by an earlier run keeps its old mode otherwise
     emulator = Emulator(keys=[key], credits=100, seed=7).start()
     listen = f"127.0.0.1:{_free_port(DEMO_METRICS_PORT)}"
     config = root / "config.toml"
-    config.write_text(
-        _CONFIG.format(url=emulator.url, key_file=key_file, listen=listen), encoding="utf-8"
-    )
+    config.write_text(_CONFIG.format(url=emulator.url, listen=listen), encoding="utf-8")
     os.environ.pop("BGSYNCD_API_KEY", None)  # the demo uses its own key, never a real one
     settings = load_settings(config)
     configure_logging("console", "info", lambda: [key])
@@ -58,6 +59,9 @@ Press Ctrl-C to stop.
     )
     try:
         return Daemon(settings).run()
+    except KeyboardInterrupt:
+        # Ctrl-C before the daemon took over SIGINT (while it was starting): still a clean stop.
+        return 0
     finally:
         emulator.stop()
 
@@ -66,7 +70,7 @@ _CONFIG = """\
 # Written by `bgsyncd demo`: the emulator stands in for the real API.
 [api]
 base_url = "{url}"
-key_file = "{key_file}"
+key_file = "state/api_key"
 
 [queue]
 database = "state/queue.sqlite3"
@@ -99,9 +103,13 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port on 127.0.0.1")
 
 
-def _write_samples(inbox: Path) -> None:
+def _write_samples(inbox: Path, quarantine: Path) -> None:
     """A few kinds of input: a product shot, a portrait-like shape, a transparent
-    PNG, a nested folder and, to show the quarantine, a file that is no image."""
+    PNG, a nested folder and, to show the quarantine, a file that is no image.
+
+    A sample already in the quarantine is not written again: a second run in the
+    same folder would only add ``not-an-image~2.jpg`` beside the first.
+    """
     samples = {
         "product.jpg": _product(),
         "portrait.png": _portrait(),
@@ -111,7 +119,7 @@ def _write_samples(inbox: Path) -> None:
     }
     for rel, data in samples.items():
         path = inbox / rel
-        if path.exists():
+        if path.exists() or (quarantine / rel).exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

@@ -25,6 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bgsyncd.config import parse_listen
 from bgsyncd.logs import get_logger
 
 if TYPE_CHECKING:
@@ -141,22 +142,6 @@ def _guarded(method: F) -> F:
                 _log.warning("metrics.error", method=method.__name__, error=repr(exc))
 
     return wrapper  # type: ignore[return-value]
-
-
-def parse_listen(listen: str) -> tuple[str, int] | None:
-    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); ``""`` -> None (disabled)."""
-    listen = listen.strip()
-    if not listen:
-        return None
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"metrics.listen must be 'host:port' or '[v6addr]:port', got {listen!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"metrics.listen: put an IPv6 address in brackets, got {listen!r}")
-    # No host (":9808") means loopback, as in config.py: exposing it is a choice.
-    return host or "127.0.0.1", int(port_text)
 
 
 class Metrics:

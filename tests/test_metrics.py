@@ -25,7 +25,6 @@ from bgsyncd.metrics import (
     Metrics,
     NullRecorder,
     Recorder,
-    parse_listen,
 )
 
 # SPEC section 6, verbatim: name -> (type, label names).
@@ -290,26 +289,6 @@ def test_ipv6_listen(clock: FakeClock) -> None:
             assert response.status == 200
     finally:
         m.stop()
-
-
-@pytest.mark.parametrize(
-    ("listen", "expected"),
-    [
-        ("", None),
-        ("127.0.0.1:9808", ("127.0.0.1", 9808)),
-        ("[::1]:9808", ("::1", 9808)),
-        ("0.0.0.0:1", ("0.0.0.0", 1)),
-        (":9808", ("127.0.0.1", 9808)),
-    ],
-)
-def test_parse_listen(listen: str, expected: tuple[str, int] | None) -> None:
-    assert parse_listen(listen) == expected
-
-
-@pytest.mark.parametrize("listen", ["9808", "host:port", "::1:9808", "a:70000"])
-def test_parse_listen_rejects(listen: str) -> None:
-    with pytest.raises(ValueError, match=r"metrics\.listen"):
-        parse_listen(listen)
 
 
 def test_null_recorder_does_nothing() -> None:
