@@ -20,6 +20,7 @@ import hashlib
 import json
 import socket
 import socketserver
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -86,6 +87,13 @@ class _Server(ThreadingHTTPServer):
         """Bind without HTTPServer's reverse DNS look-up of the host (slow offline)."""
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, reset) is normal here: say nothing."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def track(self, connection: socket.socket, open_: bool) -> None:
         """Remember or forget a client connection, so ``stop()`` can close it."""
