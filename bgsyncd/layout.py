@@ -82,10 +82,13 @@ def create_folders(folders: Sequence[FolderSettings], file: Path) -> None:
 
 def _nesting(a: Path, b: Path) -> str | None:
     """How resolved path ``a`` relates to ``b``: "is", "is inside", "contains" or None."""
-    if a == b:
+    # Compare component tuples: `x in path.parents` builds Path objects, and
+    # with 50 folders this runs thousands of times at every start.
+    pa, pb = a.parts, b.parts
+    if pa == pb:
         return "is"
-    if b in a.parents:
+    if len(pa) > len(pb) and pa[: len(pb)] == pb:
         return "is inside"
-    if a in b.parents:
+    if len(pb) > len(pa) and pb[: len(pa)] == pa:
         return "contains"
     return None

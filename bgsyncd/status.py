@@ -13,13 +13,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bgsyncd.client import Client, Credits
 from bgsyncd.config import FolderSettings, Settings, require_api_key
 from bgsyncd.outputs import move_to
 from bgsyncd.pacer import MemoryRequestLog, Pacer, RequestLog
 from bgsyncd.queue import STATES, Queue, SqliteRequestLog
+
+if TYPE_CHECKING:
+    from bgsyncd.client import Credits
 
 # Keys of the queue's key/value state that the daemon keeps for these commands.
 STATE_PAUSED = "paused"
@@ -132,6 +134,8 @@ def request_log_for(settings: Settings) -> RequestLog:
 
 def fetch_credits(settings: Settings) -> Credits:
     """One paced credit check, outside the daemon."""
+    from bgsyncd.client import Client  # httpx is slow to import; `status` needs none of it
+
     key = require_api_key(settings)
     pacer = Pacer(
         settings.api.rate_limit, settings.api.rate_window_seconds, request_log_for(settings)
