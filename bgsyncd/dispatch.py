@@ -26,6 +26,7 @@ from bgsyncd.worker import Kind, Result, Worker
 log = get_logger("bgsyncd.dispatch")
 
 CREDIT_FLOOR = "credit_floor"
+CREDITS_EXPIRED = "credits_expired"
 # After a failed credit check (API down), try again this soon rather than waiting
 # a whole check interval; an idle queue is looked at this often for work added by
 # another process (`bgsyncd retry`).
@@ -113,13 +114,17 @@ class Dispatcher:
         with self._cond:
             self._stopping = True
             self._kick_locked()
+        # Closing the pacer first makes every wait for a rate-limit slot give up
+        # (jobs not yet sent go back to the queue, a credit check is dropped):
+        # nothing new is sent once stopping, and a full window does not hold up
+        # the drain. Requests already sent are not affected.
+        self._pacer.close()
         self._thread.join(timeout=5.0)
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._in_flight and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
             left = list(self._in_flight.values())
-        self._pacer.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for job in left:
             self._queue.release(job.id)
@@ -153,6 +158,11 @@ class Dispatcher:
             busy = len(self._in_flight)
         if busy >= self._max_in_flight:
             return 60.0  # woken when a job finishes
+        if self._expired():
+            # Every image request would be refused (403): no request spent on
+            # learning it again. A credit check showing a later expiry resumes.
+            self._pause(CREDITS_EXPIRED)
+            return self._until_next_check()
         if not self._credits.can_start():
             if busy:
                 return 60.0  # one in flight may fail and give its credit back
@@ -225,10 +235,17 @@ class Dispatcher:
         self._credits.update(credits.available, expires)
         self._recorder.credits(credits.available, expires)
         log.info("credits.checked", available=credits.available, floor=self._credits.floor)
-        if self._credits.can_start() or self._credits.in_flight:
+        if self._expired():
+            self._pause(CREDITS_EXPIRED)
+        elif self._credits.can_start() or self._credits.in_flight:
             self._resume()
         else:
             self._pause(CREDIT_FLOOR)
+
+    def _expired(self) -> bool:
+        """The last credit check gave an expiry that has passed (by our clock)."""
+        expires = self._credits.expires_at
+        return expires is not None and expires <= self._clock()
 
     def _pause(self, reason: str) -> None:
         with self._cond:

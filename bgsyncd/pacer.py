@@ -120,8 +120,7 @@ class Pacer:
             now = self._clock()
             if self._delay(now) > 0.0 or self._delay_after_sync(now) > 0.0:
                 return False
-            self._record(now)
-            return True
+            return self._record_confirmed(now)
 
     def acquire(self) -> float:
         """Block until a start is allowed, record it and return its time.
@@ -136,11 +135,11 @@ class Pacer:
                 wait = self._delay(now)
                 if wait <= 0.0:
                     wait = self._delay_after_sync(now)
-                if wait <= 0.0:
-                    self._record(now)
+                if wait <= 0.0 and self._record_confirmed(now):
                     return now
-                # Re-check after waking: another thread may have taken the
-                # slot, a 429 may have come in, or we were closed.
+                # Re-check after waking: another thread may have taken the slot,
+                # a 429 may have come in, or we were closed. After standing back
+                # from a race with another process wait is 0: just look again.
                 self._cond.wait(timeout=wait)
 
     def note_rate_limited(self, retry_after: float | None) -> None:
@@ -170,7 +169,7 @@ class Pacer:
                 # Starts older than the old window were dropped from memory;
                 # the log still has them and they may count in the longer one.
                 now = self._clock()
-                self._load(self._log.since(now - self._span()), now)
+                self._load(self._log.since(now - self._span()), now, own_included=True)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -184,14 +183,22 @@ class Pacer:
     def _span(self) -> float:
         return self._window + self._margin
 
-    def _load(self, times: list[float], now: float) -> None:
-        """Merge logged starts into memory without counting any twice."""
+    def _load(self, times: list[float], now: float, *, own_included: bool = False) -> None:
+        """Merge logged starts into memory without counting any twice.
+
+        ``times`` may hold starts loaded before. Unless ``own_included``
+        (the whole log, read again), it holds only other processes' starts
+        (the caller took ``_own`` away), so at each time memory keeps our own
+        starts plus the most foreign ones seen: two processes may record the
+        same time.
+        """
         # Starts "in the future" mean the clock went back since they were
         # recorded: count them as starting now, which keeps them in the window
         # for at least a full window of real time.
         merged = Counter(min(t, now) for t in self._starts)
+        own = Counter() if own_included else Counter(min(t, now) for t in self._own.elements())
         for t, n in Counter(min(t, now) for t in times).items():
-            merged[t] = max(merged[t], n)
+            merged[t] = max(merged[t], own[t] + n)
         self._starts = deque(sorted(merged.elements()))
         self._normalise(now)
 
@@ -236,6 +243,25 @@ class Pacer:
         if foreign:
             self._load(list(foreign.elements()), now)
         return self._delay(now)
+
+    def _record_confirmed(self, now: float) -> bool:
+        """Record a start at ``now``; True if it is ours to make.
+
+        Two processes on one log (the daemon and ``bgsyncd credits``) wake at
+        the same instant when a slot frees, and each may read the log before
+        the other writes: both would start. So each reads the log again after
+        its own write. Of any set of racers the last to read sees every write
+        and stands back, its start recorded but never made, which only errs
+        on the safe side. A racer's clock reading may be a little after ours:
+        merged into memory, it counts as starting now, like any start "in
+        the future" (see ``_load``).
+        """
+        self._record(now)
+        foreign = Counter(self._log.since(now - self._span())) - self._own
+        if foreign:
+            self._load(list(foreign.elements()), now)
+        self._normalise(now)
+        return len(self._starts) <= self._limit
 
     def _record(self, now: float) -> None:
         # Memory first: if the log write fails the start still counts here,

@@ -6,6 +6,7 @@ import contextlib
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -417,3 +418,66 @@ def test_starts_of_another_process_on_the_same_log_count() -> None:
     clock.advance(57.0)  # the first start (t=1000) leaves the window
     assert daemon.try_acquire()
     assert not other.try_acquire()
+
+
+class RacingLog(MemoryRequestLog):
+    """A shared log that runs ``before_record`` once, just before the next write.
+
+    It puts another process's whole check-and-record between our read of the
+    log and our write: the race two processes run when a slot frees for both.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_record: Callable[[], None] | None = None
+
+    def record(self, t: float) -> None:
+        hook, self.before_record = self.before_record, None
+        if hook is not None:
+            hook()
+        super().record(t)
+
+
+def test_two_processes_racing_for_the_last_slot_make_one_start() -> None:
+    clock = FakeClock(1000.0)
+    log = RacingLog()
+    daemon = Pacer(2, 60.0, log, clock=clock, margin=0.0)
+    other = Pacer(2, 60.0, log, clock=clock, margin=0.0)
+    assert daemon.try_acquire()
+    clock.advance(1.0)
+    granted: list[bool] = []
+    # The daemon has read the log (one start: room) when the other process
+    # checks and records its own start.
+    log.before_record = lambda: granted.append(other.try_acquire())
+    granted.append(daemon.try_acquire())
+    assert granted == [True, False], "the later reader stands back"
+    assert daemon.delay() > 0.0 and other.delay() > 0.0
+    assert len(log.since(0.0)) == 3  # the stood-back start still counts (safe side)
+    clock.advance(59.5)  # the first start has left; the stood-back one has not
+    assert not daemon.try_acquire()
+    clock.advance(1.0)
+    assert daemon.try_acquire()
+
+
+def test_acquire_stands_back_and_waits_after_losing_a_race() -> None:
+    clock = FakeClock(1000.0)
+    log = RacingLog()
+    daemon = Pacer(1, 60.0, log, clock=clock, margin=0.0)
+    other = Pacer(1, 60.0, log, clock=clock, margin=0.0)
+    log.before_record = lambda: other.acquire() and None
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(daemon.acquire())
+        except Stopped as exc:
+            outcome.append(exc)
+
+    th = threading.Thread(target=run)
+    th.start()
+    wait_until(lambda: daemon.delay() == 60.0, 5.0, what="daemon stood back")
+    assert not outcome, "acquire returned after losing the race"
+    daemon.close()
+    th.join(5.0)
+    assert len(outcome) == 1 and isinstance(outcome[0], Stopped)
+    assert len(log.since(0.0)) == 2

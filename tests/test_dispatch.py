@@ -1,0 +1,418 @@
+"""Dispatch at the account's limits, end to end (SPEC §5).
+
+A real ``bgsyncd run`` subprocess against an emulator over loopback HTTP, with
+rate windows of a few seconds so a test sees several of them. The emulator is
+the referee: its log of request start times and statuses, and its credits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bgsyncd.emulator import Emulator, RecordedRequest
+from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
+from tests.helpers import noisy_image, open_image, product_image, wait_until
+
+IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+CREDIT_PATH = "/available-credit"
+WRONG_KEY = "not-a-key-the-emulator-knows-42"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def image_requests(emu: Emulator) -> list[RecordedRequest]:
+    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
+
+
+def peak(requests: Iterable[RecordedRequest], window: float) -> int:
+    """Most requests starting in any window ``[s, s + window)``: a sliding check over all."""
+    times = sorted(r.started for r in requests)
+    best, j = 0, 0
+    for i, s in enumerate(times):
+        while j < len(times) and times[j] < s + window:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def statuses(emu: Emulator) -> list[int]:
+    return [r.status for r in emu.requests()]
+
+
+def start(
+    daemons: list[DaemonProcess], config: Path, env: dict[str, str] | None = None
+) -> DaemonProcess:
+    d = DaemonProcess(config, env=env)
+    daemons.append(d)
+    d.wait_ready()
+    return d
+
+
+def status(config: Path) -> dict[str, Any]:
+    result = run_cli("status", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def wait_status(config: Path, timeout: float = 30.0, **expected: Any) -> dict[str, Any]:
+    """Wait until ``status --json`` shows ``expected`` (it is refreshed every few seconds)."""
+    seen: list[dict[str, Any]] = []
+
+    def matches() -> bool:
+        seen[:] = [status(config)]
+        got = {**seen[0], **seen[0]["jobs"]}
+        return all(got.get(k) == v for k, v in expected.items())
+
+    try:
+        wait_until(matches, timeout, interval=0.25, what=f"status {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status: {seen}") from None
+    return seen[0]
+
+
+def attempts(config: Path) -> dict[str, int]:
+    """Each job's counted attempts, read from the daemon's database."""
+    db = config.parent / "state" / "queue.sqlite3"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT folder, relpath, attempts FROM jobs").fetchall()
+    finally:
+        conn.close()
+    return {f"{folder}/{rel}": n for folder, rel, n in rows}
+
+
+def drop_images(inbox: Path, names: Sequence[str], seed: int = 0) -> dict[str, str]:
+    """Write distinct small images (no two alike: no cache hits); return sha256 -> name."""
+    shas = {}
+    for i, name in enumerate(names):
+        data = product_image(24 + seed + i, 20 + i % 7, "PNG")
+        (inbox / name).write_bytes(data)
+        shas[hashlib.sha256(data).hexdigest()] = name
+    return shas
+
+
+def outputs(folder: dict[str, Any]) -> list[str]:
+    return sorted(p.name for p in Path(folder["outbox"]).rglob("*") if p.is_file())
+
+
+def quarantined(folder: dict[str, Any]) -> list[str]:
+    root = Path(folder["quarantine"])
+    return sorted(p.name for p in root.rglob("*")) if root.exists() else []
+
+
+def count_events(d: DaemonProcess, event: str, **fields: Any) -> int:
+    return sum(
+        1
+        for e in d.events()
+        if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_peak_sees_a_violation() -> None:
+    # Every limit check below relies on this helper being able to fail.
+    def reqs(*times: float) -> list[RecordedRequest]:
+        return [RecordedRequest(t, "GET", CREDIT_PATH, 200, None, None) for t in times]
+
+    assert peak(reqs(0.0, 0.5, 1.9, 2.0, 3.9), 2.0) == 3
+    assert peak(reqs(0.0, 0.5, 1.0, 1.5, 1.99), 2.0) == 5
+    assert peak([], 2.0) == 0
+
+
+# -- the rate limit ----------------------------------------------------------------------
+
+
+def test_three_folders_share_the_limit_round_robin_and_never_exceed_it(tmp_path, daemons):
+    limit, window = 5, 2.0
+    with Emulator(keys=[TEST_KEY], rate_limit=limit, rate_window=window, seed=1) as emu:
+        folders = [make_folder(tmp_path, name) for name in ("a", "b", "c")]
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=folders,
+            api={"rate_limit": limit, "rate_window_seconds": window, "max_in_flight": 3},
+        )
+        start(daemons, config)
+        a, b, c = (Path(f["inbox"]) for f in folders)
+        folder_of = {sha: "a" for sha in drop_images(a, [f"a{i:02}.png" for i in range(20)])}
+        # The first window fills (the start-up credit check and four of a's
+        # files); b's and c's files land while sixteen of a's still wait.
+        wait_until(lambda: len(emu.requests()) >= limit, 30, what="a full first window")
+        landed = time.time()
+        folder_of |= dict.fromkeys(drop_images(b, ["b0.png", "b1.png"], seed=40), "b")
+        folder_of |= dict.fromkeys(drop_images(c, ["c0.png", "c1.png"], seed=50), "c")
+        wait_until(lambda: sum(len(outputs(f)) for f in folders) == 24, 90, what="all 24 outputs")
+        requests = emu.requests()
+        assert [r.status for r in requests if r.status != 200] == [], "no 429, no error"
+        assert len(requests) == 25  # 24 images and the start-up credit check
+        assert peak(requests, window) == limit, "the limit is used, never exceeded"
+        after = [folder_of[r.image_sha256] for r in image_requests(emu) if r.started >= landed]
+        assert len(after) == 20
+        # At most max_in_flight of a's files were claimed before b's and c's
+        # landed; from then on the folders take turns. One after another
+        # (FIFO), b's first file would be the 17th request.
+        assert "b" in after[:5] and "c" in after[:5], after
+        assert after[:9].count("b") == 2 and after[:9].count("c") == 2, after
+
+
+def test_a_restart_after_a_full_window_and_a_credits_command_beside_it_get_no_429(
+    tmp_path, daemons
+):
+    limit, window = 3, 5.0
+    with Emulator(keys=[TEST_KEY], rate_limit=limit, rate_window=window, seed=1) as emu:
+        folder = make_folder(tmp_path, "shop")
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            api={"rate_limit": limit, "rate_window_seconds": window},
+        )
+        inbox = Path(folder["inbox"])
+        first = start(daemons, config)
+        drop_images(inbox, [f"p{i}.png" for i in range(4)])
+        # the credit check and two images: the window is used up
+        wait_until(lambda: len(emu.requests()) >= limit, 30, what="a full window")
+        assert first.stop() == 0
+        second = start(daemons, config)
+        restarted = time.time()
+        drop_images(inbox, ["q0.png", "q1.png"], seed=10)
+        window_ends = emu.requests()[0].started + window
+        assert restarted < window_ends, "precondition: the new run began inside the old window"
+        # `bgsyncd credits` while the daemon waits for the same free slot
+        credits = run_cli("credits", "--json", "--config", str(config))
+        assert credits.returncode == 0, credits.stderr
+        assert json.loads(credits.stdout)["available_credits"] > 0
+        wait_until(lambda: len(outputs(folder)) == 6, 60, what="all 6 outputs")
+        assert second.stop() == 0
+        requests = emu.requests()
+        assert [r.status for r in requests if r.status != 200] == [], "no 429, no error"
+        assert [r.path for r in requests].count(CREDIT_PATH) == 3  # two runs and the command
+        assert len(requests) == 9
+        assert peak(requests, window) == limit
+        assert min(r.started for r in requests[limit:]) >= window_ends
+
+
+# -- credits -----------------------------------------------------------------------------
+
+
+def test_the_floor_stops_exactly_and_a_top_up_resumes_without_a_restart(tmp_path, daemons):
+    with Emulator(keys=[TEST_KEY], credits=13, rate_limit=1000, seed=1) as emu:
+        folder = make_folder(tmp_path, "shop")
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            credits={"floor": 10, "check_interval_seconds": 1},
+        )
+        d = start(daemons, config)
+        drop_images(Path(folder["inbox"]), [f"p{i}.png" for i in range(10)])
+        wait_status(config, paused="credit_floor", done=3, pending=7)
+        checks = count_events(d, "credits.checked")
+        # Still at the floor after two more checks: nothing more was sent.
+        wait_until(lambda: count_events(d, "credits.checked") >= checks + 2, 20, what="checks")
+        assert len(image_requests(emu)) == 3
+        assert emu.credits == 10
+        emu.configure(credits=15)
+        wait_until(lambda: len(image_requests(emu)) >= 8, 30, what="five more")
+        wait_status(config, paused="credit_floor", done=8, pending=2)
+        checks = count_events(d, "credits.checked")
+        wait_until(lambda: count_events(d, "credits.checked") >= checks + 2, 20, what="checks")
+        assert len(image_requests(emu)) == 8
+        assert emu.credits == 10
+        assert 402 not in statuses(emu)
+        assert count_events(d, "dispatch.paused", reason="credit_floor") == 2
+        assert count_events(d, "dispatch.resumed") == 1
+        assert quarantined(folder) == []
+
+
+def test_an_unknown_key_pauses_without_quarantine_and_sighup_resumes_at_once(tmp_path, daemons):
+    with Emulator(keys=[TEST_KEY], rate_limit=1000, seed=1) as emu:
+        folder = make_folder(tmp_path, "shop")
+        config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
+        d = start(daemons, config, env={"BGSYNCD_API_KEY": WRONG_KEY})
+        drop_images(Path(folder["inbox"]), [f"p{i}.png" for i in range(3)])
+        wait_status(config, paused="invalid_api_key", pending=3)
+        assert quarantined(folder) == []
+        assert set(attempts(config).values()) == {0}
+        assert set(statuses(emu)) == {401}
+        emu.configure(keys=[TEST_KEY, WRONG_KEY])
+        fixed = time.monotonic()
+        d.signal(signal.SIGHUP)
+        # check_interval_seconds is 600: only the reload can have resumed it.
+        wait_until(lambda: len(outputs(folder)) == 3, 30, what="all outputs after SIGHUP")
+        assert time.monotonic() - fixed < 30
+        wait_status(config, paused=None, done=3)
+        assert quarantined(folder) == []
+        assert set(attempts(config).values()) == {0}
+        assert d.saw("dispatch.resumed", after="invalid_api_key")
+        assert WRONG_KEY not in d.output()
+
+
+def test_no_credits_pauses_at_the_floor_and_a_402_pauses_without_quarantine(tmp_path, daemons):
+    with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000, seed=1) as emu:
+        folder = make_folder(tmp_path, "shop")
+        config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
+        d = start(daemons, config)
+        inbox = Path(folder["inbox"])
+        drop_images(inbox, ["p0.png"])
+        # credits 0 with floor 0: the check says no request may start
+        wait_status(config, paused="credit_floor", pending=1)
+        assert image_requests(emu) == []
+        emu.configure(credits=100)
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: len(outputs(folder)) == 1, 30, what="p0 after the top-up")
+        # The account empties behind the daemon's back: the image request gets 402.
+        emu.configure(credits=0)
+        drop_images(inbox, ["p1.png", "p2.png"], seed=10)
+        wait_status(config, paused="insufficient_credits", pending=2)
+        assert 402 in statuses(emu)
+        assert quarantined(folder) == []
+        assert set(attempts(config).values()) == {0}
+        emu.configure(credits=100)
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: len(outputs(folder)) == 3, 30, what="all outputs")
+        assert set(attempts(config).values()) == {0}
+
+
+def test_expired_credits_pause_without_spending_a_request(tmp_path, daemons):
+    past = datetime.now(timezone.utc) - timedelta(days=1)
+    with Emulator(keys=[TEST_KEY], expires=past, rate_limit=1000, seed=1) as emu:
+        folder = make_folder(tmp_path, "shop")
+        config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
+        d = start(daemons, config)
+        drop_images(Path(folder["inbox"]), ["p0.png", "p1.png"])
+        wait_status(config, paused="credits_expired", pending=2)
+        # The credit check gave the expiry: no image request was sent to learn it.
+        assert [r.path for r in emu.requests()] == [CREDIT_PATH]
+        assert quarantined(folder) == []
+        emu.configure(expires=None)  # renewed: a year from now
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: len(outputs(folder)) == 2, 30, what="outputs after renewal")
+        assert set(attempts(config).values()) == {0}
+        assert 403 not in statuses(emu)
+
+
+def test_an_expiry_the_check_did_not_show_pauses_on_the_403(tmp_path, daemons):
+    with Emulator(keys=[TEST_KEY], rate_limit=1000, seed=1) as emu:
+        folder = make_folder(tmp_path, "shop")
+        config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
+        start(daemons, config)
+        wait_until(emu.requests, 20, what="the start-up credit check")
+        emu.configure(expires=datetime.now(timezone.utc) - timedelta(seconds=1))
+        drop_images(Path(folder["inbox"]), ["p0.png"])
+        wait_status(config, paused="credits_expired", pending=1)
+        assert 403 in statuses(emu)
+        assert quarantined(folder) == []
+        assert set(attempts(config).values()) == {0}
+
+
+# -- faults and 429s -------------------------------------------------------------------
+
+
+def test_failures_and_dropped_connections_lose_nothing_and_cost_no_extra_credit(tmp_path, daemons):
+    limit, window = 10, 1.0
+    files = 20
+    with Emulator(
+        keys=[TEST_KEY],
+        rate_limit=limit,
+        rate_window=window,
+        fail_rate=0.25,
+        drop_rate=0.10,
+        seed=4,
+    ) as emu:
+        before = emu.credits
+        folder = make_folder(tmp_path, "shop")
+        port = free_port()
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            api={"rate_limit": limit, "rate_window_seconds": window},
+            queue={"max_attempts": 10},
+            metrics_listen=f"127.0.0.1:{port}",
+        )
+        d = start(daemons, config)
+        drop_images(Path(folder["inbox"]), [f"p{i:02}.png" for i in range(files)])
+        wait_until(lambda: len(outputs(folder)) == files, 90, what="all outputs")
+        images = image_requests(emu)
+        drops = sum(1 for r in images if r.status == 0)
+        fails = sum(1 for r in images if r.status == 500)
+        assert drops >= 1 and fails >= 1, "precondition: the faults were injected"
+        assert quarantined(folder) == []
+        assert 429 not in statuses(emu)
+        assert peak(emu.requests(), window) <= limit
+        # One credit per file, plus one per dropped answer (charged, never seen).
+        assert before - emu.credits == files + drops
+        assert len(images) == files + drops + fails
+        # Each dropped request is sent again, and that re-send is logged and counted.
+        assert count_events(d, "job.resend") == drops
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert f"bgsyncd_resends_total {float(drops)}" in metrics
+
+
+def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(tmp_path, daemons):
+    with Emulator(keys=[TEST_KEY], rate_limit=3, rate_window=2.0, seed=1) as emu:
+        folder = make_folder(tmp_path, "shop")
+        # misconfigured: the daemon believes in a limit over three times the API's
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            api={"rate_limit": 10, "rate_window_seconds": 2.0},
+        )
+        d = start(daemons, config)
+        drop_images(Path(folder["inbox"]), [f"p{i}.png" for i in range(8)])
+        wait_until(lambda: len(outputs(folder)) == 8, 60, what="all outputs")
+        assert 429 in statuses(emu), "precondition: the API refused some"
+        assert quarantined(folder) == []
+        assert set(attempts(config).values()) == {0}
+        assert sum(1 for r in image_requests(emu) if r.status == 200) == 8
+        assert d.saw("api.rate_limited")
+
+
+# -- oversize ----------------------------------------------------------------------------
+
+
+def test_shrink_with_both_outputs_keeps_the_original_size_for_cutout_and_mask(
+    tmp_path, emulator, daemons
+):
+    folder = make_folder(tmp_path, "big", output="both")
+    config = write_config(
+        tmp_path / "c.toml",
+        base_url=emulator.url,
+        folders=[folder],
+        api={"max_upload_bytes": 150_000},
+    )
+    start(daemons, config)
+    data = noisy_image(500, 400, "PNG")
+    assert len(data) > 150_000
+    (Path(folder["inbox"]) / "big.png").write_bytes(data)
+    outbox = Path(folder["outbox"])
+    wait_until((outbox / "big.mask.png").exists, 30, what="outputs")
+    cutout, mask = (
+        open_image((outbox / "big.png").read_bytes()),
+        open_image((outbox / "big.mask.png").read_bytes()),
+    )
+    assert (cutout.size, cutout.mode) == ((500, 400), "RGBA")
+    assert (mask.size, mask.mode) == ((500, 400), "L")
+    assert cutout.getchannel("A").tobytes() == mask.tobytes()
+    sent = image_requests(emulator)
+    assert [r.path for r in sent] == ["/v1.0/alpha-channel"], "one request for both outputs"
+    assert sent[0].image_size is not None and sent[0].image_size <= 150_000
