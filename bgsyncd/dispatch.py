@@ -181,10 +181,11 @@ class Dispatcher:
             return min(ready_at - now, self._until_next_check())
         if not self._credits.try_reserve():
             return 0.0
-        job = self._queue.claim(self._lease)
+        job = self._queue.claim(self._lease, self._worker.config.folders.keys())
         if job is None:
+            # What is pending belongs to folders no longer configured: look again later.
             self._credits.settle(charged=False)
-            return 0.0
+            return IDLE_LOOK_SECONDS
         self.idle_drained.clear()
         with self._cond:
             self._in_flight[job.id] = job

@@ -21,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -379,25 +379,48 @@ class Queue:
         with self._write() as conn:
             return conn.execute(SQL_RECOVER, (self._clock(),)).rowcount
 
-    def claim(self, lease_seconds: float) -> Job | None:
-        """Take the next job: round-robin over folders with pending work, oldest first."""
+    def claim(self, lease_seconds: float, folders: Collection[str] | None = None) -> Job | None:
+        """Take the next job: round-robin over folders with pending work, oldest first.
+
+        ``folders`` limits the claim to those folders (the configured ones: a
+        folder removed by a reload keeps its jobs for a later configuration).
+        """
         with self._write() as conn:
             now = self._clock()
             conn.execute(SQL_PROMOTE, (now, now))
-            row = None
-            if self._last_folder is not None:
-                row = conn.execute(SQL_NEXT_FOLDER, (self._last_folder,)).fetchone()
-            if row is None:  # past the last folder: wrap around
-                row = conn.execute(SQL_FIRST_FOLDER).fetchone()
-            if row is None:
+            folder = self._next_folder(conn, folders)
+            if folder is None:
                 return None
-            job = _job(conn.execute(SQL_OLDEST_IN_FOLDER, (row[0],)).fetchone())
+            job = _job(conn.execute(SQL_OLDEST_IN_FOLDER, (folder,)).fetchone())
             conn.execute(
                 "UPDATE jobs SET state = 'in_flight', lease_until = ?, updated_at = ? WHERE id = ?",
                 (now + lease_seconds, now, job.id),
             )
             self._last_folder = job.folder
         return replace(job, state="in_flight")
+
+    def _next_folder(
+        self, conn: sqlite3.Connection, allowed: Collection[str] | None
+    ) -> str | None:
+        """The folder after the last one served that has pending work (wrapping round)."""
+        after = self._last_folder
+        wrapped = after is None
+        while True:
+            if after is None:
+                row = conn.execute(SQL_FIRST_FOLDER).fetchone()
+            else:
+                row = conn.execute(SQL_NEXT_FOLDER, (after,)).fetchone()
+            if row is None:
+                if wrapped:
+                    return None
+                wrapped, after = True, None
+                continue
+            folder: str = row[0]
+            if allowed is None or folder in allowed:
+                return folder
+            if wrapped and self._last_folder is not None and folder >= self._last_folder:
+                return None  # came round to where we started
+            after = folder
 
     def next_ready_at(self) -> float | None:
         """Now if a job is pending, else when the earliest retry is due, else None."""

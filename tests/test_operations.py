@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import secrets
 import shutil
 import signal
@@ -24,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, run_cli, write_config
+from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
 from tests.helpers import product_image, wait_until
 
 IMAGE_PATH = "/v1.0/image-without-background"
@@ -231,6 +232,36 @@ def test_sighup_adds_a_folder_live_and_survives_a_broken_config(tmp_path, emulat
     )
     assert len([e for e in d.events() if e.get("event") == "config.reloaded"]) == 1
     assert d.stop() == 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_sighup_removing_a_folder_keeps_its_jobs_and_does_not_spin(tmp_path, daemons):
+    with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000) as emu:
+        a = make_folder(tmp_path, "alpha")
+        b = make_folder(tmp_path, "beta")
+        config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[a, b])
+        d = start(daemons, config)
+        wait_until(lambda: status_json(config)["paused"] == "credit_floor", 20, what="pause")
+        drop(Path(b["inbox"]), "b1.jpg")
+        drop(Path(a["inbox"]), "a1.jpg")
+        wait_until(lambda: status_json(config)["jobs"]["pending"] == 2, 20, what="2 pending")
+
+        write_config(config, base_url=emu.url, folders=[a])  # beta removed
+        emu.configure(credits=100)
+        d.signal(signal.SIGHUP)
+        wait_until((Path(a["outbox"]) / "a1.png").exists, 20, what="a1.png")
+        before, t0 = cpu_seconds(d.proc.pid), time.monotonic()
+        wait_until(lambda: time.monotonic() - t0 > 2.0, 5, what="two seconds")
+        busy = (cpu_seconds(d.proc.pid) - before) / (time.monotonic() - t0)
+        assert busy < 0.5, f"the daemon spins at {busy:.0%} of a core over a removed folder"
+        status = status_json(config)
+        assert status["folders"]["beta"]["pending"] == 1  # kept for a later configuration
+        assert not (Path(b["outbox"]) / "b1.png").exists()
+        assert d.stop() == 0
 
 
 # -- 3. SIGTERM drain ----------------------------------------------------------------

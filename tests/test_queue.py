@@ -529,3 +529,15 @@ def test_enqueued_rows_survive_sigkill(db: Path) -> None:
     with Queue(db) as queue:
         assert queue.counts()["products"]["pending"] == 500
         assert queue.is_unchanged("products", "499.jpg", 1, 1, 499)
+
+
+def test_claim_skips_folders_that_are_not_configured(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "q.sqlite3")
+    q.enqueue_many([Found(name, "a.jpg", 1, 1, i) for i, name in enumerate("abcd")])
+    allowed = {"b", "d"}
+    claimed = [q.claim(60, allowed) for _ in range(3)]
+    assert [j.folder for j in claimed if j] == ["b", "d"]
+    assert claimed[2] is None
+    assert q.claim(60, set()) is None
+    assert q.claim(60) is not None  # without a filter, the rest are there
+    q.close()
