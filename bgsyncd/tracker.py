@@ -6,6 +6,13 @@ thread sleeps until the next deadline, ``lstat``-s the due files outside the
 lock, asks ``OpenForWriting`` whether a local process still holds one open for
 writing, and calls ``emit`` with each complete file. It knows nothing of
 watchdog: events reach it as plain ``kind`` strings.
+
+Memory is bounded: at most ``max_entries`` files are in progress. Above that,
+events for new paths are dropped and a rescan is asked for (``on_dropped``)
+once the tracker has drained to three quarters of the cap -- the same cure as
+an inotify overflow, and the scan is streaming. A scan that finds a recent
+file while the tracker is full waits for room (up to ``room_wait`` seconds),
+so a burst found by a scan is handed over as fast as files complete.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from bgsyncd.scanner import Inbox, regular_file
 log = get_logger("bgsyncd.watcher")
 
 RECENT_SECONDS = 2.0  # an emission this recent is not repeated for the same version
+MAX_ENTRIES = 20_000  # files in progress at most (~0.5 KB each); more are left to a rescan
+ROOM_WAIT_SECONDS = 10.0  # a scan waits this long for room before leaving files to a rescan
 _BATCH = 256  # due entries taken per lock hold, so observers are not held back
 
 
@@ -42,13 +51,16 @@ class _Mode(enum.Enum):
     READY = "ready"  # complete: emit at once
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
-    """One file in progress; changed only under the tracker's lock."""
+    """One file in progress; changed only under the tracker's lock.
+
+    Slots and no stored relative path: an entry is about 0.5 KB with its key
+    and heap item, and a burst can hold ``MAX_ENTRIES`` of them.
+    """
 
     inbox: Inbox
-    path: str
-    relpath: str
+    path: str  # the same str object as its key in ``Tracker._entries``
     mode: _Mode
     due: float = 0.0  # when to look at it next
     sig: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) last seen
@@ -57,12 +69,20 @@ class _Entry:
     heap_seq: int = -1  # its live heap item, if any
     heap_at: float = math.inf
 
+    @property
+    def relpath(self) -> str:
+        """The path relative to the inbox."""
+        return self.path[len(self.inbox.root) + 1 :]
+
 
 class Tracker:
     """Files in progress, keyed by path; its thread emits each when complete.
 
-    Memory is O(files in progress). The thread sleeps on a Condition until the
-    next deadline; observers and scans add or update entries from their threads.
+    Memory is O(files in progress), at most ``max_entries`` of them. The
+    thread sleeps on a Condition until the next deadline; observers and scans
+    add or update entries from their threads. ``on_dropped`` is called (under
+    the tracker's lock: it must only flag) when files left out for lack of
+    room should be looked for again.
     """
 
     def __init__(
@@ -74,14 +94,28 @@ class Tracker:
         grace_seconds: float,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        max_entries: int = MAX_ENTRIES,
+        on_dropped: Callable[[], None] = lambda: None,
+        room_wait: float = ROOM_WAIT_SECONDS,
     ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._emit = emit
         self._open = open_files
         self._settle = settle_seconds
         self._grace = grace_seconds
         self._clock = clock
         self._wall = wall_clock
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the thread's next deadline
+        self._room = threading.Condition(lock)  # a scan waiting for the tracker to drain
+        self._room_waiters = 0
+        self._max = max_entries
+        self._low = max_entries * 3 // 4
+        self._dropped = False  # files were left out; a rescan is due once drained to _low
+        self._peak = 0  # the most entries held at once
+        self._on_dropped = on_dropped
+        self._room_wait = room_wait
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
@@ -99,6 +133,7 @@ class Tracker:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._room.notify_all()
         if self._thread.is_alive():
             self._thread.join()
 
@@ -107,9 +142,14 @@ class Tracker:
         return self._thread.is_alive()
 
     def pending(self) -> int:
-        """Files in progress."""
+        """Files in progress, plus one while files left out wait for their rescan."""
         with self._cond:
-            return len(self._entries)
+            return len(self._entries) + (1 if self._dropped else 0)
+
+    def peak(self) -> int:
+        """The most files in progress at once since the tracker was made."""
+        with self._cond:
+            return self._peak
 
     def tracking(self, path: str) -> bool:
         """True when ``path`` is in progress."""
@@ -136,50 +176,90 @@ class Tracker:
             order.append((now + RECENT_SECONDS, path))
             return True
 
-    def note(self, kind: str, inbox: Inbox, path: str, rel: str) -> None:
-        """Record what an observer saw at ``path``.
+    def note(self, kind: str, inbox: Inbox, path: str) -> None:
+        """Record what an observer saw at ``path`` (absolute, under ``inbox``).
 
         ``kind``: ``created`` (no writer yet), ``opened``, ``modified``,
         ``ready`` (closed after writing, or renamed into place), ``settle``
-        (a change where closes cannot be seen) or ``gone``.
+        (a change where closes cannot be seen) or ``gone``. Paths outside
+        the inbox's rules are ignored; a new path finds no room when full.
         """
         with self._cond:
-            now = self._clock()
             e = self._entries.get(path)
-            if kind == "gone":
-                self._entries.pop(path, None)
-            elif e is None:
-                if kind == "opened":
+            if e is None:
+                if kind in {"gone", "opened"}:
                     return  # readers open files too: only a creator's open means a writer
-                mode, due = {
-                    "created": (_Mode.CREATED, now + self._grace),
-                    "modified": (_Mode.WRITING, now + self._settle),
-                    "ready": (_Mode.READY, now),
-                    "settle": (_Mode.SETTLE, now),  # looked at now: its mtime may settle it
-                }[kind]
-                self._schedule(self._add(inbox, path, rel, mode), due)
+                # Checked only for new paths: most events are for files followed already.
+                if inbox.relpath(path) is None:
+                    return
+                if len(self._entries) >= self._max:
+                    self._dropped = True  # found again by the rescan once drained
+                    return
+                now = self._clock()
+                if kind == "created":
+                    mode, due = _Mode.CREATED, now + self._grace
+                elif kind == "modified":
+                    mode, due = _Mode.WRITING, now + self._settle
+                elif kind == "ready":
+                    mode, due = _Mode.READY, now
+                else:  # settle: looked at now, its mtime may settle it
+                    mode, due = _Mode.SETTLE, now
+                e = self._entries[path] = _Entry(inbox, path, mode)
+                self._peak = max(self._peak, len(self._entries))
+                self._schedule(e, due)
+            elif kind == "gone":
+                del self._entries[path]
+                self._removed()
             elif kind == "modified" or (kind == "opened" and e.mode is _Mode.CREATED):
-                self._change(e, _Mode.WRITING, now + self._settle)
+                self._change(e, _Mode.WRITING, self._clock() + self._settle)
             elif kind == "ready":
-                self._change(e, _Mode.READY, now)
+                self._change(e, _Mode.READY, self._clock())
             elif kind == "settle" and e.mode is _Mode.SETTLE:
-                self._change(e, _Mode.SETTLE, now)
+                self._change(e, _Mode.SETTLE, self._clock())
 
-    def scanned(self, inbox: Inbox, path: str, rel: str, st: os.stat_result) -> None:
-        """A scan found a file that is recent or held open: wait for it to settle."""
+    def scanned(self, inbox: Inbox, path: str, st: os.stat_result) -> bool:
+        """A scan found a file that is recent or held open: wait for it to settle.
+
+        When full, waits for room (never while files already wait for a
+        rescan, which will find this one too). False if it was left out.
+        """
         with self._cond:
             if path in self._entries:
-                return  # already followed, by rules at least as strict
+                return True  # already followed, by rules at least as strict
+            if len(self._entries) >= self._max and not self._wait_for_room():
+                self._dropped = True
+                return False
             now = self._clock()
-            e = self._add(inbox, path, rel, _Mode.SETTLE)
+            e = self._entries[path] = _Entry(inbox, path, _Mode.SETTLE)
+            self._peak = max(self._peak, len(self._entries))
             e.sig, e.since = _signature(st), now
             self._schedule(e, now + self._settle)
+            return True
 
     # -- bookkeeping (lock held) -----------------------------------------------------
 
-    def _add(self, inbox: Inbox, path: str, rel: str, mode: _Mode) -> _Entry:
-        e = self._entries[path] = _Entry(inbox, path, rel, mode)
-        return e
+    def _wait_for_room(self) -> bool:
+        if self._dropped:
+            return False  # a rescan is due anyway: do not hold the scan back
+        deadline = self._clock() + self._room_wait
+        self._room_waiters += 1
+        try:
+            while len(self._entries) >= self._max and not self._stopping:
+                left = deadline - self._clock()
+                if left <= 0:
+                    return False
+                self._room.wait(left)
+        finally:
+            self._room_waiters -= 1
+        return not self._stopping
+
+    def _removed(self) -> None:
+        """After an entry left: wake a waiting scan; ask for the rescan once drained."""
+        if self._room_waiters:
+            self._room.notify_all()
+        if self._dropped and len(self._entries) <= self._low:
+            self._dropped = False
+            self._on_dropped()
 
     def _change(self, e: _Entry, mode: _Mode, due: float) -> None:
         e.mode = mode
@@ -252,6 +332,7 @@ class Tracker:
                 self._schedule(e, due)
                 return
             del self._entries[e.path]
+            self._removed()
         if st is not None and st.st_size > 0:
             self._emit(e.inbox, e.relpath, st)
 

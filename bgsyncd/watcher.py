@@ -1,7 +1,9 @@
 """Finding complete files in the inboxes (the only module that imports watchdog).
 
-One watchdog observer per inbox feeds a tracker keyed by path (``tracker.py``);
-the tracker thread decides when a file is complete and hands it to ``sink``:
+One watchdog observer for all inotify inboxes and one for all polled inboxes
+(each inbox a watch scheduled on it: one dispatch thread, not one per inbox)
+feed a tracker keyed by path (``tracker.py``); the tracker thread decides
+when a file is complete and hands it to ``sink``:
 
 - inotify ``Closed`` (IN_CLOSE_WRITE) or a rename inside the inbox: complete now.
 - ``Created`` with no open or write within ``grace_seconds``: moved in whole
@@ -20,6 +22,10 @@ Files are ``lstat``-ed again just before they are emitted, and the fresh
 values sent. Zero-byte files are never emitted (a placeholder is not an
 image; it counts once it has content). Symlinks, folders, FIFOs, sockets and
 devices are never emitted, nothing in an inbox is opened, no link is followed.
+
+At most ``max_in_progress`` files are followed at once: in a burst beyond
+that, events for new paths are dropped and a rescan finds those files once
+the tracker has drained, so memory does not grow with the burst.
 """
 
 from __future__ import annotations
@@ -51,9 +57,16 @@ from bgsyncd.logs import get_logger
 from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.queue import Found
 from bgsyncd.scanner import IgnoreRules, Inbox, Scanner
-from bgsyncd.tracker import RECENT_SECONDS, Tracker
+from bgsyncd.tracker import MAX_ENTRIES, RECENT_SECONDS, Tracker
 
-__all__ = ["FRESH_DIR_SECONDS", "GRACE_SECONDS", "RECENT_SECONDS", "Tracker", "Watcher"]
+__all__ = [
+    "FRESH_DIR_SECONDS",
+    "GRACE_SECONDS",
+    "MAX_ENTRIES",
+    "RECENT_SECONDS",
+    "Tracker",
+    "Watcher",
+]
 
 log = get_logger("bgsyncd.watcher")
 
@@ -70,6 +83,13 @@ _EVENT_TYPES: list[type[FileSystemEvent]] = [
     DirCreatedEvent,
     DirMovedEvent,
 ]
+# What each plain file event tells the tracker (inotify; polled folders only "settle").
+_KINDS: dict[type[FileSystemEvent], str] = {
+    FileCreatedEvent: "created",
+    FileOpenedEvent: "opened",
+    FileModifiedEvent: "modified",
+    FileClosedEvent: "ready",
+}
 # watchdog 7 has no event for IN_Q_OVERFLOW; it logs a warning here instead.
 _OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 
@@ -81,7 +101,9 @@ class Watcher:
     from the caller's during ``start``); both must be cheap and thread-safe.
     ``poll_interval`` is the polling observers' period, ``wall_clock`` the
     clock that file mtimes are compared with, ``grace_seconds`` how long a new
-    file may go without an open or write before it counts as moved in whole.
+    file may go without an open or write before it counts as moved in whole,
+    ``max_in_progress`` how many files may be followed at once (memory bound;
+    more are left to a rescan).
     """
 
     def __init__(
@@ -96,6 +118,7 @@ class Watcher:
         poll_interval: float = 1.0,
         wall_clock: Callable[[], float] = time.time,
         grace_seconds: float = GRACE_SECONDS,
+        max_in_progress: int = MAX_ENTRIES,
     ) -> None:
         self._inboxes = [
             Inbox(
@@ -121,6 +144,8 @@ class Watcher:
             grace_seconds=grace_seconds,
             clock=clock,
             wall_clock=wall_clock,
+            max_entries=max_in_progress,
+            on_dropped=self.rescan,
         )
         self._scanner = Scanner(self._inboxes, self._scanned, rescan_interval)
         self._fresh: dict[str, float] = {}  # new folder -> until when its files count as scanned
@@ -137,8 +162,8 @@ class Watcher:
         """
         self._tracker.start()
         try:
-            for inbox in self._inboxes:
-                self._observers.append(self._observe(inbox))
+            self._observe([i for i in self._inboxes if not i.polling], self._inotify_observer)
+            self._observe([i for i in self._inboxes if i.polling], self._polling_observer)
         except OSError:
             self.stop()
             raise
@@ -161,40 +186,54 @@ class Watcher:
         """Files seen but not yet complete, plus one while a scan is due or running."""
         return self._tracker.pending() + (1 if self._scanner.busy() else 0)
 
+    def peak_in_progress(self) -> int:
+        """The most files followed at once since start (never above ``max_in_progress``)."""
+        return self._tracker.peak()
+
     def stop(self) -> None:
         """Stop observers and threads and wait for them."""
         self._stopping.set()
         logging.getLogger(_OVERFLOW_LOGGER).removeHandler(self._overflow)
+        self._tracker.stop()  # first: it wakes a scan waiting for the tracker to drain
         self._scanner.stop()
         for observer in self._observers:
-            observer.stop()
+            observer.stop()  # also stops an inotify observer's reader, started or not
         for observer in self._observers:
             if observer.is_alive():
                 observer.join()
-        self._tracker.stop()
 
-    def _observe(self, inbox: Inbox) -> BaseObserver:
-        observer: BaseObserver
-        if inbox.polling:
-            # lstat, not watchdog's default stat: a symlink is never followed.
-            observer = PollingObserverVFS(
-                os.lstat, os.scandir, polling_interval=self._poll_interval
-            )
-        else:
-            observer = Observer()
-        handler = _Handler(self, inbox)
-        observer.schedule(handler, inbox.root, recursive=inbox.recursive, event_filter=_EVENT_TYPES)
-        try:
-            observer.start()
-        except OSError as exc:
-            observer.stop()  # the inotify observer started its reader thread already
-            hint = "; if inotify ran out of watches, raise fs.inotify.max_user_watches"
-            raise OSError(exc.errno, f"cannot watch {inbox.root}: {exc.strerror}{hint}") from exc
-        return observer
+    def _inotify_observer(self) -> BaseObserver:
+        return Observer()
+
+    def _polling_observer(self) -> BaseObserver:
+        # lstat, not watchdog's default stat: a symlink is never followed.
+        return PollingObserverVFS(os.lstat, os.scandir, polling_interval=self._poll_interval)
+
+    def _observe(self, inboxes: list[Inbox], make: Callable[[], BaseObserver]) -> None:
+        """Schedule ``inboxes`` on one new observer; raise naming the inbox that fails."""
+        if not inboxes:
+            return
+        observer = make()
+        self._observers.append(observer)  # stopped by stop() whatever happens next
+        observer.start()
+        for inbox in inboxes:
+            # Scheduled on a running observer, the watch starts at once, so a
+            # failure is raised here, for this inbox.
+            try:
+                observer.schedule(
+                    _Handler(self, inbox),
+                    inbox.root,
+                    recursive=inbox.recursive,
+                    event_filter=_EVENT_TYPES,
+                )
+            except OSError as exc:
+                hint = "; if inotify ran out of watches, raise fs.inotify.max_user_watches"
+                msg = f"cannot watch {inbox.root}: {exc.strerror}{hint}"
+                raise OSError(exc.errno, msg) from exc
 
     def _scanned(self, inbox: Inbox, rel: str, st: os.stat_result) -> None:
         """Route one file found by a scan: skip, emit now, or let it settle."""
-        if st.st_size == 0:
+        if st.st_size == 0 or self._stopping.is_set():
             return
         if self._is_unchanged(inbox.name, rel, st.st_size, st.st_mtime_ns, st.st_ino):
             return
@@ -207,40 +246,33 @@ class Watcher:
                 # and 100k remembered paths would not be O(files in progress).
                 self._sink(_found(inbox, rel, st))
             return
-        self._tracker.scanned(inbox, path, rel, st)
+        self._tracker.scanned(inbox, path, st)
 
     def on_event(self, inbox: Inbox, event: FileSystemEvent) -> None:
-        """Feed one watchdog event for ``inbox`` to the tracker (observer thread)."""
+        """Feed one watchdog event for ``inbox`` to the tracker (observer thread).
+
+        Cheap first: most events are for files followed already, so the
+        path's rules are checked by the tracker only for a new path.
+        """
         if self._stopping.is_set():
             return
-        src = os.fsdecode(event.src_path)
-        dest = os.fsdecode(event.dest_path)
-        if isinstance(event, (DirCreatedEvent, DirMovedEvent)):
-            self._fresh_dir(dest or src)
-            return
-        if event.is_directory:
-            return
-        note = self._tracker.note
-        if isinstance(event, (FileMovedEvent, FileDeletedEvent)):
-            note("gone", inbox, src, "")
-            rel = inbox.relpath(dest) if dest else None
-            if rel is not None:  # renamed into place: rsync's temp file, a browser's download
-                note("settle" if inbox.polling else "ready", inbox, dest, rel)
-            return
-        rel = inbox.relpath(src)
-        if rel is None:
-            return
-        if inbox.polling:
-            note("settle", inbox, src, rel)  # no opens or closes are seen when polling
-        elif isinstance(event, FileCreatedEvent):
-            scanned_like = event.is_synthetic or self._in_fresh_dir(src)
-            note("settle" if scanned_like else "created", inbox, src, rel)
-        elif isinstance(event, FileOpenedEvent):
-            note("opened", inbox, src, rel)
-        elif isinstance(event, FileModifiedEvent):
-            note("modified", inbox, src, rel)
-        elif isinstance(event, FileClosedEvent):
-            note("ready", inbox, src, rel)
+        src = _text(event.src_path)
+        kind = _KINDS.get(type(event))
+        if kind is not None:
+            if inbox.polling:
+                kind = "settle"  # no opens or closes are seen when polling
+            elif kind == "created" and (
+                event.is_synthetic or (self._fresh and self._in_fresh_dir(src))
+            ):
+                kind = "settle"
+            self._tracker.note(kind, inbox, src)
+        elif isinstance(event, (FileMovedEvent, FileDeletedEvent)):
+            self._tracker.note("gone", inbox, src)
+            dest = _text(event.dest_path)
+            if dest:  # renamed into place: rsync's temp file, a browser's download
+                self._tracker.note("settle" if inbox.polling else "ready", inbox, dest)
+        elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
+            self._fresh_dir(_text(event.dest_path) or src)
 
     def _fresh_dir(self, path: str) -> None:
         now = self._clock()
@@ -259,6 +291,10 @@ class Watcher:
             return
         if self._tracker.first_emission(f"{inbox.root}/{rel}", st):
             self._sink(_found(inbox, rel, st))
+
+
+def _text(path: bytes | str) -> str:
+    return path if isinstance(path, str) else os.fsdecode(path)
 
 
 def _found(inbox: Inbox, rel: str, st: os.stat_result) -> Found:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -432,6 +433,119 @@ def test_startup_scan_is_fast(env: Env) -> None:
     assert len(sink.found()) == count
     assert count / elapsed >= 2000, f"{count / elapsed:.0f} files/s"
     assert watcher.pending() == 0
+
+
+# -- bounded memory: the cap on files in progress ---------------------------------------
+
+
+def test_burst_beyond_the_cap_is_found_by_rescan_and_never_overfills(env: Env) -> None:
+    gate = threading.Event()
+    recorder = Sink()
+    queued: set[tuple[str, int, int, int]] = set()
+    lock = threading.Lock()
+
+    def slow_sink(found: Found) -> None:
+        gate.wait(10)  # the tracker cannot drain: the burst has to overfill it
+        with lock:
+            queued.add((found.relpath, found.size, found.mtime_ns, found.inode))
+        recorder(found)
+
+    def unchanged(folder: str, rel: str, size: int, mtime_ns: int, inode: int) -> bool:
+        with lock:
+            return (rel, size, mtime_ns, inode) in queued
+
+    watcher = Watcher(
+        [env.folder()], slow_sink, unchanged, 0.2, 300.0, poll_interval=0.1, max_in_progress=5
+    )
+    env.watchers.append(watcher)
+    watcher.start()
+    names = [f"burst{i:02}.jpg" for i in range(50)]
+    for name in names:
+        write(env.inbox / name)
+    # Five followed, the rest dropped (the +1: a rescan is owed).
+    wait_until(lambda: watcher.pending() == 6, 5.0, what="a full tracker with drops")
+    gate.set()
+    wait_until(lambda: recorder.names() == names, 10.0, what=f"all 50, got {recorder.names()}")
+    wait_until(lambda: watcher.pending() == 0, 5.0)
+    assert watcher.peak_in_progress() == 5
+
+
+def test_startup_scan_waits_for_room_in_a_full_tracker(env: Env) -> None:
+    names = [f"recent{i:02}.jpg" for i in range(30)]
+    for name in names:
+        write(env.inbox / name)  # recent: each must settle in the tracker
+    recorder = Sink()
+    watcher = Watcher([env.folder()], recorder, lambda *_: False, 0.5, 300.0, max_in_progress=5)
+    env.watchers.append(watcher)
+    assert watcher.start() == 30
+    wait_until(lambda: recorder.names() == names, 10.0, what=f"all 30, got {recorder.names()}")
+    assert watcher.peak_in_progress() == 5
+    assert len(recorder.found()) == 30
+
+
+# -- one observer for all inboxes --------------------------------------------------------
+
+
+def _folders(tmp_path: Path, n: int, polled: int = 0) -> list[FolderSettings]:
+    folders = []
+    for i in range(n):
+        inbox = tmp_path / f"in{i}"
+        inbox.mkdir(exist_ok=True)
+        folders.append(
+            FolderSettings(
+                name=f"f{i}",
+                inbox=inbox,
+                outbox=tmp_path / f"out{i}",
+                quarantine=tmp_path / f"q{i}",
+                polling=i >= n - polled,
+            )
+        )
+    return folders
+
+
+def test_many_inboxes_share_one_observer_and_restart_in_process(tmp_path: Path) -> None:
+    folders = _folders(tmp_path, 6, polled=1)
+    before = threading.active_count()
+    first, first_sink = Sink(), Sink()
+    old = Watcher(folders, first_sink, lambda *_: False, 0.3, 300.0, poll_interval=0.1)
+    old.start()
+    try:
+        # Tracker, scanner, one inotify observer and its reader, one emitter per inotify
+        # inbox, one polling observer and its emitter: not three threads per inbox.
+        assert threading.active_count() - before == 2 + 2 + 5 + 2
+        for i in range(6):
+            write(tmp_path / f"in{i}" / f"a{i}.jpg")
+        wait_until(lambda: len(first_sink.found()) == 6, 5.0)
+        assert {f.folder for f in first_sink.found()} == {f"f{i}" for i in range(6)}
+        # A reload: the new watcher starts beside the old one, then the old one stops.
+        new = Watcher(folders[:4], first, lambda *_: False, 0.3, 300.0, poll_interval=0.1)
+        new.start()
+        old.stop()
+        assert not old.alive()
+        try:
+            assert new.alive()
+            write(tmp_path / "in3" / "b.jpg")
+            wait_until(lambda: first.found("b.jpg"), 3.0)
+            assert first_sink.found("b.jpg") == []
+        finally:
+            new.stop()
+    finally:
+        old.stop()
+    wait_until(lambda: threading.active_count() == before, 5.0, what="every thread gone")
+
+
+def test_an_inbox_that_cannot_be_watched_names_itself_and_stops_the_rest(
+    tmp_path: Path,
+) -> None:
+    folders = _folders(tmp_path, 3)
+    missing = tmp_path / "in1"
+    missing.rmdir()
+    before = threading.active_count()
+    watcher = Watcher(folders, Sink(), lambda *_: False, 1.0, 300.0)
+    with pytest.raises(OSError, match=re.escape(f"cannot watch {missing}")):
+        watcher.start()
+    assert not watcher.alive()
+    wait_until(lambda: threading.active_count() == before, 5.0, what="every thread gone")
 
 
 def test_open_for_writing_sees_writers_not_readers(tmp_path: Path) -> None:
