@@ -399,9 +399,7 @@ class Queue:
             self._last_folder = job.folder
         return replace(job, state="in_flight")
 
-    def _next_folder(
-        self, conn: sqlite3.Connection, allowed: Collection[str] | None
-    ) -> str | None:
+    def _next_folder(self, conn: sqlite3.Connection, allowed: Collection[str] | None) -> str | None:
         """The folder after the last one served that has pending work (wrapping round)."""
         after = self._last_folder
         wrapped = after is None
