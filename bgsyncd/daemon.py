@@ -11,6 +11,7 @@ handlers only set flags: the main loop does the work.
 from __future__ import annotations
 
 import faulthandler
+import fcntl
 import os
 import queue as stdqueue
 import signal
@@ -27,7 +28,7 @@ from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
-from bgsyncd.errors import ConfigError
+from bgsyncd.errors import BgsyncdError, ConfigError
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
@@ -65,7 +66,9 @@ class Daemon:
         self._published_check: float | None = None
         self._last_refresh = 0.0
         self._open_jobs = False
+        self.stuck = False
 
+        self._lock_fd = _lock_database(settings.queue.database)
         self.queue = Queue(settings.queue.database)
         resent = self.queue.recover()
         if resent:
@@ -136,11 +139,15 @@ class Daemon:
         self.metrics.start()
         self._ingest.start()
         self.dispatcher.start()
-        seen = self.watcher.start()
-        log.info("daemon.ready", folders=[f.name for f in self.settings.folders], files_seen=seen)
-        self.notifier.ready()
-        self._refresh()
         try:
+            try:
+                seen = self.watcher.start()
+            except OSError as exc:
+                raise BgsyncdError(str(exc)) from None
+            names = [f.name for f in self.settings.folders]
+            log.info("daemon.ready", folders=names, files_seen=seen)
+            self.notifier.ready()
+            self._refresh()
             self._loop()
         finally:
             self._shutdown()
@@ -154,19 +161,22 @@ class Daemon:
         while not self._stop.is_set():
             self._wake.wait(0.2 if self.once else interval)
             self._wake.clear()
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
-            self._heartbeat()
-            if self._refresh_due():
-                self._dirty.clear()
-                self._refresh()
-            if self.once:
-                counts = self.queue.counts()
-                progress.show(counts)
-                if self._once_finished():
-                    progress.finish(counts)
-                    return
+            try:
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                self._heartbeat()
+                if self._refresh_due():
+                    self._dirty.clear()
+                    self._refresh()
+                if self.once:
+                    counts = self.queue.counts()
+                    progress.show(counts)
+                    if self._once_finished():
+                        progress.finish(counts)
+                        return
+            except Exception:  # a busy or full disk must not end the daemon
+                log.exception("daemon.loop_error")
 
     def _once_finished(self) -> bool:
         if self._found.unfinished_tasks or self.watcher.pending():
@@ -314,16 +324,35 @@ class Daemon:
             self.client = self._make_client(new)
         for folder in new.folders:
             self.metrics.add_folder(folder.name)
+        self.credits.set_check_interval(new.credits.check_interval_seconds)
         self.worker.config = _worker_config(new)
-        if new.folders != old.folders or new.queue.settle_seconds != old.queue.settle_seconds:
-            self.watcher.stop()
-            self.watcher = self._make_watcher(new)
-            self.watcher.start()
+        watching = ("settle_seconds", "rescan_interval_seconds")
+        if new.folders != old.folders or any(
+            getattr(new.queue, k) != getattr(old.queue, k) for k in watching
+        ):
+            # Off the main loop: a full scan of a large inbox must not starve
+            # the systemd watchdog. The new watcher starts before the old stops
+            # (a file seen by both is queued once), and if it cannot start, the
+            # old one goes on.
+            threading.Thread(
+                target=self._swap_watcher, args=(new,), name="bgsyncd-reload", daemon=True
+            ).start()
         else:
             self.watcher.rescan()
         self.settings = new
         log.info("config.reloaded", folders=[f.name for f in new.folders])
         self.dispatcher.recheck_credits()
+
+    def _swap_watcher(self, settings: Settings) -> None:
+        new = self._make_watcher(settings)
+        try:
+            new.start()
+        except Exception as exc:
+            log.error("config.watch_failed", error=str(exc), note="still watching the old folders")
+            new.stop()
+            return
+        old, self.watcher = self.watcher, new
+        old.stop()
 
     def _secrets(self) -> Sequence[str]:
         return [self._key]
@@ -338,6 +367,7 @@ class Daemon:
         self.watcher.stop()
         left = self.dispatcher.stop(timeout=drain)
         if left:
+            self.stuck = True
             log.warning("daemon.returned_jobs", jobs=len(left))
         self._found.put(None)
         self._ingest.join(timeout=10)
@@ -372,6 +402,26 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def _lock_database(database: Path) -> int:
+    """Hold an exclusive lock beside the database for the life of the process.
+
+    Two daemons (or `once` beside the service) on one queue would take each
+    other's jobs for crashed ones and send them again, and each would count
+    credits on its own.
+    """
+    database.parent.mkdir(parents=True, exist_ok=True)
+    path = database.with_name(database.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise BgsyncdError(
+            f"another bgsyncd is already running on {database} (it holds {path})"
+        ) from None
+    return fd
+
+
 def _worker_config(settings: Settings) -> WorkerConfig:
     return WorkerConfig(
         folders={f.name: f for f in settings.folders},
@@ -391,4 +441,11 @@ def run_daemon(config: str | Path | None, *, once: bool = False) -> int:
         log.warning("config.warning", warning=warning)
     daemon = Daemon(settings, once=once)
     holder.append(daemon._key)
-    return daemon.run()
+    code = daemon.run()
+    if daemon.stuck:
+        # Requests still hanging after the drain: their threads would hold up the
+        # interpreter's exit. Their jobs are back in the queue; leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -127,7 +127,8 @@ class Dispatcher:
             left = list(self._in_flight.values())
         self._pool.shutdown(wait=False, cancel_futures=True)
         for job in left:
-            self._queue.release(job.id)
+            # Its request may still be charging: the next send is a possible resend.
+            self._queue.release(job.id, resend=True)
         return left
 
     # -- the loop --------------------------------------------------------------------
@@ -181,7 +182,11 @@ class Dispatcher:
             return min(ready_at - now, self._until_next_check())
         if not self._credits.try_reserve():
             return 0.0
-        job = self._queue.claim(self._lease, self._worker.config.folders.keys())
+        try:
+            job = self._queue.claim(self._lease, self._worker.config.folders.keys())
+        except Exception:
+            self._credits.settle(charged=False)  # the reservation must not leak
+            raise
         if job is None:
             # What is pending belongs to folders no longer configured: look again later.
             self._credits.settle(charged=False)
@@ -197,8 +202,9 @@ class Dispatcher:
         try:
             result = self._worker.process(job)
         except Exception:
+            # Not put straight back: the dispatcher would claim it again at once.
             log.exception("job.error", folder=job.folder, path=job.relpath)
-            self._queue.release(job.id)
+            self._queue.retry_later(job.id, self._clock() + CHECK_RETRY_SECONDS, "internal error")
         finally:
             self._credits.settle(result.charged)
             with self._cond:

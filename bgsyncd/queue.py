@@ -237,7 +237,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeError) as exc:
         raise QueueError(f"queue database: {exc}") from exc
 
 
@@ -312,7 +312,8 @@ class Queue:
         with self._lock:
             try:
                 yield self._conn
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, UnicodeError) as exc:
+                # UnicodeError: a name that is not valid UTF-8 cannot be stored.
                 raise QueueError(f"queue database: {exc}") from exc
 
     @contextmanager
@@ -441,13 +442,25 @@ class Queue:
             json.dumps(list(outputs)),
         )
 
-    def quarantine(self, job_id: int, reason: str, message: str, http_status: int | None) -> None:
-        """Mark a job quarantined, keeping why."""
+    def quarantine(
+        self,
+        job_id: int,
+        reason: str,
+        message: str,
+        http_status: int | None,
+        location: str | None = None,
+    ) -> None:
+        """Mark a job quarantined, keeping why and where the file went.
+
+        ``location`` (the file's path relative to the quarantine folder, which
+        may carry a ``~2`` suffix) is kept in ``outputs``: a quarantined job
+        has no other outputs, and ``retry`` needs to find the right file.
+        """
         self._update(
             job_id,
             "state = 'quarantined', reason = ?, last_error = ?, http_status = ?,"
-            " lease_until = NULL, resend = 0, next_attempt_at = NULL",
-            reason, message, http_status,
+            " lease_until = NULL, resend = 0, next_attempt_at = NULL, outputs = ?",
+            reason, message, http_status, json.dumps([location] if location else []),
         )  # fmt: skip
 
     def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
@@ -466,9 +479,16 @@ class Queue:
             row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    def release(self, job_id: int) -> None:
-        """Put a claimed job back to pending without counting an attempt."""
-        self._update(job_id, "state = 'pending', lease_until = NULL")
+    def release(self, job_id: int, *, resend: bool = False) -> None:
+        """Put a claimed job back to pending without counting an attempt.
+
+        ``resend``: its request may have reached the API (a shutdown that could
+        not wait for it), so the next send is a possible second charge.
+        """
+        if resend:
+            self._update(job_id, "state = 'pending', lease_until = NULL, resend = 1")
+        else:
+            self._update(job_id, "state = 'pending', lease_until = NULL")
 
     def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str:
         """Return the first candidate output path that is this job's or free, claiming it.

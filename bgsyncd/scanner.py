@@ -50,6 +50,8 @@ class IgnoreRules:
         name = parts[-1]
         if name.lower().endswith(TEMP_SUFFIXES):
             return True
+        if not _utf8(relpath):
+            return True
         return self._ignored_parts(parts)
 
     def ignored_dir(self, relpath: str) -> bool:
@@ -68,6 +70,23 @@ class IgnoreRules:
             if glob.match(part) or glob.match(prefix):
                 return True
         return False
+
+
+_warned: set[str] = set()
+
+
+def _utf8(relpath: str) -> bool:
+    """Names that are not valid UTF-8 (SMB shares, old zip files) cannot be stored
+    or logged faithfully: they are skipped, with one warning per name."""
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = relpath.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        if shown not in _warned and len(_warned) < 10_000:
+            _warned.add(shown)
+            log.warning("file.bad_name", path=shown, note="not valid UTF-8; rename it")
+        return False
+    return True
 
 
 @dataclass(frozen=True)

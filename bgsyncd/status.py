@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bgsyncd.config import FolderSettings, Settings, require_api_key
+from bgsyncd.config import Settings, require_api_key
 from bgsyncd.outputs import move_to
 from bgsyncd.pacer import MemoryRequestLog, Pacer, RequestLog
 from bgsyncd.queue import STATES, Queue, SqliteRequestLog
@@ -95,7 +95,8 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
             folder = folders.get(job.folder)
             if folder is None:
                 continue
-            where = _quarantined_path(folder, job.relpath)
+            # Where the file went: its own name, or `photo~2.jpg` beside an older one.
+            where = folder.quarantine / (job.outputs[0] if job.outputs else job.relpath)
             inbox_path = folder.inbox / job.relpath
             matches = {where.resolve(), inbox_path.resolve()} & wanted
             if not everything and not matches:
@@ -118,10 +119,6 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
         print(f"bgsyncd: {path} is not a quarantined file", file=sys.stderr)
     print(f"{retried} file(s) queued again; a running daemon picks them up at its next scan")
     return 1 if missing else 0
-
-
-def _quarantined_path(folder: FolderSettings, relpath: str) -> Path:
-    return folder.quarantine / relpath
 
 
 def request_log_for(settings: Settings) -> RequestLog:

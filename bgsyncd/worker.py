@@ -28,6 +28,7 @@ from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
 from bgsyncd.errors import (
     AccountError,
+    MalformedResponse,
     PermanentFileError,
     RateLimited,
     Stopped,
@@ -36,6 +37,7 @@ from bgsyncd.errors import (
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.queue import Found, Job, Queue
+from bgsyncd.scanner import regular_file
 
 log = get_logger("bgsyncd.worker")
 
@@ -125,14 +127,14 @@ class Worker:
 
     def _process(self, job: Job, folder: FolderSettings, bound: Any) -> Result:
         src = folder.inbox / job.relpath
-        read = _read_input(src)
+        read = _read_input(folder.inbox, job.relpath, HARD_SIZE_LIMIT)
         if read is None:
             self._queue.forget(job.id)
             bound.info("file.vanished")
             return Result(Kind.VANISHED)
         data, sig = read
-        if len(data) > HARD_SIZE_LIMIT:
-            raise _Quarantine("too_large", f"{len(data)} bytes is over the hard limit")
+        if data is None:
+            raise _Quarantine("too_large", f"{sig[0]} bytes is over the hard limit")
         if imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
             raise _Quarantine("unsupported_media", "not a JPEG, PNG, WebP, TIFF, BMP or GIF")
         try:
@@ -187,14 +189,17 @@ class Worker:
         if job.resend:
             self._recorder.resend()
             bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
+        upload = data
+        if oversize:
+            try:
+                upload = imaging.shrink_to_fit(data, self.config.max_upload_bytes)
+            except ValueError as exc:
+                raise _Quarantine("too_large", f"cannot shrink below the limit: {exc}") from None
         try:
             if oversize:
-                upload = imaging.shrink_to_fit(data, self.config.max_upload_bytes)
-                alpha = self._client().alpha_channel(upload, filename=src.name)
-                cutout = imaging.compose(data, alpha, result_is_alpha=True)
+                answer = self._client().alpha_channel(upload, filename=src.name)
             else:
-                result = self._client().remove_background(data, filename=src.name)
-                cutout = imaging.compose(data, result, result_is_alpha=False)
+                answer = self._client().remove_background(upload, filename=src.name)
         except Stopped:
             self._queue.release(job.id)
             return Result(Kind.RELEASED)
@@ -208,15 +213,27 @@ class Worker:
             self._recorder.rate_limited()
             bound.warning("api.rate_limited", retry_after=exc.retry_after)
             return Result(Kind.RATE_LIMITED, retry_after=exc.retry_after)
+        except MalformedResponse as exc:
+            # Answered 200: the credit is spent, and sending again spends another.
+            bound.warning("api.malformed", error=exc.message)
+            return self._retry(job, folder, exc.message, exc.status, bound, charged=True)
         except TransientError as exc:
             if exc.outcome_unknown:
                 bound.warning("api.outcome_unknown", error=exc.message)
             return self._retry(job, folder, exc.message, exc.status, bound, exc.outcome_unknown)
+        # From here on the credit is spent: whatever fails, the local count knows.
+        try:
+            cutout = imaging.compose(data, answer, result_is_alpha=oversize)
         except imaging.CorruptImage as exc:
-            # The API answered with something Pillow cannot use: malformed, try again.
-            return self._retry(job, folder, f"unusable result: {exc}", None, bound, False)
+            return self._retry(job, folder, f"unusable result: {exc}", None, bound, charged=True)
         self._cache.put(sha, cutout)
-        self._finish(job, folder, sig, cutout, src, bound)
+        try:
+            self._finish(job, folder, sig, cutout, src, bound)
+        except Exception as exc:
+            # The result is cached: the retry costs no credit, so it is no resend.
+            bound.exception("job.error", error=type(exc).__name__)
+            message = f"writing the outputs failed: {type(exc).__name__}"
+            return self._retry(job, folder, message, None, bound, charged=True, resend=False)
         self._recorder.job_finished(job.folder, "success", self._clock() - job.queued_at)
         bound.info("job.done", source="api")
         return Result(Kind.DONE, charged=True)
@@ -238,11 +255,14 @@ class Worker:
         """
         written = self._write_outputs(job, folder, cutout)
         self._queue.complete(job.id, written)
-        now = _signature_of(src)
-        if now is not None and now != sig:
-            size, mtime_ns, inode = now
-            self._queue.enqueue_many([Found(job.folder, job.relpath, size, mtime_ns, inode)])
-            bound.info("file.changed", note="changed while processed; queued again")
+        now = _signature_of(folder.inbox, job.relpath)
+        if now != sig:
+            # Changed (queued again), gone, or its path now leads through a
+            # symlink: never delete or move it.
+            if now is not None:
+                size, mtime_ns, inode = now
+                self._queue.enqueue_many([Found(job.folder, job.relpath, size, mtime_ns, inode)])
+                bound.info("file.changed", note="changed while processed; queued again")
             return
         if folder.after_success == "delete":
             src.unlink(missing_ok=True)
@@ -282,7 +302,13 @@ class Worker:
         status: int | None,
         bound: Any,
         charged: bool = False,
+        resend: bool | None = None,
     ) -> Result:
+        """Count a failed attempt: retry later with backoff, or quarantine at the last.
+
+        ``charged``: a credit was (or may have been) spent; ``resend`` (default:
+        the same) marks the next send as a possible second charge.
+        """
         attempts = job.attempts + 1
         if attempts >= self.config.max_attempts:
             self._quarantine(job, folder, "retries_exhausted", message, status, bound, attempts)
@@ -290,7 +316,8 @@ class Worker:
         delay = compute_backoff(
             attempts, self.config.retry_base_seconds, self.config.retry_max_seconds
         )
-        self._queue.retry_later(job.id, self._clock() + delay, message, resend=charged)
+        again = charged if resend is None else resend
+        self._queue.retry_later(job.id, self._clock() + delay, message, resend=again)
         bound.warning("job.retry", attempts=attempts, delay=round(delay, 2), error=message)
         return Result(Kind.RETRY, charged=charged)
 
@@ -315,13 +342,25 @@ class Worker:
             "first_seen": _iso(job.first_seen),
             "failed_at": _iso(self._clock()),
         }
+        location: str | None = None
+        if _signature_of(folder.inbox, job.relpath) is None:
+            # Gone, or a folder on its path was swapped for a symlink: touch nothing.
+            self._queue.forget(job.id)
+            bound.info("file.vanished", during="quarantine")
+            return Result(Kind.VANISHED)
         try:
-            outputs.quarantine_file(src, folder.quarantine, job.relpath, sidecar)
+            final = outputs.quarantine_file(src, folder.quarantine, job.relpath, sidecar)
+            location = final.relative_to(folder.quarantine).as_posix()
         except FileNotFoundError:
             self._queue.forget(job.id)
             bound.info("file.vanished", during="quarantine")
             return Result(Kind.VANISHED)
-        self._queue.quarantine(job.id, reason, message, status)
+        except OSError as exc:
+            # Unreadable input, full or read-only quarantine disk: the file stays
+            # where it is, but the job ends here instead of coming back forever.
+            message = f"{message}; could not move it to the quarantine: {exc.strerror}"
+            bound.error("job.quarantine_failed", error=exc.strerror)
+        self._queue.quarantine(job.id, reason, message, status, location)
         self._recorder.job_finished(job.folder, "quarantined", None)
         bound.warning("job.quarantined", reason=reason, http_status=status, error=message)
         return Result(Kind.QUARANTINED, reason=reason)
@@ -330,24 +369,25 @@ class Worker:
 _Signature = tuple[int, int, int]  # size, mtime_ns, inode: what the queue compares
 
 
-def _signature_of(path: Path) -> _Signature | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+def _signature_of(root: Path, relpath: str) -> _Signature | None:
+    """The signature of ``root/relpath``, or None when it is gone, not a regular
+    file, or reached through a symlinked folder (which must never be followed)."""
+    st = regular_file(str(root), relpath)
+    return None if st is None else (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _read_input(path: Path) -> tuple[bytes, _Signature] | None:
-    """The file's bytes and signature, or None when it is gone or not a regular file.
+def _read_input(root: Path, relpath: str, limit: int) -> tuple[bytes | None, _Signature] | None:
+    """The file's bytes and signature; bytes None when it is over ``limit``.
 
-    ``O_NOFOLLOW`` refuses a symlink swapped in after discovery and ``O_NONBLOCK``
-    keeps a FIFO from blocking; ``fstat`` then checks what was really opened.
+    None when it is gone or not a regular file inside the inbox. ``O_NOFOLLOW``
+    refuses a symlink in the last place and ``O_NONBLOCK`` keeps a FIFO from
+    blocking; comparing the opened file with a walk that refuses symlinked
+    folders keeps a folder swapped for a symlink from leading out of the inbox.
     """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
+        fd = os.open(root / relpath, flags)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):
@@ -355,11 +395,18 @@ def _read_input(path: Path) -> tuple[bytes, _Signature] | None:
         raise
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
+        walked = regular_file(str(root), relpath)
+        if walked is None or (walked.st_dev, walked.st_ino) != (st.st_dev, st.st_ino):
+            return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        data = fh.read()
+        if st.st_size > limit:
+            return None, (st.st_size, st.st_mtime_ns, st.st_ino)
+        data = fh.read(limit + 1)
         # Signature after the read: a write during it shows as a change later.
         st = os.fstat(fh.fileno())
+        if len(data) > limit:
+            return None, (st.st_size, st.st_mtime_ns, st.st_ino)
         return data, (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
