@@ -36,6 +36,7 @@ log = get_logger("bgsyncd.watcher")
 
 RECENT_SECONDS = 2.0  # an emission this recent is not repeated for the same version
 MAX_ENTRIES = 20_000  # files in progress at most (~0.5 KB each); more are left to a rescan
+WRITER_QUIET_SECONDS = 300.0
 ROOM_WAIT_SECONDS = 10.0  # a scan waits this long for room before leaving files to a rescan
 _BATCH = 256  # due entries taken per lock hold, so observers are not held back
 
@@ -97,12 +98,18 @@ class Tracker:
         max_entries: int = MAX_ENTRIES,
         on_dropped: Callable[[], None] = lambda: None,
         room_wait: float = ROOM_WAIT_SECONDS,
+        writer_quiet: float = WRITER_QUIET_SECONDS,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._emit = emit
         self._open = open_files
         self._settle = settle_seconds
+        # A writer was seen and its close was not (yet): wait much longer than
+        # settle_seconds before trusting quiet alone. Under the hardened unit the
+        # /proc check cannot see other users' writers, and a paused scp or SMB
+        # copy must not be read half-written.
+        self._writer_quiet = max(settle_seconds, writer_quiet)
         self._grace = grace_seconds
         self._clock = clock
         self._wall = wall_clock
@@ -217,6 +224,15 @@ class Tracker:
             elif kind == "settle" and e.mode is _Mode.SETTLE:
                 self._change(e, _Mode.SETTLE, self._clock())
 
+    def events_lost(self) -> None:
+        """inotify dropped events: a writer's close may be among them, so files
+        waiting for one fall back to settle_seconds of quiet."""
+        with self._cond:
+            now = self._clock()
+            for e in self._entries.values():
+                if e.mode is _Mode.WRITING:
+                    self._change(e, _Mode.SETTLE, now)
+
     def scanned(self, inbox: Inbox, path: str, st: os.stat_result) -> bool:
         """A scan found a file that is recent or held open: wait for it to settle.
 
@@ -321,7 +337,8 @@ class Tracker:
                 if self._open.holds(st.st_dev, st.st_ino):
                     sig, since, due = _signature(st), now, now + self._settle
             elif e.mode is not _Mode.READY:
-                due, sig, since = self._settle_due(st, sig, since, now)
+                need = self._writer_quiet if e.mode is _Mode.WRITING else self._settle
+                due, sig, since = self._settle_due(st, sig, since, now, need)
         with self._cond:
             if self._entries.get(e.path) is not e or e.gen != gen:
                 return  # an event changed it meanwhile and scheduled it again
@@ -337,16 +354,24 @@ class Tracker:
             self._emit(e.inbox, e.relpath, st)
 
     def _settle_due(
-        self, st: os.stat_result, sig: tuple[int, int, int] | None, since: float, now: float
+        self,
+        st: os.stat_result,
+        sig: tuple[int, int, int] | None,
+        since: float,
+        now: float,
+        need: float,
     ) -> tuple[float | None, tuple[int, int, int], float]:
-        """(next look, or None if complete; signature; since) for a settling file."""
+        """(next look, or None if complete; signature; since) for a settling file.
+
+        ``need``: the quiet time that makes it complete.
+        """
         fresh = _signature(st)
         if fresh != sig:
             sig, since = fresh, now
-        # Unchanged for settle_seconds as we watched it, or by its own mtime.
-        quiet = now - since >= self._settle or self._wall() - st.st_mtime_ns / 1e9 >= self._settle
+        # Unchanged for `need` seconds as we watched it, or by its own mtime.
+        quiet = now - since >= need or self._wall() - st.st_mtime_ns / 1e9 >= need
         if not quiet:
-            return since + self._settle, sig, since
+            return since + need, sig, since
         if self._open.holds(st.st_dev, st.st_ino):
             return now + self._settle, sig, since
         return None, sig, since

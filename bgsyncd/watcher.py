@@ -152,7 +152,7 @@ class Watcher:
         self._fresh_lock = threading.Lock()
         self._stopping = threading.Event()
         self._observers: list[BaseObserver] = []
-        self._overflow = _OverflowHook(self.rescan)
+        self._overflow = _OverflowHook(self._events_lost)
 
     def start(self) -> int:
         """Start observers and threads, run the start-up scan; return the files seen.
@@ -171,6 +171,10 @@ class Watcher:
         seen = self._scanner.scan()
         self._scanner.start()
         return seen
+
+    def _events_lost(self) -> None:
+        self._tracker.events_lost()
+        self.rescan()
 
     def rescan(self) -> None:
         """Ask for a reconciliation scan of every inbox; returns at once."""

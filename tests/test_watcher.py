@@ -143,6 +143,24 @@ def test_writer_pausing_longer_than_settle_is_emitted_only_after_close(env: Env)
     assert len(sink.found("slow.jpg")) == 1
 
 
+def test_a_paused_writer_is_waited_for_even_where_proc_cannot_see_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under the hardened unit (ProtectProc=invisible, another user's writer) the
+    # /proc check sees no writer: the close event alone must decide. That view
+    # of /proc cannot be had here, so it is simulated.
+    monkeypatch.setattr(OpenForWriting, "holds", lambda self, dev, ino: False)
+    watcher, sink = env.start(settle=0.3)
+    with open(env.inbox / "scp.jpg", "wb", buffering=0) as f:
+        f.write(b"1" * 500)
+        wait_until(lambda: watcher.pending() == 1)
+        time.sleep(1.2)  # the writer's own pause, four times settle_seconds
+        assert sink.found() == []
+        f.write(b"2" * 500)
+    (found,) = wait_until(lambda: sink.found("scp.jpg"), 3.0)
+    assert found.size == 1000
+
+
 def test_rsync_temp_renamed_is_emitted_under_final_name_only(env: Env) -> None:
     _, sink = env.start(settle=5.0)
     write(env.inbox / ".photo.jpg.AbC123", b"p" * 700)
