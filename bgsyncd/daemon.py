@@ -187,7 +187,7 @@ class Daemon:
             log.warning("once.paused", reason=self.dispatcher.paused)
             return True
         # Retries due soon are waited for; a longer backoff is left for a later run.
-        ready = self.queue.next_ready_at()
+        ready = self.queue.next_ready_at(self.worker.config.folders.keys())
         if ready is None:
             return True
         return ready > time.time() + ONCE_RETRY_HORIZON and self.dispatcher.idle_drained.is_set()

@@ -173,7 +173,7 @@ class Dispatcher:
         delay = self._pacer.delay()
         if delay > 0:
             return delay
-        ready_at = self._queue.next_ready_at()
+        ready_at = self._queue.next_ready_at(self._worker.config.folders.keys())
         if ready_at is None:
             self.idle_drained.set()
             return min(IDLE_LOOK_SECONDS, self._until_next_check())

@@ -127,6 +127,10 @@ SQL_OLDEST_IN_FOLDER = (
 )
 SQL_ANY_PENDING = "SELECT 1 FROM jobs WHERE state = 'pending' LIMIT 1"
 SQL_NEXT_RETRY = "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'retry_wait'"
+SQL_ANY_PENDING_IN = "SELECT 1 FROM jobs WHERE state = 'pending' AND folder = ? LIMIT 1"
+SQL_NEXT_RETRY_IN = (
+    "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'retry_wait' AND folder = ?"
+)
 SQL_COUNTS = "SELECT folder, state, COUNT(*) FROM jobs GROUP BY state, folder"
 SQL_OLDEST_OPEN = (
     "SELECT MIN(m) FROM ("
@@ -174,6 +178,8 @@ def _query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
         "oldest_in_folder": (SQL_OLDEST_IN_FOLDER, ("f",)),
         "any_pending": (SQL_ANY_PENDING, ()),
         "next_retry": (SQL_NEXT_RETRY, ()),
+        "any_pending_in": (SQL_ANY_PENDING_IN, ("f",)),
+        "next_retry_in": (SQL_NEXT_RETRY_IN, ("f",)),
         "counts": (SQL_COUNTS, ()),
         "oldest_open": (SQL_OLDEST_OPEN, ()),
         "recover": (SQL_RECOVER, (0.0,)),
@@ -421,13 +427,25 @@ class Queue:
                 return None  # came round to where we started
             after = folder
 
-    def next_ready_at(self) -> float | None:
-        """Now if a job is pending, else when the earliest retry is due, else None."""
+    def next_ready_at(self, folders: Collection[str] | None = None) -> float | None:
+        """Now if a job is pending, else when the earliest retry is due, else None.
+
+        ``folders`` limits the answer to those folders, as for ``claim``.
+        """
         with self._read() as conn:
-            if conn.execute(SQL_ANY_PENDING).fetchone() is not None:
-                return self._clock()
-            at = conn.execute(SQL_NEXT_RETRY).fetchone()[0]
-        return None if at is None else float(at)
+            if folders is None:
+                if conn.execute(SQL_ANY_PENDING).fetchone() is not None:
+                    return self._clock()
+                at = conn.execute(SQL_NEXT_RETRY).fetchone()[0]
+                return None if at is None else float(at)
+            times = []
+            for folder in folders:
+                if conn.execute(SQL_ANY_PENDING_IN, (folder,)).fetchone() is not None:
+                    return self._clock()
+                at = conn.execute(SQL_NEXT_RETRY_IN, (folder,)).fetchone()[0]
+                if at is not None:
+                    times.append(float(at))
+        return min(times, default=None)
 
     def set_sha256(self, job_id: int, sha256: str) -> None:
         """Record the content hash of a job's input."""

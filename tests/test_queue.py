@@ -539,5 +539,7 @@ def test_claim_skips_folders_that_are_not_configured(tmp_path: Path) -> None:
     assert [j.folder for j in claimed if j] == ["b", "d"]
     assert claimed[2] is None
     assert q.claim(60, set()) is None
+    assert q.next_ready_at(allowed) is None  # what is left is in other folders
+    assert q.next_ready_at({"a"}) is not None
     assert q.claim(60) is not None  # without a filter, the rest are there
     q.close()
