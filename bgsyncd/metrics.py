@@ -1,7 +1,7 @@
 """The Prometheus recorder, and the small HTTP server for /metrics and /healthz.
 
 The rest of bgsyncd talks to a :class:`Recorder`, never to prometheus_client (which
-is imported here alone). :class:`NullRecorder` does nothing; :class:`Metrics`
+is imported here alone). The base :class:`Recorder` does nothing; :class:`Metrics`
 records into its own registry and serves it. Metrics observe, they never steer:
 every recording method of :class:`Metrics` logs and swallows its own failures.
 
@@ -19,7 +19,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import prometheus_client
@@ -52,8 +52,12 @@ JOB_BUCKETS = (
 _log = get_logger("bgsyncd.metrics")
 
 
-class Recorder(Protocol):
-    """What the daemon, dispatcher and worker report; implementations never raise."""
+class Recorder:
+    """What the daemon, dispatcher and worker report; implementations never raise.
+
+    This base records nothing: it is the recorder when metrics are disabled,
+    and in tests. :class:`Metrics` records into Prometheus.
+    """
 
     def file_discovered(self, folder: str) -> None:
         """A complete file was queued in ``folder``."""
@@ -89,43 +93,6 @@ class Recorder(Protocol):
         """A folder was added (on reload): create its series."""
 
 
-class NullRecorder:
-    """A recorder that records nothing (metrics disabled, tests, one-shot commands)."""
-
-    def file_discovered(self, folder: str) -> None:
-        """Do nothing."""
-
-    def job_finished(self, folder: str, outcome: str, duration: float | None) -> None:
-        """Do nothing."""
-
-    def api_request(self, endpoint: str, code: str, seconds: float) -> None:
-        """Do nothing."""
-
-    def rate_limited(self) -> None:
-        """Do nothing."""
-
-    def credits(self, available: int | None, expires_at: float | None) -> None:
-        """Do nothing."""
-
-    def credits_floor(self, floor: int) -> None:
-        """Do nothing."""
-
-    def paused(self, reason: str | None) -> None:
-        """Do nothing."""
-
-    def jobs(self, counts: Mapping[str, int], oldest_pending_age: float | None) -> None:
-        """Do nothing."""
-
-    def resend(self) -> None:
-        """Do nothing."""
-
-    def heartbeat(self) -> None:
-        """Do nothing."""
-
-    def add_folder(self, folder: str) -> None:
-        """Do nothing."""
-
-
 F = TypeVar("F", bound=Callable[..., None])
 
 
@@ -144,7 +111,7 @@ def _guarded(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class Metrics:
+class Metrics(Recorder):
     """The Prometheus recorder: its own registry, served on ``listen`` by :meth:`start`."""
 
     def __init__(

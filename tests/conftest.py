@@ -153,6 +153,24 @@ class DaemonProcess:
         self._log.close()
 
 
+def start_daemon(
+    daemons: list[DaemonProcess], config: Path, env: dict[str, str] | None = None
+) -> DaemonProcess:
+    """Start ``bgsyncd run`` on ``config``, register it for clean-up, wait for READY."""
+    d = DaemonProcess(config, env=env)
+    daemons.append(d)
+    d.wait_ready()
+    return d
+
+
+def status_json(config: Path) -> dict[str, Any]:
+    """``bgsyncd status --json``, parsed."""
+    result = run_cli("status", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
 @pytest.fixture
 def daemons() -> Iterator[list[DaemonProcess]]:
     """Collects daemon subprocesses and makes sure none outlives its test."""

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from bgsyncd.emulator import Emulator, RecordedRequest
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
+from tests.conftest import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    status_json,
+    write_config,
+)
 from tests.helpers import noisy_image, open_image, product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
@@ -50,27 +58,12 @@ def statuses(emu: Emulator) -> list[int]:
     return [r.status for r in emu.requests()]
 
 
-def start(
-    daemons: list[DaemonProcess], config: Path, env: dict[str, str] | None = None
-) -> DaemonProcess:
-    d = DaemonProcess(config, env=env)
-    daemons.append(d)
-    d.wait_ready()
-    return d
-
-
-def status(config: Path) -> dict[str, Any]:
-    result = run_cli("status", "--json", "--config", str(config))
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
-
-
 def wait_status(config: Path, timeout: float = 30.0, **expected: Any) -> dict[str, Any]:
     """Wait until ``status --json`` shows ``expected`` (it is refreshed every few seconds)."""
     seen: list[dict[str, Any]] = []
 
     def matches() -> bool:
-        seen[:] = [status(config)]
+        seen[:] = [status_json(config)]
         got = {**seen[0], **seen[0]["jobs"]}
         return all(got.get(k) == v for k, v in expected.items())
 
@@ -148,7 +141,7 @@ def test_three_folders_share_the_limit_round_robin_and_never_exceed_it(tmp_path,
             folders=folders,
             api={"rate_limit": limit, "rate_window_seconds": window, "max_in_flight": 3},
         )
-        start(daemons, config)
+        start_daemon(daemons, config)
         a, b, c = (Path(f["inbox"]) for f in folders)
         folder_of = {sha: "a" for sha in drop_images(a, [f"a{i:02}.png" for i in range(20)])}
         # The first window fills (the start-up credit check and four of a's
@@ -184,12 +177,12 @@ def test_a_restart_after_a_full_window_and_a_credits_command_beside_it_get_no_42
             api={"rate_limit": limit, "rate_window_seconds": window},
         )
         inbox = Path(folder["inbox"])
-        first = start(daemons, config)
+        first = start_daemon(daemons, config)
         drop_images(inbox, [f"p{i}.png" for i in range(4)])
         # the credit check and two images: the window is used up
         wait_until(lambda: len(emu.requests()) >= limit, 30, what="a full window")
         assert first.stop() == 0
-        second = start(daemons, config)
+        second = start_daemon(daemons, config)
         restarted = time.time()
         drop_images(inbox, ["q0.png", "q1.png"], seed=10)
         window_ends = emu.requests()[0].started + window
@@ -220,7 +213,7 @@ def test_the_floor_stops_exactly_and_a_top_up_resumes_without_a_restart(tmp_path
             folders=[folder],
             credits={"floor": 10, "check_interval_seconds": 1},
         )
-        d = start(daemons, config)
+        d = start_daemon(daemons, config)
         drop_images(Path(folder["inbox"]), [f"p{i}.png" for i in range(10)])
         wait_status(config, paused="credit_floor", done=3, pending=7)
         checks = count_events(d, "credits.checked")
@@ -245,7 +238,7 @@ def test_an_unknown_key_pauses_without_quarantine_and_sighup_resumes_at_once(tmp
     with Emulator(keys=[TEST_KEY], rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
-        d = start(daemons, config, env={"BGSYNCD_API_KEY": WRONG_KEY})
+        d = start_daemon(daemons, config, env={"BGSYNCD_API_KEY": WRONG_KEY})
         drop_images(Path(folder["inbox"]), [f"p{i}.png" for i in range(3)])
         wait_status(config, paused="invalid_api_key", pending=3)
         assert quarantined(folder) == []
@@ -268,7 +261,7 @@ def test_no_credits_pauses_at_the_floor_and_a_402_pauses_without_quarantine(tmp_
     with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
-        d = start(daemons, config)
+        d = start_daemon(daemons, config)
         inbox = Path(folder["inbox"])
         drop_images(inbox, ["p0.png"])
         # credits 0 with floor 0: the check says no request may start
@@ -295,7 +288,7 @@ def test_expired_credits_pause_without_spending_a_request(tmp_path, daemons):
     with Emulator(keys=[TEST_KEY], expires=past, rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
-        d = start(daemons, config)
+        d = start_daemon(daemons, config)
         drop_images(Path(folder["inbox"]), ["p0.png", "p1.png"])
         wait_status(config, paused="credits_expired", pending=2)
         # The credit check gave the expiry: no image request was sent to learn it.
@@ -312,7 +305,7 @@ def test_an_expiry_the_check_did_not_show_pauses_on_the_403(tmp_path, daemons):
     with Emulator(keys=[TEST_KEY], rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
-        start(daemons, config)
+        start_daemon(daemons, config)
         wait_until(emu.requests, 20, what="the start-up credit check")
         emu.configure(expires=datetime.now(timezone.utc) - timedelta(seconds=1))
         drop_images(Path(folder["inbox"]), ["p0.png"])
@@ -347,7 +340,7 @@ def test_failures_and_dropped_connections_lose_nothing_and_cost_no_extra_credit(
             queue={"max_attempts": 10},
             metrics_listen=f"127.0.0.1:{port}",
         )
-        d = start(daemons, config)
+        d = start_daemon(daemons, config)
         drop_images(Path(folder["inbox"]), [f"p{i:02}.png" for i in range(files)])
         wait_until(lambda: len(outputs(folder)) == files, 90, what="all outputs")
         images = image_requests(emu)
@@ -377,7 +370,7 @@ def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(tmp_path, daem
             folders=[folder],
             api={"rate_limit": 10, "rate_window_seconds": 2.0},
         )
-        d = start(daemons, config)
+        d = start_daemon(daemons, config)
         drop_images(Path(folder["inbox"]), [f"p{i}.png" for i in range(8)])
         wait_until(lambda: len(outputs(folder)) == 8, 60, what="all outputs")
         assert 429 in statuses(emu), "precondition: the API refused some"
@@ -400,7 +393,7 @@ def test_shrink_with_both_outputs_keeps_the_original_size_for_cutout_and_mask(
         folders=[folder],
         api={"max_upload_bytes": 150_000},
     )
-    start(daemons, config)
+    start_daemon(daemons, config)
     data = noisy_image(500, 400, "PNG")
     assert len(data) > 150_000
     (Path(folder["inbox"]) / "big.png").write_bytes(data)

@@ -4,21 +4,13 @@ symlink after discovery, two daemons on one queue, quarantine name collisions.""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
+from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, status_json, write_config
 from tests.helpers import product_image, wait_until
-
-
-def status(config: Path) -> dict[str, object]:
-    result = run_cli("status", "--json", "--config", str(config))
-    assert result.returncode == 0, result.stderr
-    loaded: dict[str, object] = json.loads(result.stdout)
-    return loaded
 
 
 def test_a_name_that_is_not_utf8_is_skipped_and_the_rest_goes_on(tmp_path, emulator, daemons):
@@ -49,7 +41,7 @@ def test_a_folder_swapped_for_a_symlink_after_discovery_is_never_followed(tmp_pa
         d = DaemonProcess(config)
         daemons.append(d)
         d.wait_ready()
-        wait_until(lambda: status(config)["paused"] == "credit_floor", 20, what="paused")
+        wait_until(lambda: status_json(config)["paused"] == "credit_floor", 20, what="paused")
         (inbox / "d").mkdir()
         (inbox / "d" / "x.jpg").write_bytes(product_image(20, 20))
         wait_until(lambda: d.saw("file.queued", path="d/x.jpg"), 20, what="queued")

@@ -23,7 +23,6 @@ from bgsyncd.metrics import (
     PAUSE_REASONS,
     STATES,
     Metrics,
-    NullRecorder,
     Recorder,
 )
 
@@ -292,7 +291,7 @@ def test_ipv6_listen(clock: FakeClock) -> None:
 
 
 def test_null_recorder_does_nothing() -> None:
-    recorders: list[Recorder] = [NullRecorder(), Metrics("", ["f"], "1")]
+    recorders: list[Recorder] = [Recorder(), Metrics("", ["f"], "1")]
     for r in recorders:
         r.file_discovered("f")
         r.job_finished("f", "success", 1.0)

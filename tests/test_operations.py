@@ -4,7 +4,6 @@ exposition and the key's secrecy, against real ``bgsyncd run`` subprocesses."""
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import secrets
@@ -25,7 +24,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
+from tests.conftest import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    status_json,
+    write_config,
+)
 from tests.helpers import product_image, wait_until
 
 IMAGE_PATH = "/v1.0/image-without-background"
@@ -91,15 +98,6 @@ class WatchedEmulator(Emulator):
             self.image_admitted.set()
 
 
-def start(
-    daemons: list[DaemonProcess], config: Path, env: dict[str, str] | None = None
-) -> DaemonProcess:
-    d = DaemonProcess(config, env=env)
-    daemons.append(d)
-    d.wait_ready()
-    return d
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -110,13 +108,6 @@ def free_port() -> int:
 def fetch(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=10) as answer:  # loopback only
         return answer.status, answer.read().decode()
-
-
-def status_json(config: Path) -> dict[str, Any]:
-    result = run_cli("status", "--json", "--config", str(config))
-    assert result.returncode == 0, result.stderr
-    loaded: dict[str, Any] = json.loads(result.stdout)
-    return loaded
 
 
 def drop(inbox: Path, name: str, size: int = 32) -> None:
@@ -185,7 +176,7 @@ def test_notify_status_names_the_pause_reason(tmp_path, emulator, daemons):
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
         env = {**notify_env(fake), "BGSYNCD_API_KEY": "a-key-the-emulator-refuses"}
-        d = start(daemons, config, env=env)
+        d = start_daemon(daemons, config, env=env)
         wait_until(
             lambda: any("invalid_api_key" in s for s in fake.values("STATUS")),
             15,
@@ -204,7 +195,7 @@ def test_sighup_adds_a_folder_live_and_survives_a_broken_config(tmp_path, emulat
     a = make_folder(tmp_path, "alpha")
     b = make_folder(tmp_path, "beta")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[a])
-    d = start(daemons, config)
+    d = start_daemon(daemons, config)
     in_a, out_a = Path(a["inbox"]), Path(a["outbox"])
     in_b, out_b = Path(b["inbox"]), Path(b["outbox"])
     drop(in_a, "a1.jpg")
@@ -244,7 +235,7 @@ def test_sighup_removing_a_folder_keeps_its_jobs_and_does_not_spin(tmp_path, dae
         a = make_folder(tmp_path, "alpha")
         b = make_folder(tmp_path, "beta")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[a, b])
-        d = start(daemons, config)
+        d = start_daemon(daemons, config)
         wait_until(lambda: status_json(config)["paused"] == "credit_floor", 20, what="pause")
         drop(Path(b["inbox"]), "b1.jpg")
         drop(Path(a["inbox"]), "a1.jpg")
@@ -279,7 +270,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path, slow_em
     emu = slow_emulator
     folder = make_folder(tmp_path, "drain")
     config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
-    d = start(daemons, config)
+    d = start_daemon(daemons, config)
     wait_until(lambda: d.saw("credits.checked"), 20, what="first credit check")
     emu.configure(latency=2.0)
     drop(Path(folder["inbox"]), "slow.jpg")
@@ -302,7 +293,7 @@ def test_second_sigterm_exits_at_once_and_the_job_is_sent_again(tmp_path, slow_e
     emu = slow_emulator
     folder = make_folder(tmp_path, "hurry")
     config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
-    d = start(daemons, config)
+    d = start_daemon(daemons, config)
     wait_until(lambda: d.saw("credits.checked"), 20, what="first credit check")
     emu.configure(latency=8.0)  # a drain would take this long; the client waits 10 s
     drop(Path(folder["inbox"]), "stuck.jpg")
@@ -318,7 +309,7 @@ def test_second_sigterm_exits_at_once_and_the_job_is_sent_again(tmp_path, slow_e
     assert status_json(config)["jobs"]["in_flight"] == 1
 
     emu.configure(latency=0.0)
-    again = start(daemons, config)
+    again = start_daemon(daemons, config)
     wait_until((Path(folder["outbox"]) / "stuck.png").exists, 20, what="stuck.png after restart")
     assert again.saw("job.resend", path="stuck.jpg")
     wait_until(lambda: status_json(config)["jobs"]["done"] == 1, 10, what="done after restart")
@@ -368,7 +359,7 @@ def test_live_exposition_carries_every_contract_metric(tmp_path, emulator, daemo
         metrics_listen=f"127.0.0.1:{port}",
         credits={"floor": 5},
     )
-    start(daemons, config)
+    start_daemon(daemons, config)
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
     drop(inbox, "first.jpg", 30)
     drop(inbox, "second.jpg", 31)
@@ -464,7 +455,7 @@ def test_the_key_appears_nowhere(tmp_path, daemons):
         checked = run_cli("check-config", "--config", str(config), env=env)
         assert checked.returncode == 0, checked.stderr
         printed.append(checked.stdout + checked.stderr)
-        d = start(daemons, config, env=env)
+        d = start_daemon(daemons, config, env=env)
         inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
         drop(inbox, "good.jpg")
         (inbox / "text.jpg").write_bytes(b"not an image at all\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, run_cli, write_config
+from tests.conftest import make_folder, run_cli, start_daemon, write_config
 from tests.helpers import noisy_image, open_image, product_image, transparent_png, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
@@ -24,17 +24,10 @@ def image_requests(emu: Emulator) -> list[object]:
     return [r for r in emu.requests() if r.path in IMAGE_PATHS]
 
 
-def start(daemons: list[DaemonProcess], config: Path) -> DaemonProcess:
-    d = DaemonProcess(config)
-    daemons.append(d)
-    d.wait_ready()
-    return d
-
-
 def test_nested_mixed_formats_give_mirrored_rgba_outputs(tmp_path, emulator, daemons):
     folder = make_folder(tmp_path, "shop")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
-    d = start(daemons, config)
+    d = start_daemon(daemons, config)
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
     files = {
         "a.jpg": product_image(64, 48, "JPEG"),
@@ -65,7 +58,7 @@ def test_writer_pausing_longer_than_settle_is_never_uploaded_half_written(
 ):
     folder = make_folder(tmp_path, "slow")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
-    start(daemons, config)
+    start_daemon(daemons, config)
     data = product_image(300, 200, "PNG")
     path = Path(folder["inbox"]) / "slow.png"
     with path.open("wb") as fh:
@@ -83,7 +76,7 @@ def test_writer_pausing_longer_than_settle_is_never_uploaded_half_written(
 def test_rename_into_place_crdownload_and_mv_from_outside(tmp_path, emulator, daemons):
     folder = make_folder(tmp_path, "moves")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
-    start(daemons, config)
+    start_daemon(daemons, config)
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -121,7 +114,7 @@ def test_bad_inputs_each_get_their_outcome_and_the_daemon_keeps_running(
         folders=[folder],
         api={"max_upload_bytes": 200_000},
     )
-    start(daemons, config)
+    start_daemon(daemons, config)
     inbox, outbox, quarantine = (
         Path(folder["inbox"]),
         Path(folder["outbox"]),
@@ -198,7 +191,7 @@ def test_oversize_shrink_keeps_the_original_size(tmp_path, emulator, daemons):
         folders=[folder],
         api={"max_upload_bytes": 150_000},
     )
-    start(daemons, config)
+    start_daemon(daemons, config)
     data = noisy_image(500, 400, "PNG")
     assert len(data) > 150_000
     (Path(folder["inbox"]) / "big.png").write_bytes(data)
@@ -213,7 +206,7 @@ def test_oversize_shrink_keeps_the_original_size(tmp_path, emulator, daemons):
 def test_name_collisions_and_identical_content(tmp_path, emulator, daemons):
     folder = make_folder(tmp_path, "names")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
-    start(daemons, config)
+    start_daemon(daemons, config)
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
     (inbox / "a.jpg").write_bytes(product_image(30, 30, "JPEG"))
     wait_until((outbox / "a.png").exists, 20, what="a.png")
@@ -240,7 +233,7 @@ def test_name_collisions_and_identical_content(tmp_path, emulator, daemons):
 def test_files_added_while_down_are_found_at_start(tmp_path, emulator, daemons):
     folder = make_folder(tmp_path, "late")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
-    d = start(daemons, config)
+    d = start_daemon(daemons, config)
     assert d.stop() == 0
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
     (inbox / "while-down.jpg").write_bytes(product_image(22, 22))
@@ -248,7 +241,7 @@ def test_files_added_while_down_are_found_at_start(tmp_path, emulator, daemons):
     old.parent.mkdir()
     old.write_bytes(product_image(23, 23, "PNG"))
     os.utime(old, (time.time() - 3600, time.time() - 3600))
-    start(daemons, config)
+    start_daemon(daemons, config)
     wait_until(
         lambda: (outbox / "while-down.png").exists() and (outbox / "sub" / "old.png").exists(),
         20,
@@ -327,7 +320,7 @@ def test_after_success_delete_and_move(tmp_path, emulator, daemons, after):
         extra["done"] = str(tmp_path / "done")
     folder = make_folder(tmp_path, "after", **extra)
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
-    start(daemons, config)
+    start_daemon(daemons, config)
     inbox = Path(folder["inbox"])
     (inbox / "sub").mkdir()
     (inbox / "sub" / "p.jpg").write_bytes(product_image())
