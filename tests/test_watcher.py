@@ -529,8 +529,11 @@ def test_many_inboxes_share_one_observer_and_restart_in_process(tmp_path: Path) 
     old.start()
     try:
         # Tracker, scanner, one inotify observer and its reader, one emitter per inotify
-        # inbox, one polling observer and its emitter: not three threads per inbox.
-        assert threading.active_count() - before == 2 + 2 + 5 + 2
+        # inbox (with its own buffer thread on some Python versions), one polling
+        # observer and its emitter. An observer per inbox would need three threads
+        # per inbox and more: 2 + 3 * 6 = 20.
+        grown = threading.active_count() - before
+        assert 2 + 2 + 5 + 2 <= grown <= 2 + 2 + 2 * 5 + 2
         for i in range(6):
             write(tmp_path / f"in{i}" / f"a{i}.jpg")
         wait_until(lambda: len(first_sink.found()) == 6, 5.0)
