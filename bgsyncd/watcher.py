@@ -35,6 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -211,7 +212,10 @@ class Watcher:
 
     def _polling_observer(self) -> BaseObserver:
         # lstat, not watchdog's default stat: a symlink is never followed.
-        return PollingObserverVFS(os.lstat, os.scandir, polling_interval=self._poll_interval)
+        # watchdog 6 (what Python 3.10 gets) annotates the interval as int; it is
+        # only used as a timeout, and fractions work in both 6 and 7.
+        interval = cast(int, self._poll_interval)
+        return PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
 
     def _observe(self, inboxes: list[Inbox], make: Callable[[], BaseObserver]) -> None:
         """Schedule ``inboxes`` on one new observer; raise naming the inbox that fails."""

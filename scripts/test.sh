@@ -5,7 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/venv.sh"
 cd "$root"
-bin="$root/.venv/bin"
+bin="$venv/bin"
 status=0
 "$bin/python" -m pytest "$@" || status=$?
 "$bin/ruff" check bgsyncd tests bench || status=$?
