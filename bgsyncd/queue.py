@@ -151,6 +151,7 @@ SQL_QUARANTINED_IN = (
     " ORDER BY queued_at, id"
 )
 SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = ? AND outpath = ?"
+SQL_CLAIMED_BY = "SELECT outpath FROM output_claims WHERE job_id = ?"
 SQL_SINCE = "SELECT t FROM request_log WHERE t >= ? ORDER BY t"
 # New path -> pending; changed stat -> pending again unless a worker holds it
 # (the worker sees the change itself). rowcount 0 means nothing was queued.
@@ -186,6 +187,7 @@ def _query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
         "quarantined": (SQL_QUARANTINED, ()),
         "quarantined_in": (SQL_QUARANTINED_IN, ("f",)),
         "owner": (SQL_OWNER, ("f", "a.png")),
+        "claimed_by": (SQL_CLAIMED_BY, (1,)),
         "since": (SQL_SINCE, (0.0,)),
     }
 
@@ -507,6 +509,12 @@ class Queue:
             self._update(job_id, "state = 'pending', lease_until = NULL, resend = 1")
         else:
             self._update(job_id, "state = 'pending', lease_until = NULL")
+
+    def claimed_outputs(self, job_id: int) -> list[str]:
+        """The output paths (relative to the outbox) this job has claimed."""
+        with self._read() as conn:
+            rows = conn.execute(SQL_CLAIMED_BY, (job_id,)).fetchall()
+        return sorted(row[0] for row in rows)
 
     def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str:
         """Return the first candidate output path that is this job's or free, claiming it.

@@ -186,6 +186,16 @@ class Worker:
         oversize = len(data) > self.config.max_upload_bytes
         if oversize and folder.oversize == "quarantine":
             raise _Quarantine("too_large", f"{len(data)} bytes is over api.max_upload_bytes", None)
+        if job.resend and self._outputs_already_written(job, folder, sig):
+            # A crash came after the outputs were written and before the job was
+            # marked done: they are there and newer than the input. Never send
+            # such a job again (the cache usually answers first; not when it is
+            # off or the entry was evicted).
+            self._queue.complete(job.id, self._queue.claimed_outputs(job.id))
+            self._after_success(job, folder, sig, src, bound)
+            self._recorder.job_finished(job.folder, "cached", self._clock() - job.queued_at)
+            bound.info("job.done", source="outputs already written")
+            return Result(Kind.DONE)
         if job.resend:
             self._recorder.resend()
             bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
@@ -255,6 +265,12 @@ class Worker:
         """
         written = self._write_outputs(job, folder, cutout)
         self._queue.complete(job.id, written)
+        self._after_success(job, folder, sig, src, bound)
+
+    def _after_success(
+        self, job: Job, folder: FolderSettings, sig: _Signature, src: Path, bound: Any
+    ) -> None:
+        """Keep, delete or move the input, once its outputs are durable."""
         now = _signature_of(folder.inbox, job.relpath)
         if now != sig:
             # Changed (queued again), gone, or its path now leads through a
@@ -272,6 +288,20 @@ class Worker:
                 outputs.move_to(src, folder.done, job.relpath)
             except FileNotFoundError:
                 bound.warning("file.vanished", during="move to done")
+
+    def _outputs_already_written(self, job: Job, folder: FolderSettings, sig: _Signature) -> bool:
+        """Every output this job claimed exists and is newer than its input."""
+        claimed = self._queue.claimed_outputs(job.id)
+        if len(claimed) < (2 if folder.output == "both" else 1):
+            return False
+        for rel in claimed:
+            try:
+                written = os.stat(folder.outbox / rel).st_mtime_ns
+            except OSError:
+                return False
+            if written < sig[1]:
+                return False
+        return True
 
     def _write_outputs(self, job: Job, folder: FolderSettings, cutout: bytes) -> list[str]:
         ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
