@@ -184,6 +184,9 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _configure_stdlib(max(logging.WARNING, _state.level))
+    # Libraries' warnings (watchdog has some) become log lines like any other,
+    # not bare text in the middle of the JSON stream.
+    logging.captureWarnings(True)
 
 
 def _configure_stdlib(level: int) -> None:
