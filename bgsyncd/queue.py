@@ -28,6 +28,29 @@ from pathlib import Path
 from typing import Any
 
 from bgsyncd.errors import BgsyncdError
+from bgsyncd.queue_sql import (
+    COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQL_ANY_PENDING,
+    SQL_ANY_PENDING_IN,
+    SQL_CLAIMED_BY,
+    SQL_COUNTS,
+    SQL_FIRST_FOLDER,
+    SQL_IS_UNCHANGED,
+    SQL_NEXT_FOLDER,
+    SQL_NEXT_RETRY,
+    SQL_NEXT_RETRY_IN,
+    SQL_OLDEST_IN_FOLDER,
+    SQL_OLDEST_OPEN,
+    SQL_OWNER,
+    SQL_PROMOTE,
+    SQL_QUARANTINED,
+    SQL_QUARANTINED_IN,
+    SQL_RECOVER,
+    SQL_SINCE,
+    SQL_UPSERT,
+)
 
 STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
 
@@ -70,128 +93,6 @@ class Job:
     outputs: tuple[str, ...] = ()
 
 
-# Migration n (1-based) brings a database from user_version n-1 to n.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE jobs (
-            id INTEGER PRIMARY KEY,
-            folder TEXT NOT NULL, relpath TEXT NOT NULL,
-            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
-            sha256 TEXT,
-            state TEXT NOT NULL CHECK (state IN
-                ('pending', 'in_flight', 'retry_wait', 'done', 'quarantined')),
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at REAL, lease_until REAL,
-            resend INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT, http_status INTEGER, reason TEXT,
-            first_seen REAL NOT NULL, queued_at REAL NOT NULL, updated_at REAL NOT NULL,
-            outputs TEXT NOT NULL DEFAULT '[]',
-            UNIQUE (folder, relpath))""",
-        # claim: next folder with pending work, then its oldest job; counts; listings
-        "CREATE INDEX jobs_by_state_folder ON jobs (state, folder, queued_at, id)",
-        "CREATE INDEX jobs_by_state_queued ON jobs (state, queued_at)",
-        "CREATE INDEX jobs_by_state_retry ON jobs (state, next_attempt_at)",
-        """CREATE TABLE output_claims (
-            folder TEXT NOT NULL, outpath TEXT NOT NULL,
-            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-            PRIMARY KEY (folder, outpath)) WITHOUT ROWID""",
-        "CREATE INDEX output_claims_by_job ON output_claims (job_id)",
-        "CREATE TABLE request_log (t REAL NOT NULL)",
-        "CREATE INDEX request_log_by_t ON request_log (t)",
-        "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-# f-strings with "noqa: S608" splice in only this module's own constant SQL text.
-_COLUMNS = (
-    "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
-    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs"
-)
-# The hot-path statements, named so the tests can check their query plans.
-SQL_IS_UNCHANGED = (
-    "SELECT 1 FROM jobs WHERE folder = ? AND relpath = ? AND size = ? AND mtime_ns = ?"
-    " AND inode = ?"
-)
-SQL_PROMOTE = (
-    "UPDATE jobs SET state = 'pending', next_attempt_at = NULL, updated_at = ?"
-    " WHERE state = 'retry_wait' AND next_attempt_at <= ?"
-)
-SQL_FIRST_FOLDER = "SELECT folder FROM jobs WHERE state = 'pending' ORDER BY folder LIMIT 1"
-SQL_NEXT_FOLDER = (
-    "SELECT folder FROM jobs WHERE state = 'pending' AND folder > ? ORDER BY folder LIMIT 1"
-)
-SQL_OLDEST_IN_FOLDER = (
-    f"SELECT {_COLUMNS} FROM jobs WHERE state = 'pending' AND folder = ?"  # noqa: S608
-    " ORDER BY queued_at, id LIMIT 1"
-)
-SQL_ANY_PENDING = "SELECT 1 FROM jobs WHERE state = 'pending' LIMIT 1"
-SQL_NEXT_RETRY = "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'retry_wait'"
-SQL_ANY_PENDING_IN = "SELECT 1 FROM jobs WHERE state = 'pending' AND folder = ? LIMIT 1"
-SQL_NEXT_RETRY_IN = (
-    "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'retry_wait' AND folder = ?"
-)
-SQL_COUNTS = "SELECT folder, state, COUNT(*) FROM jobs GROUP BY state, folder"
-SQL_OLDEST_OPEN = (
-    "SELECT MIN(m) FROM ("
-    " SELECT MIN(queued_at) AS m FROM jobs WHERE state = 'pending'"
-    " UNION ALL SELECT MIN(queued_at) FROM jobs WHERE state = 'in_flight'"
-    " UNION ALL SELECT MIN(queued_at) FROM jobs WHERE state = 'retry_wait')"
-)
-SQL_RECOVER = (
-    "UPDATE jobs SET state = 'pending', resend = 1, lease_until = NULL, updated_at = ?"
-    " WHERE state = 'in_flight'"
-)
-SQL_QUARANTINED = (
-    f"SELECT {_COLUMNS} FROM jobs WHERE state = 'quarantined'"  # noqa: S608
-    " ORDER BY folder, queued_at, id"
-)
-SQL_QUARANTINED_IN = (
-    f"SELECT {_COLUMNS} FROM jobs WHERE state = 'quarantined' AND folder = ?"  # noqa: S608
-    " ORDER BY queued_at, id"
-)
-SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = ? AND outpath = ?"
-SQL_CLAIMED_BY = "SELECT outpath FROM output_claims WHERE job_id = ?"
-SQL_SINCE = "SELECT t FROM request_log WHERE t >= ? ORDER BY t"
-# New path -> pending; changed stat -> pending again unless a worker holds it
-# (the worker sees the change itself). rowcount 0 means nothing was queued.
-_SQL_UPSERT = """
-INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
-                  updated_at)
-VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)
-ON CONFLICT (folder, relpath) DO UPDATE SET
-    size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
-    sha256 = NULL, state = 'pending', attempts = 0, next_attempt_at = NULL,
-    lease_until = NULL, resend = 0, last_error = NULL, http_status = NULL, reason = NULL,
-    queued_at = excluded.queued_at, updated_at = excluded.updated_at
-WHERE state != 'in_flight'
-    AND (size != excluded.size OR mtime_ns != excluded.mtime_ns OR inode != excluded.inode)
-"""
-
-
-def _query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
-    """The hot-path statements with sample parameters, for EXPLAIN QUERY PLAN checks."""
-    return {
-        "is_unchanged": (SQL_IS_UNCHANGED, ("f", "a.jpg", 1, 2, 3)),
-        "promote": (SQL_PROMOTE, (0.0, 0.0)),
-        "first_folder": (SQL_FIRST_FOLDER, ()),
-        "next_folder": (SQL_NEXT_FOLDER, ("f",)),
-        "oldest_in_folder": (SQL_OLDEST_IN_FOLDER, ("f",)),
-        "any_pending": (SQL_ANY_PENDING, ()),
-        "next_retry": (SQL_NEXT_RETRY, ()),
-        "any_pending_in": (SQL_ANY_PENDING_IN, ("f",)),
-        "next_retry_in": (SQL_NEXT_RETRY_IN, ("f",)),
-        "counts": (SQL_COUNTS, ()),
-        "oldest_open": (SQL_OLDEST_OPEN, ()),
-        "recover": (SQL_RECOVER, (0.0,)),
-        "quarantined": (SQL_QUARANTINED, ()),
-        "quarantined_in": (SQL_QUARANTINED_IN, ("f",)),
-        "owner": (SQL_OWNER, ("f", "a.png")),
-        "claimed_by": (SQL_CLAIMED_BY, (1,)),
-        "since": (SQL_SINCE, (0.0,)),
-    }
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) and migrate the database at ``path``."""
     try:
@@ -212,7 +113,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         with _transaction(conn):
             version = _check_version(conn, path)
             for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[number - 1]:
+                for statement in MIGRATIONS[number - 1]:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
@@ -295,7 +196,7 @@ class Queue:
                         conn = None
             if conn is None:
                 conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-                for statement in (s for migration in _MIGRATIONS for s in migration):
+                for statement in (s for migration in MIGRATIONS for s in migration):
                     conn.execute(statement)
             conn.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
@@ -357,7 +258,7 @@ class Queue:
             now = self._clock()
             for f in found:
                 params = (f.folder, f.relpath, f.size, f.mtime_ns, f.inode, now, now, now)
-                if conn.execute(_SQL_UPSERT, params).rowcount:
+                if conn.execute(SQL_UPSERT, params).rowcount:
                     queued[(f.folder, f.relpath)] = f
         return list(queued.values())
 
@@ -370,14 +271,14 @@ class Queue:
     def find(self, folder: str, relpath: str) -> Job | None:
         """The job for this input path, if any."""
         with self._read() as conn:
-            sql = f"SELECT {_COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
+            sql = f"SELECT {COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
             row = conn.execute(sql, (folder, relpath)).fetchone()
         return None if row is None else _job(row)
 
     def get(self, job_id: int) -> Job | None:
         """The job with this id, if it still exists."""
         with self._read() as conn:
-            sql = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
+            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
             row = conn.execute(sql, (job_id,)).fetchone()
         return None if row is None else _job(row)
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import hashlib
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,10 +32,10 @@ from bgsyncd.errors import (
     Stopped,
     TransientError,
 )
+from bgsyncd.inputs import Signature, read_input, signature_of
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.queue import Found, Job, Queue
-from bgsyncd.scanner import regular_file
 
 log = get_logger("bgsyncd.worker")
 
@@ -127,7 +125,7 @@ class Worker:
 
     def _process(self, job: Job, folder: FolderSettings, bound: Any) -> Result:
         src = folder.inbox / job.relpath
-        read = _read_input(folder.inbox, job.relpath, HARD_SIZE_LIMIT)
+        read = read_input(folder.inbox, job.relpath, HARD_SIZE_LIMIT)
         if read is None:
             self._queue.forget(job.id)
             bound.info("file.vanished")
@@ -172,7 +170,7 @@ class Worker:
         job: Job,
         folder: FolderSettings,
         data: bytes,
-        sig: _Signature,
+        sig: Signature,
         sha: str,
         src: Path,
         bound: Any,
@@ -252,7 +250,7 @@ class Worker:
         self,
         job: Job,
         folder: FolderSettings,
-        sig: _Signature,
+        sig: Signature,
         cutout: bytes,
         src: Path,
         bound: Any,
@@ -268,10 +266,10 @@ class Worker:
         self._after_success(job, folder, sig, src, bound)
 
     def _after_success(
-        self, job: Job, folder: FolderSettings, sig: _Signature, src: Path, bound: Any
+        self, job: Job, folder: FolderSettings, sig: Signature, src: Path, bound: Any
     ) -> None:
         """Keep, delete or move the input, once its outputs are durable."""
-        now = _signature_of(folder.inbox, job.relpath)
+        now = signature_of(folder.inbox, job.relpath)
         if now != sig:
             # Changed (queued again), gone, or its path now leads through a
             # symlink: never delete or move it.
@@ -289,7 +287,7 @@ class Worker:
             except FileNotFoundError:
                 bound.warning("file.vanished", during="move to done")
 
-    def _outputs_already_written(self, job: Job, folder: FolderSettings, sig: _Signature) -> bool:
+    def _outputs_already_written(self, job: Job, folder: FolderSettings, sig: Signature) -> bool:
         """Every output this job claimed exists and is newer than its input."""
         claimed = self._queue.claimed_outputs(job.id)
         if len(claimed) < (2 if folder.output == "both" else 1):
@@ -373,7 +371,7 @@ class Worker:
             "failed_at": _iso(self._clock()),
         }
         location: str | None = None
-        if _signature_of(folder.inbox, job.relpath) is None:
+        if signature_of(folder.inbox, job.relpath) is None:
             # Gone, or a folder on its path was swapped for a symlink: touch nothing.
             self._queue.forget(job.id)
             bound.info("file.vanished", during="quarantine")
@@ -394,50 +392,6 @@ class Worker:
         self._recorder.job_finished(job.folder, "quarantined", None)
         bound.warning("job.quarantined", reason=reason, http_status=status, error=message)
         return Result(Kind.QUARANTINED, reason=reason)
-
-
-_Signature = tuple[int, int, int]  # size, mtime_ns, inode: what the queue compares
-
-
-def _signature_of(root: Path, relpath: str) -> _Signature | None:
-    """The signature of ``root/relpath``, or None when it is gone, not a regular
-    file, or reached through a symlinked folder (which must never be followed)."""
-    st = regular_file(str(root), relpath)
-    return None if st is None else (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _read_input(root: Path, relpath: str, limit: int) -> tuple[bytes | None, _Signature] | None:
-    """The file's bytes and signature; bytes None when it is over ``limit``.
-
-    None when it is gone or not a regular file inside the inbox. ``O_NOFOLLOW``
-    refuses a symlink in the last place and ``O_NONBLOCK`` keeps a FIFO from
-    blocking; comparing the opened file with a walk that refuses symlinked
-    folders keeps a folder swapped for a symlink from leading out of the inbox.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(root / relpath, flags)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):
-            return None
-        raise
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        walked = regular_file(str(root), relpath)
-        if walked is None or (walked.st_dev, walked.st_ino) != (st.st_dev, st.st_ino):
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        if st.st_size > limit:
-            return None, (st.st_size, st.st_mtime_ns, st.st_ino)
-        data = fh.read(limit + 1)
-        # Signature after the read: a write during it shows as a change later.
-        st = os.fstat(fh.fileno())
-        if len(data) > limit:
-            return None, (st.st_size, st.st_mtime_ns, st.st_ino)
-        return data, (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _iso(ts: float) -> str:

@@ -21,8 +21,8 @@ from bgsyncd.queue import (
     Queue,
     QueueError,
     SqliteRequestLog,
-    _query_plans,
 )
+from bgsyncd.queue_sql import query_plans
 
 
 class FakeClock:
@@ -423,7 +423,7 @@ def test_hot_queries_use_indexes(q: Queue, clock: FakeClock) -> None:
         if analyzed:
             q._conn.execute("ANALYZE")
         plans = {}
-        for name, (sql, params) in _query_plans().items():
+        for name, (sql, params) in query_plans().items():
             rows = q._conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
             plans[name] = [row[3] for row in rows]
         bad = {name: _bad_plan(name, details) for name, details in plans.items()}
