@@ -26,6 +26,21 @@ def wait_until(
         time.sleep(interval)
 
 
+class FakeClock:
+    """A clock the test sets by hand; ``calls`` counts how often it was read."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
 def product_image(width: int = 64, height: int = 48, fmt: str = "JPEG", **save: object) -> bytes:
     """A dark object on a plain light background, encoded as ``fmt``."""
     img = Image.new("RGB", (width, height), (235, 235, 230))

@@ -7,19 +7,7 @@ import threading
 import pytest
 
 from bgsyncd.credits import CreditGuard
-
-
-class FakeClock:
-    """A clock the test sets by hand."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from tests.helpers import FakeClock
 
 
 def start_all(guard: CreditGuard) -> int:

@@ -29,7 +29,7 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import noisy_image, open_image, product_image, wait_until
+from tests.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 CREDIT_PATH = "/available-credit"
@@ -378,34 +378,3 @@ def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(tmp_path, daem
         assert set(attempts(config).values()) == {0}
         assert sum(1 for r in image_requests(emu) if r.status == 200) == 8
         assert d.saw("api.rate_limited")
-
-
-# -- oversize ----------------------------------------------------------------------------
-
-
-def test_shrink_with_both_outputs_keeps_the_original_size_for_cutout_and_mask(
-    tmp_path, emulator, daemons
-):
-    folder = make_folder(tmp_path, "big", output="both")
-    config = write_config(
-        tmp_path / "c.toml",
-        base_url=emulator.url,
-        folders=[folder],
-        api={"max_upload_bytes": 150_000},
-    )
-    start_daemon(daemons, config)
-    data = noisy_image(500, 400, "PNG")
-    assert len(data) > 150_000
-    (Path(folder["inbox"]) / "big.png").write_bytes(data)
-    outbox = Path(folder["outbox"])
-    wait_until((outbox / "big.mask.png").exists, 30, what="outputs")
-    cutout, mask = (
-        open_image((outbox / "big.png").read_bytes()),
-        open_image((outbox / "big.mask.png").read_bytes()),
-    )
-    assert (cutout.size, cutout.mode) == ((500, 400), "RGBA")
-    assert (mask.size, mask.mode) == ((500, 400), "L")
-    assert cutout.getchannel("A").tobytes() == mask.tobytes()
-    sent = image_requests(emulator)
-    assert [r.path for r in sent] == ["/v1.0/alpha-channel"], "one request for both outputs"
-    assert sent[0].image_size is not None and sent[0].image_size <= 150_000

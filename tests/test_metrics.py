@@ -25,6 +25,7 @@ from bgsyncd.metrics import (
     Metrics,
     Recorder,
 )
+from tests.helpers import FakeClock
 
 # SPEC section 6, verbatim: name -> (type, label names).
 CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
@@ -47,19 +48,9 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
 FOLDERS = ("products", "catalogue")
 
 
-class FakeClock:
-    """Wall-clock time the test moves by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture
@@ -147,7 +138,7 @@ def test_jobs_are_counted_and_timed(metrics: Metrics, clock: FakeClock) -> None:
     metrics.file_discovered("products")
     metrics.job_finished("products", "success", 3.0)
     metrics.job_finished("products", "cached", 1.0)
-    clock.now += 100
+    clock.t += 100
     metrics.job_finished("catalogue", "quarantined", None)
     assert value(metrics, "bgsyncd_files_discovered_total", folder="products") == 2
     assert value(metrics, "bgsyncd_jobs_finished_total", folder="products", outcome="success") == 1
@@ -163,7 +154,7 @@ def test_jobs_are_counted_and_timed(metrics: Metrics, clock: FakeClock) -> None:
     assert value(metrics, "bgsyncd_job_duration_seconds_count", folder="catalogue") == 0
     assert value(metrics, "bgsyncd_last_success_timestamp_seconds", folder="catalogue") == 0
     assert value(metrics, "bgsyncd_last_success_timestamp_seconds", folder="products") == (
-        clock.now - 100
+        clock.t - 100
     )
 
 
@@ -225,11 +216,11 @@ def test_folder_added_on_reload_gets_its_series(metrics: Metrics) -> None:
 
 def test_healthz_follows_the_heartbeat(metrics: Metrics, clock: FakeClock) -> None:
     assert get(metrics, "/healthz") == (200, "ok\n")  # grace period after start
-    clock.now += 29
+    clock.t += 29
     metrics.heartbeat()
-    clock.now += 29.9
+    clock.t += 29.9
     assert get(metrics, "/healthz") == (200, "ok\n")
-    clock.now += 0.2  # 30.1 s since the last heartbeat: the loop is stalled
+    clock.t += 0.2  # 30.1 s since the last heartbeat: the loop is stalled
     status, body = get(metrics, "/healthz")
     assert status == 503
     assert "stalled" in body

@@ -12,22 +12,7 @@ import pytest
 
 from bgsyncd.errors import Stopped
 from bgsyncd.pacer import MemoryRequestLog, Pacer
-from tests.helpers import wait_until
-
-
-class FakeClock:
-    """A clock the test sets by hand."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from tests.helpers import FakeClock, wait_until
 
 
 def max_in_window(times: list[float], length: float, closed: bool) -> int:

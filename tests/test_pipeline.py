@@ -183,8 +183,9 @@ def test_bad_inputs_each_get_their_outcome_and_the_daemon_keeps_running(
     wait_until((outbox / "after.png").exists, 20, what="after.png")
 
 
-def test_oversize_shrink_keeps_the_original_size(tmp_path, emulator, daemons):
-    folder = make_folder(tmp_path, "big")
+@pytest.mark.parametrize("output", ["cutout", "both"])
+def test_oversize_shrink_keeps_the_original_size(tmp_path, emulator, daemons, output):
+    folder = make_folder(tmp_path, "big", output=output)
     config = write_config(
         tmp_path / "c.toml",
         base_url=emulator.url,
@@ -195,11 +196,17 @@ def test_oversize_shrink_keeps_the_original_size(tmp_path, emulator, daemons):
     data = noisy_image(500, 400, "PNG")
     assert len(data) > 150_000
     (Path(folder["inbox"]) / "big.png").write_bytes(data)
-    out = Path(folder["outbox"]) / "big.png"
-    wait_until(out.exists, 30, what="output")
-    assert open_image(out.read_bytes()).size == (500, 400)
+    outbox = Path(folder["outbox"])
+    last = outbox / ("big.mask.png" if output == "both" else "big.png")
+    wait_until(last.exists, 30, what="outputs")
+    cutout = open_image((outbox / "big.png").read_bytes())
+    assert (cutout.size, cutout.mode) == ((500, 400), "RGBA")
+    if output == "both":
+        mask = open_image((outbox / "big.mask.png").read_bytes())
+        assert (mask.size, mask.mode) == ((500, 400), "L")
+        assert cutout.getchannel("A").tobytes() == mask.tobytes()
     sent = image_requests(emulator)
-    assert [r.path for r in sent] == ["/v1.0/alpha-channel"]
+    assert [r.path for r in sent] == ["/v1.0/alpha-channel"], "one request for every output"
     assert sent[0].image_size is not None and sent[0].image_size <= 150_000
 
 

@@ -23,24 +23,12 @@ from bgsyncd.queue import (
     SqliteRequestLog,
 )
 from bgsyncd.queue_sql import query_plans
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture
@@ -85,7 +73,7 @@ def test_enqueue_new_files_pending(q: Queue, clock: FakeClock) -> None:
     job = q.find("products", "a.jpg")
     assert job is not None
     assert (job.state, job.attempts, job.resend, job.sha256) == ("pending", 0, False, None)
-    assert job.first_seen == job.queued_at == clock.now
+    assert job.first_seen == job.queued_at == clock.t
     assert q.get(job.id) == job
     assert q.find("products", "nope.jpg") is None
     assert q.get(10_000) is None
@@ -103,7 +91,7 @@ def test_unchanged_skipped_and_changed_requeued(q: Queue, clock: FakeClock) -> N
     job = q.claim(60)
     assert job is not None
     q.set_sha256(job.id, "ab" * 32)
-    q.retry_later(job.id, clock.now + 5, "boom")
+    q.retry_later(job.id, clock.t + 5, "boom")
     first_seen = job.first_seen
     clock.advance(10)
     changed = found("a.jpg", size=200)
@@ -112,7 +100,7 @@ def test_unchanged_skipped_and_changed_requeued(q: Queue, clock: FakeClock) -> N
     assert again is not None
     assert (again.state, again.attempts, again.sha256, again.size) == ("pending", 0, None, 200)
     assert again.first_seen == first_seen
-    assert again.queued_at == clock.now
+    assert again.queued_at == clock.t
     assert again.last_error is None
 
 
@@ -157,7 +145,7 @@ def test_claim_sets_lease(q: Queue, clock: FakeClock) -> None:
     job = q.claim(30)
     assert job is not None
     assert job.state == "in_flight"
-    assert q._conn.execute("SELECT lease_until FROM jobs").fetchone()[0] == clock.now + 30
+    assert q._conn.execute("SELECT lease_until FROM jobs").fetchone()[0] == clock.t + 30
     assert q.next_ready_at() is None
 
 
@@ -180,11 +168,11 @@ def test_round_robin_cycles_through_folders(q: Queue) -> None:
 def test_retry_wait_promoted_when_due(q: Queue, clock: FakeClock) -> None:
     assert q.next_ready_at() is None
     q.enqueue_many([found("a.jpg")])
-    assert q.next_ready_at() == clock.now
+    assert q.next_ready_at() == clock.t
     job = q.claim(60)
     assert job is not None
-    assert q.retry_later(job.id, clock.now + 30, "503") == 1
-    assert q.next_ready_at() == clock.now + 30
+    assert q.retry_later(job.id, clock.t + 30, "503") == 1
+    assert q.next_ready_at() == clock.t + 30
     assert q.claim(60) is None
     clock.advance(29.9)
     assert q.claim(60) is None
@@ -192,11 +180,11 @@ def test_retry_wait_promoted_when_due(q: Queue, clock: FakeClock) -> None:
     again = q.claim(60)
     assert again is not None
     assert (again.id, again.attempts, again.last_error) == (job.id, 1, "503")
-    assert q.retry_later(job.id, clock.now + 60, "timeout", resend=True) == 2
+    assert q.retry_later(job.id, clock.t + 60, "timeout", resend=True) == 2
     waiting = q.get(job.id)
     assert waiting is not None
     assert (waiting.state, waiting.next_attempt_at, waiting.resend) == (
-        "retry_wait", clock.now + 60, True)  # fmt: skip
+        "retry_wait", clock.t + 60, True)  # fmt: skip
 
 
 def test_complete_quarantine_release(q: Queue) -> None:
@@ -296,7 +284,7 @@ def test_forget_deletes_job_and_claims(q: Queue) -> None:
 def test_counts_and_oldest(q: Queue, clock: FakeClock) -> None:
     assert q.counts() == {}
     assert q.oldest_pending_queued_at() is None
-    start = clock.now
+    start = clock.t
     q.enqueue_many([found("x.jpg", folder="other")])
     clock.advance(10)
     q.enqueue_many([found(f"{i}.jpg") for i in range(5)])
@@ -306,7 +294,7 @@ def test_counts_and_oldest(q: Queue, clock: FakeClock) -> None:
     assert all(job is not None and job.folder == "products" for job in j)
     q.complete(j[0].id, [])  # type: ignore[union-attr]
     q.quarantine(j[1].id, "corrupt_image", "bad", None)  # type: ignore[union-attr]
-    q.retry_later(j[2].id, clock.now + 100, "500")  # type: ignore[union-attr]
+    q.retry_later(j[2].id, clock.t + 100, "500")  # type: ignore[union-attr]
     counts = q.counts()
     assert counts == {
         "products": {"pending": 2, "in_flight": 0, "retry_wait": 1, "done": 1, "quarantined": 1},
@@ -340,7 +328,7 @@ def test_quarantined_listing_and_requeue(q: Queue, clock: FakeClock) -> None:
     assert back is not None
     assert (back.state, back.attempts, back.reason, back.last_error, back.http_status) == (
         "pending", 0, None, None, None)  # fmt: skip
-    assert back.queued_at == clock.now
+    assert back.queued_at == clock.t
     assert [j.relpath for j in q.quarantined("products")] == ["c.jpg"]
 
 
@@ -418,7 +406,7 @@ def test_hot_queries_use_indexes(q: Queue, clock: FakeClock) -> None:
     for _ in range(500):
         job = q.claim(60)
         assert job is not None
-        q.retry_later(job.id, clock.now + 60, "x")
+        q.retry_later(job.id, clock.t + 60, "x")
     for analyzed in (False, True):  # a fresh database, and one with planner statistics
         if analyzed:
             q._conn.execute("ANALYZE")
