@@ -55,6 +55,9 @@ class Daemon:
         self.settings = settings
         self.once = once
         self._key = require_api_key(settings)
+        configure_logging(settings.logging.format, settings.logging.level, self._secrets)
+        for warning in settings.warnings:
+            log.warning("config.warning", warning=warning)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
@@ -434,13 +437,7 @@ def _worker_config(settings: Settings) -> WorkerConfig:
 
 def run_daemon(config: str | Path | None, *, once: bool = False) -> int:
     """``bgsyncd run`` and ``bgsyncd once``."""
-    settings = load_settings(config)
-    holder: list[str] = []
-    configure_logging(settings.logging.format, settings.logging.level, lambda: holder)
-    for warning in settings.warnings:
-        log.warning("config.warning", warning=warning)
-    daemon = Daemon(settings, once=once)
-    holder.append(daemon._key)
+    daemon = Daemon(load_settings(config), once=once)
     code = daemon.run()
     if daemon.stuck:
         # Requests still hanging after the drain: their threads would hold up the

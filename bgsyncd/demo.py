@@ -18,7 +18,6 @@ from PIL import Image, ImageDraw
 from bgsyncd.config import load_settings
 from bgsyncd.daemon import Daemon
 from bgsyncd.emulator import Emulator
-from bgsyncd.logs import configure_logging
 
 DEMO_METRICS_PORT = 9808
 
@@ -42,7 +41,6 @@ def run_demo(root: Path) -> int:
     config.write_text(_CONFIG.format(url=emulator.url, listen=listen), encoding="utf-8")
     os.environ.pop("BGSYNCD_API_KEY", None)  # the demo uses its own key, never a real one
     settings = load_settings(config)
-    configure_logging("console", "info", lambda: [key])
     print(
         f"""
 bgsyncd demo

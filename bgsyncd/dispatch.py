@@ -240,7 +240,6 @@ class Dispatcher:
             return
         expires = credits.expires_at.timestamp() if credits.expires_at else None
         self._credits.update(credits.available, expires)
-        self._recorder.credits(credits.available, expires)
         log.info("credits.checked", available=credits.available, floor=self._credits.floor)
         if self._expired():
             self._pause(CREDITS_EXPIRED)
