@@ -5,6 +5,8 @@
     BgsyncdError
      ├── ConfigError              bad configuration: exit status 2, never a traceback
      ├── Stopped                  the daemon is shutting down; a wait was abandoned
+     ├── QueueUnavailable         the queue database cannot be read or written now: pause
+     │                            (``queue_unavailable``), resume when it answers
      └── ApiError                 anything the API (or the way to it) answered
           ├── PermanentFileError  this file will never succeed: quarantine, no retry
           │    ├── FileTooLarge        413
@@ -12,23 +14,32 @@
           ├── AccountError        the whole account is blocked: pause every dispatch
           │    ├── InvalidApiKey       401
           │    ├── InsufficientCredits 402
-          │    └── CreditsExpired      403
+          │    ├── CreditsExpired      403
+          │    └── UnexpectedRedirect  3xx: never followed (the key stays home)
           ├── RateLimited         429: wait (retry_after when given), no attempt counted
           └── TransientError      try again later with backoff, counting attempts
                ├── ServerError         5xx (and any other unexpected status)
                ├── RequestTimeout      connect/read/write/pool timeout
                ├── ConnectionFailed    refused, reset, dropped connection
-               └── MalformedResponse   a 200 whose body we cannot use
+               └── MalformedResponse   an answer whose body we cannot use
+                    └── UnusableAnswer  a 200 we cannot use: charged (see SPEC §5)
 
 ``TransientError.outcome_unknown`` is True when the request body may have reached
 the API and been charged (read timeout, connection dropped after sending): a
 re-send of such a request may cost a second credit and is counted as a resend.
+
+Local filesystem failures are plain ``OSError`` values; what their errno means is
+decided by :func:`is_local_fault` (the disk, not the input: pause with
+``output_unwritable``) and :func:`is_refused` (a symlink or non-folder on the
+way under an outbox, quarantine or done folder: retry, then ``output_refused``).
 
 No message here ever contains the API key: the client builds messages from the
 status, the endpoint and the API's own error text only.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class BgsyncdError(Exception):
@@ -41,6 +52,35 @@ class ConfigError(BgsyncdError):
 
 class Stopped(BgsyncdError):
     """A blocking wait was abandoned because the daemon is stopping."""
+
+
+class QueueUnavailable(BgsyncdError):
+    """The queue database cannot be read or written right now (full, read-only, gone)."""
+
+
+# Writing failed because of the disk, not the input: pause, probe, resume.
+LOCAL_FAULT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+# A folder on the way was swapped for a symlink or a file: the write is refused.
+REFUSED_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
+
+
+def is_local_fault(exc: BaseException) -> bool:
+    """``exc`` is a failure of the disk (full, read-only, no permission, I/O error)."""
+    return isinstance(exc, OSError) and exc.errno in LOCAL_FAULT_ERRNOS
+
+
+def is_refused(exc: BaseException) -> bool:
+    """``exc`` says a path led through a symlink or a non-folder (``ELOOP``, ``ENOTDIR``)."""
+    return isinstance(exc, OSError) and exc.errno in REFUSED_ERRNOS
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``[Errno 28] No space left on device``: the errno and its text, never a bare class name."""
+    if exc.errno is None:
+        return str(exc) or type(exc).__name__
+    return f"[Errno {exc.errno}] {exc.strerror or errno.errorcode.get(exc.errno, '')}"
 
 
 class ApiError(BgsyncdError):
@@ -94,6 +134,16 @@ class CreditsExpired(AccountError):
     reason = "credits_expired"
 
 
+class UnexpectedRedirect(AccountError):
+    """3xx: never followed, so the key never leaves for another host; ``location`` is the target."""
+
+    reason = "unexpected_redirect"
+
+    def __init__(self, message: str, status: int | None = None, location: str = "") -> None:
+        super().__init__(message, status)
+        self.location = location
+
+
 class RateLimited(ApiError):
     """429: too many requests; ``retry_after`` is in seconds when the API said."""
 
@@ -126,3 +176,11 @@ class ConnectionFailed(TransientError):
 
 class MalformedResponse(TransientError):
     """The API answered 200 with a body we could not use."""
+
+
+class UnusableAnswer(MalformedResponse):
+    """A 200 whose body cannot be used (not an image, truncated, too large, wrong size).
+
+    It was charged: retried once, then ``rejected_by_api``; three in a row for
+    the account pause dispatch (``api_malformed``).
+    """
