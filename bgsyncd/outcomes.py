@@ -201,7 +201,7 @@ def decide(what: Happening, ctx: Context) -> Outcome:
         return Outcome(Transition.FORGET, "file.vanished", fields=_during(what.during))
     if isinstance(what, Interrupted):
         return Outcome(Transition.RELEASE, "job.released", fields={"why": what.why})
-    message = f"internal error: {_describe(what.error)}"
+    message = f"internal error: {describe(what.error)}"
     return _retry(message, None, ctx, charged=what.charged, level="error")
 
 
@@ -345,7 +345,7 @@ def _during(during: str | None) -> dict[str, object]:
     return {} if during is None else {"during": during}
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """An exception for a message: the errno for an OSError, never just the class."""
     if isinstance(exc, OSError):
         return errors.describe_os_error(exc)

@@ -10,13 +10,11 @@ dispatcher what the outcome means for the account (credits, pauses, 429s).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,11 +26,11 @@ from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
 from bgsyncd.errors import ApiError, Stopped, UnusableAnswer
+from bgsyncd.history import History
 from bgsyncd.inputs import Signature, read_input, signature_of
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.outcomes import (
-    UNUSABLE_PREFIX,
     ApiFailed,
     Context,
     Crashed,
@@ -45,6 +43,7 @@ from bgsyncd.outcomes import (
     Vanished,
     WriteFailed,
     decide,
+    describe,
 )
 from bgsyncd.queue import Found, Job, Queue
 
@@ -129,13 +128,7 @@ class Worker:
         self.config = config
         self._client = client
         self._clock = clock
-        self._lock = threading.Lock()
-        self._busy: dict[str, threading.Event] = {}
-        # Charged results whose outputs could not be written yet, by content:
-        # the resume costs no credit even with the cache off.
-        self._kept: dict[str, bytes] = {}
-        self._unusable_by_job: dict[int, int] = {}
-        self._unusable_streak = 0  # unusable answers in a row, for the account
+        self._history = History()
 
     def process(self, job: Job) -> Result:
         """Process ``job`` (claimed, in flight) to one of the outcomes of ``Kind``."""
@@ -148,10 +141,10 @@ class Worker:
         try:
             happened = self._do(job, folder, run, bound)
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
-            bound.exception("job.error", error=type(exc).__name__)
+            bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
         outcome = decide(happened, self._context(job))
-        self._remember(job, outcome, run)
+        self._history.remember(job, outcome, run.sha, run.result)
         return self._apply(job, folder, outcome, bound)
 
     # -- doing: each step says what happened ------------------------------------------
@@ -176,29 +169,8 @@ class Worker:
         sha = hashlib.sha256(data).hexdigest()
         run.sha = sha
         self._queue.set_sha256(job.id, sha)
-        with self._same_content(sha):
+        with self._history.same_content(sha):
             return self._do_content(job, folder, data, sig, src, age, run, bound)
-
-    @contextlib.contextmanager
-    def _same_content(self, sha: str) -> Iterator[None]:
-        """Let one job at a time process a given content; the others wait for it.
-
-        Two names with the same bytes dropped together would otherwise both be
-        sent before either result is cached: the second waits, then finds the
-        first one's result in the cache and spends no credit.
-        """
-        while True:
-            with self._lock:
-                busy = self._busy.get(sha)
-                if busy is None:
-                    self._busy[sha] = threading.Event()
-                    break
-            busy.wait()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy.pop(sha).set()
 
     def _do_content(
         self,
@@ -295,9 +267,11 @@ class Worker:
             self._queue.claim_output(job.folder, job.id, outputs.mask_candidates(primary))
 
     def _kept_result(self, sha: str) -> bytes | None:
-        with self._lock:
-            kept = self._kept.get(sha)
+        kept = self._history.kept(sha)
         return kept if kept is not None else self._cache.get(sha)
+
+    def _context(self, job: Job) -> Context:
+        return self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
 
     def _after_success(
         self, job: Job, folder: FolderSettings, sig: Signature, src: Path, bound: Any
@@ -358,40 +332,12 @@ class Worker:
 
     # -- applying: the one place an outcome becomes a transition, a metric, a log line ---
 
-    def _context(self, job: Job) -> Context:
-        earlier = 1 if (job.last_error or "").startswith(UNUSABLE_PREFIX) else 0
-        with self._lock:
-            return Context(
-                attempts=job.attempts,
-                max_attempts=self.config.max_attempts,
-                settle_seconds=self.config.settle_seconds,
-                earlier_unusable=max(earlier, self._unusable_by_job.get(job.id, 0)),
-                unusable_streak=self._unusable_streak,
-            )
-
-    def _remember(self, job: Job, outcome: Outcome, run: _Run) -> None:
-        """Keep the counts the next decisions need, and a result still to be written."""
-        final = outcome.transition in (Transition.DONE, Transition.QUARANTINE, Transition.FORGET)
-        with self._lock:
-            if outcome.unusable:
-                self._unusable_streak += 1
-                self._unusable_by_job[job.id] = self._unusable_by_job.get(job.id, 0) + 1
-            elif outcome.usable:
-                self._unusable_streak = 0
-            if final:
-                self._unusable_by_job.pop(job.id, None)
-            if run.sha is not None:
-                if final:
-                    self._kept.pop(run.sha, None)
-                elif run.result is not None:
-                    self._kept[run.sha] = run.result
-
     def _apply(self, job: Job, folder: FolderSettings | None, out: Outcome, bound: Any) -> Result:
         fields = dict(out.fields)
         if out.message and out.transition is not Transition.DONE:
             fields["error"] = out.message
         if out.transition is Transition.QUARANTINE and folder is not None:
-            moved = self._quarantine(job, folder, out, bound)
+            moved = self._quarantine(job, folder, out)
             if moved is not None:
                 # The quarantine itself could not be written: decided anew.
                 again = decide(moved, self._context(job))
@@ -433,9 +379,7 @@ class Worker:
             pause_context=context,
         )
 
-    def _quarantine(
-        self, job: Job, folder: FolderSettings, out: Outcome, bound: Any
-    ) -> Happening | None:
+    def _quarantine(self, job: Job, folder: FolderSettings, out: Outcome) -> Happening | None:
         """Move the input and its sidecar to the quarantine and mark the job.
 
         Returns what happened instead when that could not be done: the input
