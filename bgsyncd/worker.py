@@ -44,6 +44,7 @@ from bgsyncd.outcomes import (
     WriteFailed,
     decide,
     describe,
+    quiet_for,
 )
 from bgsyncd.queue import Found, Job, Queue
 
@@ -155,8 +156,7 @@ class Worker:
         if read is None:
             return Vanished()
         data, sig = read
-        # Quiet since the last write (mtime) and since the close that queued it.
-        age = self._clock() - max(sig[1] / 1e9, job.queued_at)
+        age = quiet_for(self._clock(), sig[1] / 1e9, job.queued_at)
         if data is None:
             return LocalVerdict("too_large", f"{sig[0]} bytes is over the hard limit", age)
         if imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
