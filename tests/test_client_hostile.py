@@ -12,12 +12,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bgsyncd import errors
 from bgsyncd.client import MATTE_LIMIT, Client, answer_limit
+from bgsyncd.config import load_settings
+from bgsyncd.errors import ConfigError
 from tests.helpers import noisy_image, transparent_png
 from tests.hostile import Answer, HostileServer
 
@@ -187,6 +190,35 @@ def test_answer_limit_is_configured_or_automatic() -> None:
 def test_a_negative_max_response_bytes_is_refused() -> None:
     with pytest.raises(ValueError, match="max_response_bytes"):
         Client("http://127.0.0.1:9", KEY, 1.0, max_response_bytes=-1)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", 0), ("max_response_bytes = 0", 0), ("max_response_bytes = 1048576", 1048576)],
+)
+def test_the_max_response_bytes_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, expected: int
+) -> None:
+    monkeypatch.delenv("BGSYNCD_API__MAX_RESPONSE_BYTES", raising=False)
+    path = tmp_path / "bgsyncd.toml"
+    path.write_text(f"[api]\n{value}\n", encoding="utf-8")
+    assert load_settings(path, create_folders=False).api.max_response_bytes == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("-1", "greater than or equal to 0"), ("1000", "at least 1048576"), ('"big"', "integer")],
+)
+def test_a_bad_max_response_bytes_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    monkeypatch.delenv("BGSYNCD_API__MAX_RESPONSE_BYTES", raising=False)
+    path = tmp_path / "bgsyncd.toml"
+    path.write_text(f"[api]\nmax_response_bytes = {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, create_folders=False)
+    assert "api.max_response_bytes" in str(caught.value)
+    assert says in str(caught.value)
 
 
 # -- unusable 200s ----------------------------------------------------------------------
