@@ -47,20 +47,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import email.utils
 import json
-import math
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-import httpcore
 import httpx
 
-from bgsyncd import __version__, errors
+from bgsyncd import __version__, answers, errors
+from bgsyncd.deadline import DEADLINE_PASSED, DeadlineBackend, deadline_transport
 
 # Endpoint names double as the ``endpoint`` metric label.
 REMOVE_BACKGROUND = "image-without-background"
@@ -84,26 +81,9 @@ _STATUS_ERRORS: dict[int, type[errors.ApiError]] = {
     413: errors.FileTooLarge,
     415: errors.UnsupportedMedia,
 }
-# The six formats the API accepts, by signature; used for the upload's part type and
-# to recognise an image in an answer.
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"BM", "image/bmp"),
-)
-_MAX_TEXT = 200
-_MIB = 1024 * 1024
-MATTE_LIMIT = 16 * _MIB
-"""The automatic cap on a matte answer (``max_response_bytes = 0``)."""
-# A cut-out of unknown size is capped as if it had Pillow's decompression-bomb limit of
-# pixels: a larger one could not be used anyway.
-_UNKNOWN_PIXELS = 89_478_485
-_JSON_LIMIT = _MIB  # the credit answer is a few dozen bytes
+_JSON_LIMIT = 1024 * 1024  # the credit answer is a few dozen bytes
 _ERROR_LIMIT = 64 * 1024  # enough for any error text; the rest is never read
+_PNG_END = b"IEND"  # the last chunk of a whole PNG
 # Failures that mean the API cannot have processed (and charged) the request: no
 # connection, or an upload cut short. Everything else may have reached it.
 _NOT_SENT = (
@@ -158,7 +138,7 @@ class Client:
         self._key = api_key
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
-        self._deadlines = _DeadlineBackend()
+        self._deadlines = DeadlineBackend()
         self._gate = gate
         self._observe = observe
         self._clock = clock
@@ -169,15 +149,15 @@ class Client:
                 "X-API-Key": api_key,
             },
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            transport=transport or _deadline_transport(self._deadlines),
+            transport=transport or deadline_transport(self._deadlines),
         )
 
     def __repr__(self) -> str:
         return f"Client(base_url={str(self._http.base_url)!r})"
 
     def answer_limit(self, *, matte: bool, pixels: int | None = None) -> int:
-        """The most bytes an image answer may have (see :func:`answer_limit`)."""
-        return answer_limit(self._max_response_bytes, matte=matte, pixels=pixels)
+        """The most bytes an image answer may have (see :func:`bgsyncd.answers.answer_limit`)."""
+        return answers.answer_limit(self._max_response_bytes, matte=matte, pixels=pixels)
 
     def remove_background(
         self, image: bytes, filename: str = "image", *, max_bytes: int | None = None
@@ -219,11 +199,11 @@ class Client:
     def available_credits(self) -> Credits:
         """Ask for the balance; an unusable answer is an UnusableAnswer."""
         body = self._json(AVAILABLE_CREDIT, self._send(AVAILABLE_CREDIT, _JSON_LIMIT))
-        raw = _first(body, ("available_credits", "credit"))
-        available = _as_int(raw)
+        raw = answers.first(body, ("available_credits", "credit"))
+        available = answers.as_int(raw)
         if available is None:
             raise self._malformed(AVAILABLE_CREDIT, f"no usable credit count ({raw!r:.50})")
-        return Credits(available, _as_datetime(body.get("expiration_date")))
+        return Credits(available, answers.as_datetime(body.get("expiration_date")))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -303,14 +283,14 @@ class Client:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, httpx.ReadTimeout):
             detail = f"ReadTimeout: no whole answer within the deadline of {self._timeout:g} s"
-        message = self._scrub(f"{endpoint}: {_clip(detail)}")
+        message = self._scrub(f"{endpoint}: {answers.clip(detail)}")
         timed_out = isinstance(exc, httpx.TimeoutException)
         kind = errors.RequestTimeout if timed_out else errors.ConnectionFailed
         return kind(message, outcome_unknown=not isinstance(exc, _NOT_SENT))
 
     def _redirect(self, endpoint: str, response: httpx.Response) -> errors.ApiError:
         status = response.status_code
-        location = self._scrub(_clip(response.headers.get("Location", "")))
+        location = self._scrub(answers.clip(response.headers.get("Location", "")))
         message = f"{endpoint}: HTTP {status}: redirect to {location or 'nowhere'!r}, not followed"
         return errors.UnexpectedRedirect(self._scrub(message), status, location=location)
 
@@ -318,10 +298,10 @@ class Client:
         self, endpoint: str, response: httpx.Response, body: bytes
     ) -> errors.ApiError:
         status = response.status_code
-        text = _error_text(body, response.reason_phrase)
+        text = answers.error_text(body, response.reason_phrase)
         message = self._scrub(f"{endpoint}: HTTP {status}: {text}")
         if status == 429:
-            retry_after = _retry_after(response.headers.get("Retry-After"), self._clock())
+            retry_after = answers.retry_after(response.headers.get("Retry-After"), self._clock())
             return errors.RateLimited(message, retry_after)
         if status in _STATUS_ERRORS:
             return _STATUS_ERRORS[status](message, status)
@@ -336,9 +316,9 @@ class Client:
         return errors.UnusableAnswer(self._scrub(f"{endpoint}: HTTP 200: {what}"), 200)
 
     def _image(self, endpoint: str, data: bytes) -> bytes:
-        mime = _sniff(data)
+        mime = answers.sniff(data)
         if mime is None:
-            head = _clip(data[:_MAX_TEXT].decode("utf-8", "replace"))
+            head = answers.clip(data[: answers.MAX_TEXT].decode("utf-8", "replace"))
             raise self._malformed(endpoint, f"expected an image, got {len(data)} bytes: {head!r}")
         if mime == "image/png" and _PNG_END not in data[-64:]:
             raise self._malformed(endpoint, f"a PNG cut off after {len(data)} bytes (no IEND)")
@@ -349,13 +329,13 @@ class Client:
         try:
             body = json.loads(data)
         except ValueError:
-            raise self._malformed(endpoint, f"not JSON: {_clip(text)!r}") from None
+            raise self._malformed(endpoint, f"not JSON: {answers.clip(text)!r}") from None
         if not isinstance(body, dict):
-            raise self._malformed(endpoint, f"not a JSON object: {_clip(text)!r}")
+            raise self._malformed(endpoint, f"not a JSON object: {answers.clip(text)!r}")
         return body
 
     def _b64_field(self, endpoint: str, data: bytes, names: tuple[str, ...], limit: int) -> bytes:
-        value = _first(self._json(endpoint, data), names)
+        value = answers.first(self._json(endpoint, data), names)
         if not isinstance(value, str):
             raise self._malformed(endpoint, f"no {' or '.join(names)} string in the answer")
         if value.startswith("data:"):  # tolerate a data: URL around the payload
@@ -386,104 +366,11 @@ def _check_base_url(base_url: str) -> httpx.URL:
 
 
 def _part(image: bytes, filename: str) -> dict[str, tuple[str, bytes, str]]:
-    return {"image": (filename, image, _sniff(image) or "application/octet-stream")}
+    return {"image": (filename, image, answers.sniff(image) or "application/octet-stream")}
 
 
 def _b64(image: bytes) -> str:
     return base64.b64encode(image).decode("ascii")
-
-
-def _sniff(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), None)
-
-
-def _first(body: dict[str, Any], names: tuple[str, ...]) -> Any:
-    return next((body[name] for name in names if body.get(name) is not None), None)
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
-
-
-def _error_text(data: bytes, reason: str) -> str:
-    """The API's own error text: ``error`` or ``detail``, else the body, else the reason."""
-    try:
-        body = json.loads(data)
-    except ValueError:
-        body = None
-    value = _first(body, ("error", "detail")) if isinstance(body, dict) else None
-    if value is None:
-        return _clip(data.decode("utf-8", "replace")) or reason or "no error text"
-    if isinstance(value, str):
-        return _clip(value)
-    return _clip(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date).
-
-    None when absent, unreadable, negative (a date in the past too) or not finite: the
-    caller then waits until the window frees. A huge value is returned as it is; the
-    pacer caps it. Never raises, whatever the header holds.
-    """
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-            if when.tzinfo is None:  # RFC 9110 dates are GMT
-                when = when.replace(tzinfo=timezone.utc)
-            seconds = when.timestamp() - now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        number = float(value.strip()) if isinstance(value, str) else value
-    except ValueError:
-        return None
-    if isinstance(number, float) and math.isfinite(number) and number.is_integer():
-        return int(number)
-    return None
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    """An aware datetime from ISO 8601 (``Z`` or an offset; naive means UTC), else None."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    if text[-1] in "zZ":
-        text = text[:-1] + "+00:00"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
-
-
-def answer_limit(configured: int, *, matte: bool, pixels: int | None = None) -> int:
-    """The most bytes an image answer may have (SPEC §2 ``max_response_bytes``).
-
-    ``configured`` when it is set (> 0); else automatic: :data:`MATTE_LIMIT` for a matte,
-    4 bytes a pixel of the input plus 1 MiB for a cut-out (``pixels`` unknown: as many
-    as Pillow would ever decode).
-    """
-    if configured > 0:
-        return configured
-    if matte:
-        return MATTE_LIMIT
-    return 4 * (pixels if pixels and pixels > 0 else _UNKNOWN_PIXELS) + _MIB
 
 
 def _b64_size(limit: int) -> int:
@@ -508,98 +395,5 @@ def _take(response: httpx.Response, limit: int, deadline: float) -> tuple[bytes,
             return b"", True
         chunks.append(chunk)
         if time.monotonic() >= deadline:  # any transport, even one without our sockets
-            raise httpx.ReadTimeout(_DEADLINE_PASSED)
+            raise httpx.ReadTimeout(DEADLINE_PASSED)
     return b"".join(chunks), False
-
-
-_DEADLINE_PASSED = "the whole-request deadline (timeout_seconds) passed"
-_PNG_END = b"IEND"
-
-
-class _DeadlineBackend(httpcore.SyncBackend):
-    """Sockets whose every connect, read and write gets only the time left.
-
-    httpx's timeouts are per operation, so a server sending a byte a second never
-    trips them. The deadline is per thread (each request runs in its caller's thread,
-    and a pooled connection serves whoever holds it now).
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    @contextlib.contextmanager
-    def until(self, deadline: float) -> Iterator[None]:
-        """Requests made in this thread inside the block end by ``deadline``."""
-        self._local.deadline = deadline
-        try:
-            yield
-        finally:
-            self._local.deadline = None
-
-    def left(self, timeout: float | None, late: type[Exception]) -> float | None:
-        """``timeout`` shortened to the time left; raise ``late`` when none is."""
-        deadline: float | None = getattr(self._local, "deadline", None)
-        if deadline is None:
-            return timeout
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise late(_DEADLINE_PASSED)
-        return remaining if timeout is None else min(timeout, remaining)
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        """Connect within the time left, and hand back a stream that keeps to it."""
-        left = self.left(timeout, httpcore.ConnectTimeout)
-        stream = super().connect_tcp(host, port, left, local_address, socket_options)
-        return _DeadlineStream(stream, self)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A network stream whose reads and writes end by the thread's deadline."""
-
-    def __init__(self, inner: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
-        self._inner = inner
-        self._backend = backend
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        """Read, within the time left."""
-        return self._inner.read(max_bytes, self._backend.left(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        """Write, within the time left."""
-        self._inner.write(buffer, self._backend.left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        """Close the socket."""
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: Any,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        """The TLS handshake, within the time left; the TLS stream keeps to it too."""
-        left = self._backend.left(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._inner.start_tls(ssl_context, server_hostname, left), self._backend
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        """What the socket underneath says."""
-        return self._inner.get_extra_info(info)
-
-
-def _deadline_transport(backend: _DeadlineBackend) -> httpx.HTTPTransport:
-    """httpx's own transport, on sockets from ``backend``."""
-    transport = httpx.HTTPTransport()
-    # httpx takes no network backend; its pool (httpcore's, built just above) takes one
-    # per connection it makes from this attribute. test_client_hostile proves it works.
-    transport._pool._network_backend = backend
-    return transport

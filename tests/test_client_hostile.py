@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from bgsyncd import errors
-from bgsyncd.client import MATTE_LIMIT, Client, answer_limit
+from bgsyncd.answers import MATTE_LIMIT, answer_limit
+from bgsyncd.client import Client
 from bgsyncd.config import load_settings
 from bgsyncd.errors import ConfigError
 from tests.helpers import noisy_image, transparent_png
