@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -15,15 +16,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bgsyncd import errors
 from bgsyncd.answers import MATTE_LIMIT, answer_limit
 from bgsyncd.client import Client
 from bgsyncd.config import load_settings
+from bgsyncd.emulator import Emulator
 from bgsyncd.errors import ConfigError
-from tests.helpers import noisy_image, transparent_png
-from tests.hostile import Answer, HostileServer
+from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
+from tests.helpers import noisy_image, product_image, transparent_png, wait_until
+from tests.hostile import Answer, HostileServer, Request
 
 KEY = "sk-hostile-5e1d2c3b4a"
 PNG = transparent_png()
@@ -326,3 +330,72 @@ def test_retry_after_of_every_kind_is_read_without_raising(
     with pytest.raises(errors.RateLimited) as caught:
         make_client(server.url, clock=lambda: NOW).alpha_channel(PNG)
     assert caught.value.retry_after == expected
+
+
+# -- item 2 as an operator saw it: a daemon against a trickling API --------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_trickling_api_no_longer_holds_every_worker(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    # Files named slow* are answered one byte at a time, forever by the old client's
+    # measure; everything else is passed to the emulator. As many slow files as
+    # workers go first, so before the fix every worker was stuck on one of them.
+    def respond(request: Request) -> Answer:
+        if b'filename="slow' in request.body:
+            return Answer(200, PNG + b"\0" * 100_000, bytes_per_second=20)
+        real = httpx.request(
+            request.method,
+            emulator.url + request.path,
+            content=request.body,
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+            timeout=10,
+        )
+        content_type = real.headers.get("Content-Type", "application/octet-stream")
+        return Answer(real.status_code, real.content, (("Content-Type", content_type),))
+
+    folder = make_folder(tmp_path, "shop")
+    port = _free_port()
+    with HostileServer(respond) as api:
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=api.url,
+            folders=[folder],
+            api={"timeout_seconds": 1.5, "max_in_flight": 2},
+            queue={"max_attempts": 2},
+            metrics_listen=f"127.0.0.1:{port}",
+        )
+        d = start_daemon(daemons, config)
+        inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
+        for i in range(2):  # every file has its own content: no cache hits between them
+            (inbox / f"slow{i}.png").write_bytes(product_image(60 + i, 30, "PNG"))
+        wait_until(
+            lambda: sum(b'filename="slow' in r.body for r in api.requests) >= 2,
+            20,
+            what="both workers on a trickle",
+        )
+        for i in range(3):
+            (inbox / f"ok{i}.png").write_bytes(product_image(40 + i, 30, "PNG"))
+        # Each trickle ends at its deadline, so the workers come back for the others.
+        wait_until(
+            lambda: all((outbox / f"ok{i}.png").exists() for i in range(3)),
+            30,
+            what="the other files processed",
+        )
+        # The slow files run out of attempts (2 of 1.5 s each) and are quarantined.
+        wait_until(
+            lambda: len(list(Path(folder["quarantine"]).glob("slow*.png"))) == 2,
+            30,
+            what="the trickled files quarantined",
+        )
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert d.proc.poll() is None
+        slow = [r for r in api.requests if b'filename="slow' in r.body]
+        assert all(not r.finished for r in slow)  # no trickle was ever waited out
+        assert d.stop() == 0
