@@ -147,6 +147,9 @@ class Client:
             headers={
                 "User-Agent": f"bgsyncd/{__version__} (+python-httpx)",
                 "X-API-Key": api_key,
+                # Images do not compress; a compressed answer could not be capped
+                # before it is inflated (a gzip bomb).
+                "Accept-Encoding": "identity",
             },
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             transport=transport or deadline_transport(self._deadlines),

@@ -256,13 +256,13 @@ def test_credits_are_read_liberally(
         ("available_credits", b'{"available_credits": true}'),
     ],
 )
-def test_unusable_200_is_a_malformed_response(
+def test_unusable_200_is_an_unusable_answer(
     stub: Stub, make_client: Any, method: str, body: bytes
 ) -> None:
     stub.answer(200, body)
     client = make_client(stub.url)
     call = getattr(client, method)
-    with pytest.raises(errors.MalformedResponse) as caught:
+    with pytest.raises(errors.UnusableAnswer) as caught:
         call() if method == "available_credits" else call(PNG)
     assert caught.value.status == 200
     assert caught.value.outcome_unknown is False

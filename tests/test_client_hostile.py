@@ -184,6 +184,26 @@ def test_the_configured_cap_applies_to_base64_answers_after_decoding(
     assert make_client(server.url, max_response_bytes=len(matte)).alpha_channel_base64(PNG)
 
 
+def test_answers_are_asked_for_uncompressed(
+    server: HostileServer, make_client: Callable[..., Client]
+) -> None:
+    server.push(Answer(200, PNG))
+    make_client(server.url).alpha_channel(PNG)
+    assert server.requests[0].headers["Accept-Encoding"] == "identity"
+
+
+def test_a_compressed_answer_is_capped_as_it_inflates(
+    server: HostileServer, make_client: Callable[..., Client]
+) -> None:
+    import gzip
+
+    bomb = gzip.compress(PNG + b"\0" * (64 * 1024 * 1024))  # about 64 kB on the wire
+    server.push(Answer(200, bomb, (("Content-Encoding", "gzip"),)))
+    with pytest.raises(errors.UnusableAnswer):
+        make_client(server.url).alpha_channel(PNG)
+    assert server.requests[0].finished  # all of it was sent; the cap held after inflating
+
+
 def test_answer_limit_is_configured_or_automatic() -> None:
     assert answer_limit(5000, matte=True) == 5000
     assert answer_limit(5000, matte=False, pixels=10**6) == 5000
