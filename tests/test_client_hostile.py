@@ -136,7 +136,7 @@ from bgsyncd.client import Client
 with Client(sys.argv[1], "k", 60.0) as client:
     for _ in range(3):
         try:
-            client.remove_background(b"\\x89PNG\\r\\n\\x1a\\n")
+            client.alpha_channel(b"\\x89PNG\\r\\n\\x1a\\n")
         except errors.UnusableAnswer:
             pass
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
@@ -144,8 +144,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 def test_memory_stays_bounded_while_refusing_huge_answers(server: HostileServer) -> None:
-    # A cut-out of unknown size gets the automatic cap (Pillow's pixel limit); the
-    # answer here is larger still and has no length: the process must stay small.
+    # A matte gets the automatic 16 MiB cap; an answer of 1 GB without a length, three
+    # times over, must leave the process small (before the fix it held all of it).
     server.respond = lambda _: Answer(200, PNG, filler=2 * BIG, content_length=-1)
     probe = subprocess.run(
         [sys.executable, "-c", _RSS_PROBE, server.url],
@@ -156,8 +156,7 @@ def test_memory_stays_bounded_while_refusing_huge_answers(server: HostileServer)
     )
     assert probe.returncode == 0, probe.stderr
     peak_mib = int(probe.stdout.strip())
-    cap_mib = answer_limit(0, matte=False) // (1024 * 1024)
-    assert peak_mib < cap_mib + 200, f"peak RSS {peak_mib} MiB for a cap of {cap_mib} MiB"
+    assert peak_mib < 150, f"peak RSS {peak_mib} MiB for a cap of 16 MiB"
     assert all(not r.finished for r in server.requests)
     assert len(server.requests) == 3
 
