@@ -4,7 +4,8 @@ The worker does things and decides nothing: each step reports what happened
 (:mod:`bgsyncd.outcomes`), :func:`~bgsyncd.outcomes.decide` maps it to an
 ``Outcome``, and :meth:`Worker._apply` alone carries it out (the queue
 transition, the metrics, the log line). ``Worker.process`` never raises for a
-bad file, a failed request or a failing disk; its ``Result`` tells the
+bad file, a failed request or a failing disk (only ``QueueUnavailable``, the
+database's own failure, reaches the dispatcher); its ``Result`` tells the
 dispatcher what the outcome means for the account (credits, pauses, 429s).
 """
 
@@ -25,7 +26,7 @@ from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
-from bgsyncd.errors import ApiError, Stopped, UnusableAnswer
+from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer
 from bgsyncd.history import History
 from bgsyncd.inputs import Signature, read_input, signature_of
 from bgsyncd.logs import get_logger
@@ -141,6 +142,12 @@ class Worker:
             return self._apply(job, None, decide(Interrupted("folder"), self._context(job)), bound)
         try:
             happened = self._do(job, folder, run, bound)
+        except QueueUnavailable:
+            # The database, not the job: the dispatcher pauses (queue_unavailable).
+            # A charged result waits in memory, so the resume costs no credit.
+            if run.sha is not None and run.result is not None:
+                self._history.keep(run.sha, run.result)
+            raise
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
