@@ -194,7 +194,7 @@ def test_compose_scales_an_rgba_cutout_of_another_size() -> None:
 
 
 def test_compose_names_the_input_that_cannot_be_read() -> None:
-    with pytest.raises(CorruptImage, match="API result"):
+    with pytest.raises(CorruptImage, match="API matte"):
         imaging.compose(product_image(), b"not a png", result_is_alpha=True)
     with pytest.raises(CorruptImage, match="original image"):
         imaging.compose(b"\xff\xd8\xff garbage", transparent_png(), result_is_alpha=False)
