@@ -91,6 +91,10 @@ class ApiSettings(_Section):
     max_in_flight: PositiveInt = 3
     timeout_seconds: PositiveFloat = 120.0
     max_upload_bytes: PositiveInt = 10 * 1024 * 1024
+    # SPEC §5 "What is sent": a copy at most proxy_side pixels on the longer side
+    # goes to the alpha-channel endpoint; "original" sends the file itself.
+    upload: Literal["proxy", "original"] = "proxy"
+    proxy_side: Annotated[int, Field(ge=64)] = 1024
 
 
 class CreditSettings(_Section):

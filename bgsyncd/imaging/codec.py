@@ -220,14 +220,15 @@ def rgb_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
 
     CMYK, palette, 16-bit, LA, I;16 and the rest all pass here, so the proxy and
     the outputs see the same colours. Raises :class:`CorruptImage` for a mode
-    Pillow cannot convert.
+    Pillow cannot convert. An RGB image is returned as it is, not copied.
     """
     try:
         img = to_eight_bit(img)
         if img.mode in _ALPHA_MODES or img.has_transparency_data:
             rgba = img.convert("RGBA")
             return rgba.convert("RGB"), rgba.getchannel("A")
-        return img.convert("RGB"), None
+        # No copy when it is RGB already: a full-size copy is 96 MB.
+        return (img if img.mode == "RGB" else img.convert("RGB")), None
     except (ValueError, OSError) as exc:
         raise CorruptImage(f"image mode {img.mode} cannot be converted: {exc}") from exc
 
