@@ -201,10 +201,10 @@ def _encode(img: Image.Image, meta: _Meta, fmt: str, background: str) -> bytes:
         return codec.save(img, "PNG", exif=meta.exif, icc_profile=meta.icc, dpi=meta.dpi)
     if fmt == "webp":  # WebP has no resolution field: DPI cannot be kept there
         if img.mode == "RGBA":
-            # exact: keep the colour under transparent pixels too, as PNG does.
-            return codec.save(
-                img, "WEBP", lossless=True, exact=True, exif=meta.exif, icc_profile=meta.icc
-            )
+            # Lossless keeps every colour where alpha > 0; under alpha 0 libwebp may
+            # flatten them (not exact=True), which makes a cut-out of a busy
+            # background several times smaller.
+            return codec.save(img, "WEBP", lossless=True, exif=meta.exif, icc_profile=meta.icc)
         return codec.save(img, "WEBP", quality=_QUALITY, exif=meta.exif, icc_profile=meta.icc)
     return codec.save(
         img, "JPEG", quality=_QUALITY, exif=meta.exif, icc_profile=meta.icc, dpi=meta.dpi
