@@ -710,3 +710,21 @@ def test_the_slot_is_reentrant_for_the_thread_that_holds_it() -> None:
             background="",
         )
     assert out.mask is not None
+
+
+def test_a_matte_answered_as_a_cutout_is_read_by_its_alpha() -> None:
+    answer = Image.new("RGBA", (40, 20), (200, 10, 10, 0))
+    ImageDraw.Draw(answer).rectangle((20, 0, 39, 19), fill=(200, 10, 10, 255))
+    grey = Image.new("LA", (40, 20), (90, 255))  # grey with an opaque alpha: its grey values
+    for data, left, right in ((_encode(answer), 0, 255), (_encode(grey), 90, 90)):
+        out = imaging.render(
+            product_image(40, 20, fmt="PNG"),
+            data,
+            answer_is_matte=True,
+            output="mask",
+            fmt="png",
+            background="",
+        )
+        assert out.mask is not None
+        mask = open_image(out.mask)
+        assert (mask.getpixel((5, 10)), mask.getpixel((35, 10))) == (left, right)

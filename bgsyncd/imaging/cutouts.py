@@ -126,7 +126,7 @@ def render(
         res = _answer(answer, "matte" if answer_is_matte else "cut-out")
         rotated = False
         if answer_is_matte:
-            alpha = codec.to_eight_bit(res).convert("L")
+            alpha = _matte_channel(res)
         else:
             size = stored
             if plan.rotated_by_server(res.size, stored, turn):
@@ -229,6 +229,18 @@ def _answer(data: bytes, what: str) -> Image.Image:
         raise
     except codec.CorruptImage as exc:
         raise UnusableResult(str(exc)) from exc
+
+
+def _matte_channel(img: Image.Image) -> Image.Image:
+    """The matte of an alpha-channel answer as "L": its grey values, or its alpha if it has one.
+
+    The reference answers a grayscale PNG; an answer that came as a cut-out
+    (colour with a real alpha channel) is read liberally, by its alpha.
+    """
+    rgb, alpha = codec.rgb_and_alpha(img)
+    if alpha is not None and alpha.getextrema() != (255, 255):
+        return alpha
+    return codec.to_eight_bit(img).convert("L") if alpha is None else rgb.convert("L")
 
 
 def _wh(size: Size) -> str:
