@@ -670,7 +670,8 @@ class AdmittingEmulator(Emulator):
 
 
 def test_bandwidth_does_not_hold_up_a_stop() -> None:
-    emu = AdmittingEmulator(rate_limit=1000, bandwidth=10_000).start()
+    emu = AdmittingEmulator(rate_limit=1000, bandwidth=10_000)
+    emu.start()
     body = json.dumps({"image": "A" * 500_000}).encode()  # 50 s at that speed
 
     def send() -> None:
