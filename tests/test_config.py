@@ -546,3 +546,23 @@ def test_check_config_shows_a_relative_path_from_the_environment_resolved(
     )
     assert result.returncode == 0, result
     assert f'database = "{tmp_path / "in" / "rel" / "q.sqlite3"}"' in result.stdout
+
+
+def test_check_config_by_hand_finds_the_key_where_the_readme_says(
+    cfg: Path, tmp_path: Path
+) -> None:
+    """README "Install on a server" step 5: the credential's folder names the key file."""
+    etc = tmp_path / "etc-bgsyncd"
+    etc.mkdir()
+    (etc / "api_key").write_text(SECRET + "\n")
+    (etc / "api_key").chmod(0o600)
+    without = check_config(cfg, FOLDER)
+    assert without.returncode == 0, without
+    assert "# api key: not set" in without.stdout  # what step 5 explains
+    with_credential = check_config(cfg, FOLDER, CREDENTIALS_DIRECTORY=str(etc))
+    assert with_credential.returncode == 0, with_credential
+    assert "# api key: ******** (from" in with_credential.stdout
+    assert SECRET not in with_credential.stdout + with_credential.stderr
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "sudo CREDENTIALS_DIRECTORY=/etc/bgsyncd \\\n" in readme
+    assert "/opt/bgsyncd/bin/bgsyncd check-config --config /etc/bgsyncd/config.toml" in readme
