@@ -148,7 +148,9 @@ def check_banner_commands(banner: str, workdir: Path) -> None:
     assert "demo" in result.stdout, result.stdout  # the demo's folder is in the status
 
 
-def test_demo_command_runs_without_a_key_beside_a_busy_9808(tmp_path, demos, port_9808_busy):
+def test_demo_command_runs_without_a_key_beside_a_busy_9808(
+    tmp_path: Path, demos: list[Demo], port_9808_busy: None
+) -> None:
     root = tmp_path / "demo"
     argv = [sys.executable, "-m", "bgsyncd", "demo", "--dir", str(root)]
     base = run_and_check(demos, argv, root, tmp_path)
@@ -175,7 +177,7 @@ def test_demo_command_runs_without_a_key_beside_a_busy_9808(tmp_path, demos, por
     assert again.proc.wait(30) == 0, again.output()
 
 
-def test_demo_script(tmp_path, demos):
+def test_demo_script(tmp_path: Path, demos: list[Demo]) -> None:
     root = tmp_path / "elsewhere"
     run_and_check(demos, [str(ROOT / "scripts" / "demo.sh"), "--dir", str(root)], root, tmp_path)
 
