@@ -235,7 +235,7 @@ def load_settings(path: str | Path | None = None, *, create_folders: bool = True
         raise ConfigError(_explain(exc, file, env)) from None
     except SettingsError as exc:
         raise ConfigError(_explain_env(exc, file)) from None
-    settings = _with_folder_names(settings)
+    settings = _with_env_paths_resolved(_with_folder_names(settings))
     _check_rules(settings, file)
     if create_folders:
         layout.create_folders(settings.folder, file)
@@ -453,6 +453,27 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "metrics": MetricsSettings,
     "logging": LoggingSettings,
 }
+
+
+def _with_env_paths_resolved(settings: Settings) -> Settings:
+    """Paths from the environment: ``~`` expanded, relative ones from the working directory.
+
+    The file's paths are absolute by now (``_resolve_paths``); a relative one
+    left can only be an override such as ``BGSYNCD_QUEUE__DATABASE=rel/q.sqlite3``,
+    meant as a shell user means it. Resolved here, ``check-config`` shows what
+    the daemon will use.
+    """
+
+    def absolute(path: str) -> str:
+        return str(Path.cwd() / os.path.expanduser(path))  # an absolute right side wins
+
+    api = settings.api
+    if api.key_file.strip():
+        api = api.model_copy(update={"key_file": absolute(api.key_file)})
+    queue = settings.queue.model_copy(
+        update={"database": Path(absolute(str(settings.queue.database)))}
+    )
+    return settings.model_copy(update={"api": api, "queue": queue})
 
 
 def _with_folder_names(settings: Settings) -> Settings:
