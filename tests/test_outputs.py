@@ -66,25 +66,25 @@ def test_output_candidates_never_repeat_for_a_name_without_extension() -> None:
 
 
 def test_mask_relpath_for_each_output_kind() -> None:
-    assert outputs.mask_relpath("dir/a.png", "both") == "dir/a.mask.png"
-    assert outputs.mask_relpath("dir/a.jpg~2.webp", "both") == "dir/a.jpg~2.mask.png"
-    assert outputs.mask_relpath("a.jpg", "both") == "a.mask.png"
-    assert outputs.mask_relpath("dir/a.png", "cutout") is None
-    assert outputs.mask_relpath("dir/a.png", "mask") is None
+    assert outputs.mask_relpath("dir/a.png", "both", "dir/a.jpg") == "dir/a.mask.png"
+    assert outputs.mask_relpath("dir/a.jpg~2.webp", "both", "dir/a.jpg") == "dir/a.jpg~2.mask.png"
+    assert outputs.mask_relpath("a.jpg", "both", "a.jpg") == "a.mask.png"
+    assert outputs.mask_relpath("dir/a.png", "cutout", "dir/a.jpg") is None
+    assert outputs.mask_relpath("dir/a.png", "mask", "dir/a.jpg") is None
     with pytest.raises(ValueError, match="output"):
-        outputs.mask_relpath("dir/a.png", "everything")
+        outputs.mask_relpath("dir/a.png", "everything", "dir/a.jpg")
 
 
 def test_mask_candidates_start_with_mask_relpath() -> None:
-    assert list(islice(outputs.mask_candidates("dir/a.webp"), 3)) == [
+    assert list(islice(outputs.mask_candidates("dir/a.webp", "dir/a.jpg"), 3)) == [
         "dir/a.mask.png",
         "dir/a.mask~2.png",
         "dir/a.mask~3.png",
     ]
 
 
-def test_sidecar_path_appends_to_the_whole_name(tmp_path: Path) -> None:
-    assert outputs.sidecar_path(tmp_path / "photo.jpg") == tmp_path / "photo.jpg.error.json"
+def test_sidecar_name_appends_to_the_whole_name() -> None:
+    assert outputs.sidecar_name("photo.jpg", "sub/photo.jpg") == "photo.jpg.error.json"
 
 
 # write_atomic
@@ -213,9 +213,15 @@ def _drop(folder: Path, relpath: str, data: bytes) -> Path:
     return path
 
 
+def _quarantine(
+    inbox: Path, relpath: str, q: Path, sidecar: dict[str, object] | None = None
+) -> Path:
+    return q / outputs.quarantine_file(inbox, relpath, q, SIDECAR if sidecar is None else sidecar)
+
+
 def test_quarantine_moves_the_file_and_writes_the_sidecar(tmp_path: Path) -> None:
     src = _drop(tmp_path / "inbox", "sub/photo.jpg", b"jpeg bytes")
-    final = outputs.quarantine_file(src, tmp_path / "quarantine", "sub/photo.jpg", SIDECAR)
+    final = _quarantine(tmp_path / "inbox", "sub/photo.jpg", tmp_path / "quarantine")
     assert final == tmp_path / "quarantine" / "sub" / "photo.jpg"
     assert final.read_bytes() == b"jpeg bytes"
     assert not src.exists()
@@ -227,12 +233,10 @@ def test_quarantine_moves_the_file_and_writes_the_sidecar(tmp_path: Path) -> Non
 
 def test_quarantine_collision_keeps_the_first_and_suffixes_the_newcomer(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
-    first = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "photo.jpg", b"one"), q, "photo.jpg", SIDECAR
-    )
-    second = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "photo.jpg", b"two"), q, "photo.jpg", {**SIDECAR, "attempts": 5}
-    )
+    _drop(tmp_path / "inbox", "photo.jpg", b"one")
+    first = _quarantine(tmp_path / "inbox", "photo.jpg", q)
+    _drop(tmp_path / "inbox", "photo.jpg", b"two")
+    second = _quarantine(tmp_path / "inbox", "photo.jpg", q, {**SIDECAR, "attempts": 5})
     assert (first.name, second.name) == ("photo.jpg", "photo~2.jpg")
     assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
     assert json.loads((q / "photo.jpg.error.json").read_text())["attempts"] == 0
@@ -242,42 +246,42 @@ def test_quarantine_collision_keeps_the_first_and_suffixes_the_newcomer(tmp_path
 def test_quarantine_treats_a_leftover_sidecar_as_taken(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
     _drop(q, "photo.jpg.error.json", b"{}")
-    final = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "photo.jpg", b"x"), q, "photo.jpg", SIDECAR
-    )
+    _drop(tmp_path / "inbox", "photo.jpg", b"x")
+    final = _quarantine(tmp_path / "inbox", "photo.jpg", q)
     assert final.name == "photo~2.jpg"
     assert (q / "photo.jpg.error.json").read_bytes() == b"{}"
 
 
 def test_concurrent_quarantines_of_one_name_all_get_their_own(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
-    sources = [_drop(tmp_path / f"inbox{i}", "photo.jpg", str(i).encode()) for i in range(8)]
+    inboxes = [_drop(tmp_path / f"inbox{i}", "photo.jpg", str(i).encode()).parent for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        finals = list(
-            pool.map(lambda s: outputs.quarantine_file(s, q, "photo.jpg", SIDECAR), sources)
-        )
+        finals = list(pool.map(lambda inbox: _quarantine(inbox, "photo.jpg", q), inboxes))
     assert len(set(finals)) == 8
     assert sorted(f.read_bytes() for f in finals) == [str(i).encode() for i in range(8)]
 
 
 def test_quarantine_of_a_vanished_file_raises_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        outputs.quarantine_file(tmp_path / "gone.jpg", tmp_path / "q", "gone.jpg", SIDECAR)
+        outputs.quarantine_file(tmp_path, "gone.jpg", tmp_path / "q", SIDECAR)
     assert not (tmp_path / "q" / "gone.jpg.error.json").exists()
 
 
 def test_moves_refuse_a_relpath_that_leaves_the_folder(tmp_path: Path) -> None:
     src = _drop(tmp_path / "inbox", "a.jpg", b"x")
-    for bad in ("../a.jpg", "/etc/a.jpg", ""):
+    for bad in ("../a.jpg", "/etc/a.jpg", "", "sub/../../a.jpg"):
         with pytest.raises(ValueError, match="relative path"):
-            outputs.move_to(src, tmp_path / "done", bad)
+            outputs.move_to(tmp_path / "inbox", "a.jpg", tmp_path / "done", bad)
+        with pytest.raises(ValueError, match="relative path"):
+            outputs.move_to(tmp_path / "inbox", bad, tmp_path / "done", "a.jpg")
     assert src.exists()
 
 
 def test_move_to_mirrors_the_path_and_suffixes_on_collision(tmp_path: Path) -> None:
     done = tmp_path / "done"
     _drop(done, "a/b/pic.png", b"older")
-    final = outputs.move_to(_drop(tmp_path / "inbox", "a/b/pic.png", b"new"), done, "a/b/pic.png")
+    _drop(tmp_path / "inbox", "a/b/pic.png", b"new")
+    final = done / outputs.move_to(tmp_path / "inbox", "a/b/pic.png", done, "a/b/pic.png")
     assert final == done / "a" / "b" / "pic~2.png"
     assert final.read_bytes() == b"new"
     assert (done / "a/b/pic.png").read_bytes() == b"older"
@@ -286,10 +290,10 @@ def test_move_to_mirrors_the_path_and_suffixes_on_collision(tmp_path: Path) -> N
 
 def test_move_to_brings_a_quarantined_file_back_to_the_inbox(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
-    quarantined = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "s/p.jpg", b"img"), q, "s/p.jpg", SIDECAR
-    )
-    back = outputs.move_to(quarantined, tmp_path / "inbox", "s/p.jpg")
+    _drop(tmp_path / "inbox", "s/p.jpg", b"img")
+    quarantined = _quarantine(tmp_path / "inbox", "s/p.jpg", q)
+    rel = quarantined.relative_to(q).as_posix()
+    back = tmp_path / "inbox" / outputs.move_to(q, rel, tmp_path / "inbox", "s/p.jpg")
     assert back == tmp_path / "inbox" / "s" / "p.jpg"
     assert back.read_bytes() == b"img"
     assert not quarantined.exists()
@@ -315,7 +319,7 @@ def test_quarantine_across_filesystems(tmp_path: Path, other_filesystem: Path) -
     q = other_filesystem / "quarantine"
     _drop(q, "sub/photo.jpg", b"already here")
 
-    final = outputs.quarantine_file(src, q, "sub/photo.jpg", SIDECAR)
+    final = _quarantine(tmp_path / "inbox", "sub/photo.jpg", q)
 
     assert os.stat(final).st_dev != os.stat(tmp_path).st_dev
     assert final == q / "sub" / "photo~2.jpg"
@@ -330,9 +334,10 @@ def test_quarantine_across_filesystems(tmp_path: Path, other_filesystem: Path) -
 
 def test_move_to_across_filesystems_and_back(tmp_path: Path, other_filesystem: Path) -> None:
     src = _drop(other_filesystem / "inbox", "a.png", b"png")
-    final = outputs.move_to(src, tmp_path / "done", "a.png")
+    inbox, done = other_filesystem / "inbox", tmp_path / "done"
+    final = done / outputs.move_to(inbox, "a.png", done, "a.png")
     assert final.read_bytes() == b"png" and not src.exists()
-    back = outputs.move_to(final, other_filesystem / "inbox", "a.png")
+    back = inbox / outputs.move_to(done, "a.png", inbox, "a.png")
     assert back == src and back.read_bytes() == b"png" and not final.exists()
     assert _leftovers(tmp_path) == [] and _leftovers(other_filesystem) == []
 
