@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import outputs
+from bgsyncd import names, outputs
+from bgsyncd.errors import is_refused
 
 SIDECAR = {
     "path": "sub/photo.jpg",
@@ -135,7 +137,7 @@ def test_write_atomic_failing_mid_write_leaves_old_file_and_no_temp(tmp_path: Pa
         f"""
         import resource, signal, sys
         from pathlib import Path
-        from bgsyncd import outputs
+        from bgsyncd import names, outputs
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:
@@ -346,3 +348,164 @@ def test_fsync_dir_accepts_a_folder(tmp_path: Path) -> None:
     outputs.fsync_dir(tmp_path)
     with pytest.raises(NotADirectoryError):
         outputs.fsync_dir(_drop(tmp_path, "f", b""))
+
+
+# names within 255 bytes (NAME_MAX counts bytes)
+
+
+def _bytes(name: str) -> int:
+    return len(name.encode("utf-8"))
+
+
+def _tag(relpath: str) -> str:
+    return "~" + hashlib.sha256(relpath.encode()).hexdigest()[:8]
+
+
+def test_names_that_fit_are_not_touched() -> None:
+    name = "a" * 251 + ".jpg"  # 255 bytes; its output `aaa….png` is 255 bytes too
+    assert next(outputs.output_candidates(f"d/{name}", "png")) == "d/" + "a" * 251 + ".png"
+
+
+def test_a_long_output_name_is_cut_at_a_character_boundary_and_tagged() -> None:
+    rel = "sub/" + "é" * 125 + "x.jpg"  # 256-byte name: too long for any output
+    first, second, third = islice(outputs.output_candidates(rel, "webp"), 3)
+    tag = _tag(rel)
+    for candidate in (first, second, third):
+        name = candidate.removeprefix("sub/")
+        assert _bytes(name) <= 255
+        name.encode("utf-8").decode("utf-8")  # no half character
+    assert first.endswith(tag + ".webp") and first.startswith("sub/éé")
+    # The stem and the whole name cut to one prefix: the second choice is `~2`.
+    assert second.endswith(tag + "~2.webp") and third.endswith(tag + "~3.webp")
+    assert len({first, second, third}) == 3
+
+
+def test_every_collision_suffix_of_a_shortened_name_fits() -> None:
+    rel = "é" * 127 + ".jpg"
+    for candidate in islice(outputs.output_candidates(rel, "png"), 2, 12):
+        assert _bytes(candidate) <= 255
+    assert _bytes(names.fit_name("é" * 127, ".png", rel, "~99999999999")) <= 255
+
+
+def test_two_long_names_with_one_prefix_get_different_outputs() -> None:
+    a, b = "x" * 300 + "-a.jpg", "x" * 300 + "-b.jpg"
+    assert next(outputs.output_candidates(a, "png")) != next(outputs.output_candidates(b, "png"))
+
+
+def test_the_mask_of_a_long_name_fits_beside_its_cutout() -> None:
+    rel = "a" * 251 + ".jpg"
+    cutout = next(outputs.output_candidates(rel, "png"))
+    assert cutout == "a" * 251 + ".png"  # fits exactly
+    mask = next(outputs.mask_candidates(cutout, rel))
+    assert _bytes(mask) <= 255 and mask.endswith(_tag(rel) + ".mask.png")
+    assert all(_bytes(m) <= 255 for m in islice(outputs.mask_candidates(cutout, rel), 5))
+
+
+def test_the_sidecar_of_a_long_name_follows_the_same_rule() -> None:
+    name = "b" + "é" * 125 + ".png"  # 255 bytes, the longest name an input can have
+    side = outputs.sidecar_name(name, f"q/{name}")
+    assert _bytes(side) <= 255 and side.endswith(_tag(f"q/{name}") + ".error.json")
+    assert name.startswith(side[: -len(_tag(name) + ".error.json")])
+
+
+def test_a_255_byte_name_quarantined_twice_gets_two_files_and_two_sidecars(
+    tmp_path: Path,
+) -> None:
+    name = "b" + "é" * 125 + ".png"
+    assert _bytes(name) == 255
+    q = tmp_path / "quarantine"
+    _drop(tmp_path / "inbox", f"s/{name}", b"one")
+    first = _quarantine(tmp_path / "inbox", f"s/{name}", q, {**SIDECAR, "attempts": 1})
+    _drop(tmp_path / "inbox", f"s/{name}", b"two")
+    second = _quarantine(tmp_path / "inbox", f"s/{name}", q, {**SIDECAR, "attempts": 2})
+    assert first.name == name and first.read_bytes() == b"one"
+    assert second.read_bytes() == b"two" and second.name.endswith("~2.png")
+    assert _bytes(second.name) <= 255
+    sidecars = sorted(p.name for p in (q / "s").glob("*.error.json"))
+    assert len(sidecars) == 2 and all(_bytes(s) <= 255 for s in sidecars)
+    attempts = sorted(json.loads((q / "s" / s).read_text())["attempts"] for s in sidecars)
+    assert attempts == [1, 2]
+    assert (q / "s" / outputs.sidecar_name(second.name, f"s/{name}")).exists()
+
+
+def test_temp_names_are_cut_at_a_character_boundary(tmp_path: Path) -> None:
+    name = "é" * 127 + ".png"  # 258 bytes: only the temp name matters here
+    tmp = outputs._temp_name(name)
+    assert _bytes(tmp) <= 255 and outputs.is_temp_name(tmp)
+    tmp.encode("utf-8")  # no lone surrogate from a cut character
+
+
+# refusals: a symlink under an outbox, quarantine or done folder
+
+
+@pytest.fixture
+def swapped(tmp_path: Path) -> tuple[Path, Path]:
+    """An output folder whose ``sub`` is a symlink to an outside folder."""
+    root, outside = tmp_path / "outbox", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "a.png").write_bytes(b"outside")
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    return root, outside
+
+
+def test_writing_under_a_symlinked_output_folder_is_refused(swapped: tuple[Path, Path]) -> None:
+    root, outside = swapped
+    with pytest.raises(OSError) as caught:
+        outputs.write_file(root, "sub/a.png", b"ours")
+    assert is_refused(caught.value)
+    assert sorted(os.listdir(outside)) == ["a.png"]
+    assert (outside / "a.png").read_bytes() == b"outside"
+
+
+def test_quarantine_into_a_symlinked_folder_is_refused_and_the_input_stays(
+    tmp_path: Path, swapped: tuple[Path, Path]
+) -> None:
+    root, outside = swapped
+    src = _drop(tmp_path / "inbox", "sub/a.png", b"input")
+    with pytest.raises(OSError) as caught:
+        outputs.quarantine_file(tmp_path / "inbox", "sub/a.png", root, SIDECAR)
+    assert is_refused(caught.value)
+    with pytest.raises(OSError) as caught:
+        outputs.move_to(tmp_path / "inbox", "sub/a.png", root, "sub/a.png")
+    assert is_refused(caught.value)
+    assert src.read_bytes() == b"input"
+    assert sorted(os.listdir(outside)) == ["a.png"]
+
+
+def test_moving_from_a_symlinked_inbox_folder_is_a_vanished_input(
+    tmp_path: Path, swapped: tuple[Path, Path]
+) -> None:
+    root, outside = swapped  # here the symlinked folder is the source side
+    with pytest.raises(FileNotFoundError):
+        outputs.move_to(root, "sub/a.png", tmp_path / "done", "sub/a.png")
+    with pytest.raises(FileNotFoundError):
+        outputs.quarantine_file(root, "sub/a.png", tmp_path / "q", SIDECAR)
+    with pytest.raises(FileNotFoundError):
+        outputs.delete_input(root, "sub/a.png", (7, 0, 0))
+    assert (outside / "a.png").read_bytes() == b"outside"
+    assert not (tmp_path / "done" / "sub" / "a.png").exists()
+
+
+def test_delete_input_deletes_only_the_file_that_was_read(tmp_path: Path) -> None:
+    src = _drop(tmp_path, "d/a.jpg", b"first")
+    st = src.stat()
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    src.unlink()
+    _drop(tmp_path, "d/a.jpg", b"second, a new file")
+    with pytest.raises(FileNotFoundError):
+        outputs.delete_input(tmp_path, "d/a.jpg", sig)
+    assert src.read_bytes() == b"second, a new file"
+    st = src.stat()
+    outputs.delete_input(tmp_path, "d/a.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert not src.exists()
+
+
+def test_outputs_newer_than_wants_every_output_there_and_not_older(tmp_path: Path) -> None:
+    a = _drop(tmp_path, "d/a.png", b"x")
+    b = _drop(tmp_path, "d/a.mask.png", b"x")
+    os.utime(a, ns=(2_000, 2_000))
+    os.utime(b, ns=(3_000, 3_000))
+    assert outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/a.mask.png"], 2_000)
+    assert not outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/a.mask.png"], 2_001)
+    assert not outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/missing.png"], 0)
