@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd.adoption import Adopter
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
@@ -307,3 +308,64 @@ def test_a_new_queue_adopts_existing_outputs_without_a_request(
     finally:
         queue.close()
     assert second.stop() == 0
+
+
+def _found(inbox: Path, folder: str, rel: str) -> Found:
+    st = (inbox / rel).stat()
+    return Found(folder, rel, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
+    tmp_path: Path,
+) -> None:
+    folder = FolderSettings(
+        name="f",
+        inbox=tmp_path / "in",
+        outbox=tmp_path / "out",
+        quarantine=tmp_path / "q",
+        output="both",
+    )
+    folder.inbox.mkdir()
+    folder.outbox.mkdir()
+    for name in ("both.jpg", "nomask.jpg", "oldmask.jpg", "suffixed.jpg"):
+        (folder.inbox / name).write_bytes(product_image())
+        os.utime(folder.inbox / name, ns=(5_000_000_000, 5_000_000_000))
+    outs = {
+        "both.png": 6,
+        "both.mask.png": 5,  # as new as the input counts
+        "nomask.png": 6,
+        "oldmask.png": 6,
+        "oldmask.mask.png": 4,
+        "suffixed.jpg.png": 6,  # another name's output: never looked for
+        "suffixed.jpg.mask.png": 6,
+    }
+    for name, seconds in outs.items():
+        (folder.outbox / name).write_bytes(b"x")
+        os.utime(folder.outbox / name, ns=(seconds * 10**9, seconds * 10**9))
+    queue = Queue(tmp_path / "new.sqlite3")
+    assert queue.created
+    adopter = Adopter(queue, lambda: {"f": folder})
+    found = [_found(folder.inbox, "f", n) for n in sorted(os.listdir(folder.inbox))]
+    rest = adopter.adopt(found)
+    assert sorted(f.relpath for f in rest) == ["nomask.jpg", "oldmask.jpg", "suffixed.jpg"]
+    job = queue.find("f", "both.jpg")
+    assert job is not None and job.state == "done" and job.attempts == 0
+    assert queue.claimed_outputs(job.id) == ["both.mask.png", "both.png"]
+    # Found again by a rescan: the same file is known and not queued again.
+    assert queue.enqueue_many([found[0]]) == []
+    assert queue.find("f", "nomask.jpg") is None  # the rest is for the caller to queue
+    queue.close()
+    assert not Queue(tmp_path / "new.sqlite3").created  # opened again: not new
+
+
+def test_adoption_never_takes_a_name_another_input_owns(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "q.sqlite3")
+    queue.enqueue_many([Found("f", "a.webp", 1, 1, 1)])
+    other = queue.find("f", "a.webp")
+    assert other is not None
+    assert queue.claim_output("f", other.id, iter(["a.png"])) == "a.png"
+    assert not queue.adopt(Found("f", "a.jpg", 1, 1, 2), ["a.png"])
+    assert queue.find("f", "a.jpg") is None  # rolled back: no job, no claim
+    assert queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])
+    assert not queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])  # known already
+    queue.close()
