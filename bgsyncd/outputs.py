@@ -28,7 +28,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from bgsyncd import fsops
@@ -101,9 +101,13 @@ def write_file(root: Path, relpath: str, data: bytes) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """:func:`write_file` for a file directly in a folder of our own (the result cache)."""
+    """:func:`write_file` for a file of our own (the result cache), outside the folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_file(path.parent, path.name, data)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _write_at(fd, path.name, data)
+    finally:
+        os.close(fd)
 
 
 def _write_at(dir_fd: int, name: str, data: bytes) -> None:
@@ -237,36 +241,35 @@ def _move(
     return posixpath.join(posixpath.dirname(dest_rel), final)
 
 
-class _source:
-    """The source of a move: its folder's descriptor, name and ``lstat``.
+@contextmanager
+def _source(root: Path, relpath: str) -> Iterator[tuple[int, str, os.stat_result]]:
+    """The source of a move or delete: its folder's descriptor, its name, its ``lstat``.
 
     Anything that makes it unreachable through real folders, or not a regular
     file, is ``FileNotFoundError``: for an input, that means it vanished.
     """
-
-    def __init__(self, root: Path, relpath: str) -> None:
-        self._root, self._relpath = root, relpath
-        self._fd = -1
-
-    def __enter__(self) -> tuple[int, str, os.stat_result]:
-        parts = fsops.split_relpath(self._relpath)
+    parts = fsops.split_relpath(relpath)
+    try:
+        fd = fsops.open_dir(root, "/".join(parts[:-1]))
+    except OSError as exc:
+        raise _vanished(exc, relpath) from None
+    try:
         try:
-            self._fd = fsops.open_dir(self._root, "/".join(parts[:-1]))
-            st = os.stat(parts[-1], dir_fd=self._fd, follow_symlinks=False)
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
         except OSError as exc:
-            self.__exit__()
-            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-                raise FileNotFoundError(errno.ENOENT, "vanished", self._relpath) from None
-            raise
+            raise _vanished(exc, relpath) from None
         if not stat.S_ISREG(st.st_mode):
-            self.__exit__()
-            raise FileNotFoundError(errno.ENOENT, "not a regular file", self._relpath)
-        return self._fd, parts[-1], st
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", relpath)
+        yield fd, parts[-1], st
+    finally:
+        os.close(fd)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+
+def _vanished(exc: OSError, relpath: str) -> OSError:
+    """Gone, or reached through a symlink or a file: the source vanished; else as it was."""
+    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+        return FileNotFoundError(errno.ENOENT, "vanished", relpath)
+    return exc
 
 
 def _copy_in(
