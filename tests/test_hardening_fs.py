@@ -28,6 +28,7 @@ from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
     make_folder,
+    run_cli,
     start_daemon,
     status_json,
     write_config,
@@ -214,6 +215,11 @@ def test_symlink_swaps_under_every_folder_never_touch_anything_outside(
 # Issue 9 item 8: a 255-byte name (NAME_MAX is bytes)
 
 
+def _visible(folder: Path) -> list[str]:
+    """Names in ``folder`` but temp files (hidden) that are still being written."""
+    return [n for n in os.listdir(folder) if not n.startswith(".")] if folder.is_dir() else []
+
+
 def _tag(relpath: str) -> str:
     return "~" + hashlib.sha256(relpath.encode()).hexdigest()[:8]
 
@@ -236,10 +242,11 @@ def test_a_255_byte_name_gets_its_outputs_and_its_quarantine_sidecar(
     config = write_config(tmp_path / "config.toml", base_url=emulator.url, folders=[folder])
     start_daemon(daemons, config)
 
-    wait_until(lambda: len(list((outbox / "sub").glob("*"))) == 2, 30, what="two outputs")
-    wait_until(lambda: len(list((quarantine / "sub").glob("*"))) == 2, 30, what="quarantine")
+    wait_until(lambda: len(_visible(outbox / "sub")) == 2, 30, what="two outputs")
+    wait_until(lambda: len(_visible(quarantine / "sub")) == 2, 30, what="quarantine")
+    wait_until(lambda: status_json(config)["jobs"]["done"] == 1, 30, what="the job done")
     stem = "a" + "é" * 125
-    names = sorted(p.name for p in (outbox / "sub").iterdir())
+    names = sorted(p.name for p in (outbox / "sub").iterdir())  # no temp file left either
     tag = _tag(f"sub/{good}")
     assert all(len(n.encode()) <= 255 for n in names), names
     cut = [n for n in names if n.endswith(tag + ".webp")]
@@ -258,6 +265,13 @@ def test_a_255_byte_name_gets_its_outputs_and_its_quarantine_sidecar(
     body = json.loads((quarantine / "sub" / sidecar).read_text(encoding="utf-8"))
     assert body["path"] == f"sub/{bad}" and body["reason"] == "unsupported_media"
     assert not (inbox / "sub" / bad).exists()
+
+    # `retry` finds it, and its shortened sidecar, and puts it back.
+    assert daemons[0].stop() == 0
+    result = run_cli("retry", "--all", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (inbox / "sub" / bad).read_bytes() == b"not an image at all"
+    assert list((quarantine / "sub").iterdir()) == []
 
 
 # Issue 9 item 12, third clause: a new database over an inbox whose outputs exist
