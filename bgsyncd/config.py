@@ -239,6 +239,7 @@ def load_settings(path: str | Path | None = None, *, create_folders: bool = True
     _check_rules(settings, file)
     if create_folders:
         layout.create_folders(settings.folder, file)
+    settings = _with_resolved_roots(settings)
     key = resolve_api_key(settings.api.key_file, env, file)
     return settings.model_copy(
         update={
@@ -479,6 +480,20 @@ def _with_env_paths_resolved(settings: Settings) -> Settings:
 def _with_folder_names(settings: Settings) -> Settings:
     folders = tuple(
         f if f.name.strip() else f.model_copy(update={"name": f.inbox.name or str(f.inbox)})
+        for f in settings.folder
+    )
+    return settings.model_copy(update={"folder": folders})
+
+
+def _with_resolved_roots(settings: Settings) -> Settings:
+    """Each folder's roots with their symlinks resolved, at load (start and reload).
+
+    Below a root nothing follows a symlink (``fsops`` opens even the root with
+    ``O_NOFOLLOW``): a root replaced by a symlink later is a lost folder.
+    """
+    keys = ("inbox", "outbox", "quarantine", "done")
+    folders = tuple(
+        f.model_copy(update={k: getattr(f, k).resolve() for k in keys if getattr(f, k) is not None})
         for f in settings.folder
     )
     return settings.model_copy(update={"folder": folders})
