@@ -77,6 +77,10 @@ def _colour(value: str) -> str:
 FolderPath = Annotated[Path, BeforeValidator(_not_empty)]
 
 
+# A smaller answer cap would refuse an ordinary 1024-pixel matte.
+MIN_RESPONSE_BYTES = 1024 * 1024
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -91,6 +95,8 @@ class ApiSettings(_Section):
     max_in_flight: PositiveInt = 3
     timeout_seconds: PositiveFloat = 120.0
     max_upload_bytes: PositiveInt = 10 * 1024 * 1024
+    # 0: automatic (16 MiB for a matte; 4 bytes a pixel + 1 MiB for a cut-out).
+    max_response_bytes: NonNegativeInt = 0
     # SPEC §5 "What is sent": a copy at most proxy_side pixels on the longer side
     # goes to the alpha-channel endpoint; "original" sends the file itself.
     upload: Literal["proxy", "original"] = "proxy"
@@ -506,6 +512,13 @@ def _check_rules(settings: Settings, file: Path) -> None:
             file,
             "api.base_url",
             f"must start with http:// or https:// (got {settings.api.base_url!r})",
+        )
+    if 0 < settings.api.max_response_bytes < MIN_RESPONSE_BYTES:
+        raise _fail(
+            file,
+            "api.max_response_bytes",
+            f"{settings.api.max_response_bytes} bytes would refuse ordinary answers: use 0"
+            f" (automatic) or at least {MIN_RESPONSE_BYTES} (1 MiB)",
         )
     try:
         parse_listen(settings.metrics.listen)

@@ -128,6 +128,7 @@ class Daemon:
             settings.api.timeout_seconds,
             gate=self.pacer.acquire,
             observe=self.metrics.api_request,
+            max_response_bytes=settings.api.max_response_bytes,
         )
 
     def _make_watcher(self, settings: Settings) -> Watcher:
