@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from bgsyncd import __version__, outputs
+from bgsyncd.adoption import Adopter
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
@@ -107,6 +108,10 @@ class Daemon:
             max_in_flight=settings.api.max_in_flight,
             lease_seconds=settings.api.timeout_seconds + 60.0,
             on_state_change=self._dirty.set,
+        )
+        # A new queue (first start, or the database was lost): adopt existing outputs.
+        self.adopter = (
+            Adopter(self.queue, lambda: self.worker.config.folders) if self.queue.created else None
         )
         self.watcher = self._make_watcher(settings)
         self.notifier = Notifier.from_environ(os.environ)
@@ -258,7 +263,8 @@ class Daemon:
                     break
                 batch.append(nxt)
             try:
-                queued = self.queue.enqueue_many(batch)
+                fresh = batch if self.adopter is None else self.adopter.adopt(batch)
+                queued = self.queue.enqueue_many(fresh)
             except Exception:
                 log.exception("queue.ingest_failed", files=len(batch))
                 queued = []

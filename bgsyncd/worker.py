@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -271,7 +270,8 @@ class Worker:
             job.folder, job.id, outputs.output_candidates(job.relpath, ext)
         )
         if folder.output == "both":
-            self._queue.claim_output(job.folder, job.id, outputs.mask_candidates(primary))
+            mask = outputs.mask_candidates(primary, job.relpath)
+            self._queue.claim_output(job.folder, job.id, mask)
 
     def _kept_result(self, sha: str) -> bytes | None:
         kept = self._history.kept(sha)
@@ -294,11 +294,13 @@ class Worker:
                 bound.info("file.changed", note="changed while processed; queued again")
             return
         if folder.after_success == "delete":
-            src.unlink(missing_ok=True)
-            outputs.fsync_dir(src.parent)
+            try:
+                outputs.delete_input(folder.inbox, job.relpath, sig)
+            except FileNotFoundError:
+                bound.warning("file.vanished", during="delete")
         elif folder.after_success == "move" and folder.done is not None:
             try:
-                outputs.move_to(src, folder.done, job.relpath)
+                outputs.move_to(folder.inbox, job.relpath, folder.done, job.relpath)
             except FileNotFoundError:
                 bound.warning("file.vanished", during="move to done")
 
@@ -307,14 +309,7 @@ class Worker:
         claimed = self._queue.claimed_outputs(job.id)
         if len(claimed) < (2 if folder.output == "both" else 1):
             return False
-        for rel in claimed:
-            try:
-                written = os.stat(folder.outbox / rel).st_mtime_ns
-            except OSError:
-                return False
-            if written < sig[1]:
-                return False
-        return True
+        return outputs.outputs_newer_than(folder.outbox, claimed, sig[1])
 
     def _write_outputs(self, job: Job, folder: FolderSettings, cutout: bytes) -> list[str]:
         ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
@@ -322,18 +317,21 @@ class Worker:
             job.folder, job.id, outputs.output_candidates(job.relpath, ext)
         )
         if folder.output == "mask":
-            outputs.write_atomic(folder.outbox / primary, imaging.encode_mask(cutout))
+            outputs.write_file(folder.outbox, primary, imaging.encode_mask(cutout))
             return [primary]
-        outputs.write_atomic(
-            folder.outbox / primary,
+        outputs.write_file(
+            folder.outbox,
+            primary,
             imaging.encode_cutout(cutout, folder.format, folder.background),
         )
         written = [primary]
         if folder.output == "both":
             # The mask's name is claimed too: `a.mask.jpg` beside `a.jpg` must not
             # write the same file as a.jpg's mask.
-            mask = self._queue.claim_output(job.folder, job.id, outputs.mask_candidates(primary))
-            outputs.write_atomic(folder.outbox / mask, imaging.encode_mask(cutout))
+            mask = self._queue.claim_output(
+                job.folder, job.id, outputs.mask_candidates(primary, job.relpath)
+            )
+            outputs.write_file(folder.outbox, mask, imaging.encode_mask(cutout))
             written.append(mask)
         return written
 
@@ -394,7 +392,6 @@ class Worker:
         """
         reason = out.reason or "retries_exhausted"
         message, status = out.message, out.http_status
-        src = folder.inbox / job.relpath
         sidecar = {
             "path": job.relpath,
             "folder": job.folder,
@@ -411,8 +408,9 @@ class Worker:
                 # Gone, or a folder on its path was swapped for a symlink: touch nothing.
                 return Vanished("quarantine")
             try:
-                final = outputs.quarantine_file(src, folder.quarantine, job.relpath, sidecar)
-                location = final.relative_to(folder.quarantine).as_posix()
+                location = outputs.quarantine_file(
+                    folder.inbox, job.relpath, folder.quarantine, sidecar
+                )
             except FileNotFoundError:
                 return Vanished("quarantine")
             except OSError as exc:

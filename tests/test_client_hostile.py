@@ -371,15 +371,7 @@ def test_a_trickling_api_no_longer_holds_every_worker(
     def respond(request: Request) -> Answer:
         if b'filename="slow' in request.body:
             return Answer(200, PNG + b"\0" * 100_000, bytes_per_second=20)
-        real = httpx.request(
-            request.method,
-            emulator.url + request.path,
-            content=request.body,
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-            timeout=10,
-        )
-        content_type = real.headers.get("Content-Type", "application/octet-stream")
-        return Answer(real.status_code, real.content, (("Content-Type", content_type),))
+        return _forward_to(emulator, request)
 
     folder = make_folder(tmp_path, "shop")
     port = _free_port()
@@ -419,4 +411,50 @@ def test_a_trickling_api_no_longer_holds_every_worker(
         assert d.proc.poll() is None
         slow = [r for r in api.requests if b'filename="slow' in r.body]
         assert all(not r.finished for r in slow)  # no trickle was ever waited out
+        assert d.stop() == 0
+
+
+def _forward_to(emulator: Emulator, request: Request) -> Answer:
+    """Pass ``request`` to the emulator and hand back its answer."""
+    real = httpx.request(
+        request.method,
+        emulator.url + request.path,
+        content=request.body,
+        headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        timeout=10,
+    )
+    content_type = real.headers.get("Content-Type", "application/octet-stream")
+    return Answer(real.status_code, real.content, (("Content-Type", content_type),))
+
+
+@pytest.mark.parametrize("retry_after", ["1e12", "315360000"])
+def test_a_daemon_told_to_wait_for_ages_waits_ten_windows_and_goes_on(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], retry_after: str
+) -> None:
+    # Issue 9 item 4 as seen: 1e12 killed the dispatch thread (OverflowError), ten
+    # years stopped dispatch for ten years. Now the wait is 10 windows (here 10 x 0.4 s).
+    answers = [Answer(429, b'{"error": "Rate limit exceeded"}', (("Retry-After", retry_after),))]
+
+    def respond(request: Request) -> Answer:
+        if request.path.startswith("/v1.0/") and answers:
+            return answers.pop()
+        return _forward_to(emulator, request)
+
+    folder = make_folder(tmp_path, "shop")
+    with HostileServer(respond) as api:
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=api.url,
+            folders=[folder],
+            api={"rate_window_seconds": 0.4},
+        )
+        d = start_daemon(daemons, config)
+        (Path(folder["inbox"]) / "a.png").write_bytes(product_image(40, 30, "PNG"))
+        wait_until(lambda: not answers, 20, what="the 429")
+        limited_at = time.monotonic()
+        wait_until((Path(folder["outbox"]) / "a.png").exists, 20, what="the output")
+        waited = time.monotonic() - limited_at
+        assert 3.0 < waited < 10.0  # the capped 4 s, not ages, and not nothing
+        assert d.proc.poll() is None
+        assert "Traceback" not in d.output()
         assert d.stop() == 0
