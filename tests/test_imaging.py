@@ -835,3 +835,50 @@ def test_decoding_refuses_what_sniffing_refuses() -> None:
     bmp[14:18] = (99).to_bytes(4, "little")
     with pytest.raises(CorruptImage, match="not a JPEG, PNG, WebP, TIFF, BMP or GIF"):
         imaging.decode(bytes(bmp))
+
+
+def _png_16_bit(values: list[int], colour: bool) -> bytes:
+    """A one-row 16-bit PNG of ``values``: grey (type 0) or grey-as-RGB (type 2)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    sample = ">HHH" if colour else ">H"
+    row = b"\x00" + b"".join(struct.pack(sample, *[v] * (3 if colour else 1)) for v in values)
+    ihdr = struct.pack(">IIBBBBB", len(values), 1, 16, 2 if colour else 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(row))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bits_come_to_8_as_their_high_byte_as_pillow_reads_16_bit_colour() -> None:
+    values = [0, 255, 256, 511, 32896, 65280, 65535]
+    grey = imaging.to_eight_bit(imaging.decode(_png_16_bit(values, colour=False)))
+    colour = imaging.decode(_png_16_bit(values, colour=True))
+    assert colour.mode == "RGB"  # Pillow's own reading of 16-bit colour: the high byte
+    expected = bytes(v >> 8 for v in values)
+    assert grey.tobytes() == expected
+    assert colour.getchannel("R").tobytes() == expected
+
+
+def test_32_bit_images_are_scaled_by_their_maximum_never_stretched() -> None:
+    small = Image.new("I", (3, 1))
+    small.putpixel((0, 0), 10)
+    small.putpixel((1, 0), 20)
+    small.putpixel((2, 0), 30)
+    assert imaging.to_eight_bit(small).tobytes() == bytes([10, 20, 30])  # as they are
+    large = small.point(lambda v: v * 40)  # 400, 800, 1200
+    assert imaging.to_eight_bit(large).tobytes() == bytes([85, 170, 255])
+
+
+def test_imaging_and_emulator_modules_stay_under_400_lines() -> None:
+    package = Path(imaging.__file__).parent.parent
+    modules = [*(package / "imaging").glob("*.py"), *(package / "emulator").glob("*.py")]
+    assert len(modules) >= 10
+    long = {m.name: n for m in modules if (n := len(m.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"
