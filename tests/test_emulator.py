@@ -12,10 +12,12 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -26,8 +28,9 @@ import httpx
 import pytest
 import requests
 import urllib3
-from PIL import Image, ImageDraw
+from PIL import Image, ImageCms, ImageDraw
 
+from bgsyncd import imaging
 from bgsyncd.emulator import Emulator, main, matte, parse_multipart
 from tests.helpers import noisy_image, open_image, product_image, transparent_png, wait_until
 
@@ -201,8 +204,14 @@ def _photo(width: int, height: int) -> bytes:
     return _encode(img, "JPEG", quality=88)
 
 
+def _cut_out(data: bytes) -> Image.Image:
+    """The emulator's cut-out answer for ``data``, decoded."""
+    return open_image(matte.cut_out(matte.decode(data), alpha_only=False))
+
+
 def test_cutout_of_a_product_photo_is_clean() -> None:
-    img = matte.cut_out(matte.decode(_photo(400, 300)))
+    img = _cut_out(_photo(400, 300))
+    assert (img.format, img.mode, img.size) == ("PNG", "RGBA", (400, 300))
     alpha = img.getchannel("A")
     assert_clean_cutout(img)
     outside = alpha.crop((0, 0, 400, 60))  # a band of backdrop above the product
@@ -213,16 +222,69 @@ def test_cutout_of_a_product_photo_is_clean() -> None:
     assert not isinstance(low, tuple) and low > 245
 
 
+def test_the_alpha_answer_is_the_cutouts_alpha_as_a_grayscale_png() -> None:
+    data = _photo(200, 150)
+    matte_png = open_image(matte.cut_out(matte.decode(data), alpha_only=True))
+    assert (matte_png.format, matte_png.mode, matte_png.size) == ("PNG", "L", (200, 150))
+    assert matte_png.tobytes() == _cut_out(data).getchannel("A").tobytes()
+
+
+def test_a_transparent_colour_key_is_transparency_like_an_alpha_channel() -> None:
+    # An RGB PNG whose tRNS chunk makes one colour transparent: the daemon reads it
+    # as transparency (imaging.rgb_and_alpha), so the emulator must too.
+    img = Image.open(io.BytesIO(product_image(64, 48, fmt="PNG"))).convert("RGB")
+    ImageDraw.Draw(img).rectangle((28, 20, 35, 27), fill=(1, 2, 3))  # a hole in the object
+    img = _cut_out(_encode(img, "PNG", transparency=(1, 2, 3)))
+    assert alpha_at(img, (31, 23)) == 0
+    assert alpha_at(img, (24, 24)) > 245  # the object around the hole stays
+
+
+def test_an_answer_carries_no_metadata_of_the_upload() -> None:
+    # 0.1 copied the upload's ICC profile into the answer (a CMYK JPEG's profile onto
+    # an RGBA PNG); the outputs take their metadata from the original, never the answer.
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo = Image.open(io.BytesIO(_photo(80, 60)))
+    data = _encode(photo, "JPEG", icc_profile=icc, dpi=(300, 300))
+    for alpha_only in (False, True):
+        answer = open_image(matte.cut_out(matte.decode(data), alpha_only=alpha_only))
+        assert not {"icc_profile", "dpi", "exif"} & set(answer.info), answer.info
+
+
+def test_a_decompression_bomb_is_415_at_the_daemons_own_limit(
+    emu: Emulator, client: httpx.Client
+) -> None:
+    """One limit for the daemon and the emulator: ``imaging.MAX_PIXELS``."""
+    over = _png_claiming(imaging.MAX_PIXELS + 1, 1)
+    r = upload(client, over)
+    assert r.status_code == 415
+    error = r.json()["error"]
+    assert error == "Unsupported media type: upload has too many pixels to decode safely"
+    with pytest.raises(matte.UndecodableImage, match="too many pixels"):
+        matte.decode(over)
+    assert emu.credits == 1000
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` 1-bit pixels (one row of data)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    idat = zlib.compress(bytes(1 + (width + 7) // 8))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def test_a_large_image_is_processed_well_under_a_second() -> None:
     data = _photo(2000, 1500)
     best = float("inf")
     for _ in range(3):  # the best of three: CI neighbours must not fail this
         began = time.perf_counter()
-        img = matte.cut_out(matte.decode(data))
-        matte.encode_png(img)
+        answer = matte.cut_out(matte.decode(data), alpha_only=False)
         best = min(best, time.perf_counter() - began)
     assert best < 1.0
-    assert img.size == (2000, 1500)
+    assert open_image(answer).size == (2000, 1500)
 
 
 # --- every status of the reference ----------------------------------------------------

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageCms, ImageDraw
 
 from bgsyncd import imaging
-from bgsyncd.imaging import CorruptImage, ImageInfo
+from bgsyncd.imaging import CorruptImage, ImageInfo, codec
 from tests.helpers import noisy_image, open_image, product_image, transparent_png
+
+MB = 1024 * 1024
 
 ALL_FORMATS = [
     ("JPEG", "jpeg"),
@@ -729,3 +733,152 @@ def test_a_matte_answered_as_a_cutout_is_read_by_its_alpha() -> None:
         assert out.mask is not None
         mask = open_image(out.mask)
         assert (mask.getpixel((5, 10)), mask.getpixel((35, 10))) == (left, right)
+
+
+# one place for each image fact
+
+
+def _pillow_importers(package: Path) -> set[str]:
+    """The modules under ``package`` (as paths relative to its parent) that import Pillow.
+
+    Any ``import PIL``/``from PIL import``, also under ``TYPE_CHECKING`` or in a
+    function, and ``importlib.import_module("PIL...")``/``__import__("PIL...")``.
+    """
+
+    def is_pil(name: str) -> bool:
+        return name == "PIL" or name.startswith("PIL.")
+
+    found = set()
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Call) and node.args:
+                func, first = node.func, node.args[0]
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called in ("import_module", "__import__") and isinstance(first, ast.Constant):
+                    names = [str(first.value)]
+            if any(is_pil(name) for name in names):
+                found.add(path.relative_to(package.parent).as_posix())
+    return found
+
+
+def test_pillow_is_imported_only_by_imaging_and_the_demo() -> None:
+    package = Path(imaging.__file__).parent.parent
+    importers = _pillow_importers(package)
+    # The detector sees what it must: without this, an empty set would pass for any code.
+    assert {"bgsyncd/imaging/codec.py", "bgsyncd/demo.py"} <= importers
+    stray = {m for m in importers if not m.startswith("bgsyncd/imaging/")} - {"bgsyncd/demo.py"}
+    assert not stray, f"Pillow imported outside bgsyncd/imaging and the demo: {sorted(stray)}"
+
+
+def test_the_pillow_detector_sees_every_spelling_of_the_import(tmp_path: Path) -> None:
+    spellings = {
+        "a.py": "import PIL\n",
+        "b.py": "from PIL import Image\n",
+        "c.py": "import PIL.Image as I\n",
+        "d.py": "if TYPE_CHECKING:\n    from PIL.Image import Image\n",
+        "e.py": "def f():\n    import importlib\n    return importlib.import_module('PIL.Image')\n",
+        "f.py": "m = __import__('PIL')\n",
+        "clean.py": "import PILLOW_LIKE\nfrom .PIL import x\nfrom bgsyncd import imaging\n",
+    }
+    root = tmp_path / "pkg"
+    root.mkdir()
+    for name, text in spellings.items():
+        (root / name).write_text(text)
+    assert _pillow_importers(root) == {f"pkg/{n}" for n in spellings if n != "clean.py"}
+
+
+def _mpo(size: tuple[int, int] = (400, 300)) -> bytes:
+    """A multi-picture JPEG (MPO), as cameras write with an embedded preview."""
+    first = Image.open(io.BytesIO(product_image(*size, fmt="JPEG")))
+    second = Image.new("RGB", size, (0, 0, 200))
+    return _encode(first, "MPO", save_all=True, append_images=[second])
+
+
+def test_a_multi_picture_jpeg_is_inspected_and_proxied_as_a_jpeg() -> None:
+    data = _mpo((400, 300))
+    assert Image.open(io.BytesIO(data)).format == "MPO"  # what Pillow calls it
+    assert imaging.sniff(data[: imaging.SNIFF_BYTES]) == "jpeg"
+    assert imaging.inspect(data) == ImageInfo("jpeg", 400, 300)
+    proxy = imaging.make_proxy(data, side=100, max_bytes=MB)
+    # Drafted like any JPEG: libjpeg decoded it at 1/4, not at full size.
+    assert (proxy.format, proxy.size, proxy.decoded_size) == ("jpeg", (100, 75), (100, 75))
+    first = open_image(proxy.data)
+    assert first.getpixel((2, 2)) != (0, 0, 200)  # the first picture, not the second
+    matte = _encode(Image.new("L", proxy.size, 255))
+    out = imaging.render(
+        data, matte, answer_is_matte=True, output="cutout", fmt="png", background=""
+    )
+    assert out.cutout is not None
+    cutout = open_image(out.cutout)
+    assert cutout.size == (400, 300)
+    # The first picture's own pixels, fully opaque under an all-white matte.
+    own = Image.open(io.BytesIO(data)).convert("RGBA")
+    assert cutout.tobytes() == own.tobytes()
+
+
+def test_the_decompression_bomb_limit_is_one_constant() -> None:
+    assert imaging.MAX_PIXELS == 89_478_485  # Pillow's own default, see codec's docstring
+    codec.open_header(_png_claiming(imaging.MAX_PIXELS, 1))  # at the limit: opened
+    with pytest.raises(CorruptImage, match="too many pixels"):
+        codec.open_header(_png_claiming(imaging.MAX_PIXELS + 1, 1))
+
+
+def test_decoding_refuses_what_sniffing_refuses() -> None:
+    # Pillow's BMP plugin accepts any "BM" prefix; sniff wants a known DIB header size.
+    bmp = bytearray(product_image(40, 30, fmt="BMP"))
+    assert imaging.inspect(bytes(bmp)).format == "bmp"
+    bmp[14:18] = (99).to_bytes(4, "little")
+    with pytest.raises(CorruptImage, match="not a JPEG, PNG, WebP, TIFF, BMP or GIF"):
+        imaging.decode(bytes(bmp))
+
+
+def _png_16_bit(values: list[int], colour: bool) -> bytes:
+    """A one-row 16-bit PNG of ``values``: grey (type 0) or grey-as-RGB (type 2)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    sample = ">HHH" if colour else ">H"
+    row = b"\x00" + b"".join(struct.pack(sample, *[v] * (3 if colour else 1)) for v in values)
+    ihdr = struct.pack(">IIBBBBB", len(values), 1, 16, 2 if colour else 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(row))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bits_come_to_8_as_their_high_byte_as_pillow_reads_16_bit_colour() -> None:
+    values = [0, 255, 256, 511, 32896, 65280, 65535]
+    grey = imaging.to_eight_bit(imaging.decode(_png_16_bit(values, colour=False)))
+    colour = imaging.decode(_png_16_bit(values, colour=True))
+    assert colour.mode == "RGB"  # Pillow's own reading of 16-bit colour: the high byte
+    expected = bytes(v >> 8 for v in values)
+    assert grey.tobytes() == expected
+    assert colour.getchannel("R").tobytes() == expected
+
+
+def test_32_bit_images_are_scaled_by_their_maximum_never_stretched() -> None:
+    small = Image.new("I", (3, 1))
+    small.putpixel((0, 0), 10)
+    small.putpixel((1, 0), 20)
+    small.putpixel((2, 0), 30)
+    assert imaging.to_eight_bit(small).tobytes() == bytes([10, 20, 30])  # as they are
+    large = small.point(lambda v: v * 40)  # 400, 800, 1200
+    assert imaging.to_eight_bit(large).tobytes() == bytes([85, 170, 255])
+
+
+def test_imaging_and_emulator_modules_stay_under_400_lines() -> None:
+    package = Path(imaging.__file__).parent.parent
+    modules = [*(package / "imaging").glob("*.py"), *(package / "emulator").glob("*.py")]
+    assert len(modules) >= 10
+    long = {m.name: n for m in modules if (n := len(m.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"

@@ -39,7 +39,7 @@ from bgsyncd.emulator.bodies import (
     json_image,
     read_body,
 )
-from bgsyncd.emulator.matte import UndecodableImage, cut_out, decode, encode_png
+from bgsyncd.emulator.matte import UndecodableImage, cut_out, decode
 
 CREDIT_PATH = "/available-credit"
 # path -> (JSON with base64 rather than multipart, alpha channel rather than cut-out)
@@ -211,8 +211,7 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "drop":  # charged, then no answer at all: an unknown outcome
             self.close_connection = True
             return None
-        result = cut_out(picture)
-        png = encode_png(result.getchannel("A") if alpha_only else result)
+        png = cut_out(picture, alpha_only=alpha_only)
         if not as_json:
             return png, "image/png"
         text = base64.b64encode(png).decode("ascii")

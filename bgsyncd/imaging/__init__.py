@@ -2,15 +2,28 @@
 
 One package, one public surface (import ``from bgsyncd import imaging``):
 
-- :mod:`~bgsyncd.imaging.codec`: :func:`sniff`, guarded :func:`decode` and
-  :func:`inspect`, :func:`to_eight_bit`, :func:`rgb_and_alpha`, and
-  :func:`full_decode_slot`, the one-at-a-time slot for full-size decodes.
+- :mod:`~bgsyncd.imaging.codec`: the one definition of each image fact:
+  :func:`sniff`, guarded :func:`decode` and :func:`inspect` under one
+  decompression-bomb limit (:data:`MAX_PIXELS`), :func:`to_eight_bit`,
+  :func:`rgb_and_alpha` / :func:`with_alpha`, :func:`save` (encoding with
+  only the metadata given), and :func:`full_decode_slot`, the one-at-a-time
+  slot for full-size decodes.
 - :mod:`~bgsyncd.imaging.plan` (no Pillow): :func:`plan_upload` decides what
   is sent (SPEC §5 "What is sent"); :func:`same_aspect` and
   :func:`rotated_by_server` judge an answer's size.
 - :mod:`~bgsyncd.imaging.proxies`: :func:`make_proxy`, the copy that is sent.
 - :mod:`~bgsyncd.imaging.cutouts`: :func:`check_matte` / :func:`check_cutout`
   on an answer, :func:`render` of a folder's outputs.
+- :mod:`~bgsyncd.imaging.mattes`: :func:`border_matte`, the emulator's local
+  stand-in for the vendor's model.
+
+0.1's functions, kept while the worker still calls them, are thin wrappers:
+:func:`compose` is :func:`render` of a PNG cut-out, :func:`shrink_to_fit` is
+:func:`make_proxy` from the stored size; :func:`encode_cutout` and
+:func:`encode_mask` re-encode a cut-out with :func:`render`'s own encoders.
+
+Pillow is imported here and in ``bgsyncd/demo.py`` (its sample pictures)
+only; everything else speaks this package's functions and :data:`Picture`.
 
 Geometry: pixels are kept as stored. EXIF orientation is never applied: the
 proxy is made from the stored pixels, the matte lines up with them, and the
@@ -24,17 +37,21 @@ JPEG is decoded at 1/2, 1/4 or 1/8 scale for its proxy (``Image.draft``), so a
 """
 
 from bgsyncd.imaging.codec import (
+    MAX_PIXELS,
     MIME_TYPES,
     SNIFF_BYTES,
     CorruptImage,
     ImageInfo,
+    Picture,
     UnusableResult,
     decode,
     full_decode_slot,
     inspect,
     rgb_and_alpha,
+    save,
     sniff,
     to_eight_bit,
+    with_alpha,
 )
 from bgsyncd.imaging.cutouts import (
     EXTENSIONS,
@@ -46,6 +63,7 @@ from bgsyncd.imaging.cutouts import (
     encode_mask,
     render,
 )
+from bgsyncd.imaging.mattes import border_matte
 from bgsyncd.imaging.plan import (
     Size,
     UploadPlan,
@@ -59,15 +77,18 @@ from bgsyncd.imaging.proxies import Proxy, make_proxy, shrink_to_fit
 
 __all__ = [
     "EXTENSIONS",
+    "MAX_PIXELS",
     "MIME_TYPES",
     "SNIFF_BYTES",
     "CorruptImage",
     "ImageInfo",
+    "Picture",
     "Proxy",
     "Rendered",
     "Size",
     "UnusableResult",
     "UploadPlan",
+    "border_matte",
     "check_cutout",
     "check_matte",
     "compose",
@@ -83,8 +104,10 @@ __all__ = [
     "rgb_and_alpha",
     "rotated_by_server",
     "same_aspect",
+    "save",
     "scaled_size",
     "shrink_to_fit",
     "sniff",
     "to_eight_bit",
+    "with_alpha",
 ]

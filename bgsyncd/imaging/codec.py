@@ -1,11 +1,33 @@
 """Sniffing, guarded decoding, 8-bit conversion, encoding, and the full-size decode slot.
 
-Every decode goes through one guarded path (:func:`open_header` then
-:func:`load`): only the six input formats are tried (Pillow never hands our
-bytes to EPS, PDF or other exotic plugins), the first frame is loaded whole so
-a truncated file is caught here rather than halfway through an output, and
-decompression bombs (over ``Image.MAX_IMAGE_PIXELS``) are refused before any
-pixel is decoded. Anything Pillow cannot read becomes :class:`CorruptImage`.
+Each image fact has its one definition here, for the daemon and the emulator
+alike:
+
+- **What is an image**: :func:`sniff`. Every decode goes through one guarded
+  path (:func:`open_header` then :func:`load`) that hands the bytes only to
+  the Pillow plugin of the sniffed format (Pillow never tries EPS, PDF or
+  other exotic plugins, nor a BMP reader on a text that starts "BM"). The
+  first frame is loaded whole, so a truncated file is caught here rather than
+  halfway through an output. Anything Pillow cannot read is
+  :class:`CorruptImage`. A multi-picture JPEG (Pillow's "MPO", which cameras
+  write with an embedded preview) is a JPEG: its first picture.
+- **The decompression-bomb limit**: :data:`MAX_PIXELS`, checked on the header
+  before any pixel is decoded. It is Pillow's own default limit (its
+  ``MAX_IMAGE_PIXELS``: "around a quarter gigabyte for a 24-bit image"),
+  taken as a constant so neither the daemon nor the emulator depends on a
+  process-global that other code may change. The emulator's former, lower
+  limit (60 million) made it refuse images the daemon accepted and sent; the
+  daemon's outputs need a full decode anyway, so its limit is the one that
+  counts.
+- **16 bits to 8**: :func:`to_eight_bit` keeps the high byte (``v / 256``,
+  truncated), which is what Pillow itself does when it reads a 16-bit RGB PNG
+  as "RGB": a 16-bit grey and a 16-bit colour image of the same scene come out
+  alike. 32-bit integer and float images are scaled by ``255 / max`` only when
+  their values exceed 255, never stretched between their own minimum and
+  maximum (which would make an image's grey depend on its darkest pixel).
+- **Own alpha**: :func:`rgb_and_alpha` splits any mode into 8-bit RGB and its
+  alpha, counting a palette's or a colour key's transparency (``tRNS``);
+  :func:`with_alpha` puts them back together.
 """
 
 from __future__ import annotations
@@ -16,6 +38,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from PIL import Image
 
@@ -23,6 +46,12 @@ from bgsyncd.imaging.plan import Size
 
 SNIFF_BYTES = 32
 """How many leading bytes :func:`sniff` needs to decide."""
+
+MAX_PIXELS = 89_478_485
+"""The most pixels an image may claim to be decoded at all (Pillow's default limit)."""
+
+Picture: TypeAlias = Image.Image
+"""A decoded image. Outside :mod:`bgsyncd.imaging` it is only passed around, never worked on."""
 
 MIME_TYPES = {
     "jpeg": "image/jpeg",
@@ -36,6 +65,7 @@ MIME_TYPES = {
 
 _PILLOW_FORMATS = {
     "JPEG": "jpeg",
+    "MPO": "jpeg",  # a multi-picture JPEG: Pillow's JPEG plugin opens it as "MPO"
     "PNG": "png",
     "WEBP": "webp",
     "TIFF": "tiff",
@@ -120,26 +150,26 @@ def sniff(head: bytes) -> str | None:
 
 
 def open_header(data: bytes, what: str = "image") -> Image.Image:
-    """Read only the header of ``data`` as one of the six formats; refuse bombs.
+    """Read only the header of ``data`` as the format :func:`sniff` names; refuse bombs.
 
     ``what`` names the image in the :class:`CorruptImage` message.
     """
+    name = sniff(data[:SNIFF_BYTES])
+    if name is None:
+        raise CorruptImage(f"{what} is not a JPEG, PNG, WebP, TIFF, BMP or GIF image")
     with _DECODE_LOCK, warnings.catch_warnings():
+        # Pillow's own bomb warning included: MAX_PIXELS, checked below, is the limit.
         warnings.simplefilter("ignore")
-        # Above MAX_IMAGE_PIXELS Pillow only warns (it raises above twice that):
-        # make the warning an exception so such an image is never decoded.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=list(_PILLOW_FORMATS))
-            # Re-checked here in case another thread's catch_warnings() (outside
-            # this module) has replaced our filter meanwhile.
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and img.width * img.height > limit:
-                raise Image.DecompressionBombWarning("too many pixels")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # Only the sniffed format's plugin (Pillow's names are ours in capitals).
+            img = Image.open(io.BytesIO(data), formats=[name.upper()])
+        except Image.DecompressionBombError as exc:  # over twice Pillow's limit
             raise CorruptImage(f"{what} has too many pixels to decode safely") from exc
         except Exception as exc:
             raise CorruptImage(f"{what} could not be decoded: {_describe(exc)}") from exc
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise CorruptImage(f"{what} has too many pixels to decode safely")
     return img
 
 
@@ -174,8 +204,8 @@ def inspect(data: bytes) -> ImageInfo:
     truncated file is caught); other formats at full size, in the slot.
     """
     img = open_header(data)
-    fmt, (width, height) = _PILLOW_FORMATS[str(img.format)], img.size
-    if img.format == "JPEG":
+    fmt, (width, height) = format_name(img), img.size
+    if fmt == "jpeg":
         img.draft(None, (1, 1))
         load(img)
     else:
@@ -183,6 +213,11 @@ def inspect(data: bytes) -> ImageInfo:
             load(img)
     # After load: a PNG's eXIf chunk may follow its pixels (getexif would load).
     return ImageInfo(fmt, width, height, orientation(img))
+
+
+def format_name(img: Image.Image) -> str:
+    """Our name (as :func:`sniff` gives it) for the format of an image from :func:`open_header`."""
+    return _PILLOW_FORMATS[str(img.format)]
 
 
 def orientation(img: Image.Image) -> int:
@@ -231,6 +266,11 @@ def rgb_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
         return (img if img.mode == "RGB" else img.convert("RGB")), None
     except (ValueError, OSError) as exc:
         raise CorruptImage(f"image mode {img.mode} cannot be converted: {exc}") from exc
+
+
+def with_alpha(rgb: Image.Image, alpha: Image.Image) -> Image.Image:
+    """A new RGBA image of ``rgb``'s colours and ``alpha`` (undoes :func:`rgb_and_alpha`)."""
+    return Image.merge("RGBA", (*rgb.split(), alpha))
 
 
 def save(img: Image.Image, fmt: str, **params: object) -> bytes:

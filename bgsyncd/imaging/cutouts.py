@@ -148,7 +148,7 @@ def render(
             del own_alpha
         mask = None
         if output in ("mask", "both"):
-            mask = codec.save(alpha, "PNG", exif=meta.exif, dpi=meta.dpi)
+            mask = _encode_mask(alpha, meta)
         if output == "mask":
             return Rendered(None, mask, rotated)
         rgb.putalpha(alpha)  # in place: the RGB copy becomes the RGBA cut-out
@@ -180,10 +180,14 @@ def encode_mask(cutout_png: bytes) -> bytes:
     """Return an RGBA cut-out PNG's alpha channel as a grayscale ("L") PNG."""
     with codec.full_decode_slot():
         src = codec.decode(cutout_png, "cut-out")
-        meta = _Meta.of(src)
         # An image without alpha converts to fully opaque, i.e. an all-white mask.
         mask = codec.to_eight_bit(src).convert("RGBA").getchannel("A")
-        return codec.save(mask, "PNG", exif=meta.exif, dpi=meta.dpi)
+        return _encode_mask(mask, _Meta.of(src))
+
+
+def _encode_mask(alpha: Image.Image, meta: _Meta) -> bytes:
+    """The mask output: ``alpha`` as a grayscale PNG with the original's orientation and DPI."""
+    return codec.save(alpha, "PNG", exif=meta.exif, dpi=meta.dpi)
 
 
 def _encode(img: Image.Image, meta: _Meta, fmt: str, background: str) -> bytes:

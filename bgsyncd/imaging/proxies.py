@@ -43,7 +43,7 @@ def make_proxy(data: bytes, *, side: int | None, max_bytes: int) -> Proxy:
     img = codec.open_header(data)
     stored = img.size
     target = stored if side is None else plan.scaled_size(stored, side)
-    if img.format == "JPEG" and target != stored:
+    if codec.format_name(img) == "jpeg" and target != stored:
         drafted = img.draft(None, target)
         # The box is the stored image's extent in decoded pixels: libjpeg rounds
         # the decoded size up, and resizing from the box keeps the aspect exact.
@@ -71,7 +71,7 @@ def _encode(
     rgb, alpha = codec.rgb_and_alpha(img)
     if alpha is not None and alpha.getextrema()[0] == 255:
         alpha = None  # an alpha channel opaque everywhere is no transparency
-    frame = rgb if alpha is None else Image.merge("RGBA", (*rgb.split(), alpha))
+    frame = rgb if alpha is None else codec.with_alpha(rgb, alpha)
     del rgb, alpha
     scale = 1.0
     for _ in range(_MAX_SHRINK_STEPS):
