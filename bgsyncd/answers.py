@@ -13,17 +13,6 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-# The six formats the API accepts, by signature; used for the upload's part type and
-# to recognise an image in an answer.
-SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"BM", "image/bmp"),
-)
 MAX_TEXT = 200
 MIB = 1024 * 1024
 MATTE_LIMIT = 16 * MIB
@@ -31,13 +20,6 @@ MATTE_LIMIT = 16 * MIB
 # A cut-out of unknown size is capped as if it had Pillow's decompression-bomb limit of
 # pixels: a larger one could not be used anyway.
 UNKNOWN_PIXELS = 89_478_485
-
-
-def sniff(data: bytes) -> str | None:
-    """The MIME type of an image the API accepts, by its signature, else None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in SIGNATURES if data.startswith(magic)), None)
 
 
 def first(body: dict[str, Any], names: tuple[str, ...]) -> Any:

@@ -58,6 +58,7 @@ import httpx
 
 from bgsyncd import __version__, answers, errors
 from bgsyncd.deadline import DEADLINE_PASSED, DeadlineBackend, deadline_transport
+from bgsyncd.formats import media_type
 
 # Endpoint names double as the ``endpoint`` metric label.
 REMOVE_BACKGROUND = "image-without-background"
@@ -319,7 +320,7 @@ class Client:
         return errors.UnusableAnswer(self._scrub(f"{endpoint}: HTTP 200: {what}"), 200)
 
     def _image(self, endpoint: str, data: bytes) -> bytes:
-        mime = answers.sniff(data)
+        mime = media_type(data)
         if mime is None:
             head = answers.clip(data[: answers.MAX_TEXT].decode("utf-8", "replace"))
             raise self._malformed(endpoint, f"expected an image, got {len(data)} bytes: {head!r}")
@@ -369,7 +370,7 @@ def _check_base_url(base_url: str) -> httpx.URL:
 
 
 def _part(image: bytes, filename: str) -> dict[str, tuple[str, bytes, str]]:
-    return {"image": (filename, image, answers.sniff(image) or "application/octet-stream")}
+    return {"image": (filename, image, media_type(image) or "application/octet-stream")}
 
 
 def _b64(image: bytes) -> str:

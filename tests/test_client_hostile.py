@@ -254,6 +254,7 @@ def test_a_bad_max_response_bytes_is_one_clear_error(
     ("method", "answer"),
     [
         ("alpha_channel", Answer(200, b"<html>hello</html>")),
+        ("alpha_channel", Answer(200, b"BMW is a car, not a bitmap " * 4)),  # "BM" alone
         ("alpha_channel", Answer(200, PNG, close_after=len(PNG) // 2)),  # cut off
         ("alpha_channel", Answer(200, PNG[: len(PNG) // 2])),  # a truncated PNG, whole
         ("alpha_channel", Answer(200, PNG, content_length=len(PNG) // 2)),  # length lies short
@@ -275,6 +276,16 @@ def test_every_unusable_200_is_an_unusable_answer(
     assert caught.value.status == 200
     assert caught.value.outcome_unknown is False
     _no_key(caught.value)
+
+
+def test_uploads_are_labelled_by_the_one_sniffer_bigtiff_included(
+    server: HostileServer, make_client: Callable[..., Client]
+) -> None:
+    server.push(Answer(200, PNG))
+    bigtiff = b"II+\x00" + bytes(60)
+    make_client(server.url).alpha_channel(bigtiff)
+    [request] = server.requests
+    assert b"Content-Type: image/tiff" in request.body
 
 
 # -- item 10: a redirect is never followed ---------------------------------------------

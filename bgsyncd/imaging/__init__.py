@@ -36,10 +36,9 @@ JPEG is decoded at 1/2, 1/4 or 1/8 scale for its proxy (``Image.draft``), so a
 24-megapixel photo never needs a full decode to be sent.
 """
 
+from bgsyncd.formats import MIME_TYPES, SNIFF_BYTES, sniff
 from bgsyncd.imaging.codec import (
     MAX_PIXELS,
-    MIME_TYPES,
-    SNIFF_BYTES,
     CorruptImage,
     ImageInfo,
     Picture,
@@ -49,7 +48,6 @@ from bgsyncd.imaging.codec import (
     inspect,
     rgb_and_alpha,
     save,
-    sniff,
     to_eight_bit,
     with_alpha,
 )

@@ -42,26 +42,14 @@ from typing import TypeAlias
 
 from PIL import Image
 
+from bgsyncd.formats import SNIFF_BYTES, sniff
 from bgsyncd.imaging.plan import Size
-
-SNIFF_BYTES = 32
-"""How many leading bytes :func:`sniff` needs to decide."""
 
 MAX_PIXELS = 89_478_485
 """The most pixels an image may claim to be decoded at all (Pillow's default limit)."""
 
 Picture: TypeAlias = Image.Image
 """A decoded image. Outside :mod:`bgsyncd.imaging` it is only passed around, never worked on."""
-
-MIME_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "tiff": "image/tiff",
-    "bmp": "image/bmp",
-    "gif": "image/gif",
-}
-"""Our format name (what :func:`sniff` returns) -> media type, for uploads."""
 
 _PILLOW_FORMATS = {
     "JPEG": "jpeg",
@@ -72,7 +60,6 @@ _PILLOW_FORMATS = {
     "BMP": "bmp",
     "GIF": "gif",
 }
-_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _ORIENTATION = 0x0112
 
@@ -124,29 +111,6 @@ def full_decode_slot() -> Iterator[None]:
     """
     with _FULL_DECODE:
         yield
-
-
-def sniff(head: bytes) -> str | None:
-    """Name the image format from its first :data:`SNIFF_BYTES` bytes, or None."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    # Classic TIFF (42) and BigTIFF (43), both byte orders.
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    # "BM" alone matches plain text ("BMW..."): also require a known DIB header size.
-    if (
-        head[:2] == b"BM"
-        and len(head) >= 18
-        and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES
-    ):
-        return "bmp"
-    return None
 
 
 def open_header(data: bytes, what: str = "image") -> Image.Image:
