@@ -152,8 +152,14 @@ class RootGuard:
         polling emitter lists whatever the root names, a symlink's target too.
         """
         watched = self._watched.get(inbox.name)
-        seen = look(inbox.root, self._was_mount[inbox.name])
-        return watched is not None and isinstance(seen, Root) and _same(watched, seen)
+        if watched is None:
+            return False
+        try:
+            st = os.lstat(inbox.root)
+        except OSError:
+            return False
+        # A symlink or the bare mount point of an unmounted share has another identity.
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (watched.dev, watched.ino)
 
     def start(self) -> None:
         """Start the thread."""

@@ -20,6 +20,7 @@ from bgsyncd.config import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.queue import Found
+from bgsyncd.roots import Missing, Root, Verdict, judge, look
 from bgsyncd.scanner import IgnoreRules
 from bgsyncd.watcher import Watcher
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
@@ -527,12 +528,12 @@ def test_many_inboxes_share_one_observer_and_restart_in_process(tmp_path: Path) 
     old = Watcher(folders, first_sink, lambda *_: False, 0.3, 300.0, poll_interval=0.1)
     old.start()
     try:
-        # Tracker, scanner, one inotify observer and its reader, one emitter per inotify
-        # inbox (with its own buffer thread on some Python versions), one polling
-        # observer and its emitter. An observer per inbox would need three threads
-        # per inbox and more: 2 + 3 * 6 = 20.
+        # Tracker, scanner, root guard, one inotify observer and its reader, one
+        # emitter per inotify inbox (with its own buffer thread on some Python
+        # versions), one polling observer and its emitter. An observer per inbox
+        # would need three threads per inbox and more: 3 + 3 * 6 = 21.
         grown = threading.active_count() - before
-        assert 2 + 2 + 5 + 2 <= grown <= 2 + 2 + 2 * 5 + 2
+        assert 3 + 2 + 5 + 2 <= grown <= 3 + 2 + 2 * 5 + 2
         for i in range(6):
             write(tmp_path / f"in{i}" / f"a{i}.jpg")
         wait_until(lambda: len(first_sink.found()) == 6, 5.0)
@@ -808,3 +809,38 @@ def test_daemon_processes_a_file_dropped_into_a_remade_inbox_long_before_the_res
     wait_until((outbox / "after.png").exists, 20.0, what="after.png in the outbox")
     assert daemon.proc.poll() is None
     assert daemon.stop() == 0
+
+
+# -- the decision, alone ------------------------------------------------------------------
+
+A = Root(dev=1, ino=10, mount_point=False)
+
+
+@pytest.mark.parametrize(
+    ("watched", "seen", "alive", "verdict"),
+    [
+        (A, A, True, Verdict.KEEP),  # there and watched
+        (A, Missing("missing"), True, Verdict.LOST),  # deleted, unmounted, a symlink
+        (None, Missing("missing"), False, Verdict.KEEP),  # still gone
+        (None, A, False, Verdict.WATCH),  # back
+        (A, Root(dev=1, ino=11, mount_point=False), True, Verdict.WATCH),  # replaced
+        (A, Root(dev=2, ino=10, mount_point=True), True, Verdict.WATCH),  # mounted over
+        (A, A, False, Verdict.WATCH),  # same folder, but its watch ended
+    ],
+)
+def test_judge(watched: Root | None, seen: Root | Missing, alive: bool, verdict: Verdict) -> None:
+    assert judge(watched, seen, alive) is verdict
+
+
+def test_look_refuses_what_is_not_a_real_folder(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "dir")
+    st = os.lstat(tmp_path / "dir")
+    assert look(str(tmp_path / "dir")) == Root(st.st_dev, st.st_ino, mount_point=False)
+    assert look(str(tmp_path / "nope")) == Missing("missing")
+    assert look(str(tmp_path / "file")) == Missing("not a folder")
+    assert look(str(tmp_path / "link")) == Missing("replaced by a symlink")
+    # A folder that was a mount point and is one no longer: the share is unmounted.
+    assert look(str(tmp_path / "dir"), was_mount_point=True) == Missing("unmounted")
+    assert isinstance(look("/proc", was_mount_point=True), Root)
