@@ -131,6 +131,7 @@ class RootGuard:
         self._interval = interval
         self._watched: dict[str, Root | None] = {i.name: None for i in self._inboxes}
         self._was_mount: dict[str, bool] = {i.name: False for i in self._inboxes}
+        self._failed: dict[str, str] = {}  # inbox -> the last watch failure logged
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bgsyncd-roots", daemon=True)
@@ -226,14 +227,20 @@ class RootGuard:
         try:
             self._watch(inbox)
         except OSError as exc:
-            log.warning("folder.watch_failed", folder=inbox.name, inbox=inbox.root, error=str(exc))
-            return  # still down: tried again at the next look
+            # Tried again at every look: logged once per distinct failure, not every 2 s.
+            if self._failed.get(inbox.name) != str(exc):
+                self._failed[inbox.name] = str(exc)
+                log.warning(
+                    "folder.watch_failed", folder=inbox.name, inbox=inbox.root, error=str(exc)
+                )
+            return  # still down
         # The watch was set on whatever the path named then: make sure it is
         # the folder just looked at, or look again next time.
         after = look(inbox.root, self._was_mount[inbox.name])
         if not isinstance(after, Root) or not _same(after, seen):
             self._unwatch(inbox)
             return
+        self._failed.pop(inbox.name, None)
         self.watching(inbox, seen)
         log.info("folder.restored", folder=inbox.name, inbox=inbox.root)
         self._scan(inbox)
