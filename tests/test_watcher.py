@@ -781,13 +781,14 @@ def _folder_up(port: int, folder: str) -> float | None:
     return None
 
 
+@pytest.mark.parametrize("polling", [False, True])
 def test_daemon_processes_a_file_dropped_into_a_remade_inbox_long_before_the_rescan(
-    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], polling: bool
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    folder = make_folder(tmp_path, "products")
+    folder = make_folder(tmp_path, "products", polling=polling)
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
     config = write_config(
         tmp_path / "bgsyncd.toml",
