@@ -192,12 +192,11 @@ class Watcher:
         """
         self._tracker.start()
         try:
-            for polling, make in ((False, self._inotify_observer), (True, self._polling_observer)):
-                if any(i.polling is polling for i in self._inboxes):
-                    observer = make()
-                    self._observers.append(observer)  # stopped by stop() whatever happens next
-                    self._observer_for[polling] = observer
-                    observer.start()
+            for polling in sorted({i.polling for i in self._inboxes}):
+                observer = self._observer(polling)
+                self._observers.append(observer)  # stopped by stop() whatever happens next
+                self._observer_for[polling] = observer
+                observer.start()
             for inbox in self._inboxes:
                 self._first_watch(inbox)
         except OSError:
@@ -248,10 +247,9 @@ class Watcher:
             if observer.is_alive():
                 observer.join()
 
-    def _inotify_observer(self) -> BaseObserver:
-        return Observer()
-
-    def _polling_observer(self) -> BaseObserver:
+    def _observer(self, polling: bool) -> BaseObserver:
+        if not polling:
+            return Observer()
         # lstat, not watchdog's default stat: a symlink is never followed.
         # watchdog 6 (what Python 3.10 gets) annotates the interval as int; it is
         # only used as a timeout, and fractions work in both 6 and 7.

@@ -458,11 +458,13 @@ def test_startup_scan_emits_every_file_of_a_large_tree(env: Env) -> None:
 
 def test_burst_beyond_the_cap_is_found_by_rescan_and_never_overfills(env: Env) -> None:
     gate = threading.Event()
+    stuck = threading.Event()
     recorder = Sink()
     queued: set[tuple[str, int, int, int]] = set()
     lock = threading.Lock()
 
     def slow_sink(found: Found) -> None:
+        stuck.set()
         gate.wait(10)  # the tracker cannot drain: the burst has to overfill it
         with lock:
             queued.add((found.relpath, found.size, found.mtime_ns, found.inode))
@@ -478,7 +480,11 @@ def test_burst_beyond_the_cap_is_found_by_rescan_and_never_overfills(env: Env) -
     env.watchers.append(watcher)
     watcher.start()
     names = [f"burst{i:02}.jpg" for i in range(50)]
-    for name in names:
+    # The first file takes the tracker's thread into the gated sink; the burst
+    # comes after, so it can only fill the tracker, never drain it.
+    write(env.inbox / names[0])
+    assert stuck.wait(5.0)
+    for name in names[1:]:
         write(env.inbox / name)
     # Five followed, the rest dropped (the +1: a rescan is owed).
     wait_until(lambda: watcher.pending() == 6, 5.0, what="a full tracker with drops")
