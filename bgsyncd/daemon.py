@@ -138,6 +138,7 @@ class Daemon:
             self.queue.is_unchanged,
             settings.queue.settle_seconds,
             settings.queue.rescan_interval_seconds,
+            on_folder=self.metrics.folder_up,
         )
 
     # -- running ---------------------------------------------------------------------

@@ -101,6 +101,9 @@ class Recorder:
     def add_folder(self, folder: str) -> None:
         """A folder was added (on reload): create its series."""
 
+    def folder_up(self, folder: str, up: bool) -> None:
+        """The inbox of ``folder`` is there and watched (True), or lost (False)."""
+
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -228,6 +231,12 @@ class Metrics(Recorder):
             "Requests sent again whose earlier outcome was unknown.",
             registry=r,
         )
+        self._folder_up = Gauge(
+            "bgsyncd_folder_up",
+            "1 while the folder's inbox is there and watched; 0 while it is lost.",
+            ["folder"],
+            registry=r,
+        )
 
     # --- Recorder -------------------------------------------------------------
 
@@ -239,6 +248,13 @@ class Metrics(Recorder):
             self._finished.labels(folder=folder, outcome=outcome)
         self._job_duration.labels(folder=folder)
         self._last_success.labels(folder=folder)
+        # 0 until the watcher reports it watched; a reload's call keeps the value.
+        self._folder_up.labels(folder=folder)
+
+    @_guarded
+    def folder_up(self, folder: str, up: bool) -> None:
+        """Set 1 while ``folder``'s inbox is there and watched, 0 while it is lost."""
+        self._folder_up.labels(folder=folder).set(1 if up else 0)
 
     @_guarded
     def file_discovered(self, folder: str) -> None:

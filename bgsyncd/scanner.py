@@ -2,7 +2,9 @@
 
 ``Scanner`` walks every inbox in the caller's thread at start-up, then in its
 own thread every ``rescan_interval`` seconds and whenever asked (SIGHUP, an
-inotify overflow): the reconciliation that catches what events missed.
+inotify overflow: every inbox; an inbox that came back: that one): the
+reconciliation that catches what events missed. An inbox that is down (see
+``roots.py``) is skipped, and a root is never followed if it is a symlink.
 
 Ignored, never queued: any path component starting with "." (dotfiles, dot
 folders, rsync's ``.name.XXXXXX`` temp files), the usual temp names
@@ -131,7 +133,8 @@ def walk(root: str, recursive: bool, rules: IgnoreRules) -> Iterator[tuple[str, 
     while pending:
         rel = pending.pop()
         try:
-            fd = os.open(f"{root}/{rel}" if rel else root, _DIR_FLAGS if rel else os.O_RDONLY)
+            # The root too: a root swapped for a symlink is a lost folder, not a way out.
+            fd = os.open(f"{root}/{rel}" if rel else root, _DIR_FLAGS)
         except OSError:
             continue
         try:
@@ -166,26 +169,37 @@ def _walk_one(
 
 
 class Scanner:
-    """Walks every inbox and passes each file found to ``found``."""
+    """Walks the inboxes and passes each file found to ``found``.
+
+    ``is_up(inbox)`` says whether an inbox is there and watched; one that is
+    not is skipped (it is scanned when it comes back).
+    """
 
     def __init__(
         self,
         inboxes: Iterable[Inbox],
         found: Callable[[Inbox, str, os.stat_result], None],
         interval: float,
+        is_up: Callable[[Inbox], bool] = lambda inbox: True,
     ) -> None:
         self._inboxes = tuple(inboxes)
         self._found = found
         self._interval = interval
+        self._is_up = is_up
+        self._lock = threading.Lock()
+        self._wanted: set[str] = set()  # inboxes asked for by name since the last scan
+        self._all = False  # a scan of every inbox was asked for
         self._requested = threading.Event()
         self._stopping = threading.Event()
         self._scanning = False
         self._thread = threading.Thread(target=self._run, name="bgsyncd-scan", daemon=True)
 
-    def scan(self) -> int:
-        """Walk every inbox now, in this thread; return the files seen."""
+    def scan(self, inboxes: Iterable[Inbox] | None = None) -> int:
+        """Walk ``inboxes`` (default: all) that are up, in this thread; return the files seen."""
         seen = 0
-        for inbox in self._inboxes:
+        for inbox in self._inboxes if inboxes is None else inboxes:
+            if not self._is_up(inbox):
+                continue
             for rel, st in walk(inbox.root, inbox.recursive, inbox.rules):
                 if self._stopping.is_set():
                     return seen
@@ -197,8 +211,13 @@ class Scanner:
         """Start the periodic scans."""
         self._thread.start()
 
-    def request(self) -> None:
-        """Ask for a scan soon; returns at once."""
+    def request(self, inbox: Inbox | None = None) -> None:
+        """Ask for a scan of ``inbox`` (default: every inbox) soon; returns at once."""
+        with self._lock:
+            if inbox is None:
+                self._all = True
+            else:
+                self._wanted.add(inbox.name)
         self._requested.set()
 
     def busy(self) -> bool:
@@ -219,13 +238,18 @@ class Scanner:
     def _run(self) -> None:
         # A timed wait, not a poll: an idle daemon sleeps here for the interval.
         while not self._stopping.is_set():
-            self._requested.wait(self._interval)
+            asked = self._requested.wait(self._interval)
             if self._stopping.is_set():
                 return
             self._scanning = True
+            # Cleared before the wishes are taken: a request made meanwhile
+            # sets it again and is served by the next round, never lost.
             self._requested.clear()
+            with self._lock:
+                every = self._all or not asked  # the interval ran out: the periodic scan
+                wanted, self._wanted, self._all = self._wanted, set(), False
             try:
-                self.scan()
+                self.scan(None if every else [i for i in self._inboxes if i.name in wanted])
             except Exception:
                 log.exception("watcher.scan_failed")
             finally:

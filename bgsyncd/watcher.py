@@ -26,10 +26,19 @@ devices are never emitted, nothing in an inbox is opened, no link is followed.
 At most ``max_in_progress`` files are followed at once: in a burst beyond
 that, events for new paths are dropped and a rescan finds those files once
 the tracker has drained, so memory does not grow with the burst.
+
+Roots are resolved (``realpath``) when the watcher is made. An inbox that
+disappears or is replaced (deleted and made again, unmounted and mounted
+again, swapped for a symlink) is noticed by ``roots.RootGuard`` within
+``check_interval`` seconds: ``folder.lost``, its dead watch dropped, and
+while it is down its events and scans are ignored; once a folder is there
+again it is watched anew, ``folder.restored``, and scanned at once.
+``on_folder(name, up)`` is told each change (``bgsyncd_folder_up``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -39,6 +48,7 @@ from typing import cast
 
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -50,13 +60,14 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from bgsyncd.config import FolderSettings
 from bgsyncd.logs import get_logger
 from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.queue import Found
+from bgsyncd.roots import CHECK_SECONDS, Missing, RootGuard, look
 from bgsyncd.scanner import IgnoreRules, Inbox, Scanner
 from bgsyncd.tracker import MAX_ENTRIES, RECENT_SECONDS, Tracker
 
@@ -83,6 +94,7 @@ _EVENT_TYPES: list[type[FileSystemEvent]] = [
     FileDeletedEvent,
     DirCreatedEvent,
     DirMovedEvent,
+    DirDeletedEvent,  # the root itself: watchdog's last word before its watch ends
 ]
 # What each plain file event tells the tracker (inotify; polled folders only "settle").
 _KINDS: dict[type[FileSystemEvent], str] = {
@@ -104,7 +116,10 @@ class Watcher:
     clock that file mtimes are compared with, ``grace_seconds`` how long a new
     file may go without an open or write before it counts as moved in whole,
     ``max_in_progress`` how many files may be followed at once (memory bound;
-    more are left to a rescan).
+    more are left to a rescan), ``check_interval`` how often every root is
+    looked at (a lost or replaced inbox), ``on_folder(name, up)`` what is told
+    when an inbox goes down or comes back (from the watcher's threads; at
+    ``start`` each inbox is reported up).
     """
 
     def __init__(
@@ -120,11 +135,14 @@ class Watcher:
         wall_clock: Callable[[], float] = time.time,
         grace_seconds: float = GRACE_SECONDS,
         max_in_progress: int = MAX_ENTRIES,
+        check_interval: float = CHECK_SECONDS,
+        on_folder: Callable[[str, bool], None] = lambda name, up: None,
     ) -> None:
         self._inboxes = [
             Inbox(
                 f.name or os.path.basename(os.path.abspath(f.inbox)),
-                os.path.abspath(f.inbox),
+                # Resolved once: a root later replaced by a symlink is a lost folder.
+                os.path.realpath(f.inbox),
                 f.recursive,
                 f.polling,
                 IgnoreRules(f.ignore),
@@ -148,11 +166,22 @@ class Watcher:
             max_entries=max_in_progress,
             on_dropped=self.rescan,
         )
-        self._scanner = Scanner(self._inboxes, self._scanned, rescan_interval)
+        self._guard = RootGuard(
+            self._inboxes,
+            watch=self._watch,
+            unwatch=self._unwatch,
+            watch_alive=self._watch_alive,
+            scan=self._scan_inbox,
+            report=on_folder,
+            interval=check_interval,
+        )
+        self._scanner = Scanner(self._inboxes, self._scanned, rescan_interval, self._guard.up)
         self._fresh: dict[str, float] = {}  # new folder -> until when its files count as scanned
         self._fresh_lock = threading.Lock()
         self._stopping = threading.Event()
         self._observers: list[BaseObserver] = []
+        self._observer_for: dict[bool, BaseObserver] = {}  # polling? -> its observer
+        self._watches: dict[str, ObservedWatch] = {}  # inbox name -> its watch, while set up
         self._overflow = _OverflowHook(self._events_lost)
 
     def start(self) -> int:
@@ -163,14 +192,20 @@ class Watcher:
         """
         self._tracker.start()
         try:
-            self._observe([i for i in self._inboxes if not i.polling], self._inotify_observer)
-            self._observe([i for i in self._inboxes if i.polling], self._polling_observer)
+            for polling in sorted({i.polling for i in self._inboxes}):
+                observer = self._observer(polling)
+                self._observers.append(observer)  # stopped by stop() whatever happens next
+                self._observer_for[polling] = observer
+                observer.start()
+            for inbox in self._inboxes:
+                self._first_watch(inbox)
         except OSError:
             self.stop()
             raise
         logging.getLogger(_OVERFLOW_LOGGER).addHandler(self._overflow)
         seen = self._scanner.scan()
         self._scanner.start()
+        self._guard.start()
         return seen
 
     def _events_lost(self) -> None:
@@ -182,10 +217,14 @@ class Watcher:
         self._scanner.request()
 
     def alive(self) -> bool:
-        """True while every observer and its emitters, the tracker and the scanner run."""
-        if not (self._scanner.alive() and self._tracker.alive()):
+        """True while every observer, the tracker, the scanner and the root guard run.
+
+        A watch whose folder went away ends with it; the guard sees to the
+        watches (a lost folder is ``bgsyncd_folder_up`` 0, not a dead daemon).
+        """
+        if not (self._scanner.alive() and self._tracker.alive() and self._guard.alive()):
             return False
-        return all(o.is_alive() and all(e.is_alive() for e in o.emitters) for o in self._observers)
+        return all(o.is_alive() for o in self._observers)
 
     def pending(self) -> int:
         """Files seen but not yet complete, plus one while a scan is due or running."""
@@ -199,6 +238,7 @@ class Watcher:
         """Stop observers and threads and wait for them."""
         self._stopping.set()
         logging.getLogger(_OVERFLOW_LOGGER).removeHandler(self._overflow)
+        self._guard.stop()  # first: it must not set up watches on stopping observers
         self._tracker.stop()  # first: it wakes a scan waiting for the tracker to drain
         self._scanner.stop()
         for observer in self._observers:
@@ -207,37 +247,58 @@ class Watcher:
             if observer.is_alive():
                 observer.join()
 
-    def _inotify_observer(self) -> BaseObserver:
-        return Observer()
-
-    def _polling_observer(self) -> BaseObserver:
+    def _observer(self, polling: bool) -> BaseObserver:
+        if not polling:
+            return Observer()
         # lstat, not watchdog's default stat: a symlink is never followed.
         # watchdog 6 (what Python 3.10 gets) annotates the interval as int; it is
         # only used as a timeout, and fractions work in both 6 and 7.
         interval = cast(int, self._poll_interval)
         return PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
 
-    def _observe(self, inboxes: list[Inbox], make: Callable[[], BaseObserver]) -> None:
-        """Schedule ``inboxes`` on one new observer; raise naming the inbox that fails."""
-        if not inboxes:
+    def _first_watch(self, inbox: Inbox) -> None:
+        """Watch ``inbox`` at start; raise naming the inbox when it cannot be watched."""
+        seen = look(inbox.root)
+        if isinstance(seen, Missing):
+            raise OSError(errno.ENOENT, f"cannot watch {inbox.root}: {seen.reason}")
+        try:
+            self._watch(inbox)
+        except OSError as exc:
+            hint = "; if inotify ran out of watches, raise fs.inotify.max_user_watches"
+            msg = f"cannot watch {inbox.root}: {exc.strerror}{hint}"
+            raise OSError(exc.errno, msg) from exc
+        self._guard.watching(inbox, seen)
+
+    def _watch(self, inbox: Inbox) -> None:
+        """Set up the watch of ``inbox`` on its running observer (raises ``OSError``)."""
+        # On a running observer the watch starts at once, so a failure is raised here.
+        self._watches[inbox.name] = self._observer_for[inbox.polling].schedule(
+            _Handler(self, inbox),
+            inbox.root,
+            recursive=inbox.recursive,
+            event_filter=_EVENT_TYPES,
+        )
+
+    def _unwatch(self, inbox: Inbox) -> None:
+        """Drop the watch of ``inbox``, dead or alive; nothing if it has none."""
+        watch = self._watches.pop(inbox.name, None)
+        if watch is None:
             return
-        observer = make()
-        self._observers.append(observer)  # stopped by stop() whatever happens next
-        observer.start()
-        for inbox in inboxes:
-            # Scheduled on a running observer, the watch starts at once, so a
-            # failure is raised here, for this inbox.
-            try:
-                observer.schedule(
-                    _Handler(self, inbox),
-                    inbox.root,
-                    recursive=inbox.recursive,
-                    event_filter=_EVENT_TYPES,
-                )
-            except OSError as exc:
-                hint = "; if inotify ran out of watches, raise fs.inotify.max_user_watches"
-                msg = f"cannot watch {inbox.root}: {exc.strerror}{hint}"
-                raise OSError(exc.errno, msg) from exc
+        try:
+            self._observer_for[inbox.polling].unschedule(watch)
+        except (KeyError, OSError) as exc:  # the kernel may have dropped it already
+            log.debug("folder.unwatch_failed", folder=inbox.name, error=repr(exc))
+
+    def _watch_alive(self, inbox: Inbox) -> bool:
+        """True while the watch of ``inbox`` is set up and its emitter thread runs."""
+        watch = self._watches.get(inbox.name)
+        if watch is None:
+            return False
+        emitters = list(self._observer_for[inbox.polling].emitters)
+        return any(e.watch is watch and e.is_alive() for e in emitters)
+
+    def _scan_inbox(self, inbox: Inbox) -> None:
+        self._scanner.request(inbox)
 
     def _scanned(self, inbox: Inbox, rel: str, st: os.stat_result) -> None:
         """Route one file found by a scan: skip, emit now, or let it settle."""
@@ -262,8 +323,8 @@ class Watcher:
         Cheap first: most events are for files followed already, so the
         path's rules are checked by the tracker only for a new path.
         """
-        if self._stopping.is_set():
-            return
+        if self._stopping.is_set() or not self._guard.up(inbox):
+            return  # a lost inbox: whatever its dying watch still says is not ours
         src = _text(event.src_path)
         kind = _KINDS.get(type(event))
         if kind is not None:
@@ -281,6 +342,8 @@ class Watcher:
                 self._tracker.note("settle" if inbox.polling else "ready", inbox, dest)
         elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
             self._fresh_dir(_text(event.dest_path) or src)
+        elif isinstance(event, DirDeletedEvent) and src == inbox.root:
+            self._guard.check_soon()  # the watch ends with its folder: look now
 
     def _fresh_dir(self, path: str) -> None:
         now = self._clock()
@@ -297,6 +360,8 @@ class Watcher:
     def _emit(self, inbox: Inbox, rel: str, st: os.stat_result) -> None:
         if self._is_unchanged(inbox.name, rel, st.st_size, st.st_mtime_ns, st.st_ino):
             return
+        if not self._guard.still_watched(inbox):
+            return  # the root was swapped meanwhile: found again when it is back
         if self._tracker.first_emission(f"{inbox.root}/{rel}", st):
             self._sink(_found(inbox, rel, st))
 

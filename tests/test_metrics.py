@@ -44,6 +44,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "bgsyncd_job_duration_seconds": ("histogram", frozenset({"folder"})),
     "bgsyncd_last_success_timestamp_seconds": ("gauge", frozenset({"folder"})),
     "bgsyncd_resends_total": ("counter", frozenset()),
+    "bgsyncd_folder_up": ("gauge", frozenset({"folder"})),
 }
 FOLDERS = ("products", "catalogue")
 
@@ -121,6 +122,8 @@ def test_series_exist_from_the_start(metrics: Metrics) -> None:
             )
         assert value(metrics, "bgsyncd_job_duration_seconds_count", folder=folder) == 0
         assert value(metrics, "bgsyncd_last_success_timestamp_seconds", folder=folder) == 0
+        # Not watched yet: the watcher says when it is.
+        assert value(metrics, "bgsyncd_folder_up", folder=folder) == 0
     for state in STATES:
         assert value(metrics, "bgsyncd_jobs", state=state) == 0
     for reason in PAUSE_REASONS:
@@ -212,6 +215,22 @@ def test_folder_added_on_reload_gets_its_series(metrics: Metrics) -> None:
     assert value(metrics, "bgsyncd_files_discovered_total", folder="new") == 0
     assert value(metrics, "bgsyncd_jobs_finished_total", folder="new", outcome="cached") == 0
     assert value(metrics, "bgsyncd_last_success_timestamp_seconds", folder="new") == 0
+
+
+def test_folder_up_follows_the_watcher_and_survives_a_reload(metrics: Metrics) -> None:
+    metrics.folder_up("products", True)
+    metrics.folder_up("catalogue", True)
+    metrics.folder_up("catalogue", False)  # its inbox was lost
+    assert value(metrics, "bgsyncd_folder_up", folder="products") == 1
+    assert value(metrics, "bgsyncd_folder_up", folder="catalogue") == 0
+    # A reload creates the series of every folder again: values already set stay.
+    for folder in (*FOLDERS, "new"):
+        metrics.add_folder(folder)
+    assert value(metrics, "bgsyncd_folder_up", folder="products") == 1
+    assert value(metrics, "bgsyncd_folder_up", folder="catalogue") == 0
+    assert value(metrics, "bgsyncd_folder_up", folder="new") == 0
+    metrics.folder_up("catalogue", True)  # restored
+    assert value(metrics, "bgsyncd_folder_up", folder="catalogue") == 1
 
 
 def test_healthz_follows_the_heartbeat(metrics: Metrics, clock: FakeClock) -> None:

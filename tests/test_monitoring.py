@@ -184,6 +184,33 @@ ALERT_TESTS: list[dict[str, Any]] = [
 ]
 
 
+ALERT_TESTS.append(
+    {  # an inbox lost for good fires after 2 minutes; a remount within a minute does not
+        "interval": "1m",
+        "input_series": [
+            series("bgsyncd_folder_up", "1 1 0 0 0 0 0 0 0 0", folder="products"),
+            series("bgsyncd_folder_up", "1x9", folder="catalogue"),
+            series(
+                "bgsyncd_folder_up", "1 1 0 1 1 1 1 1 1 1", folder="products", instance="b:9808"
+            ),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdFolderDown", "3m"),  # down for one minute: pending, not firing
+            fires(
+                "BgsyncdFolderDown",
+                "5m",
+                {**INSTANCE, "folder": "products", "severity": "critical"},
+            ),
+            fires(
+                "BgsyncdFolderDown",
+                "9m",
+                {**INSTANCE, "folder": "products", "severity": "critical"},
+            ),
+        ],
+    }
+)
+
+
 def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
     rules = tmp_path / "alerts.yml"
     rules.write_text(without_annotations(RULES.read_text(encoding="utf-8")), encoding="utf-8")
@@ -215,6 +242,7 @@ def exposition() -> str:
         m.credits_floor(10)
         m.paused("credit_floor")
         m.jobs({"pending": 4, "in_flight": 2}, 30.0)
+        m.folder_up("products", True)
         m.heartbeat()
         with urllib.request.urlopen(f"http://127.0.0.1:{m.port}/metrics", timeout=5) as r:
             return str(r.read().decode())
@@ -281,6 +309,7 @@ def test_dashboard_has_the_panels_and_variables() -> None:
         "Dispatch pauses by reason",
         "Oldest pending age",
         "Quarantined per hour, by folder",
+        "Inboxes up, by folder",
     ):
         assert wanted in titles
     for p in panels(d):

@@ -334,6 +334,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "bgsyncd_job_duration_seconds": ("histogram", {"folder"}),
     "bgsyncd_last_success_timestamp_seconds": ("gauge", {"folder"}),
     "bgsyncd_resends": ("counter", set()),
+    "bgsyncd_folder_up": ("gauge", {"folder"}),
 }
 
 
@@ -386,6 +387,7 @@ def test_live_exposition_carries_every_contract_metric(tmp_path, emulator, daemo
     assert set(families) == set(CONTRACT), "no series beyond the contract"
 
     assert value(text, "bgsyncd_files_discovered_total", folder="shop") == 2
+    assert value(text, "bgsyncd_folder_up", folder="shop") == 1
     assert value(text, "bgsyncd_jobs_finished_total", folder="shop", outcome="success") == 2
     assert value(text, "bgsyncd_jobs_finished_total", folder="shop", outcome="quarantined") == 0
     assert (

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from bgsyncd.config import FolderSettings
+from bgsyncd.emulator import Emulator
 from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.queue import Found
+from bgsyncd.roots import Missing, Root, Verdict, judge, look
 from bgsyncd.scanner import IgnoreRules
 from bgsyncd.watcher import Watcher
-from tests.helpers import wait_until
+from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
+from tests.helpers import product_image, wait_until
 
 SENTINEL = "zz-sentinel.jpg"
 OLD = time.time() - 3600
@@ -429,14 +434,11 @@ def test_alive_until_stopped(env: Env) -> None:
     assert not watcher.alive()
 
 
-def test_idle_watcher_uses_almost_no_cpu(env: Env) -> None:
-    env.start()
-    before = time.process_time()
-    time.sleep(1.0)  # the point: measure what an idle watcher costs over a second
-    assert time.process_time() - before < 0.05
+# How fast the start-up scan is and what an idle watcher costs are measured by
+# `python -m bench.watcher` (timings do not belong in a suite on a shared machine).
 
 
-def test_startup_scan_is_fast(env: Env) -> None:
+def test_startup_scan_emits_every_file_of_a_large_tree(env: Env) -> None:
     count = 0
     for d in range(50):
         folder = env.inbox / f"d{d:02}"
@@ -444,12 +446,10 @@ def test_startup_scan_is_fast(env: Env) -> None:
         for i in range(200):
             write(folder / f"{i}.jpg", b"x", mtime=OLD)
             count += 1
-    started = time.monotonic()
     watcher, sink = env.start(settle=2.0)
-    elapsed = time.monotonic() - started
     assert env.seen == count
     assert len(sink.found()) == count
-    assert count / elapsed >= 2000, f"{count / elapsed:.0f} files/s"
+    assert len(set(sink.names())) == count
     assert watcher.pending() == 0
 
 
@@ -458,11 +458,13 @@ def test_startup_scan_is_fast(env: Env) -> None:
 
 def test_burst_beyond_the_cap_is_found_by_rescan_and_never_overfills(env: Env) -> None:
     gate = threading.Event()
+    stuck = threading.Event()
     recorder = Sink()
     queued: set[tuple[str, int, int, int]] = set()
     lock = threading.Lock()
 
     def slow_sink(found: Found) -> None:
+        stuck.set()
         gate.wait(10)  # the tracker cannot drain: the burst has to overfill it
         with lock:
             queued.add((found.relpath, found.size, found.mtime_ns, found.inode))
@@ -478,7 +480,11 @@ def test_burst_beyond_the_cap_is_found_by_rescan_and_never_overfills(env: Env) -
     env.watchers.append(watcher)
     watcher.start()
     names = [f"burst{i:02}.jpg" for i in range(50)]
-    for name in names:
+    # The first file takes the tracker's thread into the gated sink; the burst
+    # comes after, so it can only fill the tracker, never drain it.
+    write(env.inbox / names[0])
+    assert stuck.wait(5.0)
+    for name in names[1:]:
         write(env.inbox / name)
     # Five followed, the rest dropped (the +1: a rescan is owed).
     wait_until(lambda: watcher.pending() == 6, 5.0, what="a full tracker with drops")
@@ -528,12 +534,12 @@ def test_many_inboxes_share_one_observer_and_restart_in_process(tmp_path: Path) 
     old = Watcher(folders, first_sink, lambda *_: False, 0.3, 300.0, poll_interval=0.1)
     old.start()
     try:
-        # Tracker, scanner, one inotify observer and its reader, one emitter per inotify
-        # inbox (with its own buffer thread on some Python versions), one polling
-        # observer and its emitter. An observer per inbox would need three threads
-        # per inbox and more: 2 + 3 * 6 = 20.
+        # Tracker, scanner, root guard, one inotify observer and its reader, one
+        # emitter per inotify inbox (with its own buffer thread on some Python
+        # versions), one polling observer and its emitter. An observer per inbox
+        # would need three threads per inbox and more: 3 + 3 * 6 = 21.
         grown = threading.active_count() - before
-        assert 2 + 2 + 5 + 2 <= grown <= 2 + 2 + 2 * 5 + 2
+        assert 3 + 2 + 5 + 2 <= grown <= 3 + 2 + 2 * 5 + 2
         for i in range(6):
             write(tmp_path / f"in{i}" / f"a{i}.jpg")
         wait_until(lambda: len(first_sink.found()) == 6, 5.0)
@@ -612,3 +618,236 @@ def test_open_for_writing_sees_writers_not_readers(tmp_path: Path) -> None:
 )
 def test_ignore_rules(rel: str, ignored: bool) -> None:
     assert IgnoreRules(["*.raw", "scratch"]).ignored(rel) is ignored
+
+
+# -- inboxes that disappear or are replaced (SPEC section 4) ------------------------------
+
+LOST_WITHIN = 10.0  # SPEC: a lost or restored inbox is noticed within 10 seconds
+
+
+class Folders:
+    """What the watcher reported through ``on_folder``: (name, up) in order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.changes: list[tuple[str, bool]] = []
+
+    def __call__(self, name: str, up: bool) -> None:
+        with self.lock:
+            self.changes.append((name, up))
+
+    def up(self) -> bool | None:
+        with self.lock:
+            return self.changes[-1][1] if self.changes else None
+
+    def count(self, up: bool) -> int:
+        with self.lock:
+            return sum(1 for _, u in self.changes if u is up)
+
+
+def start_reporting(
+    env: Env, folders: Folders, settle: float = 5.0, **folder: object
+) -> tuple[Watcher, Sink]:
+    """Start a watcher with the product's check interval that reports folders to ``folders``."""
+    sink = Sink()
+    watcher = Watcher(
+        [env.folder(**folder)],
+        sink,
+        lambda *_: False,
+        settle,
+        300.0,  # the default rescan: anything found sooner was found by the lost-folder cure
+        poll_interval=0.1,
+        on_folder=folders,
+    )
+    env.watchers.append(watcher)
+    watcher.start()
+    assert folders.changes == [("products", True)]
+    return watcher, sink
+
+
+def wait_down(folders: Folders, times: int = 1) -> None:
+    wait_until(lambda: folders.count(False) == times and folders.up() is False, LOST_WITHIN)
+
+
+def wait_up(folders: Folders, times: int = 2) -> None:
+    wait_until(lambda: folders.count(True) == times and folders.up() is True, LOST_WITHIN)
+
+
+@pytest.mark.parametrize("polling", [False, True])
+def test_an_inbox_deleted_and_made_again_is_watched_again_and_scanned(
+    env: Env, polling: bool
+) -> None:
+    folders = Folders()
+    watcher, sink = start_reporting(env, folders, polling=polling)
+    write(env.inbox / "first.jpg", mtime=OLD)
+    wait_until(lambda: sink.found("first.jpg"), 5.0)
+    shutil.rmtree(env.inbox)
+    wait_down(folders)
+    assert watcher.alive()  # a lost folder is not a dead daemon
+    env.inbox.mkdir()
+    # Dropped before the new watch is set up: only the scan on its return finds it.
+    write(env.inbox / "early.jpg", mtime=OLD)
+    wait_up(folders)
+    wait_until(lambda: sink.found("early.jpg"), 5.0, what="early.jpg found by the restore scan")
+    write(env.inbox / "later.jpg")
+    wait_until(lambda: sink.found("later.jpg"), 7.0, what="later.jpg seen by the new watch")
+    # And again: a second loss is noticed the same way.
+    shutil.rmtree(env.inbox)
+    wait_down(folders, times=2)
+    env.inbox.mkdir()
+    wait_up(folders, times=3)
+    write(env.inbox / "third.jpg")
+    wait_until(lambda: sink.found("third.jpg"), 7.0)
+    assert watcher.alive()
+
+
+def test_an_inbox_renamed_away_and_replaced_follows_the_new_folder(env: Env) -> None:
+    folders = Folders()
+    _, sink = start_reporting(env, folders)
+    # No deletion: the old watch lives on, on the folder now called inbox.old.
+    os.rename(env.inbox, env.tmp / "inbox.old")
+    env.inbox.mkdir()
+    # Lost and restored in one look: the root names another folder.
+    expected = [("products", True), ("products", False), ("products", True)]
+    wait_until(lambda: folders.changes == expected, LOST_WITHIN, what=str(expected))
+    write(env.tmp / "inbox.old" / "stale.jpg")
+    write(env.inbox / "new.jpg")
+    wait_until(lambda: sink.found("new.jpg"), 5.0)
+    env.sentinel(sink)
+    assert sink.names() == ["new.jpg", SENTINEL]
+
+
+@pytest.mark.parametrize("polling", [False, True])
+def test_an_inbox_replaced_by_a_symlink_is_lost_and_never_followed(env: Env, polling: bool) -> None:
+    write(env.outside / "secret.jpg", mtime=OLD)
+    folders = Folders()
+    watcher, sink = start_reporting(env, folders, settle=0.2, polling=polling)
+    os.rename(env.inbox, env.tmp / "inbox.old")
+    env.inbox.symlink_to(env.outside)
+    wait_down(folders)
+    write(env.outside / "dropped.jpg")
+    watcher.rescan()
+    time.sleep(1.5)  # what a follower of the link would need to emit (settle 0.2, poll 0.1)
+    wait_until(lambda: watcher.pending() == 0)
+    assert sink.found() == []
+    assert folders.up() is False  # still down: a symlink is never a restored inbox
+    env.inbox.unlink()
+    env.inbox.mkdir()
+    wait_up(folders)
+    env.sentinel(sink, timeout=5.0)
+    assert sink.names() == [SENTINEL]
+
+
+def _mount_tmpfs(path: Path) -> None:
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "bgsyncd-test", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
+@pytest.mark.parametrize("polling", [False, True])
+def test_an_inbox_unmounted_and_mounted_again_is_lost_and_restored(env: Env, polling: bool) -> None:
+    _mount_tmpfs(env.inbox)
+    try:
+        folders = Folders()
+        watcher, sink = start_reporting(env, folders, settle=0.2, polling=polling)
+        _umount(env.inbox)
+        wait_down(folders)
+        # The bare mount point is not the share: nothing dropped there is taken.
+        write(env.inbox / "bare.jpg", mtime=OLD)
+        watcher.rescan()
+        time.sleep(1.0)  # what a scan of the bare folder would need to emit it
+        assert sink.found() == []
+        _mount_tmpfs(env.inbox)
+        wait_up(folders)
+        write(env.inbox / "mounted.jpg")
+        wait_until(lambda: sink.found("mounted.jpg"), 5.0)
+        assert "bare.jpg" not in sink.names()
+    finally:
+        while os.path.ismount(env.inbox):
+            _umount(env.inbox)
+
+
+def _folder_up(port: int, folder: str) -> float | None:
+    """``bgsyncd_folder_up{folder=...}`` from a real scrape of the daemon, None if absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode("utf-8")
+    for line in text.splitlines():
+        if line.startswith(f'bgsyncd_folder_up{{folder="{folder}"}} '):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.mark.parametrize("polling", [False, True])
+def test_daemon_processes_a_file_dropped_into_a_remade_inbox_long_before_the_rescan(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], polling: bool
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    folder = make_folder(tmp_path, "products", polling=polling)
+    inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
+    config = write_config(
+        tmp_path / "bgsyncd.toml",
+        base_url=emulator.url,
+        folders=[folder],
+        queue={"rescan_interval_seconds": 300},
+        metrics_listen=f"127.0.0.1:{port}",
+    )
+    daemon = start_daemon(daemons, config)
+    wait_until(lambda: _folder_up(port, "products") == 1, 5.0, what="folder_up 1 at start")
+    shutil.rmtree(inbox)
+    wait_until(lambda: daemon.saw("folder.lost", folder="products"), LOST_WITHIN)
+    assert _folder_up(port, "products") == 0
+    inbox.mkdir()
+    wait_until(lambda: daemon.saw("folder.restored", folder="products"), LOST_WITHIN)
+    assert _folder_up(port, "products") == 1
+    (inbox / "after.jpg").write_bytes(product_image())
+    # Processed through the new watch: well before the 300 s rescan.
+    wait_until((outbox / "after.png").exists, 20.0, what="after.png in the outbox")
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+
+
+# -- the decision, alone ------------------------------------------------------------------
+
+A = Root(dev=1, ino=10, mount_point=False)
+
+
+@pytest.mark.parametrize(
+    ("watched", "seen", "alive", "verdict"),
+    [
+        (A, A, True, Verdict.KEEP),  # there and watched
+        (A, Missing("missing"), True, Verdict.LOST),  # deleted, unmounted, a symlink
+        (None, Missing("missing"), False, Verdict.KEEP),  # still gone
+        (None, A, False, Verdict.WATCH),  # back
+        (A, Root(dev=1, ino=11, mount_point=False), True, Verdict.WATCH),  # replaced
+        (A, Root(dev=2, ino=10, mount_point=True), True, Verdict.WATCH),  # mounted over
+        (A, A, False, Verdict.WATCH),  # same folder, but its watch ended
+    ],
+)
+def test_judge(watched: Root | None, seen: Root | Missing, alive: bool, verdict: Verdict) -> None:
+    assert judge(watched, seen, alive) is verdict
+
+
+def test_look_refuses_what_is_not_a_real_folder(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "dir")
+    st = os.lstat(tmp_path / "dir")
+    assert look(str(tmp_path / "dir")) == Root(st.st_dev, st.st_ino, mount_point=False)
+    assert look(str(tmp_path / "nope")) == Missing("missing")
+    assert look(str(tmp_path / "file")) == Missing("not a folder")
+    assert look(str(tmp_path / "link")) == Missing("replaced by a symlink")
+    # A folder that was a mount point and is one no longer: the share is unmounted.
+    assert look(str(tmp_path / "dir"), was_mount_point=True) == Missing("unmounted")
+    assert isinstance(look("/proc", was_mount_point=True), Root)
