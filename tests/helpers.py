@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -10,6 +12,20 @@ from typing import TypeVar
 from PIL import Image, ImageDraw
 
 T = TypeVar("T")
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = _libc.renameat2  # glibc >= 2.28, as on every machine this runs on
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def exchange(a: str | bytes | os.PathLike[str], b: str | bytes | os.PathLike[str]) -> None:
+    """Swap two paths atomically, as an attacker would (``renameat2(RENAME_EXCHANGE)``)."""
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(a))
 
 
 def wait_until(

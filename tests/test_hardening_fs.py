@@ -6,7 +6,6 @@ swaps are real ``renameat2(RENAME_EXCHANGE)`` calls in a tight loop.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -33,29 +32,15 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import FakeClock, product_image, wait_until
+from tests.helpers import FakeClock, exchange, product_image, wait_until
 
-AT_FDCWD = -100
-RENAME_EXCHANGE = 2
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
-
-
-def _renameat2() -> ctypes._CFuncPtr:
-    libc = ctypes.CDLL(None, use_errno=True)
-    try:
-        fn = libc.renameat2
-    except AttributeError:
-        pytest.skip("libc has no renameat2 (glibc < 2.28)")
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
 
 
 class Swapper:
     """Swaps each real folder with a symlink to an outside folder, over and over."""
 
     def __init__(self, pairs: list[tuple[Path, Path]]) -> None:
-        self._fn = _renameat2()
         self._pairs = [(os.fsencode(a), os.fsencode(b)) for a, b in pairs]
         self._paths = pairs
         self._stop = threading.Event()
@@ -63,9 +48,7 @@ class Swapper:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _exchange(self, a: bytes, b: bytes) -> None:
-        if self._fn(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        exchange(a, b)
         self.swaps += 1
 
     def _run(self) -> None:
