@@ -1,0 +1,138 @@
+"""Database faults (issue 9 item 12): a queue database that cannot be opened,
+written, or that is deleted or replaced under a running daemon. Real SQLite
+files on real tmpfs mounts (full, read-only); real daemon subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bgsyncd.errors import QueueUnavailable
+from bgsyncd.queue import Found, Queue, QueueError, SqliteRequestLog
+from tests.mounts import tmpfs
+
+ENOSPC_TEXT = "[Errno 28] No space left on device"
+EROFS_TEXT = "[Errno 30] Read-only file system"
+
+
+def _batch(n: int, prefix: str = "a") -> list[Found]:
+    # Long names: a batch that needs more room than a full disk has.
+    return [Found("products", f"{prefix}/{'x' * 200}-{i}.jpg", 100, 1, i) for i in range(n)]
+
+
+def _committed(db: Path) -> int:
+    """Jobs another connection sees: what was really committed."""
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# -- at start ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+def test_queue_on_a_read_only_disk_at_start_names_the_file_and_the_errno(
+    tmp_path: Path, existing: bool
+) -> None:
+    with tmpfs(tmp_path / "state") as fs:
+        db = fs.path / "queue.sqlite3"
+        if existing:
+            Queue(db).close()
+        fs.readonly()
+        with pytest.raises(QueueError) as caught:
+            Queue(db)
+        message = str(caught.value)
+        assert str(db) in message and EROFS_TEXT in message
+        with pytest.raises(QueueError, match=r"\[Errno 30\] Read-only file system"):
+            SqliteRequestLog(db)
+
+
+# -- while running: a full disk ---------------------------------------------------------
+
+
+def test_a_full_disk_makes_writes_queue_unavailable_with_enospc_and_loses_nothing_once_freed(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "state", "1m") as fs:
+        db = fs.path / "queue.sqlite3"
+        queue = Queue(db)
+        try:
+            queue.enqueue_many(_batch(5, "before"))
+            queue.check_writable()
+            fs.fill()
+            with pytest.raises(QueueUnavailable) as caught:
+                queue.enqueue_many(_batch(300))
+            assert str(db) in str(caught.value) and ENOSPC_TEXT in str(caught.value)
+            with pytest.raises(QueueUnavailable, match=r"\[Errno 28\]"):
+                queue.check_writable()
+            assert queue.counts()["products"]["pending"] == 5  # reads still answer
+            fs.free()
+            queue.check_writable()  # it answers again
+            # The failed commit did not leave a transaction open that would
+            # swallow every later write: this batch is committed for good.
+            assert len(queue.enqueue_many(_batch(300))) == 300
+            assert _committed(db) == 305
+        finally:
+            queue.close()
+
+
+def test_request_log_on_a_full_disk_fails_closed_with_queue_unavailable(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "state", "1m") as fs:
+        db = fs.path / "queue.sqlite3"
+        log = SqliteRequestLog(db)
+        queue = Queue(db)
+        try:
+            fs.fill()
+            # Grow the WAL past what it had room for; the log's next record must not pass.
+            with pytest.raises(QueueUnavailable):
+                queue.enqueue_many(_batch(300))
+            with pytest.raises(QueueUnavailable, match=r"\[Errno 28\]"):
+                for i in range(5000):
+                    log.record(float(i))
+            fs.free()
+            log.record(99_999.0)
+            assert log.since(99_999.0) == [99_999.0]
+        finally:
+            log.close()
+            queue.close()
+
+
+# -- while running: deleted or replaced --------------------------------------------------
+
+
+def test_lost_says_deleted_when_the_database_file_is_removed(tmp_path: Path) -> None:
+    db = tmp_path / "queue.sqlite3"
+    with Queue(db) as queue:
+        assert queue.lost() is None
+        db.unlink()
+        assert queue.lost() == "deleted"
+
+
+def test_lost_says_replaced_when_another_file_takes_the_path(tmp_path: Path) -> None:
+    db = tmp_path / "queue.sqlite3"
+    with Queue(db) as queue:
+        Queue(tmp_path / "fresh.sqlite3").close()
+        os.replace(tmp_path / "fresh.sqlite3", db)
+        assert queue.lost() == "replaced"
+
+
+def test_lost_says_deleted_when_the_whole_state_folder_goes(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "queue.sqlite3"
+    with Queue(db) as queue:
+        for name in os.listdir(db.parent):
+            (db.parent / name).unlink()
+        db.parent.rmdir()
+        assert queue.lost() == "deleted"
+
+
+def test_a_read_only_view_never_reports_lost_nor_writes_a_probe(tmp_path: Path) -> None:
+    db = tmp_path / "queue.sqlite3"
+    Queue(db).close()
+    with Queue.open_readonly(db) as view:
+        db.unlink()
+        assert view.lost() is None
