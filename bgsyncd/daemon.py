@@ -28,12 +28,13 @@ from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
-from bgsyncd.errors import BgsyncdError, ConfigError
+from bgsyncd.errors import BgsyncdError, ConfigError, describe_os_error
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
 from bgsyncd.pacer import Pacer
 from bgsyncd.queue import STATES, Found, Queue, SqliteRequestLog
+from bgsyncd.queue_faults import identity_of_fd, lost_reason
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
 from bgsyncd.watcher import Watcher
 from bgsyncd.worker import Worker, WorkerConfig
@@ -70,8 +71,10 @@ class Daemon:
         self._last_refresh = 0.0
         self._open_jobs = False
         self.stuck = False
+        self._fatal: str | None = None  # why the loop ended on its own: exit 1
 
         self._lock_fd = _lock_database(settings.queue.database)
+        self._lock_identity = identity_of_fd(self._lock_fd)
         self.queue = Queue(settings.queue.database)
         resent = self.queue.recover()
         if resent:
@@ -154,6 +157,8 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
+        if self._fatal is not None:
+            raise BgsyncdError(self._fatal)
         return 0
 
     def _loop(self) -> None:
@@ -164,6 +169,9 @@ class Daemon:
         while not self._stop.is_set():
             self._wake.wait(0.2 if self.once else interval)
             self._wake.clear()
+            self._fatal = self._database_lost()
+            if self._fatal is not None:
+                return
             try:
                 if self._reload.is_set():
                     self._reload.clear()
@@ -194,6 +202,24 @@ class Daemon:
         if ready is None:
             return True
         return ready > time.time() + ONCE_RETRY_HORIZON and self.dispatcher.idle_drained.is_set()
+
+    def _database_lost(self) -> str | None:
+        """Why to exit when the database or its lock was deleted or replaced, else None.
+
+        Another daemon could then open a fresh queue and take the lock beside us:
+        exit 1, and systemd restarts this one on whatever is there now.
+        """
+        database = self.settings.queue.database
+        lock = _lock_path(database)
+        checks = ((database, self.queue.lost()), (lock, lost_reason(lock, self._lock_identity)))
+        for path, what in checks:
+            if what is not None:
+                log.error("queue.lost", database=str(database), file=str(path), what=what)
+                return (
+                    f"the queue database file {path} was {what} while bgsyncd ran;"
+                    " exiting so that a restart opens the database that is there now"
+                )
+        return None
 
     def _heartbeat(self) -> None:
         if self.dispatcher.alive() and self.watcher.alive() and self._ingest.is_alive():
@@ -412,9 +438,14 @@ def _lock_database(database: Path) -> int:
     other's jobs for crashed ones and send them again, and each would count
     credits on its own.
     """
-    database.parent.mkdir(parents=True, exist_ok=True)
-    path = database.with_name(database.name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = _lock_path(database)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BgsyncdError(
+            f"cannot open the queue database's lock {path}: {describe_os_error(exc)}"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -423,6 +454,10 @@ def _lock_database(database: Path) -> int:
             f"another bgsyncd is already running on {database} (it holds {path})"
         ) from None
     return fd
+
+
+def _lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
 
 
 def _worker_config(settings: Settings) -> WorkerConfig:

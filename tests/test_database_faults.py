@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.queue import Found, Queue, QueueError, SqliteRequestLog
+from tests.conftest import DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.mounts import tmpfs
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
@@ -136,3 +138,64 @@ def test_a_read_only_view_never_reports_lost_nor_writes_a_probe(tmp_path: Path) 
     with Queue.open_readonly(db) as view:
         db.unlink()
         assert view.lost() is None
+
+
+# -- real daemons -------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, base_url: str, database: Path) -> Path:
+    folder = make_folder(tmp_path, "products")
+    return write_config(
+        tmp_path / "config.toml",
+        base_url=base_url,
+        folders=[folder],
+        queue={"database": str(database)},
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "once"])
+def test_daemon_with_its_database_folder_read_only_exits_1_with_one_line_naming_file_and_errno(
+    tmp_path: Path, emulator: Emulator, command: str
+) -> None:
+    with tmpfs(tmp_path / "state") as fs:
+        db = fs.path / "queue.sqlite3"
+        config = _config(tmp_path, emulator.url, db)
+        fs.readonly()
+        result = run_cli(command, "--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bgsyncd: ")]
+    assert len(lines) == 1, result.stderr
+    assert str(db) in lines[0] and EROFS_TEXT in lines[0]
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_daemon_notices_its_database_deleted_or_replaced_and_exits_1_for_a_restart(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], how: str
+) -> None:
+    db = tmp_path / "state" / "queue.sqlite3"
+    config = _config(tmp_path, emulator.url, db)
+    daemon = start_daemon(daemons, config)
+    lock = db.with_name(db.name + ".lock")
+    for path in (db, lock, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
+    if how == "replaced":
+        Queue(tmp_path / "fresh.sqlite3").close()
+        os.replace(tmp_path / "fresh.sqlite3", db)
+    # Within a minute: the loop looks every few seconds.
+    code = daemon.proc.wait(60)
+    assert code == 1, daemon.output()
+    assert daemon.saw("queue.lost", database=str(db), file=str(db), what=how)
+    assert f"bgsyncd: the queue database file {db} was {how}" in daemon.output()
+    assert "Traceback" not in daemon.output()
+
+
+def test_daemon_notices_its_lock_deleted_and_exits_1(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    db = tmp_path / "state" / "queue.sqlite3"
+    daemon = start_daemon(daemons, _config(tmp_path, emulator.url, db))
+    lock = db.with_name(db.name + ".lock")
+    lock.unlink()  # a second daemon could now take a fresh lock beside this one
+    assert daemon.proc.wait(60) == 1, daemon.output()
+    assert daemon.saw("queue.lost", file=str(lock), what="deleted")
