@@ -4,11 +4,20 @@ One dispatcher thread decides *when* a job may start: not while dispatch is
 paused, not past ``max_in_flight``, not before the pacer allows a request, not
 when the credits could go below the floor. Worker threads do the rest. Every
 wait is a timed wait on one condition variable, woken by new work, finished
-jobs and signals, so an idle dispatcher costs nothing.
+jobs and signals, so an idle dispatcher costs nothing. No wait is longer than
+``MAX_WAIT_SECONDS``: whatever a pacer or a clock says (a Retry-After of ten
+years, ``inf``, ``nan``), the loop looks again within a minute and never hands
+``Condition.wait`` a timeout it cannot take (``OverflowError``).
+
+Pauses are a set (:mod:`bgsyncd.pauses`): each reason is lifted by its own
+rule, and dispatch resumes when none holds. Other components raise and lift
+their own reasons with :meth:`Dispatcher.raise_pause` and
+:meth:`Dispatcher.lift_pause` (the output probe, the database).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -20,18 +29,30 @@ from bgsyncd.errors import AccountError, ApiError, Stopped
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
+from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, Lift, PauseSet
 from bgsyncd.queue import Job, Queue
 from bgsyncd.worker import Kind, Result, Worker
 
 log = get_logger("bgsyncd.dispatch")
 
-CREDIT_FLOOR = "credit_floor"
-CREDITS_EXPIRED = "credits_expired"
 # After a failed credit check (API down), try again this soon rather than waiting
 # a whole check interval; an idle queue is looked at this often for work added by
 # another process (`bgsyncd retry`).
 CHECK_RETRY_SECONDS = 30.0
 IDLE_LOOK_SECONDS = 5.0
+# The longest the dispatcher ever sleeps without looking again.
+MAX_WAIT_SECONDS = 60.0
+
+
+def clamp_wait(seconds: float) -> float:
+    """``seconds`` as a timeout every ``wait()`` accepts: within [0, MAX_WAIT_SECONDS].
+
+    ``nan`` and negative values are 0 (look again now); ``inf`` and anything
+    huge (``1e12`` overflows ``time_t`` in ``Condition.wait``) are the maximum.
+    """
+    if math.isnan(seconds) or seconds <= 0.0:
+        return 0.0
+    return min(seconds, MAX_WAIT_SECONDS)
 
 
 class Dispatcher:
@@ -63,7 +84,7 @@ class Dispatcher:
         self._clock = clock
         self._cond = threading.Condition()
         self._in_flight: dict[int, Job] = {}
-        self._paused: str | None = None
+        self._pauses = PauseSet()
         self._stopping = False
         self._check_now = True
         self._kicked = False
@@ -89,15 +110,46 @@ class Dispatcher:
         self._cond.notify_all()
 
     def recheck_credits(self) -> None:
-        """Check credits at once (SIGHUP); a successful check lifts any pause."""
+        """SIGHUP: lift the reasons a signal lifts and check credits at once.
+
+        The check runs before any job starts, so a key still refused or an
+        account still empty pauses again without an image request spent on it.
+        """
+        self._lift_on(Lift.SIGHUP)
         with self._cond:
             self._check_now = True
             self._kick_locked()
 
+    def raise_pause(self, reason: str, **context: object) -> None:
+        """Pause dispatch for ``reason`` (logged once, with ``context``) until it is lifted."""
+        with self._cond:
+            if not self._pauses.add(reason):
+                return
+            first = self._pauses.first
+            self._kick_locked()
+        self._recorder.paused(first)
+        log.warning("dispatch.paused", reason=reason, **context)
+        self._on_state_change()
+
+    def lift_pause(self, reason: str) -> None:
+        """Lift ``reason`` (its own rule decided so); dispatch resumes if none is left."""
+        with self._cond:
+            if not self._pauses.remove(reason):
+                return
+            self._kick_locked()
+        self._after_lift([reason])
+
     @property
     def paused(self) -> str | None:
-        """The pause reason, or None while dispatching."""
-        return self._paused
+        """The first raised of the pause reasons in force, or None while dispatching."""
+        with self._cond:
+            return self._pauses.first
+
+    @property
+    def pauses(self) -> tuple[str, ...]:
+        """Every pause reason in force, first raised first."""
+        with self._cond:
+            return self._pauses.held
 
     @property
     def in_flight(self) -> int:
@@ -123,7 +175,7 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._in_flight and time.monotonic() < deadline:
-                self._cond.wait(deadline - time.monotonic())
+                self._cond.wait(clamp_wait(deadline - time.monotonic()))
             left = list(self._in_flight.values())
         self._pool.shutdown(wait=False, cancel_futures=True)
         for job in left:
@@ -144,6 +196,7 @@ class Dispatcher:
             except Exception:  # the loop must survive anything; the heartbeat tells
                 log.exception("dispatch.error")
                 wait = 1.0
+            wait = clamp_wait(wait)
             if wait > 0:
                 with self._cond:
                     if not self._stopping and not self._kicked:
@@ -153,7 +206,7 @@ class Dispatcher:
         """Start at most one job; return how long to wait before the next step."""
         if self._credit_check_due():
             self._check_credits()
-        if self._paused is not None:
+        if self.paused is not None:
             return self._until_next_check()
         with self._cond:
             busy = len(self._in_flight)
@@ -162,13 +215,13 @@ class Dispatcher:
         if self._expired():
             # Every image request would be refused (403): no request spent on
             # learning it again. A credit check showing a later expiry resumes.
-            self._pause(CREDITS_EXPIRED)
+            self.raise_pause(CREDITS_EXPIRED)
             return self._until_next_check()
         if not self._credits.can_start():
             if busy:
                 return 60.0  # one in flight may fail and give its credit back
             if self._credits.available is not None:
-                self._pause(CREDIT_FLOOR)
+                self.raise_pause(CREDIT_FLOOR)
             return self._until_next_check()
         delay = self._pacer.delay()
         if delay > 0:
@@ -209,11 +262,11 @@ class Dispatcher:
             self._credits.settle(result.charged)
             with self._cond:
                 self._in_flight.pop(job.id, None)
-                if result.kind is Kind.PAUSED and result.reason:
-                    self._pause_locked(result.reason)
-                elif result.kind is Kind.RATE_LIMITED:
+                if result.kind is Kind.RATE_LIMITED:
                     self._pacer.note_rate_limited(result.retry_after)
                 self._kick_locked()
+            if result.pause is not None:
+                self.raise_pause(result.pause, **result.pause_context)
             self._on_state_change()
 
     # -- credits and pauses ----------------------------------------------------------
@@ -232,7 +285,8 @@ class Dispatcher:
             return
         except AccountError as exc:
             self._credits.note_check_failed()
-            self._pause(exc.reason)
+            location = getattr(exc, "location", None)
+            self.raise_pause(exc.reason, **({"location": location} if location else {}))
             return
         except ApiError as exc:
             self._credits.note_check_failed(retry_in=CHECK_RETRY_SECONDS)
@@ -241,35 +295,35 @@ class Dispatcher:
         expires = credits.expires_at.timestamp() if credits.expires_at else None
         self._credits.update(credits.available, expires)
         log.info("credits.checked", available=credits.available, floor=self._credits.floor)
+        self._lift_on(Lift.CREDITS_ANSWERED)
         if self._expired():
-            self._pause(CREDITS_EXPIRED)
+            self.raise_pause(CREDITS_EXPIRED)
         elif self._credits.can_start() or self._credits.in_flight:
-            self._resume()
+            self._lift_on(Lift.CREDITS_ABOVE_FLOOR)
         else:
-            self._pause(CREDIT_FLOOR)
+            self.raise_pause(CREDIT_FLOOR)
 
     def _expired(self) -> bool:
         """The last credit check gave an expiry that has passed (by our clock)."""
         expires = self._credits.expires_at
         return expires is not None and expires <= self._clock()
 
-    def _pause(self, reason: str) -> None:
+    def _lift_on(self, event: Lift) -> None:
         with self._cond:
-            self._pause_locked(reason)
+            gone = self._pauses.lift(event)
+            if gone:
+                self._kick_locked()
+        if gone:
+            self._after_lift(gone)
 
-    def _pause_locked(self, reason: str) -> None:
-        if self._paused == reason:
-            return
-        self._paused = reason
-        self._recorder.paused(reason)
-        log.warning("dispatch.paused", reason=reason)
-        self._on_state_change()
-
-    def _resume(self) -> None:
+    def _after_lift(self, gone: list[str]) -> None:
         with self._cond:
-            if self._paused is None:
-                return
-            reason, self._paused = self._paused, None
-        self._recorder.paused(None)
-        log.info("dispatch.resumed", after=reason)
+            first = self._pauses.first
+            held = self._pauses.held
+        self._recorder.paused(first)
+        for reason in gone:
+            if held:
+                log.info("dispatch.pause_lifted", reason=reason, still_paused=list(held))
+            else:
+                log.info("dispatch.resumed", after=reason)
         self._on_state_change()

@@ -33,7 +33,16 @@ if TYPE_CHECKING:
 
 STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
 OUTCOMES = ("success", "cached", "quarantined")
-PAUSE_REASONS = ("credit_floor", "invalid_api_key", "insufficient_credits", "credits_expired")
+PAUSE_REASONS = (
+    "credit_floor",
+    "invalid_api_key",
+    "insufficient_credits",
+    "credits_expired",
+    "api_malformed",
+    "unexpected_redirect",
+    "output_unwritable",
+    "queue_unavailable",
+)
 ENDPOINTS = (
     "image-without-background",
     "image-without-background-base64",

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ class Result:
     charged: bool = False
     reason: str | None = None
     retry_after: float | None = None
+    pause: str | None = None  # dispatch pauses for this reason
+    pause_context: Mapping[str, object] = field(default_factory=dict)  # logged with the pause
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ class Worker:
             raise _Quarantine(exc.reason, exc.message, exc.status) from None
         except AccountError as exc:
             self._queue.release(job.id)
-            return Result(Kind.PAUSED, reason=exc.reason)
+            return Result(Kind.PAUSED, reason=exc.reason, pause=exc.reason)
         except RateLimited as exc:
             self._queue.release(job.id)
             self._recorder.rate_limited()

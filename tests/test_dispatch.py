@@ -378,3 +378,151 @@ def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(tmp_path, daem
         assert set(attempts(config).values()) == {0}
         assert sum(1 for r in image_requests(emu) if r.status == 200) == 8
         assert d.saw("api.rate_limited")
+
+
+# -- pauses: a set, each reason lifted by its own rule (in process) -------------------------
+
+
+def test_each_pause_reason_is_lifted_only_by_its_own_events() -> None:
+    from bgsyncd.metrics import PAUSE_REASONS
+    from bgsyncd.pauses import REASONS, Lift, PauseSet, lifted_by
+
+    assert set(REASONS) == set(PAUSE_REASONS)  # every reason has its metric label
+    expected = {
+        "invalid_api_key": {Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
+        "insufficient_credits": {Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
+        "credits_expired": {Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
+        "credit_floor": {Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
+        "api_malformed": {Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
+        "unexpected_redirect": {Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
+        "output_unwritable": {Lift.PROBE},
+        "queue_unavailable": {Lift.DATABASE},
+    }
+    assert {r: set(lifted_by(r)) for r in REASONS} == expected
+    for event in Lift:
+        pauses = PauseSet()
+        for reason in REASONS:
+            assert pauses.add(reason)
+        assert not pauses.add("credit_floor")  # raised once
+        gone = pauses.lift(event)
+        assert gone == [r for r in REASONS if event in expected[r]]
+        assert pauses.held == tuple(r for r in REASONS if r not in gone)
+        assert pauses.first == pauses.held[0]
+
+
+def make_dispatcher(tmp_path: Path, emu: Emulator, **pacer: Any) -> tuple[Any, Any, Any]:
+    from bgsyncd.client import Client
+    from bgsyncd.credits import CreditGuard
+    from bgsyncd.dispatch import Dispatcher
+    from bgsyncd.metrics import Recorder
+    from bgsyncd.pacer import MemoryRequestLog, Pacer
+    from bgsyncd.queue import Queue
+    from tests.test_worker import make_worker
+
+    (tmp_path / "inbox").mkdir()
+    queue = Queue(tmp_path / "q.sqlite3")
+    worker = make_worker(tmp_path, emu, queue)
+    client = Client(emu.url, TEST_KEY, 10)
+    d = Dispatcher(
+        queue,
+        worker,
+        Pacer(1000, 60.0, MemoryRequestLog(), **pacer),
+        CreditGuard(0, 600),
+        lambda: client,
+        Recorder(),
+        max_in_flight=2,
+        lease_seconds=60,
+    )
+    return d, queue, client
+
+
+def enqueue_image(tmp_path: Path, queue: Any, name: str = "a.png") -> None:
+    from bgsyncd.queue import Found
+
+    src = tmp_path / "inbox" / name
+    src.write_bytes(product_image(30, 20, "PNG"))
+    st = src.stat()
+    queue.enqueue_many([Found("f", name, st.st_size, st.st_mtime_ns, st.st_ino)])
+
+
+def test_sighup_and_credit_checks_never_lift_output_unwritable_only_its_probe_does(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    d, queue, client = make_dispatcher(tmp_path, emulator)
+    emulator.configure(keys=["another-key-entirely"])
+    d.start()
+    try:
+        wait_until(lambda: d.paused == "invalid_api_key", what="pause on the refused key")
+        d.raise_pause("output_unwritable", folder="f", error="[Errno 28] No space left on device")
+        enqueue_image(tmp_path, queue)
+        emulator.configure(keys=[TEST_KEY])
+        checks = len([r for r in emulator.requests() if r.path == CREDIT_PATH])
+        d.recheck_credits()  # SIGHUP: the key is good again
+        wait_until(
+            lambda: len([r for r in emulator.requests() if r.path == CREDIT_PATH]) > checks,
+            what="a credit check after SIGHUP",
+        )
+        wait_until(lambda: d.pauses == ("output_unwritable",), what="only the disk pause left")
+        assert d.paused == "output_unwritable"
+        d.recheck_credits()
+        d.wake()
+        assert image_requests(emulator) == []  # still paused: nothing sent
+        d.lift_pause("output_unwritable")  # the probe wrote
+        wait_until(lambda: queue.counts().get("f", {}).get("done") == 1, what="job done")
+        assert d.paused is None
+    finally:
+        d.stop(5)
+        client.close()
+        queue.close()
+
+
+def test_while_several_pauses_hold_status_shows_the_first_raised(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    d, queue, client = make_dispatcher(tmp_path, emulator)
+    d.raise_pause("queue_unavailable")
+    d.raise_pause("api_malformed")
+    d.raise_pause("queue_unavailable")
+    assert d.pauses == ("queue_unavailable", "api_malformed")
+    d.recheck_credits()  # lifts api_malformed, never queue_unavailable
+    assert d.pauses == ("queue_unavailable",)
+    d.lift_pause("queue_unavailable")
+    assert d.paused is None
+    client.close()
+    queue.close()
+
+
+def test_clamped_waits_take_any_number_a_pacer_or_clock_can_give() -> None:
+    from bgsyncd.dispatch import MAX_WAIT_SECONDS, clamp_wait
+
+    assert clamp_wait(1e12) == MAX_WAIT_SECONDS
+    assert clamp_wait(float("inf")) == MAX_WAIT_SECONDS
+    assert clamp_wait(float("nan")) == 0.0
+    assert clamp_wait(-5.0) == 0.0
+    assert clamp_wait(2.5) == 2.5
+    threading_cond = __import__("threading").Condition()
+    with threading_cond:
+        threading_cond.wait(clamp_wait(1e-9))
+
+
+def test_a_huge_retry_after_never_kills_the_dispatch_thread(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    from tests.helpers import FakeClock
+
+    clock = FakeClock(time.time())
+    d, queue, client = make_dispatcher(tmp_path, emulator, clock=clock)
+    d._pacer.note_rate_limited(1e12)  # what a Retry-After of 1e12 did before any cap
+    d.start()
+    try:
+        enqueue_image(tmp_path, queue)
+        d.wake()
+        wait_until(lambda: len(emulator.requests()) >= 1, what="the first credit check")
+        clock.advance(2e12)  # the block is over
+        d.wake()
+        wait_until(lambda: queue.counts().get("f", {}).get("done") == 1, what="job done")
+        assert d.alive()
+    finally:
+        d.stop(5)
+        client.close()
+        queue.close()
