@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -28,11 +28,13 @@ from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
-from bgsyncd.errors import BgsyncdError, ConfigError, describe_os_error
+from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable, describe_os_error
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
 from bgsyncd.pacer import Pacer
+from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
+from bgsyncd.probe import OutputProbe
 from bgsyncd.queue import STATES, Found, Queue, SqliteRequestLog
 from bgsyncd.queue_faults import identity_of_fd, lost_reason
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
@@ -97,6 +99,7 @@ class Daemon:
         )
         self.metrics.credits_floor(settings.credits.floor)
         self.client = self._make_client(settings)
+        self.probe = OutputProbe()
         self.worker = Worker(
             self.queue, self.cache, self.metrics, _worker_config(settings), lambda: self.client
         )
@@ -110,6 +113,7 @@ class Daemon:
             max_in_flight=settings.api.max_in_flight,
             lease_seconds=settings.api.timeout_seconds + 60.0,
             on_state_change=self._dirty.set,
+            on_pause=self._on_pause,
         )
         self.watcher = self._make_watcher(settings)
         self.notifier = Notifier.from_environ(os.environ)
@@ -173,10 +177,12 @@ class Daemon:
             if self._fatal is not None:
                 return
             try:
-                if self._reload.is_set():
+                sighup = self._reload.is_set()
+                if sighup:
                     self._reload.clear()
                     self.reload()
                 self._heartbeat()
+                self._lift_local_faults(sighup=sighup)
                 if self._refresh_due():
                     self._dirty.clear()
                     self._refresh()
@@ -186,6 +192,8 @@ class Daemon:
                     if self._once_finished():
                         progress.finish(counts)
                         return
+            except QueueUnavailable as exc:  # lifted above when the database answers
+                self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
             except Exception:  # a busy or full disk must not end the daemon
                 log.exception("daemon.loop_error")
 
@@ -220,6 +228,50 @@ class Daemon:
                     " exiting so that a restart opens the database that is there now"
                 )
         return None
+
+    def _on_pause(self, reason: str, context: Mapping[str, object]) -> None:
+        """Note where an output could not be written, for the probe that lifts the pause.
+
+        The place is probed from the configured folder that holds it, never
+        outside; a failure whose place is unknown has every output folder probed.
+        """
+        if reason != OUTPUT_UNWRITABLE:
+            return
+        error = str(context.get("error") or "a local fault")
+        roots = [
+            root
+            for folder in self.settings.folders
+            for root in (folder.outbox, folder.quarantine, folder.done)
+            if root is not None
+        ]
+        raw = context.get("folder_path") or context.get("path")
+        place = Path(str(raw)) if raw else None
+        holders = [r for r in roots if place is not None and (place == r or r in place.parents)]
+        if place is not None and holders:
+            self.probe.note(place, error, max(holders, key=lambda r: len(r.parts)))
+            return
+        for root in roots:
+            self.probe.note(root, error, root)
+
+    def _lift_local_faults(self, *, sighup: bool) -> None:
+        """Lift ``output_unwritable`` when its probe passes (every 30 s, at once on SIGHUP),
+        and ``queue_unavailable`` when the database answers a write again."""
+        held = self.dispatcher.pauses
+        if OUTPUT_UNWRITABLE in held:
+            result = self.probe.run(force=sighup)
+            for place, error in result.failing.items() if result.ran else ():
+                log.warning("output.probe_failed", folder_path=str(place), error=error)
+            if result.recovered:
+                log.info("output.writable", note="a probe write passed")
+                self.dispatcher.lift_pause(OUTPUT_UNWRITABLE)
+        if QUEUE_UNAVAILABLE in held and not self.dispatcher.in_flight:
+            # Jobs whose rows could not be updated are still in flight in the
+            # database; with none in flight here, they go back to pending.
+            self.queue.check_writable()
+            returned = self.queue.recover()
+            log.info("queue.available", jobs_returned=returned)
+            self.dispatcher.lift_pause(QUEUE_UNAVAILABLE)
+            self.watcher.rescan()  # files found while it was down are found again
 
     def _heartbeat(self) -> None:
         if self.dispatcher.alive() and self.watcher.alive() and self._ingest.is_alive():
@@ -284,6 +336,10 @@ class Daemon:
                 batch.append(nxt)
             try:
                 queued = self.queue.enqueue_many(batch)
+            except QueueUnavailable as exc:
+                # Not queued: the rescan after the database answers finds them again.
+                self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
+                queued = []
             except Exception:
                 log.exception("queue.ingest_failed", files=len(batch))
                 queued = []

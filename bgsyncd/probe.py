@@ -33,39 +33,71 @@ PROBE_BYTES = 4096
 _PROBE_PREFIX = ".probe.bgsyncd-"
 
 
-def probe_write(folder: Path) -> None:
+def probe_write(folder: Path, root: Path | None = None) -> None:
     """Create a temp file in ``folder``, write a page, fsync it, remove it; raise OSError.
 
-    A folder that does not exist (it could not be made) is probed at its
-    nearest existing parent. No symlink is followed at the folder itself or at
-    the temp file.
+    With ``root`` (a configured outbox, quarantine or done folder that holds
+    ``folder``), the way down from ``root`` is walked one folder at a time,
+    refusing a symlink at every step (``ENOTDIR`` or ``ELOOP``), and a part of the way that
+    does not exist yet (its ``mkdir`` is what failed) is probed at the deepest
+    folder that does. Without ``root``, ``folder`` itself must exist and must
+    not be a symlink.
     """
-    place = folder
-    while not place.exists() and place.parent != place:
-        place = place.parent
-    dir_fd = os.open(place, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if root is None:
+        dir_fd = _open_dir(str(folder), None)
+    else:
+        try:
+            parts = folder.relative_to(root).parts
+        except ValueError:
+            parts = ()  # not under root: never probe outside it
+        dir_fd = _walk_down(root, parts)
     try:
-        name = f"{_PROBE_PREFIX}{secrets.token_hex(8)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
-        try:
-            try:
-                view = memoryview(bytes(PROBE_BYTES))
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            os.unlink(name, dir_fd=dir_fd)
-        try:
-            os.fsync(dir_fd)
-        except OSError as exc:
-            # Some filesystems (certain FUSE and network mounts) cannot fsync a folder.
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-                raise
+        _write_temp(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _open_dir(name: str, parent_fd: int | None) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, dir_fd=parent_fd)
+
+
+def _walk_down(root: Path, parts: tuple[str, ...]) -> int:
+    """An open descriptor of the deepest existing folder on the way from ``root``."""
+    fd = _open_dir(str(root), None)
+    for part in parts:
+        try:
+            child = _open_dir(part, fd)
+        except FileNotFoundError:
+            break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _write_temp(dir_fd: int) -> None:
+    name = f"{_PROBE_PREFIX}{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(bytes(PROBE_BYTES))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.unlink(name, dir_fd=dir_fd)
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:
+        # Some filesystems (certain FUSE and network mounts) cannot fsync a folder.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
 
 
 @dataclass(frozen=True)
@@ -91,30 +123,31 @@ class OutputProbe:
         self,
         interval: float = PROBE_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
-        probe: Callable[[Path], None] = probe_write,
+        probe: Callable[[Path, Path | None], None] = probe_write,
     ) -> None:
         self.interval = interval
         self._clock = clock
         self._probe = probe
         self._lock = threading.Lock()
-        # place -> (errno text, note number): a place noted again while a round
-        # runs is not forgotten by that round's success.
-        self._places: dict[Path, tuple[str, int]] = {}
+        # place -> (errno text, note number, root): a place noted again while a
+        # round runs is not forgotten by that round's success.
+        self._places: dict[Path, tuple[str, int, Path | None]] = {}
         self._notes = 0
         self._next_at: float | None = None
 
-    def note(self, place: Path, exc: OSError) -> str:
-        """A write under ``place`` failed with ``exc``; return the errno text for the log.
+    def note(self, place: Path, error: OSError | str, root: Path | None = None) -> str:
+        """A write in ``place`` (under the configured folder ``root``) failed; return its text.
 
-        The first probe of a new failure waits a whole interval: the disk that
-        just refused a write is not asked again at once.
+        ``error`` is the exception, or its errno text already made. The first
+        probe of a new failure waits a whole interval: the disk that just
+        refused a write is not asked again at once.
         """
-        text = describe_os_error(exc)
+        text = error if isinstance(error, str) else describe_os_error(error)
         with self._lock:
             if not self._places:
                 self._next_at = self._clock() + self.interval
             self._notes += 1
-            self._places[place] = (text, self._notes)
+            self._places[place] = (text, self._notes, root)
         return text
 
     @property
@@ -147,18 +180,18 @@ class OutputProbe:
             places = dict(self._places)
             self._next_at = self._clock() + self.interval
         failing: dict[Path, str] = {}
-        for place in places:  # outside the lock: a write to a sick disk may be slow
-            try:
-                self._probe(place)
+        for place, (_text, _number, root) in places.items():
+            try:  # outside the lock: a write to a sick disk may be slow
+                self._probe(place, root)
             except OSError as exc:
                 failing[place] = describe_os_error(exc)
         with self._lock:
-            for place, (_text, number) in places.items():
+            for place, (_text, number, root) in places.items():
                 current = self._places.get(place)
                 if current is None or current[1] != number:
                     continue  # noted again meanwhile: that newer failure stands
                 if place in failing:
-                    self._places[place] = (failing[place], number)
+                    self._places[place] = (failing[place], number, root)
                 else:
                     del self._places[place]
             if not self._places:
@@ -169,4 +202,4 @@ class OutputProbe:
         return self._next_at is not None and self._clock() >= self._next_at
 
     def _failing_locked(self) -> dict[Path, str]:
-        return {place: text for place, (text, _number) in self._places.items()}
+        return {place: text for place, (text, _number, _root) in self._places.items()}

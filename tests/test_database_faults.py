@@ -14,6 +14,7 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.queue import Found, Queue, QueueError, SqliteRequestLog
 from tests.conftest import DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.helpers import product_image, wait_until
 from tests.mounts import tmpfs
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
@@ -199,3 +200,44 @@ def test_daemon_notices_its_lock_deleted_and_exits_1(
     lock.unlink()  # a second daemon could now take a fresh lock beside this one
     assert daemon.proc.wait(60) == 1, daemon.output()
     assert daemon.saw("queue.lost", file=str(lock), what="deleted")
+
+
+def test_a_full_database_disk_while_running_pauses_queue_unavailable_and_resumes_losing_nothing(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    with tmpfs(tmp_path / "state", "16m") as fs:
+        db = fs.path / "queue.sqlite3"
+        config = _config(tmp_path, emulator.url, db)
+        inbox, outbox = tmp_path / "products" / "inbox", tmp_path / "products" / "outbox"
+        daemon = start_daemon(daemons, config)
+        (inbox / "first.jpg").write_bytes(product_image(64, 48))
+        wait_until((outbox / "first.png").exists, 20, what="first output")
+        fs.fill()
+        # Long names, many of them: more than the database's files have room for.
+        names = [f"{'n' * 150}-{i}.jpg" for i in range(40)]
+        for i, name in enumerate(names):
+            (inbox / name).write_bytes(product_image(64 + i, 48))
+        wait_until(
+            lambda: daemon.saw("dispatch.paused", reason="queue_unavailable"),
+            30,
+            what="dispatch.paused queue_unavailable",
+        )
+        paused = next(
+            e
+            for e in daemon.events()
+            if e.get("event") == "dispatch.paused" and e.get("reason") == "queue_unavailable"
+        )
+        assert ENOSPC_TEXT in paused["error"] and str(db) in paused["error"], paused
+        assert daemon.proc.poll() is None  # nothing crashed
+        fs.free()
+        wait_until(lambda: daemon.saw("queue.available"), 30, what="queue.available")
+        assert daemon.saw("dispatch.resumed", after="queue_unavailable")
+        # Files found while it was down are found again, and processed once each.
+        wait_until(
+            lambda: all((outbox / Path(name).with_suffix(".png")).exists() for name in names),
+            60,
+            what="every output",
+        )
+        assert daemon.proc.poll() is None
+        assert not any(e.get("event") == "daemon.crashed" for e in daemon.events())
+        assert daemon.stop() == 0

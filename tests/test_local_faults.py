@@ -4,13 +4,18 @@ and a probe write lifts the pause by itself. Real tmpfs mounts (root)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from bgsyncd.emulator import Emulator
 from bgsyncd.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
-from tests.helpers import FakeClock
+from tests.conftest import DaemonProcess, make_folder, start_daemon, status_json, write_config
+from tests.helpers import FakeClock, product_image, wait_until
 from tests.mounts import tmpfs
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
@@ -57,15 +62,37 @@ def test_probe_write_fails_with_erofs_on_a_read_only_remount_and_passes_after_rw
         assert _leftovers(fs.path / "sub") == []
 
 
-def test_probe_write_of_a_folder_never_made_probes_its_nearest_parent(tmp_path: Path) -> None:
+def test_probe_write_of_a_folder_never_made_probes_its_deepest_existing_parent_under_root(
+    tmp_path: Path,
+) -> None:
     with tmpfs(tmp_path / "outbox", "256k") as fs:
+        (fs.path / "a").mkdir()
         fs.fill()
         with pytest.raises(OSError) as caught:
-            probe_write(fs.path / "a" / "b")  # mkdir of a/b failed: probe where it would go
+            # mkdir of a/b/c failed: probe where it would have gone, a/.
+            probe_write(fs.path / "a" / "b" / "c", root=fs.path)
         assert caught.value.errno == errno.ENOSPC
         fs.free()
-        probe_write(fs.path / "a" / "b")
-        assert not (fs.path / "a").exists()
+        probe_write(fs.path / "a" / "b" / "c", root=fs.path)
+        assert _leftovers(fs.path) == ["a"] and _leftovers(fs.path / "a") == []
+
+
+def test_probe_write_under_a_root_refuses_a_symlink_on_the_way(tmp_path: Path) -> None:
+    root, outside = tmp_path / "outbox", tmp_path / "outside"
+    root.mkdir()
+    (outside / "sub").mkdir(parents=True)
+    (root / "a").symlink_to(outside)
+    with pytest.raises(OSError) as caught:
+        probe_write(root / "a" / "sub", root=root)
+    assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR)  # a refused write
+    assert list((outside / "sub").iterdir()) == []
+
+
+def test_probe_write_never_probes_outside_its_root(tmp_path: Path) -> None:
+    root = tmp_path / "outbox"
+    root.mkdir()
+    probe_write(tmp_path / "elsewhere", root=root)  # probes the root itself
+    assert _leftovers(tmp_path) == ["outbox"] and _leftovers(root) == []
 
 
 def test_probe_write_refuses_a_folder_that_is_a_symlink(tmp_path: Path) -> None:
@@ -88,7 +115,7 @@ class ScriptedDisk:
         self.broken: dict[Path, OSError] = {}
         self.probed: list[Path] = []
 
-    def __call__(self, place: Path) -> None:
+    def __call__(self, place: Path, root: Path | None = None) -> None:
         self.probed.append(place)
         if place in self.broken:
             raise self.broken[place]
@@ -154,10 +181,94 @@ def test_a_place_noted_again_during_a_round_is_not_forgotten_by_that_round() -> 
     place = Path("/srv/outbox")
     probe: OutputProbe
 
-    def disk(p: Path) -> None:  # the probe passes, but a worker fails there meanwhile
+    def disk(p: Path, root: Path | None) -> None:  # passes, but a worker fails there meanwhile
         probe.note(p, _enospc())
 
     probe = OutputProbe(clock=clock, probe=disk)
     probe.note(place, _enospc())
     result = probe.run(force=True)
     assert not result.recovered and result.failing == {place: ENOSPC_TEXT}
+
+
+# -- a real daemon, a real full or read-only outbox ---------------------------------------
+
+
+def _image_requests(emulator: Emulator) -> int:
+    """Image requests the emulator answered 200: each took a credit."""
+    return sum(1 for r in emulator.requests() if r.image_sha256 is not None and r.status == 200)
+
+
+def _attempts(db: Path) -> dict[str, tuple[str, int]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT relpath, state, attempts FROM jobs").fetchall()
+    finally:
+        conn.close()
+    return {relpath: (state, attempts) for relpath, state, attempts in rows}
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_unwritable_outbox_pauses_keeps_jobs_pending_and_a_probe_resumes_without_a_credit(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], fault: str
+) -> None:
+    folder = make_folder(tmp_path, "products")
+    inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
+    db = tmp_path / "state" / "queue.sqlite3"
+    config = write_config(
+        tmp_path / "config.toml",
+        base_url=emulator.url,
+        folders=[folder],
+        queue={"database": str(db)},
+    )
+    with tmpfs(outbox, "1m") as fs:
+        daemon = start_daemon(daemons, config)
+        (inbox / "first.jpg").write_bytes(product_image(64, 48))
+        wait_until((outbox / "first.png").exists, 20, what="first output")
+        if fault == "full":
+            fs.fill()
+            expected = ENOSPC_TEXT
+        else:
+            fs.readonly()
+            expected = EROFS_TEXT
+        names = [f"img{i}.jpg" for i in range(3)]
+        for i, name in enumerate(names):
+            (inbox / name).write_bytes(product_image(80 + 8 * i, 60))
+        wait_until(
+            lambda: daemon.saw("dispatch.paused", reason="output_unwritable"),
+            30,
+            what="dispatch.paused output_unwritable",
+        )
+        paused = next(
+            e
+            for e in daemon.events()
+            if e.get("event") == "dispatch.paused" and e.get("reason") == "output_unwritable"
+        )
+        assert expected in json.dumps(paused), paused  # the errno text in the log
+        assert str(outbox) in json.dumps(paused), paused  # and the folder
+        wait_until(lambda: status_json(config)["paused"] == "output_unwritable", 15)
+        # Nothing quarantined, no attempt counted, every job back to pending.
+        jobs = _attempts(db)
+        assert {name: jobs[name] for name in names} == dict.fromkeys(names, ("pending", 0))
+        assert not Path(folder["quarantine"]).exists() or not any(
+            Path(folder["quarantine"]).iterdir()
+        )
+        assert not any(e.get("event") == "job.quarantined" for e in daemon.events())
+        charged_while_paused = _image_requests(emulator)
+        assert charged_while_paused <= 2  # the first, and the one whose write failed
+
+        if fault == "full":
+            fs.free()
+        else:
+            fs.readwrite()
+        daemon.signal(signal.SIGHUP)  # the probe runs at once (else within 30 s)
+        wait_until(lambda: daemon.saw("output.writable"), 20, what="output.writable")
+        wait_until(
+            lambda: all((outbox / Path(name).with_suffix(".png")).exists() for name in names),
+            30,
+            what="every output",
+        )
+        assert daemon.saw("dispatch.resumed", after="output_unwritable")
+        # The resume cost no credit: one request per distinct image, ever.
+        assert _image_requests(emulator) == 1 + len(names)
+        assert status_json(config)["paused"] is None
+        assert daemon.stop() == 0
