@@ -523,6 +523,7 @@ def _worker_config(settings: Settings) -> WorkerConfig:
         max_attempts=settings.queue.max_attempts,
         retry_base_seconds=settings.queue.retry_base_seconds,
         retry_max_seconds=settings.queue.retry_max_seconds,
+        settle_seconds=settings.queue.settle_seconds,
     )
 
 

@@ -504,6 +504,15 @@ class Queue:
         else:
             self._update(job_id, "state = 'pending', lease_until = NULL")
 
+    def defer(self, job_id: int, at: float, note: str) -> None:
+        """Wait until ``at`` without counting an attempt (an input not yet quiet, say)."""
+        self._update(
+            job_id,
+            "state = 'retry_wait', next_attempt_at = ?, last_error = ?, lease_until = NULL",
+            at,
+            note,
+        )
+
     def claimed_outputs(self, job_id: int) -> list[str]:
         """The output paths (relative to the outbox) this job has claimed."""
         with self._read() as conn:

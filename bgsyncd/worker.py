@@ -1,20 +1,21 @@
 """Processing one claimed job: from the input file to its outputs.
 
-``Worker.process`` never raises for a bad file or a failed request: every
-outcome becomes a queue transition (done, quarantined, retry later, released)
-and a ``Result`` that tells the dispatcher what it means for the account.
+The worker does things and decides nothing: each step reports what happened
+(:mod:`bgsyncd.outcomes`), :func:`~bgsyncd.outcomes.decide` maps it to an
+``Outcome``, and :meth:`Worker._apply` alone carries it out (the queue
+transition, the metrics, the log line). ``Worker.process`` never raises for a
+bad file, a failed request or a failing disk; its ``Result`` tells the
+dispatcher what the outcome means for the account (credits, pauses, 429s).
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,26 @@ from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
-from bgsyncd.errors import (
-    AccountError,
-    MalformedResponse,
-    PermanentFileError,
-    RateLimited,
-    Stopped,
-    TransientError,
-)
+from bgsyncd.errors import ApiError, Stopped, UnusableAnswer
+from bgsyncd.history import History
 from bgsyncd.inputs import Signature, read_input, signature_of
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
+from bgsyncd.outcomes import (
+    ApiFailed,
+    Context,
+    Crashed,
+    Finished,
+    Happening,
+    Interrupted,
+    LocalVerdict,
+    Outcome,
+    Transition,
+    Vanished,
+    WriteFailed,
+    decide,
+    describe,
+)
 from bgsyncd.queue import Found, Job, Queue
 
 log = get_logger("bgsyncd.worker")
@@ -48,11 +58,21 @@ class Kind(enum.Enum):
 
     DONE = "done"  # outputs written (from the API or the cache)
     QUARANTINED = "quarantined"
-    RETRY = "retry"  # transient failure, retried later
+    RETRY = "retry"  # failed, retried later (an attempt counted, or waiting to settle)
     VANISHED = "vanished"  # the input disappeared before it was processed
-    PAUSED = "paused"  # account-wide problem: the job went back to the queue
+    PAUSED = "paused"  # account-wide or disk problem: the job went back to the queue
     RATE_LIMITED = "rate_limited"  # 429: the job went back to the queue
     RELEASED = "released"  # shutting down: the job went back to the queue
+
+
+_KINDS = {
+    Transition.DONE: Kind.DONE,
+    Transition.QUARANTINE: Kind.QUARANTINED,
+    Transition.RETRY: Kind.RETRY,
+    Transition.DEFER: Kind.RETRY,
+    Transition.RELEASE: Kind.RELEASED,
+    Transition.FORGET: Kind.VANISHED,
+}
 
 
 @dataclass(frozen=True)
@@ -76,16 +96,18 @@ class WorkerConfig:
     max_attempts: int
     retry_base_seconds: float
     retry_max_seconds: float
+    settle_seconds: float = 2.0  # a local verdict is final once the input is this quiet
 
 
-class _Quarantine(Exception):
-    """Internal: stop processing and quarantine the input."""
+@dataclass
+class _Run:
+    """What one run of a job has done so far (for the outcome and its application)."""
 
-    def __init__(self, reason: str, message: str, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.http_status = http_status
+    sha: str | None = None
+    result: bytes | None = None  # the API's answer, made into a cut-out
+    charged: bool = False  # the image request was answered
+    folder: str = ""  # where the write that may fail goes
+    during: str = "writing the outputs"
 
 
 class Worker:
@@ -106,147 +128,105 @@ class Worker:
         self.config = config
         self._client = client
         self._clock = clock
-        self._lock = threading.Lock()
-        self._busy: dict[str, threading.Event] = {}
+        self._history = History()
 
     def process(self, job: Job) -> Result:
         """Process ``job`` (claimed, in flight) to one of the outcomes of ``Kind``."""
         folder = self.config.folders.get(job.folder)
+        bound = log.bind(folder=job.folder, path=job.relpath, job=job.id)
+        run = _Run()
         if folder is None:
             # The folder was removed by a reload: leave the job for a later configuration.
-            self._queue.release(job.id)
-            return Result(Kind.RELEASED)
-        bound = log.bind(folder=job.folder, path=job.relpath, job=job.id)
+            return self._apply(job, None, decide(Interrupted("folder"), self._context(job)), bound)
         try:
-            return self._process(job, folder, bound)
-        except _Quarantine as q:
-            return self._quarantine(job, folder, q.reason, q.message, q.http_status, bound)
+            happened = self._do(job, folder, run, bound)
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
-            bound.exception("job.error", error=type(exc).__name__)
-            return self._retry(job, folder, f"internal error: {type(exc).__name__}", None, bound)
+            bound.exception("job.error", error=describe(exc))
+            happened = Crashed(exc, charged=run.charged)
+        outcome = decide(happened, self._context(job))
+        self._history.remember(job, outcome, run.sha, run.result)
+        return self._apply(job, folder, outcome, bound)
 
-    def _process(self, job: Job, folder: FolderSettings, bound: Any) -> Result:
+    # -- doing: each step says what happened ------------------------------------------
+
+    def _do(self, job: Job, folder: FolderSettings, run: _Run, bound: Any) -> Happening:
         src = folder.inbox / job.relpath
         read = read_input(folder.inbox, job.relpath, HARD_SIZE_LIMIT)
         if read is None:
-            self._queue.forget(job.id)
-            bound.info("file.vanished")
-            return Result(Kind.VANISHED)
+            return Vanished()
         data, sig = read
+        # Quiet since the last write (mtime) and since the close that queued it.
+        age = self._clock() - max(sig[1] / 1e9, job.queued_at)
         if data is None:
-            raise _Quarantine("too_large", f"{sig[0]} bytes is over the hard limit")
+            return LocalVerdict("too_large", f"{sig[0]} bytes is over the hard limit", age)
         if imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
-            raise _Quarantine("unsupported_media", "not a JPEG, PNG, WebP, TIFF, BMP or GIF")
+            message = "not a JPEG, PNG, WebP, TIFF, BMP or GIF"
+            return LocalVerdict("unsupported_media", message, age)
         try:
             imaging.inspect(data)
         except imaging.CorruptImage as exc:
-            raise _Quarantine("corrupt_image", str(exc)) from None
+            return LocalVerdict("corrupt_image", str(exc), age)
         sha = hashlib.sha256(data).hexdigest()
+        run.sha = sha
         self._queue.set_sha256(job.id, sha)
-        with self._same_content(sha):
-            return self._process_content(job, folder, data, sig, sha, src, bound)
+        with self._history.same_content(sha):
+            return self._do_content(job, folder, data, sig, src, age, run, bound)
 
-    @contextlib.contextmanager
-    def _same_content(self, sha: str) -> Iterator[None]:
-        """Let one job at a time process a given content; the others wait for it.
-
-        Two names with the same bytes dropped together would otherwise both be
-        sent before either result is cached: the second waits, then finds the
-        first one's result in the cache and spends no credit.
-        """
-        while True:
-            with self._lock:
-                busy = self._busy.get(sha)
-                if busy is None:
-                    self._busy[sha] = threading.Event()
-                    break
-            busy.wait()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy.pop(sha).set()
-
-    def _process_content(
+    def _do_content(
         self,
         job: Job,
         folder: FolderSettings,
         data: bytes,
         sig: Signature,
-        sha: str,
         src: Path,
+        age: float,
+        run: _Run,
         bound: Any,
-    ) -> Result:
-        cached = self._cache.get(sha)
-        if cached is not None:
-            self._finish(job, folder, sig, cached, src, bound)
-            self._recorder.job_finished(job.folder, "cached", self._clock() - job.queued_at)
-            bound.info("job.done", source="cache")
-            return Result(Kind.DONE)
+    ) -> Happening:
+        assert run.sha is not None
+        kept = self._kept_result(run.sha)
+        if kept is not None:
+            return self._finish(job, folder, sig, kept, src, run, "cache", bound)
         oversize = len(data) > self.config.max_upload_bytes
         if oversize and folder.oversize == "quarantine":
-            raise _Quarantine("too_large", f"{len(data)} bytes is over api.max_upload_bytes", None)
+            return LocalVerdict("too_large", f"{len(data)} bytes is over api.max_upload_bytes", age)
         if job.resend and self._outputs_already_written(job, folder, sig):
             # A crash came after the outputs were written and before the job was
             # marked done: they are there and newer than the input. Never send
             # such a job again (the cache usually answers first; not when it is
             # off or the entry was evicted).
             self._queue.complete(job.id, self._queue.claimed_outputs(job.id))
+            run.folder, run.during = _after_success_target(folder)
             self._after_success(job, folder, sig, src, bound)
-            self._recorder.job_finished(job.folder, "cached", self._clock() - job.queued_at)
-            bound.info("job.done", source="outputs already written")
-            return Result(Kind.DONE)
-        if job.resend:
-            self._recorder.resend()
-            bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
+            return Finished("outputs")
         upload = data
         if oversize:
             try:
                 upload = imaging.shrink_to_fit(data, self.config.max_upload_bytes)
             except ValueError as exc:
-                raise _Quarantine("too_large", f"cannot shrink below the limit: {exc}") from None
+                return LocalVerdict("too_large", f"cannot shrink below the limit: {exc}", age)
+        # Output names are decided before a credit is spent on them.
+        self._claim_names(job, folder)
+        if job.resend:
+            self._recorder.resend()
+            bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
         try:
             if oversize:
                 answer = self._client().alpha_channel(upload, filename=src.name)
             else:
                 answer = self._client().remove_background(upload, filename=src.name)
         except Stopped:
-            self._queue.release(job.id)
-            return Result(Kind.RELEASED)
-        except PermanentFileError as exc:
-            raise _Quarantine(exc.reason, exc.message, exc.status) from None
-        except AccountError as exc:
-            self._queue.release(job.id)
-            return Result(Kind.PAUSED, reason=exc.reason, pause=exc.reason)
-        except RateLimited as exc:
-            self._queue.release(job.id)
-            self._recorder.rate_limited()
-            bound.warning("api.rate_limited", retry_after=exc.retry_after)
-            return Result(Kind.RATE_LIMITED, retry_after=exc.retry_after)
-        except MalformedResponse as exc:
-            # Answered 200: the credit is spent, and sending again spends another.
-            bound.warning("api.malformed", error=exc.message)
-            return self._retry(job, folder, exc.message, exc.status, bound, charged=True)
-        except TransientError as exc:
-            if exc.outcome_unknown:
-                bound.warning("api.outcome_unknown", error=exc.message)
-            return self._retry(job, folder, exc.message, exc.status, bound, exc.outcome_unknown)
-        # From here on the credit is spent: whatever fails, the local count knows.
+            return Interrupted("stopping")
+        except ApiError as exc:
+            return ApiFailed(exc)
+        run.charged = True  # from here on the credit is spent, whatever fails
         try:
             cutout = imaging.compose(data, answer, result_is_alpha=oversize)
         except imaging.CorruptImage as exc:
-            return self._retry(job, folder, f"unusable result: {exc}", None, bound, charged=True)
-        self._cache.put(sha, cutout)
-        try:
-            self._finish(job, folder, sig, cutout, src, bound)
-        except Exception as exc:
-            # The result is cached: the retry costs no credit, so it is no resend.
-            bound.exception("job.error", error=type(exc).__name__)
-            message = f"writing the outputs failed: {type(exc).__name__}"
-            return self._retry(job, folder, message, None, bound, charged=True, resend=False)
-        self._recorder.job_finished(job.folder, "success", self._clock() - job.queued_at)
-        bound.info("job.done", source="api")
-        return Result(Kind.DONE, charged=True)
+            return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
+        run.result = cutout
+        self._cache.put(run.sha, cutout)
+        return self._finish(job, folder, sig, cutout, src, run, "api", bound)
 
     def _finish(
         self,
@@ -255,17 +235,43 @@ class Worker:
         sig: Signature,
         cutout: bytes,
         src: Path,
+        run: _Run,
+        source: str,
         bound: Any,
-    ) -> None:
+    ) -> Happening:
         """Write the outputs, mark the job done, then deal with the input.
 
         If the input changed after it was read (a writer came back), it is
         neither deleted nor moved but queued again: its new content must not
         be lost, and it gets its own turn.
         """
-        written = self._write_outputs(job, folder, cutout)
-        self._queue.complete(job.id, written)
-        self._after_success(job, folder, sig, src, bound)
+        if run.result is None:
+            run.result = cutout
+        try:
+            run.folder, run.during = str(folder.outbox), "writing the outputs"
+            written = self._write_outputs(job, folder, cutout)
+            self._queue.complete(job.id, written)
+            run.folder, run.during = _after_success_target(folder)
+            self._after_success(job, folder, sig, src, bound)
+        except OSError as exc:
+            return WriteFailed(exc, run.folder, run.during, charged=run.charged)
+        return Finished(source)
+
+    def _claim_names(self, job: Job, folder: FolderSettings) -> None:
+        """Claim the output names now, so that no credit is spent on a name that cannot be had."""
+        ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
+        primary = self._queue.claim_output(
+            job.folder, job.id, outputs.output_candidates(job.relpath, ext)
+        )
+        if folder.output == "both":
+            self._queue.claim_output(job.folder, job.id, outputs.mask_candidates(primary))
+
+    def _kept_result(self, sha: str) -> bytes | None:
+        kept = self._history.kept(sha)
+        return kept if kept is not None else self._cache.get(sha)
+
+    def _context(self, job: Job) -> Context:
+        return self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
 
     def _after_success(
         self, job: Job, folder: FolderSettings, sig: Signature, src: Path, bound: Any
@@ -324,43 +330,63 @@ class Worker:
             written.append(mask)
         return written
 
-    def _retry(
-        self,
-        job: Job,
-        folder: FolderSettings,
-        message: str,
-        status: int | None,
-        bound: Any,
-        charged: bool = False,
-        resend: bool | None = None,
-    ) -> Result:
-        """Count a failed attempt: retry later with backoff, or quarantine at the last.
+    # -- applying: the one place an outcome becomes a transition, a metric, a log line ---
 
-        ``charged``: a credit was (or may have been) spent; ``resend`` (default:
-        the same) marks the next send as a possible second charge.
-        """
-        attempts = job.attempts + 1
-        if attempts >= self.config.max_attempts:
-            self._quarantine(job, folder, "retries_exhausted", message, status, bound, attempts)
-            return Result(Kind.QUARANTINED, charged=charged)
-        delay = compute_backoff(
-            attempts, self.config.retry_base_seconds, self.config.retry_max_seconds
+    def _apply(self, job: Job, folder: FolderSettings | None, out: Outcome, bound: Any) -> Result:
+        fields = dict(out.fields)
+        if out.message and out.transition is not Transition.DONE:
+            fields["error"] = out.message
+        if out.transition is Transition.QUARANTINE and folder is not None:
+            moved = self._quarantine(job, folder, out)
+            if moved is not None:
+                # The quarantine itself could not be written: decided anew.
+                again = decide(moved, self._context(job))
+                if again.transition is Transition.QUARANTINE and again.reason != "output_refused":
+                    # Neither the disk nor a swap: the job ends, the input stays.
+                    note = f"{out.message}; could not move it to the quarantine: {again.message}"
+                    again = replace(out, move=False, message=note)
+                result = self._apply(job, folder, replace(again, charged=out.charged), bound)
+                return replace(result, pause=result.pause or out.pause)
+        elif out.transition is Transition.RETRY:
+            delay = compute_backoff(
+                job.attempts + 1, self.config.retry_base_seconds, self.config.retry_max_seconds
+            )
+            self._queue.retry_later(job.id, self._clock() + delay, out.message, resend=out.resend)
+            fields["delay"] = round(delay, 2)
+        elif out.transition is Transition.DEFER:
+            self._queue.defer(job.id, self._clock() + (out.wait or 0.0), out.message)
+            fields["wait"] = round(out.wait or 0.0, 2)
+        elif out.transition is Transition.RELEASE:
+            self._queue.release(job.id)
+        elif out.transition is Transition.FORGET:
+            self._queue.forget(job.id)
+        if out.finished is not None:
+            took = None if out.finished == "quarantined" else self._clock() - job.queued_at
+            self._recorder.job_finished(job.folder, out.finished, took)
+        if out.rate_limited:
+            self._recorder.rate_limited()
+        getattr(bound, out.level)(out.event, **_loggable(fields, out))
+        kind = Kind.RATE_LIMITED if out.rate_limited else _KINDS[out.transition]
+        if out.pause is not None:
+            kind = Kind.PAUSED
+        context = {k: v for k, v in fields.items() if k in ("location", "folder_path", "error")}
+        return Result(
+            kind,
+            charged=out.charged,
+            reason=out.reason if out.transition is Transition.QUARANTINE else out.pause,
+            retry_after=out.wait if out.rate_limited else None,
+            pause=out.pause,
+            pause_context=context,
         )
-        again = charged if resend is None else resend
-        self._queue.retry_later(job.id, self._clock() + delay, message, resend=again)
-        bound.warning("job.retry", attempts=attempts, delay=round(delay, 2), error=message)
-        return Result(Kind.RETRY, charged=charged)
 
-    def _quarantine(
-        self,
-        job: Job,
-        folder: FolderSettings,
-        reason: str,
-        message: str,
-        status: int | None,
-        bound: Any,
-        attempts: int | None = None,
-    ) -> Result:
+    def _quarantine(self, job: Job, folder: FolderSettings, out: Outcome) -> Happening | None:
+        """Move the input and its sidecar to the quarantine and mark the job.
+
+        Returns what happened instead when that could not be done: the input
+        vanished, or writing under the quarantine failed (decided anew).
+        """
+        reason = out.reason or "retries_exhausted"
+        message, status = out.message, out.http_status
         src = folder.inbox / job.relpath
         sidecar = {
             "path": job.relpath,
@@ -368,32 +394,39 @@ class Worker:
             "reason": reason,
             "http_status": status,
             "message": message,
-            "attempts": job.attempts if attempts is None else attempts,
+            "attempts": job.attempts + (1 if out.counts_attempt else 0),
             "first_seen": _iso(job.first_seen),
             "failed_at": _iso(self._clock()),
         }
         location: str | None = None
-        if signature_of(folder.inbox, job.relpath) is None:
-            # Gone, or a folder on its path was swapped for a symlink: touch nothing.
-            self._queue.forget(job.id)
-            bound.info("file.vanished", during="quarantine")
-            return Result(Kind.VANISHED)
-        try:
-            final = outputs.quarantine_file(src, folder.quarantine, job.relpath, sidecar)
-            location = final.relative_to(folder.quarantine).as_posix()
-        except FileNotFoundError:
-            self._queue.forget(job.id)
-            bound.info("file.vanished", during="quarantine")
-            return Result(Kind.VANISHED)
-        except OSError as exc:
-            # Unreadable input, full or read-only quarantine disk: the file stays
-            # where it is, but the job ends here instead of coming back forever.
-            message = f"{message}; could not move it to the quarantine: {exc.strerror}"
-            bound.error("job.quarantine_failed", error=exc.strerror)
+        if out.move:
+            if signature_of(folder.inbox, job.relpath) is None:
+                # Gone, or a folder on its path was swapped for a symlink: touch nothing.
+                return Vanished("quarantine")
+            try:
+                final = outputs.quarantine_file(src, folder.quarantine, job.relpath, sidecar)
+                location = final.relative_to(folder.quarantine).as_posix()
+            except FileNotFoundError:
+                return Vanished("quarantine")
+            except OSError as exc:
+                return WriteFailed(exc, str(folder.quarantine), "quarantine")
         self._queue.quarantine(job.id, reason, message, status, location)
-        self._recorder.job_finished(job.folder, "quarantined", None)
-        bound.warning("job.quarantined", reason=reason, http_status=status, error=message)
-        return Result(Kind.QUARANTINED, reason=reason)
+        return None
+
+
+def _after_success_target(folder: FolderSettings) -> tuple[str, str]:
+    """Where keeping, deleting or moving the input writes, for a message."""
+    if folder.after_success == "move" and folder.done is not None:
+        return str(folder.done), "moving the input to done"
+    return str(folder.inbox), "deleting the input"
+
+
+def _loggable(fields: dict[str, object], out: Outcome) -> dict[str, object]:
+    if out.transition is Transition.QUARANTINE:
+        fields = {"reason": out.reason, "http_status": out.http_status, **fields}
+    if out.pause is not None:
+        fields["pause"] = out.pause
+    return fields
 
 
 def _iso(ts: float) -> str:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.metrics import Recorder
-from bgsyncd.queue import Found, Queue
+from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.worker import Kind, Worker, WorkerConfig
 from tests.conftest import TEST_KEY
-from tests.helpers import product_image
+from tests.helpers import product_image, wait_until
 
 IMAGE_PATH = "/v1.0/image-without-background"
 
@@ -74,4 +83,111 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     assert third is not None and third.resend
     assert worker.process(third).kind is Kind.DONE
     assert len([r for r in emulator.requests() if r.path == IMAGE_PATH]) == sent + 1
+    queue.close()
+
+
+# -- local faults and refused writes (SPEC §4): the worker side ---------------------------------
+
+
+def image_posts(emu: Emulator) -> int:
+    return len([r for r in emu.requests() if r.path == IMAGE_PATH])
+
+
+@contextlib.contextmanager
+def tmpfs(at: Path, size: str = "256k") -> Iterator[Path]:
+    """A real, small tmpfs mounted at ``at`` (root only)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    at.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(at)], check=True)
+    try:
+        yield at
+    finally:
+        subprocess.run(["umount", "-l", str(at)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of ``folder`` to the last byte."""
+    filler = folder / "filler"
+    with filler.open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def queue_one(tmp_path: Path, queue: Queue, relpath: str = "p.jpg") -> Job:
+    src = tmp_path / "inbox" / relpath
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(product_image(80, 60))
+    st = src.stat()
+    # Queued a while ago: a local verdict would be final at once.
+    queue.enqueue_many([Found("f", relpath, st.st_size, st.st_mtime_ns, st.st_ino)])
+    job = wait_until(lambda: queue.claim(60), what="a claimable job")
+    return job
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_credit(
+    tmp_path: Path, emulator: Emulator, fault: str
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    queue = Queue(tmp_path / "q.sqlite3")
+    with tmpfs(tmp_path / "outbox") as outbox:
+        worker = make_worker(tmp_path, emulator, queue)  # cache off: kept in memory
+        if fault == "full":
+            filler = fill(outbox)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
+        job = queue_one(tmp_path, queue)
+        result = worker.process(job)
+        expected = (Kind.PAUSED, "output_unwritable", True)
+        assert (result.kind, result.pause, result.charged) == expected
+        code = errno.ENOSPC if fault == "full" else errno.EROFS
+        assert f"[Errno {code}]" in str(result.pause_context["error"])
+        assert result.pause_context["folder_path"] == str(outbox)
+        after = queue.get(job.id)
+        assert after is not None and (after.state, after.attempts) == ("pending", 0)
+        assert not (tmp_path / "quarantine").exists()
+        assert (tmp_path / "inbox" / "p.jpg").exists()
+        assert image_posts(emulator) == 1
+        if fault == "full":
+            filler.unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(outbox)], check=True)
+        again = queue.claim(60)
+        assert again is not None and not again.resend
+        assert worker.process(again).kind is Kind.DONE
+        assert (outbox / "p.png").exists()
+        assert image_posts(emulator) == 1  # the kept result: no second credit
+    queue.close()
+
+
+def test_a_refused_output_folder_is_retried_without_resending_then_output_refused(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "outbox" / "sub").write_bytes(b"a file where a folder should be")  # ENOTDIR
+    queue = Queue(tmp_path / "q.sqlite3")
+    worker = make_worker(tmp_path, emulator, queue)  # cache off: kept in memory
+    job = queue_one(tmp_path, queue, "sub/deep/p.jpg")
+    for attempt in range(1, 5):
+        result = worker.process(job)
+        assert result.kind is Kind.RETRY
+        now = queue.get(job.id)
+        assert now is not None and now.attempts == attempt and not now.resend
+        assert now.last_error is not None and "[Errno 20]" in now.last_error
+        job = wait_until(lambda: queue.claim(60), what="the retry")
+    result = worker.process(job)
+    assert (result.kind, result.reason) == (Kind.QUARANTINED, "output_refused")
+    assert image_posts(emulator) == 1  # one credit, however many retries
+    sidecar = json.loads(
+        (tmp_path / "quarantine" / "sub" / "deep" / "p.jpg.error.json").read_text()
+    )
+    assert sidecar["reason"] == "output_refused" and sidecar["attempts"] == 5
+    assert "[Errno 20] Not a directory" in sidecar["message"]
     queue.close()
