@@ -456,7 +456,10 @@ class Daemon:
             log.warning("daemon.returned_jobs", jobs=len(left))
         self._found.put(None)
         self._ingest.join(timeout=10)
-        self._refresh()
+        try:
+            self._refresh()
+        except QueueUnavailable as exc:  # stopping is not a failure: the next start recovers
+            log.warning("queue.unavailable", error=str(exc), note="last state not saved")
         self.metrics.stop()
         for client in [*self._old_clients, self.client]:
             client.close()

@@ -183,7 +183,10 @@ class Dispatcher:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for job in left:
             # Its request may still be charging: the next send is a possible resend.
-            self._queue.release(job.id, resend=True)
+            try:
+                self._queue.release(job.id, resend=True)
+            except QueueUnavailable:
+                break  # still in flight in the database: the next start recovers them
         return left
 
     # -- the loop --------------------------------------------------------------------

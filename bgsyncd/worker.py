@@ -25,7 +25,7 @@ from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
-from bgsyncd.errors import ApiError, Stopped, UnusableAnswer
+from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer
 from bgsyncd.history import History
 from bgsyncd.inputs import Signature, read_input, signature_of
 from bgsyncd.logs import get_logger
@@ -140,6 +140,13 @@ class Worker:
             return self._apply(job, None, decide(Interrupted("folder"), self._context(job)), bound)
         try:
             happened = self._do(job, folder, run, bound)
+        except QueueUnavailable:
+            # The database's fault, not the job's: nothing is decided or counted.
+            # A charged result is kept for the resume; the dispatcher pauses
+            # (queue_unavailable) and the daemon gives the job back when it answers.
+            kept = Outcome(Transition.RELEASE, "job.released", charged=run.charged)
+            self._history.remember(job, kept, run.sha, run.result)
+            raise
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)

@@ -82,3 +82,50 @@ def tmpfs(path: Path, size: str = "1m") -> Iterator[Tmpfs]:
     finally:
         # Lazy: a daemon subprocess killed a moment ago may still hold a file open.
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+class Ext4:
+    """A small ext4 filesystem in a file, loop-mounted at ``path`` with ``errors=remount-ro``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self) -> None:
+        """Make the kernel see a filesystem error: it goes read-only at once, files open or not.
+
+        This is what a disk going bad does under a running daemon (``mount -o
+        remount,ro`` would refuse: files are open for writing).
+        """
+        source = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(self.path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        Path("/sys/fs/ext4", Path(source).name, "trigger_fs_error").write_text("test\n")
+
+
+@contextmanager
+def ext4(path: Path, size: str = "32M") -> Iterator[Ext4]:
+    """Mount a fresh ext4 image of ``size`` at ``path``; skip where that is not permitted."""
+    image = path.with_name(path.name + ".img")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["truncate", "-s", size, str(image)], check=True)
+    made = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True, check=False
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot make an ext4 image here: {made.stderr.strip()}")
+    mounted = subprocess.run(
+        ["mount", "-o", "loop,errors=remount-ro", str(image), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount an ext4 image here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield Ext4(path)
+    finally:
+        # The loop device is released with the last user (autoclear).
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd.client import Client
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.queue import Found, Queue, QueueError, SqliteRequestLog
-from tests.conftest import DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from bgsyncd.worker import Kind
+from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
-from tests.mounts import tmpfs
+from tests.mounts import Tmpfs, ext4, tmpfs
+from tests.test_worker import image_posts, make_worker, queue_one
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
 EROFS_TEXT = "[Errno 30] Read-only file system"
@@ -241,3 +244,143 @@ def test_a_full_database_disk_while_running_pauses_queue_unavailable_and_resumes
         assert daemon.proc.poll() is None
         assert not any(e.get("event") == "daemon.crashed" for e in daemon.events())
         assert daemon.stop() == 0
+
+
+def test_a_job_whose_database_write_fails_counts_no_attempt_and_reaches_the_dispatcher(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    with tmpfs(tmp_path / "state", "16m") as fs:
+        db = fs.path / "q.sqlite3"
+        queue = Queue(db)
+        try:
+            worker = make_worker(tmp_path, emulator, queue)
+            job = queue_one(tmp_path, queue)
+            # An empty WAL: the next write needs room, and the disk has none.
+            queue._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            fs.fill()
+            with pytest.raises(QueueUnavailable, match=r"\[Errno 28\] No space left on device"):
+                worker.process(job)  # the dispatcher catches it and pauses
+            fs.free()
+            # No attempt counted; still in flight, until the daemon gives it back.
+            assert _job_row(db, job.id) == ("in_flight", 0)
+            assert queue.recover() == 1
+            again = queue.claim(60)
+            assert again is not None and again.id == job.id and again.attempts == 0
+            assert worker.process(again).kind is Kind.DONE
+            assert (tmp_path / "outbox" / "p.png").exists()
+        finally:
+            queue.close()
+
+
+def _job_row(db: Path, job_id: int) -> tuple[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        state, attempts = conn.execute(
+            "SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return str(state), int(attempts)
+
+
+# -- while running: the disk goes read-only -------------------------------------------------
+
+
+def test_a_disk_gone_read_only_under_the_queue_makes_writes_queue_unavailable_with_erofs(
+    tmp_path: Path,
+) -> None:
+    with ext4(tmp_path / "state") as fs:
+        db = fs.path / "queue.sqlite3"
+        queue = Queue(db)
+        try:
+            queue.enqueue_many(_batch(3, "before"))
+            fs.fail()
+            with pytest.raises(QueueUnavailable) as caught:
+                queue.enqueue_many(_batch(3))
+            # SQLite says "disk I/O error"; the probe finds what the kernel says.
+            assert str(db) in str(caught.value) and EROFS_TEXT in str(caught.value)
+            with pytest.raises(QueueUnavailable, match=r"\[Errno 30\]"):
+                queue.check_writable()
+            assert queue.counts()["products"]["pending"] == 3  # reads still answer
+        finally:
+            queue.close()
+
+
+def test_a_running_daemon_whose_database_disk_goes_read_only_pauses_and_stops_cleanly(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    with ext4(tmp_path / "state") as fs:
+        db = fs.path / "queue.sqlite3"
+        config = _config(tmp_path, emulator.url, db)
+        inbox, outbox = tmp_path / "products" / "inbox", tmp_path / "products" / "outbox"
+        daemon = start_daemon(daemons, config)
+        (inbox / "first.jpg").write_bytes(product_image(64, 48))
+        wait_until((outbox / "first.png").exists, 20, what="first output")
+        fs.fail()
+        (inbox / "second.jpg").write_bytes(product_image(72, 48))
+        wait_until(
+            lambda: daemon.saw("dispatch.paused", reason="queue_unavailable"),
+            30,
+            what="dispatch.paused queue_unavailable",
+        )
+        paused = next(
+            e
+            for e in daemon.events()
+            if e.get("event") == "dispatch.paused" and e.get("reason") == "queue_unavailable"
+        )
+        assert EROFS_TEXT in paused["error"] and str(db) in paused["error"], paused
+        assert daemon.proc.poll() is None  # nothing crashed
+        assert not (outbox / "second.png").exists()  # nothing sent without a record
+        assert daemon.stop() == 0, daemon.output()
+        assert "Traceback" not in daemon.output()
+
+
+class _ThenFill(Client):
+    """A real client; once the API has answered, the database's disk fills up."""
+
+    def __init__(self, url: str, fs: Tmpfs) -> None:
+        super().__init__(url, TEST_KEY, 10)
+        self._fs = fs
+
+    def alpha_channel(self, image: bytes, filename: str = "image") -> bytes:
+        answer = super().alpha_channel(image, filename)
+        self._fs.fill()
+        return answer
+
+    def remove_background(self, image: bytes, filename: str = "image") -> bytes:
+        answer = super().remove_background(image, filename)
+        self._fs.fill()
+        return answer
+
+
+def test_a_charged_job_whose_done_row_cannot_be_written_is_no_job_error_and_never_paid_twice(
+    tmp_path: Path, emulator: Emulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    with tmpfs(tmp_path / "state", "16m") as fs:
+        db = fs.path / "q.sqlite3"
+        queue = Queue(db)
+        client = _ThenFill(emulator.url, fs)
+        try:
+            worker = make_worker(tmp_path, emulator, queue)  # the cache is off
+            worker._client = lambda: client
+            job = queue_one(tmp_path, queue)
+            queue._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no room kept back
+            capfd.readouterr()
+            with pytest.raises(QueueUnavailable, match=r"\[Errno 28\]"):
+                worker.process(job)
+            # The database's fault, not the job's: no job.error, no traceback, nothing decided.
+            logged = capfd.readouterr().err
+            assert "job.error" not in logged and "Traceback" not in logged, logged
+            assert (tmp_path / "outbox" / "p.png").exists()  # written before the row failed
+            fs.free()
+            assert _job_row(db, job.id) == ("in_flight", 0)
+            assert queue.recover() == 1  # what the daemon does when the database answers
+            again = queue.claim(60)
+            assert again is not None and again.resend
+            assert worker.process(again).kind is Kind.DONE
+            assert image_posts(emulator) == 1  # never paid twice
+        finally:
+            queue.close()
+            client.close()
