@@ -338,6 +338,7 @@ class Daemon:
                 queued = self.queue.enqueue_many(batch)
             except QueueUnavailable as exc:
                 # Not queued: the rescan after the database answers finds them again.
+                log.warning("queue.ingest_deferred", files=len(batch), error=str(exc))
                 self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
                 queued = []
             except Exception:

@@ -215,8 +215,8 @@ def test_a_full_database_disk_while_running_pauses_queue_unavailable_and_resumes
         daemon = start_daemon(daemons, config)
         (inbox / "first.jpg").write_bytes(product_image(64, 48))
         wait_until((outbox / "first.png").exists, 20, what="first output")
+        _empty_wal(db)  # so that the very next write needs room
         fs.fill()
-        # Long names, many of them: more than the database's files have room for.
         names = [f"{'n' * 150}-{i}.jpg" for i in range(40)]
         for i, name in enumerate(names):
             (inbox / name).write_bytes(product_image(64 + i, 48))
@@ -232,9 +232,11 @@ def test_a_full_database_disk_while_running_pauses_queue_unavailable_and_resumes
         )
         assert ENOSPC_TEXT in paused["error"] and str(db) in paused["error"], paused
         assert daemon.proc.poll() is None  # nothing crashed
+        wait_until(lambda: daemon.saw("queue.ingest_deferred"), 10, what="ingest deferred")
+        assert not any((outbox / Path(name).with_suffix(".png")).exists() for name in names)
         fs.free()
         wait_until(lambda: daemon.saw("queue.available"), 30, what="queue.available")
-        assert daemon.saw("dispatch.resumed", after="queue_unavailable")
+        wait_until(lambda: daemon.saw("dispatch.resumed", after="queue_unavailable"), 10)
         # Files found while it was down are found again, and processed once each.
         wait_until(
             lambda: all((outbox / Path(name).with_suffix(".png")).exists() for name in names),
@@ -271,6 +273,16 @@ def test_a_job_whose_database_write_fails_counts_no_attempt_and_reaches_the_disp
             assert (tmp_path / "outbox" / "p.png").exists()
         finally:
             queue.close()
+
+
+def _empty_wal(db: Path) -> None:
+    """Checkpoint the daemon's WAL and truncate it, from a connection of our own."""
+    conn = sqlite3.connect(db)
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0
+    finally:
+        conn.close()
 
 
 def _job_row(db: Path, job_id: int) -> tuple[str, int]:
