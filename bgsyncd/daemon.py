@@ -75,7 +75,9 @@ class Daemon:
         self.stuck = False
         self._fatal: str | None = None  # why the loop ended on its own: exit 1
 
-        self._lock_fd = _lock_database(settings.queue.database)
+        # The database in use until exit: a reload naming another one needs a restart.
+        self._database = settings.queue.database
+        self._lock_fd = _lock_database(self._database)
         self._lock_identity = identity_of_fd(self._lock_fd)
         self.queue = Queue(settings.queue.database)
         resent = self.queue.recover()
@@ -217,7 +219,7 @@ class Daemon:
         Another daemon could then open a fresh queue and take the lock beside us:
         exit 1, and systemd restarts this one on whatever is there now.
         """
-        database = self.settings.queue.database
+        database = self._database
         lock = _lock_path(database)
         checks = ((database, self.queue.lost()), (lock, lost_reason(lock, self._lock_identity)))
         for path, what in checks:

@@ -5,6 +5,7 @@ files on real tmpfs mounts (full, read-only); real daemon subprocesses."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -396,3 +397,19 @@ def test_a_charged_job_whose_done_row_cannot_be_written_is_no_job_error_and_neve
         finally:
             queue.close()
             client.close()
+
+
+def test_a_reload_naming_another_database_is_not_taken_for_a_lost_one(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    db = tmp_path / "state" / "queue.sqlite3"
+    config = _config(tmp_path, emulator.url, db)
+    daemon = start_daemon(daemons, config)
+    _config(tmp_path, emulator.url, tmp_path / "other" / "queue.sqlite3")
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: daemon.saw("config.restart_needed", key="queue.database"), 20)
+    inbox, outbox = tmp_path / "products" / "inbox", tmp_path / "products" / "outbox"
+    (inbox / "after.jpg").write_bytes(product_image(64, 48))
+    wait_until((outbox / "after.png").exists, 20, what="an output after the reload")
+    assert daemon.proc.poll() is None and not daemon.saw("queue.lost"), daemon.output()
+    assert daemon.stop() == 0
