@@ -12,9 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd.cache import ResultCache
 from bgsyncd.emulator import Emulator
 from bgsyncd.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
-from tests.conftest import DaemonProcess, make_folder, start_daemon, status_json, write_config
+from tests.conftest import (
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    status_json,
+    write_config,
+)
 from tests.helpers import FakeClock, product_image, wait_until
 from tests.mounts import tmpfs
 
@@ -273,3 +281,55 @@ def test_unwritable_outbox_pauses_keeps_jobs_pending_and_a_probe_resumes_without
         assert _image_requests(emulator) == 1 + len(names)
         assert status_json(config)["paused"] is None
         assert daemon.stop() == 0
+
+
+# -- every message names the errno ----------------------------------------------------------
+
+
+def test_a_cache_write_on_a_full_disk_logs_the_errno_and_never_fails_the_job(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with tmpfs(tmp_path / "cache", "256k") as fs:
+        cache = ResultCache(fs.path, 1024 * 1024)
+        fs.fill()
+        capfd.readouterr()
+        cache.put("ab" * 32, product_image(64, 48, "PNG"))  # logged and skipped
+        logged = capfd.readouterr().err
+        assert "cache.write_failed" in logged and ENOSPC_TEXT in logged, logged
+        assert cache.get("ab" * 32) is None
+
+
+@pytest.mark.parametrize("what", ["key_file", "config", "folder"])
+def test_unreadable_key_config_or_folder_messages_name_the_errno(tmp_path: Path, what: str) -> None:
+    with tmpfs(tmp_path / "ro") as fs:
+        (fs.path / "dir").mkdir()
+        fs.readonly()
+        if what == "key_file":
+            loop = tmp_path / "key"
+            loop.symlink_to(loop)  # root reads anything; a symlink loop it cannot
+            config = _minimal_config(tmp_path, key_file=loop)
+            result = run_cli("credits", "--config", str(config), env={"BGSYNCD_API_KEY": ""})
+            expected = "[Errno 40] Too many levels of symbolic links"
+        elif what == "config":
+            result = run_cli("check-config", "--config", str(fs.path / "dir"))
+            expected = "[Errno 21] Is a directory"
+        else:
+            # `once` creates missing folders: a read-only disk refuses.
+            result = run_cli(
+                "once", "--config", str(_minimal_config(tmp_path, outbox=fs.path / "new"))
+            )
+            expected = EROFS_TEXT
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def _minimal_config(tmp_path: Path, **extra: Path) -> Path:
+    folder = make_folder(tmp_path, "products")
+    api: dict[str, object] = {}
+    if "key_file" in extra:
+        api["key_file"] = str(extra["key_file"])
+    if "outbox" in extra:
+        folder["outbox"] = str(extra["outbox"])
+    return write_config(
+        tmp_path / "c.toml", base_url="http://127.0.0.1:9", folders=[folder], api=api
+    )
