@@ -12,19 +12,28 @@ Every failure leaves this module as a :mod:`bgsyncd.errors` exception::
     HTTP 413                               FileTooLarge          (file: quarantine)
     HTTP 415                               UnsupportedMedia      (file: quarantine)
     HTTP 400, 422 on an image endpoint     PermanentFileError    (rejected_by_api)
-    HTTP 429                               RateLimited(retry_after: seconds or HTTP-date)
+    HTTP 3xx (never followed)              UnexpectedRedirect(location)  (account: pause)
+    HTTP 429                               RateLimited(retry_after: seconds, None if unreadable)
     HTTP 5xx, any other status (also
       400/422 on available-credit)         ServerError           (outcome_unknown for 502/504)
-    200 with an unusable body              MalformedResponse     (outcome_unknown=False)
+    200 with an unusable body (not an
+      image, cut off, over the size cap,
+      wrong JSON, no image field)          UnusableAnswer        (outcome_unknown=False)
     ConnectTimeout, PoolTimeout,
       WriteTimeout                         RequestTimeout        (outcome_unknown=False)
-    ReadTimeout                            RequestTimeout        (outcome_unknown=True)
+    ReadTimeout, or the whole-request
+      deadline passed after sending        RequestTimeout        (outcome_unknown=True)
     ConnectError, WriteError, ProxyError,
       LocalProtocolError                   ConnectionFailed      (outcome_unknown=False)
     ReadError, RemoteProtocolError,
       any other httpx error                ConnectionFailed      (outcome_unknown=True)
     the gate raised Stopped, or the
       client was closed                    Stopped               (nothing was sent)
+
+Every request ends within ``timeout`` seconds, first byte to last: the socket's every
+connect, write and read is given only the time left before that deadline (a trickling
+server cannot stretch it one byte at a time). Bodies are streamed and counted: an answer
+over its cap is abandoned unread (the connection is closed, not drained).
 
 ``outcome_unknown`` is True only when the whole request may have reached the API and
 been charged: an upload that failed while being written cannot have been processed.
@@ -38,18 +47,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import email.utils
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import httpx
 
-from bgsyncd import __version__, errors
+from bgsyncd import __version__, answers, errors
+from bgsyncd.deadline import DEADLINE_PASSED, DeadlineBackend, deadline_transport
 
 # Endpoint names double as the ``endpoint`` metric label.
 REMOVE_BACKGROUND = "image-without-background"
@@ -73,18 +81,9 @@ _STATUS_ERRORS: dict[int, type[errors.ApiError]] = {
     413: errors.FileTooLarge,
     415: errors.UnsupportedMedia,
 }
-# The six formats the API accepts, by signature; used for the upload's part type and
-# to recognise an image in an answer.
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"BM", "image/bmp"),
-)
-_MAX_TEXT = 200
+_JSON_LIMIT = 1024 * 1024  # the credit answer is a few dozen bytes
+_ERROR_LIMIT = 64 * 1024  # enough for any error text; the rest is never read
+_PNG_END = b"IEND"  # the last chunk of a whole PNG
 # Failures that mean the API cannot have processed (and charged) the request: no
 # connection, or an upload cut short. Everything else may have reached it.
 _NOT_SENT = (
@@ -126,6 +125,7 @@ class Client:
         observe: Callable[[str, str, float], None] | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
+        max_response_bytes: int = 0,
     ) -> None:
         url = _check_base_url(base_url)
         if not all(0x21 <= ord(c) <= 0x7E for c in api_key):
@@ -133,7 +133,12 @@ class Client:
             raise ValueError("the API key contains whitespace or non-ASCII characters")
         if not timeout > 0:
             raise ValueError(f"the API timeout must be positive, got {timeout!r}")
+        if max_response_bytes < 0:
+            raise ValueError(f"max_response_bytes must be >= 0, got {max_response_bytes!r}")
         self._key = api_key
+        self._timeout = timeout
+        self._max_response_bytes = max_response_bytes
+        self._deadlines = DeadlineBackend()
         self._gate = gate
         self._observe = observe
         self._clock = clock
@@ -142,42 +147,66 @@ class Client:
             headers={
                 "User-Agent": f"bgsyncd/{__version__} (+python-httpx)",
                 "X-API-Key": api_key,
+                # Images do not compress; a compressed answer could not be capped
+                # before it is inflated (a gzip bomb).
+                "Accept-Encoding": "identity",
             },
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            transport=transport,
+            transport=transport or deadline_transport(self._deadlines),
         )
 
     def __repr__(self) -> str:
         return f"Client(base_url={str(self._http.base_url)!r})"
 
-    def remove_background(self, image: bytes, filename: str = "image") -> bytes:
-        """Upload ``image`` (multipart) and return the transparent PNG cut-out."""
-        response = self._send(REMOVE_BACKGROUND, files=_part(image, filename))
-        return self._image(REMOVE_BACKGROUND, response.content)
+    def answer_limit(self, *, matte: bool, pixels: int | None = None) -> int:
+        """The most bytes an image answer may have (see :func:`bgsyncd.answers.answer_limit`)."""
+        return answers.answer_limit(self._max_response_bytes, matte=matte, pixels=pixels)
 
-    def remove_background_base64(self, image: bytes) -> bytes:
+    def remove_background(
+        self, image: bytes, filename: str = "image", *, max_bytes: int | None = None
+    ) -> bytes:
+        """Upload ``image`` (multipart) and return the transparent PNG cut-out.
+
+        ``max_bytes`` caps the answer (default: ``answer_limit(matte=False)``; pass
+        ``client.answer_limit(matte=False, pixels=w * h)`` when the size is known).
+        """
+        limit = max_bytes or self.answer_limit(matte=False)
+        body = self._send(REMOVE_BACKGROUND, limit, files=_part(image, filename))
+        return self._image(REMOVE_BACKGROUND, body)
+
+    def remove_background_base64(self, image: bytes, *, max_bytes: int | None = None) -> bytes:
         """Send ``image`` base64-encoded in JSON and return the decoded cut-out."""
-        response = self._send(REMOVE_BACKGROUND_BASE64, json={"image": _b64(image)})
-        return self._b64_field(REMOVE_BACKGROUND_BASE64, response, ("image", "image_base64"))
+        limit = max_bytes or self.answer_limit(matte=False)
+        body = self._send(REMOVE_BACKGROUND_BASE64, _b64_size(limit), json={"image": _b64(image)})
+        names = ("image", "image_base64")
+        return self._b64_field(REMOVE_BACKGROUND_BASE64, body, names, limit)
 
-    def alpha_channel(self, image: bytes, filename: str = "image") -> bytes:
-        """Upload ``image`` (multipart) and return the grayscale PNG mask."""
-        response = self._send(ALPHA_CHANNEL, files=_part(image, filename))
-        return self._image(ALPHA_CHANNEL, response.content)
+    def alpha_channel(
+        self, image: bytes, filename: str = "image", *, max_bytes: int | None = None
+    ) -> bytes:
+        """Upload ``image`` (multipart) and return the grayscale PNG mask.
 
-    def alpha_channel_base64(self, image: bytes) -> bytes:
+        ``max_bytes`` caps the answer (default: ``answer_limit(matte=True)``).
+        """
+        limit = max_bytes or self.answer_limit(matte=True)
+        body = self._send(ALPHA_CHANNEL, limit, files=_part(image, filename))
+        return self._image(ALPHA_CHANNEL, body)
+
+    def alpha_channel_base64(self, image: bytes, *, max_bytes: int | None = None) -> bytes:
         """Send ``image`` base64-encoded in JSON and return the decoded mask."""
-        response = self._send(ALPHA_CHANNEL_BASE64, json={"image": _b64(image)})
-        return self._b64_field(ALPHA_CHANNEL_BASE64, response, ("alpha_channel", "alpha_base64"))
+        limit = max_bytes or self.answer_limit(matte=True)
+        body = self._send(ALPHA_CHANNEL_BASE64, _b64_size(limit), json={"image": _b64(image)})
+        names = ("alpha_channel", "alpha_base64")
+        return self._b64_field(ALPHA_CHANNEL_BASE64, body, names, limit)
 
     def available_credits(self) -> Credits:
-        """Ask for the balance; an unusable answer is a MalformedResponse."""
-        body = self._json(AVAILABLE_CREDIT, self._send(AVAILABLE_CREDIT))
-        raw = _first(body, ("available_credits", "credit"))
-        available = _as_int(raw)
+        """Ask for the balance; an unusable answer is an UnusableAnswer."""
+        body = self._json(AVAILABLE_CREDIT, self._send(AVAILABLE_CREDIT, _JSON_LIMIT))
+        raw = answers.first(body, ("available_credits", "credit"))
+        available = answers.as_int(raw)
         if available is None:
             raise self._malformed(AVAILABLE_CREDIT, f"no usable credit count ({raw!r:.50})")
-        return Credits(available, _as_datetime(body.get("expiration_date")))
+        return Credits(available, answers.as_datetime(body.get("expiration_date")))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -191,14 +220,21 @@ class Client:
 
     # -- the boundary ---------------------------------------------------------------
 
-    def _send(self, endpoint: str, **kwargs: Any) -> httpx.Response:
-        """Pass the gate, send one request, observe it, and map every failure."""
+    def _send(self, endpoint: str, limit: int, **kwargs: Any) -> bytes:
+        """Pass the gate, send one request, read its 200 body (at most ``limit`` bytes)
+        before the deadline, observe it, and map every failure."""
         if self._gate is not None:
             self._gate()
         method = "GET" if endpoint == AVAILABLE_CREDIT else "POST"
         started = time.monotonic()
+        deadline = started + self._timeout
         try:
-            response = self._http.request(method, _PATHS[endpoint], **kwargs)
+            with (
+                self._deadlines.until(deadline),
+                self._http.stream(method, _PATHS[endpoint], **kwargs) as response,
+            ):
+                status = response.status_code
+                outcome = self._answer(endpoint, response, limit, deadline)
         except RuntimeError:
             if not self._http.is_closed:
                 raise
@@ -206,15 +242,39 @@ class Client:
             raise errors.Stopped(f"{endpoint}: the API client is closed") from None
         except httpx.HTTPError as exc:
             self._record(endpoint, "error", time.monotonic() - started)
-            error = self._transport_error(endpoint, exc)
+            outcome = self._transport_error(endpoint, exc)
         else:
-            self._record(endpoint, str(response.status_code), time.monotonic() - started)
-            if response.status_code == 200:
-                return response
-            error = self._status_error(endpoint, response)
+            self._record(endpoint, str(status), time.monotonic() - started)
+        if isinstance(outcome, bytes):
+            return outcome
         # Raised outside the except block so the httpx exception (whose request holds the
         # key in its headers) is neither chained nor shown in a traceback.
-        raise error
+        raise outcome
+
+    def _answer(
+        self, endpoint: str, response: httpx.Response, limit: int, deadline: float
+    ) -> bytes | errors.ApiError:
+        """The body of a 200, or the error an answer means. A timeout propagates."""
+        status = response.status_code
+        if 300 <= status < 400:
+            return self._redirect(endpoint, response)  # nothing more is read
+        if status != 200:
+            try:
+                body, _ = _take(response, _ERROR_LIMIT, deadline)
+            except httpx.TimeoutException:
+                raise
+            except httpx.HTTPError:
+                body = b""  # the status says enough
+            return self._status_error(endpoint, response, body)
+        try:
+            body, over = _take(response, limit, deadline)
+        except httpx.TimeoutException:
+            raise
+        except httpx.HTTPError as exc:
+            return self._malformed(endpoint, f"the answer was cut off ({type(exc).__name__})")
+        if over:
+            return self._malformed(endpoint, f"the answer is over {limit} bytes; not read")
+        return body
 
     def _record(self, endpoint: str, code: str, seconds: float) -> None:
         if self._observe is None:
@@ -224,16 +284,27 @@ class Client:
 
     def _transport_error(self, endpoint: str, exc: httpx.HTTPError) -> errors.ApiError:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        message = self._scrub(f"{endpoint}: {_clip(detail)}")
+        if isinstance(exc, httpx.ReadTimeout):
+            detail = f"ReadTimeout: no whole answer within the deadline of {self._timeout:g} s"
+        message = self._scrub(f"{endpoint}: {answers.clip(detail)}")
         timed_out = isinstance(exc, httpx.TimeoutException)
         kind = errors.RequestTimeout if timed_out else errors.ConnectionFailed
         return kind(message, outcome_unknown=not isinstance(exc, _NOT_SENT))
 
-    def _status_error(self, endpoint: str, response: httpx.Response) -> errors.ApiError:
+    def _redirect(self, endpoint: str, response: httpx.Response) -> errors.ApiError:
         status = response.status_code
-        message = self._scrub(f"{endpoint}: HTTP {status}: {_error_text(response)}")
+        location = self._scrub(answers.clip(response.headers.get("Location", "")))
+        message = f"{endpoint}: HTTP {status}: redirect to {location or 'nowhere'!r}, not followed"
+        return errors.UnexpectedRedirect(self._scrub(message), status, location=location)
+
+    def _status_error(
+        self, endpoint: str, response: httpx.Response, body: bytes
+    ) -> errors.ApiError:
+        status = response.status_code
+        text = answers.error_text(body, response.reason_phrase)
+        message = self._scrub(f"{endpoint}: HTTP {status}: {text}")
         if status == 429:
-            retry_after = _retry_after(response.headers.get("Retry-After"), self._clock())
+            retry_after = answers.retry_after(response.headers.get("Retry-After"), self._clock())
             return errors.RateLimited(message, retry_after)
         if status in _STATUS_ERRORS:
             return _STATUS_ERRORS[status](message, status)
@@ -244,26 +315,30 @@ class Client:
 
     # -- reading answers liberally ----------------------------------------------------
 
-    def _malformed(self, endpoint: str, what: str) -> errors.MalformedResponse:
-        return errors.MalformedResponse(self._scrub(f"{endpoint}: HTTP 200: {what}"), 200)
+    def _malformed(self, endpoint: str, what: str) -> errors.UnusableAnswer:
+        return errors.UnusableAnswer(self._scrub(f"{endpoint}: HTTP 200: {what}"), 200)
 
     def _image(self, endpoint: str, data: bytes) -> bytes:
-        if _sniff(data) is None:
-            head = _clip(data[:_MAX_TEXT].decode("utf-8", "replace"))
+        mime = answers.sniff(data)
+        if mime is None:
+            head = answers.clip(data[: answers.MAX_TEXT].decode("utf-8", "replace"))
             raise self._malformed(endpoint, f"expected an image, got {len(data)} bytes: {head!r}")
+        if mime == "image/png" and _PNG_END not in data[-64:]:
+            raise self._malformed(endpoint, f"a PNG cut off after {len(data)} bytes (no IEND)")
         return data
 
-    def _json(self, endpoint: str, response: httpx.Response) -> dict[str, Any]:
+    def _json(self, endpoint: str, data: bytes) -> dict[str, Any]:
+        text = data.decode("utf-8", "replace")
         try:
-            body = json.loads(response.content)
+            body = json.loads(data)
         except ValueError:
-            raise self._malformed(endpoint, f"not JSON: {_clip(response.text)!r}") from None
+            raise self._malformed(endpoint, f"not JSON: {answers.clip(text)!r}") from None
         if not isinstance(body, dict):
-            raise self._malformed(endpoint, f"not a JSON object: {_clip(response.text)!r}")
+            raise self._malformed(endpoint, f"not a JSON object: {answers.clip(text)!r}")
         return body
 
-    def _b64_field(self, endpoint: str, response: httpx.Response, names: tuple[str, ...]) -> bytes:
-        value = _first(self._json(endpoint, response), names)
+    def _b64_field(self, endpoint: str, data: bytes, names: tuple[str, ...], limit: int) -> bytes:
+        value = answers.first(self._json(endpoint, data), names)
         if not isinstance(value, str):
             raise self._malformed(endpoint, f"no {' or '.join(names)} string in the answer")
         if value.startswith("data:"):  # tolerate a data: URL around the payload
@@ -272,6 +347,8 @@ class Client:
             data = base64.b64decode("".join(value.split()), validate=True)
         except (binascii.Error, ValueError):
             raise self._malformed(endpoint, f"{names[0]} is not valid base64") from None
+        if len(data) > limit:
+            raise self._malformed(endpoint, f"the image is over {limit} bytes")
         return self._image(endpoint, data)
 
     def _scrub(self, message: str) -> str:
@@ -292,82 +369,34 @@ def _check_base_url(base_url: str) -> httpx.URL:
 
 
 def _part(image: bytes, filename: str) -> dict[str, tuple[str, bytes, str]]:
-    return {"image": (filename, image, _sniff(image) or "application/octet-stream")}
+    return {"image": (filename, image, answers.sniff(image) or "application/octet-stream")}
 
 
 def _b64(image: bytes) -> str:
     return base64.b64encode(image).decode("ascii")
 
 
-def _sniff(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), None)
+def _b64_size(limit: int) -> int:
+    """The JSON answer that carries an image of ``limit`` bytes in base64, with room."""
+    return limit * 4 // 3 + 64 * 1024
 
 
-def _first(body: dict[str, Any], names: tuple[str, ...]) -> Any:
-    return next((body[name] for name in names if body.get(name) is not None), None)
+def _take(response: httpx.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """Read the body, at most ``limit`` bytes; ``(what was read, over the limit)``.
 
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The API's own error text: ``error`` or ``detail``, else the body, else the reason."""
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        body = None
-    value = _first(body, ("error", "detail")) if isinstance(body, dict) else None
-    if value is None:
-        return _clip(response.text) or response.reason_phrase or "no error text"
-    if isinstance(value, str):
-        return _clip(value)
-    return _clip(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - now
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        number = float(value.strip()) if isinstance(value, str) else value
-    except ValueError:
-        return None
-    if isinstance(number, float) and math.isfinite(number) and number.is_integer():
-        return int(number)
-    return None
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    """An aware datetime from ISO 8601 (``Z`` or an offset; naive means UTC), else None."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    if text[-1] in "zZ":
-        text = text[:-1] + "+00:00"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    A declared length over the limit is believed and nothing is read; otherwise the
+    count is kept as the body streams in, and reading stops at the first byte over.
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        chunks.append(chunk)
+        if time.monotonic() >= deadline:  # any transport, even one without our sockets
+            raise httpx.ReadTimeout(DEADLINE_PASSED)
+    return b"".join(chunks), False

@@ -77,6 +77,10 @@ def _colour(value: str) -> str:
 FolderPath = Annotated[Path, BeforeValidator(_not_empty)]
 
 
+# A smaller answer cap would refuse an ordinary 1024-pixel matte.
+MIN_RESPONSE_BYTES = 1024 * 1024
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -91,6 +95,12 @@ class ApiSettings(_Section):
     max_in_flight: PositiveInt = 3
     timeout_seconds: PositiveFloat = 120.0
     max_upload_bytes: PositiveInt = 10 * 1024 * 1024
+    # 0: automatic (16 MiB for a matte; 4 bytes a pixel + 1 MiB for a cut-out).
+    max_response_bytes: NonNegativeInt = 0
+    # SPEC §5 "What is sent": a copy at most proxy_side pixels on the longer side
+    # goes to the alpha-channel endpoint; "original" sends the file itself.
+    upload: Literal["proxy", "original"] = "proxy"
+    proxy_side: Annotated[int, Field(ge=64)] = 1024
 
 
 class CreditSettings(_Section):
@@ -231,10 +241,11 @@ def load_settings(path: str | Path | None = None, *, create_folders: bool = True
         raise ConfigError(_explain(exc, file, env)) from None
     except SettingsError as exc:
         raise ConfigError(_explain_env(exc, file)) from None
-    settings = _with_folder_names(settings)
+    settings = _with_env_paths_resolved(_with_folder_names(settings))
     _check_rules(settings, file)
     if create_folders:
         layout.create_folders(settings.folder, file)
+    settings = _with_resolved_roots(settings)
     key = resolve_api_key(settings.api.key_file, env, file)
     return settings.model_copy(
         update={
@@ -453,9 +464,44 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+def _with_env_paths_resolved(settings: Settings) -> Settings:
+    """Paths from the environment: ``~`` expanded, relative ones from the working directory.
+
+    The file's paths are absolute by now (``_resolve_paths``); a relative one
+    left can only be an override such as ``BGSYNCD_QUEUE__DATABASE=rel/q.sqlite3``,
+    meant as a shell user means it. Resolved here, ``check-config`` shows what
+    the daemon will use.
+    """
+
+    def absolute(path: str) -> str:
+        return str(Path.cwd() / os.path.expanduser(path))  # an absolute right side wins
+
+    api = settings.api
+    if api.key_file.strip():
+        api = api.model_copy(update={"key_file": absolute(api.key_file)})
+    queue = settings.queue.model_copy(
+        update={"database": Path(absolute(str(settings.queue.database)))}
+    )
+    return settings.model_copy(update={"api": api, "queue": queue})
+
+
 def _with_folder_names(settings: Settings) -> Settings:
     folders = tuple(
         f if f.name.strip() else f.model_copy(update={"name": f.inbox.name or str(f.inbox)})
+        for f in settings.folder
+    )
+    return settings.model_copy(update={"folder": folders})
+
+
+def _with_resolved_roots(settings: Settings) -> Settings:
+    """Each folder's roots with their symlinks resolved, at load (start and reload).
+
+    Below a root nothing follows a symlink (``fsops`` opens even the root with
+    ``O_NOFOLLOW``): a root replaced by a symlink later is a lost folder.
+    """
+    keys = ("inbox", "outbox", "quarantine", "done")
+    folders = tuple(
+        f.model_copy(update={k: getattr(f, k).resolve() for k in keys if getattr(f, k) is not None})
         for f in settings.folder
     )
     return settings.model_copy(update={"folder": folders})
@@ -468,6 +514,13 @@ def _check_rules(settings: Settings, file: Path) -> None:
             file,
             "api.base_url",
             f"must start with http:// or https:// (got {settings.api.base_url!r})",
+        )
+    if 0 < settings.api.max_response_bytes < MIN_RESPONSE_BYTES:
+        raise _fail(
+            file,
+            "api.max_response_bytes",
+            f"{settings.api.max_response_bytes} bytes would refuse ordinary answers: use 0"
+            f" (automatic) or at least {MIN_RESPONSE_BYTES} (1 MiB)",
         )
     try:
         parse_listen(settings.metrics.listen)

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from bgsyncd import __version__, outputs
+from bgsyncd.adoption import Adopter
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
@@ -117,6 +118,10 @@ class Daemon:
             on_state_change=self._dirty.set,
             on_pause=self._on_pause,
         )
+        # A new queue (first start, or the database was lost): adopt existing outputs.
+        self.adopter = (
+            Adopter(self.queue, lambda: self.worker.config.folders) if self.queue.created else None
+        )
         self.watcher = self._make_watcher(settings)
         self.notifier = Notifier.from_environ(os.environ)
         self._ingest = threading.Thread(
@@ -132,6 +137,7 @@ class Daemon:
             settings.api.timeout_seconds,
             gate=self.pacer.acquire,
             observe=self.metrics.api_request,
+            max_response_bytes=settings.api.max_response_bytes,
         )
 
     def _make_watcher(self, settings: Settings) -> Watcher:
@@ -337,7 +343,8 @@ class Daemon:
                     break
                 batch.append(nxt)
             try:
-                queued = self.queue.enqueue_many(batch)
+                fresh = batch if self.adopter is None else self.adopter.adopt(batch)
+                queued = self.queue.enqueue_many(fresh)
             except QueueUnavailable as exc:
                 # Not queued: the rescan after the database answers finds them again.
                 log.warning("queue.ingest_deferred", files=len(batch), error=str(exc))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import shlex
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -49,7 +52,7 @@ bgsyncd demo
   outbox:      {root / "outbox"}     <- transparent cut-outs appear here
   quarantine:  {root / "quarantine"} <- files that cannot be processed, with the reason
   metrics:     http://{listen}/metrics
-  status:      bgsyncd status --config {config}
+  status:      {_bgsyncd_command()} status --config {shlex.quote(str(config))}
   config:      {config}
 Press Ctrl-C to stop.
 """,
@@ -86,6 +89,22 @@ inbox = "inbox"
 outbox = "outbox"
 quarantine = "quarantine"
 """
+
+
+def _bgsyncd_command() -> str:
+    """How to run this very bgsyncd from a shell, for commands the banner prints.
+
+    The bare name only when PATH finds this one; else its script's full path
+    (a virtualenv's ``.venv/bin/bgsyncd`` is usually not on PATH); else the
+    interpreter with ``-m bgsyncd``.
+    """
+    script = Path(sys.executable).parent / "bgsyncd"  # the venv's bin, symlinks not followed
+    if not (script.is_file() and os.access(script, os.X_OK)):
+        return f"{shlex.quote(sys.executable)} -m bgsyncd"
+    found = shutil.which("bgsyncd")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "bgsyncd"
+    return shlex.quote(str(script))
 
 
 def _free_port(preferred: int) -> int:

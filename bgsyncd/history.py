@@ -63,6 +63,11 @@ class History:
                 elif result is not None:
                     self._kept[sha] = result
 
+    def keep(self, sha: str, result: bytes) -> None:
+        """Keep a charged ``result`` whose outputs wait for something outside the job."""
+        with self._lock:
+            self._kept[sha] = result
+
     def kept(self, sha: str) -> bytes | None:
         """A charged result for this content still waiting for its outputs, if any."""
         with self._lock:

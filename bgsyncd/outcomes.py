@@ -205,6 +205,16 @@ def decide(what: Happening, ctx: Context) -> Outcome:
     return _retry(message, None, ctx, charged=what.charged, level="error")
 
 
+def quiet_for(now: float, mtime: float, queued_at: float) -> float:
+    """Seconds an input has been quiet: since its last write and the close that queued it.
+
+    An mtime in the future (another host's clock, ``touch -d``) is not believed,
+    or a bad file would wait for that date: the time it was queued counts alone.
+    """
+    since = queued_at if mtime > now else max(mtime, queued_at)
+    return max(0.0, now - since)
+
+
 def _api_failed(error: errors.ApiError, ctx: Context) -> Outcome:
     if isinstance(error, errors.PermanentFileError):
         return _quarantine(error.reason, error.message, error.status, ctx, counted=False)

@@ -1,12 +1,20 @@
 """Output names, atomic writes, and safe moves into quarantine and ``done``.
 
-Pure filesystem: no image library here. Every write is a temp file in the
-target folder (``.<name>.bgsyncd-<16 hex>.tmp``, hidden so watchers and
-people ignore it), fsynced, renamed over the final name, and made durable by
-an fsync of the folder. Moves never rely on ``rename`` across filesystems:
-the file is hard-linked (same filesystem) or copied and fsynced under a temp
-name and then linked to its final name, so a name is claimed atomically and
-an existing file is never overwritten. The source is unlinked last.
+Pure filesystem: no image library here, and every file is reached through
+:mod:`bgsyncd.fsops` (directory descriptors walked from a folder's root, never
+a path string that a swapped symlink could redirect). Every write is a temp
+file in the target folder (``.<name>.bgsyncd-<16 hex>.tmp``, hidden so
+watchers and people ignore it), fsynced, renamed over the final name, and made
+durable by an fsync of the folder. Moves never rely on ``rename`` across
+filesystems: the file is hard-linked (same filesystem) or copied and fsynced
+under a temp name and then linked to its final name, so a name is claimed
+atomically and an existing file is never overwritten. The source is unlinked
+last.
+
+Errors: a source that is gone, not a regular file, or reached through a
+symlinked folder raises ``FileNotFoundError`` (the input vanished); a symlink
+or file on the way under the destination raises ``OSError`` with ``ELOOP`` or
+``ENOTDIR`` (a refused write, ``errors.is_refused``), never anything else.
 """
 
 from __future__ import annotations
@@ -19,68 +27,52 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from bgsyncd import fsops
+from bgsyncd.names import mask_candidates, numbered_names, output_candidates, sidecar_name
+
+__all__ = [
+    "SIDECAR_SUFFIX",
+    "cleanup_temp_files",
+    "delete_input",
+    "fsync_dir",
+    "is_temp_name",
+    "mask_candidates",
+    "mask_relpath",
+    "move_to",
+    "output_candidates",
+    "outputs_newer_than",
+    "quarantine_file",
+    "sidecar_name",
+    "write_atomic",
+    "write_file",
+]
 
 _TEMP_MARK = ".bgsyncd-"
 _TEMP_NAME = re.compile(r"\..*\.bgsyncd-[0-9a-f]{16}\.tmp", re.DOTALL)
-# Room for the temp decoration within the usual 255-byte name limit.
+# Room for the temp decoration (31 bytes) within the 255-byte name limit.
 _MAX_TEMP_STEM_BYTES = 200
 _COPY_CHUNK = 1024 * 1024
 SIDECAR_SUFFIX = ".error.json"
 
 
-def output_candidates(relpath: str, ext: str) -> Iterator[str]:
-    """Output names for input ``relpath`` in order of preference (endless).
-
-    ``dir/a.jpg`` -> ``dir/a.png``, ``dir/a.jpg.png``, ``dir/a.jpg~2.png``,
-    ``dir/a.jpg~3.png``... The queue claims the first one no other input owns.
-    """
-    folder, name = posixpath.split(relpath)
-    stem = PurePosixPath(name).stem
-    yield posixpath.join(folder, f"{stem}.{ext}")
-    if stem != name:  # a name without extension would repeat the first candidate
-        yield posixpath.join(folder, f"{name}.{ext}")
-    n = 2
-    while True:
-        yield posixpath.join(folder, f"{name}~{n}.{ext}")
-        n += 1
-
-
-def mask_relpath(cutout_relpath: str, output: str) -> str | None:
+def mask_relpath(cutout_relpath: str, output: str, relpath: str) -> str | None:
     """The mask written beside the cut-out, if ``output`` asks for a separate one.
 
     ``output = "both"``: ``dir/a.png`` -> ``dir/a.mask.png`` (from the
     cut-out's stem, whatever the cut-out's format). ``"cutout"``: no mask.
     ``"mask"``: None as well, because the mask is then the primary output
-    itself: name it with ``output_candidates(relpath, "png")``.
+    itself: name it with ``output_candidates(relpath, "png")``. ``relpath`` is
+    the input's, for the hash of a shortened name.
     """
     if output == "both":
-        return next(mask_candidates(cutout_relpath))
+        return next(mask_candidates(cutout_relpath, relpath))
     if output in ("cutout", "mask"):
         return None
     raise ValueError(f"unknown output kind {output!r}")
-
-
-def mask_candidates(cutout_relpath: str) -> Iterator[str]:
-    """Names for the mask beside a cut-out (endless), for claiming in the queue.
-
-    ``dir/a.png`` -> ``dir/a.mask.png``, ``dir/a.mask~2.png``... The first is
-    :func:`mask_relpath`; the others only matter when another input's cut-out
-    already owns it (an input named ``a.mask.jpg`` next to ``a.jpg``).
-    """
-    folder, name = posixpath.split(cutout_relpath)
-    stem = PurePosixPath(name).stem
-    yield posixpath.join(folder, f"{stem}.mask.png")
-    n = 2
-    while True:
-        yield posixpath.join(folder, f"{stem}.mask~{n}.png")
-        n += 1
-
-
-def sidecar_path(quarantined: Path) -> Path:
-    """The error sidecar of a quarantined file: ``photo.jpg`` -> ``photo.jpg.error.json``."""
-    return quarantined.with_name(quarantined.name + SIDECAR_SUFFIX)
 
 
 def is_temp_name(name: str) -> bool:
@@ -89,39 +81,50 @@ def is_temp_name(name: str) -> bool:
 
 
 def fsync_dir(path: Path) -> None:
-    """Make renames and unlinks in folder ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Make renames and unlinks in folder ``path`` durable (a root: opened by path)."""
+    fd = fsops.open_root(path)
     try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some filesystems (certain FUSE and network mounts) cannot fsync a folder.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
+        fsops.fsync_fd(fd)
     finally:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one.
+def write_file(root: Path, relpath: str, data: bytes) -> None:
+    """Write ``data`` to ``root/relpath`` so that readers see the old file or the new one.
 
-    Parent folders are created. The file gets mode ``0o666 & ~umask``: the
-    kernel applies the umask when the temp file is created, which is exact and,
-    unlike reading ``os.umask()``, needs no process-wide set-and-restore.
+    Missing folders under ``root`` are created. The file gets mode
+    ``0o666 & ~umask``: the kernel applies the umask when the temp file is
+    created, which is exact and needs no process-wide set-and-restore.
     """
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / _temp_name(path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with fsops.parent_of(root, relpath, create=True) as (fd, name):
+        _write_at(fd, name, data)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """:func:`write_file` for a file of our own (the result cache), outside the folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _write_at(fd, path.name, data)
+    finally:
+        os.close(fd)
+
+
+def _write_at(dir_fd: int, name: str, data: bytes) -> None:
+    tmp = _temp_name(name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | fsops.FILE_FLAGS
+    fd = os.open(tmp, flags, 0o666, dir_fd=dir_fd)
     try:
         with open(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
-    fsync_dir(folder)
+    fsops.fsync_fd(dir_fd)
 
 
 def cleanup_temp_files(root: Path) -> int:
@@ -131,107 +134,194 @@ def cleanup_temp_files(root: Path) -> int:
     followed nor removed. Call at start, before anything writes under ``root``.
     """
     removed = 0
-    for folder, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            if not is_temp_name(name):
-                continue
-            path = Path(folder, name)
-            try:
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
+    for fd, name in fsops.walk_files(root):
+        if not is_temp_name(name):
+            continue
+        try:
+            if stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=fd)
+                removed += 1
+        except FileNotFoundError:
+            continue
     return removed
 
 
+def delete_input(root: Path, relpath: str, sig: tuple[int, int, int]) -> None:
+    """Delete the input ``root/relpath`` if it is still the file with signature ``sig``.
+
+    ``sig`` is ``(size, mtime_ns, inode)``. FileNotFoundError when it is gone,
+    changed, or no longer reachable through real folders: nothing is deleted.
+    """
+    with _source(root, relpath) as (fd, name, st):
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != sig:
+            raise FileNotFoundError(errno.ENOENT, "changed since it was read", relpath)
+        os.unlink(name, dir_fd=fd)
+        fsops.fsync_fd(fd)
+
+
+def outputs_newer_than(outbox: Path, relpaths: Iterable[str], mtime_ns: int) -> bool:
+    """Every one of ``relpaths`` is a regular file in ``outbox`` modified at or after ``mtime_ns``.
+
+    Through directory descriptors: an output folder swapped for a symlink
+    counts as missing.
+    """
+    for rel in relpaths:
+        st = fsops.regular_stat(outbox, rel)
+        if st is None or st.st_mtime_ns < mtime_ns:
+            return False
+    return True
+
+
 def quarantine_file(
-    src: Path, quarantine_root: Path, relpath: str, sidecar: Mapping[str, object]
-) -> Path:
-    """Move ``src`` to ``<quarantine_root>/<relpath>`` and write its error sidecar.
+    src_root: Path, relpath: str, quarantine_root: Path, sidecar: Mapping[str, object]
+) -> str:
+    """Move ``src_root/relpath`` to ``<quarantine_root>/<relpath>`` and write its sidecar.
 
     A file already quarantined under that name is kept: the newcomer becomes
     ``photo~2.jpg``, ``photo~3.jpg``... (the extension stays last, so it still
     opens), and a name whose sidecar is left over counts as taken too. The
-    sidecar ``<final name>.error.json`` holds ``sidecar`` as indented JSON.
-    Returns the final path; FileNotFoundError if ``src`` is gone.
+    sidecar ``<final name>.error.json`` (shortened by the name rule when that
+    would pass 255 bytes) holds ``sidecar`` as indented JSON. Returns the
+    final path relative to the quarantine folder.
     """
-    final = _move(src, quarantine_root, relpath, lambda p: sidecar_path(p).exists())
     text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str) + "\n"
-    write_atomic(sidecar_path(final), text.encode("utf-8"))
-    return final
+
+    def taken(fd: int, name: str) -> bool:
+        return fsops.exists_at(fd, sidecar_name(name, relpath))
+
+    def then(fd: int, name: str) -> None:
+        _write_at(fd, sidecar_name(name, relpath), text.encode("utf-8"))
+
+    return _move(src_root, relpath, quarantine_root, relpath, taken, then, SIDECAR_SUFFIX)
 
 
-def move_to(src: Path, dest_root: Path, relpath: str) -> Path:
-    """Move ``src`` to ``<dest_root>/<relpath>`` (``~2``... on a collision).
+def move_to(src_root: Path, src_rel: str, dest_root: Path, dest_rel: str) -> str:
+    """Move ``src_root/src_rel`` to ``dest_root/dest_rel`` (``~2``... on a collision).
 
-    Works across filesystems and never overwrites. Returns the final path;
-    FileNotFoundError if ``src`` is gone.
+    Works across filesystems and never overwrites. Returns the final path
+    relative to ``dest_root``.
     """
-    return _move(src, dest_root, relpath, lambda p: False)
+    return _move(src_root, src_rel, dest_root, dest_rel, lambda fd, n: False, None, "")
 
 
-def _move(src: Path, dest_root: Path, relpath: str, also_taken: Callable[[Path], bool]) -> Path:
+def _move(
+    src_root: Path,
+    src_rel: str,
+    dest_root: Path,
+    dest_rel: str,
+    also_taken: Callable[[int, str], bool],
+    then: Callable[[int, str], None] | None,
+    keep: str,
+) -> str:
     """The shared move: claim a free name beside the target, then unlink the source."""
-    before = os.lstat(src)
-    if not stat.S_ISREG(before.st_mode):
-        raise ValueError(f"not a regular file: {src}")
-    target = _inside(dest_root, relpath)
-    folder = target.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    final = None
-    if os.stat(folder).st_dev == before.st_dev:
-        final = _link_free_name(src, target, also_taken)
-    if final is None:
-        final = _copy_in(src, before, target, also_taken)
-    fsync_dir(folder)
+    with _source(src_root, src_rel) as (sfd, sname, before):
+        with fsops.parent_of(dest_root, dest_rel, create=True) as (dfd, dname):
+
+            def names() -> Iterator[str]:
+                return numbered_names(dname, src_rel, keep=len(keep.encode()))
+
+            final = None
+            if os.fstat(dfd).st_dev == before.st_dev:
+                final = _link_free_name(sfd, sname, dfd, names(), also_taken)
+            if final is None:
+                final = _copy_in(sfd, sname, before, dfd, names, also_taken)
+            fsops.fsync_fd(dfd)
+            if then is not None:
+                then(dfd, final)
+        try:
+            now = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        # Only remove the file we moved: a new file written under the same name
+        # meanwhile is new input, not ours to delete.
+        if now is not None and (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
+            with suppress(FileNotFoundError):
+                os.unlink(sname, dir_fd=sfd)
+            fsops.fsync_fd(sfd)
+    return posixpath.join(posixpath.dirname(dest_rel), final)
+
+
+@contextmanager
+def _source(root: Path, relpath: str) -> Iterator[tuple[int, str, os.stat_result]]:
+    """The source of a move or delete: its folder's descriptor, its name, its ``lstat``.
+
+    Anything that makes it unreachable through real folders, or not a regular
+    file, is ``FileNotFoundError``: for an input, that means it vanished.
+    """
+    parts = fsops.split_relpath(relpath)
     try:
-        now = os.lstat(src)
-    except FileNotFoundError:
-        return final
-    # Only remove the file we moved: a new file written under the same name
-    # meanwhile is new input, not ours to delete.
-    if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
-        src.unlink(missing_ok=True)
-        fsync_dir(src.parent)
-    return final
+        fd = fsops.open_dir(root, "/".join(parts[:-1]))
+    except OSError as exc:
+        raise _vanished(exc, relpath) from None
+    try:
+        try:
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            raise _vanished(exc, relpath) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", relpath)
+        yield fd, parts[-1], st
+    finally:
+        os.close(fd)
+
+
+def _vanished(exc: OSError, relpath: str) -> OSError:
+    """Gone, or reached through a symlink or a file: the source vanished; else as it was."""
+    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+        return FileNotFoundError(errno.ENOENT, "vanished", relpath)
+    return exc
 
 
 def _copy_in(
-    src: Path, before: os.stat_result, target: Path, also_taken: Callable[[Path], bool]
-) -> Path:
-    """Copy ``src`` into a fsynced temp file beside ``target``; give it a free name."""
-    tmp = target.parent / _temp_name(target.name)
+    sfd: int,
+    sname: str,
+    before: os.stat_result,
+    dfd: int,
+    names: Callable[[], Iterator[str]],
+    also_taken: Callable[[int, str], bool],
+) -> str:
+    """Copy the source into a fsynced temp file in ``dfd``; give it a free name."""
+    tmp = _temp_name(next(names()))
     try:
-        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        src_fd = os.open(sname, os.O_RDONLY | os.O_NONBLOCK | fsops.FILE_FLAGS, dir_fd=sfd)
         with open(src_fd, "rb") as fin:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            with open(os.open(tmp, flags, 0o600), "wb") as fout:
+            st = os.fstat(fin.fileno())
+            if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+                raise FileNotFoundError(errno.ENOENT, "replaced while moved", sname)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | fsops.FILE_FLAGS
+            with open(os.open(tmp, flags, 0o600, dir_fd=dfd), "wb") as fout:
                 shutil.copyfileobj(fin, fout, _COPY_CHUNK)
                 fout.flush()
                 os.fchmod(fout.fileno(), stat.S_IMODE(before.st_mode) & 0o777)
                 os.utime(fout.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns))
                 os.fsync(fout.fileno())
-        final = _link_free_name(tmp, target, also_taken)
+        final = _link_free_name(dfd, tmp, dfd, names(), also_taken)
         if final is None:
-            final = _rename_free_name(tmp, target, also_taken)
+            final = _rename_free_name(dfd, tmp, names(), also_taken)
         return final
     finally:
         # After a link the temp name is a second name of the final file.
-        tmp.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
 
 
-def _link_free_name(path: Path, target: Path, also_taken: Callable[[Path], bool]) -> Path | None:
-    """Hard-link ``path`` to the first free collision name; None if links fail here.
+def _link_free_name(
+    sfd: int,
+    sname: str,
+    dfd: int,
+    names: Iterator[str],
+    also_taken: Callable[[int, str], bool],
+) -> str | None:
+    """Hard-link the source to the first free name in ``dfd``; None if links fail here.
 
     ``link`` fails with EEXIST instead of overwriting, so two movers can never
     claim the same name.
     """
-    for candidate in _numbered(target):
-        if also_taken(candidate):
+    for candidate in names:
+        if also_taken(dfd, candidate):
             continue
         try:
-            os.link(path, candidate, follow_symlinks=False)
+            os.link(sname, candidate, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
         except FileExistsError:
             continue
         except OSError:
@@ -239,38 +329,32 @@ def _link_free_name(path: Path, target: Path, also_taken: Callable[[Path], bool]
             # protected_hardlinks): the caller copies or renames instead.
             return None
         return candidate
-    raise AssertionError("unreachable: _numbered is endless")
+    raise AssertionError("unreachable: the names are endless")
 
 
-def _rename_free_name(tmp: Path, target: Path, also_taken: Callable[[Path], bool]) -> Path:
+def _rename_free_name(
+    dfd: int, tmp: str, names: Iterator[str], also_taken: Callable[[int, str], bool]
+) -> str:
     """Fallback for filesystems without hard links: check, then rename (small race)."""
-    for candidate in _numbered(target):
-        if os.path.lexists(candidate) or also_taken(candidate):
+    for candidate in names:
+        if fsops.exists_at(dfd, candidate) or also_taken(dfd, candidate):
             continue
-        os.replace(tmp, candidate)
+        os.replace(tmp, candidate, src_dir_fd=dfd, dst_dir_fd=dfd)
         return candidate
-    raise AssertionError("unreachable: _numbered is endless")
-
-
-def _numbered(target: Path) -> Iterator[Path]:
-    """``photo.jpg``, ``photo~2.jpg``, ``photo~3.jpg``... (endless)."""
-    yield target
-    stem, suffix = target.stem, target.suffix
-    n = 2
-    while True:
-        yield target.with_name(f"{stem}~{n}{suffix}")
-        n += 1
-
-
-def _inside(root: Path, relpath: str) -> Path:
-    """``root/relpath``, refusing a relpath that could leave ``root``."""
-    rel = PurePosixPath(relpath)
-    if not rel.parts or rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"not a relative path inside the folder: {relpath!r}")
-    return root.joinpath(*rel.parts)
+    raise AssertionError("unreachable: the names are endless")
 
 
 def _temp_name(name: str) -> str:
     """A hidden, recognisable, unique temp name for a file to be called ``name``."""
     raw = os.fsencode(name)[:_MAX_TEMP_STEM_BYTES]
-    return f".{os.fsdecode(raw)}{_TEMP_MARK}{secrets.token_hex(8)}.tmp"
+    # Cut at a character boundary: a temp name is a valid UTF-8 name too.
+    stem = raw.decode("utf-8", "ignore") if _is_utf8(os.fsencode(name)) else os.fsdecode(raw)
+    return f".{stem}{_TEMP_MARK}{secrets.token_hex(8)}.tmp"
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -12,10 +12,16 @@ Every decision uses one rule: a start at ``t`` is in the window at ``now`` iff
 ``t + window + margin > now``. ``delay()`` is computed from the same
 expression, so "delay is 0" and "there is room" never disagree by a rounding
 error.
+
+No wait the pacer computes can be unbounded: a 429's block is capped at
+``RETRY_AFTER_WINDOWS`` windows, and a blocked :meth:`Pacer.acquire` wakes at
+least every ``_LONGEST_WAIT`` seconds to look again, so no value, however wrong,
+reaches ``Condition.wait`` as a timeout it cannot take (OverflowError).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -23,6 +29,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bgsyncd.errors import Stopped
+
+RETRY_AFTER_WINDOWS = 10
+"""A 429's Retry-After blocks starts for at most this many windows (SPEC §5)."""
+# A blocked acquire looks again at least this often, whatever it computed.
+_LONGEST_WAIT = 60.0
 
 
 class RequestLog(Protocol):
@@ -140,18 +151,20 @@ class Pacer:
                 # Re-check after waking: another thread may have taken the slot,
                 # a 429 may have come in, or we were closed. After standing back
                 # from a race with another process wait is 0: just look again.
-                self._cond.wait(timeout=wait)
+                self._cond.wait(timeout=min(wait, _LONGEST_WAIT))
 
     def note_rate_limited(self, retry_after: float | None) -> None:
         """After a 429: allow no start for ``retry_after`` seconds.
 
-        Without a Retry-After the API's own log is full by its count, whatever
-        ours says; any request it counted began before now, so it has left the
-        window by ``now + window + margin``.
+        The block is capped at ``RETRY_AFTER_WINDOWS`` windows (a Retry-After of ten
+        years must not stop the daemon). Without a usable Retry-After (None, negative,
+        NaN) the API's own log is full by its count, whatever ours says; any request
+        it counted began before now, so it has left the window by
+        ``now + window + margin``.
         """
         with self._cond:
             now = self._clock()
-            length = self._span() if retry_after is None else max(0.0, float(retry_after))
+            length = self._block_for(retry_after)
             until = now + length
             if self._blocked_until is None or until > self._blocked_until:
                 self._blocked_until = until
@@ -182,6 +195,11 @@ class Pacer:
 
     def _span(self) -> float:
         return self._window + self._margin
+
+    def _block_for(self, retry_after: float | None) -> float:
+        if retry_after is None or math.isnan(retry_after) or retry_after < 0:
+            return self._span()
+        return min(float(retry_after), RETRY_AFTER_WINDOWS * self._window)
 
     def _load(self, times: list[float], now: float, *, own_included: bool = False) -> None:
         """Merge logged starts into memory without counting any twice.

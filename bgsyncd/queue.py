@@ -217,12 +217,30 @@ def _job(row: Any) -> Job:
     )  # fmt: skip
 
 
+# An input adopted as done (its outputs exist, the queue is new): only when the
+# path is unknown.
+_SQL_ADOPT = """
+INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
+                  updated_at, outputs)
+VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?)
+ON CONFLICT (folder, relpath) DO NOTHING
+"""
+
+
+class _NotAdopted(Exception):
+    """Internal: roll an adoption back (an output name belongs to another input)."""
+
+
 class Queue:
     """The job queue; one connection shared by the daemon's threads behind a lock."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         path = Path(path)
+        # New (or lost and made again): its inputs' outputs may already exist
+        # and are adopted instead of sent again (SPEC §4).
+        created = not path.exists() or path.stat().st_size == 0
         self._setup(_connect(path), clock, readonly=False, path=path)
+        self.created = created
         # Taken right after opening: what lost() compares the path with later.
         self._identity: Identity | None = identity_of(path)
 
@@ -273,6 +291,7 @@ class Queue:
         # No path: a reader never probes the daemon's folder with a write.
         view._setup(conn, clock, readonly=True)
         view._identity = None
+        view.created = False
         return view
 
     def close(self) -> None:
@@ -354,6 +373,34 @@ class Queue:
                 if conn.execute(SQL_UPSERT, params).rowcount:
                     queued[(f.folder, f.relpath)] = f
         return list(queued.values())
+
+    def adopt(self, found: Found, outputs: Sequence[str]) -> bool:
+        """Record ``found`` as done with ``outputs`` already written, without a request.
+
+        For an input whose outputs exist when the queue is new. The output
+        names are claimed, so they stay this input's. False (and nothing
+        changed) when the queue knows the path already or another input owns
+        one of the names.
+        """
+        try:
+            with self._write() as conn:
+                now = self._clock()
+                cur = conn.execute(_SQL_ADOPT, (
+                    found.folder, found.relpath, found.size, found.mtime_ns, found.inode,
+                    now, now, now, json.dumps(list(outputs)),
+                ))  # fmt: skip
+                if not cur.rowcount:
+                    return False
+                for outpath in outputs:
+                    if conn.execute(SQL_OWNER, (found.folder, outpath)).fetchone() is not None:
+                        raise _NotAdopted
+                    conn.execute(
+                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (?, ?, ?)",
+                        (found.folder, outpath, cur.lastrowid),
+                    )
+        except _NotAdopted:
+            return False
+        return True
 
     def forget(self, job_id: int) -> None:
         """Delete a job and its output claims (its input vanished)."""

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from bgsyncd import fsops
 from bgsyncd.logs import get_logger
 
 log = get_logger("bgsyncd.watcher")
@@ -111,18 +112,12 @@ class Inbox:
 
 
 def regular_file(root: str, rel: str) -> os.stat_result | None:
-    """``lstat`` of ``root/rel`` if it is a regular file reached through real folders."""
-    try:
-        path = root
-        for part in rel.split("/")[:-1]:
-            path = f"{path}/{part}"
-            # A folder swapped for a symlink must not lead us out of the inbox.
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return None
-        st = os.lstat(f"{root}/{rel}")
-    except OSError:
-        return None
-    return st if stat.S_ISREG(st.st_mode) else None
+    """``lstat`` of ``root/rel`` if it is a regular file reached through real folders.
+
+    Walked from the root by directory descriptors (``fsops``): a folder on the
+    way swapped for a symlink, even mid-walk, gives None, never a file outside.
+    """
+    return fsops.regular_stat(root, rel)
 
 
 def walk(root: str, recursive: bool, rules: IgnoreRules) -> Iterator[tuple[str, os.stat_result]]:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bgsyncd import fsops
 from bgsyncd.config import Settings, require_api_key
-from bgsyncd.outputs import move_to
+from bgsyncd.outputs import move_to, sidecar_name
 from bgsyncd.pacer import MemoryRequestLog, Pacer, RequestLog
 from bgsyncd.queue import STATES, Queue, SqliteRequestLog
 
@@ -96,17 +99,21 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
             if folder is None:
                 continue
             # Where the file went: its own name, or `photo~2.jpg` beside an older one.
-            where = folder.quarantine / (job.outputs[0] if job.outputs else job.relpath)
+            qrel = job.outputs[0] if job.outputs else job.relpath
+            where = folder.quarantine / qrel
             inbox_path = folder.inbox / job.relpath
             matches = {where.resolve(), inbox_path.resolve()} & wanted
             if not everything and not matches:
                 continue
             found |= matches
-            if where.exists():
-                sidecar = where.with_name(where.name + ".error.json")
-                move_to(where, folder.inbox, job.relpath)
-                sidecar.unlink(missing_ok=True)
-            elif not inbox_path.exists():
+            if fsops.regular_stat(folder.quarantine, qrel) is not None:
+                side = posixpath.join(
+                    posixpath.dirname(qrel), sidecar_name(where.name, job.relpath)
+                )
+                move_to(folder.quarantine, qrel, folder.inbox, job.relpath)
+                with suppress(FileNotFoundError):
+                    fsops.unlink(folder.quarantine, side)
+            elif fsops.regular_stat(folder.inbox, job.relpath) is None:
                 print(f"bgsyncd: {where} is gone; skipped", file=sys.stderr)
                 continue
             queue.requeue(job.id)

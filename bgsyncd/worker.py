@@ -4,7 +4,8 @@ The worker does things and decides nothing: each step reports what happened
 (:mod:`bgsyncd.outcomes`), :func:`~bgsyncd.outcomes.decide` maps it to an
 ``Outcome``, and :meth:`Worker._apply` alone carries it out (the queue
 transition, the metrics, the log line). ``Worker.process`` never raises for a
-bad file, a failed request or a failing disk; its ``Result`` tells the
+bad file, a failed request or a failing disk (only ``QueueUnavailable``, the
+database's own failure, reaches the dispatcher); its ``Result`` tells the
 dispatcher what the outcome means for the account (credits, pauses, 429s).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +44,7 @@ from bgsyncd.outcomes import (
     WriteFailed,
     decide,
     describe,
+    quiet_for,
 )
 from bgsyncd.queue import Found, Job, Queue
 
@@ -141,11 +142,10 @@ class Worker:
         try:
             happened = self._do(job, folder, run, bound)
         except QueueUnavailable:
-            # The database's fault, not the job's: nothing is decided or counted.
-            # A charged result is kept for the resume; the dispatcher pauses
-            # (queue_unavailable) and the daemon gives the job back when it answers.
-            kept = Outcome(Transition.RELEASE, "job.released", charged=run.charged)
-            self._history.remember(job, kept, run.sha, run.result)
+            # The database, not the job: the dispatcher pauses (queue_unavailable).
+            # A charged result waits in memory, so the resume costs no credit.
+            if run.sha is not None and run.result is not None:
+                self._history.keep(run.sha, run.result)
             raise
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
@@ -162,8 +162,7 @@ class Worker:
         if read is None:
             return Vanished()
         data, sig = read
-        # Quiet since the last write (mtime) and since the close that queued it.
-        age = self._clock() - max(sig[1] / 1e9, job.queued_at)
+        age = quiet_for(self._clock(), sig[1] / 1e9, job.queued_at)
         if data is None:
             return LocalVerdict("too_large", f"{sig[0]} bytes is over the hard limit", age)
         if imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
@@ -271,7 +270,8 @@ class Worker:
             job.folder, job.id, outputs.output_candidates(job.relpath, ext)
         )
         if folder.output == "both":
-            self._queue.claim_output(job.folder, job.id, outputs.mask_candidates(primary))
+            mask = outputs.mask_candidates(primary, job.relpath)
+            self._queue.claim_output(job.folder, job.id, mask)
 
     def _kept_result(self, sha: str) -> bytes | None:
         kept = self._history.kept(sha)
@@ -294,11 +294,13 @@ class Worker:
                 bound.info("file.changed", note="changed while processed; queued again")
             return
         if folder.after_success == "delete":
-            src.unlink(missing_ok=True)
-            outputs.fsync_dir(src.parent)
+            try:
+                outputs.delete_input(folder.inbox, job.relpath, sig)
+            except FileNotFoundError:
+                bound.warning("file.vanished", during="delete")
         elif folder.after_success == "move" and folder.done is not None:
             try:
-                outputs.move_to(src, folder.done, job.relpath)
+                outputs.move_to(folder.inbox, job.relpath, folder.done, job.relpath)
             except FileNotFoundError:
                 bound.warning("file.vanished", during="move to done")
 
@@ -307,14 +309,7 @@ class Worker:
         claimed = self._queue.claimed_outputs(job.id)
         if len(claimed) < (2 if folder.output == "both" else 1):
             return False
-        for rel in claimed:
-            try:
-                written = os.stat(folder.outbox / rel).st_mtime_ns
-            except OSError:
-                return False
-            if written < sig[1]:
-                return False
-        return True
+        return outputs.outputs_newer_than(folder.outbox, claimed, sig[1])
 
     def _write_outputs(self, job: Job, folder: FolderSettings, cutout: bytes) -> list[str]:
         ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
@@ -322,18 +317,21 @@ class Worker:
             job.folder, job.id, outputs.output_candidates(job.relpath, ext)
         )
         if folder.output == "mask":
-            outputs.write_atomic(folder.outbox / primary, imaging.encode_mask(cutout))
+            outputs.write_file(folder.outbox, primary, imaging.encode_mask(cutout))
             return [primary]
-        outputs.write_atomic(
-            folder.outbox / primary,
+        outputs.write_file(
+            folder.outbox,
+            primary,
             imaging.encode_cutout(cutout, folder.format, folder.background),
         )
         written = [primary]
         if folder.output == "both":
             # The mask's name is claimed too: `a.mask.jpg` beside `a.jpg` must not
             # write the same file as a.jpg's mask.
-            mask = self._queue.claim_output(job.folder, job.id, outputs.mask_candidates(primary))
-            outputs.write_atomic(folder.outbox / mask, imaging.encode_mask(cutout))
+            mask = self._queue.claim_output(
+                job.folder, job.id, outputs.mask_candidates(primary, job.relpath)
+            )
+            outputs.write_file(folder.outbox, mask, imaging.encode_mask(cutout))
             written.append(mask)
         return written
 
@@ -394,7 +392,6 @@ class Worker:
         """
         reason = out.reason or "retries_exhausted"
         message, status = out.message, out.http_status
-        src = folder.inbox / job.relpath
         sidecar = {
             "path": job.relpath,
             "folder": job.folder,
@@ -411,8 +408,9 @@ class Worker:
                 # Gone, or a folder on its path was swapped for a symlink: touch nothing.
                 return Vanished("quarantine")
             try:
-                final = outputs.quarantine_file(src, folder.quarantine, job.relpath, sidecar)
-                location = final.relative_to(folder.quarantine).as_posix()
+                location = outputs.quarantine_file(
+                    folder.inbox, job.relpath, folder.quarantine, sidecar
+                )
             except FileNotFoundError:
                 return Vanished("quarantine")
             except OSError as exc:

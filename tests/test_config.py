@@ -147,6 +147,25 @@ def test_relative_paths_are_relative_to_the_config_file(
     assert require_api_key(s) == SECRET
 
 
+def test_relative_paths_from_the_environment_are_relative_to_the_working_directory(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a shell user means them; the file's own relative paths keep the file's folder."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (elsewhere / "key").write_text(SECRET)
+    (elsewhere / "key").chmod(0o600)
+    monkeypatch.setenv("BGSYNCD_QUEUE__DATABASE", "rel/q.sqlite3")
+    monkeypatch.setenv("BGSYNCD_API__KEY_FILE", "key")
+    s = load(cfg, FOLDER)
+    assert s.queue.database == elsewhere / "rel/q.sqlite3"
+    assert s.api.key_file == str(elsewhere / "key")
+    assert require_api_key(s) == SECRET
+    monkeypatch.setenv("BGSYNCD_QUEUE__DATABASE", "~/q.sqlite3")
+    assert load(cfg, FOLDER).queue.database == Path.home() / "q.sqlite3"
+
+
 def test_folders_are_created_only_when_asked(cfg: Path, tmp_path: Path) -> None:
     text = FOLDER.replace('"out"', '"deep/er/out"') + 'after_success = "move"\ndone = "done"\n'
     load(cfg, text, create_folders=False)
@@ -506,3 +525,44 @@ def test_check_config_prints_the_resolved_settings_with_the_key_masked(cfg: Path
     assert "********" in result.stdout
     assert "rate_limit = 5" in result.stdout
     assert f'inbox = "{cfg.parent / "in"}"' in result.stdout
+
+
+def test_check_config_shows_a_relative_path_from_the_environment_resolved(
+    cfg: Path, tmp_path: Path
+) -> None:
+    cfg.write_text(FOLDER)
+    result = subprocess.run(
+        [sys.executable, "-m", "bgsyncd", "check-config", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path / "in",
+        env={
+            **{k: v for k, v in os.environ.items() if not k.upper().startswith("BGSYNCD_")},
+            "PYTHONPATH": str(ROOT),
+            "BGSYNCD_QUEUE__DATABASE": "rel/q.sqlite3",
+        },
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result
+    assert f'database = "{tmp_path / "in" / "rel" / "q.sqlite3"}"' in result.stdout
+
+
+def test_check_config_by_hand_finds_the_key_where_the_readme_says(
+    cfg: Path, tmp_path: Path
+) -> None:
+    """README "Install on a server" step 5: the credential's folder names the key file."""
+    etc = tmp_path / "etc-bgsyncd"
+    etc.mkdir()
+    (etc / "api_key").write_text(SECRET + "\n")
+    (etc / "api_key").chmod(0o600)
+    without = check_config(cfg, FOLDER)
+    assert without.returncode == 0, without
+    assert "# api key: not set" in without.stdout  # what step 5 explains
+    with_credential = check_config(cfg, FOLDER, CREDENTIALS_DIRECTORY=str(etc))
+    assert with_credential.returncode == 0, with_credential
+    assert "# api key: ******** (from" in with_credential.stdout
+    assert SECRET not in with_credential.stdout + with_credential.stderr
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "sudo CREDENTIALS_DIRECTORY=/etc/bgsyncd \\\n" in readme
+    assert "/opt/bgsyncd/bin/bgsyncd check-config --config /etc/bgsyncd/config.toml" in readme

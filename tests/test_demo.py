@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ SAMPLES = {  # input in the inbox -> its cut-out in the outbox
     "catalogue/spring/mug.webp": "catalogue/spring/mug.png",
 }
 TEXT_SAMPLE = "not-an-image.jpg"
+SHELL_ENV = {"PATH": "/usr/bin:/bin"}  # the virtualenv is not activated
 
 
 class Demo:
@@ -32,6 +34,8 @@ class Demo:
 
     def __init__(self, argv: list[str], workdir: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "BGSYNCD_API_KEY"}
+        env.update(SHELL_ENV)  # started from a fresh shell, as a newcomer would
+        env.pop("VIRTUAL_ENV", None)
         self.out_path = workdir / "demo.stdout"
         self.err_path = workdir / "demo.stderr"
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
@@ -115,13 +119,38 @@ def run_and_check(demos: list[Demo], argv: list[str], root: Path, workdir: Path)
             'bgsyncd_jobs_finished_total{folder="demo",outcome="success"}' in answer.read().decode()
         )
 
+    check_banner_commands(banner, workdir)
+
     demo.proc.send_signal(signal.SIGINT)
     assert demo.proc.wait(30) == 0, demo.output()
     assert "Traceback" not in demo.output()
     return base
 
 
-def test_demo_command_runs_without_a_key_beside_a_busy_9808(tmp_path, demos, port_9808_busy):
+def check_banner_commands(banner: str, workdir: Path) -> None:
+    """The banner's command works pasted into the demo's shell (bgsyncd not on its PATH)."""
+    match = re.search(r"^\s*status:\s+(.+)$", banner, re.MULTILINE)
+    assert match, banner
+    command = match.group(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGSYNCD_")}
+    env.update(SHELL_ENV)  # the shell the demo was started from
+    env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (command, result.stdout, result.stderr)
+    assert "demo" in result.stdout, result.stdout  # the demo's folder is in the status
+
+
+def test_demo_command_runs_without_a_key_beside_a_busy_9808(
+    tmp_path: Path, demos: list[Demo], port_9808_busy: None
+) -> None:
     root = tmp_path / "demo"
     argv = [sys.executable, "-m", "bgsyncd", "demo", "--dir", str(root)]
     base = run_and_check(demos, argv, root, tmp_path)
@@ -148,6 +177,27 @@ def test_demo_command_runs_without_a_key_beside_a_busy_9808(tmp_path, demos, por
     assert again.proc.wait(30) == 0, again.output()
 
 
-def test_demo_script(tmp_path, demos):
+def test_demo_script(tmp_path: Path, demos: list[Demo]) -> None:
     root = tmp_path / "elsewhere"
     run_and_check(demos, [str(ROOT / "scripts" / "demo.sh"), "--dir", str(root)], root, tmp_path)
+
+
+def test_the_package_builds_without_warnings_and_ships_every_module(tmp_path: Path) -> None:
+    """What a first ``scripts/venv.sh`` builds: no deprecation noise, no module left out."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deprecated" not in (result.stdout + result.stderr).lower(), result.stderr
+    (wheel,) = tmp_path.glob("bgsyncd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.endswith(".py")}
+        metadata = next(n for n in archive.namelist() if n.endswith("/METADATA"))
+        assert "License-Expression: MIT" in archive.read(metadata).decode()
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "bgsyncd").rglob("*.py")}
+    assert sources == shipped

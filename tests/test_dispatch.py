@@ -410,7 +410,9 @@ def test_each_pause_reason_is_lifted_only_by_its_own_events() -> None:
         assert pauses.first == pauses.held[0]
 
 
-def make_dispatcher(tmp_path: Path, emu: Emulator, **pacer: Any) -> tuple[Any, Any, Any]:
+def make_dispatcher(
+    tmp_path: Path, emu: Emulator, floor: int = 0, **pacer: Any
+) -> tuple[Any, Any, Any]:
     from bgsyncd.client import Client
     from bgsyncd.credits import CreditGuard
     from bgsyncd.dispatch import Dispatcher
@@ -427,7 +429,7 @@ def make_dispatcher(tmp_path: Path, emu: Emulator, **pacer: Any) -> tuple[Any, A
         queue,
         worker,
         Pacer(1000, 60.0, MemoryRequestLog(), **pacer),
-        CreditGuard(0, 600),
+        CreditGuard(floor, 600),
         lambda: client,
         Recorder(),
         max_in_flight=2,
@@ -522,6 +524,25 @@ def test_a_huge_retry_after_never_kills_the_dispatch_thread(
         d.wake()
         wait_until(lambda: queue.counts().get("f", {}).get("done") == 1, what="job done")
         assert d.alive()
+    finally:
+        d.stop(5)
+        client.close()
+        queue.close()
+
+
+def test_a_credit_check_at_the_floor_lifts_api_malformed_but_not_an_account_reason(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    emulator.configure(credits=5)
+    d, queue, client = make_dispatcher(tmp_path, emulator, floor=5)  # the balance is at it
+    d.raise_pause("api_malformed")
+    d.raise_pause("invalid_api_key")
+    d.raise_pause("output_unwritable")
+    d.start()  # the first step checks credits: answered normally, at the floor
+    try:
+        wait_until(lambda: "credit_floor" in d.pauses, what="the check at the floor")
+        assert d.pauses == ("invalid_api_key", "output_unwritable", "credit_floor")
+        assert d.paused == "invalid_api_key"
     finally:
         d.stop(5)
         client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import io
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,8 +28,7 @@ import requests
 import urllib3
 from PIL import Image, ImageDraw
 
-from bgsyncd import matte
-from bgsyncd.emulator import Emulator, main, parse_multipart
+from bgsyncd.emulator import Emulator, main, matte, parse_multipart
 from tests.helpers import noisy_image, open_image, product_image, transparent_png, wait_until
 
 CUTOUT = "/v1.0/image-without-background"
@@ -608,6 +609,107 @@ def test_configure_rejects_bad_values_and_keeps_the_old_ones(emu: Emulator) -> N
     assert emu.credits == 1000
     with pytest.raises(ValueError, match="credits"):
         emu.configure(credits=True)
+
+
+# --- bandwidth: an uplink of a given speed ------------------------------------------
+
+
+def timed_upload(url: str, body: bytes, *, chunked: bool = False) -> float:
+    """Seconds to send ``body`` as an image and get the answer (415: not an image)."""
+    content: bytes | Iterator[bytes] = body
+    if chunked:
+        content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    headers = {**KEY, "Content-Type": "application/json"}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        began = time.monotonic()
+        r = c.post(CUTOUT_B64, content=content, headers=headers)
+        elapsed = time.monotonic() - began
+    # Refused only after the whole body was read: the time is the upload's.
+    assert r.status_code == 415, r.text
+    return elapsed
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_bandwidth_reads_bodies_no_faster_than_the_uplink(chunked: bool) -> None:
+    body = json.dumps({"image": "A" * 599_990}).encode()  # base64 of zero bytes: not an image
+    assert len(body) >= 600_000
+    with Emulator(rate_limit=1000, bandwidth=400_000) as emu:
+        expected = len(body) / 400_000  # 1.5 s
+        elapsed = timed_upload(emu.url, body, chunked=chunked)
+        assert expected * 0.97 <= elapsed <= expected + 0.75
+        emu.configure(bandwidth=0)  # unlimited: the same body is an order of magnitude faster
+        assert timed_upload(emu.url, body, chunked=chunked) < expected / 5
+
+
+def test_bandwidth_is_set_through_the_control_surface_and_the_command_line(
+    emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = json.dumps({"image": "A" * 599_990}).encode()
+    with httpx.Client(base_url=emu.url) as c:
+        assert c.get("/_emulator/state").json()["bandwidth"] == 0
+        r = c.post("/_emulator/state", json={"bandwidth": 1_200_000})
+        assert r.json()["bandwidth"] == 1_200_000
+        for bad in (-1, 2.5, "fast"):
+            assert c.post("/_emulator/state", json={"bandwidth": bad}).status_code == 400
+    elapsed = timed_upload(emu.url, body)
+    assert len(body) / 1_200_000 * 0.97 <= elapsed <= len(body) / 1_200_000 + 0.75
+    assert main(["--bandwidth", "-5"]) == 2
+    assert "bandwidth" in capsys.readouterr().err
+
+
+class AdmittingEmulator(Emulator):
+    """The emulator, telling when an image request was admitted (its body not yet read)."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.admitted = threading.Event()
+
+    def admit(self, key: str | None, *, image: bool) -> None:
+        super().admit(key, image=image)
+        self.admitted.set()
+
+
+def test_bandwidth_does_not_hold_up_a_stop() -> None:
+    emu = AdmittingEmulator(rate_limit=1000, bandwidth=10_000)
+    emu.start()
+    body = json.dumps({"image": "A" * 500_000}).encode()  # 50 s at that speed
+
+    def send() -> None:
+        with contextlib.suppress(httpx.HTTPError, AssertionError):  # cut off by the stop
+            timed_upload(emu.url, body)
+
+    sender = threading.Thread(target=send, daemon=True)
+    began = time.monotonic()
+    sender.start()
+    assert emu.admitted.wait(10)  # the body is being read, slowly
+    emu.stop()
+    sender.join(10)
+    assert not sender.is_alive()
+    assert time.monotonic() - began < 10
+
+
+# --- the subpackage's shape -----------------------------------------------------------
+
+EMULATOR_MODULES = ("account", "bodies", "matte", "handler", "service", "cli")
+
+
+def test_emulator_modules_import_one_way_and_no_private_names() -> None:
+    """Each module imports only the ones listed before it, and only public names."""
+    import ast
+
+    package = Path(matte.__file__).parent
+    assert sorted(p.stem for p in package.glob("*.py")) == sorted([*EMULATOR_MODULES, "__init__"])
+    for position, name in enumerate(EMULATOR_MODULES):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bgsyncd"):
+                module = node.module or ""
+                if module.startswith("bgsyncd.emulator."):
+                    used = module.rsplit(".", 1)[1]
+                    assert used in EMULATOR_MODULES[:position], f"{name} imports {used}"
+                assert module != "bgsyncd.emulator", f"{name} imports the package itself"
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{name} imports {private} from {module}"
 
 
 # --- the reference's own examples, unchanged but for the host -------------------------

@@ -189,3 +189,38 @@ def test_a_full_outbox_pauses_output_unwritable_quarantines_nothing_and_sighup_k
         )
         assert len([r for r in emulator.requests() if r.path.startswith(IMAGE_PREFIX)]) == 1
         assert d.stop() == 0
+
+
+# -- item 4, dispatch side: a Retry-After of ten years or 1e12 -----------------------------
+
+
+@pytest.mark.parametrize("retry_after", ["315360000", "1e12"])
+def test_a_huge_retry_after_holds_dispatch_no_longer_than_the_cap(
+    tmp_path: Path, daemons: list[DaemonProcess], retry_after: str
+) -> None:
+    window = 0.4  # the cap is 10 windows: 4 s
+    limited = {"left": 1}
+
+    def images(request: Request) -> Answer:
+        if limited["left"]:
+            limited["left"] -= 1
+            return Answer(429, b'{"error": "slow down"}', (("Retry-After", retry_after),))
+        return Answer(200, cutout_of(30, 20), (("Content-Type", "image/png"),))
+
+    with HostileServer(account(images)) as server:
+        folder = make_folder(tmp_path, "f")
+        config = write_config(
+            tmp_path / "config.toml",
+            base_url=server.url,
+            folders=[folder],
+            api={"rate_window_seconds": window},
+        )
+        d = start_daemon(daemons, config)
+        (Path(folder["inbox"]) / "a.png").write_bytes(product_image(30, 20, "PNG"))
+        wait_until(lambda: image_requests(server) == 1, 20, what="the 429")
+        limited_at = time.monotonic()
+        wait_until((Path(folder["outbox"]) / "a.png").exists, 20, what="a.png after the block")
+        assert time.monotonic() - limited_at < 10 * window + 5.0
+        assert d.proc.poll() is None and not d.saw("dispatch.error")
+        assert attempts(config)["f/a.png"] == 0  # a 429 counts no attempt
+        assert d.stop() == 0

@@ -7,7 +7,7 @@ import struct
 import zlib
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageCms, ImageDraw
 
 from bgsyncd import imaging
 from bgsyncd.imaging import CorruptImage, ImageInfo
@@ -194,7 +194,7 @@ def test_compose_scales_an_rgba_cutout_of_another_size() -> None:
 
 
 def test_compose_names_the_input_that_cannot_be_read() -> None:
-    with pytest.raises(CorruptImage, match="API result"):
+    with pytest.raises(CorruptImage, match="API matte"):
         imaging.compose(product_image(), b"not a png", result_is_alpha=True)
     with pytest.raises(CorruptImage, match="original image"):
         imaging.compose(b"\xff\xd8\xff garbage", transparent_png(), result_is_alpha=False)
@@ -303,3 +303,429 @@ def test_decoding_from_several_threads_keeps_refusing_bombs() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(check, range(40)))
+
+
+# sniff: the one detector (client.py and the emulator should use it)
+
+
+@pytest.mark.parametrize("head", [b"II+\x00\x08\x00\x00\x00", b"MM\x00+\x00\x08\x00\x00"])
+def test_sniff_knows_bigtiff_in_both_byte_orders(head: bytes) -> None:
+    assert imaging.sniff(head + bytes(24)) == "tiff"
+
+
+def test_sniff_knows_each_bmp_header_and_refuses_bm_text() -> None:
+    for size in (12, 40, 108, 124):
+        head = b"BM" + bytes(12) + size.to_bytes(4, "little") + bytes(14)
+        assert imaging.sniff(head) == "bmp", size
+    assert imaging.sniff(b"BM" + bytes(12) + (99).to_bytes(4, "little") + bytes(14)) is None
+
+
+def test_every_sniffed_format_has_a_media_type() -> None:
+    names = {
+        imaging.sniff(product_image(fmt=pillow)[: imaging.SNIFF_BYTES]) for pillow, _ in ALL_FORMATS
+    }
+    assert names == set(imaging.MIME_TYPES)
+    assert imaging.MIME_TYPES["tiff"] == "image/tiff"
+
+
+def test_inspect_reads_the_orientation_and_the_stored_size() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    info = imaging.inspect(product_image(60, 40, fmt="JPEG", exif=exif.tobytes()))
+    assert info == ImageInfo("jpeg", 60, 40, orientation=6)
+    assert info.size == (60, 40)
+
+
+# check_matte / check_cutout
+
+
+def test_check_matte_takes_the_shape_of_what_was_sent_at_any_scale() -> None:
+    assert imaging.check_matte(_encode(Image.new("L", (1024, 683))), (1024, 683)) == (1024, 683)
+    assert imaging.check_matte(_encode(Image.new("L", (512, 341))), (1024, 683)) == (512, 341)
+    assert imaging.check_matte(_encode(Image.new("L", (3000, 2001))), (1024, 683)) == (3000, 2001)
+
+
+@pytest.mark.parametrize("size", [(1024, 1024), (683, 1024), (1024, 690), (10, 1)])
+def test_check_matte_refuses_another_shape_as_unusable(size: tuple[int, int]) -> None:
+    with pytest.raises(imaging.UnusableResult, match="not the shape of the 1024x683 sent"):
+        imaging.check_matte(_encode(Image.new("L", size)), (1024, 683))
+
+
+def test_check_matte_refuses_what_is_not_an_image_as_unusable() -> None:
+    with pytest.raises(imaging.UnusableResult, match="API matte"):
+        imaging.check_matte(b'{"alpha_channel": null}', (10, 10))
+    truncated = noisy_image(200, 100)
+    with pytest.raises(imaging.UnusableResult):
+        imaging.check_matte(truncated[: len(truncated) // 2], (200, 100))
+
+
+def test_check_cutout_takes_the_stored_or_the_turned_shape_only() -> None:
+    info = ImageInfo("jpeg", 600, 400, orientation=6)
+    assert imaging.check_cutout(_encode(Image.new("RGBA", (600, 400))), info) == (600, 400)
+    assert imaging.check_cutout(_encode(Image.new("RGBA", (400, 600))), info) == (400, 600)
+    with pytest.raises(imaging.UnusableResult):
+        imaging.check_cutout(_encode(Image.new("RGBA", (500, 500))), info)
+    with pytest.raises(imaging.UnusableResult):  # not turned: the upright shape is wrong
+        imaging.check_cutout(_encode(Image.new("RGBA", (400, 600))), ImageInfo("png", 600, 400))
+
+
+# render: the matte applied to the original's own pixels
+
+
+def _random_matte(width: int, height: int) -> Image.Image:
+    """A matte with zeros, full values and everything between."""
+    import random
+
+    rng = random.Random(3)
+    return Image.frombytes(
+        "L", (width, height), bytes(rng.choice((0, 0, 1, 77, 255)) for _ in range(width * height))
+    )
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_an_8_bit_rgb_input_reaches_the_cutout_exactly_where_alpha_is_above_zero(fmt: str) -> None:
+    original = open_image(noisy_image(300, 200)).convert("RGB")
+    matte = _encode(_random_matte(150, 100))  # a half-size matte, as for a proxy
+    out = imaging.render(
+        _encode(original), matte, answer_is_matte=True, output="cutout", fmt=fmt, background=""
+    )
+    assert out.cutout is not None and out.mask is None
+    cut = open_image(out.cutout).convert("RGBA")
+    assert cut.size == (300, 200)
+    alpha = cut.getchannel("A").tobytes()
+    assert 0 in alpha and 255 in alpha and len(set(alpha)) > 10  # the test covers all kinds
+    rgba, rgb = cut.tobytes(), original.tobytes()
+    wrong = [
+        i
+        for i in range(300 * 200)
+        if rgba[4 * i + 3] > 0 and rgba[4 * i : 4 * i + 3] != rgb[3 * i : 3 * i + 3]
+    ]
+    assert wrong == []
+
+
+def test_a_jpeg_input_reaches_the_cutout_as_its_own_decoded_pixels() -> None:
+    data = product_image(400, 300, fmt="JPEG", quality=80)
+    out = imaging.render(
+        data,
+        _encode(Image.new("L", (200, 150), 200)),
+        answer_is_matte=True,
+        output="cutout",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is not None
+    cut = open_image(out.cutout)
+    assert cut.convert("RGB").tobytes() == open_image(data).convert("RGB").tobytes()
+    assert set(cut.getchannel("A").tobytes()) == {200}
+
+
+def test_the_matte_is_scaled_to_the_originals_size_with_lanczos() -> None:
+    matte = _half_mask(100, 50)
+    out = imaging.render(
+        product_image(400, 200, fmt="PNG"),
+        _encode(matte),
+        answer_is_matte=True,
+        output="mask",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is None and out.mask is not None
+    mask = open_image(out.mask)
+    assert (mask.format, mask.mode) == ("PNG", "L")
+    assert mask.tobytes() == matte.resize((400, 200), Image.Resampling.LANCZOS).tobytes()
+
+
+def test_both_outputs_share_one_alpha() -> None:
+    original = product_image(120, 80, fmt="PNG")
+    out = imaging.render(
+        original,
+        _encode(_random_matte(60, 40)),
+        answer_is_matte=True,
+        output="both",
+        fmt="webp",
+        background="",
+    )
+    assert out.cutout is not None and out.mask is not None
+    assert open_image(out.cutout).getchannel("A").tobytes() == open_image(out.mask).tobytes()
+
+
+def test_render_on_a_background_and_as_jpeg() -> None:
+    original = Image.new("RGB", (40, 20), (0, 0, 255))
+    out = imaging.render(
+        _encode(original),
+        _encode(_half_mask(40, 20)),
+        answer_is_matte=True,
+        output="cutout",
+        fmt="jpeg",
+        background="#00ff00",
+    )
+    assert out.cutout is not None
+    cut = open_image(out.cutout)
+    assert (cut.format, cut.mode) == ("JPEG", "RGB")
+    assert cut.getpixel((5, 10)) == pytest.approx((0, 255, 0), abs=6)
+    assert cut.getpixel((34, 10)) == pytest.approx((0, 0, 255), abs=6)
+
+
+def test_render_refuses_an_undecodable_answer_as_unusable() -> None:
+    with pytest.raises(imaging.UnusableResult):
+        imaging.render(
+            product_image(),
+            b"garbage",
+            answer_is_matte=True,
+            output="cutout",
+            fmt="png",
+            background="",
+        )
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (Image.new("CMYK", (40, 20), (0, 255, 255, 0)), (255, 0, 0, 255)),
+        (Image.new("RGB", (40, 20), (0, 0, 255)).convert("P"), (0, 0, 255, 255)),
+        (Image.new("I;16", (40, 20), 32768), (128, 128, 128, 255)),
+        (Image.new("LA", (40, 20), (77, 255)), (77, 77, 77, 255)),
+        (Image.new("LA", (40, 20), (77, 0)), (77, 77, 77, 0)),  # its own transparency kept
+    ],
+    ids=["cmyk", "palette", "16-bit", "la", "la-clear"],
+)
+def test_render_brings_every_mode_to_8_bit_rgba(
+    image: Image.Image, expected: tuple[int, ...]
+) -> None:
+    fmt = "JPEG" if image.mode == "CMYK" else "TIFF" if image.mode == "I;16" else "PNG"
+    out = imaging.render(
+        _encode(image, fmt),
+        _encode(Image.new("L", (40, 20), 255)),
+        answer_is_matte=True,
+        output="cutout",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is not None
+    cut = open_image(out.cutout)
+    assert (cut.mode, cut.size) == ("RGBA", (40, 20))
+    assert cut.getpixel((20, 10)) == pytest.approx(expected, abs=3)
+
+
+def test_render_uses_the_first_frame_of_an_animated_input() -> None:
+    frames = [Image.new("RGB", (30, 20), c).convert("P") for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    out = imaging.render(
+        buf.getvalue(),
+        _encode(Image.new("L", (30, 20), 255)),
+        answer_is_matte=True,
+        output="cutout",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is not None
+    assert open_image(out.cutout).getpixel((5, 5)) == (255, 0, 0, 255)
+
+
+# render: the metadata the outputs keep
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _camera_original() -> bytes:
+    """A JPEG with orientation 6, a maker, an sRGB profile, 300 DPI and a comment."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Camera maker"
+    return product_image(
+        60, 40, fmt="JPEG", exif=exif.tobytes(), icc_profile=SRGB, dpi=(300, 300), comment=b"secret"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
+def test_outputs_keep_the_orientation_icc_profile_and_dpi_and_nothing_else(fmt: str) -> None:
+    out = imaging.render(
+        _camera_original(),
+        _encode(Image.new("L", (60, 40), 255)),
+        answer_is_matte=True,
+        output="both",
+        fmt=fmt,
+        background="#ffffff" if fmt == "jpeg" else "",
+    )
+    assert out.cutout is not None and out.mask is not None
+    cut = open_image(out.cutout)
+    assert cut.size == (60, 40)  # the stored geometry; the tag tells viewers to turn it
+    assert dict(cut.getexif()) == {0x0112: 6}
+    assert cut.info.get("icc_profile") == SRGB
+    if fmt != "webp":  # WebP has no DPI field
+        assert cut.info.get("dpi") == pytest.approx((300, 300), abs=0.01)
+    assert b"Camera maker" not in out.cutout and b"secret" not in out.cutout
+    mask = open_image(out.mask)
+    assert dict(mask.getexif()) == {0x0112: 6}
+    assert mask.info.get("dpi") == pytest.approx((300, 300), abs=0.01)
+    assert "icc_profile" not in mask.info  # an RGB profile on a grey image would be wrong
+
+
+def test_an_input_without_metadata_gives_outputs_without_metadata() -> None:
+    out = imaging.render(
+        product_image(60, 40, fmt="PNG"),
+        _encode(Image.new("L", (60, 40), 255)),
+        answer_is_matte=True,
+        output="both",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is not None and out.mask is not None
+    for data in (out.cutout, out.mask):
+        img = open_image(data)
+        assert len(img.getexif()) == 0
+        assert not {"icc_profile", "dpi", "exif"} & set(img.info)
+
+
+def test_a_grey_or_cmyk_profile_is_not_put_on_rgb_outputs() -> None:
+    grey = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    assert grey[16:20] != b"RGB "
+    original = product_image(60, 40, fmt="PNG", icc_profile=grey)
+    out = imaging.render(
+        original,
+        _encode(Image.new("L", (60, 40), 255)),
+        answer_is_matte=True,
+        output="cutout",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is not None
+    assert "icc_profile" not in open_image(out.cutout).info
+
+
+# "original" mode: a cut-out answer, and a server that applied the EXIF rotation
+
+
+def _turned_original() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return product_image(60, 40, fmt="PNG", exif=exif.tobytes())
+
+
+def test_a_cutout_as_stored_keeps_the_orientation_tag() -> None:
+    answer = Image.new("RGBA", (60, 40), (10, 200, 30, 255))
+    out = imaging.render(
+        _turned_original(),
+        _encode(answer),
+        answer_is_matte=False,
+        output="cutout",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is not None and not out.rotated_by_server
+    cut = open_image(out.cutout)
+    assert (cut.size, dict(cut.getexif())) == ((60, 40), {0x0112: 6})
+    assert cut.getpixel((30, 20)) == (10, 200, 30, 255)  # the cut-out's own colours (0.1)
+
+
+def test_a_cutout_turned_by_the_server_loses_the_orientation_tag() -> None:
+    answer = Image.new("RGBA", (40, 60), (0, 0, 0, 0))
+    ImageDraw.Draw(answer).rectangle((0, 0, 39, 29), fill=(10, 200, 30, 255))
+    out = imaging.render(
+        _turned_original(),
+        _encode(answer),
+        answer_is_matte=False,
+        output="both",
+        fmt="png",
+        background="",
+    )
+    assert out.cutout is not None and out.mask is not None and out.rotated_by_server
+    cut, mask = open_image(out.cutout), open_image(out.mask)
+    assert cut.size == mask.size == (40, 60)
+    assert len(cut.getexif()) == 0 and len(mask.getexif()) == 0
+    assert cut.getpixel((20, 10)) == (10, 200, 30, 255)
+    assert mask.getpixel((20, 50)) == 0
+
+
+def test_a_turned_cutout_of_a_transparent_original_turns_its_own_alpha_too() -> None:
+    original = Image.new("RGBA", (60, 40), (5, 5, 5, 255))
+    ImageDraw.Draw(original).rectangle((0, 0, 29, 39), fill=(5, 5, 5, 0))  # left half clear
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90° clockwise: the clear left half is on top
+    data = _encode(original, exif=exif.tobytes())
+    answer = _encode(Image.new("RGBA", (40, 60), (9, 9, 9, 255)))
+    out = imaging.render(
+        data, answer, answer_is_matte=False, output="mask", fmt="png", background=""
+    )
+    assert out.mask is not None
+    mask = open_image(out.mask)
+    assert mask.size == (40, 60)
+    assert (mask.getpixel((20, 5)), mask.getpixel((20, 55))) == (0, 255)
+
+
+# the full-decode slot
+
+
+def test_render_waits_for_the_full_decode_slot() -> None:
+    import threading
+
+    done = threading.Event()
+
+    def work() -> None:
+        imaging.render(
+            product_image(200, 100, fmt="PNG"),
+            _encode(Image.new("L", (200, 100), 255)),
+            answer_is_matte=True,
+            output="cutout",
+            fmt="png",
+            background="",
+        )
+        done.set()
+
+    with imaging.full_decode_slot():
+        worker = threading.Thread(target=work)
+        worker.start()
+        assert not done.wait(0.5), "render ran while another thread held the slot"
+    assert done.wait(10)
+    worker.join()
+
+
+def test_a_jpeg_proxy_needs_no_slot_and_a_png_proxy_waits_for_it() -> None:
+    from concurrent import futures
+    from concurrent.futures import ThreadPoolExecutor
+
+    jpeg, png = product_image(2000, 1000, fmt="JPEG"), product_image(2000, 1000, fmt="PNG")
+    with ThreadPoolExecutor(2) as pool:
+        with imaging.full_decode_slot():
+            fast = pool.submit(imaging.make_proxy, jpeg, side=1024, max_bytes=10**7)
+            slow = pool.submit(imaging.make_proxy, png, side=1024, max_bytes=10**7)
+            assert fast.result(timeout=10).size == (1024, 512)
+            assert not slow.done()
+            inspect_png = pool.submit(imaging.inspect, png)
+            # Neither finishes while the slot is held (given time to, had it been free).
+            finished, _ = futures.wait([slow], timeout=0.5)
+            assert not finished and not inspect_png.done()
+        assert slow.result(timeout=10).size == (1024, 512)
+        assert inspect_png.result(timeout=10) == ImageInfo("png", 2000, 1000)
+
+
+def test_the_slot_is_reentrant_for_the_thread_that_holds_it() -> None:
+    with imaging.full_decode_slot():
+        out = imaging.render(
+            product_image(40, 20, fmt="PNG"),
+            _encode(Image.new("L", (40, 20), 255)),
+            answer_is_matte=True,
+            output="mask",
+            fmt="png",
+            background="",
+        )
+    assert out.mask is not None
+
+
+def test_a_matte_answered_as_a_cutout_is_read_by_its_alpha() -> None:
+    answer = Image.new("RGBA", (40, 20), (200, 10, 10, 0))
+    ImageDraw.Draw(answer).rectangle((20, 0, 39, 19), fill=(200, 10, 10, 255))
+    grey = Image.new("LA", (40, 20), (90, 255))  # grey with an opaque alpha: its grey values
+    for data, left, right in ((_encode(answer), 0, 255), (_encode(grey), 90, 90)):
+        out = imaging.render(
+            product_image(40, 20, fmt="PNG"),
+            data,
+            answer_is_matte=True,
+            output="mask",
+            fmt="png",
+            background="",
+        )
+        assert out.mask is not None
+        mask = open_image(out.mask)
+        assert (mask.getpixel((5, 10)), mask.getpixel((35, 10))) == (left, right)

@@ -20,6 +20,7 @@ from bgsyncd.outcomes import (
     Vanished,
     WriteFailed,
     decide,
+    quiet_for,
 )
 
 CTX = Context(attempts=0, max_attempts=5, settle_seconds=2.0)
@@ -200,3 +201,10 @@ def test_an_internal_error_names_the_errno_never_just_the_class() -> None:
 def test_vanished_inputs_are_forgotten_and_interruptions_release_the_job() -> None:
     assert shape(decide(Vanished(), CTX)) == (L, False, False, False, None, None)
     assert shape(decide(Interrupted("stopping"), LAST)) == (T, False, False, False, None, None)
+
+
+def test_quiet_time_counts_from_the_last_write_or_queueing_and_ignores_a_future_mtime() -> None:
+    assert quiet_for(now=100.0, mtime=95.0, queued_at=90.0) == 5.0
+    assert quiet_for(now=100.0, mtime=90.0, queued_at=97.0) == 3.0
+    assert quiet_for(now=100.0, mtime=4e9, queued_at=99.0) == 1.0  # touch -d 2096
+    assert quiet_for(now=100.0, mtime=50.0, queued_at=101.0) == 0.0

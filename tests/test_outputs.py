@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import outputs
+from bgsyncd import names, outputs
+from bgsyncd.errors import is_refused
 
 SIDECAR = {
     "path": "sub/photo.jpg",
@@ -66,25 +68,25 @@ def test_output_candidates_never_repeat_for_a_name_without_extension() -> None:
 
 
 def test_mask_relpath_for_each_output_kind() -> None:
-    assert outputs.mask_relpath("dir/a.png", "both") == "dir/a.mask.png"
-    assert outputs.mask_relpath("dir/a.jpg~2.webp", "both") == "dir/a.jpg~2.mask.png"
-    assert outputs.mask_relpath("a.jpg", "both") == "a.mask.png"
-    assert outputs.mask_relpath("dir/a.png", "cutout") is None
-    assert outputs.mask_relpath("dir/a.png", "mask") is None
+    assert outputs.mask_relpath("dir/a.png", "both", "dir/a.jpg") == "dir/a.mask.png"
+    assert outputs.mask_relpath("dir/a.jpg~2.webp", "both", "dir/a.jpg") == "dir/a.jpg~2.mask.png"
+    assert outputs.mask_relpath("a.jpg", "both", "a.jpg") == "a.mask.png"
+    assert outputs.mask_relpath("dir/a.png", "cutout", "dir/a.jpg") is None
+    assert outputs.mask_relpath("dir/a.png", "mask", "dir/a.jpg") is None
     with pytest.raises(ValueError, match="output"):
-        outputs.mask_relpath("dir/a.png", "everything")
+        outputs.mask_relpath("dir/a.png", "everything", "dir/a.jpg")
 
 
 def test_mask_candidates_start_with_mask_relpath() -> None:
-    assert list(islice(outputs.mask_candidates("dir/a.webp"), 3)) == [
+    assert list(islice(outputs.mask_candidates("dir/a.webp", "dir/a.jpg"), 3)) == [
         "dir/a.mask.png",
         "dir/a.mask~2.png",
         "dir/a.mask~3.png",
     ]
 
 
-def test_sidecar_path_appends_to_the_whole_name(tmp_path: Path) -> None:
-    assert outputs.sidecar_path(tmp_path / "photo.jpg") == tmp_path / "photo.jpg.error.json"
+def test_sidecar_name_appends_to_the_whole_name() -> None:
+    assert outputs.sidecar_name("photo.jpg", "sub/photo.jpg") == "photo.jpg.error.json"
 
 
 # write_atomic
@@ -135,7 +137,7 @@ def test_write_atomic_failing_mid_write_leaves_old_file_and_no_temp(tmp_path: Pa
         f"""
         import resource, signal, sys
         from pathlib import Path
-        from bgsyncd import outputs
+        from bgsyncd import names, outputs
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:
@@ -213,9 +215,15 @@ def _drop(folder: Path, relpath: str, data: bytes) -> Path:
     return path
 
 
+def _quarantine(
+    inbox: Path, relpath: str, q: Path, sidecar: dict[str, object] | None = None
+) -> Path:
+    return q / outputs.quarantine_file(inbox, relpath, q, SIDECAR if sidecar is None else sidecar)
+
+
 def test_quarantine_moves_the_file_and_writes_the_sidecar(tmp_path: Path) -> None:
     src = _drop(tmp_path / "inbox", "sub/photo.jpg", b"jpeg bytes")
-    final = outputs.quarantine_file(src, tmp_path / "quarantine", "sub/photo.jpg", SIDECAR)
+    final = _quarantine(tmp_path / "inbox", "sub/photo.jpg", tmp_path / "quarantine")
     assert final == tmp_path / "quarantine" / "sub" / "photo.jpg"
     assert final.read_bytes() == b"jpeg bytes"
     assert not src.exists()
@@ -227,12 +235,10 @@ def test_quarantine_moves_the_file_and_writes_the_sidecar(tmp_path: Path) -> Non
 
 def test_quarantine_collision_keeps_the_first_and_suffixes_the_newcomer(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
-    first = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "photo.jpg", b"one"), q, "photo.jpg", SIDECAR
-    )
-    second = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "photo.jpg", b"two"), q, "photo.jpg", {**SIDECAR, "attempts": 5}
-    )
+    _drop(tmp_path / "inbox", "photo.jpg", b"one")
+    first = _quarantine(tmp_path / "inbox", "photo.jpg", q)
+    _drop(tmp_path / "inbox", "photo.jpg", b"two")
+    second = _quarantine(tmp_path / "inbox", "photo.jpg", q, {**SIDECAR, "attempts": 5})
     assert (first.name, second.name) == ("photo.jpg", "photo~2.jpg")
     assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
     assert json.loads((q / "photo.jpg.error.json").read_text())["attempts"] == 0
@@ -242,42 +248,42 @@ def test_quarantine_collision_keeps_the_first_and_suffixes_the_newcomer(tmp_path
 def test_quarantine_treats_a_leftover_sidecar_as_taken(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
     _drop(q, "photo.jpg.error.json", b"{}")
-    final = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "photo.jpg", b"x"), q, "photo.jpg", SIDECAR
-    )
+    _drop(tmp_path / "inbox", "photo.jpg", b"x")
+    final = _quarantine(tmp_path / "inbox", "photo.jpg", q)
     assert final.name == "photo~2.jpg"
     assert (q / "photo.jpg.error.json").read_bytes() == b"{}"
 
 
 def test_concurrent_quarantines_of_one_name_all_get_their_own(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
-    sources = [_drop(tmp_path / f"inbox{i}", "photo.jpg", str(i).encode()) for i in range(8)]
+    inboxes = [_drop(tmp_path / f"inbox{i}", "photo.jpg", str(i).encode()).parent for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        finals = list(
-            pool.map(lambda s: outputs.quarantine_file(s, q, "photo.jpg", SIDECAR), sources)
-        )
+        finals = list(pool.map(lambda inbox: _quarantine(inbox, "photo.jpg", q), inboxes))
     assert len(set(finals)) == 8
     assert sorted(f.read_bytes() for f in finals) == [str(i).encode() for i in range(8)]
 
 
 def test_quarantine_of_a_vanished_file_raises_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        outputs.quarantine_file(tmp_path / "gone.jpg", tmp_path / "q", "gone.jpg", SIDECAR)
+        outputs.quarantine_file(tmp_path, "gone.jpg", tmp_path / "q", SIDECAR)
     assert not (tmp_path / "q" / "gone.jpg.error.json").exists()
 
 
 def test_moves_refuse_a_relpath_that_leaves_the_folder(tmp_path: Path) -> None:
     src = _drop(tmp_path / "inbox", "a.jpg", b"x")
-    for bad in ("../a.jpg", "/etc/a.jpg", ""):
+    for bad in ("../a.jpg", "/etc/a.jpg", "", "sub/../../a.jpg"):
         with pytest.raises(ValueError, match="relative path"):
-            outputs.move_to(src, tmp_path / "done", bad)
+            outputs.move_to(tmp_path / "inbox", "a.jpg", tmp_path / "done", bad)
+        with pytest.raises(ValueError, match="relative path"):
+            outputs.move_to(tmp_path / "inbox", bad, tmp_path / "done", "a.jpg")
     assert src.exists()
 
 
 def test_move_to_mirrors_the_path_and_suffixes_on_collision(tmp_path: Path) -> None:
     done = tmp_path / "done"
     _drop(done, "a/b/pic.png", b"older")
-    final = outputs.move_to(_drop(tmp_path / "inbox", "a/b/pic.png", b"new"), done, "a/b/pic.png")
+    _drop(tmp_path / "inbox", "a/b/pic.png", b"new")
+    final = done / outputs.move_to(tmp_path / "inbox", "a/b/pic.png", done, "a/b/pic.png")
     assert final == done / "a" / "b" / "pic~2.png"
     assert final.read_bytes() == b"new"
     assert (done / "a/b/pic.png").read_bytes() == b"older"
@@ -286,10 +292,10 @@ def test_move_to_mirrors_the_path_and_suffixes_on_collision(tmp_path: Path) -> N
 
 def test_move_to_brings_a_quarantined_file_back_to_the_inbox(tmp_path: Path) -> None:
     q = tmp_path / "quarantine"
-    quarantined = outputs.quarantine_file(
-        _drop(tmp_path / "inbox", "s/p.jpg", b"img"), q, "s/p.jpg", SIDECAR
-    )
-    back = outputs.move_to(quarantined, tmp_path / "inbox", "s/p.jpg")
+    _drop(tmp_path / "inbox", "s/p.jpg", b"img")
+    quarantined = _quarantine(tmp_path / "inbox", "s/p.jpg", q)
+    rel = quarantined.relative_to(q).as_posix()
+    back = tmp_path / "inbox" / outputs.move_to(q, rel, tmp_path / "inbox", "s/p.jpg")
     assert back == tmp_path / "inbox" / "s" / "p.jpg"
     assert back.read_bytes() == b"img"
     assert not quarantined.exists()
@@ -315,7 +321,7 @@ def test_quarantine_across_filesystems(tmp_path: Path, other_filesystem: Path) -
     q = other_filesystem / "quarantine"
     _drop(q, "sub/photo.jpg", b"already here")
 
-    final = outputs.quarantine_file(src, q, "sub/photo.jpg", SIDECAR)
+    final = _quarantine(tmp_path / "inbox", "sub/photo.jpg", q)
 
     assert os.stat(final).st_dev != os.stat(tmp_path).st_dev
     assert final == q / "sub" / "photo~2.jpg"
@@ -330,9 +336,10 @@ def test_quarantine_across_filesystems(tmp_path: Path, other_filesystem: Path) -
 
 def test_move_to_across_filesystems_and_back(tmp_path: Path, other_filesystem: Path) -> None:
     src = _drop(other_filesystem / "inbox", "a.png", b"png")
-    final = outputs.move_to(src, tmp_path / "done", "a.png")
+    inbox, done = other_filesystem / "inbox", tmp_path / "done"
+    final = done / outputs.move_to(inbox, "a.png", done, "a.png")
     assert final.read_bytes() == b"png" and not src.exists()
-    back = outputs.move_to(final, other_filesystem / "inbox", "a.png")
+    back = inbox / outputs.move_to(done, "a.png", inbox, "a.png")
     assert back == src and back.read_bytes() == b"png" and not final.exists()
     assert _leftovers(tmp_path) == [] and _leftovers(other_filesystem) == []
 
@@ -341,3 +348,164 @@ def test_fsync_dir_accepts_a_folder(tmp_path: Path) -> None:
     outputs.fsync_dir(tmp_path)
     with pytest.raises(NotADirectoryError):
         outputs.fsync_dir(_drop(tmp_path, "f", b""))
+
+
+# names within 255 bytes (NAME_MAX counts bytes)
+
+
+def _bytes(name: str) -> int:
+    return len(name.encode("utf-8"))
+
+
+def _tag(relpath: str) -> str:
+    return "~" + hashlib.sha256(relpath.encode()).hexdigest()[:8]
+
+
+def test_names_that_fit_are_not_touched() -> None:
+    name = "a" * 251 + ".jpg"  # 255 bytes; its output `aaa….png` is 255 bytes too
+    assert next(outputs.output_candidates(f"d/{name}", "png")) == "d/" + "a" * 251 + ".png"
+
+
+def test_a_long_output_name_is_cut_at_a_character_boundary_and_tagged() -> None:
+    rel = "sub/" + "é" * 125 + "x.jpg"  # 256-byte name: too long for any output
+    first, second, third = islice(outputs.output_candidates(rel, "webp"), 3)
+    tag = _tag(rel)
+    for candidate in (first, second, third):
+        name = candidate.removeprefix("sub/")
+        assert _bytes(name) <= 255
+        name.encode("utf-8").decode("utf-8")  # no half character
+    assert first.endswith(tag + ".webp") and first.startswith("sub/éé")
+    # The stem and the whole name cut to one prefix: the second choice is `~2`.
+    assert second.endswith(tag + "~2.webp") and third.endswith(tag + "~3.webp")
+    assert len({first, second, third}) == 3
+
+
+def test_every_collision_suffix_of_a_shortened_name_fits() -> None:
+    rel = "é" * 127 + ".jpg"
+    for candidate in islice(outputs.output_candidates(rel, "png"), 2, 12):
+        assert _bytes(candidate) <= 255
+    assert _bytes(names.fit_name("é" * 127, ".png", rel, "~99999999999")) <= 255
+
+
+def test_two_long_names_with_one_prefix_get_different_outputs() -> None:
+    a, b = "x" * 300 + "-a.jpg", "x" * 300 + "-b.jpg"
+    assert next(outputs.output_candidates(a, "png")) != next(outputs.output_candidates(b, "png"))
+
+
+def test_the_mask_of_a_long_name_fits_beside_its_cutout() -> None:
+    rel = "a" * 251 + ".jpg"
+    cutout = next(outputs.output_candidates(rel, "png"))
+    assert cutout == "a" * 251 + ".png"  # fits exactly
+    mask = next(outputs.mask_candidates(cutout, rel))
+    assert _bytes(mask) <= 255 and mask.endswith(_tag(rel) + ".mask.png")
+    assert all(_bytes(m) <= 255 for m in islice(outputs.mask_candidates(cutout, rel), 5))
+
+
+def test_the_sidecar_of_a_long_name_follows_the_same_rule() -> None:
+    name = "b" + "é" * 125 + ".png"  # 255 bytes, the longest name an input can have
+    side = outputs.sidecar_name(name, f"q/{name}")
+    assert _bytes(side) <= 255 and side.endswith(_tag(f"q/{name}") + ".error.json")
+    assert name.startswith(side[: -len(_tag(name) + ".error.json")])
+
+
+def test_a_255_byte_name_quarantined_twice_gets_two_files_and_two_sidecars(
+    tmp_path: Path,
+) -> None:
+    name = "b" + "é" * 125 + ".png"
+    assert _bytes(name) == 255
+    q = tmp_path / "quarantine"
+    _drop(tmp_path / "inbox", f"s/{name}", b"one")
+    first = _quarantine(tmp_path / "inbox", f"s/{name}", q, {**SIDECAR, "attempts": 1})
+    _drop(tmp_path / "inbox", f"s/{name}", b"two")
+    second = _quarantine(tmp_path / "inbox", f"s/{name}", q, {**SIDECAR, "attempts": 2})
+    assert first.name == name and first.read_bytes() == b"one"
+    assert second.read_bytes() == b"two" and second.name.endswith("~2.png")
+    assert _bytes(second.name) <= 255
+    sidecars = sorted(p.name for p in (q / "s").glob("*.error.json"))
+    assert len(sidecars) == 2 and all(_bytes(s) <= 255 for s in sidecars)
+    attempts = sorted(json.loads((q / "s" / s).read_text())["attempts"] for s in sidecars)
+    assert attempts == [1, 2]
+    assert (q / "s" / outputs.sidecar_name(second.name, f"s/{name}")).exists()
+
+
+def test_temp_names_are_cut_at_a_character_boundary(tmp_path: Path) -> None:
+    name = "é" * 127 + ".png"  # 258 bytes: only the temp name matters here
+    tmp = outputs._temp_name(name)
+    assert _bytes(tmp) <= 255 and outputs.is_temp_name(tmp)
+    tmp.encode("utf-8")  # no lone surrogate from a cut character
+
+
+# refusals: a symlink under an outbox, quarantine or done folder
+
+
+@pytest.fixture
+def swapped(tmp_path: Path) -> tuple[Path, Path]:
+    """An output folder whose ``sub`` is a symlink to an outside folder."""
+    root, outside = tmp_path / "outbox", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "a.png").write_bytes(b"outside")
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    return root, outside
+
+
+def test_writing_under_a_symlinked_output_folder_is_refused(swapped: tuple[Path, Path]) -> None:
+    root, outside = swapped
+    with pytest.raises(OSError) as caught:
+        outputs.write_file(root, "sub/a.png", b"ours")
+    assert is_refused(caught.value)
+    assert sorted(os.listdir(outside)) == ["a.png"]
+    assert (outside / "a.png").read_bytes() == b"outside"
+
+
+def test_quarantine_into_a_symlinked_folder_is_refused_and_the_input_stays(
+    tmp_path: Path, swapped: tuple[Path, Path]
+) -> None:
+    root, outside = swapped
+    src = _drop(tmp_path / "inbox", "sub/a.png", b"input")
+    with pytest.raises(OSError) as caught:
+        outputs.quarantine_file(tmp_path / "inbox", "sub/a.png", root, SIDECAR)
+    assert is_refused(caught.value)
+    with pytest.raises(OSError) as caught:
+        outputs.move_to(tmp_path / "inbox", "sub/a.png", root, "sub/a.png")
+    assert is_refused(caught.value)
+    assert src.read_bytes() == b"input"
+    assert sorted(os.listdir(outside)) == ["a.png"]
+
+
+def test_moving_from_a_symlinked_inbox_folder_is_a_vanished_input(
+    tmp_path: Path, swapped: tuple[Path, Path]
+) -> None:
+    root, outside = swapped  # here the symlinked folder is the source side
+    with pytest.raises(FileNotFoundError):
+        outputs.move_to(root, "sub/a.png", tmp_path / "done", "sub/a.png")
+    with pytest.raises(FileNotFoundError):
+        outputs.quarantine_file(root, "sub/a.png", tmp_path / "q", SIDECAR)
+    with pytest.raises(FileNotFoundError):
+        outputs.delete_input(root, "sub/a.png", (7, 0, 0))
+    assert (outside / "a.png").read_bytes() == b"outside"
+    assert not (tmp_path / "done" / "sub" / "a.png").exists()
+
+
+def test_delete_input_deletes_only_the_file_that_was_read(tmp_path: Path) -> None:
+    src = _drop(tmp_path, "d/a.jpg", b"first")
+    st = src.stat()
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    src.unlink()
+    _drop(tmp_path, "d/a.jpg", b"second, a new file")
+    with pytest.raises(FileNotFoundError):
+        outputs.delete_input(tmp_path, "d/a.jpg", sig)
+    assert src.read_bytes() == b"second, a new file"
+    st = src.stat()
+    outputs.delete_input(tmp_path, "d/a.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert not src.exists()
+
+
+def test_outputs_newer_than_wants_every_output_there_and_not_older(tmp_path: Path) -> None:
+    a = _drop(tmp_path, "d/a.png", b"x")
+    b = _drop(tmp_path, "d/a.mask.png", b"x")
+    os.utime(a, ns=(2_000, 2_000))
+    os.utime(b, ns=(3_000, 3_000))
+    assert outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/a.mask.png"], 2_000)
+    assert not outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/a.mask.png"], 2_001)
+    assert not outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/missing.png"], 0)

@@ -466,3 +466,88 @@ def test_acquire_stands_back_and_waits_after_losing_a_race() -> None:
     th.join(5.0)
     assert len(outcome) == 1 and isinstance(outcome[0], Stopped)
     assert len(log.since(0.0)) == 2
+
+
+# -- hostile Retry-After values (issue 9 item 4) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        (315360000.0, 600.0),  # ten years: capped at 10 windows
+        (1e12, 600.0),
+        (float("inf"), 600.0),
+        (1e308, 600.0),
+        (599.5, 599.5),
+        (0.25, 0.25),
+        (0.0, 0.0),
+        (-5.0, 60.25),  # unusable: wait until the window frees
+        (float("nan"), 60.25),
+        (None, 60.25),
+    ],
+)
+def test_retry_after_is_capped_at_ten_windows(retry_after: float | None, expected: float) -> None:
+    clock = FakeClock(1000.0)
+    pacer = Pacer(7, 60.0, MemoryRequestLog(), clock=clock, margin=0.25)
+    pacer.note_rate_limited(retry_after)
+    assert pacer.delay() == expected
+    clock.advance(expected)
+    assert pacer.try_acquire()
+
+
+def test_the_cap_follows_a_reloaded_window() -> None:
+    clock = FakeClock(1000.0)
+    pacer = Pacer(7, 60.0, MemoryRequestLog(), clock=clock)
+    pacer.reconfigure(7, 5.0)
+    pacer.note_rate_limited(1e12)
+    assert pacer.delay() == 50.0
+
+
+@pytest.mark.parametrize("retry_after", [1e12, 315360000.0, float("inf")])
+def test_acquire_after_a_huge_retry_after_waits_without_overflowing(retry_after: float) -> None:
+    # Before the cap, 1e12 reached Condition.wait as a timeout: OverflowError, and the
+    # dispatch thread died. Now the waiter just waits, and close() still wakes it.
+    clock = FakeClock(1000.0)
+    pacer = Pacer(7, 60.0, MemoryRequestLog(), clock=clock)
+    pacer.note_rate_limited(retry_after)
+    outcome: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            pacer.acquire()
+        except BaseException as exc:  # whatever it is, the test reports it
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=acquire, daemon=True)
+    waiter.start()
+    waiter.join(0.3)  # an overflow would have ended it at once
+    assert waiter.is_alive(), outcome
+    pacer.close()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert [type(e) for e in outcome] == [Stopped]
+
+
+def test_a_wait_longer_than_a_condition_can_take_is_cut_into_pieces() -> None:
+    # Whatever the pacer computes (here a full window of 1e11 s, beyond
+    # threading.TIMEOUT_MAX), a blocked acquire waits in pieces and never overflows.
+    assert threading.TIMEOUT_MAX < 1e11
+    clock = FakeClock(1000.0)
+    pacer = Pacer(1, 1e11, MemoryRequestLog(), clock=clock)
+    assert pacer.try_acquire()
+    assert pacer.delay() > threading.TIMEOUT_MAX
+    outcome: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            pacer.acquire()
+        except BaseException as exc:  # whatever it is, the test reports it
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=acquire, daemon=True)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive(), outcome
+    pacer.close()
+    waiter.join(5)
+    assert [type(e) for e in outcome] == [Stopped]

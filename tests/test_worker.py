@@ -166,12 +166,20 @@ def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_cred
     queue.close()
 
 
+@pytest.mark.parametrize("swap", ["file", "symlink"])
 def test_a_refused_output_folder_is_retried_without_resending_then_output_refused(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, swap: str
 ) -> None:
     (tmp_path / "inbox").mkdir()
     (tmp_path / "outbox").mkdir()
-    (tmp_path / "outbox" / "sub").write_bytes(b"a file where a folder should be")  # ENOTDIR
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if swap == "file":
+        (tmp_path / "outbox" / "sub").write_bytes(b"a file where a folder should be")
+    else:
+        (tmp_path / "outbox" / "sub").symlink_to(outside, target_is_directory=True)
+    # fsops refuses a symlink where a folder should be with ENOTDIR or ELOOP
+    refused = [f"[Errno {c}] {os.strerror(c)}" for c in (errno.ENOTDIR, errno.ELOOP)]
     queue = Queue(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue)  # cache off: kept in memory
     job = queue_one(tmp_path, queue, "sub/deep/p.jpg")
@@ -180,7 +188,7 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
         assert result.kind is Kind.RETRY
         now = queue.get(job.id)
         assert now is not None and now.attempts == attempt and not now.resend
-        assert now.last_error is not None and "[Errno 20]" in now.last_error
+        assert now.last_error is not None and any(r in now.last_error for r in refused)
         job = wait_until(lambda: queue.claim(60), what="the retry")
     result = worker.process(job)
     assert (result.kind, result.reason) == (Kind.QUARANTINED, "output_refused")
@@ -189,5 +197,6 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
         (tmp_path / "quarantine" / "sub" / "deep" / "p.jpg.error.json").read_text()
     )
     assert sidecar["reason"] == "output_refused" and sidecar["attempts"] == 5
-    assert "[Errno 20] Not a directory" in sidecar["message"]
+    assert any(r in sidecar["message"] for r in refused)
+    assert list(outside.iterdir()) == []  # nothing written through the symlink
     queue.close()

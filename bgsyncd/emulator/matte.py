@@ -1,4 +1,7 @@
-"""The emulator's image side: sniffing, decoding and a local cut-out with Pillow only.
+"""The emulator's image side: decoding and a local cut-out with Pillow only.
+
+Sniffing is ``bgsyncd.imaging.sniff``, the daemon's own, so both agree on
+what is an image (a "BM" text file is not a BMP, BigTIFF is a TIFF).
 
 The cut-out is a classic studio matte, good enough for product photos on a plain
 background: estimate the background colour from the border, measure each
@@ -13,19 +16,7 @@ import io
 
 from PIL import Image, ImageChops, ImageFilter, ImageStat
 
-# Magic bytes of the six formats the API accepts, and Pillow's name for each.
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\xff\xd8\xff", "JPEG"),
-    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
-    (8, b"WEBP", "WEBP"),
-    (0, b"II*\x00", "TIFF"),
-    (0, b"MM\x00*", "TIFF"),
-    (0, b"II+\x00", "TIFF"),  # BigTIFF
-    (0, b"MM\x00+", "TIFF"),
-    (0, b"GIF87a", "GIF"),
-    (0, b"GIF89a", "GIF"),
-    (0, b"BM", "BMP"),
-)
+from bgsyncd.imaging import SNIFF_BYTES, sniff
 
 # Far below Pillow's decompression-bomb limit: an upload of at most 10 MB that
 # claims more pixels than this is a bomb, not a photo.
@@ -39,21 +30,12 @@ class UndecodableImage(ValueError):
     """The bytes are not an image of a supported format that Pillow can decode."""
 
 
-def sniff(data: bytes) -> str | None:
-    """Return the Pillow format name of ``data`` from its magic bytes, or None."""
-    for offset, magic, fmt in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            if fmt == "WEBP" and data[:4] != b"RIFF":
-                continue
-            return fmt
-    return None
-
-
 def decode(data: bytes) -> Image.Image:
     """Decode the first frame of ``data`` fully; raise UndecodableImage otherwise."""
-    fmt = sniff(data)
-    if fmt is None:
+    name = sniff(data[:SNIFF_BYTES])
+    if name is None:
         raise UndecodableImage("Unsupported media type: not JPEG, PNG, WebP, TIFF, BMP or GIF")
+    fmt = name.upper()  # Pillow's name for each of the six formats
     try:
         # formats= stops Pillow from guessing a different decoder than we sniffed.
         img = Image.open(io.BytesIO(data), formats=[fmt])

@@ -1,64 +1,63 @@
-"""A local WithoutBG-compatible API server: ``bgsyncd emulator``, tests and the demo.
+"""The emulated account and its rules: keys, rate limit, credits, expiry, faults.
 
-It serves the whole contract of ``reference/withoutbg-api.md`` on loopback with
-the standard library's threading HTTP server: the five endpoints, the
-``X-API-Key`` check, a per-key sliding-window rate limit, credits and their
-expiry, the size limit, content sniffing, and a real cut-out (``matte.py``).
-Checks run in this order: key (401) -> rate limit (429) -> expiry (403) ->
-credits (402) -> size (413) -> media (415) -> injected faults (latency, 500,
-dropped connection) -> processing. Every error body is ``{"error": "..."}``.
-
-Like the live service it also accepts what the vendor's own clients send (the
-JSON field ``image_base64``, the multipart field ``file``) and answers base64
-results under both names. ``/_emulator/state`` and ``/_emulator/requests``
-are a control surface for tests and the demo: no key, no rate limit, not
-recorded. The key is never logged.
+``Account`` knows nothing of HTTP. The request handler asks it to ``admit`` a
+request (the checks, in the documented order: key 401 -> rate limit 429 ->
+expiry 403 -> credits 402), to ``settle`` the credit it reserved, which
+``faults`` to inject, and to ``record`` what happened. A refusal is a
+``Refusal`` (status, ``error`` text, headers); the handler turns it into a
+JSON answer. Settings change live through ``configure`` (names in
+``SETTINGS``). The key is never logged, recorded or shown by ``state``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
-import signal
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import FrameType, TracebackType
 from typing import Any, TextIO
-
-from bgsyncd.emulator_http import (
-    CREDIT_PATH,
-    IMAGE_ROUTES,
-    RecordedRequest,
-    Refusal,
-    _Server,
-    parse_multipart,
-)
-
-# Defined in emulator_http.py (the handler makes them); importable from here as before.
-__all__ = [
-    "CREDIT_PATH", "IMAGE_ROUTES", "SETTINGS", "Emulator", "RecordedRequest", "Refusal", "main",
-    "parse_multipart",
-]  # fmt: skip
 
 SETTINGS = (
     "credits", "keys", "expires", "latency", "fail_rate", "drop_rate",
-    "rate_limit", "rate_window", "max_bytes",
+    "rate_limit", "rate_window", "max_bytes", "bandwidth",
 )  # fmt: skip
 
 
-class Emulator:
-    """The emulated account and its HTTP server; thread-safe, a context manager."""
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One API request as the emulator saw it (control requests are not recorded)."""
+
+    started: float  # time.time() when the request line arrived
+    method: str
+    path: str
+    status: int  # 0: the connection was dropped without an answer
+    image_sha256: str | None  # of the decoded uploaded image; None without one
+    image_size: int | None
+
+
+class Refusal(Exception):
+    """An error answer: HTTP status, the ``error`` text and extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class Account:
+    """The emulated account: its settings, rate windows, credits and request record.
+
+    Thread-safe: every request thread of the server calls into one instance.
+    """
 
     def __init__(
         self,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         keys: Iterable[str] = ("test-key",),
         credits: int = 1000,
         expires: datetime | None = None,
@@ -68,73 +67,32 @@ class Emulator:
         fail_rate: float = 0.0,
         drop_rate: float = 0.0,
         max_bytes: int = 10 * 1024 * 1024,
+        bandwidth: int = 0,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         log: TextIO | None = None,
     ) -> None:
-        """Bind the server at once (``url`` is known); ``log`` gets one line per request."""
+        """Validate the settings; ``log`` gets one line per request; ``bandwidth`` 0 is none."""
         self._lock = threading.Lock()
         self._settings: dict[str, Any] = {}
         self._reserved = 0  # credits held by image requests in progress
         self._windows: dict[str, deque[float]] = {}
         self._records: list[RecordedRequest] = []
         self._rng = random.Random(seed)
-        self._clock = clock
+        self.clock = clock
         self._log = log
         self._log_lock = threading.Lock()  # apart: a blocked stderr must not stall the account
-        self.stopping = threading.Event()
         self.configure(
             keys=keys, credits=credits, expires=expires, rate_limit=rate_limit,
             rate_window=rate_window, latency=latency, fail_rate=fail_rate,
-            drop_rate=drop_rate, max_bytes=max_bytes,
+            drop_rate=drop_rate, max_bytes=max_bytes, bandwidth=bandwidth,
         )  # fmt: skip
-        self._server = _Server((host, port), self)
-        bound_port = self._server.server_address[1]
-        self.url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
-        self._thread: threading.Thread | None = None
-        self._serving = False
-        self._closed = False
-
-    # lifecycle
-
-    def start(self) -> Emulator:
-        """Serve in a daemon thread; return self."""
-        self._thread = threading.Thread(target=self.serve_forever, name="emulator", daemon=True)
-        self._serving = True
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until ``stop()`` is called from another one."""
-        self._serving = True
-        self._server.serve_forever(poll_interval=0.02)  # stop() waits one poll
-
-    def stop(self) -> None:
-        """Stop serving, close the socket and every open connection; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self.stopping.set()  # wakes requests sleeping on injected latency
-        if self._serving:
-            self._server.shutdown()
-        if self._thread is not None:
-            self._thread.join()
-        self._server.server_close()
-        self._server.close_connections()
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # configuration and inspection
 
     def configure(self, **changes: Any) -> None:
         """Change settings live (names in ``SETTINGS``); ValueError on a bad name or value."""
-        checked = {name: _check_setting(name, value) for name, value in changes.items()}
+        checked = {name: check_setting(name, value) for name, value in changes.items()}
         with self._lock:
             self._settings.update(checked)
 
@@ -148,7 +106,7 @@ class Emulator:
         """Every setting but the keys, and the number of recorded requests."""
         with self._lock:
             state = {k: v for k, v in self._settings.items() if k != "keys"}
-            state["expires"] = _iso(state["expires"])
+            state["expires"] = iso(state["expires"])
             state["request_count"] = len(self._records)
             return state
 
@@ -157,12 +115,12 @@ class Emulator:
         with self._lock:
             return list(self._records)
 
-    # used by the request handler
-
     def setting(self, name: str) -> Any:
         """The current value of one setting."""
         with self._lock:
             return self._settings[name]
+
+    # the rules, asked by the request handler
 
     def admit(self, key: str | None, *, image: bool) -> None:
         """Run the account checks in order; reserve a credit for an image request."""
@@ -170,7 +128,7 @@ class Emulator:
             s = self._settings
             if key is None or key not in s["keys"]:
                 raise Refusal(401, "Invalid API Key")
-            now, window, limit = self._clock(), s["rate_window"], s["rate_limit"]
+            now, window, limit = self.clock(), s["rate_window"], s["rate_limit"]
             log = self._windows.setdefault(key, deque())
             while log and log[0] + window <= now:
                 log.popleft()
@@ -207,7 +165,7 @@ class Emulator:
         """The body of ``GET /available-credit``."""
         with self._lock:
             s = self._settings
-            return {"available_credits": s["credits"], "expiration_date": _iso(s["expires"])}
+            return {"available_credits": s["credits"], "expiration_date": iso(s["expires"])}
 
     def record(self, request: RecordedRequest, elapsed: float) -> None:
         """Keep ``request`` and write its log line (method, path, status; never the key)."""
@@ -227,7 +185,7 @@ class Emulator:
                 pass
 
 
-def _check_setting(name: str, value: Any) -> Any:
+def check_setting(name: str, value: Any) -> Any:
     """Validate and normalise one setting; ValueError names the setting."""
     if name == "keys":
         keys = [value] if isinstance(value, str) else list(value)
@@ -235,11 +193,11 @@ def _check_setting(name: str, value: Any) -> Any:
             raise ValueError("keys must be a non-empty list of non-empty strings")
         return frozenset(keys)
     if name == "expires":
-        return _expiry(value)
-    if name in ("credits", "rate_limit", "max_bytes"):
+        return parse_expiry(value)
+    if name in ("credits", "rate_limit", "max_bytes", "bandwidth"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer")
-        if value < (0 if name == "credits" else 1):
+        if value < (0 if name in ("credits", "bandwidth") else 1):
             raise ValueError(f"{name} is out of range: {value}")
         return value
     if name in ("latency", "fail_rate", "drop_rate", "rate_window"):
@@ -252,7 +210,7 @@ def _check_setting(name: str, value: Any) -> Any:
     raise ValueError(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
 
 
-def _expiry(value: datetime | str | None) -> datetime:
+def parse_expiry(value: datetime | str | None) -> datetime:
     """An aware UTC datetime from a datetime, an ISO string (``Z`` allowed) or None."""
     if value is None:
         return datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=365)
@@ -268,67 +226,6 @@ def _expiry(value: datetime | str | None) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     """``2024-12-31T23:59:59Z``, the reference's format."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``bgsyncd emulator``: serve until SIGINT or SIGTERM, then exit 0."""
-    parser = argparse.ArgumentParser(
-        prog="bgsyncd emulator",
-        description="A local WithoutBG-compatible API for tests and demos. "
-        "Its --key is a test key of its own, never a real one.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8787)
-    parser.add_argument("--key", action="append", help="an accepted key (repeatable)")
-    parser.add_argument("--credits", type=int, default=1000)
-    parser.add_argument("--expires", help="ISO 8601 expiry (default: a year from now)")
-    parser.add_argument("--rate-limit", type=int, default=7, help="requests per window per key")
-    parser.add_argument("--rate-window", type=float, default=60.0, help="seconds")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction answering 500")
-    parser.add_argument("--drop-rate", type=float, default=0.0, help="fraction charged, unanswered")
-    parser.add_argument("--max-bytes", type=int, default=10 * 1024 * 1024)
-    parser.add_argument("--seed", type=int)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2): return, do not exit
-        return exc.code if isinstance(exc.code, int) else 0
-    try:
-        emulator = Emulator(
-            host=args.host, port=args.port, keys=args.key or ["test-key"], credits=args.credits,
-            expires=_expiry(args.expires) if args.expires else None, rate_limit=args.rate_limit,
-            rate_window=args.rate_window, latency=args.latency, fail_rate=args.fail_rate,
-            drop_rate=args.drop_rate, max_bytes=args.max_bytes, seed=args.seed, log=sys.stderr,
-        )  # fmt: skip
-    except ValueError as exc:
-        print(f"bgsyncd emulator: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"bgsyncd emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    stop = threading.Event()
-    previous = _on_signals(stop)
-    try:
-        emulator.start()
-        print(f"emulator listening on {emulator.url}", flush=True)
-        while not stop.wait(1.0):
-            pass
-    finally:
-        emulator.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return 0
-
-
-def _on_signals(stop: threading.Event) -> dict[int, Any]:
-    """Make SIGINT and SIGTERM set ``stop``; return the handlers to restore."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}  # only the main thread may install handlers; the caller stops us
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()  # a flag only: the main loop does the stopping
-
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

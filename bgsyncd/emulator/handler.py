@@ -1,20 +1,17 @@
-"""The emulator's HTTP side: the server, the request handler, request bodies.
+"""The emulator's HTTP side: the threading server and the request handler.
 
-``_Server`` is the threading HTTP server that ``Emulator`` binds; it tracks its
-open connections so a stop can close idle keep-alive ones. ``_Handler`` answers
-one connection: it routes a path to the API or to the ``/_emulator/`` control
-surface, asks the ``Emulator`` to admit, charge and record each API request,
-and turns a ``Refusal`` into a JSON error answer. Bodies are read here, with
-Content-Length or chunked, never beyond a limit; ``parse_multipart`` and the
-base64 JSON reader take the uploaded image out of them. ``RecordedRequest`` and
-``Refusal`` live here (the handler makes them) and are re-exported by
-``emulator.py``, which imports this module, never the other way round.
+``EmulatorServer`` is the threading HTTP server bound for one ``Account``; it
+tracks its open connections so a stop can close idle keep-alive ones. The
+handler answers one connection: it routes a path to the API or to the
+``/_emulator/`` control surface, asks the account to admit, charge and record
+each API request, reads bodies (``bodies``, paced by the ``bandwidth``
+setting), makes the cut-out (``matte``) and turns a ``Refusal`` into a JSON
+error answer.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -23,19 +20,26 @@ import socketserver
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
-from email.message import Message
-from email.parser import BytesHeaderParser
-from email.utils import collapse_rfc2231_value
+from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from bgsyncd.matte import UndecodableImage, cut_out, decode, encode_png
-
-if TYPE_CHECKING:
-    from bgsyncd.emulator import Emulator
+from bgsyncd.emulator.account import Account, RecordedRequest, Refusal
+from bgsyncd.emulator.bodies import (
+    BadFraming,
+    BodyTooLarge,
+    ClientGone,
+    PacedReader,
+    Stream,
+    content_length,
+    form_image,
+    is_chunked,
+    json_image,
+    read_body,
+)
+from bgsyncd.emulator.matte import UndecodableImage, cut_out, decode, encode_png
 
 CREDIT_PATH = "/available-credit"
 # path -> (JSON with base64 rather than multipart, alpha channel rather than cut-out)
@@ -48,40 +52,19 @@ IMAGE_ROUTES: dict[str, tuple[bool, bool]] = {
 _CONTROL_BODY_LIMIT = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One API request as the emulator saw it (control requests are not recorded)."""
-
-    started: float  # time.time() when the request line arrived
-    method: str
-    path: str
-    status: int  # 0: the connection was dropped without an answer
-    image_sha256: str | None  # of the decoded uploaded image; None without one
-    image_size: int | None
-
-
-class Refusal(Exception):
-    """An error answer: HTTP status, the ``error`` text and extra headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-class _Server(ThreadingHTTPServer):
-    """The threading HTTP server, knowing its emulator and its open connections."""
+class EmulatorServer(ThreadingHTTPServer):
+    """The threading HTTP server, knowing its account and its open connections."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+    def __init__(self, address: tuple[str, int], account: Account) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.emulator = emulator
+        self.account = account
+        self.stopping = threading.Event()  # wakes requests sleeping on latency or bandwidth
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, Handler)
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS look-up of the host (slow offline)."""
@@ -109,11 +92,7 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
 
-class _ClientGone(Exception):
-    """The client closed the connection before sending its whole body."""
-
-
-class _Handler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
     """One connection: HTTP/1.1 keep-alive, JSON errors, exact Content-Length reads."""
 
     protocol_version = "HTTP/1.1"
@@ -121,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     disable_nagle_algorithm = True  # headers and body go out in two writes
     timeout = 60  # an idle keep-alive connection does not hold a thread forever
-    server: _Server
+    server: EmulatorServer
 
     def setup(self) -> None:
         super().setup()
@@ -155,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Errors the base class detects (bad request line, headers) answer JSON too."""
         self.close_connection = True
         self._send_json(code, {"error": message or HTTPStatus(code).phrase})
-        self.server.emulator.log(f"{self.command or '-'} - {code}")
+        self.server.account.log(f"{self.command or '-'} - {code}")
 
     def _dispatch(self) -> None:
         path = urlsplit(self.path).path  # the query is dropped: it never reaches a log line
@@ -171,10 +150,10 @@ class _Handler(BaseHTTPRequestHandler):
             except Refusal as refusal:
                 self._skip_body()
                 self._send_json(refusal.status, {"error": refusal.message}, refusal.headers)
-            except _ClientGone:
+            except ClientGone:
                 self.close_connection = True
             except Exception as exc:  # a bug must answer 500, not kill the connection thread
-                self.server.emulator.log(f"internal error on {path}: {type(exc).__name__}: {exc}")
+                self.server.account.log(f"internal error on {path}: {type(exc).__name__}: {exc}")
                 self.close_connection = True
                 self._send_json(500, {"error": "Internal server error"})
         except OSError:  # the client went away while we answered
@@ -190,33 +169,34 @@ class _Handler(BaseHTTPRequestHandler):
         allowed = "GET" if route is None else "POST"
         if self.command != allowed:
             raise Refusal(405, "Method not allowed", {"Allow": allowed})
-        emulator = self.server.emulator
-        emulator.admit(self.headers.get("X-API-Key"), image=route is not None)
+        account = self.server.account
+        account.admit(self.headers.get("X-API-Key"), image=route is not None)
         if route is None:
-            latency, _ = emulator.faults()
-            emulator.stopping.wait(latency)
-            self._send_json(200, emulator.credit_answer())
+            latency, _ = account.faults()
+            self.server.stopping.wait(latency)
+            self._send_json(200, account.credit_answer())
             return
         try:
             answer = self._process(*route)
         except BaseException:
-            emulator.settle(charged=False)
+            account.settle(charged=False)
             raise
         # Charged before answering, so a client that has the answer sees the new balance,
         # and charged even if the answer never arrives (the work is done).
-        emulator.settle(charged=True)
+        account.settle(charged=True)
         if answer is not None:
             self._send(200, *answer)
 
     def _process(self, as_json: bool, alpha_only: bool) -> tuple[bytes, str] | None:
         """The body and type of the answer to an admitted image request; None to drop it."""
-        emulator = self.server.emulator
-        max_bytes = emulator.setting("max_bytes")
+        account = self.server.account
+        max_bytes = account.setting("max_bytes")
         too_large = f"File size too large (>{max_bytes / 1048576:g}MB)"
         # base64 takes 4/3 of the bytes, multipart a little: anything far above is refused
         # from its Content-Length before it is read.
         body = self._read_body(max_bytes * 2 + 64 * 1024, too_large)
-        image = _json_image(body) if as_json else _form_image(body, self.headers)
+        content_type = self.headers.get("Content-Type", "")
+        image = json_image(body) if as_json else form_image(body, content_type)
         self._image = (hashlib.sha256(image).hexdigest(), len(image))
         if len(image) > max_bytes:
             raise Refusal(413, too_large)
@@ -224,8 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
             picture = decode(image)
         except UndecodableImage as exc:
             raise Refusal(415, str(exc)) from None
-        latency, fault = emulator.faults()
-        emulator.stopping.wait(latency)
+        latency, fault = account.faults()
+        self.server.stopping.wait(latency)
         if fault == "fail":
             raise Refusal(500, "Internal server error")
         if fault == "drop":  # charged, then no answer at all: an unknown outcome
@@ -240,21 +220,21 @@ class _Handler(BaseHTTPRequestHandler):
         return json.dumps(dict.fromkeys(names, text)).encode("ascii"), "application/json"
 
     def _control(self, path: str) -> None:
-        emulator = self.server.emulator
+        account = self.server.account
         if path == "/_emulator/requests" and self.command == "GET":
-            self._send_json(200, [asdict(r) for r in emulator.requests()])
+            self._send_json(200, [asdict(r) for r in account.requests()])
         elif path == "/_emulator/state" and self.command == "GET":
-            self._send_json(200, emulator.state())
+            self._send_json(200, account.state())
         elif path == "/_emulator/state" and self.command == "POST":
             body = self._read_body(_CONTROL_BODY_LIMIT, "Body too large")
             try:
                 changes = json.loads(body)
                 if not isinstance(changes, dict):
                     raise ValueError("expected a JSON object of settings")
-                emulator.configure(**changes)
+                account.configure(**changes)
             except (ValueError, TypeError) as exc:
                 raise Refusal(400, str(exc)) from None
-            self._send_json(200, emulator.state())
+            self._send_json(200, account.state())
         else:
             raise Refusal(404, f"Not found: {path}")
 
@@ -267,69 +247,35 @@ class _Handler(BaseHTTPRequestHandler):
             self._started, self.command, self._api_path, self._status, sha, size
         )
         self._api_path = None
-        self.server.emulator.record(request, time.monotonic() - self._begun)
+        self.server.account.record(request, time.monotonic() - self._begun)
 
     # bodies
 
     def _read_body(self, limit: int, too_large: str) -> bytes:
-        """Read the whole body (Content-Length or chunked) of at most ``limit`` bytes."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit, too_large)
-        self._body_done = True
-        length = self._content_length()
-        if length < 0:
-            self.close_connection = True
-            raise Refusal(400, "Invalid Content-Length")
-        if length > limit:  # answer at once, then drain and close
-            self.close_connection = self._linger = True
-            raise Refusal(413, too_large)
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise _ClientGone
-        return body
-
-    def _read_chunked(self, limit: int, too_large: str) -> bytes:
-        self._body_done = True  # whatever happens now, the connection cannot be reused
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            if not line:
-                raise _ClientGone
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise Refusal(400, "Invalid chunked body") from None
-            if size == 0:
-                break
-            total += size
-            if total > limit:
-                self.close_connection = self._linger = True
-                raise Refusal(413, too_large)
-            chunk = self.rfile.read(size)
-            if len(chunk) < size:
-                raise _ClientGone
-            chunks.append(chunk)
-            self.rfile.readline(1024)  # the line break after the chunk
-        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-            pass  # trailers
-        return b"".join(chunks)
-
-    def _content_length(self) -> int:
-        """The declared body length: 0 when absent, -1 when invalid."""
+        """Read the whole body of at most ``limit`` bytes, paced by ``bandwidth``."""
+        self._body_done = True  # whatever happens now, the body is consumed or the link closed
+        bandwidth = self.server.account.setting("bandwidth")
+        stream: Stream = self.rfile
+        if bandwidth:
+            stream = PacedReader(
+                self.rfile, bandwidth, self.server.account.clock, self.server.stopping.wait
+            )
         try:
-            return max(-1, int(self.headers.get("Content-Length", "0")))
-        except ValueError:
-            return -1
+            return read_body(stream, self.headers, limit, too_large)
+        except BodyTooLarge:  # answered at once, then drained and closed
+            self.close_connection = self._linger = True
+            raise
+        except BadFraming:
+            self.close_connection = True
+            raise
 
     def _skip_body(self) -> None:
         """Consume an unread body so the connection stays usable; close it if huge."""
         if self._body_done:
             return
         self._body_done = True
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        length = 0 if chunked else self._content_length()
+        chunked = is_chunked(self.headers)
+        length = 0 if chunked else content_length(self.headers)
         if chunked or not 0 <= length <= 64 * 1024 * 1024:
             self.close_connection = self._linger = True
             return
@@ -376,70 +322,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-
-
-def _json_image(body: bytes) -> bytes:
-    """The image of a base64 request: ``image`` or ``image_base64``, data URLs allowed."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise Refusal(400, "Request body is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise Refusal(400, "Request body must be a JSON object")
-    text = next((document[k] for k in ("image", "image_base64") if k in document), None)
-    if not isinstance(text, str):
-        raise Refusal(400, "Missing field 'image' (a base64 string)")
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    text = "".join(text.split())
-    altchars = b"-_" if "-" in text or "_" in text else None
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars, validate=True)
-    except (binascii.Error, ValueError):
-        raise Refusal(400, "Field 'image' is not valid base64") from None
-
-
-def _form_image(body: bytes, headers: Message) -> bytes:
-    """The image of a multipart request: the field ``image``, else ``file``."""
-    try:
-        fields = parse_multipart(body, headers.get("Content-Type", ""))
-    except ValueError as exc:
-        raise Refusal(400, f"Invalid multipart body: {exc}") from None
-    for name in ("image", "file"):
-        if name in fields:
-            return fields[name]
-    raise Refusal(400, "Missing form field 'image'")
-
-
-def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
-    """The fields of a ``multipart/form-data`` body by name (the first of a name wins).
-
-    Splitting on the delimiter handles any binary content in one pass; only the
-    small header block of each part goes through the email parser (quoting,
-    RFC 2231 names). Bare LF line breaks are accepted from sloppy clients.
-    """
-    header = Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_boundary()
-    if header.get_content_type() != "multipart/form-data" or not boundary:
-        raise ValueError("expected Content-Type multipart/form-data with a boundary")
-    delimiter = b"--" + boundary.encode("latin-1")
-    start = body.find(delimiter)
-    if start < 0:
-        raise ValueError("the boundary does not occur in the body")
-    end_of_line = body.find(b"\n", start)
-    newline = b"\r\n" if body[end_of_line - 1 : end_of_line] == b"\r" else b"\n"
-    pieces = (newline + body).split(newline + delimiter)
-    fields: dict[str, bytes] = {}
-    for piece in pieces[1:]:
-        if piece.startswith(b"--"):
-            return fields  # the close delimiter
-        # The delimiter line may carry transport padding before its line break.
-        head, found, content = piece.partition(newline)[2].partition(newline * 2)
-        if not found:
-            raise ValueError("a part has no header block")
-        part = BytesHeaderParser().parsebytes(head + b"\r\n\r\n")
-        name = part.get_param("name", header="content-disposition")
-        if name is not None:
-            fields.setdefault(collapse_rfc2231_value(name), content)
-    raise ValueError("the body ends without the closing boundary")

@@ -1,0 +1,58 @@
+"""Adopting outputs that already exist, so a new queue never pays twice.
+
+When the queue database is new (first start, or lost and made again), an
+input whose outputs are already in the outbox and newer than it was processed
+before: restoring a server, or moving from another tool. Such an input is
+recorded as done without a request (``job.adopted``), its output names
+claimed so they stay stable, and ``after_success`` is not applied. Only the
+unsuffixed names are looked for (SPEC §4). Adoption happens as files are
+found, before they are queued: it costs no request, so it goes on while
+dispatch is paused or the rate window is full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from bgsyncd import imaging, outputs
+from bgsyncd.config import FolderSettings
+from bgsyncd.logs import get_logger
+from bgsyncd.queue import Found, Queue
+
+log = get_logger("bgsyncd.adoption")
+
+
+def expected_outputs(folder: FolderSettings, relpath: str) -> list[str]:
+    """The unsuffixed output names of input ``relpath`` under ``folder``'s settings."""
+    ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
+    primary = next(outputs.output_candidates(relpath, ext))
+    if folder.output == "both":
+        return [primary, next(outputs.mask_candidates(primary, relpath))]
+    return [primary]
+
+
+class Adopter:
+    """Adopts found inputs whose outputs exist; for a queue that is new."""
+
+    def __init__(self, queue: Queue, folders: Callable[[], Mapping[str, FolderSettings]]) -> None:
+        self._queue = queue
+        self._folders = folders  # the settings in force (replaced on reload)
+
+    def adopt(self, found: Iterable[Found]) -> list[Found]:
+        """Adopt what can be adopted; return the rest, to be queued as usual."""
+        rest = []
+        folders = self._folders()
+        for f in found:
+            folder = folders.get(f.folder)
+            if folder is None or not self._adopt_one(folder, f):
+                rest.append(f)
+        return rest
+
+    def _adopt_one(self, folder: FolderSettings, f: Found) -> bool:
+        names = expected_outputs(folder, f.relpath)
+        if not outputs.outputs_newer_than(folder.outbox, names, f.mtime_ns):
+            return False
+        if not self._queue.adopt(f, names):
+            return False
+        log.info("job.adopted", folder=f.folder, path=f.relpath, outputs=names)
+        return True

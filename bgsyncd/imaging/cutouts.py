@@ -1,0 +1,247 @@
+"""The outputs: an API answer checked, applied to the original's own pixels, encoded.
+
+A matte (``"proxy"`` mode, or the shrink path) is scaled to the original's
+size and becomes the alpha of the original's untouched pixels, so an 8-bit
+RGB input's colour values reach a PNG cut-out exactly. A cut-out
+(``"original"`` mode) gives its own colours and alpha, as in 0.1. Outputs keep
+the original's EXIF orientation, its RGB ICC profile and DPI; no other
+metadata. The mask is the alpha as a grayscale PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from PIL import Image, ImageChops
+
+from bgsyncd.imaging import codec, plan
+from bgsyncd.imaging.codec import ImageInfo, UnusableResult
+from bgsyncd.imaging.plan import Size
+
+EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+"""Output format -> file extension."""
+
+_QUALITY = 90
+_HEX = frozenset("0123456789abcdefABCDEF")
+# EXIF orientation -> the transpose that applies it (what a viewer does).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The encoded outputs for one folder's settings."""
+
+    cutout: bytes | None
+    """In the folder's format; None with ``output = "mask"``."""
+    mask: bytes | None
+    """The alpha as a grayscale PNG; None with ``output = "cutout"``."""
+    rotated_by_server: bool = False
+    """A cut-out answer came turned by the EXIF rotation: outputs carry no orientation tag."""
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What an output keeps of the original: Orientation (only), an RGB ICC profile, DPI."""
+
+    exif: bytes
+    icc: bytes | None
+    dpi: tuple[float, float] | None
+
+    @classmethod
+    def of(cls, img: Image.Image) -> _Meta:
+        icc = img.info.get("icc_profile")
+        # A CMYK or gray profile would be wrong on our RGB(A) outputs.
+        if not isinstance(icc, bytes) or icc[16:20] != b"RGB ":
+            icc = None
+        dpi = img.info.get("dpi")
+        kept = None
+        if isinstance(dpi, tuple) and len(dpi) == 2 and all(float(d) > 0 for d in dpi):
+            kept = (float(dpi[0]), float(dpi[1]))
+        return cls(codec.orientation_exif(codec.orientation(img)), icc, kept)
+
+
+def check_matte(answer: bytes, sent: Size) -> Size:
+    """Return the size of a usable matte; raise :class:`UnusableResult` otherwise.
+
+    Usable: it decodes, and has the aspect ratio of what was sent, to a pixel,
+    at any scale (:func:`~bgsyncd.imaging.same_aspect`).
+    """
+    size = _answer(answer, "matte").size
+    if not plan.same_aspect(size, sent):
+        raise UnusableResult(f"API matte is {_wh(size)}, not the shape of the {_wh(sent)} sent")
+    return size
+
+
+def check_cutout(answer: bytes, info: ImageInfo) -> Size:
+    """Return the size of a usable cut-out (``"original"`` mode); raise UnusableResult otherwise.
+
+    Usable: it decodes, and has the shape of the input as stored or after its
+    EXIF rotation (a server that applied it), at any scale.
+    """
+    size = _answer(answer, "cut-out").size
+    turned = plan.displayed_size(info.size, info.orientation)
+    if not (plan.same_aspect(size, info.size) or plan.same_aspect(size, turned)):
+        raise UnusableResult(
+            f"API cut-out is {_wh(size)}, not the shape of the {_wh(info.size)} sent"
+        )
+    return size
+
+
+def render(
+    original: bytes,
+    answer: bytes,
+    *,
+    answer_is_matte: bool,
+    output: str,
+    fmt: str,
+    background: str,
+) -> Rendered:
+    """Make one folder's outputs from the original and a checked API answer.
+
+    ``answer_is_matte``: the matte is scaled to the original's size (Lanczos)
+    and becomes the alpha of the original's own pixels. Otherwise the answer is
+    a cut-out whose colours and alpha are used, scaled to the original's size
+    (turned, and without orientation tag, when the server applied the EXIF
+    rotation). Alpha the original already had is multiplied in. ``output`` is
+    "cutout" | "mask" | "both"; ``fmt`` and ``background`` as in
+    :func:`encode_cutout`. Runs inside :func:`~bgsyncd.imaging.full_decode_slot`.
+    Raises :class:`UnusableResult` for an undecodable answer, ValueError for a
+    bad ``fmt``/``background``.
+    """
+    with codec.full_decode_slot():
+        orig = codec.decode(original, "original image")
+        meta = _Meta.of(orig)
+        stored, turn = orig.size, codec.orientation(orig)
+        rgb, own_alpha = codec.rgb_and_alpha(orig)
+        del orig
+        res = _answer(answer, "matte" if answer_is_matte else "cut-out")
+        rotated = False
+        if answer_is_matte:
+            alpha = _matte_channel(res)
+        else:
+            size = stored
+            if plan.rotated_by_server(res.size, stored, turn):
+                rotated, size = True, plan.displayed_size(stored, turn)
+                meta = dataclasses.replace(meta, exif=b"")
+                if own_alpha is not None:
+                    own_alpha = own_alpha.transpose(_TRANSPOSE[turn])
+            colours, theirs = codec.rgb_and_alpha(res)
+            alpha = theirs if theirs is not None else Image.new("L", res.size, 255)
+            rgb = (
+                colours if colours.size == size else colours.resize(size, Image.Resampling.LANCZOS)
+            )
+            del colours, theirs
+        del res
+        if alpha.size != rgb.size:
+            alpha = alpha.resize(rgb.size, Image.Resampling.LANCZOS)
+        if own_alpha is not None:
+            alpha = ImageChops.multiply(own_alpha, alpha)
+            del own_alpha
+        mask = None
+        if output in ("mask", "both"):
+            mask = codec.save(alpha, "PNG", exif=meta.exif, dpi=meta.dpi)
+        if output == "mask":
+            return Rendered(None, mask, rotated)
+        rgb.putalpha(alpha)  # in place: the RGB copy becomes the RGBA cut-out
+        return Rendered(_encode(rgb, meta, fmt, background), mask, rotated)
+
+
+def compose(original: bytes, result: bytes, *, result_is_alpha: bool) -> bytes:
+    """0.1's path: the full-size RGBA cut-out as PNG bytes (:func:`render`, PNG, no background)."""
+    out = render(
+        original, result, answer_is_matte=result_is_alpha, output="cutout", fmt="png", background=""
+    )
+    assert out.cutout is not None  # output="cutout" always encodes one
+    return out.cutout
+
+
+def encode_cutout(cutout_png: bytes, fmt: str, background: str) -> bytes:
+    """Encode an RGBA cut-out PNG as ``fmt`` ("png", "webp", "jpeg"), keeping its metadata.
+
+    ``background`` "" keeps transparency (PNG, or lossless WebP); "#rrggbb"
+    composites onto that colour and gives an RGB image. JPEG has no alpha, so
+    it needs a background: ValueError otherwise, or for an unknown format.
+    """
+    with codec.full_decode_slot():
+        src = codec.decode(cutout_png, "cut-out")
+        return _encode(codec.to_eight_bit(src).convert("RGBA"), _Meta.of(src), fmt, background)
+
+
+def encode_mask(cutout_png: bytes) -> bytes:
+    """Return an RGBA cut-out PNG's alpha channel as a grayscale ("L") PNG."""
+    with codec.full_decode_slot():
+        src = codec.decode(cutout_png, "cut-out")
+        meta = _Meta.of(src)
+        # An image without alpha converts to fully opaque, i.e. an all-white mask.
+        mask = codec.to_eight_bit(src).convert("RGBA").getchannel("A")
+        return codec.save(mask, "PNG", exif=meta.exif, dpi=meta.dpi)
+
+
+def _encode(img: Image.Image, meta: _Meta, fmt: str, background: str) -> bytes:
+    """Encode an RGBA cut-out as ``fmt``, flattened onto ``background`` if one is given."""
+    if fmt not in EXTENSIONS:
+        raise ValueError(f"unknown output format {fmt!r}")
+    colour = _parse_background(background)
+    if fmt == "jpeg" and colour is None:
+        raise ValueError('format "jpeg" needs a background colour')
+    if colour is not None:
+        flat = Image.new("RGB", img.size, colour)
+        flat.paste(img, mask=img.getchannel("A"))
+        img = flat
+    if fmt == "png":
+        return codec.save(img, "PNG", exif=meta.exif, icc_profile=meta.icc, dpi=meta.dpi)
+    if fmt == "webp":  # WebP has no resolution field: DPI cannot be kept there
+        if img.mode == "RGBA":
+            # Lossless keeps every colour where alpha > 0; under alpha 0 libwebp may
+            # flatten them (not exact=True), which makes a cut-out of a busy
+            # background several times smaller.
+            return codec.save(img, "WEBP", lossless=True, exif=meta.exif, icc_profile=meta.icc)
+        return codec.save(img, "WEBP", quality=_QUALITY, exif=meta.exif, icc_profile=meta.icc)
+    return codec.save(
+        img, "JPEG", quality=_QUALITY, exif=meta.exif, icc_profile=meta.icc, dpi=meta.dpi
+    )
+
+
+def _parse_background(background: str) -> tuple[int, int, int] | None:
+    """ "" -> None; "#rrggbb" -> (r, g, b); anything else is a ValueError."""
+    if background == "":
+        return None
+    digits = background[1:]
+    if len(background) != 7 or background[0] != "#" or not set(digits) <= _HEX:
+        raise ValueError(f'background must be "" or "#rrggbb", not {background!r}')
+    return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
+
+
+def _answer(data: bytes, what: str) -> Image.Image:
+    """Decode an API answer; anything unreadable is an :class:`UnusableResult`."""
+    try:
+        return codec.decode(data, f"API {what}")
+    except UnusableResult:
+        raise
+    except codec.CorruptImage as exc:
+        raise UnusableResult(str(exc)) from exc
+
+
+def _matte_channel(img: Image.Image) -> Image.Image:
+    """The matte of an alpha-channel answer as "L": its grey values, or its alpha if it has one.
+
+    The reference answers a grayscale PNG; an answer that came as a cut-out
+    (colour with a real alpha channel) is read liberally, by its alpha.
+    """
+    rgb, alpha = codec.rgb_and_alpha(img)
+    if alpha is not None and alpha.getextrema() != (255, 255):
+        return alpha
+    return codec.to_eight_bit(img).convert("L") if alpha is None else rgb.convert("L")
+
+
+def _wh(size: Size) -> str:
+    return f"{size[0]}x{size[1]}"

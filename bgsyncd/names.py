@@ -1,0 +1,124 @@
+"""Names of what bgsyncd writes: outputs, masks, quarantined files, sidecars.
+
+Pure functions, decided before anything is sent. NAME_MAX is 255 *bytes* on
+ext4, xfs, btrfs and tmpfs: a name that would not fit is shortened by one rule
+(SPEC §4) — the stem cut at a UTF-8 boundary, then ``~`` and 8 hex digits of
+the sha256 of the input's relative path, then the rest (``.png``,
+``.mask.png``, ``.error.json``), cut further so that any ``~2``-style suffix
+fits too. The hash keeps two long names that share their first 200 bytes
+apart; the same input always gets the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+NAME_MAX = 255
+# Room kept for a "~N" collision suffix after a shortened stem ("~" + 11 digits).
+SUFFIX_ROOM = 12
+# An input's extension longer than this is not kept whole as the "rest".
+_MAX_REST = 32
+
+
+def utf8_len(text: str) -> int:
+    """The length of ``text`` as a file name, in bytes."""
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def cut_utf8(text: str, limit: int) -> str:
+    """The longest start of ``text`` within ``limit`` bytes, never half a character."""
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return text
+    return raw[: max(limit, 0)].decode("utf-8", "ignore")
+
+
+def path_tag(relpath: str) -> str:
+    """``~`` and 8 hex digits of the sha256 of the input's relative path."""
+    digest = hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"~{digest[:8]}"
+
+
+def fit_name(base: str, rest: str, relpath: str, numbered: str = "", keep: int = 0) -> str:
+    """``base + numbered + rest`` if it fits in 255 bytes (less ``keep``), else shortened.
+
+    Shortened: ``cut(base) + ~hash8(relpath) + numbered + rest``, with the cut
+    leaving room for any ``~N``, so every numbered variant of one base shares
+    its prefix. ``keep`` reserves bytes for a suffix added later (a
+    quarantined file's ``.error.json``).
+    """
+    limit = NAME_MAX - keep
+    name = base + numbered + rest
+    if utf8_len(name) <= limit:
+        return name
+    room = limit - utf8_len(path_tag(relpath)) - utf8_len(rest) - SUFFIX_ROOM
+    return cut_utf8(base, room) + path_tag(relpath) + numbered + rest
+
+
+def output_candidates(relpath: str, ext: str) -> Iterator[str]:
+    """Output names for input ``relpath`` in order of preference (endless).
+
+    ``dir/a.jpg`` -> ``dir/a.png``, ``dir/a.jpg.png``, ``dir/a.jpg~2.png``,
+    ``dir/a.jpg~3.png``... The queue claims the first one no other input owns.
+    Each name fits in 255 bytes (see the module's rule).
+    """
+    folder, name = posixpath.split(relpath)
+    stem = PurePosixPath(name).stem
+    rest = f".{ext}"
+    first = fit_name(stem, rest, relpath)
+    yield posixpath.join(folder, first)
+    whole = fit_name(name, rest, relpath)
+    # A name without extension (or two names cut to one) would repeat the first.
+    if whole != first:
+        yield posixpath.join(folder, whole)
+    n = 2
+    while True:
+        yield posixpath.join(folder, fit_name(name, rest, relpath, f"~{n}"))
+        n += 1
+
+
+def mask_candidates(cutout_relpath: str, relpath: str) -> Iterator[str]:
+    """Names for the mask beside a cut-out (endless), for claiming in the queue.
+
+    ``dir/a.png`` -> ``dir/a.mask.png``, ``dir/a.mask~2.png``... The others
+    only matter when another input's cut-out already owns the first (an input
+    named ``a.mask.jpg`` next to ``a.jpg``). ``relpath`` is the input's.
+    """
+    folder, name = posixpath.split(cutout_relpath)
+    stem = PurePosixPath(name).stem
+    yield posixpath.join(folder, fit_name(stem, ".mask.png", relpath))
+    n = 2
+    while True:
+        yield posixpath.join(folder, fit_name(f"{stem}.mask", ".png", relpath, f"~{n}"))
+        n += 1
+
+
+def numbered_names(name: str, relpath: str, keep: int = 0) -> Iterator[str]:
+    """``photo.jpg``, ``photo~2.jpg``, ``photo~3.jpg``... (endless), each within 255 bytes.
+
+    For moves into quarantine (``keep``: room for the sidecar suffix) and
+    ``done``. The first is the name itself, whatever its length: it exists in
+    the inbox, so it fits.
+    """
+    yield name
+    stem, ext = _split_ext(name)
+    n = 2
+    while True:
+        yield fit_name(stem, ext, relpath, f"~{n}", keep)
+        n += 1
+
+
+def sidecar_name(name: str, relpath: str) -> str:
+    """A quarantined file's sidecar: ``photo.jpg`` -> ``photo.jpg.error.json``, shortened
+    by the module's rule when that would not fit."""
+    return fit_name(name, ".error.json", relpath)
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    suffix = PurePosixPath(name).suffix
+    if not suffix or utf8_len(suffix) > _MAX_REST:
+        return name, ""
+    return name[: -len(suffix)], suffix

@@ -1,0 +1,385 @@
+"""Hostile folders: symlink swaps mid-operation, 255-byte names, a lost queue (issue 9).
+
+Real files, real SQLite, the emulator over loopback HTTP, real daemons; the
+swaps are real ``renameat2(RENAME_EXCHANGE)`` calls in a tight loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bgsyncd.adoption import Adopter
+from bgsyncd.cache import ResultCache
+from bgsyncd.client import Client
+from bgsyncd.config import FolderSettings
+from bgsyncd.emulator import Emulator
+from bgsyncd.metrics import Recorder
+from bgsyncd.queue import Found, Queue
+from bgsyncd.worker import Worker, WorkerConfig
+from tests.conftest import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    status_json,
+    write_config,
+)
+from tests.helpers import FakeClock, product_image, wait_until
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+
+
+def _renameat2() -> ctypes._CFuncPtr:
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fn = libc.renameat2
+    except AttributeError:
+        pytest.skip("libc has no renameat2 (glibc < 2.28)")
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+class Swapper:
+    """Swaps each real folder with a symlink to an outside folder, over and over."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]]) -> None:
+        self._fn = _renameat2()
+        self._pairs = [(os.fsencode(a), os.fsencode(b)) for a, b in pairs]
+        self._paths = pairs
+        self._stop = threading.Event()
+        self.swaps = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _exchange(self, a: bytes, b: bytes) -> None:
+        if self._fn(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.swaps += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for a, b in self._pairs:
+                self._exchange(a, b)
+
+    def __enter__(self) -> Swapper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        # Put every real folder back where it belongs.
+        for real, link in self._paths:
+            if real.is_symlink():
+                self._exchange(os.fsencode(real), os.fsencode(link))
+            assert not real.is_symlink() and link.is_symlink()
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (not following links) with its sha256."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            path = Path(dirpath, name)
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _worker(
+    tmp_path: Path,
+    queue: Queue,
+    emu: Emulator,
+    folders: dict[str, FolderSettings],
+    clock: FakeClock,
+) -> Worker:
+    client = Client(emu.url, TEST_KEY, 10)
+    config = WorkerConfig(
+        folders=folders,
+        max_upload_bytes=10 * 1024 * 1024,
+        max_attempts=3,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.1,
+    )
+    cache = ResultCache(tmp_path / "cache", 0)
+    return Worker(queue, cache, Recorder(), config, lambda: client, clock=clock)
+
+
+def _enqueue_all(queue: Queue, name: str, inbox: Path) -> int:
+    found = []
+    for path in inbox.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            st = path.stat()
+            rel = path.relative_to(inbox).as_posix()
+            found.append(Found(name, rel, st.st_size, st.st_mtime_ns, st.st_ino))
+    return len(queue.enqueue_many(found))
+
+
+@pytest.fixture
+def hostile(
+    tmp_path: Path,
+) -> Iterator[tuple[dict[str, FolderSettings], list[tuple[Path, Path]], Path]]:
+    """Two folders (delete after success; move to done) and one outside folder per subfolder."""
+    outside = tmp_path / "outside"
+    folders = {}
+    pairs = []
+    for name, after in (("del", "delete"), ("mov", "move")):
+        base = tmp_path / name
+        f = FolderSettings(
+            name=name,
+            inbox=base / "inbox",
+            outbox=base / "outbox",
+            quarantine=base / "quarantine",
+            done=base / "done" if after == "move" else None,
+            after_success=after,
+            output="both",
+        )
+        folders[name] = f
+        roots = [("inbox", f.inbox), ("outbox", f.outbox), ("quarantine", f.quarantine)]
+        if f.done is not None:
+            roots.append(("done", f.done))
+        for kind, root in roots:
+            (root / "sub").mkdir(parents=True)
+            target = outside / name / kind
+            target.mkdir(parents=True)
+            # Names an attacker would want us to hit: the inputs' and the outputs'.
+            for i in range(40):
+                (target / f"p{i}.jpg").write_bytes(product_image(50 + i % 7, 40))
+                (target / f"p{i}.png").write_bytes(b"outside output %d" % i)
+                (target / f"p{i}.mask.png").write_bytes(b"outside mask %d" % i)
+                (target / f"bad{i}.jpg").write_bytes(b"outside bad %d" % i)
+            link = tmp_path / "links" / name / kind
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target)
+            pairs.append((root / "sub", link))
+        for i in range(40):
+            (f.inbox / "sub" / f"p{i}.jpg").write_bytes(product_image(64 + i, 48))
+            # Quarantine-bound: not an image at all.
+            (f.inbox / "sub" / f"bad{i}.jpg").write_bytes(b"not an image %d" % i)
+    yield folders, pairs, outside
+
+
+def test_symlink_swaps_under_every_folder_never_touch_anything_outside(
+    tmp_path: Path,
+    emulator: Emulator,
+    hostile: tuple[dict[str, FolderSettings], list[tuple[Path, Path]], Path],
+) -> None:
+    folders, pairs, outside = hostile
+    before = _snapshot(outside)
+    outside_hashes = set(before.values())
+    clock = FakeClock(1_000_000.0)
+    queue = Queue(tmp_path / "q.sqlite3", clock=clock)
+    worker = _worker(tmp_path, queue, emulator, folders, clock)
+    for name, f in folders.items():
+        assert _enqueue_all(queue, name, f.inbox) == 80
+    processed = 0
+    with Swapper(pairs) as swapper:
+        while True:
+            job = queue.claim(60)
+            if job is None:
+                if queue.next_ready_at() is None:
+                    break
+                clock.advance(10)  # due retries come back without a real wait
+                continue
+            worker.process(job)
+            processed += 1
+            assert processed < 5000, "the queue never drained"
+        swaps = swapper.swaps
+    assert swaps >= 1000, f"only {swaps} swaps: the race was not exercised"
+
+    after = _snapshot(outside)
+    assert sorted(after) == sorted(before), "files appeared in or vanished from outside"
+    changed = [rel for rel in before if after[rel] != before[rel]]
+    assert changed == [], f"outside files were modified: {changed[:5]}"
+    # Nothing outside was read and sent either.
+    sent = {r.image_sha256 for r in emulator.requests() if r.path in IMAGE_PATHS}
+    assert not sent & outside_hashes, "an outside file was uploaded"
+    # The test did exercise deletes, moves and quarantines, not just refusals.
+    counts = queue.counts()
+    assert counts["del"]["done"] + counts["mov"]["done"] > 0, counts
+    assert counts["del"]["quarantined"] + counts["mov"]["quarantined"] > 0, counts
+    queue.close()
+
+
+# Issue 9 item 8: a 255-byte name (NAME_MAX is bytes)
+
+
+def _visible(folder: Path) -> list[str]:
+    """Names in ``folder`` but temp files (hidden) that are still being written."""
+    return [n for n in os.listdir(folder) if not n.startswith(".")] if folder.is_dir() else []
+
+
+def _tag(relpath: str) -> str:
+    return "~" + hashlib.sha256(relpath.encode()).hexdigest()[:8]
+
+
+def test_a_255_byte_name_gets_its_outputs_and_its_quarantine_sidecar(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    folder = make_folder(tmp_path, "f", output="both", format="webp")
+    inbox, outbox, quarantine = (
+        Path(folder["inbox"]),
+        Path(folder["outbox"]),
+        Path(folder["quarantine"]),
+    )
+    good = "a" + "é" * 125 + ".jpg"  # 255 bytes: `<stem>.webp` and `.mask.png` would not fit
+    bad = "b" + "é" * 125 + ".png"
+    assert len(good.encode()) == len(bad.encode()) == 255
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / good).write_bytes(product_image())
+    (inbox / "sub" / bad).write_bytes(b"not an image at all")
+    config = write_config(tmp_path / "config.toml", base_url=emulator.url, folders=[folder])
+    start_daemon(daemons, config)
+
+    wait_until(lambda: len(_visible(outbox / "sub")) == 2, 30, what="two outputs")
+    wait_until(lambda: len(_visible(quarantine / "sub")) == 2, 30, what="quarantine")
+    wait_until(lambda: status_json(config)["jobs"]["done"] == 1, 30, what="the job done")
+    stem = "a" + "é" * 125
+    names = sorted(p.name for p in (outbox / "sub").iterdir())  # no temp file left either
+    tag = _tag(f"sub/{good}")
+    assert all(len(n.encode()) <= 255 for n in names), names
+    cut = [n for n in names if n.endswith(tag + ".webp")]
+    assert len(cut) == 1, names
+    base = cut[0][: -len(tag + ".webp")]
+    assert stem.startswith(base) and len(base.encode()) >= 200
+    assert names == sorted([cut[0], base + tag + ".mask.png"])
+    # One request, no retries: the names were right the first time.
+    assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == 1
+
+    quarantined = sorted(p.name for p in (quarantine / "sub").iterdir())
+    assert bad in quarantined
+    [sidecar] = [n for n in quarantined if n != bad]
+    assert sidecar.endswith(_tag(f"sub/{bad}") + ".error.json") and len(sidecar.encode()) <= 255
+    assert bad.startswith(sidecar[: -len(_tag(bad) + ".error.json")])
+    body = json.loads((quarantine / "sub" / sidecar).read_text(encoding="utf-8"))
+    assert body["path"] == f"sub/{bad}" and body["reason"] == "unsupported_media"
+    assert not (inbox / "sub" / bad).exists()
+
+    # `retry` finds it, and its shortened sidecar, and puts it back.
+    assert daemons[0].stop() == 0
+    result = run_cli("retry", "--all", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert (inbox / "sub" / bad).read_bytes() == b"not an image at all"
+    assert list((quarantine / "sub").iterdir()) == []
+
+
+# Issue 9 item 12, third clause: a new database over an inbox whose outputs exist
+
+
+def test_a_new_queue_adopts_existing_outputs_without_a_request(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    folder = make_folder(tmp_path, "f", output="both")
+    inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
+    (inbox / "d").mkdir()
+    for i in range(3):
+        (inbox / "d" / f"p{i}.jpg").write_bytes(product_image(60 + i, 40))
+    config = write_config(tmp_path / "config.toml", base_url=emulator.url, folders=[folder])
+    first = start_daemon(daemons, config)
+    wait_until(lambda: status_json(config)["jobs"]["done"] == 3, 30, what="three done")
+    assert first.stop() == 0
+    sent = len([r for r in emulator.requests() if r.path in IMAGE_PATHS])
+    assert sent == 3
+
+    # The queue is lost; one input is newer than its outputs (changed since).
+    database = tmp_path / "state" / "queue.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    changed = inbox / "d" / "p2.jpg"
+    changed.write_bytes(product_image(90, 40))
+    later = (outbox / "d" / "p2.png").stat().st_mtime_ns + 1_000_000_000
+    os.utime(changed, ns=(later, later))
+    # after_success is not applied to adopted inputs, whatever it says now.
+    write_config(
+        tmp_path / "config.toml",
+        base_url=emulator.url,
+        folders=[{**folder, "after_success": "delete"}],
+    )
+    second = start_daemon(daemons, config)
+    wait_until(lambda: status_json(config)["jobs"]["done"] == 3, 30, what="three done again")
+    adopted = sorted(e["path"] for e in second.events() if e.get("event") == "job.adopted")
+    assert adopted == ["d/p0.jpg", "d/p1.jpg"]
+    assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == sent + 1
+    assert (inbox / "d" / "p0.jpg").exists() and (inbox / "d" / "p1.jpg").exists()
+    assert not changed.exists()  # processed normally, so deleted after success
+    # The claims were recorded: the names stay the adopted inputs' own.
+    queue = Queue.open_readonly(database)
+    try:
+        job = queue.find("f", "d/p0.jpg")
+        assert job is not None and job.state == "done"
+        assert sorted(queue.claimed_outputs(job.id)) == ["d/p0.mask.png", "d/p0.png"]
+    finally:
+        queue.close()
+    assert second.stop() == 0
+
+
+def _found(inbox: Path, folder: str, rel: str) -> Found:
+    st = (inbox / rel).stat()
+    return Found(folder, rel, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
+    tmp_path: Path,
+) -> None:
+    folder = FolderSettings(
+        name="f",
+        inbox=tmp_path / "in",
+        outbox=tmp_path / "out",
+        quarantine=tmp_path / "q",
+        output="both",
+    )
+    folder.inbox.mkdir()
+    folder.outbox.mkdir()
+    for name in ("both.jpg", "nomask.jpg", "oldmask.jpg", "suffixed.jpg"):
+        (folder.inbox / name).write_bytes(product_image())
+        os.utime(folder.inbox / name, ns=(5_000_000_000, 5_000_000_000))
+    outs = {
+        "both.png": 6,
+        "both.mask.png": 5,  # as new as the input counts
+        "nomask.png": 6,
+        "oldmask.png": 6,
+        "oldmask.mask.png": 4,
+        "suffixed.jpg.png": 6,  # another name's output: never looked for
+        "suffixed.jpg.mask.png": 6,
+    }
+    for name, seconds in outs.items():
+        (folder.outbox / name).write_bytes(b"x")
+        os.utime(folder.outbox / name, ns=(seconds * 10**9, seconds * 10**9))
+    queue = Queue(tmp_path / "new.sqlite3")
+    assert queue.created
+    adopter = Adopter(queue, lambda: {"f": folder})
+    found = [_found(folder.inbox, "f", n) for n in sorted(os.listdir(folder.inbox))]
+    rest = adopter.adopt(found)
+    assert sorted(f.relpath for f in rest) == ["nomask.jpg", "oldmask.jpg", "suffixed.jpg"]
+    job = queue.find("f", "both.jpg")
+    assert job is not None and job.state == "done" and job.attempts == 0
+    assert queue.claimed_outputs(job.id) == ["both.mask.png", "both.png"]
+    # Found again by a rescan: the same file is known and not queued again.
+    assert queue.enqueue_many([found[0]]) == []
+    assert queue.find("f", "nomask.jpg") is None  # the rest is for the caller to queue
+    queue.close()
+    assert not Queue(tmp_path / "new.sqlite3").created  # opened again: not new
+
+
+def test_adoption_never_takes_a_name_another_input_owns(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "q.sqlite3")
+    queue.enqueue_many([Found("f", "a.webp", 1, 1, 1)])
+    other = queue.find("f", "a.webp")
+    assert other is not None
+    assert queue.claim_output("f", other.id, iter(["a.png"])) == "a.png"
+    assert not queue.adopt(Found("f", "a.jpg", 1, 1, 2), ["a.png"])
+    assert queue.find("f", "a.jpg") is None  # rolled back: no job, no claim
+    assert queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])
+    assert not queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])  # known already
+    queue.close()
