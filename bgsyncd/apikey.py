@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bgsyncd.errors import ConfigError
+from bgsyncd.errors import ConfigError, describe_os_error
 
 KEY_ENV = "BGSYNCD_API_KEY"
 CREDENTIAL = "$CREDENTIALS_DIRECTORY/api_key"
@@ -68,7 +68,7 @@ def _read_key_file(path: Path, key: str, prefix: str) -> ApiKey:
     except FileNotFoundError:
         raise fail(f"{path} does not exist") from None
     except OSError as exc:
-        raise fail(f"cannot read {path}: {exc.strerror}") from None
+        raise fail(f"cannot read {path}: {describe_os_error(exc)}") from None
     try:
         text = data.decode("ascii").strip()
     except UnicodeDecodeError:

@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from bgsyncd.errors import describe_os_error
 from bgsyncd.logs import get_logger
 from bgsyncd.outputs import cleanup_temp_files, write_atomic
 
@@ -95,7 +96,7 @@ class ResultCache:
             try:
                 write_atomic(path, data)
             except OSError as exc:
-                log.warning("cache.write_failed", error=f"{type(exc).__name__}: {exc.strerror}")
+                log.warning("cache.write_failed", error=describe_os_error(exc))
                 return
             self._account(sha256, len(data))
             self._evict()

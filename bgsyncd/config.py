@@ -42,7 +42,7 @@ from pydantic_settings import (
 
 from bgsyncd import layout
 from bgsyncd.apikey import KEY_ENV, resolve_api_key
-from bgsyncd.errors import ConfigError
+from bgsyncd.errors import ConfigError, describe_os_error
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -333,7 +333,9 @@ def _read_toml(file: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not valid TOML: the file is not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(f"{file}: cannot read the configuration: {exc.strerror}") from None
+        raise ConfigError(
+            f"{file}: cannot read the configuration: {describe_os_error(exc)}"
+        ) from None
 
 
 def _fail(file: Path, key: str, message: str) -> ConfigError:

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -29,12 +29,15 @@ from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
-from bgsyncd.errors import BgsyncdError, ConfigError
+from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable, describe_os_error
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
 from bgsyncd.pacer import Pacer
+from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
+from bgsyncd.probe import OutputProbe
 from bgsyncd.queue import STATES, Found, Queue, SqliteRequestLog
+from bgsyncd.queue_faults import identity_of_fd, lost_reason
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
 from bgsyncd.watcher import Watcher
 from bgsyncd.worker import Worker, WorkerConfig
@@ -71,8 +74,12 @@ class Daemon:
         self._last_refresh = 0.0
         self._open_jobs = False
         self.stuck = False
+        self._fatal: str | None = None  # why the loop ended on its own: exit 1
 
-        self._lock_fd = _lock_database(settings.queue.database)
+        # The database in use until exit: a reload naming another one needs a restart.
+        self._database = settings.queue.database
+        self._lock_fd = _lock_database(self._database)
+        self._lock_identity = identity_of_fd(self._lock_fd)
         self.queue = Queue(settings.queue.database)
         resent = self.queue.recover()
         if resent:
@@ -95,6 +102,7 @@ class Daemon:
         )
         self.metrics.credits_floor(settings.credits.floor)
         self.client = self._make_client(settings)
+        self.probe = OutputProbe()
         self.worker = Worker(
             self.queue, self.cache, self.metrics, _worker_config(settings), lambda: self.client
         )
@@ -108,6 +116,7 @@ class Daemon:
             max_in_flight=settings.api.max_in_flight,
             lease_seconds=settings.api.timeout_seconds + 60.0,
             on_state_change=self._dirty.set,
+            on_pause=self._on_pause,
         )
         # A new queue (first start, or the database was lost): adopt existing outputs.
         self.adopter = (
@@ -161,6 +170,8 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
+        if self._fatal is not None:
+            raise BgsyncdError(self._fatal)
         return 0
 
     def _loop(self) -> None:
@@ -171,11 +182,16 @@ class Daemon:
         while not self._stop.is_set():
             self._wake.wait(0.2 if self.once else interval)
             self._wake.clear()
+            self._fatal = self._database_lost()
+            if self._fatal is not None:
+                return
             try:
-                if self._reload.is_set():
+                sighup = self._reload.is_set()
+                if sighup:
                     self._reload.clear()
                     self.reload()
                 self._heartbeat()
+                self._lift_local_faults(sighup=sighup)
                 if self._refresh_due():
                     self._dirty.clear()
                     self._refresh()
@@ -185,6 +201,8 @@ class Daemon:
                     if self._once_finished():
                         progress.finish(counts)
                         return
+            except QueueUnavailable as exc:  # lifted above when the database answers
+                self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
             except Exception:  # a busy or full disk must not end the daemon
                 log.exception("daemon.loop_error")
 
@@ -201,6 +219,68 @@ class Daemon:
         if ready is None:
             return True
         return ready > time.time() + ONCE_RETRY_HORIZON and self.dispatcher.idle_drained.is_set()
+
+    def _database_lost(self) -> str | None:
+        """Why to exit when the database or its lock was deleted or replaced, else None.
+
+        Another daemon could then open a fresh queue and take the lock beside us:
+        exit 1, and systemd restarts this one on whatever is there now.
+        """
+        database = self._database
+        lock = _lock_path(database)
+        checks = ((database, self.queue.lost()), (lock, lost_reason(lock, self._lock_identity)))
+        for path, what in checks:
+            if what is not None:
+                log.error("queue.lost", database=str(database), file=str(path), what=what)
+                return (
+                    f"the queue database file {path} was {what} while bgsyncd ran;"
+                    " exiting so that a restart opens the database that is there now"
+                )
+        return None
+
+    def _on_pause(self, reason: str, context: Mapping[str, object]) -> None:
+        """Note where an output could not be written, for the probe that lifts the pause.
+
+        The place is probed from the configured folder that holds it, never
+        outside; a failure whose place is unknown has every output folder probed.
+        """
+        if reason != OUTPUT_UNWRITABLE:
+            return
+        error = str(context.get("error") or "a local fault")
+        roots = [
+            root
+            for folder in self.settings.folders
+            for root in (folder.outbox, folder.quarantine, folder.done)
+            if root is not None
+        ]
+        raw = context.get("folder_path") or context.get("path")
+        place = Path(str(raw)) if raw else None
+        holders = [r for r in roots if place is not None and (place == r or r in place.parents)]
+        if place is not None and holders:
+            self.probe.note(place, error, max(holders, key=lambda r: len(r.parts)))
+            return
+        for root in roots:
+            self.probe.note(root, error, root)
+
+    def _lift_local_faults(self, *, sighup: bool) -> None:
+        """Lift ``output_unwritable`` when its probe passes (every 30 s, at once on SIGHUP),
+        and ``queue_unavailable`` when the database answers a write again."""
+        held = self.dispatcher.pauses
+        if OUTPUT_UNWRITABLE in held:
+            result = self.probe.run(force=sighup)
+            for place, error in result.failing.items() if result.ran else ():
+                log.warning("output.probe_failed", folder_path=str(place), error=error)
+            if result.recovered:
+                log.info("output.writable", note="a probe write passed")
+                self.dispatcher.lift_pause(OUTPUT_UNWRITABLE)
+        if QUEUE_UNAVAILABLE in held and not self.dispatcher.in_flight:
+            # Jobs whose rows could not be updated are still in flight in the
+            # database; with none in flight here, they go back to pending.
+            self.queue.check_writable()
+            returned = self.queue.recover()
+            log.info("queue.available", jobs_returned=returned)
+            self.dispatcher.lift_pause(QUEUE_UNAVAILABLE)
+            self.watcher.rescan()  # files found while it was down are found again
 
     def _heartbeat(self) -> None:
         if self.dispatcher.alive() and self.watcher.alive() and self._ingest.is_alive():
@@ -266,6 +346,11 @@ class Daemon:
             try:
                 fresh = batch if self.adopter is None else self.adopter.adopt(batch)
                 queued = self.queue.enqueue_many(fresh)
+            except QueueUnavailable as exc:
+                # Not queued: the rescan after the database answers finds them again.
+                log.warning("queue.ingest_deferred", files=len(batch), error=str(exc))
+                self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
+                queued = []
             except Exception:
                 log.exception("queue.ingest_failed", files=len(batch))
                 queued = []
@@ -382,7 +467,10 @@ class Daemon:
             log.warning("daemon.returned_jobs", jobs=len(left))
         self._found.put(None)
         self._ingest.join(timeout=10)
-        self._refresh()
+        try:
+            self._refresh()
+        except QueueUnavailable as exc:  # stopping is not a failure: the next start recovers
+            log.warning("queue.unavailable", error=str(exc), note="last state not saved")
         self.metrics.stop()
         for client in [*self._old_clients, self.client]:
             client.close()
@@ -420,9 +508,14 @@ def _lock_database(database: Path) -> int:
     other's jobs for crashed ones and send them again, and each would count
     credits on its own.
     """
-    database.parent.mkdir(parents=True, exist_ok=True)
-    path = database.with_name(database.name + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = _lock_path(database)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BgsyncdError(
+            f"cannot open the queue database's lock {path}: {describe_os_error(exc)}"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -431,6 +524,10 @@ def _lock_database(database: Path) -> int:
             f"another bgsyncd is already running on {database} (it holds {path})"
         ) from None
     return fd
+
+
+def _lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
 
 
 def _worker_config(settings: Settings) -> WorkerConfig:

@@ -20,16 +20,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from bgsyncd.client import Client
 from bgsyncd.credits import CreditGuard
-from bgsyncd.errors import AccountError, ApiError, Stopped
+from bgsyncd.errors import AccountError, ApiError, QueueUnavailable, Stopped
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, Lift, PauseSet
+from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift, PauseSet
 from bgsyncd.queue import Job, Queue
 from bgsyncd.worker import Kind, Result, Worker
 
@@ -70,6 +70,7 @@ class Dispatcher:
         max_in_flight: int,
         lease_seconds: float,
         on_state_change: Callable[[], None] = lambda: None,
+        on_pause: Callable[[str, Mapping[str, object]], None] = lambda reason, context: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._queue = queue
@@ -81,6 +82,7 @@ class Dispatcher:
         self._max_in_flight = max_in_flight
         self._lease = lease_seconds
         self._on_state_change = on_state_change
+        self._on_pause = on_pause  # told of every raise, held already or not (the probe)
         self._clock = clock
         self._cond = threading.Condition()
         self._in_flight: dict[int, Job] = {}
@@ -122,6 +124,7 @@ class Dispatcher:
 
     def raise_pause(self, reason: str, **context: object) -> None:
         """Pause dispatch for ``reason`` (logged once, with ``context``) until it is lifted."""
+        self._on_pause(reason, context)
         with self._cond:
             if not self._pauses.add(reason):
                 return
@@ -180,7 +183,10 @@ class Dispatcher:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for job in left:
             # Its request may still be charging: the next send is a possible resend.
-            self._queue.release(job.id, resend=True)
+            try:
+                self._queue.release(job.id, resend=True)
+            except QueueUnavailable:
+                break  # still in flight in the database: the next start recovers them
         return left
 
     # -- the loop --------------------------------------------------------------------
@@ -193,6 +199,9 @@ class Dispatcher:
                 self._kicked = False
             try:
                 wait = self._step()
+            except QueueUnavailable as exc:  # the daemon lifts it when the database answers
+                self.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
+                wait = 1.0
             except Exception:  # the loop must survive anything; the heartbeat tells
                 log.exception("dispatch.error")
                 wait = 1.0
@@ -254,6 +263,10 @@ class Dispatcher:
         result = Result(Kind.RELEASED)
         try:
             result = self._worker.process(job)
+        except QueueUnavailable as exc:
+            # Its row cannot be updated now: it stays in flight in the database
+            # until the daemon, seeing the database answer, gives it back.
+            self.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
         except Exception:
             # Not put straight back: the dispatcher would claim it again at once.
             log.exception("job.error", folder=job.folder, path=job.relpath)

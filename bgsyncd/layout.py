@@ -11,7 +11,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgsyncd.errors import ConfigError
+from bgsyncd.errors import ConfigError, describe_os_error
 
 if TYPE_CHECKING:  # config imports this module; only the type is needed here
     from bgsyncd.config import FolderSettings
@@ -76,7 +76,7 @@ def create_folders(folders: Sequence[FolderSettings], file: Path) -> None:
                 ) from None
             except OSError as exc:
                 raise _fail(
-                    file, f"folder[{i}].{kind}", f"cannot create {path}: {exc.strerror}"
+                    file, f"folder[{i}].{kind}", f"cannot create {path}: {describe_os_error(exc)}"
                 ) from None
 
 

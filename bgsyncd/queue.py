@@ -4,7 +4,12 @@ SQLite in WAL mode with ``synchronous=FULL``: once a write method returns, the
 change survives kill -9 and power loss. This is the only module that imports
 ``sqlite3``; its public methods speak ``Found``, ``Job``, str, int and float
 only, so a second backend (PostgreSQL, for several hosts sharing one key) can
-implement the same interface. SQLite failures surface as :class:`QueueError`.
+implement the same interface. SQLite failures surface as :class:`QueueError`,
+except those the disk caused (full, read-only, I/O error), which are
+:class:`~bgsyncd.errors.QueueUnavailable` with the errno in the message:
+dispatch pauses, and resumes when the database answers
+(:meth:`Queue.check_writable`). :meth:`Queue.lost` tells whether the
+file at the database's path is still the one opened (see ``queue_faults``).
 
 A job's life: ``pending`` -> ``in_flight`` (claimed with a lease) -> ``done``,
 ``quarantined`` or ``retry_wait`` (back to ``pending`` when its time comes).
@@ -17,7 +22,9 @@ Methods that change one job by id do nothing if the job was forgotten meanwhile
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -27,7 +34,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bgsyncd.errors import BgsyncdError
+from bgsyncd.errors import BgsyncdError, QueueUnavailable, describe_os_error
+from bgsyncd.probe import probe_write
+from bgsyncd.queue_faults import (
+    Identity,
+    describe_disk_failure,
+    identity_of,
+    is_disk_failure,
+    lost_reason,
+)
 from bgsyncd.queue_sql import (
     COLUMNS,
     MIGRATIONS,
@@ -93,10 +108,36 @@ class Job:
     outputs: tuple[str, ...] = ()
 
 
+# Written by check_writable: a write that proves the database answers again.
+_PING_KEY = "queue_ping"
+
+
+def _failure(exc: Exception, path: Path | str) -> BgsyncdError:
+    """The project's error for a SQLite (or encoding) failure of the database at ``path``."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+        if is_disk_failure(code, str(exc)) and isinstance(path, Path):
+            return QueueUnavailable(
+                f"queue database {path}: {describe_disk_failure(path, str(exc))}"
+            )
+    return QueueError(f"queue database: {exc}")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate the database at ``path``."""
+    """Open (creating if needed) and migrate the database at ``path``.
+
+    The file is opened for writing by hand first: SQLite says "unable to open
+    database file" where the kernel says ``[Errno 30] Read-only file system``.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # 0o644: SQLite's own mode for a new database (the umask applies).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as exc:
+        raise QueueError(
+            f"cannot open the queue database {path}: {describe_os_error(exc)}"
+        ) from None
+    try:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, because a
         # deferred read-then-write transaction fails with SQLITE_BUSY at once.
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -104,8 +145,11 @@ def _connect(path: Path) -> sqlite3.Connection:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
-    except (OSError, sqlite3.Error) as exc:
-        raise QueueError(f"cannot open the queue database {path}: {exc}") from exc
+    except sqlite3.Error as exc:
+        detail = str(exc)
+        if is_disk_failure(getattr(exc, "sqlite_errorcode", None), detail):
+            detail = describe_disk_failure(path, detail)
+        raise QueueError(f"cannot open the queue database {path}: {detail}") from exc
     if str(mode).lower() != "wal":
         conn.close()
         raise QueueError(f"{path}: WAL mode unavailable (the database must be on a local disk)")
@@ -116,6 +160,9 @@ def _connect(path: Path) -> sqlite3.Connection:
                 for statement in MIGRATIONS[number - 1]:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _failure(exc, path) from exc
     except BaseException:
         conn.close()
         raise
@@ -134,20 +181,31 @@ def _check_version(conn: sqlite3.Connection, path: Path | str) -> int:
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; joins one already open."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; joins one already open.
+
+    SQLite errors pass through unchanged: the caller knows the path to name.
+    """
     if conn.in_transaction:
         yield
         return
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        yield
         conn.execute("COMMIT")
-    except (sqlite3.Error, UnicodeError) as exc:
-        raise QueueError(f"queue database: {exc}") from exc
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End an open transaction, whatever went wrong in it.
+
+    A COMMIT that failed (disk full) leaves the transaction open: without this,
+    every later write would join it and none would ever be committed.
+    """
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _job(row: Any) -> Job:
@@ -181,11 +239,20 @@ class Queue:
         # New (or lost and made again): its inputs' outputs may already exist
         # and are adopted instead of sent again (SPEC §4).
         created = not path.exists() or path.stat().st_size == 0
-        self._setup(_connect(path), clock, readonly=False)
+        self._setup(_connect(path), clock, readonly=False, path=path)
         self.created = created
+        # Taken right after opening: what lost() compares the path with later.
+        self._identity: Identity | None = identity_of(path)
 
-    def _setup(self, conn: sqlite3.Connection, clock: Callable[[], float], readonly: bool) -> None:
+    def _setup(
+        self,
+        conn: sqlite3.Connection,
+        clock: Callable[[], float],
+        readonly: bool,
+        path: Path | None = None,
+    ) -> None:
         self._conn = conn
+        self._path = path
         self._clock = clock
         self._readonly = readonly
         self._lock = threading.RLock()
@@ -221,7 +288,9 @@ class Queue:
         except sqlite3.Error as exc:
             raise QueueError(f"cannot read the queue database {path}: {exc}") from exc
         view = cls.__new__(cls)
+        # No path: a reader never probes the daemon's folder with a write.
         view._setup(conn, clock, readonly=True)
+        view._identity = None
         view.created = False
         return view
 
@@ -236,6 +305,29 @@ class Queue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def lost(self) -> str | None:
+        """``"deleted"`` or ``"replaced"`` when the database's path is no longer this file.
+
+        Cheap (one ``lstat``): the daemon asks every few seconds.
+        """
+        if self._identity is None or self._path is None:
+            return None
+        return lost_reason(self._path, self._identity)
+
+    def check_writable(self) -> None:
+        """Write beside the database and in it; raise :class:`QueueUnavailable` if either fails.
+
+        The probe file comes first: SQLite reuses the room its files already
+        have, so a one-row write can pass on a disk with no space for a batch.
+        """
+        if self._path is not None:
+            try:
+                probe_write(self._path.parent)
+            except OSError as exc:
+                text = describe_os_error(exc)
+                raise QueueUnavailable(f"queue database {self._path}: {text}") from None
+        self.set_state(_PING_KEY, repr(self._clock()))
+
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -243,7 +335,7 @@ class Queue:
                 yield self._conn
             except (sqlite3.Error, UnicodeError) as exc:
                 # UnicodeError: a name that is not valid UTF-8 cannot be stored.
-                raise QueueError(f"queue database: {exc}") from exc
+                raise _failure(exc, self._path or "") from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -558,18 +650,24 @@ class SqliteRequestLog:
     """
 
     def __init__(self, path: Path, keep_seconds: float = 3600.0) -> None:
-        self._conn = _connect(Path(path))
+        self._path = Path(path)
+        self._conn = _connect(self._path)
         self._lock = threading.Lock()
         self._keep = keep_seconds
         self._records = 0
 
     def record(self, t: float) -> None:
         """Log a request start; committed (durable) before it returns."""
-        with self._lock, _transaction(self._conn):
-            self._conn.execute("INSERT INTO request_log (t) VALUES (?)", (t,))
-            self._records += 1
-            if self._records % 100 == 1:  # prune now and then, not on every request
-                self._conn.execute("DELETE FROM request_log WHERE t < ?", (t - self._keep,))
+        with self._lock:
+            try:
+                with _transaction(self._conn):
+                    self._conn.execute("INSERT INTO request_log (t) VALUES (?)", (t,))
+                    self._records += 1
+                    if self._records % 100 == 1:  # prune now and then, not on every request
+                        self._conn.execute("DELETE FROM request_log WHERE t < ?", (t - self._keep,))
+            except sqlite3.Error as exc:
+                # Not recorded, so not sent: the pacer's gate fails closed.
+                raise _failure(exc, self._path) from exc
 
     def since(self, t: float) -> list[float]:
         """Start times at or after ``t``, oldest first."""
@@ -577,7 +675,7 @@ class SqliteRequestLog:
             try:
                 return [row[0] for row in self._conn.execute(SQL_SINCE, (t,))]
             except sqlite3.Error as exc:
-                raise QueueError(f"queue database: {exc}") from exc
+                raise _failure(exc, self._path) from exc
 
     def close(self) -> None:
         """Close the connection."""

@@ -1,0 +1,335 @@
+"""Local faults (SPEC §4): a full or read-only outbox pauses ``output_unwritable``
+and a probe write lifts the pause by itself. Real tmpfs mounts (root)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bgsyncd.cache import ResultCache
+from bgsyncd.emulator import Emulator
+from bgsyncd.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
+from tests.conftest import (
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    status_json,
+    write_config,
+)
+from tests.helpers import FakeClock, product_image, wait_until
+from tests.mounts import tmpfs
+
+ENOSPC_TEXT = "[Errno 28] No space left on device"
+EROFS_TEXT = "[Errno 30] Read-only file system"
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != ".filler")
+
+
+# -- probe_write on real filesystems ---------------------------------------------------
+
+
+def test_probe_write_leaves_nothing_behind_on_a_healthy_folder(tmp_path: Path) -> None:
+    probe_write(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_probe_write_fails_with_enospc_on_a_full_tmpfs_and_passes_once_freed(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "outbox", "256k") as fs:
+        fs.fill()
+        with pytest.raises(OSError) as caught:
+            probe_write(fs.path)
+        assert caught.value.errno == errno.ENOSPC
+        assert _leftovers(fs.path) == []  # the empty temp file was removed too
+        fs.free()
+        probe_write(fs.path)
+        assert _leftovers(fs.path) == []
+
+
+def test_probe_write_fails_with_erofs_on_a_read_only_remount_and_passes_after_rw(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "outbox") as fs:
+        (fs.path / "sub").mkdir()
+        fs.readonly()
+        with pytest.raises(OSError) as caught:
+            probe_write(fs.path / "sub")
+        assert caught.value.errno == errno.EROFS
+        fs.readwrite()
+        probe_write(fs.path / "sub")
+        assert _leftovers(fs.path / "sub") == []
+
+
+def test_probe_write_of_a_folder_never_made_probes_its_deepest_existing_parent_under_root(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "outbox", "256k") as fs:
+        (fs.path / "a").mkdir()
+        fs.fill()
+        with pytest.raises(OSError) as caught:
+            # mkdir of a/b/c failed: probe where it would have gone, a/.
+            probe_write(fs.path / "a" / "b" / "c", root=fs.path)
+        assert caught.value.errno == errno.ENOSPC
+        fs.free()
+        probe_write(fs.path / "a" / "b" / "c", root=fs.path)
+        assert _leftovers(fs.path) == ["a"] and _leftovers(fs.path / "a") == []
+
+
+def test_probe_write_under_a_root_refuses_a_symlink_on_the_way(tmp_path: Path) -> None:
+    root, outside = tmp_path / "outbox", tmp_path / "outside"
+    root.mkdir()
+    (outside / "sub").mkdir(parents=True)
+    (root / "a").symlink_to(outside)
+    with pytest.raises(OSError) as caught:
+        probe_write(root / "a" / "sub", root=root)
+    assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR)  # a refused write
+    assert list((outside / "sub").iterdir()) == []
+
+
+def test_probe_write_never_probes_outside_its_root(tmp_path: Path) -> None:
+    root = tmp_path / "outbox"
+    root.mkdir()
+    probe_write(tmp_path / "elsewhere", root=root)  # probes the root itself
+    assert _leftovers(tmp_path) == ["outbox"] and _leftovers(root) == []
+
+
+def test_probe_write_refuses_a_folder_that_is_a_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "outbox").symlink_to(outside)
+    with pytest.raises(OSError) as caught:
+        probe_write(tmp_path / "outbox")
+    assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    assert list(outside.iterdir()) == []
+
+
+# -- OutputProbe: when to probe, what it says (time injected, no sleeps) -------------------
+
+
+class ScriptedDisk:
+    """Stands in for the disk in the timing tests: fails each place until told otherwise."""
+
+    def __init__(self) -> None:
+        self.broken: dict[Path, OSError] = {}
+        self.probed: list[Path] = []
+
+    def __call__(self, place: Path, root: Path | None = None) -> None:
+        self.probed.append(place)
+        if place in self.broken:
+            raise self.broken[place]
+
+
+def _enospc() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_probe_waits_the_interval_after_a_failure_then_resumes_when_the_write_passes() -> None:
+    clock, disk = FakeClock(), ScriptedDisk()
+    probe = OutputProbe(clock=clock, probe=disk)
+    assert probe.interval == PROBE_INTERVAL_SECONDS == 30.0
+    assert not probe.due() and probe.seconds_until_due() is None
+    place = Path("/srv/outbox/sub")
+    disk.broken[place] = _enospc()
+    assert probe.note(place, _enospc()) == ENOSPC_TEXT
+    assert probe.failing == {place: ENOSPC_TEXT}
+    clock.advance(29.9)
+    assert not probe.due()
+    assert probe.run().ran is False and disk.probed == []
+    clock.advance(0.1)
+    assert probe.due()
+    first = probe.run()
+    assert first.ran and not first.recovered and first.failing == {place: ENOSPC_TEXT}
+    assert disk.probed == [place]
+    assert not probe.due() and probe.seconds_until_due() == pytest.approx(30.0)
+    del disk.broken[place]  # space came back
+    clock.advance(30.0)
+    second = probe.run()
+    assert second.recovered and probe.failing == {}
+    assert probe.seconds_until_due() is None and not probe.due()
+
+
+def test_probe_forced_by_sighup_runs_at_once_and_only_when_something_failed() -> None:
+    clock, disk = FakeClock(), ScriptedDisk()
+    probe = OutputProbe(clock=clock, probe=disk)
+    assert probe.run(force=True).ran is False  # nothing failed: nothing to probe
+    place = Path("/srv/outbox")
+    probe.note(place, OSError(errno.EROFS, os.strerror(errno.EROFS)))
+    result = probe.run(force=True)
+    assert result.recovered and disk.probed == [place]
+
+
+def test_probe_keeps_every_place_until_each_takes_a_write() -> None:
+    clock, disk = FakeClock(), ScriptedDisk()
+    probe = OutputProbe(clock=clock, probe=disk)
+    outbox, quarantine = Path("/srv/outbox"), Path("/srv/quarantine")
+    disk.broken[quarantine] = OSError(errno.EROFS, os.strerror(errno.EROFS))
+    probe.note(outbox, _enospc())
+    probe.note(quarantine, _enospc())
+    clock.advance(30.0)
+    result = probe.run()
+    assert not result.recovered
+    assert result.failing == {quarantine: EROFS_TEXT}  # the newest errno text
+    del disk.broken[quarantine]
+    clock.advance(30.0)
+    assert probe.run().recovered
+
+
+def test_a_place_noted_again_during_a_round_is_not_forgotten_by_that_round() -> None:
+    clock = FakeClock()
+    place = Path("/srv/outbox")
+    probe: OutputProbe
+
+    def disk(p: Path, root: Path | None) -> None:  # passes, but a worker fails there meanwhile
+        probe.note(p, _enospc())
+
+    probe = OutputProbe(clock=clock, probe=disk)
+    probe.note(place, _enospc())
+    result = probe.run(force=True)
+    assert not result.recovered and result.failing == {place: ENOSPC_TEXT}
+
+
+# -- a real daemon, a real full or read-only outbox ---------------------------------------
+
+
+def _image_requests(emulator: Emulator) -> int:
+    """Image requests the emulator answered 200: each took a credit."""
+    return sum(1 for r in emulator.requests() if r.image_sha256 is not None and r.status == 200)
+
+
+def _attempts(db: Path) -> dict[str, tuple[str, int]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT relpath, state, attempts FROM jobs").fetchall()
+    finally:
+        conn.close()
+    return {relpath: (state, attempts) for relpath, state, attempts in rows}
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_unwritable_outbox_pauses_keeps_jobs_pending_and_a_probe_resumes_without_a_credit(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], fault: str
+) -> None:
+    folder = make_folder(tmp_path, "products")
+    inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
+    db = tmp_path / "state" / "queue.sqlite3"
+    config = write_config(
+        tmp_path / "config.toml",
+        base_url=emulator.url,
+        folders=[folder],
+        queue={"database": str(db)},
+    )
+    with tmpfs(outbox, "1m") as fs:
+        daemon = start_daemon(daemons, config)
+        (inbox / "first.jpg").write_bytes(product_image(64, 48))
+        wait_until((outbox / "first.png").exists, 20, what="first output")
+        if fault == "full":
+            fs.fill()
+            expected = ENOSPC_TEXT
+        else:
+            fs.readonly()
+            expected = EROFS_TEXT
+        names = [f"img{i}.jpg" for i in range(3)]
+        for i, name in enumerate(names):
+            (inbox / name).write_bytes(product_image(80 + 8 * i, 60))
+        wait_until(
+            lambda: daemon.saw("dispatch.paused", reason="output_unwritable"),
+            30,
+            what="dispatch.paused output_unwritable",
+        )
+        paused = next(
+            e
+            for e in daemon.events()
+            if e.get("event") == "dispatch.paused" and e.get("reason") == "output_unwritable"
+        )
+        assert expected in json.dumps(paused), paused  # the errno text in the log
+        assert str(outbox) in json.dumps(paused), paused  # and the folder
+        wait_until(lambda: status_json(config)["paused"] == "output_unwritable", 15)
+        # Nothing quarantined, no attempt counted, every job back to pending.
+        jobs = _attempts(db)
+        assert {name: jobs[name] for name in names} == dict.fromkeys(names, ("pending", 0))
+        assert not Path(folder["quarantine"]).exists() or not any(
+            Path(folder["quarantine"]).iterdir()
+        )
+        assert not any(e.get("event") == "job.quarantined" for e in daemon.events())
+        # At most the first and those in flight when the write failed (3 at once):
+        # each result is kept, so none of them is paid for twice below.
+        assert _image_requests(emulator) <= 1 + len(names)
+
+        if fault == "full":
+            fs.free()
+        else:
+            fs.readwrite()
+        daemon.signal(signal.SIGHUP)  # the probe runs at once (else within 30 s)
+        wait_until(lambda: daemon.saw("output.writable"), 20, what="output.writable")
+        wait_until(
+            lambda: all((outbox / Path(name).with_suffix(".png")).exists() for name in names),
+            30,
+            what="every output",
+        )
+        assert daemon.saw("dispatch.resumed", after="output_unwritable")
+        # The resume cost no credit: one request per distinct image, ever.
+        assert _image_requests(emulator) == 1 + len(names)
+        assert status_json(config)["paused"] is None
+        assert daemon.stop() == 0
+
+
+# -- every message names the errno ----------------------------------------------------------
+
+
+def test_a_cache_write_on_a_full_disk_logs_the_errno_and_never_fails_the_job(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with tmpfs(tmp_path / "cache", "256k") as fs:
+        cache = ResultCache(fs.path, 1024 * 1024)
+        fs.fill()
+        capfd.readouterr()
+        cache.put("ab" * 32, product_image(64, 48, "PNG"))  # logged and skipped
+        logged = capfd.readouterr().err
+        assert "cache.write_failed" in logged and ENOSPC_TEXT in logged, logged
+        assert cache.get("ab" * 32) is None
+
+
+@pytest.mark.parametrize("what", ["key_file", "config", "folder"])
+def test_unreadable_key_config_or_folder_messages_name_the_errno(tmp_path: Path, what: str) -> None:
+    with tmpfs(tmp_path / "ro") as fs:
+        (fs.path / "dir").mkdir()
+        fs.readonly()
+        if what == "key_file":
+            loop = tmp_path / "key"
+            loop.symlink_to(loop)  # root reads anything; a symlink loop it cannot
+            config = _minimal_config(tmp_path, key_file=loop)
+            result = run_cli("credits", "--config", str(config), env={"BGSYNCD_API_KEY": ""})
+            expected = "[Errno 40] Too many levels of symbolic links"
+        elif what == "config":
+            result = run_cli("check-config", "--config", str(fs.path / "dir"))
+            expected = "[Errno 21] Is a directory"
+        else:
+            # `once` creates missing folders: a read-only disk refuses.
+            result = run_cli(
+                "once", "--config", str(_minimal_config(tmp_path, outbox=fs.path / "new"))
+            )
+            expected = EROFS_TEXT
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def _minimal_config(tmp_path: Path, **extra: Path) -> Path:
+    folder = make_folder(tmp_path, "products")
+    api: dict[str, object] = {}
+    if "key_file" in extra:
+        api["key_file"] = str(extra["key_file"])
+    if "outbox" in extra:
+        folder["outbox"] = str(extra["outbox"])
+    return write_config(
+        tmp_path / "c.toml", base_url="http://127.0.0.1:9", folders=[folder], api=api
+    )
