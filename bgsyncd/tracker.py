@@ -183,6 +183,18 @@ class Tracker:
             order.append((now + RECENT_SECONDS, path))
             return True
 
+    def forget_emitted(self, path: str) -> None:
+        """``path`` (a file, or a folder and all below it) left: its emissions are void.
+
+        A file that comes back (its folder moved out and in again, its job
+        forgotten meanwhile as vanished) must be emitted again at once, even in
+        the same version and within ``RECENT_SECONDS``.
+        """
+        below = path + "/"
+        with self._cond:
+            for old in [p for p in self._recent if p == path or p.startswith(below)]:
+                del self._recent[old]
+
     def note(self, kind: str, inbox: Inbox, path: str) -> None:
         """Record what an observer saw at ``path`` (absolute, under ``inbox``).
 

@@ -337,13 +337,18 @@ class Watcher:
             self._tracker.note(kind, inbox, src)
         elif isinstance(event, (FileMovedEvent, FileDeletedEvent)):
             self._tracker.note("gone", inbox, src)
+            self._tracker.forget_emitted(src)
             dest = _text(event.dest_path)
             if dest:  # renamed into place: rsync's temp file, a browser's download
                 self._tracker.note("settle" if inbox.polling else "ready", inbox, dest)
         elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
+            if isinstance(event, DirMovedEvent):
+                self._tracker.forget_emitted(src)  # what was found there has left
             self._fresh_dir(_text(event.dest_path) or src)
-        elif isinstance(event, DirDeletedEvent) and src == inbox.root:
-            self._guard.check_soon()  # the watch ends with its folder: look now
+        elif isinstance(event, DirDeletedEvent):
+            self._tracker.forget_emitted(src)
+            if src == inbox.root:
+                self._guard.check_soon()  # the watch ends with its folder: look now
 
     def _fresh_dir(self, path: str) -> None:
         now = self._clock()

@@ -24,7 +24,7 @@ from bgsyncd.roots import Missing, Root, Verdict, judge, look
 from bgsyncd.scanner import IgnoreRules
 from bgsyncd.watcher import Watcher
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.helpers import exchange, product_image, wait_until
 
 SENTINEL = "zz-sentinel.jpg"
 OLD = time.time() - 3600
@@ -851,3 +851,25 @@ def test_look_refuses_what_is_not_a_real_folder(tmp_path: Path) -> None:
     # A folder that was a mount point and is one no longer: the share is unmounted.
     assert look(str(tmp_path / "dir"), was_mount_point=True) == Missing("unmounted")
     assert isinstance(look("/proc", was_mount_point=True), Root)
+
+
+def test_a_folder_swapped_out_and_back_has_its_files_found_again(env: Env) -> None:
+    """An attacker's ``renameat2(RENAME_EXCHANGE)`` moves a folder out and back in.
+
+    A file found just before (its job then forgotten as vanished while the folder
+    was away) and a file put in while it was away are both found at once when it
+    is back, not at the next rescan.
+    """
+    sub = env.inbox / "sub"
+    sub.mkdir()
+    _, sink = env.start(settle=0.3)
+    write(sub / "early.jpg")
+    wait_until(lambda: sink.found("sub/early.jpg"), 5.0, what="the first emission")
+    aside = env.tmp / "aside"
+    aside.symlink_to(env.outside, target_is_directory=True)
+    exchange(sub, aside)  # the inbox now holds a link; the real folder is outside
+    write(aside / "inside.jpg", mtime=time.time() - 60)
+    exchange(sub, aside)  # and back: a folder moved in whole
+    wait_until(lambda: sink.found("sub/inside.jpg"), 5.0, what="the file put in while away")
+    wait_until(lambda: len(sink.found("sub/early.jpg")) == 2, 5.0, what="the early file again")
+    assert not list(env.outside.iterdir())
