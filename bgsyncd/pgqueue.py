@@ -57,7 +57,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         """CREATE TABLE hosts (
             id TEXT PRIMARY KEY, folders TEXT NOT NULL DEFAULT '[]',
-            last_seen DOUBLE PRECISION NOT NULL, in_flight INTEGER NOT NULL DEFAULT 0)""",
+            last_seen DOUBLE PRECISION NOT NULL, in_flight INTEGER NOT NULL DEFAULT 0,
+            instance TEXT NOT NULL DEFAULT '')""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -145,8 +146,11 @@ class PgQueue:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction on a pooled connection; database errors become QueueError."""
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection; database errors become QueueError.
+
+        Public for the fleet's other tables (``pgfleet``), which share the pool.
+        """
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
@@ -156,7 +160,7 @@ class PgQueue:
             raise QueueError(f"PostgreSQL queue: {exc}") from None
 
     def _update(self, job_id: int, assignments: str, *params: object) -> None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 f"UPDATE jobs SET {assignments}, updated_at = {NOW} WHERE id = %s",
                 (*params, job_id),
@@ -164,7 +168,7 @@ class PgQueue:
 
     def now(self) -> float:
         """The database server's clock, in Unix seconds."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(f"SELECT {NOW}").fetchone()
         assert row is not None
         return float(row[0])
@@ -173,7 +177,7 @@ class PgQueue:
 
     def is_unchanged(self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int) -> bool:
         """True when the queue already knows this path with exactly this size, mtime and inode."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 "SELECT 1 FROM jobs WHERE folder = %s AND relpath = %s AND size = %s"
                 " AND mtime_ns = %s AND inode = %s",
@@ -184,7 +188,7 @@ class PgQueue:
     def enqueue_many(self, found: Iterable[Found]) -> list[Found]:
         """Queue new and changed files in one transaction; return those queued."""
         queued: dict[tuple[str, str], Found] = {}
-        with self._tx() as conn:
+        with self.transaction() as conn:
             for f in found:
                 cur = conn.execute(
                     SQL_UPSERT,
@@ -196,14 +200,14 @@ class PgQueue:
 
     def forget(self, job_id: int) -> None:
         """Delete a job and its output claims (its input vanished)."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
 
     # dispatch
 
     def recover(self) -> int:
         """At start: this host's in_flight jobs go back to pending marked resend."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'pending', resend = TRUE, lease_until = NULL,"
                 f" owner = NULL, updated_at = {NOW}"
@@ -218,7 +222,7 @@ class PgQueue:
         ``FOR UPDATE SKIP LOCKED``: a job another host is claiming right now is
         passed over, never waited for and never taken twice.
         """
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 f"UPDATE jobs SET state = 'pending', next_attempt_at = NULL, updated_at = {NOW}"
                 f" WHERE state = 'retry_wait' AND next_attempt_at <= {NOW}"
@@ -253,7 +257,7 @@ class PgQueue:
     def next_ready_at(self, folders: Collection[str] | None = None) -> float | None:
         """Now (server clock) if a job is pending, else the earliest retry, else None."""
         allowed = None if folders is None else list(folders)
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 f"SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE state = 'pending'"
                 f" AND (%(f)s::text[] IS NULL OR folder = ANY(%(f)s))) THEN {NOW} ELSE"
@@ -295,7 +299,7 @@ class PgQueue:
 
     def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
         """Count a failed attempt and wait until ``at``; return the attempts so far."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 "UPDATE jobs SET state = 'retry_wait', attempts = attempts + 1,"
                 " next_attempt_at = %s, last_error = %s, lease_until = NULL, owner = NULL,"
@@ -315,7 +319,7 @@ class PgQueue:
 
     def claimed_outputs(self, job_id: int) -> list[str]:
         """The output paths (relative to the outbox) this job has claimed."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 "SELECT outpath FROM output_claims WHERE job_id = %s", (job_id,)
             ).fetchall()
@@ -323,7 +327,7 @@ class PgQueue:
 
     def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str:
         """Return the first candidate output path that is this job's or free, claiming it."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             for outpath in candidates:
                 row = conn.execute(
                     "INSERT INTO output_claims (folder, outpath, job_id) VALUES (%s, %s, %s)"
@@ -340,7 +344,7 @@ class PgQueue:
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs per folder and state; every state present for each folder with jobs."""
         result: dict[str, dict[str, int]] = {}
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 "SELECT folder, state, COUNT(*) FROM jobs GROUP BY state, folder"
             ).fetchall()
@@ -350,7 +354,7 @@ class PgQueue:
 
     def oldest_pending_queued_at(self) -> float | None:
         """When the oldest job not yet done or quarantined was queued."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 "SELECT MIN(queued_at) FROM jobs"
                 " WHERE state IN ('pending', 'in_flight', 'retry_wait')"
@@ -359,7 +363,7 @@ class PgQueue:
 
     def quarantined(self, folder: str | None = None) -> list[Job]:
         """Quarantined jobs, of one folder or all, oldest first."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE state = 'quarantined'"
                 " AND (%(f)s::text IS NULL OR folder = %(f)s) ORDER BY folder, queued_at, id",
@@ -369,7 +373,7 @@ class PgQueue:
 
     def requeue(self, job_id: int) -> bool:
         """Put a quarantined job back to pending with a fresh count; False if not quarantined."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,"
                 " http_status = NULL, reason = NULL, sha256 = NULL, resend = FALSE,"
@@ -381,13 +385,13 @@ class PgQueue:
 
     def get_state(self, key: str) -> str | None:
         """A shared state value (pause reason, last credits...), or None."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute("SELECT value FROM state WHERE key = %s", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_state(self, key: str, value: str | None) -> None:
         """Set a shared state value; None deletes it."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             if value is None:
                 conn.execute("DELETE FROM state WHERE key = %s", (key,))
             else:
