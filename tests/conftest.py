@@ -195,3 +195,23 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the whole run (see tests/pgserver.py)."""
+    from tests.pgserver import PgServer, require_server
+
+    server = PgServer(require_server())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: Any) -> str:
+    """A fresh, empty database on the test server."""
+    dsn: str = pg_server.create_database()
+    return dsn

@@ -1,0 +1,196 @@
+"""What a fleet of hosts shares on PostgreSQL beside the jobs: the request log, the hosts.
+
+* :class:`PgRequestLog` — the sliding-window rate limit for one API account,
+  across every host: a start is checked and recorded in one transaction under
+  one advisory lock per account, timed by the database server's clock, before
+  the request is sent. The account is a hash of the key, never the key.
+* :class:`Hosts` — a row per host: its heartbeat, folders and requests in
+  flight; leases renewed while a host runs, and the claims of a host silent
+  for ``lease_seconds`` handed back to the others (each counted as a resend).
+
+Like ``pgqueue``, only the PostgreSQL backend imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from bgsyncd.pgqueue import NOW, PgQueue
+
+
+def account_id(api_key: str) -> str:
+    """The name of an API account in the shared tables: a hash, never the key."""
+    return hashlib.sha256(b"bgsyncd-account:" + api_key.encode()).hexdigest()[:32]
+
+
+def _lock_key(account: str) -> int:
+    """A signed 64-bit advisory lock key for ``account``."""
+    return int.from_bytes(bytes.fromhex(account[:16]), "big", signed=True)
+
+
+class PgRequestLog:
+    """Request starts of one account, shared by every host of the fleet."""
+
+    def __init__(self, queue: PgQueue, account: str, keep_seconds: float = 3600.0) -> None:
+        self._queue = queue
+        self._account = account
+        self._keep = keep_seconds
+        self._starts = 0
+
+    def try_start(self, limit: int, window: float, margin: float) -> float:
+        """Record a start now if the window has room and return 0.0; else the seconds to wait.
+
+        Check and record happen in one transaction under the account's advisory
+        lock, on the server's clock, so no two hosts can both take the last slot.
+        """
+        span = window + margin
+        with self._queue.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self._account),))
+            now = _now(conn)
+            rows = conn.execute(
+                "SELECT t FROM request_log WHERE account = %s AND t > %s ORDER BY t",
+                (self._account, now - span),
+            ).fetchall()
+            if len(rows) < limit:
+                conn.execute(
+                    "INSERT INTO request_log (account, t) VALUES (%s, %s)", (self._account, now)
+                )
+                self._starts += 1
+                if self._starts % 100 == 1:
+                    conn.execute(
+                        "DELETE FROM request_log WHERE account = %s AND t < %s",
+                        (self._account, now - self._keep),
+                    )
+                return 0.0
+            # The start that must leave the window before one more fits.
+            oldest = float(rows[len(rows) - limit][0])
+            return max(0.001, oldest + span - now)
+
+    def since(self, t: float) -> list[float]:
+        """Start times (server clock) later than ``t``, oldest first."""
+        with self._queue.transaction() as conn:
+            rows = conn.execute(
+                "SELECT t FROM request_log WHERE account = %s AND t > %s ORDER BY t",
+                (self._account, t),
+            ).fetchall()
+        return [float(r[0]) for r in rows]
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of the fleet as ``status`` lists it."""
+
+    id: str
+    folders: tuple[str, ...]
+    last_seen: float
+    in_flight: int
+
+
+class HostConflict(Exception):
+    """Another live daemon already uses this ``host_id``."""
+
+
+class Hosts:
+    """The fleet's host rows: heartbeats, lease renewal and takeover."""
+
+    def __init__(self, queue: PgQueue, lease_seconds: float) -> None:
+        self._queue = queue
+        self._lease = lease_seconds
+
+    @property
+    def host_id(self) -> str:
+        """This host's name in the fleet."""
+        return self._queue.host_id
+
+    def join(self, folders: Collection[str], instance: str) -> None:
+        """Register this daemon; refuse when a live daemon already holds the ``host_id``.
+
+        ``instance`` tells two daemons with one ``host_id`` apart (a random
+        token per run): a row of another instance seen within the lease is a
+        conflict, an older one is this host's own earlier life.
+        """
+        with self._queue.transaction() as conn:
+            now = _now(conn)
+            row = conn.execute(
+                "SELECT instance, last_seen FROM hosts WHERE id = %s FOR UPDATE", (self.host_id,)
+            ).fetchone()
+            if row is not None and row[0] != instance and float(row[1]) > now - self._lease:
+                raise HostConflict(
+                    f"host_id {self.host_id!r} is already used by a running daemon (seen"
+                    f" {now - float(row[1]):.0f} s ago): give each host its own queue.host_id"
+                )
+            conn.execute(
+                "INSERT INTO hosts (id, folders, last_seen, in_flight, instance)"
+                " VALUES (%s, %s, %s, 0, %s) ON CONFLICT (id) DO UPDATE SET"
+                " folders = excluded.folders, last_seen = excluded.last_seen,"
+                " in_flight = 0, instance = excluded.instance",
+                (self.host_id, json.dumps(sorted(folders)), now, instance),
+            )
+
+    def heartbeat(self, in_flight: int) -> None:
+        """Say this host is alive and renew the leases of every job it holds."""
+        with self._queue.transaction() as conn:
+            now = _now(conn)
+            conn.execute(
+                "UPDATE hosts SET last_seen = %s, in_flight = %s WHERE id = %s",
+                (now, in_flight, self.host_id),
+            )
+            conn.execute(
+                "UPDATE jobs SET lease_until = %s WHERE state = 'in_flight' AND owner = %s",
+                (now + self._lease, self.host_id),
+            )
+
+    def take_over_expired(self, folders: Collection[str]) -> int:
+        """Hand back to pending (marked resend) the jobs whose lease ran out in ``folders``."""
+        with self._queue.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET state = 'pending', resend = TRUE, owner = NULL,"
+                f" lease_until = NULL, updated_at = {NOW}"
+                f" WHERE state = 'in_flight' AND lease_until < {NOW} AND folder = ANY(%s)",
+                (list(folders),),
+            )
+            return cur.rowcount
+
+    def holds(self, job_id: int) -> bool:
+        """This host still holds the claim on ``job_id`` (checked before writing outputs)."""
+        with self._queue.transaction() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = %s AND state = 'in_flight' AND owner = %s",
+                (job_id, self.host_id),
+            ).fetchone()
+        return row is not None
+
+    def leave(self) -> None:
+        """A clean stop: this host's row says it holds nothing."""
+        with self._queue.transaction() as conn:
+            conn.execute("UPDATE hosts SET in_flight = 0 WHERE id = %s", (self.host_id,))
+
+    def listed(self, within: float = 86400.0) -> list[Host]:
+        """Every host seen within ``within`` seconds, by id."""
+        with self._queue.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT id, folders, last_seen, in_flight FROM hosts"
+                f" WHERE last_seen > {NOW} - %s ORDER BY id",
+                (within,),
+            ).fetchall()
+        return [Host(r[0], tuple(json.loads(r[1])), float(r[2]), int(r[3])) for r in rows]
+
+    def alive(self) -> int:
+        """Hosts seen within ``lease_seconds`` (``bgsyncd_fleet_hosts``)."""
+        with self._queue.transaction() as conn:
+            row = conn.execute(
+                f"SELECT COUNT(*) FROM hosts WHERE last_seen > {NOW} - %s", (self._lease,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+
+def _now(conn: psycopg.Connection[Any]) -> float:
+    row = conn.execute(f"SELECT {NOW}").fetchone()
+    assert row is not None
+    return float(row[0])
