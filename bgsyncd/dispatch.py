@@ -13,6 +13,11 @@ Pauses are a set (:mod:`bgsyncd.pauses`): each reason is lifted by its own
 rule, and dispatch resumes when none holds. Other components raise and lift
 their own reasons with :meth:`Dispatcher.raise_pause` and
 :meth:`Dispatcher.lift_pause` (the output probe, the database).
+
+In a fleet (SPEC §8) the dispatcher is given a :class:`~bgsyncd.pauses.Pauses`
+with the fleet's store, a pacer on the fleet's request log and a
+``PgCreditGuard``: the account's reasons, limit and floor are the fleet's. It
+then looks at the fleet's pause reasons every few seconds, whatever it waits for.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from bgsyncd.errors import AccountError, ApiError, QueueUnavailable, Stopped
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift, PauseSet
+from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift, Pauses
 from bgsyncd.queue import Job, Queue
 from bgsyncd.worker import Kind, Result, Worker
 
@@ -72,6 +77,7 @@ class Dispatcher:
         on_state_change: Callable[[], None] = lambda: None,
         on_pause: Callable[[str, Mapping[str, object]], None] = lambda reason, context: None,
         clock: Callable[[], float] = time.time,
+        pauses: Pauses | None = None,
     ) -> None:
         self._queue = queue
         self._worker = worker
@@ -86,7 +92,7 @@ class Dispatcher:
         self._clock = clock
         self._cond = threading.Condition()
         self._in_flight: dict[int, Job] = {}
-        self._pauses = PauseSet()
+        self._pauses = pauses if pauses is not None else Pauses()
         self._stopping = False
         self._check_now = True
         self._kicked = False
@@ -125,34 +131,31 @@ class Dispatcher:
     def raise_pause(self, reason: str, **context: object) -> None:
         """Pause dispatch for ``reason`` (logged once, with ``context``) until it is lifted."""
         self._on_pause(reason, context)
+        if not self._pauses.raise_(reason):
+            return
         with self._cond:
-            if not self._pauses.add(reason):
-                return
-            first = self._pauses.first
             self._kick_locked()
-        self._recorder.paused(first)
+        self._recorder.paused(self._pauses.first)
         log.warning("dispatch.paused", reason=reason, **context)
         self._on_state_change()
 
     def lift_pause(self, reason: str) -> None:
         """Lift ``reason`` (its own rule decided so); dispatch resumes if none is left."""
+        if not self._pauses.remove(reason):
+            return
         with self._cond:
-            if not self._pauses.remove(reason):
-                return
             self._kick_locked()
         self._after_lift([reason])
 
     @property
     def paused(self) -> str | None:
         """The first raised of the pause reasons in force, or None while dispatching."""
-        with self._cond:
-            return self._pauses.first
+        return self._pauses.first
 
     @property
     def pauses(self) -> tuple[str, ...]:
         """Every pause reason in force, first raised first."""
-        with self._cond:
-            return self._pauses.held
+        return self._pauses.held
 
     @property
     def in_flight(self) -> int:
@@ -205,7 +208,8 @@ class Dispatcher:
             except Exception:  # the loop must survive anything; the heartbeat tells
                 log.exception("dispatch.error")
                 wait = 1.0
-            wait = clamp_wait(wait)
+            # A fleet's pauses are looked at every few seconds, whatever else we wait for.
+            wait = clamp_wait(min(wait, self._pauses.seconds_until_poll()))
             if wait > 0:
                 with self._cond:
                     if not self._stopping and not self._kicked:
@@ -213,6 +217,7 @@ class Dispatcher:
 
     def _step(self) -> float:
         """Start at most one job; return how long to wait before the next step."""
+        self._poll_fleet_pauses()
         if self._credit_check_due():
             self._check_credits()
         if self.paused is not None:
@@ -229,6 +234,8 @@ class Dispatcher:
         if not self._credits.can_start():
             if busy:
                 return 60.0  # one in flight may fail and give its credit back
+            if self._credits.in_flight:
+                return IDLE_LOOK_SECONDS  # so may another host's (not woken by its end)
             if self._credits.available is not None:
                 self.raise_pause(CREDIT_FLOOR)
             return self._until_next_check()
@@ -296,6 +303,9 @@ class Dispatcher:
             credits = self._client().available_credits()
         except Stopped:
             return
+        except QueueUnavailable:  # the fleet's rate limit cannot be asked: check when it can
+            self._check_now = True
+            raise
         except AccountError as exc:
             self._credits.note_check_failed()
             location = getattr(exc, "location", None)
@@ -322,17 +332,25 @@ class Dispatcher:
         return expires is not None and expires <= self._clock()
 
     def _lift_on(self, event: Lift) -> None:
-        with self._cond:
-            gone = self._pauses.lift(event)
-            if gone:
+        gone = self._pauses.lift(event)
+        if gone:
+            with self._cond:
                 self._kick_locked()
+            self._after_lift(gone)
+
+    def _poll_fleet_pauses(self) -> None:
+        """Take the pause reasons other hosts of the fleet raised or lifted (when due)."""
+        added, gone = self._pauses.poll()
+        for reason in added:
+            self._recorder.paused(self._pauses.first)
+            log.warning("dispatch.paused", reason=reason, by="fleet")
+            self._on_state_change()
         if gone:
             self._after_lift(gone)
 
     def _after_lift(self, gone: list[str]) -> None:
-        with self._cond:
-            first = self._pauses.first
-            held = self._pauses.held
+        first = self._pauses.first
+        held = self._pauses.held
         self._recorder.paused(first)
         for reason in gone:
             if held:

@@ -13,6 +13,12 @@ Every decision uses one rule: a start at ``t`` is in the window at ``now`` iff
 expression, so "delay is 0" and "there is room" never disagree by a rounding
 error.
 
+With a :class:`SharedRequestLog` (the fleet's, on PostgreSQL) the database
+decides every start instead: it checks and records in one transaction on its
+own clock, so hosts whose clocks disagree still share one window. Memory then
+keeps only this host's starts and the delay the database last gave, to tell the
+dispatcher when to look again; neither ever grants a start.
+
 No wait the pacer computes can be unbounded: a 429's block is capped at
 ``RETRY_AFTER_WINDOWS`` windows, and a blocked :meth:`Pacer.acquire` wakes at
 least every ``_LONGEST_WAIT`` seconds to look again, so no value, however wrong,
@@ -26,14 +32,16 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from bgsyncd.errors import Stopped
+from bgsyncd.errors import BgsyncdError, QueueUnavailable, Stopped
 
 RETRY_AFTER_WINDOWS = 10
 """A 429's Retry-After blocks starts for at most this many windows (SPEC §5)."""
 # A blocked acquire looks again at least this often, whatever it computed.
 _LONGEST_WAIT = 60.0
+# A shared log's refusal without a usable delay (nan) is asked again this soon.
+_NAN_RETRY = 0.1
 
 
 class RequestLog(Protocol):
@@ -44,6 +52,14 @@ class RequestLog(Protocol):
 
     def since(self, t: float) -> list[float]:
         """Return the stored start times later than ``t``."""
+
+
+@runtime_checkable
+class SharedRequestLog(Protocol):
+    """A request log that decides: the fleet's, shared by every host on one account."""
+
+    def try_start(self, limit: int, window: float, margin: float) -> float:
+        """Record a start now if the window has room and return 0.0; else the seconds to wait."""
 
 
 class MemoryRequestLog:
@@ -74,7 +90,7 @@ class Pacer:
         self,
         limit: int,
         window: float,
-        log: RequestLog,
+        log: RequestLog | SharedRequestLog,
         clock: Callable[[], float] = time.time,
         margin: float = 0.25,
     ) -> None:
@@ -84,7 +100,13 @@ class Pacer:
         self._limit = limit
         self._window = window
         self._margin = margin
-        self._log = log
+        # A log we read and decide on, or one that decides (then never read).
+        self._shared: SharedRequestLog | None = None
+        self._log: RequestLog
+        if isinstance(log, SharedRequestLog):
+            self._shared, self._log = log, _NoLog()
+        else:
+            self._log = log
         self._clock = clock
         self._cond = threading.Condition()
         self._closed = False
@@ -96,8 +118,15 @@ class Pacer:
         # Starts this instance recorded (raw times), to tell them from other
         # processes' starts when the shared log is read again.
         self._own: Counter[float] = Counter()
-        now = clock()
-        self._load(self._log.since(now - self._span()), now)
+        # Shared log only: one thread asks the database at a time, and after a
+        # refusal none asks again before the delay it gave (a hint, bounded
+        # like a 429's block against a clock that jumps back).
+        self._asking = False
+        self._not_before: float | None = None
+        self._hint_length = 0.0
+        if self._shared is None:
+            now = clock()
+            self._load(self._log.since(now - self._span()), now)
 
     # -- public ------------------------------------------------------------
 
@@ -112,12 +141,17 @@ class Pacer:
         return self._window
 
     def delay(self) -> float:
-        """Seconds until a start would be allowed; 0.0 means now."""
+        """Seconds until a start would be allowed; 0.0 means now.
+
+        With a shared log this is this host's best guess (its own starts, the
+        last delay the database gave, a 429): the database may still say no.
+        """
         with self._cond:
             return self._delay(self._clock())
 
     def recent_count(self) -> int:
-        """How many starts are in the current window (margin included)."""
+        """How many starts are in the current window (margin included); this host's alone
+        with a shared log."""
         with self._cond:
             now = self._clock()
             self._normalise(now)
@@ -125,6 +159,8 @@ class Pacer:
 
     def try_acquire(self) -> bool:
         """Record a start and return True if one is allowed now, else False."""
+        if self._shared is not None:
+            return self._ask_shared(self._shared, block=False) is not None
         with self._cond:
             if self._closed:
                 return False
@@ -136,8 +172,14 @@ class Pacer:
     def acquire(self) -> float:
         """Block until a start is allowed, record it and return its time.
 
-        Raises :class:`~bgsyncd.errors.Stopped` once :meth:`close` was called.
+        Raises :class:`~bgsyncd.errors.Stopped` once :meth:`close` was called, and
+        :class:`~bgsyncd.errors.QueueUnavailable` when a shared log cannot answer
+        (fail closed: no request starts).
         """
+        if self._shared is not None:
+            started = self._ask_shared(self._shared, block=True)
+            assert started is not None
+            return started
         with self._cond:
             while True:
                 if self._closed:
@@ -178,7 +220,7 @@ class Pacer:
             old_span = self._span()
             self._limit = limit
             self._window = window
-            if self._span() > old_span:
+            if self._span() > old_span and self._shared is None:
                 # Starts older than the old window were dropped from memory;
                 # the log still has them and they may count in the longer one.
                 now = self._clock()
@@ -189,6 +231,55 @@ class Pacer:
         """Make blocked and future :meth:`acquire` calls raise Stopped."""
         with self._cond:
             self._closed = True
+            self._cond.notify_all()
+
+    # -- the shared log ------------------------------------------------------
+
+    def _ask_shared(self, shared: SharedRequestLog, *, block: bool) -> float | None:
+        """Let the shared log decide a start; its time, or None when refused and not ``block``."""
+        with self._cond:
+            while not self._gave_up(block):
+                asked_at = self._clock()
+                wait = self._delay(asked_at)
+                if wait <= 0.0 and not self._asking:
+                    given = self._ask_unlocked(shared)
+                    if self._gave_up(block):  # recorded but never made: the safe side
+                        return None
+                    if given <= 0.0:
+                        # Memory keeps the time we asked, never later than the
+                        # database's: the local guess stays below its count.
+                        self._starts.append(asked_at)
+                        return asked_at
+                    self._hint_length = _refusal_wait(given)
+                    self._not_before = self._clock() + self._hint_length
+                    if block:
+                        continue
+                if not block:
+                    return None
+                # Another thread is asking (woken when it is done), or the guess says wait.
+                self._cond.wait(timeout=min(wait, _LONGEST_WAIT) if wait > 0 else _LONGEST_WAIT)
+            return None
+
+    def _gave_up(self, block: bool) -> bool:
+        """Closed: True for a try, :class:`Stopped` for a blocking acquire."""
+        if self._closed and block:
+            raise Stopped("pacer closed")
+        return self._closed
+
+    def _ask_unlocked(self, shared: SharedRequestLog) -> float:
+        """Ask the database with our lock released (it may take a while), one thread at a time."""
+        self._asking = True
+        limit, window, margin = self._limit, self._window, self._margin
+        self._cond.release()
+        try:
+            return shared.try_start(limit, window, margin)
+        except (Stopped, QueueUnavailable):
+            raise
+        except BgsyncdError as exc:  # the database cannot answer: no request starts
+            raise QueueUnavailable(str(exc)) from None
+        finally:
+            self._cond.acquire()
+            self._asking = False
             self._cond.notify_all()
 
     # -- internals (call with the lock held) --------------------------------
@@ -238,12 +329,19 @@ class Pacer:
                 self._blocked_until = None
             elif self._blocked_until - now > self._block_length:
                 self._blocked_until = now + self._block_length
+        if self._not_before is not None:
+            if self._not_before <= now:
+                self._not_before = None
+            elif self._not_before - now > self._hint_length:
+                self._not_before = now + self._hint_length
 
     def _delay(self, now: float) -> float:
         self._normalise(now)
         wait = 0.0
         if self._blocked_until is not None:
             wait = self._blocked_until - now
+        if self._not_before is not None:
+            wait = max(wait, self._not_before - now)
         excess = len(self._starts) - self._limit
         if excess >= 0:
             # Room comes when the (excess + 1)-th oldest start leaves.
@@ -290,6 +388,28 @@ class Pacer:
             del self._own[t]
         self._own[now] += 1
         self._log.record(now)
+
+
+class _NoLog:
+    """The :class:`RequestLog` of a pacer whose shared log decides: never read."""
+
+    def record(self, t: float) -> None:
+        """Nothing to store: the shared log recorded the start."""
+
+    def since(self, t: float) -> list[float]:
+        """Nothing stored."""
+        return []
+
+
+def _refusal_wait(given: float) -> float:
+    """The wait a refusal asked for, as one ``Condition.wait`` takes.
+
+    ``nan`` (a refusal without a usable delay) looks again soon; ``inf`` or a
+    value past ``_LONGEST_WAIT`` waits that long, then asks again.
+    """
+    if math.isnan(given):
+        return _NAN_RETRY
+    return min(max(given, 0.001), _LONGEST_WAIT)
 
 
 def _validate(limit: int, window: float) -> None:
