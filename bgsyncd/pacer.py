@@ -32,16 +32,15 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, Stopped
+from bgsyncd.sharedlog import LONGEST_WAIT, NoLog, SharedRequestLog, refusal_wait
 
 RETRY_AFTER_WINDOWS = 10
 """A 429's Retry-After blocks starts for at most this many windows (SPEC §5)."""
 # A blocked acquire looks again at least this often, whatever it computed.
-_LONGEST_WAIT = 60.0
-# A shared log's refusal without a usable delay (nan) is asked again this soon.
-_NAN_RETRY = 0.1
+_LONGEST_WAIT = LONGEST_WAIT
 
 
 class RequestLog(Protocol):
@@ -52,14 +51,6 @@ class RequestLog(Protocol):
 
     def since(self, t: float) -> list[float]:
         """Return the stored start times later than ``t``."""
-
-
-@runtime_checkable
-class SharedRequestLog(Protocol):
-    """A request log that decides: the fleet's, shared by every host on one account."""
-
-    def try_start(self, limit: int, window: float, margin: float) -> float:
-        """Record a start now if the window has room and return 0.0; else the seconds to wait."""
 
 
 class MemoryRequestLog:
@@ -104,7 +95,7 @@ class Pacer:
         self._shared: SharedRequestLog | None = None
         self._log: RequestLog
         if isinstance(log, SharedRequestLog):
-            self._shared, self._log = log, _NoLog()
+            self._shared, self._log = log, NoLog()
         else:
             self._log = log
         self._clock = clock
@@ -250,7 +241,7 @@ class Pacer:
                         # database's: the local guess stays below its count.
                         self._starts.append(asked_at)
                         return asked_at
-                    self._hint_length = _refusal_wait(given)
+                    self._hint_length = refusal_wait(given)
                     self._not_before = self._clock() + self._hint_length
                     if block:
                         continue
@@ -388,28 +379,6 @@ class Pacer:
             del self._own[t]
         self._own[now] += 1
         self._log.record(now)
-
-
-class _NoLog:
-    """The :class:`RequestLog` of a pacer whose shared log decides: never read."""
-
-    def record(self, t: float) -> None:
-        """Nothing to store: the shared log recorded the start."""
-
-    def since(self, t: float) -> list[float]:
-        """Nothing stored."""
-        return []
-
-
-def _refusal_wait(given: float) -> float:
-    """The wait a refusal asked for, as one ``Condition.wait`` takes.
-
-    ``nan`` (a refusal without a usable delay) looks again soon; ``inf`` or a
-    value past ``_LONGEST_WAIT`` waits that long, then asks again.
-    """
-    if math.isnan(given):
-        return _NAN_RETRY
-    return min(max(given, 0.001), _LONGEST_WAIT)
 
 
 def _validate(limit: int, window: float) -> None:

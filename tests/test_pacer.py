@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from bgsyncd.errors import Stopped
+from bgsyncd.errors import QueueUnavailable, Stopped
 from bgsyncd.pacer import MemoryRequestLog, Pacer
+from bgsyncd.queue import QueueError
 from tests.helpers import FakeClock, wait_until
 
 
@@ -551,3 +552,117 @@ def test_a_wait_longer_than_a_condition_can_take_is_cut_into_pieces() -> None:
     pacer.close()
     waiter.join(5)
     assert [type(e) for e in outcome] == [Stopped]
+
+
+# -- a shared log decides (the fleet's; on PostgreSQL in tests/test_fleet_dispatch.py) ----
+
+
+class ScriptedSharedLog:
+    """A shared log whose answers the test gives: what no real database would say (nan, inf)."""
+
+    def __init__(self, *answers: float) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[int, float, float]] = []
+
+    def try_start(self, limit: int, window: float, margin: float) -> float:
+        self.asked.append((limit, window, margin))
+        return self.answers.pop(0) if self.answers else 0.0
+
+
+class DownSharedLog:
+    def try_start(self, limit: int, window: float, margin: float) -> float:
+        raise QueueError("PostgreSQL queue: connection refused")
+
+
+def test_a_shared_log_decides_even_when_memory_has_room() -> None:
+    clock = FakeClock(1000.0)
+    log = ScriptedSharedLog(7.5, 0.0)
+    pacer = Pacer(5, 60.0, log, clock=clock, margin=0.25)
+    assert not pacer.try_acquire()  # this host started nothing, but the fleet is full
+    assert log.asked == [(5, 60.0, 0.25)]
+    assert pacer.delay() == 7.5  # the delay the database gave, for the dispatcher
+    assert not pacer.try_acquire()  # and it is not asked again before then
+    assert len(log.asked) == 1
+    clock.advance(7.5)
+    assert pacer.try_acquire()
+    assert pacer.recent_count() == 1
+
+
+def test_a_429_blocks_without_asking_the_shared_log() -> None:
+    clock = FakeClock(1000.0)
+    log = ScriptedSharedLog()
+    pacer = Pacer(5, 60.0, log, clock=clock)
+    pacer.note_rate_limited(4.0)
+    assert not pacer.try_acquire()
+    assert log.asked == []
+    clock.advance(4.0)
+    assert pacer.try_acquire()
+
+
+def test_a_reload_reaches_the_shared_log() -> None:
+    log = ScriptedSharedLog()
+    pacer = Pacer(5, 60.0, log, clock=FakeClock(), margin=0.25)
+    pacer.reconfigure(9, 30.0)
+    assert pacer.try_acquire()
+    assert log.asked == [(9, 30.0, 0.25)]
+
+
+@pytest.mark.parametrize("answer", [float("nan"), float("inf"), 1e12, 1e-9])
+def test_an_absurd_delay_from_the_shared_log_is_clamped(answer: float) -> None:
+    clock = FakeClock(1000.0)
+    pacer = Pacer(5, 60.0, ScriptedSharedLog(answer), clock=clock)
+    assert not pacer.try_acquire()
+    assert 0.0 < pacer.delay() <= 60.0
+    log = ScriptedSharedLog(*[answer] * 1000)
+    pacer = Pacer(5, 60.0, log)
+    outcome: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            pacer.acquire()
+        except BaseException as exc:  # whatever it is, the test reports it
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=acquire, daemon=True)
+    waiter.start()
+    waiter.join(0.3)  # an overflow would have ended it at once
+    assert waiter.is_alive(), outcome
+    pacer.close()
+    waiter.join(5)
+    assert [type(e) for e in outcome] == [Stopped]
+    assert len(log.asked) < 100  # it waited between asking, even for 1e-9
+
+
+def test_a_shared_log_that_cannot_answer_starts_nothing() -> None:
+    pacer = Pacer(5, 60.0, DownSharedLog())
+    with pytest.raises(QueueUnavailable, match="connection refused"):
+        pacer.acquire()
+    with pytest.raises(QueueUnavailable):
+        pacer.try_acquire()
+    assert pacer.recent_count() == 0
+
+
+def test_threads_ask_the_shared_log_one_at_a_time() -> None:
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    class SlowLog:
+        def try_start(self, limit: int, window: float, margin: float) -> float:
+            nonlocal inside, most
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.01)
+            with lock:
+                inside -= 1
+            return 0.0
+
+    pacer = Pacer(100, 60.0, SlowLog())
+    threads = [threading.Thread(target=pacer.acquire) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most == 1
+    assert pacer.recent_count() == 8
