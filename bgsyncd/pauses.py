@@ -215,10 +215,16 @@ class Pauses:
         return gone
 
     def seconds_until_poll(self) -> float:
-        """How long until :meth:`poll` would look at the fleet (inf without a store)."""
+        """How long until :meth:`poll` would look at the fleet.
+
+        inf without a store, and while ``queue_unavailable`` holds: the store is
+        that database, and lifting that reason (it answers again) polls at once.
+        """
         if self._store is None:
             return float("inf")
         with self._lock:
+            if QUEUE_UNAVAILABLE in self._set:
+                return float("inf")
             if self._last_poll is None:
                 return 0.0
             return max(0.0, self._last_poll + self._poll_seconds - self._clock())

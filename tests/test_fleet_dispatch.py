@@ -11,11 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bgsyncd.client import Client
+from bgsyncd.dispatch import Dispatcher
+from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
+from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import (
     CREDIT_FLOOR,
@@ -30,7 +35,10 @@ from bgsyncd.pgcredits import PgCreditGuard
 from bgsyncd.pgfleet import HostConflict, Hosts, PgRequestLog, account_id
 from bgsyncd.pgpauses import PgPauseStore
 from bgsyncd.pgqueue import PgQueue
-from tests.helpers import FakeClock, wait_until
+from bgsyncd.queue import Found, Queue
+from tests.conftest import TEST_KEY
+from tests.helpers import FakeClock, product_image, wait_until
+from tests.test_worker import make_worker
 
 ACCOUNT = account_id("fleet-test-key")
 
@@ -288,6 +296,19 @@ def test_host_local_reasons_stay_on_their_host(host: Any) -> None:
     assert a.held == (OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE)
 
 
+def test_a_host_without_its_database_does_not_poll_until_it_answers(host: Any) -> None:
+    clock = FakeClock()
+    a, b = pauses_of(host("a"), clock), pauses_of(host("b"), clock)
+    b.raise_(QUEUE_UNAVAILABLE)
+    a.raise_(INVALID_API_KEY)
+    clock.advance(2.0)
+    assert b.seconds_until_poll() == float("inf")
+    assert b.poll() == ([], [])  # no query to wait on: the daemon lifts the reason first
+    b.remove(QUEUE_UNAVAILABLE)
+    assert b.seconds_until_poll() == 0.0
+    assert b.poll() == ([INVALID_API_KEY], [])
+
+
 def test_a_raise_while_the_database_was_down_reaches_the_fleet_later(
     host: Any, pg_server: Any
 ) -> None:
@@ -315,3 +336,84 @@ def _stored(queue: PgQueue) -> list[str] | None:
         return PgPauseStore(queue, ACCOUNT).held()
     except QueueUnavailable:
         return None
+
+
+# -- two dispatchers of one fleet, in process, against one emulator --------------------------
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
+    """``fleet(name, floor)``: a host's Dispatcher on the fleet's limit, credits and pauses.
+
+    The jobs stay in each host's own SQLite queue (the shared job queue is not
+    this file's subject); everything the account shares is in PostgreSQL.
+    """
+    made: list[Dispatcher] = []
+
+    def make(name: str, floor: int = 0) -> tuple[Dispatcher, Queue, Path]:
+        root = tmp_path / name
+        (root / "inbox").mkdir(parents=True)
+        pg = host(name)
+        queue = Queue(root / "q.sqlite3")
+        pacer = Pacer(1000, 60.0, PgRequestLog(pg, ACCOUNT))
+        client = Client(emulator.url, TEST_KEY, 10, gate=pacer.acquire)
+        d = Dispatcher(
+            queue,
+            make_worker(root, emulator, queue),
+            pacer,
+            guard_of(pg, floor),
+            lambda: client,
+            Recorder(),
+            max_in_flight=2,
+            lease_seconds=60,
+            pauses=Pauses(PgPauseStore(pg, ACCOUNT), poll_seconds=0.5),
+        )
+        made.append(d)
+        d.start()
+        return d, queue, root
+
+    yield make
+    for d in made:
+        d.stop(5)
+
+
+def enqueue(root: Path, queue: Queue, name: str) -> None:
+    src = root / "inbox" / name
+    src.write_bytes(product_image(30, 20, "PNG"))
+    st = src.stat()
+    queue.enqueue_many([Found("f", name, st.st_size, st.st_mtime_ns, st.st_ino)])
+
+
+def test_a_key_refused_on_one_host_pauses_both_and_sighup_on_the_other_resumes_both(
+    fleet: Any, emulator: Emulator
+) -> None:
+    (a, a_queue, a_root), (b, _, _) = fleet("a"), fleet("b")
+    wait_until(lambda: emulator.credits and len(emulator.requests()) >= 2, what="both checked")
+    emulator.configure(keys=["a-key-that-is-not-ours"])
+    enqueue(a_root, a_queue, "x.png")
+    wait_until(lambda: a.paused == INVALID_API_KEY, what="a pauses on its 401")
+    wait_until(lambda: b.paused == INVALID_API_KEY, timeout=5, what="b pauses, told by the fleet")
+    assert [r.status for r in emulator.requests()].count(401) == 1  # b asked nothing
+    emulator.configure(keys=[TEST_KEY])
+    b.recheck_credits()  # SIGHUP on b alone
+    wait_until(lambda: b.paused is None, what="b resumes")
+    wait_until(lambda: a.paused is None, timeout=5, what="a resumes, told by the fleet")
+    wait_until(lambda: a_queue.counts()["f"]["done"] == 1, what="a's job done")
+
+
+def test_thirteen_credits_floor_ten_two_dispatchers_send_exactly_three_images(
+    fleet: Any, emulator: Emulator
+) -> None:
+    emulator.configure(credits=13)
+    hosts = [fleet("a", floor=10), fleet("b", floor=10)]
+    for d, queue, root in hosts:
+        for i in range(3):
+            enqueue(root, queue, f"{i}.png")
+        d.wake()
+    for d, _, _ in hosts:
+        wait_until(lambda d=d: d.paused == CREDIT_FLOOR, timeout=20, what="paused at the floor")
+    images = [r for r in emulator.requests() if r.path != "/available-credit"]
+    assert len(images) == 3
+    assert emulator.credits == 10
+    done = sum(q.counts()["f"]["done"] for _, q, _ in hosts)
+    assert done == 3
