@@ -35,14 +35,18 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pgqueue import NOW, PgQueue
 from bgsyncd.pgshared import ensure_tables, transaction
 
-# Reservations that no longer count: neither this run's nor a live host's run.
-# (SQL text here splices in only pgqueue's server clock expression, never input.)
-_SQL_DROP_DEAD = f"""
-DELETE FROM credit_reservations r WHERE r.account = %(account)s
-    AND NOT (r.host = %(host)s AND r.instance = %(instance)s)
-    AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.id = r.host AND h.instance = r.instance
-                    AND h.last_seen > {NOW} - %(lease)s)
-"""  # noqa: S608
+# A reservation counts while it is this run's, or its host's row was seen within
+# the lease and names the run that made it. (The SQL text splices in only
+# pgqueue's server clock expression, never input.)
+_LIVE = f"""((r.host = %(host)s AND r.instance = %(instance)s)
+    OR EXISTS (SELECT 1 FROM hosts h WHERE h.id = r.host AND h.instance = r.instance
+               AND h.last_seen > {NOW} - %(lease)s))"""  # noqa: S608
+_SQL_COUNT = (
+    "SELECT available, expires_at, (SELECT COUNT(*) FROM credit_reservations r"  # noqa: S608
+    f" WHERE r.account = %(account)s AND {_LIVE}) FROM credit_state WHERE account = %(account)s"
+)
+# Dropped only under the account row's lock: deleters never race (no deadlock).
+_SQL_DROP_DEAD = f"DELETE FROM credit_reservations r WHERE r.account = %(account)s AND NOT {_LIVE}"  # noqa: S608
 
 
 class PgCreditGuard(CreditGuard):
@@ -181,6 +185,7 @@ class PgCreditGuard(CreditGuard):
                         "SELECT 1 FROM credit_state WHERE account = %s FOR UPDATE",
                         (self._params["account"],),
                     )
+                    conn.execute(_SQL_DROP_DEAD, self._params)
                     taken = self._apply_settles(conn)
                 yield conn
         except BaseException:
@@ -190,14 +195,8 @@ class PgCreditGuard(CreditGuard):
             raise
 
     def _read(self, conn: psycopg.Connection[Any]) -> tuple[int | None, float | None, int]:
-        """The fleet's balance, expiry and live reservations (dead ones dropped)."""
-        conn.execute(_SQL_DROP_DEAD, self._params)
-        row = conn.execute(
-            "SELECT available, expires_at,"
-            " (SELECT COUNT(*) FROM credit_reservations WHERE account = %(account)s)"
-            " FROM credit_state WHERE account = %(account)s",
-            self._params,
-        ).fetchone()
+        """The fleet's balance, expiry and live reservations."""
+        row = conn.execute(_SQL_COUNT, self._params).fetchone()
         if row is None:
             return None, None, 0
         available = None if row[0] is None else int(row[0])
