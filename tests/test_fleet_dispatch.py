@@ -209,6 +209,26 @@ def test_a_restarted_host_does_not_count_its_previous_lifes_reservations(host: A
     assert after.try_reserve()
 
 
+def test_a_settle_the_database_cannot_take_waits_in_memory(host: Any, pg_server: Any) -> None:
+    queue = host("h1")
+    guard = guard_of(queue)
+    guard.update(13, None)
+    assert guard.try_reserve()
+    pg_server.stop()
+    try:
+        guard.settle(charged=True)  # no exception: the worker's finally must not fail
+    finally:
+        pg_server.start()
+
+    def settled() -> bool:
+        try:
+            return guard.available == 12 and guard.in_flight == 0
+        except QueueUnavailable:
+            return False  # the pool is still reconnecting
+
+    wait_until(settled, timeout=60, what="the settle applied once the database answers")
+
+
 def _joined(hosts: Hosts, instance: str) -> bool:
     try:
         hosts.join(["a"], instance=instance)
