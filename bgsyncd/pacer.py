@@ -16,8 +16,9 @@ error.
 With a :class:`SharedRequestLog` (the fleet's, on PostgreSQL) the database
 decides every start instead: it checks and records in one transaction on its
 own clock, so hosts whose clocks disagree still share one window. Memory then
-keeps only this host's starts and the delay the database last gave, to tell the
-dispatcher when to look again; neither ever grants a start.
+keeps only this host's starts and the delay the database last gave: they may
+hold a start back (and tell the dispatcher when to look again), never grant
+one. A database that cannot answer starts nothing (QueueUnavailable).
 
 No wait the pacer computes can be unbounded: a 429's block is capped at
 ``RETRY_AFTER_WINDOWS`` windows, and a blocked :meth:`Pacer.acquire` wakes at
