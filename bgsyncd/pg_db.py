@@ -197,24 +197,22 @@ class PgBase:
         self._secrets = dsn_secrets(dsn)
         self._clock = clock
         self._last_folder = None  # this host's round-robin position
+        # A first connection of our own, outside the pool: a wrong DSN, role or
+        # database is named at once (the pool would only say it timed out).
+        try:
+            with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:
+                found = migrate(conn)
+                row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
+        except psycopg.Error as exc:
+            raise failure(exc, self._secrets) from None
         try:
             self._pool = ConnectionPool(
                 dsn, min_size=1, max_size=pool_size, open=False, timeout=timeout,
                 check=ConnectionPool.check_connection, name="bgsyncd",
             )  # fmt: skip
-        except psycopg.Error as exc:
-            raise failure(exc, self._secrets) from None
-        try:
             self._pool.open(wait=False)
-            with self._pool.connection() as conn:
-                found = migrate(conn)
-                row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
         except psycopg.Error as exc:
-            self._pool.close()
             raise failure(exc, self._secrets) from None
-        except BaseException:
-            self._pool.close()
-            raise
         # New: its inputs' outputs may already exist and are adopted (SPEC §4).
         self.created = found == 0
         self._database_id = None if row is None else str(row[0])

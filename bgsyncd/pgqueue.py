@@ -80,11 +80,7 @@ class PgQueue(PgJobs, PgClaims, PgState):
         """``"deleted"`` or ``"replaced"`` when the schema we opened is gone; else None."""
         try:
             with self._pool.connection() as conn, conn.transaction():
-                row = conn.execute(
-                    "SELECT database_id FROM bgsyncd_schema WHERE"
-                    " to_regclass('bgsyncd_schema') IS NOT NULL"
-                    " UNION ALL SELECT NULL WHERE to_regclass('bgsyncd_schema') IS NULL"
-                ).fetchone()
+                row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
         except psycopg.errors.UndefinedTable:
             return "deleted"
         except psycopg.Error:
