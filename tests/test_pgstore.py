@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 import uuid
 from typing import Any
@@ -20,7 +21,7 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pgfleet import PgRequestLog, account_id
 from bgsyncd.pgqueue import PgQueue
 from bgsyncd.storage import Found, QueueError
-from tests.helpers import wait_until
+from tests.helpers import FakeClock, wait_until
 
 
 def _found(relpath: str) -> Found:
@@ -149,3 +150,25 @@ def test_daemons_starting_at_once_on_an_empty_database_migrate_it_once(pg_dsn: s
     finally:
         for queue in opened:
             queue.close()
+
+
+def test_times_at_the_contract_are_the_hosts_clock_even_when_it_disagrees_with_the_servers(
+    pg_dsn: str,
+) -> None:
+    # A host whose clock runs a day ahead of the database server's.
+    clock = FakeClock(time.time() + 86_400)
+    with PgQueue(pg_dsn, "ahead", clock=clock) as ahead, PgQueue(pg_dsn, "exact") as exact:
+        ahead.enqueue_many([_found("a.jpg")])
+        oldest = ahead.oldest_pending_queued_at()
+        assert oldest is not None and abs(oldest - clock.t) < 60
+        job = ahead.claim(60)
+        assert job is not None
+        ahead.retry_later(job.id, clock.t + 3600, "later")
+        at = ahead.next_ready_at()
+        assert at is not None and abs(at - (clock.t + 3600)) < 60
+        # The other host reads the same moment on its own clock: an hour from now, not a day.
+        theirs = exact.next_ready_at()
+        assert theirs is not None and abs(theirs - (time.time() + 3600)) < 60
+        assert exact.claim(60) is None
+        ahead.defer(job.id, clock.t - 1, "due")  # due on the host's clock is due for all
+        assert exact.claim(60) is not None
