@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -205,17 +206,45 @@ class PgBase:
                 row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
         except psycopg.Error as exc:
             raise failure(exc, self._secrets) from None
-        try:
-            self._pool = ConnectionPool(
-                dsn, min_size=1, max_size=pool_size, open=False, timeout=timeout,
-                check=ConnectionPool.check_connection, name="bgsyncd",
-            )  # fmt: skip
-            self._pool.open(wait=False)
-        except psycopg.Error as exc:
-            raise failure(exc, self._secrets) from None
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._swap_lock = threading.Lock()
+        self._pool = self._new_pool()
         # New: its inputs' outputs may already exist and are adopted (SPEC §4).
         self.created = found == 0
         self._database_id = None if row is None else str(row[0])
+
+    def _new_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        try:
+            pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                self._dsn, min_size=1, max_size=self._pool_size, open=False,
+                timeout=self._timeout, check=ConnectionPool.check_connection, name="bgsyncd",
+            )  # fmt: skip
+            pool.open(wait=False)
+        except psycopg.Error as exc:
+            raise failure(exc, self._secrets) from None
+        return pool
+
+    def _server_answers(self) -> bool:
+        """A direct connection (outside the pool) succeeds now."""
+        try:
+            psycopg.connect(self._dsn, connect_timeout=max(2, round(self._timeout))).close()
+        except psycopg.Error:
+            return False
+        return True
+
+    def _renew_pool(self) -> None:
+        """Replace the pool with a fresh one that connects at once.
+
+        After a long outage the pool retries its connections with a growing
+        backoff (tens of seconds): when the server answers again, a new pool
+        serves now. Calls waiting on the old one fail as unavailable and are
+        tried again by their callers.
+        """
+        with self._swap_lock:
+            old, self._pool = self._pool, self._new_pool()
+        old.close(timeout=0)
 
     def close(self) -> None:
         """Close every connection of the pool."""

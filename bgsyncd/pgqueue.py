@@ -90,7 +90,21 @@ class PgQueue(PgJobs, PgClaims, PgState):
         return None if row[0] == self._database_id else "replaced"
 
     def check_writable(self) -> None:
-        """One write in the database; raise :class:`QueueUnavailable` while it fails."""
+        """One write in the database; raise :class:`QueueUnavailable` while it fails.
+
+        The daemon's probe for resuming: when the pool still fails but the
+        server answers a connection of our own, the pool is renewed rather
+        than waited for.
+        """
+        try:
+            self._ping()
+        except QueueUnavailable:
+            if not self._server_answers():
+                raise
+            self._renew_pool()
+            self._ping()
+
+    def _ping(self) -> None:
         try:
             self.set_state(_PING_KEY, repr(self._clock()))
         except QueueUnavailable:

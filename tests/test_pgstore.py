@@ -172,3 +172,20 @@ def test_times_at_the_contract_are_the_hosts_clock_even_when_it_disagrees_with_t
         assert exact.claim(60) is None
         ahead.defer(job.id, clock.t - 1, "due")  # due on the host's clock is due for all
         assert exact.claim(60) is not None
+
+
+def test_the_first_probe_after_a_long_outage_answers_without_waiting_out_the_pools_backoff(
+    pg_server: Any, pg_dsn: str
+) -> None:
+    with PgQueue(pg_dsn, "h", timeout=1.0) as queue:
+        pg_server.stop()
+        try:
+            # Long enough that the pool's reconnection backoff has grown past seconds.
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                with pytest.raises(QueueUnavailable):
+                    queue.check_writable()
+        finally:
+            pg_server.start()
+        queue.check_writable()  # the daemon's resume probe: back at once
+        assert queue.counts() == {}
