@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
@@ -130,6 +130,24 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     return version
 
 
+def check_current(conn: psycopg.Connection[Any]) -> int:
+    """The schema version, which must be this bgsyncd's (a read-only view migrates nothing)."""
+    with conn.transaction():
+        exists = conn.execute("SELECT to_regclass('bgsyncd_schema') IS NOT NULL").fetchone()
+        if exists is None or not exists[0]:
+            raise QueueError(
+                "the PostgreSQL queue is not initialised yet: no bgsyncd has started on it"
+            )
+        row = conn.execute("SELECT version FROM bgsyncd_schema").fetchone()
+    version = 0 if row is None else int(row[0])
+    if version != SCHEMA_VERSION:
+        raise QueueError(
+            f"the PostgreSQL queue has schema version {version}, but this bgsyncd reads"
+            f" version {SCHEMA_VERSION}: upgrade bgsyncd on this host"
+        )
+    return version
+
+
 def dsn_secrets(dsn: str) -> list[str]:
     """The password(s) written in ``dsn``, as they may be echoed back, longest first."""
     found: set[str] = set()
@@ -193,6 +211,7 @@ class PgBase:
         pool_size: int,
         timeout: float,
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         self.host_id = host_id
         self._secrets = dsn_secrets(dsn)
@@ -201,8 +220,10 @@ class PgBase:
         # A first connection of our own, outside the pool: a wrong DSN, role or
         # database is named at once (the pool would only say it timed out).
         try:
+            if readonly:  # every transaction of the session is: a write is refused
+                dsn = make_conninfo(dsn, options="-c default_transaction_read_only=on")
             with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:
-                found = migrate(conn)
+                found = check_current(conn) if readonly else migrate(conn)
                 row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
         except psycopg.Error as exc:
             raise failure(exc, self._secrets) from None

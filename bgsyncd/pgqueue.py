@@ -70,6 +70,18 @@ class PgQueue(PgJobs, PgClaims, PgState):
     ) -> None:
         self._open(dsn, host_id, pool_size=pool_size, timeout=timeout, clock=clock)
 
+    @classmethod
+    def open_readonly(cls, dsn: str, host_id: str = "status", *, timeout: float = 10.0) -> PgQueue:
+        """A read-only view for ``status``: migrates nothing, and every write is refused.
+
+        Unlike SQLite's view, a database no daemon has initialised (or one of
+        another schema version) is a :class:`~bgsyncd.storage.QueueError`
+        saying so: a server has no "nothing there yet" file to show as empty.
+        """
+        view = cls.__new__(cls)
+        view._open(dsn, host_id, pool_size=1, timeout=timeout, readonly=True)
+        return view
+
     def __enter__(self) -> PgQueue:
         return self
 

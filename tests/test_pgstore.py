@@ -189,3 +189,10 @@ def test_the_first_probe_after_a_long_outage_answers_without_waiting_out_the_poo
             pg_server.start()
         queue.check_writable()  # the daemon's resume probe: back at once
         assert queue.counts() == {}
+
+
+def test_a_read_only_view_of_a_database_no_daemon_initialised_says_so(pg_dsn: str) -> None:
+    with pytest.raises(QueueError, match="not initialised yet"):
+        PgQueue.open_readonly(pg_dsn)
+    with psycopg.connect(pg_dsn) as conn:  # and it created nothing
+        assert conn.execute("SELECT to_regclass('bgsyncd_schema')").fetchone() == (None,)

@@ -54,6 +54,26 @@ def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture
+def open_view(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Open the read-only view ``status`` uses on the same database."""
+    opened: list[Any] = []
+
+    def view() -> Any:
+        if backend == "postgresql":
+            from bgsyncd.pgqueue import PgQueue
+
+            store = PgQueue.open_readonly(request.getfixturevalue("pg_dsn"))
+        else:
+            store = Queue.open_readonly(tmp_path / "queue.sqlite3")
+        opened.append(store)
+        return store
+
+    yield view
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
 def bump_schema(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     """Write a schema version newer than this bgsyncd knows into the store's database."""
 
@@ -390,3 +410,18 @@ def test_concurrent_claims_limited_to_folders_take_only_those_and_each_once(make
     assert len(ids) == len(set(ids)) == 40
     assert {folder for _, folder in taken} == {"f0", "f1"}
     assert handles[0].counts()["f2"]["pending"] == 20
+
+
+def test_a_read_only_view_answers_beside_a_writer_and_refuses_writes(store, open_view):
+    store.enqueue_many([_found("a.jpg"), _found("b.jpg")])
+    store.set_state("paused", "credit_floor")
+    view = open_view()
+    assert view.counts() == store.counts()
+    assert view.get_state("paused") == "credit_floor"
+    assert view.find("f", "a.jpg") == store.find("f", "a.jpg")
+    assert view.created is False and view.lost() is None
+    with pytest.raises(QueueError):
+        view.enqueue_many([_found("c.jpg")])
+    with pytest.raises(QueueError):
+        view.set_state("paused", None)
+    assert store.get_state("paused") == "credit_floor" and store.find("f", "c.jpg") is None
