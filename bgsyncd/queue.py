@@ -1,262 +1,60 @@
-"""The durable job queue: jobs, output-name claims, the request log, daemon state.
+"""The durable job queue on SQLite: one host's jobs, output claims, request log, state.
 
-SQLite in WAL mode with ``synchronous=FULL``: once a write method returns, the
-change survives kill -9 and power loss. This is the only module that imports
-``sqlite3``; its public methods speak ``Found``, ``Job``, str, int and float
-only, so a second backend (PostgreSQL, for several hosts sharing one key) can
-implement the same interface. SQLite failures surface as :class:`QueueError`,
-except those the disk caused (full, read-only, I/O error), which are
+The parts live in a module each (``sqlite_db``: connection, migrations,
+transactions; ``sqlite_jobs``; ``sqlite_claims``; ``sqlite_state``;
+``sqlite_requests``) and :class:`Queue` puts them together as one
+``storage.Store``. Its public methods speak ``Found``, ``Job``, str, int and
+float only, so the PostgreSQL backend (``pgqueue``) implements the same
+contract. SQLite failures surface as :class:`QueueError`, except those the
+disk caused (full, read-only, I/O error), which are
 :class:`~bgsyncd.errors.QueueUnavailable` with the errno in the message:
 dispatch pauses, and resumes when the database answers
-(:meth:`Queue.check_writable`). :meth:`Queue.lost` tells whether the
-file at the database's path is still the one opened (see ``queue_faults``).
+(:meth:`Queue.check_writable`). :meth:`Queue.lost` tells whether the file at
+the database's path is still the one opened (see ``queue_faults``).
 
-A job's life: ``pending`` -> ``in_flight`` (claimed with a lease) -> ``done``,
-``quarantined`` or ``retry_wait`` (back to ``pending`` when its time comes).
-A run that dies leaves ``in_flight`` rows; :meth:`Queue.recover` returns them
-to ``pending`` with ``resend`` set, because the API may already have charged.
-
-Methods that change one job by id do nothing if the job was forgotten meanwhile
-(its input vanished): there is nothing left to record.
+The names other modules import from here (``Queue``, ``Found``, ``Job``,
+``QueueError``, ``STATES``, ``SqliteRequestLog``) stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from bgsyncd.errors import BgsyncdError, QueueUnavailable, describe_os_error
+from bgsyncd.errors import QueueUnavailable, describe_os_error
 from bgsyncd.probe import probe_write
-from bgsyncd.queue_faults import (
-    Identity,
-    describe_disk_failure,
-    identity_of,
-    is_disk_failure,
-    lost_reason,
-)
-from bgsyncd.queue_sql import (
-    COLUMNS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SQL_ANY_PENDING,
-    SQL_ANY_PENDING_IN,
-    SQL_CLAIMED_BY,
-    SQL_COUNTS,
-    SQL_FIRST_FOLDER,
-    SQL_IS_UNCHANGED,
-    SQL_NEXT_FOLDER,
-    SQL_NEXT_RETRY,
-    SQL_NEXT_RETRY_IN,
-    SQL_OLDEST_IN_FOLDER,
-    SQL_OLDEST_OPEN,
-    SQL_OWNER,
-    SQL_PROMOTE,
-    SQL_QUARANTINED,
-    SQL_QUARANTINED_IN,
-    SQL_RECOVER,
-    SQL_SINCE,
-    SQL_UPSERT,
-)
+from bgsyncd.queue_faults import Identity, identity_of, lost_reason
+from bgsyncd.queue_sql import MIGRATIONS, SCHEMA_VERSION
+from bgsyncd.sqlite_claims import SqliteClaims
+from bgsyncd.sqlite_db import check_version, connect
+from bgsyncd.sqlite_jobs import SqliteJobs
+from bgsyncd.sqlite_requests import SqliteRequestLog
+from bgsyncd.sqlite_state import SqliteState
+from bgsyncd.storage import STATES, Found, Job, QueueError, Store
 
-STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
-
-
-class QueueError(BgsyncdError):
-    """The queue database cannot be opened, read or written."""
-
-
-@dataclass(frozen=True)
-class Found:
-    """A complete file in an inbox, as the watcher saw it."""
-
-    folder: str
-    relpath: str
-    size: int
-    mtime_ns: int
-    inode: int
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input file's row in the queue."""
-
-    id: int
-    folder: str
-    relpath: str
-    size: int
-    mtime_ns: int
-    inode: int
-    sha256: str | None
-    state: str
-    attempts: int
-    first_seen: float
-    queued_at: float
-    resend: bool  # was in flight when a run died: the next send may be a second charge
-    reason: str | None = None  # quarantine reason
-    last_error: str | None = None  # last failure or quarantine message
-    http_status: int | None = None
-    next_attempt_at: float | None = None
-    outputs: tuple[str, ...] = ()
-
+__all__ = ["STATES", "Found", "Job", "Queue", "QueueError", "SqliteRequestLog"]
 
 # Written by check_writable: a write that proves the database answers again.
 _PING_KEY = "queue_ping"
 
 
-def _failure(exc: Exception, path: Path | str) -> BgsyncdError:
-    """The project's error for a SQLite (or encoding) failure of the database at ``path``."""
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-        if is_disk_failure(code, str(exc)) and isinstance(path, Path):
-            return QueueUnavailable(
-                f"queue database {path}: {describe_disk_failure(path, str(exc))}"
-            )
-    return QueueError(f"queue database: {exc}")
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate the database at ``path``.
-
-    The file is opened for writing by hand first: SQLite says "unable to open
-    database file" where the kernel says ``[Errno 30] Read-only file system``.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # 0o644: SQLite's own mode for a new database (the umask applies).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
-    except OSError as exc:
-        raise QueueError(
-            f"cannot open the queue database {path}: {describe_os_error(exc)}"
-        ) from None
-    try:
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, because a
-        # deferred read-then-write transaction fails with SQLITE_BUSY at once.
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-    except sqlite3.Error as exc:
-        detail = str(exc)
-        if is_disk_failure(getattr(exc, "sqlite_errorcode", None), detail):
-            detail = describe_disk_failure(path, detail)
-        raise QueueError(f"cannot open the queue database {path}: {detail}") from exc
-    if str(mode).lower() != "wal":
-        conn.close()
-        raise QueueError(f"{path}: WAL mode unavailable (the database must be on a local disk)")
-    try:
-        with _transaction(conn):
-            version = _check_version(conn, path)
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[number - 1]:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except sqlite3.Error as exc:
-        conn.close()
-        raise _failure(exc, path) from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _check_version(conn: sqlite3.Connection, path: Path | str) -> int:
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise QueueError(
-            f"{path} has queue schema version {version}, but this bgsyncd knows only up to "
-            f"{SCHEMA_VERSION}: upgrade bgsyncd or use another database"
-        )
-    return version
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; joins one already open.
-
-    SQLite errors pass through unchanged: the caller knows the path to name.
-    """
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """End an open transaction, whatever went wrong in it.
-
-    A COMMIT that failed (disk full) leaves the transaction open: without this,
-    every later write would join it and none would ever be committed.
-    """
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _job(row: Any) -> Job:
-    return Job(
-        id=row[0], folder=row[1], relpath=row[2], size=row[3], mtime_ns=row[4], inode=row[5],
-        sha256=row[6], state=row[7], attempts=row[8], first_seen=row[9], queued_at=row[10],
-        resend=bool(row[11]), reason=row[12], last_error=row[13], http_status=row[14],
-        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])),
-    )  # fmt: skip
-
-
-# An input adopted as done (its outputs exist, the queue is new): only when the
-# path is unknown.
-_SQL_ADOPT = """
-INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
-                  updated_at, outputs)
-VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?)
-ON CONFLICT (folder, relpath) DO NOTHING
-"""
-
-
-class _NotAdopted(Exception):
-    """Internal: roll an adoption back (an output name belongs to another input)."""
-
-
-class Queue:
+class Queue(SqliteJobs, SqliteClaims, SqliteState):
     """The job queue; one connection shared by the daemon's threads behind a lock."""
+
+    created: bool
+    _identity: Identity | None
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         path = Path(path)
         # New (or lost and made again): its inputs' outputs may already exist
         # and are adopted instead of sent again (SPEC §4).
         created = not path.exists() or path.stat().st_size == 0
-        self._setup(_connect(path), clock, readonly=False, path=path)
+        self._setup(connect(path), clock, readonly=False, path=path)
         self.created = created
         # Taken right after opening: what lost() compares the path with later.
-        self._identity: Identity | None = identity_of(path)
-
-    def _setup(
-        self,
-        conn: sqlite3.Connection,
-        clock: Callable[[], float],
-        readonly: bool,
-        path: Path | None = None,
-    ) -> None:
-        self._conn = conn
-        self._path = path
-        self._clock = clock
-        self._readonly = readonly
-        self._lock = threading.RLock()
-        self._last_folder: str | None = None  # round-robin position
+        self._identity = identity_of(path)
 
     @classmethod
     def open_readonly(cls, path: Path, clock: Callable[[], float] = time.time) -> Queue:
@@ -275,7 +73,7 @@ class Queue:
                 current = False
                 try:
                     conn.execute("PRAGMA busy_timeout = 5000")
-                    current = _check_version(conn, path) == SCHEMA_VERSION
+                    current = check_version(conn, path) == SCHEMA_VERSION
                 finally:
                     if not current:  # not yet initialised (or too new): nothing to show
                         conn.close()
@@ -293,11 +91,6 @@ class Queue:
         view._identity = None
         view.created = False
         return view
-
-    def close(self) -> None:
-        """Close the connection; the queue cannot be used afterwards."""
-        with self._lock:
-            self._conn.close()
 
     def __enter__(self) -> Queue:
         return self
@@ -328,356 +121,7 @@ class Queue:
                 raise QueueUnavailable(f"queue database {self._path}: {text}") from None
         self.set_state(_PING_KEY, repr(self._clock()))
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._conn
-            except (sqlite3.Error, UnicodeError) as exc:
-                # UnicodeError: a name that is not valid UTF-8 cannot be stored.
-                raise _failure(exc, self._path or "") from exc
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        if self._readonly:
-            raise QueueError("the queue was opened read-only")
-        with self._read() as conn, _transaction(conn):
-            yield conn
-
-    def _update(self, job_id: int, assignments: str, *params: object) -> None:
-        with self._write() as conn:
-            conn.execute(
-                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
-                (*params, self._clock(), job_id),
-            )
-
-    # discovery
-
-    def is_unchanged(self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int) -> bool:
-        """True when the queue already knows this path with exactly this size, mtime and inode."""
-        with self._read() as conn:
-            params = (folder, relpath, size, mtime_ns, inode)
-            return conn.execute(SQL_IS_UNCHANGED, params).fetchone() is not None
-
-    def enqueue_many(self, found: Iterable[Found]) -> list[Found]:
-        """Queue new and changed files in one transaction; return those queued.
-
-        A changed file goes back to pending with its attempts and hash reset,
-        unless it is in flight: the worker notices the change itself.
-        """
-        queued: dict[tuple[str, str], Found] = {}
-        with self._write() as conn:
-            now = self._clock()
-            for f in found:
-                params = (f.folder, f.relpath, f.size, f.mtime_ns, f.inode, now, now, now)
-                if conn.execute(SQL_UPSERT, params).rowcount:
-                    queued[(f.folder, f.relpath)] = f
-        return list(queued.values())
-
-    def adopt(self, found: Found, outputs: Sequence[str]) -> bool:
-        """Record ``found`` as done with ``outputs`` already written, without a request.
-
-        For an input whose outputs exist when the queue is new. The output
-        names are claimed, so they stay this input's. False (and nothing
-        changed) when the queue knows the path already or another input owns
-        one of the names.
-        """
-        try:
-            with self._write() as conn:
-                now = self._clock()
-                cur = conn.execute(_SQL_ADOPT, (
-                    found.folder, found.relpath, found.size, found.mtime_ns, found.inode,
-                    now, now, now, json.dumps(list(outputs)),
-                ))  # fmt: skip
-                if not cur.rowcount:
-                    return False
-                for outpath in outputs:
-                    if conn.execute(SQL_OWNER, (found.folder, outpath)).fetchone() is not None:
-                        raise _NotAdopted
-                    conn.execute(
-                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (?, ?, ?)",
-                        (found.folder, outpath, cur.lastrowid),
-                    )
-        except _NotAdopted:
-            return False
-        return True
-
-    def forget(self, job_id: int) -> None:
-        """Delete a job and its output claims (its input vanished)."""
-        with self._write() as conn:
-            conn.execute("DELETE FROM output_claims WHERE job_id = ?", (job_id,))
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-
-    def find(self, folder: str, relpath: str) -> Job | None:
-        """The job for this input path, if any."""
-        with self._read() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
-            row = conn.execute(sql, (folder, relpath)).fetchone()
-        return None if row is None else _job(row)
-
-    def get(self, job_id: int) -> Job | None:
-        """The job with this id, if it still exists."""
-        with self._read() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
-            row = conn.execute(sql, (job_id,)).fetchone()
-        return None if row is None else _job(row)
-
-    # dispatch
-
-    def recover(self) -> int:
-        """At start: every in_flight job goes back to pending marked resend; return how many."""
-        with self._write() as conn:
-            return conn.execute(SQL_RECOVER, (self._clock(),)).rowcount
-
-    def claim(self, lease_seconds: float, folders: Collection[str] | None = None) -> Job | None:
-        """Take the next job: round-robin over folders with pending work, oldest first.
-
-        ``folders`` limits the claim to those folders (the configured ones: a
-        folder removed by a reload keeps its jobs for a later configuration).
-        """
-        with self._write() as conn:
-            now = self._clock()
-            conn.execute(SQL_PROMOTE, (now, now))
-            folder = self._next_folder(conn, folders)
-            if folder is None:
-                return None
-            job = _job(conn.execute(SQL_OLDEST_IN_FOLDER, (folder,)).fetchone())
-            conn.execute(
-                "UPDATE jobs SET state = 'in_flight', lease_until = ?, updated_at = ? WHERE id = ?",
-                (now + lease_seconds, now, job.id),
-            )
-            self._last_folder = job.folder
-        return replace(job, state="in_flight")
-
-    def _next_folder(self, conn: sqlite3.Connection, allowed: Collection[str] | None) -> str | None:
-        """The folder after the last one served that has pending work (wrapping round)."""
-        after = self._last_folder
-        wrapped = after is None
-        while True:
-            if after is None:
-                row = conn.execute(SQL_FIRST_FOLDER).fetchone()
-            else:
-                row = conn.execute(SQL_NEXT_FOLDER, (after,)).fetchone()
-            if row is None:
-                if wrapped:
-                    return None
-                wrapped, after = True, None
-                continue
-            folder: str = row[0]
-            if allowed is None or folder in allowed:
-                return folder
-            if wrapped and self._last_folder is not None and folder >= self._last_folder:
-                return None  # came round to where we started
-            after = folder
-
-    def next_ready_at(self, folders: Collection[str] | None = None) -> float | None:
-        """Now if a job is pending, else when the earliest retry is due, else None.
-
-        ``folders`` limits the answer to those folders, as for ``claim``.
-        """
-        with self._read() as conn:
-            if folders is None:
-                if conn.execute(SQL_ANY_PENDING).fetchone() is not None:
-                    return self._clock()
-                at = conn.execute(SQL_NEXT_RETRY).fetchone()[0]
-                return None if at is None else float(at)
-            times = []
-            for folder in folders:
-                if conn.execute(SQL_ANY_PENDING_IN, (folder,)).fetchone() is not None:
-                    return self._clock()
-                at = conn.execute(SQL_NEXT_RETRY_IN, (folder,)).fetchone()[0]
-                if at is not None:
-                    times.append(float(at))
-        return min(times, default=None)
-
-    def set_sha256(self, job_id: int, sha256: str) -> None:
-        """Record the content hash of a job's input."""
-        self._update(job_id, "sha256 = ?", sha256)
-
-    def complete(self, job_id: int, outputs: Sequence[str]) -> None:
-        """Mark a job done with the outputs it wrote."""
-        self._update(
-            job_id,
-            "state = 'done', outputs = ?, lease_until = NULL, resend = 0, next_attempt_at = NULL,"
-            " last_error = NULL, http_status = NULL, reason = NULL",
-            json.dumps(list(outputs)),
-        )
-
-    def quarantine(
-        self,
-        job_id: int,
-        reason: str,
-        message: str,
-        http_status: int | None,
-        location: str | None = None,
-    ) -> None:
-        """Mark a job quarantined, keeping why and where the file went.
-
-        ``location`` (the file's path relative to the quarantine folder, which
-        may carry a ``~2`` suffix) is kept in ``outputs``: a quarantined job
-        has no other outputs, and ``retry`` needs to find the right file.
-        """
-        self._update(
-            job_id,
-            "state = 'quarantined', reason = ?, last_error = ?, http_status = ?,"
-            " lease_until = NULL, resend = 0, next_attempt_at = NULL, outputs = ?",
-            reason, message, http_status, json.dumps([location] if location else []),
-        )  # fmt: skip
-
-    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
-        """Count a failed attempt and wait until ``at``; return the attempts so far.
-
-        ``resend``: the failed request's outcome is unknown, so the next send
-        may be a second charge (a read timeout after the upload, say).
-        """
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE jobs SET state = 'retry_wait', attempts = attempts + 1,"
-                " next_attempt_at = ?, last_error = ?, lease_until = NULL, resend = ?,"
-                " updated_at = ? WHERE id = ?",
-                (at, error, int(resend), self._clock(), job_id),
-            )
-            row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return 0 if row is None else int(row[0])
-
-    def release(self, job_id: int, *, resend: bool = False) -> None:
-        """Put a claimed job back to pending without counting an attempt.
-
-        ``resend``: its request may have reached the API (a shutdown that could
-        not wait for it), so the next send is a possible second charge.
-        """
-        if resend:
-            self._update(job_id, "state = 'pending', lease_until = NULL, resend = 1")
-        else:
-            self._update(job_id, "state = 'pending', lease_until = NULL")
-
-    def defer(self, job_id: int, at: float, note: str) -> None:
-        """Wait until ``at`` without counting an attempt (an input not yet quiet, say)."""
-        self._update(
-            job_id,
-            "state = 'retry_wait', next_attempt_at = ?, last_error = ?, lease_until = NULL",
-            at,
-            note,
-        )
-
-    def claimed_outputs(self, job_id: int) -> list[str]:
-        """The output paths (relative to the outbox) this job has claimed."""
-        with self._read() as conn:
-            rows = conn.execute(SQL_CLAIMED_BY, (job_id,)).fetchall()
-        return sorted(row[0] for row in rows)
-
-    def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str:
-        """Return the first candidate output path that is this job's or free, claiming it.
-
-        ``candidates`` is in preference order and may be endless; it is read
-        only up to the answer. A name this job owns stays its own across restarts.
-        """
-        with self._write() as conn:
-            for outpath in candidates:
-                row = conn.execute(SQL_OWNER, (folder, outpath)).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (?, ?, ?)",
-                        (folder, outpath, job_id),
-                    )
-                    return outpath
-                if row[0] == job_id:
-                    return outpath
-        raise QueueError(f"no free output name for job {job_id} in {folder}")
-
-    # status and retry
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Jobs per folder and state; every state present for each folder with jobs."""
-        result: dict[str, dict[str, int]] = {}
-        with self._read() as conn:
-            for folder, state, n in conn.execute(SQL_COUNTS):
-                result.setdefault(folder, dict.fromkeys(STATES, 0))[state] = n
-        return result
-
-    def oldest_pending_queued_at(self) -> float | None:
-        """When the oldest job not yet done or quarantined was queued."""
-        with self._read() as conn:
-            at = conn.execute(SQL_OLDEST_OPEN).fetchone()[0]
-        return None if at is None else float(at)
-
-    def quarantined(self, folder: str | None = None) -> list[Job]:
-        """Quarantined jobs, of one folder or all, oldest first."""
-        with self._read() as conn:
-            if folder is None:
-                rows = conn.execute(SQL_QUARANTINED).fetchall()
-            else:
-                rows = conn.execute(SQL_QUARANTINED_IN, (folder,)).fetchall()
-        return [_job(row) for row in rows]
-
-    def requeue(self, job_id: int) -> bool:
-        """Put a quarantined job back to pending with a fresh count; False if not quarantined."""
-        with self._write() as conn:
-            now = self._clock()
-            cur = conn.execute(
-                "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,"
-                " http_status = NULL, reason = NULL, sha256 = NULL, resend = 0,"
-                " next_attempt_at = NULL, queued_at = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'quarantined'",
-                (now, now, job_id),
-            )
-            return cur.rowcount == 1
-
-    def get_state(self, key: str) -> str | None:
-        """A daemon state value (pause reason, last credits...), or None."""
-        with self._read() as conn:
-            row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_state(self, key: str, value: str | None) -> None:
-        """Set a daemon state value; None deletes it."""
-        with self._write() as conn:
-            if value is None:
-                conn.execute("DELETE FROM state WHERE key = ?", (key,))
-            else:
-                conn.execute(
-                    "INSERT INTO state (key, value) VALUES (?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
-
-
-class SqliteRequestLog:
-    """The pacer's log of request start times, durable across restarts.
-
-    Lives in the queue database file with its own connection, so a pacer wait
-    never queues behind a queue write. Times are wall-clock seconds.
-    """
-
-    def __init__(self, path: Path, keep_seconds: float = 3600.0) -> None:
-        self._path = Path(path)
-        self._conn = _connect(self._path)
-        self._lock = threading.Lock()
-        self._keep = keep_seconds
-        self._records = 0
-
-    def record(self, t: float) -> None:
-        """Log a request start; committed (durable) before it returns."""
-        with self._lock:
-            try:
-                with _transaction(self._conn):
-                    self._conn.execute("INSERT INTO request_log (t) VALUES (?)", (t,))
-                    self._records += 1
-                    if self._records % 100 == 1:  # prune now and then, not on every request
-                        self._conn.execute("DELETE FROM request_log WHERE t < ?", (t - self._keep,))
-            except sqlite3.Error as exc:
-                # Not recorded, so not sent: the pacer's gate fails closed.
-                raise _failure(exc, self._path) from exc
-
-    def since(self, t: float) -> list[float]:
-        """Start times at or after ``t``, oldest first."""
-        with self._lock:
-            try:
-                return [row[0] for row in self._conn.execute(SQL_SINCE, (t,))]
-            except sqlite3.Error as exc:
-                raise _failure(exc, self._path) from exc
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
+def _is_a_store(queue: Queue) -> Store:
+    """Checked by mypy: the SQLite queue keeps the whole storage contract."""
+    return queue

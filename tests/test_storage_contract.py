@@ -54,6 +54,46 @@ def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture
+def open_view(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Open the read-only view ``status`` uses on the same database."""
+    opened: list[Any] = []
+
+    def view() -> Any:
+        if backend == "postgresql":
+            from bgsyncd.pgqueue import PgQueue
+
+            store = PgQueue.open_readonly(request.getfixturevalue("pg_dsn"))
+        else:
+            store = Queue.open_readonly(tmp_path / "queue.sqlite3")
+        opened.append(store)
+        return store
+
+    yield view
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def bump_schema(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """Write a schema version newer than this bgsyncd knows into the store's database."""
+
+    def bump(version: int) -> None:
+        if backend == "postgresql":
+            import psycopg
+
+            with psycopg.connect(request.getfixturevalue("pg_dsn"), autocommit=True) as conn:
+                conn.execute("UPDATE bgsyncd_schema SET version = %s", (version,))
+        else:
+            import sqlite3
+
+            conn = sqlite3.connect(tmp_path / "queue.sqlite3")
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.close()
+
+    return bump
+
+
+@pytest.fixture
 def store(make_store: Any) -> Any:
     return make_store()
 
@@ -205,3 +245,183 @@ def test_two_handles_claiming_at_once_never_take_one_job_twice(make_store):
     for t in threads:
         t.join(60)
     assert sorted(taken) == sorted(set(taken)) and len(taken) == 60
+
+
+def test_a_new_database_is_created_once_and_a_second_handle_finds_it(make_store):
+    first = make_store()
+    assert first.created is True
+    first.enqueue_many([_found("a.jpg")])
+    second = make_store()
+    assert second.created is False
+    assert second.find("f", "a.jpg") is not None
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(make_store, bump_schema):
+    make_store().close()
+    bump_schema(99)
+    with pytest.raises(QueueError, match=r"schema version 99.*upgrade bgsyncd"):
+        make_store()
+
+
+def test_an_open_store_is_not_lost_and_is_writable(store):
+    assert store.lost() is None
+    store.check_writable()
+    store.check_writable()
+    assert store.lost() is None
+
+
+def test_find_and_get_return_the_job_or_none(store):
+    assert len(store.enqueue_many([_found("a.jpg", size=12, mtime_ns=5, inode=9)])) == 1
+    job = store.find("f", "a.jpg")
+    assert job is not None
+    assert (job.folder, job.relpath, job.size, job.mtime_ns, job.inode) == ("f", "a.jpg", 12, 5, 9)
+    assert (job.state, job.attempts, job.resend, job.sha256, job.outputs) == (
+        "pending",
+        0,
+        False,
+        None,
+        (),
+    )
+    assert store.get(job.id) == job
+    assert store.find("f", "b.jpg") is None and store.find("g", "a.jpg") is None
+    store.forget(job.id)
+    assert store.get(job.id) is None and store.find("f", "a.jpg") is None
+
+
+def test_adopt_records_done_with_its_names_and_refuses_a_known_path_or_a_taken_name(store):
+    assert store.adopt(_found("a.jpg"), ["a.png", "a.mask.png"]) is True
+    job = store.find("f", "a.jpg")
+    assert job is not None and job.state == "done" and job.outputs == ("a.png", "a.mask.png")
+    assert store.claimed_outputs(job.id) == ["a.mask.png", "a.png"]
+    assert store.adopt(_found("a.jpg"), ["other.png"]) is False  # the path is known
+    # b wants a name a owns: nothing of b is recorded.
+    assert store.adopt(_found("b.jpg"), ["b.png", "a.png"]) is False
+    assert store.find("f", "b.jpg") is None
+    store.enqueue_many([_found("c.jpg")])
+    c = store.claim(60)
+    assert store.claim_output("f", c.id, iter(["b.png", "c.png"])) == "b.png"  # b.png stayed free
+    assert store.counts()["f"]["done"] == 1 and store.claim(60) is None
+
+
+def test_defer_waits_without_counting_an_attempt(store):
+    store.enqueue_many([_found("a.jpg")])
+    job = store.claim(60)
+    store.defer(job.id, time.time() + 3600, "not quiet yet")
+    deferred = store.get(job.id)
+    assert (deferred.state, deferred.attempts, deferred.last_error) == (
+        "retry_wait",
+        0,
+        "not quiet yet",
+    )
+    assert store.claim(60) is None
+    at = store.next_ready_at()
+    assert at is not None and time.time() + 3500 < at < time.time() + 3700
+    store.defer(job.id, time.time() - 1, "quiet now")
+    again = store.claim(60)
+    assert again is not None and again.id == job.id and again.attempts == 0
+
+
+def test_release_puts_a_job_back_without_an_attempt_and_marks_a_possible_resend(store):
+    store.enqueue_many([_found("a.jpg")])
+    job = store.claim(60)
+    store.release(job.id)
+    again = store.claim(60)
+    assert again.id == job.id and again.attempts == 0 and not again.resend
+    store.release(job.id, resend=True)
+    third = store.claim(60)
+    assert third.id == job.id and third.resend
+
+
+def test_next_ready_at_is_none_when_empty_and_now_when_work_is_pending(store):
+    assert store.next_ready_at() is None
+    store.enqueue_many([_found("a.jpg")])
+    before = time.time()
+    at = store.next_ready_at()
+    assert at is not None and before - 1 <= at <= time.time() + 1
+    assert store.next_ready_at(["f"]) is not None and store.next_ready_at(["g"]) is None
+
+
+def test_quarantined_jobs_list_oldest_first_across_folders(store):
+    store.enqueue_many([_found("b1", "b")])
+    store.enqueue_many([_found("a1", "a")])
+    store.enqueue_many([_found("a2", "a")])
+    while (job := store.claim(60)) is not None:
+        store.quarantine(job.id, "corrupt_image", f"bad {job.relpath}", 415)
+    listed = store.quarantined()
+    assert [(j.folder, j.relpath) for j in listed] == [("a", "a1"), ("a", "a2"), ("b", "b1")]
+    assert [j.relpath for j in store.quarantined("a")] == ["a1", "a2"]
+    assert listed[0].http_status == 415 and listed[0].outputs == ()
+    assert store.oldest_pending_queued_at() is None  # quarantined jobs are not open
+
+
+def test_output_claims_racing_for_one_name_give_it_to_one_job(make_store):
+    handles = [make_store() for _ in range(6)]
+    handles[0].enqueue_many([_found(f"x.{i}.jpg") for i in range(6)])
+    jobs = [handles[0].find("f", f"x.{i}.jpg") for i in range(6)]
+    start = threading.Barrier(len(handles))
+    got: dict[int, str] = {}
+
+    def race(store: Any, job_id: int) -> None:
+        start.wait(10)
+        for _ in range(50):
+            try:
+                got[job_id] = store.claim_output("f", job_id, iter(["x.png", f"x.{job_id}.png"]))
+                return
+            except QueueError:  # SQLite: busy past its timeout under contention
+                continue
+
+    pairs = zip(handles, jobs, strict=True)
+    threads = [threading.Thread(target=race, args=(h, j.id)) for h, j in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 6
+    winners = [job_id for job_id, name in got.items() if name == "x.png"]
+    assert len(winners) == 1
+    for job_id, name in got.items():
+        assert handles[0].claimed_outputs(job_id) == [name]
+        assert job_id in winners or name == f"x.{job_id}.png"
+
+
+def test_concurrent_claims_limited_to_folders_take_only_those_and_each_once(make_store):
+    handles = [make_store() for _ in range(4)]
+    handles[0].enqueue_many([_found(f"{i:03}.jpg", f"f{i % 3}") for i in range(60)])
+    taken: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def drain(store: Any) -> None:
+        while True:
+            try:
+                job = store.claim(60, ["f0", "f1"])
+            except QueueError:
+                continue
+            if job is None:
+                return
+            with lock:
+                taken.append((job.id, job.folder))
+
+    threads = [threading.Thread(target=drain, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ids = [job_id for job_id, _ in taken]
+    assert len(ids) == len(set(ids)) == 40
+    assert {folder for _, folder in taken} == {"f0", "f1"}
+    assert handles[0].counts()["f2"]["pending"] == 20
+
+
+def test_a_read_only_view_answers_beside_a_writer_and_refuses_writes(store, open_view):
+    store.enqueue_many([_found("a.jpg"), _found("b.jpg")])
+    store.set_state("paused", "credit_floor")
+    view = open_view()
+    assert view.counts() == store.counts()
+    assert view.get_state("paused") == "credit_floor"
+    assert view.find("f", "a.jpg") == store.find("f", "a.jpg")
+    assert view.created is False and view.lost() is None
+    with pytest.raises(QueueError):
+        view.enqueue_many([_found("c.jpg")])
+    with pytest.raises(QueueError):
+        view.set_state("paused", None)
+    assert store.get_state("paused") == "credit_floor" and store.find("f", "c.jpg") is None

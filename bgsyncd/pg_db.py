@@ -1,0 +1,300 @@
+"""The PostgreSQL connection pool: migrations, transactions, errors mapped, secrets kept.
+
+Only the ``pg_*`` modules, ``pgqueue`` and ``pgfleet`` import psycopg (the
+``postgresql`` extra); the SQLite backend never loads them. Every time that
+hosts compare is the database server's clock (``clock_timestamp()``): hosts'
+clocks disagree. A time crossing the contract (``retry_later``'s ``at``,
+``next_ready_at``'s answer) is a host's clock, translated by the offset
+between the two measured in the same statement.
+
+Database failures surface as the SQLite backend's do: a server that cannot be
+reached, has shut down or is out of resources is
+:class:`~bgsyncd.errors.QueueUnavailable` (fail closed; the pool makes new
+connections when it is back), anything else :class:`~bgsyncd.storage.QueueError`.
+The DSN's password never reaches a message: libpq echoes a malformed DSN in
+its errors, so every message is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from bgsyncd.errors import BgsyncdError, QueueUnavailable
+from bgsyncd.storage import Job, QueueError
+
+# Migration n (1-based) brings a database from version n-1 to n.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            id BIGSERIAL PRIMARY KEY,
+            folder TEXT NOT NULL, relpath TEXT NOT NULL,
+            size BIGINT NOT NULL, mtime_ns BIGINT NOT NULL, inode BIGINT NOT NULL,
+            sha256 TEXT,
+            state TEXT NOT NULL CHECK (state IN
+                ('pending', 'in_flight', 'retry_wait', 'done', 'quarantined')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION, lease_until DOUBLE PRECISION, owner TEXT,
+            resend BOOLEAN NOT NULL DEFAULT FALSE,
+            last_error TEXT, http_status INTEGER, reason TEXT,
+            first_seen DOUBLE PRECISION NOT NULL, queued_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            outputs TEXT NOT NULL DEFAULT '[]',
+            UNIQUE (folder, relpath))""",
+        "CREATE INDEX jobs_by_state_folder ON jobs (state, folder, queued_at, id)",
+        "CREATE INDEX jobs_by_state_retry ON jobs (state, next_attempt_at)",
+        "CREATE INDEX jobs_by_owner ON jobs (owner) WHERE state = 'in_flight'",
+        """CREATE TABLE output_claims (
+            folder TEXT NOT NULL, outpath TEXT NOT NULL,
+            job_id BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            PRIMARY KEY (folder, outpath))""",
+        "CREATE INDEX output_claims_by_job ON output_claims (job_id)",
+        """CREATE TABLE request_log (
+            account TEXT NOT NULL, t DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX request_log_by_account_t ON request_log (account, t)",
+        "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE hosts (
+            id TEXT PRIMARY KEY, folders TEXT NOT NULL DEFAULT '[]',
+            last_seen DOUBLE PRECISION NOT NULL, in_flight INTEGER NOT NULL DEFAULT 0,
+            instance TEXT NOT NULL DEFAULT '')""",
+        """CREATE TABLE results (
+            key TEXT PRIMARY KEY, data BYTEA NOT NULL, size BIGINT NOT NULL,
+            used_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX results_by_use ON results (used_at)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+# pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.
+MIGRATION_LOCK = 0x62677379_6E630001  # "bgsync" + 1
+
+NOW = "extract(epoch from clock_timestamp())"
+COLUMNS = (
+    "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
+    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs"
+)
+# SQLSTATE classes that mean the server, not the statement: connection exception,
+# insufficient resources (disk full, too many connections), operator
+# intervention (shutdown, cannot connect now), system error (I/O).
+_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
+
+
+def job_of(row: Sequence[Any]) -> Job:
+    """A :class:`Job` from a row of :data:`COLUMNS`."""
+    return Job(
+        id=row[0], folder=row[1], relpath=row[2], size=row[3], mtime_ns=row[4], inode=row[5],
+        sha256=row[6], state=row[7], attempts=row[8], first_seen=row[9], queued_at=row[10],
+        resend=bool(row[11]), reason=row[12], last_error=row[13], http_status=row[14],
+        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])),
+    )  # fmt: skip
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Create or upgrade the schema under an advisory lock; return the version found.
+
+    A schema newer than this bgsyncd knows is refused: its rows may mean
+    things this code would get wrong.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bgsyncd_schema"
+            " (version INTEGER NOT NULL, database_id TEXT NOT NULL)"
+        )
+        row = conn.execute("SELECT version FROM bgsyncd_schema").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
+            raise QueueError(
+                f"the PostgreSQL queue has schema version {version}, but this bgsyncd knows"
+                f" only up to {SCHEMA_VERSION}: upgrade bgsyncd on this host"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[number - 1]:
+                conn.execute(statement)
+        if row is None:
+            conn.execute(
+                "INSERT INTO bgsyncd_schema (version, database_id) VALUES (%s, %s)",
+                (SCHEMA_VERSION, uuid.uuid4().hex),
+            )
+        else:
+            conn.execute("UPDATE bgsyncd_schema SET version = %s", (SCHEMA_VERSION,))
+    return version
+
+
+def check_current(conn: psycopg.Connection[Any]) -> int:
+    """The schema version, which must be this bgsyncd's (a read-only view migrates nothing)."""
+    with conn.transaction():
+        exists = conn.execute("SELECT to_regclass('bgsyncd_schema') IS NOT NULL").fetchone()
+        if exists is None or not exists[0]:
+            raise QueueError(
+                "the PostgreSQL queue is not initialised yet: no bgsyncd has started on it"
+            )
+        row = conn.execute("SELECT version FROM bgsyncd_schema").fetchone()
+    version = 0 if row is None else int(row[0])
+    if version != SCHEMA_VERSION:
+        raise QueueError(
+            f"the PostgreSQL queue has schema version {version}, but this bgsyncd reads"
+            f" version {SCHEMA_VERSION}: upgrade bgsyncd on this host"
+        )
+    return version
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """The password(s) written in ``dsn``, as they may be echoed back, longest first."""
+    found: set[str] = set()
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+        if password:
+            found.add(str(password))
+    except psycopg.Error:
+        pass  # malformed: the patterns below still find what libpq would echo
+    for match in re.finditer(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn):
+        found.add(match.group(1))
+        found.add(match.group(1).strip("'"))
+    for match in re.finditer(r"://[^:/@\s]*:([^@\s]*)@", dsn):
+        found.add(match.group(1))
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` on one line with every secret replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return " ".join(text.split())
+
+
+def is_unavailable(exc: psycopg.Error) -> bool:
+    """The server is unreachable, shut down or out of resources (not the statement's fault)."""
+    if isinstance(exc, psycopg.InterfaceError):  # the connection is closed
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state[:2] in _UNAVAILABLE_CLASSES  # None: libpq, no server answer
+
+
+def failure(exc: psycopg.Error, secrets: Sequence[str]) -> BgsyncdError:
+    """The project's error for a psycopg failure, its text free of the DSN's password."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = scrub(primary or str(exc) or type(exc).__name__, secrets)
+    if is_unavailable(exc):
+        return QueueUnavailable(f"PostgreSQL queue unavailable: {text}")
+    return QueueError(f"PostgreSQL queue: {text}")
+
+
+class PgBase:
+    """A pool of connections to one database, shared by the parts of the PostgreSQL queue."""
+
+    host_id: str
+    created: bool
+    _pool: ConnectionPool[psycopg.Connection[Any]]
+    _secrets: list[str]
+    _clock: Callable[[], float]
+    _last_folder: str | None
+    _database_id: str | None
+
+    def _open(
+        self,
+        dsn: str,
+        host_id: str,
+        *,
+        pool_size: int,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+        readonly: bool = False,
+    ) -> None:
+        self.host_id = host_id
+        self._secrets = dsn_secrets(dsn)
+        self._clock = clock
+        self._last_folder = None  # this host's round-robin position
+        # A first connection of our own, outside the pool: a wrong DSN, role or
+        # database is named at once (the pool would only say it timed out).
+        try:
+            if readonly:  # every transaction of the session is: a write is refused
+                dsn = make_conninfo(dsn, options="-c default_transaction_read_only=on")
+            with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:
+                found = check_current(conn) if readonly else migrate(conn)
+                row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
+        except psycopg.Error as exc:
+            raise failure(exc, self._secrets) from None
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._swap_lock = threading.Lock()
+        self._pool = self._new_pool()
+        # New: its inputs' outputs may already exist and are adopted (SPEC §4).
+        self.created = found == 0
+        self._database_id = None if row is None else str(row[0])
+
+    def _new_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        try:
+            pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                self._dsn, min_size=1, max_size=self._pool_size, open=False,
+                timeout=self._timeout, check=ConnectionPool.check_connection, name="bgsyncd",
+            )  # fmt: skip
+            pool.open(wait=False)
+        except psycopg.Error as exc:
+            raise failure(exc, self._secrets) from None
+        return pool
+
+    def _server_answers(self) -> bool:
+        """A direct connection (outside the pool) succeeds now."""
+        try:
+            psycopg.connect(self._dsn, connect_timeout=max(2, round(self._timeout))).close()
+        except psycopg.Error:
+            return False
+        return True
+
+    def _renew_pool(self) -> None:
+        """Replace the pool with a fresh one that connects at once.
+
+        After a long outage the pool retries its connections with a growing
+        backoff (tens of seconds): when the server answers again, a new pool
+        serves now. Calls waiting on the old one fail as unavailable and are
+        tried again by their callers.
+        """
+        with self._swap_lock:
+            old, self._pool = self._pool, self._new_pool()
+        old.close(timeout=0)
+
+    def close(self) -> None:
+        """Close every connection of the pool."""
+        self._pool.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection; database errors become ours.
+
+        Public for the fleet's other tables (``pgfleet``), which share the pool.
+        """
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            raise failure(exc, self._secrets) from None
+        except UnicodeError as exc:  # a name that is not valid UTF-8 cannot be stored
+            raise QueueError(f"PostgreSQL queue: {exc}") from None
+
+    def _update(self, job_id: int, assignments: str, *params: object) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE jobs SET {assignments}, updated_at = {NOW} WHERE id = %s",
+                (*params, job_id),
+            )
+
+    def now(self) -> float:
+        """The database server's clock, in Unix seconds."""
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT {NOW}").fetchone()
+        assert row is not None
+        return float(row[0])

@@ -1,0 +1,253 @@
+"""The PostgreSQL queue's jobs, shared by the fleet (``storage.JobStore``).
+
+The same life as on SQLite (``sqlite_jobs``), with a host per claim: a job in
+flight has an ``owner`` (the claiming host's ``host_id``) and a lease on the
+server's clock, renewed by the host's heartbeat (``pgfleet.Hosts``). Claims
+use ``FOR UPDATE SKIP LOCKED``: two hosts never take one job and never wait
+for each other. The times in a :class:`~bgsyncd.storage.Job` are the server's
+clock; the times a caller passes or gets back (``retry_later``, ``defer``,
+``next_ready_at``, ``oldest_pending_queued_at``) are this host's clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import replace
+
+from bgsyncd.pg_db import COLUMNS, NOW, PgBase, job_of
+from bgsyncd.storage import STATES, Found, Job
+
+SQL_UPSERT = f"""
+INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
+                  updated_at)
+VALUES (%s, %s, %s, %s, %s, 'pending', {NOW}, {NOW}, {NOW})
+ON CONFLICT (folder, relpath) DO UPDATE SET
+    size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
+    sha256 = NULL, state = 'pending', attempts = 0, next_attempt_at = NULL,
+    lease_until = NULL, owner = NULL, resend = FALSE, last_error = NULL, http_status = NULL,
+    reason = NULL, queued_at = excluded.queued_at, updated_at = excluded.updated_at
+WHERE jobs.state != 'in_flight'
+    AND (jobs.size != excluded.size OR jobs.mtime_ns != excluded.mtime_ns
+         OR jobs.inode != excluded.inode)
+"""
+
+
+class PgJobs(PgBase):
+    """The ``jobs`` table."""
+
+    # discovery
+
+    def is_unchanged(self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int) -> bool:
+        """True when the queue already knows this path with exactly this size, mtime and inode."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM jobs WHERE folder = %s AND relpath = %s AND size = %s"
+                " AND mtime_ns = %s AND inode = %s",
+                (folder, relpath, size, mtime_ns, inode),
+            ).fetchone()
+        return row is not None
+
+    def enqueue_many(self, found: Iterable[Found]) -> list[Found]:
+        """Queue new and changed files in one transaction; return those queued."""
+        queued: dict[tuple[str, str], Found] = {}
+        with self.transaction() as conn:
+            for f in found:
+                cur = conn.execute(SQL_UPSERT, (f.folder, f.relpath, f.size, f.mtime_ns, f.inode))
+                if cur.rowcount:
+                    queued[(f.folder, f.relpath)] = f
+        return list(queued.values())
+
+    def forget(self, job_id: int) -> None:
+        """Delete a job and its output claims (its input vanished)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+
+    def find(self, folder: str, relpath: str) -> Job | None:
+        """The job for this input path, if any."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE folder = %s AND relpath = %s",
+                (folder, relpath),
+            ).fetchone()
+        return None if row is None else job_of(row)
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id, if it still exists."""
+        with self.transaction() as conn:
+            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = %s"
+            row = conn.execute(sql, (job_id,)).fetchone()
+        return None if row is None else job_of(row)
+
+    # dispatch
+
+    def recover(self) -> int:
+        """At start: this host's in_flight jobs go back to pending marked resend.
+
+        Only this host's (and unowned ones): another host's claims are its own
+        until its lease runs out (``pgfleet.Hosts.take_over_expired``).
+        """
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', resend = TRUE, lease_until = NULL,"
+                f" owner = NULL, updated_at = {NOW}"
+                " WHERE state = 'in_flight' AND (owner = %s OR owner IS NULL)",
+                (self.host_id,),
+            )
+            return cur.rowcount
+
+    def claim(self, lease_seconds: float, folders: Collection[str] | None = None) -> Job | None:
+        """Take the next job: round-robin over folders with pending work, oldest first.
+
+        ``FOR UPDATE SKIP LOCKED``: a job another host is claiming right now is
+        passed over, never waited for and never taken twice.
+        """
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE jobs SET state = 'pending', next_attempt_at = NULL, updated_at = {NOW}"
+                f" WHERE state = 'retry_wait' AND next_attempt_at <= {NOW}"
+            )
+            rows = conn.execute(
+                "SELECT DISTINCT folder FROM jobs WHERE state = 'pending' ORDER BY folder"
+            ).fetchall()
+            names = [r[0] for r in rows if folders is None or r[0] in folders]
+            after = self._last_folder
+            order = [n for n in names if after is None or n > after]
+            order += [n for n in names if n not in order]
+            for folder in order:
+                row = conn.execute(
+                    f"SELECT {COLUMNS} FROM jobs WHERE state = 'pending' AND folder = %s"
+                    " ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    (folder,),
+                ).fetchone()
+                if row is None:
+                    continue
+                job = job_of(row)
+                conn.execute(
+                    f"UPDATE jobs SET state = 'in_flight', lease_until = {NOW} + %s,"
+                    f" owner = %s, updated_at = {NOW} WHERE id = %s",
+                    (lease_seconds, self.host_id, job.id),
+                )
+                self._last_folder = folder
+                return replace(job, state="in_flight")
+        return None
+
+    def next_ready_at(self, folders: Collection[str] | None = None) -> float | None:
+        """Now if a job is pending, else when the earliest retry is due, else None.
+
+        On this host's clock: the server's answer less the server's now.
+        """
+        allowed = None if folders is None else list(folders)
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE state = 'pending'"
+                " AND (%(f)s::text[] IS NULL OR folder = ANY(%(f)s))) THEN 0.0 ELSE"
+                " (SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'retry_wait'"
+                f" AND (%(f)s::text[] IS NULL OR folder = ANY(%(f)s))) - {NOW} END",
+                {"f": allowed},
+            ).fetchone()
+        return None if row is None or row[0] is None else self._clock() + max(0.0, row[0])
+
+    def set_sha256(self, job_id: int, sha256: str) -> None:
+        """Record the content hash of a job's input."""
+        self._update(job_id, "sha256 = %s", sha256)
+
+    def complete(self, job_id: int, outputs: Sequence[str]) -> None:
+        """Mark a job done with the outputs it wrote."""
+        self._update(
+            job_id,
+            "state = 'done', outputs = %s, lease_until = NULL, owner = NULL, resend = FALSE,"
+            " next_attempt_at = NULL, last_error = NULL, http_status = NULL, reason = NULL",
+            json.dumps(list(outputs)),
+        )
+
+    def quarantine(
+        self,
+        job_id: int,
+        reason: str,
+        message: str,
+        http_status: int | None,
+        location: str | None = None,
+    ) -> None:
+        """Mark a job quarantined, keeping why and where the file went."""
+        self._update(
+            job_id,
+            "state = 'quarantined', reason = %s, last_error = %s, http_status = %s,"
+            " lease_until = NULL, owner = NULL, resend = FALSE, next_attempt_at = NULL,"
+            " outputs = %s",
+            reason, message, http_status, json.dumps([location] if location else []),
+        )  # fmt: skip
+
+    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
+        """Count a failed attempt and wait until ``at`` (this host's clock); return the attempts."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'retry_wait', attempts = attempts + 1,"
+                f" next_attempt_at = {NOW} + %s, last_error = %s, lease_until = NULL,"
+                f" owner = NULL, resend = %s, updated_at = {NOW} WHERE id = %s RETURNING attempts",
+                (at - self._clock(), error, resend, job_id),
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def release(self, job_id: int, *, resend: bool = False) -> None:
+        """Put a claimed job back to pending without counting an attempt."""
+        if resend:
+            self._update(
+                job_id, "state = 'pending', lease_until = NULL, owner = NULL, resend = TRUE"
+            )
+        else:
+            self._update(job_id, "state = 'pending', lease_until = NULL, owner = NULL")
+
+    def defer(self, job_id: int, at: float, note: str) -> None:
+        """Wait until ``at`` (this host's clock) without counting an attempt."""
+        self._update(
+            job_id,
+            f"state = 'retry_wait', next_attempt_at = {NOW} + %s, last_error = %s,"
+            " lease_until = NULL, owner = NULL",
+            at - self._clock(),
+            note,
+        )
+
+    # status and retry
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per folder and state; every state present for each folder with jobs."""
+        result: dict[str, dict[str, int]] = {}
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "SELECT folder, state, COUNT(*) FROM jobs GROUP BY state, folder"
+            ).fetchall()
+        for folder, state, n in rows:
+            result.setdefault(folder, dict.fromkeys(STATES, 0))[state] = int(n)
+        return result
+
+    def oldest_pending_queued_at(self) -> float | None:
+        """When the oldest job not yet done or quarantined was queued (this host's clock)."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                f"SELECT MIN(queued_at) - {NOW} FROM jobs"
+                " WHERE state IN ('pending', 'in_flight', 'retry_wait')"
+            ).fetchone()
+        return None if row is None or row[0] is None else self._clock() + float(row[0])
+
+    def quarantined(self, folder: str | None = None) -> list[Job]:
+        """Quarantined jobs, of one folder or all, oldest first."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE state = 'quarantined'"
+                " AND (%(f)s::text IS NULL OR folder = %(f)s) ORDER BY folder, queued_at, id",
+                {"f": folder},
+            ).fetchall()
+        return [job_of(row) for row in rows]
+
+    def requeue(self, job_id: int) -> bool:
+        """Put a quarantined job back to pending with a fresh count; False if not quarantined."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,"
+                " http_status = NULL, reason = NULL, sha256 = NULL, resend = FALSE,"
+                f" next_attempt_at = NULL, queued_at = {NOW}, updated_at = {NOW}"
+                " WHERE id = %s AND state = 'quarantined'",
+                (job_id,),
+            )
+            return cur.rowcount == 1

@@ -1,0 +1,261 @@
+"""The SQLite queue's jobs: discovery, dispatch, status and retry (``storage.JobStore``).
+
+A job's life: ``pending`` -> ``in_flight`` (claimed with a lease) -> ``done``,
+``quarantined`` or ``retry_wait`` (back to ``pending`` when its time comes).
+A run that dies leaves ``in_flight`` rows; :meth:`SqliteJobs.recover` returns
+them to ``pending`` with ``resend`` set, because the API may already have charged.
+
+Methods that change one job by id do nothing if the job was forgotten meanwhile
+(its input vanished): there is nothing left to record.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import replace
+
+from bgsyncd.queue_sql import (
+    COLUMNS,
+    SQL_ANY_PENDING,
+    SQL_ANY_PENDING_IN,
+    SQL_COUNTS,
+    SQL_FIRST_FOLDER,
+    SQL_IS_UNCHANGED,
+    SQL_NEXT_FOLDER,
+    SQL_NEXT_RETRY,
+    SQL_NEXT_RETRY_IN,
+    SQL_OLDEST_IN_FOLDER,
+    SQL_OLDEST_OPEN,
+    SQL_PROMOTE,
+    SQL_QUARANTINED,
+    SQL_QUARANTINED_IN,
+    SQL_RECOVER,
+    SQL_UPSERT,
+)
+from bgsyncd.sqlite_db import SqliteBase, job_of
+from bgsyncd.storage import STATES, Found, Job
+
+
+class SqliteJobs(SqliteBase):
+    """The ``jobs`` table."""
+
+    # discovery
+
+    def is_unchanged(self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int) -> bool:
+        """True when the queue already knows this path with exactly this size, mtime and inode."""
+        with self._read() as conn:
+            params = (folder, relpath, size, mtime_ns, inode)
+            return conn.execute(SQL_IS_UNCHANGED, params).fetchone() is not None
+
+    def enqueue_many(self, found: Iterable[Found]) -> list[Found]:
+        """Queue new and changed files in one transaction; return those queued.
+
+        A changed file goes back to pending with its attempts and hash reset,
+        unless it is in flight: the worker notices the change itself.
+        """
+        queued: dict[tuple[str, str], Found] = {}
+        with self._write() as conn:
+            now = self._clock()
+            for f in found:
+                params = (f.folder, f.relpath, f.size, f.mtime_ns, f.inode, now, now, now)
+                if conn.execute(SQL_UPSERT, params).rowcount:
+                    queued[(f.folder, f.relpath)] = f
+        return list(queued.values())
+
+    def forget(self, job_id: int) -> None:
+        """Delete a job and its output claims (its input vanished)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM output_claims WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def find(self, folder: str, relpath: str) -> Job | None:
+        """The job for this input path, if any."""
+        with self._read() as conn:
+            sql = f"SELECT {COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
+            row = conn.execute(sql, (folder, relpath)).fetchone()
+        return None if row is None else job_of(row)
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id, if it still exists."""
+        with self._read() as conn:
+            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
+            row = conn.execute(sql, (job_id,)).fetchone()
+        return None if row is None else job_of(row)
+
+    # dispatch
+
+    def recover(self) -> int:
+        """At start: every in_flight job goes back to pending marked resend; return how many."""
+        with self._write() as conn:
+            return conn.execute(SQL_RECOVER, (self._clock(),)).rowcount
+
+    def claim(self, lease_seconds: float, folders: Collection[str] | None = None) -> Job | None:
+        """Take the next job: round-robin over folders with pending work, oldest first.
+
+        ``folders`` limits the claim to those folders (the configured ones: a
+        folder removed by a reload keeps its jobs for a later configuration).
+        """
+        with self._write() as conn:
+            now = self._clock()
+            conn.execute(SQL_PROMOTE, (now, now))
+            folder = self._next_folder(conn, folders)
+            if folder is None:
+                return None
+            job = job_of(conn.execute(SQL_OLDEST_IN_FOLDER, (folder,)).fetchone())
+            conn.execute(
+                "UPDATE jobs SET state = 'in_flight', lease_until = ?, updated_at = ? WHERE id = ?",
+                (now + lease_seconds, now, job.id),
+            )
+            self._last_folder = job.folder
+        return replace(job, state="in_flight")
+
+    def _next_folder(self, conn: sqlite3.Connection, allowed: Collection[str] | None) -> str | None:
+        """The folder after the last one served that has pending work (wrapping round)."""
+        after = self._last_folder
+        wrapped = after is None
+        while True:
+            if after is None:
+                row = conn.execute(SQL_FIRST_FOLDER).fetchone()
+            else:
+                row = conn.execute(SQL_NEXT_FOLDER, (after,)).fetchone()
+            if row is None:
+                if wrapped:
+                    return None
+                wrapped, after = True, None
+                continue
+            folder: str = row[0]
+            if allowed is None or folder in allowed:
+                return folder
+            if wrapped and self._last_folder is not None and folder >= self._last_folder:
+                return None  # came round to where we started
+            after = folder
+
+    def next_ready_at(self, folders: Collection[str] | None = None) -> float | None:
+        """Now if a job is pending, else when the earliest retry is due, else None.
+
+        ``folders`` limits the answer to those folders, as for ``claim``.
+        """
+        with self._read() as conn:
+            if folders is None:
+                if conn.execute(SQL_ANY_PENDING).fetchone() is not None:
+                    return self._clock()
+                at = conn.execute(SQL_NEXT_RETRY).fetchone()[0]
+                return None if at is None else float(at)
+            times = []
+            for folder in folders:
+                if conn.execute(SQL_ANY_PENDING_IN, (folder,)).fetchone() is not None:
+                    return self._clock()
+                at = conn.execute(SQL_NEXT_RETRY_IN, (folder,)).fetchone()[0]
+                if at is not None:
+                    times.append(float(at))
+        return min(times, default=None)
+
+    def set_sha256(self, job_id: int, sha256: str) -> None:
+        """Record the content hash of a job's input."""
+        self._update(job_id, "sha256 = ?", sha256)
+
+    def complete(self, job_id: int, outputs: Sequence[str]) -> None:
+        """Mark a job done with the outputs it wrote."""
+        self._update(
+            job_id,
+            "state = 'done', outputs = ?, lease_until = NULL, resend = 0, next_attempt_at = NULL,"
+            " last_error = NULL, http_status = NULL, reason = NULL",
+            json.dumps(list(outputs)),
+        )
+
+    def quarantine(
+        self,
+        job_id: int,
+        reason: str,
+        message: str,
+        http_status: int | None,
+        location: str | None = None,
+    ) -> None:
+        """Mark a job quarantined, keeping why and where the file went.
+
+        ``location`` (the file's path relative to the quarantine folder, which
+        may carry a ``~2`` suffix) is kept in ``outputs``: a quarantined job
+        has no other outputs, and ``retry`` needs to find the right file.
+        """
+        self._update(
+            job_id,
+            "state = 'quarantined', reason = ?, last_error = ?, http_status = ?,"
+            " lease_until = NULL, resend = 0, next_attempt_at = NULL, outputs = ?",
+            reason, message, http_status, json.dumps([location] if location else []),
+        )  # fmt: skip
+
+    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
+        """Count a failed attempt and wait until ``at``; return the attempts so far.
+
+        ``resend``: the failed request's outcome is unknown, so the next send
+        may be a second charge (a read timeout after the upload, say).
+        """
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'retry_wait', attempts = attempts + 1,"
+                " next_attempt_at = ?, last_error = ?, lease_until = NULL, resend = ?,"
+                " updated_at = ? WHERE id = ?",
+                (at, error, int(resend), self._clock(), job_id),
+            )
+            row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def release(self, job_id: int, *, resend: bool = False) -> None:
+        """Put a claimed job back to pending without counting an attempt.
+
+        ``resend``: its request may have reached the API (a shutdown that could
+        not wait for it), so the next send is a possible second charge.
+        """
+        if resend:
+            self._update(job_id, "state = 'pending', lease_until = NULL, resend = 1")
+        else:
+            self._update(job_id, "state = 'pending', lease_until = NULL")
+
+    def defer(self, job_id: int, at: float, note: str) -> None:
+        """Wait until ``at`` without counting an attempt (an input not yet quiet, say)."""
+        self._update(
+            job_id,
+            "state = 'retry_wait', next_attempt_at = ?, last_error = ?, lease_until = NULL",
+            at,
+            note,
+        )
+
+    # status and retry
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per folder and state; every state present for each folder with jobs."""
+        result: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for folder, state, n in conn.execute(SQL_COUNTS):
+                result.setdefault(folder, dict.fromkeys(STATES, 0))[state] = n
+        return result
+
+    def oldest_pending_queued_at(self) -> float | None:
+        """When the oldest job not yet done or quarantined was queued."""
+        with self._read() as conn:
+            at = conn.execute(SQL_OLDEST_OPEN).fetchone()[0]
+        return None if at is None else float(at)
+
+    def quarantined(self, folder: str | None = None) -> list[Job]:
+        """Quarantined jobs, of one folder or all, oldest first."""
+        with self._read() as conn:
+            if folder is None:
+                rows = conn.execute(SQL_QUARANTINED).fetchall()
+            else:
+                rows = conn.execute(SQL_QUARANTINED_IN, (folder,)).fetchall()
+        return [job_of(row) for row in rows]
+
+    def requeue(self, job_id: int) -> bool:
+        """Put a quarantined job back to pending with a fresh count; False if not quarantined."""
+        with self._write() as conn:
+            now = self._clock()
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,"
+                " http_status = NULL, reason = NULL, sha256 = NULL, resend = 0,"
+                " next_attempt_at = NULL, queued_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'quarantined'",
+                (now, now, job_id),
+            )
+            return cur.rowcount == 1

@@ -1,0 +1,157 @@
+"""The storage contract: what the daemon keeps, whichever engine keeps it.
+
+Records (:class:`Found`, :class:`Job`), the error (:class:`QueueError`) and
+one narrow Protocol per thing stored:
+
+- :class:`JobStore` — the jobs: discovery, dispatch, status and retry;
+- :class:`OutputClaims` — which input owns which output name;
+- :class:`StateStore` — small named values (pause reason, last credits...);
+- :class:`StoreHealth` — is the store still there and writable;
+- :class:`RequestLog` / :class:`SharedRequestLog` — request starts for the pacer;
+- :class:`ResultStore` — API results by content hash (the cache).
+
+:class:`Store` is what a daemon opens: jobs, claims, state and health on one
+database. Two engines implement it: SQLite (``queue.Queue``, one host) and
+PostgreSQL (``pgqueue.PgQueue``, a fleet, SPEC §8). Neither engine's driver
+is imported here, so every module may depend on this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bgsyncd.errors import BgsyncdError
+
+STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
+
+
+class QueueError(BgsyncdError):
+    """The queue database cannot be opened, read or written."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """A complete file in an inbox, as the watcher saw it."""
+
+    folder: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file's row in the queue."""
+
+    id: int
+    folder: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str | None
+    state: str
+    attempts: int
+    first_seen: float
+    queued_at: float
+    resend: bool  # was in flight when a run died: the next send may be a second charge
+    reason: str | None = None  # quarantine reason
+    last_error: str | None = None  # last failure or quarantine message
+    http_status: int | None = None
+    next_attempt_at: float | None = None
+    outputs: tuple[str, ...] = ()
+
+
+class JobStore(Protocol):
+    """The jobs: one row per input file, through pending, in flight and done."""
+
+    def is_unchanged(
+        self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int
+    ) -> bool: ...
+    def enqueue_many(self, found: Iterable[Found]) -> list[Found]: ...
+    def forget(self, job_id: int) -> None: ...
+    def find(self, folder: str, relpath: str) -> Job | None: ...
+    def get(self, job_id: int) -> Job | None: ...
+    def recover(self) -> int: ...
+    def claim(self, lease_seconds: float, folders: Collection[str] | None = None) -> Job | None: ...
+    def next_ready_at(self, folders: Collection[str] | None = None) -> float | None: ...
+    def set_sha256(self, job_id: int, sha256: str) -> None: ...
+    def complete(self, job_id: int, outputs: Sequence[str]) -> None: ...
+    def quarantine(
+        self,
+        job_id: int,
+        reason: str,
+        message: str,
+        http_status: int | None,
+        location: str | None = None,
+    ) -> None: ...
+    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int: ...
+    def release(self, job_id: int, *, resend: bool = False) -> None: ...
+    def defer(self, job_id: int, at: float, note: str) -> None: ...
+    def counts(self) -> dict[str, dict[str, int]]: ...
+    def oldest_pending_queued_at(self) -> float | None: ...
+    def quarantined(self, folder: str | None = None) -> list[Job]: ...
+    def requeue(self, job_id: int) -> bool: ...
+
+
+class OutputClaims(Protocol):
+    """Output names and the input that owns each (two inputs never write one name)."""
+
+    def adopt(self, found: Found, outputs: Sequence[str]) -> bool: ...
+    def claimed_outputs(self, job_id: int) -> list[str]: ...
+    def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str: ...
+
+
+class StateStore(Protocol):
+    """Small named values the daemon keeps across restarts (shared by a fleet)."""
+
+    def get_state(self, key: str) -> str | None: ...
+    def set_state(self, key: str, value: str | None) -> None: ...
+
+
+class StoreHealth(Protocol):
+    """Whether the store is new, still the one opened, and writable now."""
+
+    @property
+    def created(self) -> bool: ...
+    def lost(self) -> str | None: ...
+    def check_writable(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Store(JobStore, OutputClaims, StateStore, StoreHealth, Protocol):
+    """Everything a daemon keeps in its queue database."""
+
+
+class RequestLog(Protocol):
+    """Request start times of one host (SQLite): the pacer records, then sends."""
+
+    def record(self, t: float) -> None: ...
+    def since(self, t: float) -> list[float]: ...
+    def close(self) -> None: ...
+
+
+class SharedRequestLog(Protocol):
+    """Request starts of one account across a fleet, timed by the database's clock.
+
+    ``try_start`` checks the window and records the start in one step: 0.0
+    when the request may begin now, else the seconds to wait.
+    """
+
+    def try_start(self, limit: int, window: float, margin: float) -> float: ...
+    def since(self, t: float) -> list[float]: ...
+
+
+class ResultStore(Protocol):
+    """API results (PNG bytes) by input sha256 and entry kind, size-bounded, LRU."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def total_bytes(self) -> int: ...
+    def __len__(self) -> int: ...
+    def get(self, sha256: str, kind: str = ...) -> bytes | None: ...
+    def put(self, sha256: str, data: bytes, kind: str = ...) -> None: ...
