@@ -44,6 +44,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "bgsyncd_job_duration_seconds": ("histogram", frozenset({"folder"})),
     "bgsyncd_last_success_timestamp_seconds": ("gauge", frozenset({"folder"})),
     "bgsyncd_resends_total": ("counter", frozenset()),
+    "bgsyncd_upload_bytes_total": ("counter", frozenset({"endpoint"})),
 }
 FOLDERS = ("products", "catalogue")
 
