@@ -472,3 +472,53 @@ def test_upload_bytes_counts_the_image_data_sent_by_endpoint(
     assert len(sizes) == 2
     assert counted("alpha-channel") == sum(sizes)
     assert counted("image-without-background") == 0
+
+
+# -- inputs that are not 8-bit RGB -------------------------------------------------
+
+
+def _encoded(img: Image.Image, fmt: str, **params: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def _cmyk_jpeg() -> bytes:
+    return _encoded(open_image(photo(1400, 1000)).convert("CMYK"), "JPEG", quality=90)
+
+
+def _palette_png() -> bytes:
+    return _encoded(open_image(photo(1400, 1000)).convert("P"), "PNG")
+
+
+def _sixteen_bit_png() -> bytes:
+    grey = open_image(photo(1400, 1000)).convert("L").point(lambda v: v * 256, "I")
+    return _encoded(grey.convert("I;16"), "PNG")
+
+
+def _animated_gif() -> bytes:
+    first = open_image(photo(1400, 1000)).convert("P")
+    second = Image.new("P", first.size, 7)
+    return _encoded(first, "GIF", save_all=True, append_images=[second], duration=100)
+
+
+@pytest.mark.parametrize(
+    "make", [_cmyk_jpeg, _palette_png, _sixteen_bit_png, _animated_gif], ids=lambda f: f.__name__
+)
+def test_cmyk_palette_16_bit_and_animated_inputs_become_8_bit_outputs_of_their_size(
+    tmp_path: Path, rigs: Callable[..., Rig], make: Callable[[], bytes]
+) -> None:
+    data = make()
+    server = MatteServer()
+    with HostileServer(server) as api:
+        rig = rigs(tmp_path, api.url, folders={"f": {"output": "both"}})
+        assert rig.drop("f", "in.img", data).kind is Kind.DONE
+    [(path, sent)] = server.uploads
+    copy = open_image(sent)
+    assert (path, copy.mode, copy.size) == (ALPHA, "RGB", (1024, 731))
+    cutout, mask = open_image(rig.out("f", "in.png")), open_image(rig.out("f", "in.mask.png"))
+    assert (cutout.mode, cutout.size) == ("RGBA", (1400, 1000))
+    assert (mask.mode, mask.size) == ("L", (1400, 1000))
+    assert ImageChops.difference(mask, cutout.getchannel("A")).getbbox() is None
+    if make in (_palette_png, _animated_gif):  # 8-bit colours: kept exactly (first frame)
+        assert same_rgb_where_opaque(cutout, open_image(data).convert("RGB"))
