@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bgsyncd import cache, imaging, outputs
+from bgsyncd import imaging, outputs, uploads
 from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
@@ -52,18 +52,6 @@ log = get_logger("bgsyncd.worker")
 
 # A file this large is refused before it is read into memory, whatever `oversize` says.
 HARD_SIZE_LIMIT = 256 * 1024 * 1024
-
-# The client method a plan names -> the endpoint's name in metrics.
-_ENDPOINT_NAMES = {
-    "alpha_channel": "alpha-channel",
-    "remove_background": "image-without-background",
-}
-# Cache entry kinds that may serve each upload setting, in the order they are tried.
-# A matte is never taken for a cut-out, nor one setting's answer for the other's.
-_SERVES = {
-    "proxy": (cache.PROXY_MATTE,),
-    "original": (cache.ORIGINAL_CUTOUT, cache.ORIGINAL_MATTE),
-}
 
 
 class Kind(enum.Enum):
@@ -114,25 +102,12 @@ class WorkerConfig:
     proxy_side: int = 1024  # api.proxy_side: the longer side of the copy sent
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """What the API returned for some content (or the cache kept of it), and its kind."""
-
-    data: bytes
-    kind: str  # a cache entry kind: cache.PROXY_MATTE, ...
-
-    @property
-    def matte(self) -> bool:
-        """A matte (alpha-channel answer) rather than a cut-out."""
-        return self.kind.endswith(".matte")
-
-
 @dataclass
 class _Run:
     """What one run of a job has done so far (for the outcome and its application)."""
 
     sha: str | None = None
-    answer: _Answer | None = None  # what the API returned (or the cache kept)
+    answer: uploads.Answer | None = None  # what the API returned (or the cache kept)
     charged: bool = False  # the image request was answered
     folder: str = ""  # where the write that may fail goes
     during: str = "writing the outputs"
@@ -172,14 +147,14 @@ class Worker:
             # The database, not the job: the dispatcher pauses (queue_unavailable).
             # A charged result waits in memory, so the resume costs no credit.
             if run.sha is not None and run.answer is not None:
-                self._history.keep(_kept_key(run.sha, run.answer.kind), run.answer.data)
+                self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
             raise
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
         outcome = decide(happened, self._context(job))
         if run.sha is not None and run.answer is not None:
-            key, kept = _kept_key(run.sha, run.answer.kind), run.answer.data
+            key, kept = uploads.kept_key(run.sha, run.answer.kind), run.answer.data
             self._history.remember(job, outcome, key, kept)
         else:
             self._history.remember(job, outcome, None, None)
@@ -225,18 +200,6 @@ class Worker:
         kept = self._kept_answer(run.sha)
         if kept is not None:
             return self._finish(job, folder, sig, data, kept, src, run, "cache", bound)
-        config = self.config
-        plan = imaging.plan_upload(
-            info.size,
-            info.orientation,
-            len(data),
-            upload=config.upload,
-            proxy_side=config.proxy_side,
-            max_upload_bytes=config.max_upload_bytes,
-            oversize=folder.oversize,
-        )
-        if plan.action == "too_large":
-            return LocalVerdict("too_large", plan.reason, age)
         if job.resend and self._outputs_already_written(job, folder, sig):
             # A crash came after the outputs were written and before the job was
             # marked done: they are there and newer than the input. Never send
@@ -246,62 +209,41 @@ class Worker:
             run.folder, run.during = _after_success_target(folder)
             self._after_success(job, folder, sig, src, bound)
             return Finished("outputs")
-        upload, sent, filename = data, info.size, src.name
-        if plan.action == "proxy":
-            try:
-                proxy = imaging.make_proxy(data, side=plan.side, max_bytes=config.max_upload_bytes)
-            except imaging.CorruptImage as exc:
-                return LocalVerdict("corrupt_image", str(exc), age)
-            except ValueError as exc:
-                return LocalVerdict("too_large", f"cannot shrink below the limit: {exc}", age)
-            upload, sent = proxy.data, proxy.size
-            # The name says what is sent: a JPEG copy of a PNG is not a ".png".
-            filename = (
-                f"{Path(src.name).stem or 'image'}.{'jpg' if proxy.format == 'jpeg' else 'png'}"
+        config = self.config
+        up = uploads.prepare(
+            data,
+            info,
+            src.name,
+            upload=config.upload,
+            proxy_side=config.proxy_side,
+            max_upload_bytes=config.max_upload_bytes,
+            oversize=folder.oversize,
+        )
+        if isinstance(up, uploads.Refused):
+            return LocalVerdict(up.reason, up.message, age)
+        if up.reason:
+            bound.debug(
+                "job.proxy", why=up.reason, sent_bytes=len(up.data), sent_size=list(up.size)
             )
-            bound.debug("job.proxy", why=plan.reason, sent_bytes=len(upload), sent_size=list(sent))
         # Output names are decided before a credit is spent on them.
         self._claim_names(job, folder)
         if job.resend:
             self._recorder.resend()
             bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
-        matte = plan.endpoint == "alpha_channel"
         try:
-            answer = self._send(plan.endpoint, upload, filename, sent)
+            answer = uploads.send(self._client(), self._recorder, up)
         except Stopped:
             return Interrupted("stopping")
         except ApiError as exc:
             return ApiFailed(exc)
         run.charged = True  # from here on the credit is spent, whatever fails
         try:
-            if matte:
-                imaging.check_matte(answer, sent)
-            else:
-                with imaging.full_decode_slot():  # a cut-out comes at full size
-                    imaging.check_cutout(answer, info)
+            run.answer = uploads.check(answer, up, info, config.upload)
         except imaging.UnusableResult as exc:
             return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
         # Cached only once it passed: a bad answer must not serve the next file.
-        run.answer = _Answer(answer, cache.entry_kind(config.upload, matte))
         self._cache.put(run.sha, answer, run.answer.kind)
         return self._finish(job, folder, sig, data, run.answer, src, run, "api", bound)
-
-    def _send(self, endpoint: str, upload: bytes, filename: str, sent: imaging.Size) -> bytes:
-        """Send ``upload`` to the client method ``endpoint``; count the bytes of a request made."""
-        client = self._client()
-        matte = endpoint == "alpha_channel"
-        limit = client.answer_limit(matte=matte, pixels=sent[0] * sent[1])
-        method = client.alpha_channel if matte else client.remove_background
-        name = _ENDPOINT_NAMES[endpoint]
-        try:
-            answer = method(upload, filename=filename, max_bytes=limit)
-        except Stopped:
-            raise  # nothing was sent
-        except ApiError:
-            self._recorder.upload_bytes(name, len(upload))  # a request was made, and failed
-            raise
-        self._recorder.upload_bytes(name, len(upload))
-        return answer
 
     def _finish(
         self,
@@ -309,7 +251,7 @@ class Worker:
         folder: FolderSettings,
         sig: Signature,
         data: bytes,
-        answer: _Answer,
+        answer: uploads.Answer,
         src: Path,
         run: _Run,
         source: str,
@@ -359,14 +301,14 @@ class Worker:
             mask = outputs.mask_candidates(primary, job.relpath)
             self._queue.claim_output(job.folder, job.id, mask)
 
-    def _kept_answer(self, sha: str) -> _Answer | None:
+    def _kept_answer(self, sha: str) -> uploads.Answer | None:
         """An answer for this content that serves the upload setting: kept in memory, or cached."""
-        for kind in _SERVES[self.config.upload]:
-            kept = self._history.kept(_kept_key(sha, kind))
+        for kind in uploads.kinds_serving(self.config.upload):
+            kept = self._history.kept(uploads.kept_key(sha, kind))
             if kept is None:
                 kept = self._cache.get(sha, kind)
             if kept is not None:
-                return _Answer(kept, kind)
+                return uploads.Answer(kept, kind)
         return None
 
     def _context(self, job: Job) -> Context:
@@ -510,11 +452,6 @@ class Worker:
                 return WriteFailed(exc, str(folder.quarantine), "quarantine")
         self._queue.quarantine(job.id, reason, message, status, location)
         return None
-
-
-def _kept_key(sha: str, kind: str) -> str:
-    """The key a charged answer is kept under in memory: content and entry kind."""
-    return f"{sha}.{kind}"
 
 
 def _after_success_target(folder: FolderSettings) -> tuple[str, str]:
