@@ -534,6 +534,8 @@ def _worker_config(settings: Settings) -> WorkerConfig:
     return WorkerConfig(
         folders={f.name: f for f in settings.folders},
         max_upload_bytes=settings.api.max_upload_bytes,
+        upload=settings.api.upload,
+        proxy_side=settings.api.proxy_side,
         max_attempts=settings.queue.max_attempts,
         retry_base_seconds=settings.queue.retry_base_seconds,
         retry_max_seconds=settings.queue.retry_max_seconds,

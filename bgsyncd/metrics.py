@@ -43,6 +43,7 @@ PAUSE_REASONS = (
     "output_unwritable",
     "queue_unavailable",
 )
+UPLOAD_ENDPOINTS = ("image-without-background", "alpha-channel")
 ENDPOINTS = (
     "image-without-background",
     "image-without-background-base64",
@@ -94,6 +95,9 @@ class Recorder:
 
     def resend(self) -> None:
         """A request whose earlier outcome was unknown is sent again."""
+
+    def upload_bytes(self, endpoint: str, size: int) -> None:
+        """``size`` bytes of image data were sent to ``endpoint`` (a name of ENDPOINTS)."""
 
     def heartbeat(self) -> None:
         """The main loop is alive."""
@@ -155,6 +159,8 @@ class Metrics(Recorder):
         for endpoint in ENDPOINTS:
             self._api_requests.labels(endpoint=endpoint, code="200")
             self._api_duration.labels(endpoint=endpoint)
+        for endpoint in UPLOAD_ENDPOINTS:
+            self._upload_bytes.labels(endpoint=endpoint)
         self._credits_available.set(math.nan)  # unknown until the first credit check
         self._credits_expiry.set(math.nan)
         for folder in folders:
@@ -224,6 +230,12 @@ class Metrics(Recorder):
             "bgsyncd_last_success_timestamp_seconds",
             "When a job last succeeded (0: never).",
             ["folder"],
+            registry=r,
+        )
+        self._upload_bytes = Counter(
+            "bgsyncd_upload_bytes",
+            "Bytes of image data sent, by endpoint.",
+            ["endpoint"],
             registry=r,
         )
         self._resends = Counter(
@@ -311,6 +323,11 @@ class Metrics(Recorder):
     def resend(self) -> None:
         """Count a re-send of a request whose outcome was unknown."""
         self._resends.inc()
+
+    @_guarded
+    def upload_bytes(self, endpoint: str, size: int) -> None:
+        """Add ``size`` bytes of image data sent to ``endpoint``."""
+        self._upload_bytes.labels(endpoint=endpoint).inc(size)
 
     @_guarded
     def heartbeat(self) -> None:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bgsyncd import imaging, outputs
+from bgsyncd import imaging, outputs, uploads
 from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
@@ -98,6 +98,8 @@ class WorkerConfig:
     retry_base_seconds: float
     retry_max_seconds: float
     settle_seconds: float = 2.0  # a local verdict is final once the input is this quiet
+    upload: str = "proxy"  # api.upload: "proxy" | "original" (SPEC §5 "What is sent")
+    proxy_side: int = 1024  # api.proxy_side: the longer side of the copy sent
 
 
 @dataclass
@@ -105,7 +107,7 @@ class _Run:
     """What one run of a job has done so far (for the outcome and its application)."""
 
     sha: str | None = None
-    result: bytes | None = None  # the API's answer, made into a cut-out
+    answer: uploads.Answer | None = None  # what the API returned (or the cache kept)
     charged: bool = False  # the image request was answered
     folder: str = ""  # where the write that may fail goes
     during: str = "writing the outputs"
@@ -144,14 +146,18 @@ class Worker:
         except QueueUnavailable:
             # The database, not the job: the dispatcher pauses (queue_unavailable).
             # A charged result waits in memory, so the resume costs no credit.
-            if run.sha is not None and run.result is not None:
-                self._history.keep(run.sha, run.result)
+            if run.sha is not None and run.answer is not None:
+                self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
             raise
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
         outcome = decide(happened, self._context(job))
-        self._history.remember(job, outcome, run.sha, run.result)
+        if run.sha is not None and run.answer is not None:
+            key, kept = uploads.kept_key(run.sha, run.answer.kind), run.answer.data
+            self._history.remember(job, outcome, key, kept)
+        else:
+            self._history.remember(job, outcome, None, None)
         return self._apply(job, folder, outcome, bound)
 
     # -- doing: each step says what happened ------------------------------------------
@@ -169,20 +175,21 @@ class Worker:
             message = "not a JPEG, PNG, WebP, TIFF, BMP or GIF"
             return LocalVerdict("unsupported_media", message, age)
         try:
-            imaging.inspect(data)
+            info = imaging.inspect(data)
         except imaging.CorruptImage as exc:
             return LocalVerdict("corrupt_image", str(exc), age)
         sha = hashlib.sha256(data).hexdigest()
         run.sha = sha
         self._queue.set_sha256(job.id, sha)
         with self._history.same_content(sha):
-            return self._do_content(job, folder, data, sig, src, age, run, bound)
+            return self._do_content(job, folder, data, info, sig, src, age, run, bound)
 
     def _do_content(
         self,
         job: Job,
         folder: FolderSettings,
         data: bytes,
+        info: imaging.ImageInfo,
         sig: Signature,
         src: Path,
         age: float,
@@ -190,12 +197,9 @@ class Worker:
         bound: Any,
     ) -> Happening:
         assert run.sha is not None
-        kept = self._kept_result(run.sha)
+        kept = self._kept_answer(run.sha)
         if kept is not None:
-            return self._finish(job, folder, sig, kept, src, run, "cache", bound)
-        oversize = len(data) > self.config.max_upload_bytes
-        if oversize and folder.oversize == "quarantine":
-            return LocalVerdict("too_large", f"{len(data)} bytes is over api.max_upload_bytes", age)
+            return self._finish(job, folder, sig, data, kept, src, run, "cache", bound)
         if job.resend and self._outputs_already_written(job, folder, sig):
             # A crash came after the outputs were written and before the job was
             # marked done: they are there and newer than the input. Never send
@@ -205,57 +209,81 @@ class Worker:
             run.folder, run.during = _after_success_target(folder)
             self._after_success(job, folder, sig, src, bound)
             return Finished("outputs")
-        upload = data
-        if oversize:
-            try:
-                upload = imaging.shrink_to_fit(data, self.config.max_upload_bytes)
-            except ValueError as exc:
-                return LocalVerdict("too_large", f"cannot shrink below the limit: {exc}", age)
+        config = self.config
+        up = uploads.prepare(
+            data,
+            info,
+            src.name,
+            upload=config.upload,
+            proxy_side=config.proxy_side,
+            max_upload_bytes=config.max_upload_bytes,
+            oversize=folder.oversize,
+        )
+        if isinstance(up, uploads.Refused):
+            return LocalVerdict(up.reason, up.message, age)
+        if up.reason:
+            bound.debug(
+                "job.proxy", why=up.reason, sent_bytes=len(up.data), sent_size=list(up.size)
+            )
         # Output names are decided before a credit is spent on them.
         self._claim_names(job, folder)
         if job.resend:
             self._recorder.resend()
             bound.warning("job.resend", note="earlier outcome unknown; may cost a second credit")
         try:
-            if oversize:
-                answer = self._client().alpha_channel(upload, filename=src.name)
-            else:
-                answer = self._client().remove_background(upload, filename=src.name)
+            answer = uploads.send(self._client(), self._recorder, up)
         except Stopped:
             return Interrupted("stopping")
         except ApiError as exc:
             return ApiFailed(exc)
         run.charged = True  # from here on the credit is spent, whatever fails
         try:
-            cutout = imaging.compose(data, answer, result_is_alpha=oversize)
-        except imaging.CorruptImage as exc:
+            run.answer = uploads.check(answer, up, info, config.upload)
+        except imaging.UnusableResult as exc:
             return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
-        run.result = cutout
-        self._cache.put(run.sha, cutout)
-        return self._finish(job, folder, sig, cutout, src, run, "api", bound)
+        # Cached only once it passed: a bad answer must not serve the next file.
+        self._cache.put(run.sha, answer, run.answer.kind)
+        return self._finish(job, folder, sig, data, run.answer, src, run, "api", bound)
 
     def _finish(
         self,
         job: Job,
         folder: FolderSettings,
         sig: Signature,
-        cutout: bytes,
+        data: bytes,
+        answer: uploads.Answer,
         src: Path,
         run: _Run,
         source: str,
         bound: Any,
     ) -> Happening:
-        """Write the outputs, mark the job done, then deal with the input.
+        """Make this folder's outputs from the original and the answer, write them, mark
+        the job done, then deal with the input.
 
         If the input changed after it was read (a writer came back), it is
         neither deleted nor moved but queued again: its new content must not
         be lost, and it gets its own turn.
         """
-        if run.result is None:
-            run.result = cutout
+        if run.answer is None:
+            run.answer = answer
+        try:
+            rendered = imaging.render(
+                data,
+                answer.data,
+                answer_is_matte=answer.matte,
+                output=folder.output,
+                fmt=folder.format,
+                background=folder.background,
+            )
+        except imaging.UnusableResult as exc:
+            if source != "api":
+                raise  # a kept answer was checked when it came: this is a bug
+            return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
+        if rendered.rotated_by_server:
+            bound.info("job.rotated_by_server", note="outputs carry no orientation tag")
         try:
             run.folder, run.during = str(folder.outbox), "writing the outputs"
-            written = self._write_outputs(job, folder, cutout)
+            written = self._write_outputs(job, folder, rendered)
             self._queue.complete(job.id, written)
             run.folder, run.during = _after_success_target(folder)
             self._after_success(job, folder, sig, src, bound)
@@ -273,9 +301,15 @@ class Worker:
             mask = outputs.mask_candidates(primary, job.relpath)
             self._queue.claim_output(job.folder, job.id, mask)
 
-    def _kept_result(self, sha: str) -> bytes | None:
-        kept = self._history.kept(sha)
-        return kept if kept is not None else self._cache.get(sha)
+    def _kept_answer(self, sha: str) -> uploads.Answer | None:
+        """An answer for this content that serves the upload setting: kept in memory, or cached."""
+        for kind in uploads.kinds_serving(self.config.upload):
+            kept = self._history.kept(uploads.kept_key(sha, kind))
+            if kept is None:
+                kept = self._cache.get(sha, kind)
+            if kept is not None:
+                return uploads.Answer(kept, kind)
+        return None
 
     def _context(self, job: Job) -> Context:
         return self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
@@ -311,19 +345,19 @@ class Worker:
             return False
         return outputs.outputs_newer_than(folder.outbox, claimed, sig[1])
 
-    def _write_outputs(self, job: Job, folder: FolderSettings, cutout: bytes) -> list[str]:
+    def _write_outputs(
+        self, job: Job, folder: FolderSettings, rendered: imaging.Rendered
+    ) -> list[str]:
         ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
         primary = self._queue.claim_output(
             job.folder, job.id, outputs.output_candidates(job.relpath, ext)
         )
         if folder.output == "mask":
-            outputs.write_file(folder.outbox, primary, imaging.encode_mask(cutout))
+            assert rendered.mask is not None  # render made what the folder asks for
+            outputs.write_file(folder.outbox, primary, rendered.mask)
             return [primary]
-        outputs.write_file(
-            folder.outbox,
-            primary,
-            imaging.encode_cutout(cutout, folder.format, folder.background),
-        )
+        assert rendered.cutout is not None
+        outputs.write_file(folder.outbox, primary, rendered.cutout)
         written = [primary]
         if folder.output == "both":
             # The mask's name is claimed too: `a.mask.jpg` beside `a.jpg` must not
@@ -331,7 +365,8 @@ class Worker:
             mask = self._queue.claim_output(
                 job.folder, job.id, outputs.mask_candidates(primary, job.relpath)
             )
-            outputs.write_file(folder.outbox, mask, imaging.encode_mask(cutout))
+            assert rendered.mask is not None
+            outputs.write_file(folder.outbox, mask, rendered.mask)
             written.append(mask)
         return written
 

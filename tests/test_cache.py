@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bgsyncd.cache import ResultCache
+from bgsyncd.cache import ORIGINAL_CUTOUT, ORIGINAL_MATTE, PROXY_MATTE, ResultCache, entry_kind
 
 
 def _sha(n: int) -> str:
@@ -163,3 +163,51 @@ def test_concurrent_puts_and_gets_keep_the_bound(tmp_path: Path) -> None:
         list(pool.map(work, range(100)))
     on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.png"))
     assert on_disk == cache.total_bytes <= 3000
+
+
+# -- entry kinds: what the API returned, by content and upload setting (SPEC §5) ----------
+
+
+def test_a_matte_and_a_cutout_of_the_same_content_are_separate_entries(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    cache = ResultCache(root, 10_000)
+    matte, cutout, shrunk = _png(300), _png(400), _png(500)
+    cache.put(_sha(1), matte, PROXY_MATTE)
+    assert cache.get(_sha(1)) is None  # a matte is never taken for a cut-out
+    assert cache.get(_sha(1), ORIGINAL_MATTE) is None  # nor for the other setting's matte
+    cache.put(_sha(1), cutout, ORIGINAL_CUTOUT)
+    cache.put(_sha(1), shrunk, ORIGINAL_MATTE)
+    assert cache.get(_sha(1), PROXY_MATTE) == matte
+    assert cache.get(_sha(1), ORIGINAL_CUTOUT) == cutout
+    assert cache.get(_sha(1), ORIGINAL_MATTE) == shrunk
+    assert sorted(p.name for p in (root / _sha(1)[:2]).iterdir()) == [
+        f"{_sha(1)}.original.matte.png",
+        f"{_sha(1)}.png",
+        f"{_sha(1)}.proxy.matte.png",
+    ]
+    assert ResultCache(root, 10_000).total_bytes == 1200  # every kind is found again at start
+
+
+def test_an_entry_laid_out_by_0_1_serves_original_mode_and_never_as_a_matte(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cache"
+    old = _png(600)  # 0.1: <root>/<sha[:2]>/<sha>.png, a full cut-out keyed by content alone
+    _entry(root, _sha(7)).parent.mkdir(parents=True)
+    _entry(root, _sha(7)).write_bytes(old)
+    cache = ResultCache(root, 10_000)
+    assert cache.total_bytes == 600
+    assert cache.get(_sha(7), PROXY_MATTE) is None
+    assert cache.get(_sha(7), ORIGINAL_MATTE) is None
+    assert cache.get(_sha(7), ORIGINAL_CUTOUT) == old
+    assert _entry(root, _sha(7)).read_bytes() == old  # the misses touched nothing
+
+
+def test_the_entry_kind_follows_the_upload_setting_and_the_answer(tmp_path: Path) -> None:
+    assert entry_kind("proxy", matte=True) == PROXY_MATTE
+    assert entry_kind("original", matte=True) == ORIGINAL_MATTE
+    assert entry_kind("original", matte=False) == ORIGINAL_CUTOUT
+    with pytest.raises(ValueError):
+        entry_kind("proxy", matte=False)  # proxy mode only ever asks for mattes
+    with pytest.raises(ValueError):
+        ResultCache(tmp_path / "cache", 1000).get(_sha(1), "../etc")

@@ -45,6 +45,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "bgsyncd_last_success_timestamp_seconds": ("gauge", frozenset({"folder"})),
     "bgsyncd_resends_total": ("counter", frozenset()),
     "bgsyncd_folder_up": ("gauge", frozenset({"folder"})),
+    "bgsyncd_upload_bytes_total": ("counter", frozenset({"endpoint"})),
 }
 FOLDERS = ("products", "catalogue")
 

@@ -35,7 +35,7 @@ from tests.conftest import (
 )
 from tests.helpers import product_image, wait_until
 
-IMAGE_PATH = "/v1.0/image-without-background"
+IMAGE_PATH = "/v1.0/alpha-channel"  # upload = "proxy", the default, sends every input there
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -335,6 +335,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "bgsyncd_last_success_timestamp_seconds": ("gauge", {"folder"}),
     "bgsyncd_resends": ("counter", set()),
     "bgsyncd_folder_up": ("gauge", {"folder"}),
+    "bgsyncd_upload_bytes": ("counter", {"endpoint"}),
 }
 
 
@@ -390,10 +391,7 @@ def test_live_exposition_carries_every_contract_metric(tmp_path, emulator, daemo
     assert value(text, "bgsyncd_folder_up", folder="shop") == 1
     assert value(text, "bgsyncd_jobs_finished_total", folder="shop", outcome="success") == 2
     assert value(text, "bgsyncd_jobs_finished_total", folder="shop", outcome="quarantined") == 0
-    assert (
-        value(text, "bgsyncd_api_requests_total", endpoint="image-without-background", code="200")
-        == 2
-    )
+    assert value(text, "bgsyncd_api_requests_total", endpoint="alpha-channel", code="200") == 2
     assert value(text, "bgsyncd_api_requests_total", endpoint="available-credit", code="200") >= 1
     assert value(text, "bgsyncd_job_duration_seconds_count", folder="shop") == 2
     # The last known count: what the daemon counted down from its check, as status says.

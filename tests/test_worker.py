@@ -23,7 +23,8 @@ from bgsyncd.worker import Kind, Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import product_image, wait_until
 
-IMAGE_PATH = "/v1.0/image-without-background"
+# Either image endpoint: "proxy" mode (the default) sends to the alpha channel.
+IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 
 def make_worker(tmp_path: Path, emu: Emulator, queue: Queue, **folder: object) -> Worker:
@@ -61,7 +62,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     assert worker.process(job).kind is Kind.DONE
     assert (tmp_path / "outbox" / "p.png").exists()
     assert (tmp_path / "outbox" / "p.mask.png").exists()
-    sent = len([r for r in emulator.requests() if r.path == IMAGE_PATH])
+    sent = len([r for r in emulator.requests() if r.path in IMAGE_PATHS])
     # A crash after the outputs were written, before the job was marked done:
     with queue._write() as conn:
         conn.execute("UPDATE jobs SET state = 'in_flight' WHERE id = ?", (job.id,))
@@ -69,7 +70,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     again = queue.claim(60)
     assert again is not None and again.resend
     assert worker.process(again).kind is Kind.DONE
-    assert len([r for r in emulator.requests() if r.path == IMAGE_PATH]) == sent
+    assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == sent
     done = queue.get(job.id)
     assert done is not None and done.state == "done"
 
@@ -82,7 +83,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     third = queue.claim(60)
     assert third is not None and third.resend
     assert worker.process(third).kind is Kind.DONE
-    assert len([r for r in emulator.requests() if r.path == IMAGE_PATH]) == sent + 1
+    assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == sent + 1
     queue.close()
 
 
@@ -90,7 +91,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
 
 
 def image_posts(emu: Emulator) -> int:
-    return len([r for r in emu.requests() if r.path == IMAGE_PATH])
+    return len([r for r in emu.requests() if r.path in IMAGE_PATHS])
 
 
 @contextlib.contextmanager
