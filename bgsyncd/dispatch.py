@@ -269,7 +269,7 @@ class Dispatcher:
     def _run_job(self, job: Job) -> None:
         result = Result(Kind.RELEASED)
         try:
-            result = self._worker.process(job)
+            result = self._worker.process(job, on_pause=self.raise_pause)
         except QueueUnavailable as exc:
             # Its row cannot be updated now: it stays in flight in the database
             # until the daemon, seeing the database answer, gives it back.

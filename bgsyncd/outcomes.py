@@ -67,6 +67,7 @@ class Transition(enum.Enum):
     DEFER = "defer"  # tried again at ``Outcome.at``, no attempt counted
     RELEASE = "release"  # back to pending, no attempt counted
     FORGET = "forget"  # the input is gone
+    REQUEUE = "requeue"  # the input changed after it was read: its new version is queued
 
 
 # -- what happened ------------------------------------------------------------------
@@ -110,6 +111,15 @@ class WriteFailed:
 
 
 @dataclass(frozen=True)
+class Changed:
+    """The input was rewritten after it was read: what was decided was about old bytes."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True)
 class Vanished:
     """The input disappeared (or its path now leads through a symlink)."""
 
@@ -131,7 +141,9 @@ class Crashed:
     charged: bool = False
 
 
-Happening = Finished | ApiFailed | LocalVerdict | WriteFailed | Vanished | Interrupted | Crashed
+Happening = (
+    Finished | ApiFailed | LocalVerdict | WriteFailed | Changed | Vanished | Interrupted | Crashed
+)
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,7 @@ class Outcome:
     usable: bool = False  # a usable answer: ends the account's streak
     finished: str | None = None  # metrics outcome: success, cached, quarantined
     move: bool = True  # QUARANTINE: move the input (False: mark it only, it cannot move)
+    requeue_as: tuple[int, int, int] | None = None  # REQUEUE: the new size, mtime_ns, inode
     fields: Mapping[str, object] = field(default_factory=dict)  # more for the log line
 
 
@@ -199,6 +212,15 @@ def decide(what: Happening, ctx: Context) -> Outcome:
         return _write_failed(what, ctx)
     if isinstance(what, Vanished):
         return Outcome(Transition.FORGET, "file.vanished", fields=_during(what.during))
+    if isinstance(what, Changed):
+        # A verdict on bytes that are no longer there is no verdict: the new
+        # version is queued afresh (attempts from zero) and judged on its own.
+        return Outcome(
+            Transition.REQUEUE,
+            "file.changed",
+            requeue_as=(what.size, what.mtime_ns, what.inode),
+            fields={"note": "changed while processed; queued again"},
+        )
     if isinstance(what, Interrupted):
         return Outcome(Transition.RELEASE, "job.released", fields={"why": what.why})
     message = f"internal error: {describe(what.error)}"

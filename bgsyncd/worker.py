@@ -32,6 +32,7 @@ from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.outcomes import (
     ApiFailed,
+    Changed,
     Context,
     Crashed,
     Finished,
@@ -73,7 +74,10 @@ _KINDS = {
     Transition.DEFER: Kind.RETRY,
     Transition.RELEASE: Kind.RELEASED,
     Transition.FORGET: Kind.VANISHED,
+    Transition.REQUEUE: Kind.RELEASED,
 }
+# Called with a pause reason (and context) before the job returns to the queue.
+PauseHook = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class _Run:
     """What one run of a job has done so far (for the outcome and its application)."""
 
     sha: str | None = None
+    read: Signature | None = None  # the version of the input that was read and judged
     answer: uploads.Answer | None = None  # what the API returned (or the cache kept)
     charged: bool = False  # the image request was answered
     folder: str = ""  # where the write that may fail goes
@@ -133,14 +138,21 @@ class Worker:
         self._clock = clock
         self._history = History()
 
-    def process(self, job: Job) -> Result:
-        """Process ``job`` (claimed, in flight) to one of the outcomes of ``Kind``."""
+    def process(self, job: Job, on_pause: PauseHook | None = None) -> Result:
+        """Process ``job`` (claimed, in flight) to one of the outcomes of ``Kind``.
+
+        ``on_pause(reason, **context)`` is called before the job goes back to the
+        queue when its outcome pauses dispatch, so the dispatcher never claims it
+        again in between.
+        """
         folder = self.config.folders.get(job.folder)
         bound = log.bind(folder=job.folder, path=job.relpath, job=job.id)
         run = _Run()
         if folder is None:
             # The folder was removed by a reload: leave the job for a later configuration.
-            return self._apply(job, None, decide(Interrupted("folder"), self._context(job)), bound)
+            return self._apply(
+                job, None, decide(Interrupted("folder"), self._context(job)), bound, run, on_pause
+            )
         try:
             happened = self._do(job, folder, run, bound)
         except QueueUnavailable:
@@ -158,7 +170,7 @@ class Worker:
             self._history.remember(job, outcome, key, kept)
         else:
             self._history.remember(job, outcome, None, None)
-        return self._apply(job, folder, outcome, bound)
+        return self._apply(job, folder, outcome, bound, run, on_pause)
 
     # -- doing: each step says what happened ------------------------------------------
 
@@ -168,6 +180,11 @@ class Worker:
         if read is None:
             return Vanished()
         data, sig = read
+        run.read = sig
+        if data == b"":
+            # Emptied since it was queued: a placeholder again, left alone like any
+            # empty file; its next write queues it anew.
+            return Vanished("emptied")
         age = quiet_for(self._clock(), sig[1] / 1e9, job.queued_at)
         if data is None:
             return LocalVerdict("too_large", f"{sig[0]} bytes is over the hard limit", age)
@@ -326,6 +343,10 @@ class Worker:
                 size, mtime_ns, inode = now
                 self._queue.enqueue_many([Found(job.folder, job.relpath, size, mtime_ns, inode)])
                 bound.info("file.changed", note="changed while processed; queued again")
+            elif folder.after_success != "keep":
+                # Its folder may be away (swapped, unmounted) and come back: the
+                # input then stays where it is, done, and is not processed again.
+                bound.warning("file.vanished", during=f"after success ({folder.after_success})")
             return
         if folder.after_success == "delete":
             try:
@@ -372,12 +393,23 @@ class Worker:
 
     # -- applying: the one place an outcome becomes a transition, a metric, a log line ---
 
-    def _apply(self, job: Job, folder: FolderSettings | None, out: Outcome, bound: Any) -> Result:
+    def _apply(
+        self,
+        job: Job,
+        folder: FolderSettings | None,
+        out: Outcome,
+        bound: Any,
+        run: _Run,
+        on_pause: PauseHook | None,
+    ) -> Result:
         fields = dict(out.fields)
         if out.message and out.transition is not Transition.DONE:
             fields["error"] = out.message
+        context = {k: v for k, v in fields.items() if k in ("location", "folder_path", "error")}
+        if out.pause is not None and on_pause is not None:
+            on_pause(out.pause, **context)  # paused before the job can be claimed again
         if out.transition is Transition.QUARANTINE and folder is not None:
-            moved = self._quarantine(job, folder, out)
+            moved = self._quarantine(job, folder, out, run.read)
             if moved is not None:
                 # The quarantine itself could not be written: decided anew.
                 again = decide(moved, self._context(job))
@@ -385,7 +417,8 @@ class Worker:
                     # Neither the disk nor a swap: the job ends, the input stays.
                     note = f"{out.message}; could not move it to the quarantine: {again.message}"
                     again = replace(out, move=False, message=note)
-                result = self._apply(job, folder, replace(again, charged=out.charged), bound)
+                again = replace(again, charged=out.charged)
+                result = self._apply(job, folder, again, bound, run, on_pause)
                 return replace(result, pause=result.pause or out.pause)
         elif out.transition is Transition.RETRY:
             delay = compute_backoff(
@@ -400,6 +433,9 @@ class Worker:
             self._queue.release(job.id)
         elif out.transition is Transition.FORGET:
             self._queue.forget(job.id)
+        elif out.transition is Transition.REQUEUE and out.requeue_as is not None:
+            self._queue.release(job.id)  # out of flight, so the new version may replace it
+            self._queue.enqueue_many([Found(job.folder, job.relpath, *out.requeue_as)])
         if out.finished is not None:
             took = None if out.finished == "quarantined" else self._clock() - job.queued_at
             self._recorder.job_finished(job.folder, out.finished, took)
@@ -409,7 +445,6 @@ class Worker:
         kind = Kind.RATE_LIMITED if out.rate_limited else _KINDS[out.transition]
         if out.pause is not None:
             kind = Kind.PAUSED
-        context = {k: v for k, v in fields.items() if k in ("location", "folder_path", "error")}
         return Result(
             kind,
             charged=out.charged,
@@ -419,11 +454,14 @@ class Worker:
             pause_context=context,
         )
 
-    def _quarantine(self, job: Job, folder: FolderSettings, out: Outcome) -> Happening | None:
+    def _quarantine(
+        self, job: Job, folder: FolderSettings, out: Outcome, judged: Signature | None
+    ) -> Happening | None:
         """Move the input and its sidecar to the quarantine and mark the job.
 
         Returns what happened instead when that could not be done: the input
-        vanished, or writing under the quarantine failed (decided anew).
+        vanished, was rewritten since ``judged`` was read (a verdict on old
+        bytes moves nothing), or writing under the quarantine failed (decided anew).
         """
         reason = out.reason or "retries_exhausted"
         message, status = out.message, out.http_status
@@ -439,9 +477,12 @@ class Worker:
         }
         location: str | None = None
         if out.move:
-            if signature_of(folder.inbox, job.relpath) is None:
+            now = signature_of(folder.inbox, job.relpath)
+            if now is None:
                 # Gone, or a folder on its path was swapped for a symlink: touch nothing.
                 return Vanished("quarantine")
+            if judged is not None and now != judged:
+                return Changed(*now)
             try:
                 location = outputs.quarantine_file(
                     folder.inbox, job.relpath, folder.quarantine, sidecar

@@ -10,6 +10,7 @@ from bgsyncd import errors
 from bgsyncd.outcomes import (
     UNUSABLE_PREFIX,
     ApiFailed,
+    Changed,
     Context,
     Crashed,
     Finished,
@@ -208,3 +209,10 @@ def test_quiet_time_counts_from_the_last_write_or_queueing_and_ignores_a_future_
     assert quiet_for(now=100.0, mtime=90.0, queued_at=97.0) == 3.0
     assert quiet_for(now=100.0, mtime=4e9, queued_at=99.0) == 1.0  # touch -d 2096
     assert quiet_for(now=100.0, mtime=50.0, queued_at=101.0) == 0.0
+
+
+def test_a_file_rewritten_since_it_was_read_is_queued_again_as_its_new_version() -> None:
+    out = decide(Changed(10, 20, 30), LAST)
+    assert out.transition is Transition.REQUEUE and out.requeue_as == (10, 20, 30)
+    assert not out.counts_attempt and not out.charged and out.pause is None
+    assert out.event == "file.changed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -201,3 +202,54 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
     assert any(r in sidecar["message"] for r in refused)
     assert list(outside.iterdir()) == []  # nothing written through the symlink
     queue.close()
+
+
+def _queued(tmp_path: Path, queue: Queue, name: str, data: bytes) -> Job:
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    src = tmp_path / "inbox" / name
+    src.write_bytes(data)
+    st = src.stat()
+    queue.enqueue_many([Found("f", name, st.st_size, st.st_mtime_ns, st.st_ino)])
+    job = queue.claim(60)
+    assert job is not None
+    return job
+
+
+def test_a_queued_file_emptied_before_it_is_read_is_left_alone(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Truncated to zero bytes (a placeholder again): the job goes, the file stays."""
+    queue = Queue(tmp_path / "q.sqlite3")
+    worker = make_worker(tmp_path, emulator, queue)
+    job = _queued(tmp_path, queue, "p.jpg", product_image())
+    (tmp_path / "inbox" / "p.jpg").write_bytes(b"")
+    assert worker.process(job).kind is Kind.VANISHED
+    assert (tmp_path / "inbox" / "p.jpg").exists()
+    assert queue.counts() == {}
+    assert not (tmp_path / "quarantine").exists() or not list((tmp_path / "quarantine").iterdir())
+
+
+def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """The verdict was on the old bytes: the new version gets its own turn."""
+    queue = Queue(tmp_path / "q.sqlite3")
+    worker = make_worker(tmp_path, emulator, queue)
+    worker.config = dataclasses.replace(worker.config, settle_seconds=0.0)  # verdicts final
+    job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
+    src = tmp_path / "inbox" / "p.jpg"
+    # Between the verdict and the move, a writer rewrites the file in place.
+    real_quarantine = worker._quarantine
+
+    def rewrite_first(*args: object, **kwargs: object) -> object:
+        src.write_bytes(product_image())
+        return real_quarantine(*args, **kwargs)  # type: ignore[arg-type]
+
+    worker._quarantine = rewrite_first  # type: ignore[method-assign]
+    result = worker.process(job)
+    assert result.kind is not Kind.QUARANTINED
+    assert src.read_bytes() == product_image()
+    again = queue.claim(60)
+    assert again is not None and again.size == len(product_image()) and again.attempts == 0
+    worker._quarantine = real_quarantine  # type: ignore[method-assign]
+    assert worker.process(again).kind is Kind.DONE
