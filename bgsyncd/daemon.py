@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -28,12 +29,12 @@ from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
-from bgsyncd.errors import BgsyncdError, ConfigError
+from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
 from bgsyncd.pacer import Pacer
-from bgsyncd.queue import STATES, Found, Queue, SqliteRequestLog
+from bgsyncd.queue import STATES, Found, Queue, QueueError, SqliteRequestLog
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
 from bgsyncd.watcher import Watcher
 from bgsyncd.worker import Worker, WorkerConfig
@@ -70,6 +71,14 @@ class Daemon:
         self._last_refresh = 0.0
         self._open_jobs = False
         self.stuck = False
+        self._crashed = threading.Event()
+        # Watcher swaps (reloads that change the folders) run one at a time on
+        # one thread, newest configuration last; see _swap_loop.
+        self._swap_cond = threading.Condition()
+        self._swap_wanted: Settings | None = None
+        self._swap_stopping = False
+        self._starting: Watcher | None = None
+        self._swapper = threading.Thread(target=self._swap_loop, name="bgsyncd-reload", daemon=True)
 
         self._lock_fd = _lock_database(settings.queue.database)
         self.queue = Queue(settings.queue.database)
@@ -137,10 +146,16 @@ class Daemon:
     # -- running ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped (or, with ``once``, until nothing can be sent now)."""
+        """Run until stopped (or, with ``once``, until nothing can be sent now).
+
+        Returns 0, or 1 when a component crashed (``daemon.crashed`` was logged).
+        """
         self._install_signals()
+        previous_hook = threading.excepthook
+        threading.excepthook = self._on_thread_crash
         self.metrics.start()
         self._ingest.start()
+        self._swapper.start()
         self.dispatcher.start()
         try:
             try:
@@ -154,7 +169,8 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
-        return 0
+            threading.excepthook = previous_hook
+        return 1 if self._crashed.is_set() else 0
 
     def _loop(self) -> None:
         interval = REFRESH_SECONDS
@@ -178,8 +194,10 @@ class Daemon:
                     if self._once_finished():
                         progress.finish(counts)
                         return
-            except Exception:  # a busy or full disk must not end the daemon
+            except (QueueError, QueueUnavailable):  # a busy or full disk must not end the daemon
                 log.exception("daemon.loop_error")
+            except Exception as exc:
+                self._crash(threading.current_thread().name, exc)
 
     def _once_finished(self) -> bool:
         if self._found.unfinished_tasks or self.watcher.pending():
@@ -240,6 +258,30 @@ class Daemon:
         self.queue.set_state(key, value)
         self._published[key] = value
 
+    # -- supervision -----------------------------------------------------------------
+
+    def _on_thread_crash(self, args: threading.ExceptHookArgs) -> None:
+        """``threading.excepthook``: an exception escaped some thread's loop."""
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        name = args.thread.name if args.thread is not None else "unknown"
+        self._crash(name, args.exc_value)
+
+    def _crash(self, thread: str, exc: BaseException) -> None:
+        """One ``daemon.crashed`` event, /healthz 503 at once, then stop and exit 1.
+
+        No thread dies silently: systemd restarts a daemon that exits 1, and a
+        half-alive one would look healthy while doing nothing.
+        """
+        if self._crashed.is_set():
+            return  # the first crash is the one that matters; others follow from it
+        self._crashed.set()
+        self.metrics.crashed()
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.critical("daemon.crashed", thread=thread, error=repr(exc), traceback=text)
+        self._stop.set()
+        self._wake.set()
+
     def _ingest_loop(self) -> None:
         """Batch found files into the queue: one transaction per batch."""
         while True:
@@ -258,7 +300,8 @@ class Daemon:
                 batch.append(nxt)
             try:
                 queued = self.queue.enqueue_many(batch)
-            except Exception:
+            except (QueueError, QueueUnavailable):
+                # The database refused (busy, full, read-only): the next scan finds them again.
                 log.exception("queue.ingest_failed", files=len(batch))
                 queued = []
             finally:
@@ -334,28 +377,69 @@ class Daemon:
             getattr(new.queue, k) != getattr(old.queue, k) for k in watching
         ):
             # Off the main loop: a full scan of a large inbox must not starve
-            # the systemd watchdog. The new watcher starts before the old stops
-            # (a file seen by both is queued once), and if it cannot start, the
-            # old one goes on.
-            threading.Thread(
-                target=self._swap_watcher, args=(new,), name="bgsyncd-reload", daemon=True
-            ).start()
+            # the systemd watchdog. The swapper takes the newest wish only.
+            with self._swap_cond:
+                self._swap_wanted = new
+                self._swap_cond.notify_all()
         else:
             self.watcher.rescan()
         self.settings = new
         log.info("config.reloaded", folders=[f.name for f in new.folders])
         self.dispatcher.recheck_credits()
 
-    def _swap_watcher(self, settings: Settings) -> None:
-        new = self._make_watcher(settings)
-        try:
-            new.start()
-        except Exception as exc:
-            log.error("config.watch_failed", error=str(exc), note="still watching the old folders")
-            new.stop()
-            return
-        old, self.watcher = self.watcher, new
-        old.stop()
+    def _swap_loop(self) -> None:
+        """Replace the watcher for each reload that changed the folders, one at a time.
+
+        Only the newest configuration waiting is started (SIGHUPs that came
+        during a long start-up scan collapse into one), so the last one read is
+        the one in force. The new watcher starts before the old stops (a file
+        seen by both is queued once); if it cannot start, the old one goes on.
+        A stop during the start-up scan stops the new watcher too.
+        """
+        while True:
+            with self._swap_cond:
+                while self._swap_wanted is None and not self._swap_stopping:
+                    self._swap_cond.wait()
+                if self._swap_stopping:
+                    return
+                settings, self._swap_wanted = self._swap_wanted, None
+                assert settings is not None
+                new = self._starting = self._make_watcher(settings)
+            names = [f.name for f in settings.folders]
+            try:
+                new.start()
+            except Exception as exc:
+                log.error("config.watch_failed", error=str(exc), note="still watching the old")
+                new.stop()
+                with self._swap_cond:
+                    self._starting = None
+                continue
+            with self._swap_cond:
+                self._starting = None
+                # Another thread may have set it while this one scanned.
+                abandoned = self._swap_stop_requested()
+                if not abandoned:
+                    old, self.watcher = self.watcher, new
+            if abandoned:
+                new.stop()
+                log.info("config.watch_abandoned", folders=names, note="stopping")
+                return
+            old.stop()
+            log.info("config.watching", folders=names)
+
+    def _swap_stop_requested(self) -> bool:
+        return self._swap_stopping
+
+    def _stop_swapper(self) -> None:
+        """No more swaps; stop a watcher still in its start-up scan, wait for the swapper."""
+        with self._swap_cond:
+            self._swap_stopping = True
+            starting = self._starting
+            self._swap_cond.notify_all()
+        if starting is not None:
+            starting.stop()  # abandons its scan; the swapper then drops it
+        if self._swapper.is_alive():
+            self._swapper.join(timeout=10)
 
     def _secrets(self) -> Sequence[str]:
         return [self._key]
@@ -367,6 +451,7 @@ class Daemon:
         self.notifier.stopping()
         self.notifier.extend_timeout(drain + 10)
         log.info("daemon.stopping", in_flight=self.dispatcher.in_flight)
+        self._stop_swapper()
         self.watcher.stop()
         left = self.dispatcher.stop(timeout=drain)
         if left:
