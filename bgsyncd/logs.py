@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
@@ -184,9 +185,28 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _configure_stdlib(max(logging.WARNING, _state.level))
-    # Libraries' warnings (watchdog has some) become log lines like any other,
-    # not bare text in the middle of the JSON stream.
-    logging.captureWarnings(True)
+    # Libraries' warnings (watchdog has some) become `library.warning` events,
+    # not bare text in the JSON stream, and not stdlib's captureWarnings, whose
+    # record makes the whole formatted warning the event's *name*.
+    logging.captureWarnings(False)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning``: one ``library.warning`` event, the text in a field."""
+    _warnings_log.warning(
+        "library.warning",
+        category=category.__name__,
+        text=str(message),
+        source=f"{filename}:{lineno}",
+    )
 
 
 def _configure_stdlib(level: int) -> None:
@@ -232,3 +252,6 @@ def get_logger(name: str | None = None) -> FilteringBoundLogger:
         **initial,
     )
     return logger
+
+
+_warnings_log = get_logger("py.warnings")
