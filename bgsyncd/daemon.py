@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -33,7 +33,9 @@ from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
+from bgsyncd.once import EXIT_OK, RunCount, Snapshot, decide, open_jobs
 from bgsyncd.pacer import Pacer
+from bgsyncd.progress import Progress
 from bgsyncd.queue import STATES, Found, Queue, QueueError, SqliteRequestLog
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
 from bgsyncd.watcher import Watcher
@@ -43,8 +45,6 @@ log = get_logger("bgsyncd.daemon")
 
 INGEST_BATCH = 2000
 REFRESH_SECONDS = 5.0
-# `once` waits for retries due within this many seconds before it exits.
-ONCE_RETRY_HORIZON = 60.0
 
 
 class Daemon:
@@ -85,6 +85,11 @@ class Daemon:
         resent = self.queue.recover()
         if resent:
             log.warning("queue.recovered", jobs=resent, note="outcome unknown; will be sent again")
+        # `once` counts its own files: those still open now, and what it queues.
+        names = [f.name for f in settings.folders]
+        self._run = RunCount(open_jobs(self.queue.counts(), names))
+        self._exit_code = EXIT_OK
+        self._paused_since: float | None = None
         for folder in settings.folders:
             for root in (folder.outbox, folder.quarantine, folder.done):
                 if root is not None:
@@ -170,13 +175,13 @@ class Daemon:
         finally:
             self._shutdown()
             threading.excepthook = previous_hook
-        return 1 if self._crashed.is_set() else 0
+        return 1 if self._crashed.is_set() else self._exit_code
 
     def _loop(self) -> None:
         interval = REFRESH_SECONDS
         if self.notifier.watchdog_interval:
             interval = min(interval, self.notifier.watchdog_interval)
-        progress = _Progress(self.once and sys.stderr.isatty())
+        progress = Progress.for_stderr(self.once)
         while not self._stop.is_set():
             self._wake.wait(0.2 if self.once else interval)
             self._wake.clear()
@@ -188,30 +193,66 @@ class Daemon:
                 if self._refresh_due():
                     self._dirty.clear()
                     self._refresh()
-                if self.once:
-                    counts = self.queue.counts()
-                    progress.show(counts)
-                    if self._once_finished():
-                        progress.finish(counts)
-                        return
+                if self.once and self._once_step(progress):
+                    return
             except (QueueError, QueueUnavailable):  # a busy or full disk must not end the daemon
                 log.exception("daemon.loop_error")
             except Exception as exc:
                 self._crash(threading.current_thread().name, exc)
 
-    def _once_finished(self) -> bool:
-        if self._found.unfinished_tasks or self.watcher.pending():
+    def _once_step(self, progress: Progress) -> bool:
+        """Show where ``once`` is; True when it is over (its exit status is set)."""
+        folders = self.worker.config.folders.keys()
+        still_open = open_jobs(self.queue.counts(), folders)
+        finished = self._run.update(still_open)
+        verdict = decide(self._snapshot(still_open, folders))
+        if not verdict.over:
+            progress.show(finished, self._run.total, verdict.waiting)
             return False
-        if self.dispatcher.in_flight:
-            return False
-        if self.dispatcher.paused is not None:
+        self._exit_code = verdict.exit_code
+        leftovers = self._once_leftovers()
+        ending = verdict.waiting
+        if leftovers:
+            ending = "; ".join(
+                filter(None, [ending, f"{len(leftovers)} wait on a retry over a minute away:"])
+            )
+        progress.finish(finished, self._run.total, ending, leftovers)
+        if verdict.exit_code != EXIT_OK:
             log.warning("once.paused", reason=self.dispatcher.paused)
-            return True
-        # Retries due soon are waited for; a longer backoff is left for a later run.
-        ready = self.queue.next_ready_at(self.worker.config.folders.keys())
-        if ready is None:
-            return True
-        return ready > time.time() + ONCE_RETRY_HORIZON and self.dispatcher.idle_drained.is_set()
+        return True
+
+    def _snapshot(self, still_open: int, folders: Collection[str]) -> Snapshot:
+        paused = self.dispatcher.paused
+        now = time.monotonic()
+        if paused is None:
+            self._paused_since = None
+        elif self._paused_since is None:
+            self._paused_since = now
+        ready_at = self.queue.next_ready_at(folders)
+        return Snapshot(
+            open_jobs=still_open,
+            in_flight=self.dispatcher.in_flight,
+            intake_busy=bool(self._found.unfinished_tasks or self.watcher.pending()),
+            ready_in=None if ready_at is None else max(0.0, ready_at - time.time()),
+            rate_wait=self.pacer.delay(),
+            paused=paused,
+            paused_for=0.0 if self._paused_since is None else now - self._paused_since,
+            next_check_in=self.credits.seconds_until_check(),
+        )
+
+    def _once_leftovers(self) -> list[str]:
+        """The files ``once`` leaves waiting on a retry, for its summary."""
+        folders = self.worker.config.folders.keys()
+        out = []
+        for job in self.queue.retry_waiting():
+            if job.folder not in folders:
+                continue
+            when = job.next_attempt_at or time.time()
+            out.append(
+                f"{job.folder}/{job.relpath}: retry in {max(0, round(when - time.time()))} s "
+                f"(attempt {job.attempts}; {job.last_error or 'no error recorded'})"
+            )
+        return out
 
     def _heartbeat(self) -> None:
         if self.dispatcher.alive() and self.watcher.alive() and self._ingest.is_alive():
@@ -307,6 +348,7 @@ class Daemon:
             finally:
                 for _ in batch:
                     self._found.task_done()
+            self._run.queued(len(queued))
             for found in queued:
                 self.metrics.file_discovered(found.folder)
                 log.info("file.queued", folder=found.folder, path=found.relpath, size=found.size)
@@ -465,29 +507,6 @@ class Daemon:
             client.close()
         self.queue.close()
         log.info("daemon.stopped")
-
-
-class _Progress:
-    """A one-line progress bar for ``once`` on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    def show(self, counts: dict[str, dict[str, int]]) -> None:
-        if not self.enabled:
-            return
-        done = sum(c["done"] + c["quarantined"] for c in counts.values())
-        total = sum(sum(c.values()) for c in counts.values())
-        width = 30
-        filled = int(width * done / total) if total else width
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {done}/{total}")
-        sys.stderr.flush()
-
-    def finish(self, counts: dict[str, dict[str, int]]) -> None:
-        if self.enabled:
-            self.show(counts)
-            sys.stderr.write("\n")
 
 
 def _lock_database(database: Path) -> int:

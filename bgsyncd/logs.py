@@ -47,11 +47,48 @@ class _State:
 _state = _State()
 
 
+# A line kept at the bottom of a terminal under the log lines (``once``'s
+# progress bar); "" when there is none.
+_status_line = ""
+_CLEAR_LINE = "\r\x1b[K"
+
+
 def _write(line: str) -> None:
-    """Write one line to the *current* stderr (tests swap it), in one call."""
+    """Write one line to the *current* stderr (tests swap it), in one call.
+
+    With a status line shown, it is wiped first and drawn again below the new
+    line, all under one lock: a log line never lands in the middle of it.
+    """
     with _write_lock:
-        sys.stderr.write(line + "\n")
+        if _status_line:
+            sys.stderr.write(f"{_CLEAR_LINE}{line}\n{_status_line}")
+        else:
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+
+def set_status_line(text: str) -> None:
+    """Show ``text`` as the terminal's last line, kept below every log line; "" removes it.
+
+    Only for a terminal: the line is redrawn in place with a carriage return,
+    so ``text`` must be one line narrower than the terminal.
+    """
+    global _status_line
+    with _write_lock:
+        if text != _status_line:
+            sys.stderr.write(_CLEAR_LINE + text)
+            sys.stderr.flush()
+        _status_line = text
+
+
+def keep_status_line() -> None:
+    """Leave the status line on screen as an ordinary line; no status line afterwards."""
+    global _status_line
+    with _write_lock:
+        if _status_line:
+            sys.stderr.write(f"{_CLEAR_LINE}{_status_line}\n")
+            sys.stderr.flush()
+        _status_line = ""
 
 
 class _StderrLogger:
