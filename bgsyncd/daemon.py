@@ -378,11 +378,6 @@ class Daemon:
         self._reload.set()
         self._wake.set()
 
-    def request_stop(self) -> None:
-        """Stop as SIGTERM would (for tests and the demo)."""
-        self._stop.set()
-        self._wake.set()
-
     def reload(self) -> None:
         """Re-read the configuration and the key; re-check credits at once."""
         try:
