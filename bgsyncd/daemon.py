@@ -142,7 +142,7 @@ class Daemon:
     def _make_watcher(self, settings: Settings) -> Watcher:
         return Watcher(
             settings.folders,
-            self._found.put,
+            self._sink,
             self.queue.is_unchanged,
             settings.queue.settle_seconds,
             settings.queue.rescan_interval_seconds,
@@ -172,6 +172,10 @@ class Daemon:
             self.notifier.ready()
             self._refresh()
             self._loop()
+        except BgsyncdError:
+            raise  # a clear one-line error (cli prints it): not a crash
+        except Exception as exc:
+            self._crash(threading.current_thread().name, exc)
         finally:
             self._shutdown()
             threading.excepthook = previous_hook
@@ -322,6 +326,21 @@ class Daemon:
         log.critical("daemon.crashed", thread=thread, error=repr(exc), traceback=text)
         self._stop.set()
         self._wake.set()
+
+    def _sink(self, found: Found) -> None:
+        """Hand a complete file to the ingest thread; give up once stopping.
+
+        The hand-over queue is bounded; if the ingest thread died, a scan must
+        not block forever (and with it the stop). A file dropped here is found
+        again by the next start's scan.
+        """
+        while True:
+            try:
+                self._found.put(found, timeout=0.5)
+                return
+            except stdqueue.Full:
+                if self._stop.is_set():
+                    return
 
     def _ingest_loop(self) -> None:
         """Batch found files into the queue: one transaction per batch."""
@@ -494,9 +513,13 @@ class Daemon:
         if left:
             self.stuck = True
             log.warning("daemon.returned_jobs", jobs=len(left))
-        self._found.put(None)
-        self._ingest.join(timeout=10)
-        self._refresh()
+        if self._ingest.is_alive():
+            self._found.put(None)
+            self._ingest.join(timeout=10)
+        try:
+            self._refresh()
+        except Exception as exc:  # after a crash the same fault may strike again
+            log.warning("daemon.final_refresh_failed", error=repr(exc))
         self.metrics.stop()
         for client in [*self._old_clients, self.client]:
             client.close()

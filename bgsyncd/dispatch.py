@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bgsyncd.client import Client
 from bgsyncd.credits import CreditGuard
-from bgsyncd.errors import AccountError, ApiError, Stopped
+from bgsyncd.errors import AccountError, ApiError, BgsyncdError, Stopped
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
@@ -141,7 +141,9 @@ class Dispatcher:
                 self._kicked = False
             try:
                 wait = self._step()
-            except Exception:  # the loop must survive anything; the heartbeat tells
+            except (BgsyncdError, OSError):
+                # A database or disk fault: try again soon. Anything else is a
+                # bug; it ends the thread and the daemon's supervisor exits 1.
                 log.exception("dispatch.error")
                 wait = 1.0
             if wait > 0:

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from bgsyncd.errors import BgsyncdError
 from bgsyncd.logs import get_logger
 
 log = get_logger("bgsyncd.watcher")
@@ -231,7 +232,7 @@ class Scanner:
             self._requested.clear()
             try:
                 self.scan()
-            except Exception:
+            except (OSError, BgsyncdError):  # anything else is a bug: the supervisor exits 1
                 log.exception("watcher.scan_failed")
             finally:
                 self._scanning = False

@@ -109,25 +109,42 @@ def test_sigterm_during_a_new_watchers_startup_scan_stops_it_and_exits_0(
 CRASHING_DAEMON = textwrap.dedent(
     """
     import sys
+    from pathlib import Path
     from bgsyncd.config import load_settings
     from bgsyncd.daemon import Daemon
+    from bgsyncd.queue import Queue
 
-    daemon = Daemon(load_settings(sys.argv[1]))
+    settings = load_settings(sys.argv[1])
+    trigger = Path(settings.folders[0].inbox) / "crash.jpg"
+    target, method = sys.argv[2].split(".")
 
-    real_enqueue = daemon.queue.enqueue_many
+    def patch(owner):
+        real = getattr(owner, method)
 
-    def broken_enqueue(found):
-        found = list(found)
-        if any(f.relpath == "crash.jpg" for f in found):
-            raise RuntimeError("injected fault in the ingest thread")
-        return real_enqueue(found)
+        def broken(*args, **kwargs):
+            if trigger.exists():
+                raise RuntimeError(f"injected fault in {sys.argv[2]}")
+            return real(*args, **kwargs)
 
-    # The one monkeypatch: a bug in a component (no real cause makes the
-    # ingest loop fail with anything but a database fault, which pauses).
-    daemon.queue.enqueue_many = broken_enqueue
+        setattr(owner, method, broken)
+
+    # The one monkeypatch: a bug in a component, set off by a file's arrival.
+    if target == "Queue":  # bound into the watcher when the daemon is built
+        patch(Queue)
+    daemon = Daemon(settings)
+    if target != "Queue":
+        patch(getattr(daemon, target))
     sys.exit(daemon.run())
     """
 )
+
+# What breaks, and the thread whose loop it breaks.
+COMPONENTS = [
+    ("queue.enqueue_many", "bgsyncd-ingest"),  # the ingest thread
+    ("queue.next_ready_at", "bgsyncd-dispatch"),  # the dispatcher's loop
+    ("queue.oldest_pending_queued_at", "MainThread"),  # the main loop's metrics refresh
+    ("Queue.is_unchanged", "bgsyncd-tracker"),  # the watcher's completeness tracker
+]
 
 
 class AdmittingEmulator(Emulator):
@@ -169,7 +186,10 @@ class HealthPoller:
         self._thread.join(5)
 
 
-def test_a_crashed_component_logs_daemon_crashed_turns_healthz_503_and_exits_1(tmp_path):
+@pytest.mark.parametrize(("broken", "thread"), COMPONENTS)
+def test_a_crashed_component_logs_daemon_crashed_turns_healthz_503_and_exits_1(
+    tmp_path, broken, thread
+):
     # A slow emulator keeps one request in flight, so the drain after the crash
     # lasts long enough to see /healthz answer during it.
     with AdmittingEmulator(keys=[TEST_KEY], credits=100, rate_limit=1000, latency=3.0) as emu:
@@ -188,7 +208,7 @@ def test_a_crashed_component_logs_daemon_crashed_turns_healthz_503_and_exits_1(t
         log_path = tmp_path / "daemon.log"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, str(script), str(config)],
+                [sys.executable, str(script), str(config), broken],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**_env(), "BGSYNCD_API_KEY": TEST_KEY},
@@ -211,8 +231,8 @@ def test_a_crashed_component_logs_daemon_crashed_turns_healthz_503_and_exits_1(t
         events = _events(log_path)
         crashed = [e for e in events if e.get("event") == "daemon.crashed"]
         assert len(crashed) == 1, log_path.read_text()
-        assert crashed[0]["thread"] == "bgsyncd-ingest"
-        assert "injected fault in the ingest thread" in crashed[0]["traceback"]
+        assert crashed[0]["thread"] == thread
+        assert f"injected fault in {broken}" in crashed[0]["traceback"]
         assert "Traceback (most recent call last)" in crashed[0]["traceback"]
         # 503 from the crash on, never 200 again; well before the 30 s stall rule.
         first_bad = poller.seen.index(503)
