@@ -163,10 +163,9 @@ class Daemon:
         self._swapper.start()
         self.dispatcher.start()
         try:
-            try:
-                seen = self.watcher.start()
-            except OSError as exc:
-                raise BgsyncdError(str(exc)) from None
+            seen = self._start_watching()
+            if seen is None:
+                return 0  # stopped during the start-up scan; never said it was ready
             names = [f.name for f in self.settings.folders]
             log.info("daemon.ready", folders=names, files_seen=seen)
             self.notifier.ready()
@@ -180,6 +179,38 @@ class Daemon:
             self._shutdown()
             threading.excepthook = previous_hook
         return 1 if self._crashed.is_set() else self._exit_code
+
+    def _start_watching(self) -> int | None:
+        """Start the watcher (its start-up scan) so that a stop signal can cut it short.
+
+        The scan runs on a helper thread while this one waits for it or for a
+        stop: signal handlers only set flags, and a scan of a large inbox must
+        not hold up SIGTERM. Returns the files seen, or None when stopped first.
+        """
+        outcome: list[int | BaseException] = []
+
+        def start() -> None:
+            try:
+                outcome.append(self.watcher.start())
+            except BaseException as exc:  # handed to the main thread below
+                outcome.append(exc)
+            self._wake.set()
+
+        starter = threading.Thread(target=start, name="bgsyncd-startup-scan", daemon=True)
+        starter.start()
+        while starter.is_alive() and not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+        if self._stop.is_set():
+            self.watcher.stop()  # abandons the scan
+            starter.join(timeout=10)
+            return None
+        result = outcome[0]
+        if isinstance(result, OSError):
+            raise BgsyncdError(str(result)) from None
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _loop(self) -> None:
         interval = REFRESH_SECONDS

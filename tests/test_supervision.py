@@ -106,6 +106,24 @@ def test_sigterm_during_a_new_watchers_startup_scan_stops_it_and_exits_0(
     assert pending_in(config, "big") < BIG * 3
 
 
+def test_sigterm_during_the_first_startup_scan_exits_promptly_0(tmp_path, broke_emulator):
+    big = make_folder(tmp_path, "big")
+    fill(Path(big["inbox"]), BIG * 5)
+    config = write_config(tmp_path / "c.toml", base_url=broke_emulator.url, folders=[big])
+    d = DaemonProcess(config)
+    try:
+        wait_until(lambda: d.saw("file.queued", folder="big"), 30, what="the start-up scan")
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0, d.output()
+        took = time.monotonic() - t0
+    finally:
+        d.stop()
+    assert took < 3.0, f"{took:.1f} s to stop"
+    assert not d.saw("daemon.ready")  # it never claimed to be watching
+    assert pending_in(config, "big") < BIG * 5
+
+
 CRASHING_DAEMON = textwrap.dedent(
     """
     import sys
