@@ -61,6 +61,7 @@ def emulator_process(tmp_path: Path) -> Iterator[str]:
             20,
             what="emulator listening line",
         )
+        assert line is not None  # wait_until returns a truthy value
         yield line.rsplit(" ", 1)[1]
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -124,7 +124,7 @@ def drop(inbox: Path, names: list[str]) -> None:
         (inbox / name).write_bytes(product_image(20 + i, 20 + i))
 
 
-def test_once_counts_this_runs_files_and_says_it_waits_for_the_rate_limit(tmp_path):
+def test_once_counts_this_runs_files_and_says_it_waits_for_the_rate_limit(tmp_path: Path) -> None:
     # Three requests in any 4 s: the credit check and four images need a wait.
     with Emulator(keys=[TEST_KEY], credits=100, rate_limit=3, rate_window=4.0) as emu:
         folder = make_folder(tmp_path, "shop")
@@ -157,7 +157,7 @@ def test_once_counts_this_runs_files_and_says_it_waits_for_the_rate_limit(tmp_pa
         assert summary(second) == "once: 2/2 files finished"
 
 
-def test_once_ends_on_a_pause_it_cannot_outwait_with_exit_3_and_names_it(tmp_path):
+def test_once_ends_on_a_pause_it_cannot_outwait_with_exit_3_and_names_it(tmp_path: Path) -> None:
     with Emulator(keys=[TEST_KEY], credits=100, rate_limit=1000) as emu:
         folder = make_folder(tmp_path, "shop")
         drop(Path(folder["inbox"]), ["a.jpg"])
@@ -171,7 +171,7 @@ def test_once_ends_on_a_pause_it_cannot_outwait_with_exit_3_and_names_it(tmp_pat
         assert "a-key-the-emulator-refuses" not in run.raw
 
 
-def test_once_quarantines_are_outcomes_and_it_waits_for_retries_due_soon(tmp_path):
+def test_once_quarantines_are_outcomes_and_it_waits_for_retries_due_soon(tmp_path: Path) -> None:
     with Emulator(keys=[TEST_KEY], credits=100, rate_limit=1000, fail_rate=1.0) as emu:
         folder = make_folder(tmp_path, "shop")
         drop(Path(folder["inbox"]), ["a.jpg"])
@@ -190,7 +190,7 @@ def test_once_quarantines_are_outcomes_and_it_waits_for_retries_due_soon(tmp_pat
         assert len(images) == 3  # every attempt waited for, none left behind
 
 
-def test_once_without_a_terminal_prints_one_summary_line_and_no_bar(tmp_path):
+def test_once_without_a_terminal_prints_one_summary_line_and_no_bar(tmp_path: Path) -> None:
     with Emulator(keys=[TEST_KEY], credits=100, rate_limit=1000) as emu:
         folder = make_folder(tmp_path, "shop")
         drop(Path(folder["inbox"]), ["a.jpg", "b.jpg"])

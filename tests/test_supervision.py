@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,19 @@ def count(d: DaemonProcess, event: str) -> int:
     return sum(1 for e in d.events() if e.get("event") == event)
 
 
+def reloaded(d: DaemonProcess, n: int) -> Callable[[], bool]:
+    """A condition: the daemon has logged ``n`` reloads."""
+    return lambda: count(d, "config.reloaded") >= n
+
+
 def pending_in(config: Path, folder: str) -> int:
     n: int = status_json(config)["folders"].get(folder, {}).get("pending", 0)
     return n
 
 
 def test_many_quick_sighups_leave_the_last_configuration_watching(
-    tmp_path, broke_emulator, daemons
-):
+    tmp_path: Path, broke_emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     big = make_folder(tmp_path, "big")
     small = make_folder(tmp_path, "small")
     fill(Path(big["inbox"]), BIG)
@@ -71,7 +76,7 @@ def test_many_quick_sighups_leave_the_last_configuration_watching(
             write_config(config, base_url=broke_emulator.url, folders=folders)
             d.signal(signal.SIGHUP)
             reloads += 1
-            wait_until(lambda n=reloads: count(d, "config.reloaded") >= n, 20, what="reload")
+            wait_until(reloaded(d, reloads), 20, what="reload")
     # Every scan of the big inbox that will ever run has queued all of it.
     wait_until(lambda: pending_in(config, "big") == BIG, 60, what="big inbox queued")
     (Path(small["inbox"]) / "probe.jpg").write_bytes(product_image(20, 20))
@@ -87,8 +92,8 @@ def test_many_quick_sighups_leave_the_last_configuration_watching(
 
 
 def test_sigterm_during_a_new_watchers_startup_scan_stops_it_and_exits_0(
-    tmp_path, broke_emulator, daemons
-):
+    tmp_path: Path, broke_emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     small = make_folder(tmp_path, "small")
     big = make_folder(tmp_path, "big")
     fill(Path(big["inbox"]), BIG * 3)
@@ -106,7 +111,9 @@ def test_sigterm_during_a_new_watchers_startup_scan_stops_it_and_exits_0(
     assert pending_in(config, "big") < BIG * 3
 
 
-def test_sigterm_during_the_first_startup_scan_exits_promptly_0(tmp_path, broke_emulator):
+def test_sigterm_during_the_first_startup_scan_exits_promptly_0(
+    tmp_path: Path, broke_emulator: Emulator
+) -> None:
     big = make_folder(tmp_path, "big")
     fill(Path(big["inbox"]), BIG * 5)
     config = write_config(tmp_path / "c.toml", base_url=broke_emulator.url, folders=[big])
@@ -206,11 +213,12 @@ class HealthPoller:
 
 @pytest.mark.parametrize(("broken", "thread"), COMPONENTS)
 def test_a_crashed_component_logs_daemon_crashed_turns_healthz_503_and_exits_1(
-    tmp_path, broken, thread
-):
+    tmp_path: Path, broken: str, thread: str
+) -> None:
     # A slow emulator keeps one request in flight, so the drain after the crash
     # lasts long enough to see /healthz answer during it.
-    with AdmittingEmulator(keys=[TEST_KEY], credits=100, rate_limit=1000, latency=3.0) as emu:
+    emu = AdmittingEmulator(keys=[TEST_KEY], credits=100, rate_limit=1000, latency=3.0)
+    with emu:
         folder = make_folder(tmp_path, "shop")
         inbox = Path(folder["inbox"])
         (inbox / "first.jpg").write_bytes(product_image(24, 24))
