@@ -1,6 +1,8 @@
 """The ``bgsyncd`` command line.
 
-Exit status: 0 success, 2 usage or configuration error, 1 anything else.
+Exit status: 0 success, 2 usage or configuration error, 3 (``once``) ended on
+a pause not lifted within a minute, 1 anything else (``run`` after a crash
+of one of its threads included).
 """
 
 from __future__ import annotations
