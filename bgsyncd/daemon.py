@@ -33,7 +33,7 @@ from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
-from bgsyncd.once import EXIT_OK, RunCount, Snapshot, decide, open_jobs
+from bgsyncd.once import EXIT_FAILURE, EXIT_OK, RunCount, Snapshot, decide, open_jobs
 from bgsyncd.pacer import Pacer
 from bgsyncd.progress import Progress
 from bgsyncd.queue import STATES, Found, Queue, QueueError, SqliteRequestLog
@@ -234,6 +234,9 @@ class Daemon:
                 log.exception("daemon.loop_error")
             except Exception as exc:
                 self._crash(threading.current_thread().name, exc)
+        if self.once:  # stopped before the run was over: a signal, or a crash
+            self._exit_code = EXIT_FAILURE
+            progress.finish(self._run.finished, self._run.total, "interrupted", [])
 
     def _once_step(self, progress: Progress) -> bool:
         """Show where ``once`` is; True when it is over (its exit status is set)."""

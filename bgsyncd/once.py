@@ -94,6 +94,12 @@ class RunCount:
         with self._lock:
             return self._total
 
+    @property
+    def finished(self) -> int:
+        """This run's files finished, as last updated."""
+        with self._lock:
+            return self._finished
+
     def queued(self, n: int) -> None:
         """``n`` files were queued (new, or changed since their last run)."""
         with self._lock:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -66,8 +67,16 @@ def render_screen(raw: str) -> list[str]:
     return ["".join(line) for line in lines if line]
 
 
-def run_once_on_pty(config: Path, env: dict[str, str] | None = None, timeout: float = 60) -> PtyRun:
-    """``bgsyncd once`` with stdin, stdout and stderr on a pseudo-terminal; read to the end."""
+def run_once_on_pty(
+    config: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    interrupt_at: str | None = None,
+) -> PtyRun:
+    """``bgsyncd once`` with stdin, stdout and stderr on a pseudo-terminal; read to the end.
+
+    With ``interrupt_at``, SIGINT (Ctrl-C) is sent once that text is on screen.
+    """
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, COLUMNS, 0, 0))
     t0 = time.monotonic()
@@ -96,6 +105,9 @@ def run_once_on_pty(config: Path, env: dict[str, str] | None = None, timeout: fl
             if not data:
                 break
             chunks.append(data)
+            if interrupt_at and interrupt_at.encode() in b"".join(chunks):
+                proc.send_signal(signal.SIGINT)
+                interrupt_at = None
         code = proc.wait(max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
@@ -237,3 +249,15 @@ def test_once_decisions() -> None:
         True, EXIT_PAUSED, "paused: output_unwritable"
     )
     assert not decide(replace(account, in_flight=1)).over  # its answer may still come
+
+
+def test_once_interrupted_by_ctrl_c_leaves_a_clean_screen_and_exits_1(tmp_path: Path) -> None:
+    with Emulator(keys=[TEST_KEY], credits=100, rate_limit=1000, latency=3.0) as emu:
+        folder = make_folder(tmp_path, "shop")
+        drop(Path(folder["inbox"]), ["a.jpg"])
+        config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
+        run = run_once_on_pty(config, interrupt_at="0/1")
+        assert run.code == 1, run.raw
+        assert_nothing_torn(run)
+        assert summary(run) == "once: 0/1 files finished; interrupted"
+        assert run.raw.endswith("\n")  # no bar left dangling under the prompt
