@@ -97,10 +97,9 @@ class Daemon:
         self.cache = ResultCache(
             settings.state_dir / "cache", settings.queue.cache_max_megabytes * 1024 * 1024
         )
+        self._request_log = SqliteRequestLog(settings.queue.database)
         self.pacer = Pacer(
-            settings.api.rate_limit,
-            settings.api.rate_window_seconds,
-            SqliteRequestLog(settings.queue.database),
+            settings.api.rate_limit, settings.api.rate_window_seconds, self._request_log
         )
         self.credits = CreditGuard(settings.credits.floor, settings.credits.check_interval_seconds)
         self.metrics = Metrics(
@@ -557,6 +556,7 @@ class Daemon:
         self.metrics.stop()
         for client in [*self._old_clients, self.client]:
             client.close()
+        self._request_log.close()
         self.queue.close()
         log.info("daemon.stopped")
 
