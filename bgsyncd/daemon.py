@@ -163,13 +163,14 @@ class Daemon:
         self.dispatcher.start()
         try:
             seen = self._start_watching()
-            if seen is None:
-                return 0  # stopped during the start-up scan; never said it was ready
-            names = [f.name for f in self.settings.folders]
-            log.info("daemon.ready", folders=names, files_seen=seen)
-            self.notifier.ready()
-            self._refresh()
-            self._loop()
+            if seen is not None:  # else stopped during the start-up scan: never ready
+                names = [f.name for f in self.settings.folders]
+                log.info("daemon.ready", folders=names, files_seen=seen)
+                self.notifier.ready()
+                self._refresh()
+                self._loop()
+            elif self.once:
+                self._exit_code = EXIT_FAILURE  # interrupted before the run was over
         except BgsyncdError:
             raise  # a clear one-line error (cli prints it): not a crash
         except Exception as exc:

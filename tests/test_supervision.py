@@ -292,3 +292,36 @@ def _events(path: Path) -> list[dict[str, Any]]:
         if line.startswith("{"):
             out.append(json.loads(line))
     return out
+
+
+def test_a_crash_during_the_startup_scan_still_exits_1(tmp_path: Path) -> None:
+    # The ingest thread breaks on the first batch, while the start-up scan of a
+    # large inbox is still running: the stop comes before READY.
+    with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000) as emu:
+        folder = make_folder(tmp_path, "big")
+        inbox = Path(folder["inbox"])
+        fill(inbox, BIG * 3)
+        (inbox / "crash.jpg").write_bytes(b"x")
+        config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
+        script = tmp_path / "crashing.py"
+        script.write_text(CRASHING_DAEMON, encoding="utf-8")
+        log_path = tmp_path / "daemon.log"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, str(script), str(config), "queue.enqueue_many"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**_env(), "BGSYNCD_API_KEY": TEST_KEY},
+            )
+            try:
+                code = proc.wait(30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        events = _events(log_path)
+        assert code == 1, log_path.read_text()
+        assert [e["thread"] for e in events if e.get("event") == "daemon.crashed"] == [
+            "bgsyncd-ingest"
+        ]
+        assert not any(e.get("event") == "daemon.ready" for e in events)
