@@ -4,16 +4,29 @@ A run counts its own files: the jobs still open when it started plus every file
 it queued while running. It waits out rate-limit waits, retries and pauses that
 end within ``HORIZON`` seconds, and ends when each of its jobs is done,
 quarantined, or waiting on a retry further away than that. :func:`decide` is a
-pure function of a :class:`Snapshot`; the daemon's loop takes the snapshots and
-acts on the verdict.
+pure function of a :class:`Snapshot`; :class:`OnceRun`, called from the
+daemon's loop, takes the snapshots, shows them and acts on the verdict.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bgsyncd.logs import get_logger
+from bgsyncd.progress import Progress
+
+if TYPE_CHECKING:  # the daemon's components; `once` only reads them
+    from bgsyncd.credits import CreditGuard
+    from bgsyncd.dispatch import Dispatcher
+    from bgsyncd.pacer import Pacer
+    from bgsyncd.queue import Queue
+
+log = get_logger("bgsyncd.once")
 
 HORIZON = 60.0
 
@@ -121,3 +134,92 @@ def open_jobs(counts: Mapping[str, Mapping[str, int]], folders: Collection[str])
         for state, n in per.items()
         if state in OPEN_STATES
     )
+
+
+class OnceRun:
+    """One ``bgsyncd once``: its count, its bar, and when it is over."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        dispatcher: Dispatcher,
+        pacer: Pacer,
+        credits: CreditGuard,
+        folders: Callable[[], Collection[str]],
+        intake_busy: Callable[[], bool],
+    ) -> None:
+        self.queue = queue
+        self.dispatcher = dispatcher
+        self.pacer = pacer
+        self.credits = credits
+        self._folders = folders
+        self._intake_busy = intake_busy
+        # `once` counts its own files: those still open now, and what it queues.
+        self._run = RunCount(open_jobs(queue.counts(), folders()))
+        self.exit_code = EXIT_OK
+        self._paused_since: float | None = None
+        self._progress = Progress.for_stderr(True)
+
+    def queued(self, n: int) -> None:
+        """``n`` files entered the queue during the run."""
+        self._run.queued(n)
+
+    def step(self) -> bool:
+        """Show where ``once`` is; True when it is over (its exit status is set)."""
+        progress = self._progress
+        folders = self._folders()
+        still_open = open_jobs(self.queue.counts(), folders)
+        finished = self._run.update(still_open)
+        verdict = decide(self._snapshot(still_open, folders))
+        if not verdict.over:
+            progress.show(finished, self._run.total, verdict.waiting)
+            return False
+        self.exit_code = verdict.exit_code
+        leftovers = self._once_leftovers()
+        ending = verdict.waiting
+        if leftovers:
+            ending = "; ".join(
+                filter(None, [ending, f"{len(leftovers)} wait on a retry over a minute away:"])
+            )
+        progress.finish(finished, self._run.total, ending, leftovers)
+        if verdict.exit_code != EXIT_OK:
+            log.warning("once.paused", reason=self.dispatcher.paused)
+        return True
+
+    def interrupted(self) -> None:
+        """Stopped before the run was over: a signal, or a crash."""
+        self.exit_code = EXIT_FAILURE
+        self._progress.finish(self._run.finished, self._run.total, "interrupted", [])
+
+    def _snapshot(self, still_open: int, folders: Collection[str]) -> Snapshot:
+        paused = self.dispatcher.paused
+        now = time.monotonic()
+        if paused is None:
+            self._paused_since = None
+        elif self._paused_since is None:
+            self._paused_since = now
+        ready_at = self.queue.next_ready_at(folders)
+        return Snapshot(
+            open_jobs=still_open,
+            in_flight=self.dispatcher.in_flight,
+            intake_busy=self._intake_busy(),
+            ready_in=None if ready_at is None else max(0.0, ready_at - time.time()),
+            rate_wait=self.pacer.delay(),
+            paused=paused,
+            paused_for=0.0 if self._paused_since is None else now - self._paused_since,
+            next_check_in=self.credits.seconds_until_check(),
+        )
+
+    def _once_leftovers(self) -> list[str]:
+        """The files ``once`` leaves waiting on a retry, for its summary."""
+        folders = self._folders()
+        out = []
+        for job in self.queue.retry_waiting():
+            if job.folder not in folders:
+                continue
+            when = job.next_attempt_at or time.time()
+            out.append(
+                f"{job.folder}/{job.relpath}: retry in {max(0, round(when - time.time()))} s "
+                f"(attempt {job.attempts}; {job.last_error or 'no error recorded'})"
+            )
+        return out
