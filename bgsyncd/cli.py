@@ -1,19 +1,20 @@
 """The ``bgsyncd`` command line.
 
-Exit status: 0 success, 2 usage or configuration error, 1 anything else.
+Exit status: 0 success, 2 usage or configuration error, 3 (``once``) ended on
+a pause not lifted within a minute, 1 anything else (``run`` after a crash
+of one of its threads included).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bgsyncd import __version__
 from bgsyncd.config import Settings, load_settings, render_settings
-from bgsyncd.errors import ApiError, BgsyncdError, ConfigError
+from bgsyncd.errors import BgsyncdError, ConfigError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -81,13 +82,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "check-config":
         return _check_config(args.config)
     if command == "credits":
-        return _credits(load_settings(args.config, create_folders=False), args.json)
+        from bgsyncd.credits_command import print_credits
+
+        return print_credits(_settings_as_they_are(args.config), args.json)
     if command == "status":
         from bgsyncd.status import print_status
 
-        return print_status(load_settings(args.config, create_folders=False), args.json)
+        return print_status(_settings_as_they_are(args.config), args.json)
     if command == "retry":
-        from bgsyncd.status import retry
+        from bgsyncd.retry import retry
 
         if not args.all and not args.paths:
             print("bgsyncd: retry needs --all or at least one PATH", file=sys.stderr)
@@ -118,18 +121,10 @@ def _check_config(path: str | None) -> int:
     return EXIT_OK
 
 
-def _credits(settings: Settings, as_json: bool) -> int:
-    from bgsyncd.status import fetch_credits
+def _settings_as_they_are(path: str | None) -> Settings:
+    """Settings for the commands that run beside the daemon: folders neither made nor checked.
 
-    try:
-        credits = fetch_credits(settings)
-    except ApiError as exc:
-        print(f"bgsyncd: credit check failed: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    expires = credits.expires_at.isoformat() if credits.expires_at else None
-    if as_json:
-        print(json.dumps({"available_credits": credits.available, "expiration_date": expires}))
-    else:
-        print(f"available credits: {credits.available}")
-        print(f"expires:           {expires or 'unknown'}")
-    return EXIT_OK
+    A quarantine path that became a file, or an inbox that is gone, is the
+    daemon's business (it reports them); ``status`` and ``credits`` still answer.
+    """
+    return load_settings(path, create_folders=False, check_folders=False)

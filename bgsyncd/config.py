@@ -224,11 +224,15 @@ def config_path(explicit: str | Path | None, environ: Mapping[str, str] | None =
     return DEFAULT_CONFIG_PATH
 
 
-def load_settings(path: str | Path | None = None, *, create_folders: bool = True) -> Settings:
+def load_settings(
+    path: str | Path | None = None, *, create_folders: bool = True, check_folders: bool = True
+) -> Settings:
     """Read, validate and resolve the configuration; raise ``ConfigError``.
 
     ``os.environ`` supplies the overrides and the key. With ``create_folders``
-    missing outbox, quarantine and done folders are created.
+    missing outbox, quarantine and done folders are created. Without
+    ``check_folders`` the folders on disk are not looked at (``status`` beside
+    a running daemon).
     """
     env = os.environ
     file = config_path(path, env)
@@ -242,7 +246,7 @@ def load_settings(path: str | Path | None = None, *, create_folders: bool = True
     except SettingsError as exc:
         raise ConfigError(_explain_env(exc, file)) from None
     settings = _with_env_paths_resolved(_with_folder_names(settings))
-    _check_rules(settings, file)
+    _check_rules(settings, file, check_folders=check_folders)
     if create_folders:
         layout.create_folders(settings.folder, file)
     settings = _with_resolved_roots(settings)
@@ -507,7 +511,7 @@ def _with_resolved_roots(settings: Settings) -> Settings:
     return settings.model_copy(update={"folder": folders})
 
 
-def _check_rules(settings: Settings, file: Path) -> None:
+def _check_rules(settings: Settings, file: Path, *, check_folders: bool = True) -> None:
     """The rules no single field can check: combinations, folders, overlaps."""
     if not settings.api.base_url.startswith(("http://", "https://")):
         raise _fail(
@@ -543,4 +547,5 @@ def _check_rules(settings: Settings, file: Path) -> None:
             )
         if f.after_success == "move" and f.done is None:
             raise _fail(file, f"{key}.done", 'after_success = "move" needs a done folder')
-    layout.check_folders(settings.folder, file)
+    if check_folders:
+        layout.check_folders(settings.folder, file)

@@ -2,7 +2,7 @@
 
 Start order: settings, logging, queue (give back leases of a crashed run),
 stale temp files, cache, pacer, credits, metrics, client, worker, dispatcher,
-watcher (start-up scan), READY=1. Stop order (SIGTERM/SIGINT): stop intake
+ingest, watcher (start-up scan), READY=1. Stop order (SIGTERM/SIGINT): stop intake
 (watcher), stop claiming, let jobs in flight finish up to ``timeout_seconds``,
 give the rest back to the queue, close client and database, exit 0. Signal
 handlers only set flags: the main loop does the work.
@@ -11,9 +11,7 @@ handlers only set flags: the main loop does the work.
 from __future__ import annotations
 
 import faulthandler
-import fcntl
 import os
-import queue as stdqueue
 import signal
 import sys
 import threading
@@ -28,26 +26,28 @@ from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.credits import CreditGuard
+from bgsyncd.dblock import lock_database, lock_path
 from bgsyncd.dispatch import Dispatcher
-from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable, describe_os_error
+from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
+from bgsyncd.ingest import Ingest
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
+from bgsyncd.once import EXIT_OK, OnceRun
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
 from bgsyncd.probe import OutputProbe
-from bgsyncd.queue import STATES, Found, Queue, SqliteRequestLog
+from bgsyncd.queue import STATES, Found, Queue, QueueError, SqliteRequestLog
 from bgsyncd.queue_faults import identity_of_fd, lost_reason
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
+from bgsyncd.supervise import Supervisor
 from bgsyncd.watcher import Watcher
+from bgsyncd.watchswap import WatcherSwap
 from bgsyncd.worker import Worker, WorkerConfig
 
 log = get_logger("bgsyncd.daemon")
 
-INGEST_BATCH = 2000
 REFRESH_SECONDS = 5.0
-# `once` waits for retries due within this many seconds before it exits.
-ONCE_RETRY_HORIZON = 60.0
 
 
 class Daemon:
@@ -67,7 +67,6 @@ class Daemon:
         self._wake = threading.Event()
         self._dirty = threading.Event()
         self._signals = 0
-        self._found: stdqueue.Queue[Found | None] = stdqueue.Queue(maxsize=20_000)
         self._old_clients: list[Client] = []
         self._published: dict[str, str | None] = {}
         self._published_check: float | None = None
@@ -78,7 +77,7 @@ class Daemon:
 
         # The database in use until exit: a reload naming another one needs a restart.
         self._database = settings.queue.database
-        self._lock_fd = _lock_database(self._database)
+        self._lock_fd = lock_database(self._database)
         self._lock_identity = identity_of_fd(self._lock_fd)
         self.queue = Queue(settings.queue.database)
         resent = self.queue.recover()
@@ -91,16 +90,16 @@ class Daemon:
         self.cache = ResultCache(
             settings.state_dir / "cache", settings.queue.cache_max_megabytes * 1024 * 1024
         )
+        self._request_log = SqliteRequestLog(settings.queue.database)
         self.pacer = Pacer(
-            settings.api.rate_limit,
-            settings.api.rate_window_seconds,
-            SqliteRequestLog(settings.queue.database),
+            settings.api.rate_limit, settings.api.rate_window_seconds, self._request_log
         )
         self.credits = CreditGuard(settings.credits.floor, settings.credits.check_interval_seconds)
         self.metrics = Metrics(
             settings.metrics.listen, [f.name for f in settings.folders], __version__
         )
         self.metrics.credits_floor(settings.credits.floor)
+        self.supervisor = Supervisor(self.metrics, self._request_stop)
         self.client = self._make_client(settings)
         self.probe = OutputProbe()
         self.worker = Worker(
@@ -122,11 +121,20 @@ class Daemon:
         self.adopter = (
             Adopter(self.queue, lambda: self.worker.config.folders) if self.queue.created else None
         )
-        self.watcher = self._make_watcher(settings)
-        self.notifier = Notifier.from_environ(os.environ)
-        self._ingest = threading.Thread(
-            target=self._ingest_loop, name="bgsyncd-ingest", daemon=True
+        self.ingest = Ingest(
+            self.queue,
+            self.metrics,
+            self._queued,
+            self._stop,
+            adopter=self.adopter,
+            on_unavailable=lambda exc: self.dispatcher.raise_pause(
+                QUEUE_UNAVAILABLE, error=str(exc)
+            ),
         )
+        # Counted before the start-up scan: the jobs a run of `once` starts with.
+        self._once = self._make_once() if once else None
+        self.watchers = WatcherSwap(self._make_watcher(settings), self._make_watcher)
+        self.notifier = Notifier.from_environ(os.environ)
 
     # -- wiring helpers --------------------------------------------------------------
 
@@ -143,42 +151,78 @@ class Daemon:
     def _make_watcher(self, settings: Settings) -> Watcher:
         return Watcher(
             settings.folders,
-            self._found.put,
+            self.ingest.sink,
             self.queue.is_unchanged,
             settings.queue.settle_seconds,
             settings.queue.rescan_interval_seconds,
             on_folder=self.metrics.folder_up,
         )
 
+    def _make_once(self) -> OnceRun:
+        return OnceRun(
+            self.queue,
+            self.dispatcher,
+            self.pacer,
+            self.credits,
+            lambda: self.worker.config.folders.keys(),  # noqa: PLW0108 (replaced on reload)
+            lambda: self.ingest.busy() or bool(self.watcher.pending()),
+        )
+
+    @property
+    def watcher(self) -> Watcher:
+        """The watcher in force (a reload may replace it)."""
+        return self.watchers.watcher
+
+    def _queued(self, queued: list[Found]) -> None:
+        """The ingest thread queued files: count them for `once`, publish, wake dispatch."""
+        if self._once is not None:
+            self._once.queued(len(queued))
+        self._dirty.set()
+        self.dispatcher.wake()
+
     # -- running ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped (or, with ``once``, until nothing can be sent now)."""
+        """Run until stopped (or, with ``once``, until nothing can be sent now).
+
+        Returns 0, or 1 when a component crashed (``daemon.crashed`` was logged).
+        """
         self._install_signals()
+        self.supervisor.install()
         self.metrics.start()
-        self._ingest.start()
+        self.ingest.start()
+        self.watchers.start()
         self.dispatcher.start()
         try:
             try:
-                seen = self.watcher.start()
+                seen = self.watchers.start_first(self._stop, self._wake)
             except OSError as exc:
                 raise BgsyncdError(str(exc)) from None
-            names = [f.name for f in self.settings.folders]
-            log.info("daemon.ready", folders=names, files_seen=seen)
-            self.notifier.ready()
-            self._refresh()
-            self._loop()
+            if seen is not None:  # else stopped during the start-up scan: never ready
+                names = [f.name for f in self.settings.folders]
+                log.info("daemon.ready", folders=names, files_seen=seen)
+                self.notifier.ready()
+                self._refresh()
+                self._loop()
+            elif self._once is not None:
+                self._once.interrupted()
+        except BgsyncdError:
+            raise  # a clear one-line error (cli prints it): not a crash
+        except Exception as exc:
+            self.supervisor.crash(threading.current_thread().name, exc)
         finally:
             self._shutdown()
+            self.supervisor.uninstall()
         if self._fatal is not None:
             raise BgsyncdError(self._fatal)
-        return 0
+        if self.supervisor.crashed.is_set():
+            return 1
+        return self._once.exit_code if self._once is not None else EXIT_OK
 
     def _loop(self) -> None:
         interval = REFRESH_SECONDS
         if self.notifier.watchdog_interval:
             interval = min(interval, self.notifier.watchdog_interval)
-        progress = _Progress(self.once and sys.stderr.isatty())
         while not self._stop.is_set():
             self._wake.wait(0.2 if self.once else interval)
             self._wake.clear()
@@ -195,30 +239,16 @@ class Daemon:
                 if self._refresh_due():
                     self._dirty.clear()
                     self._refresh()
-                if self.once:
-                    counts = self.queue.counts()
-                    progress.show(counts)
-                    if self._once_finished():
-                        progress.finish(counts)
-                        return
+                if self._once is not None and self._once.step():
+                    return
             except QueueUnavailable as exc:  # lifted above when the database answers
                 self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
-            except Exception:  # a busy or full disk must not end the daemon
+            except QueueError:  # a busy or full disk must not end the daemon
                 log.exception("daemon.loop_error")
-
-    def _once_finished(self) -> bool:
-        if self._found.unfinished_tasks or self.watcher.pending():
-            return False
-        if self.dispatcher.in_flight:
-            return False
-        if self.dispatcher.paused is not None:
-            log.warning("once.paused", reason=self.dispatcher.paused)
-            return True
-        # Retries due soon are waited for; a longer backoff is left for a later run.
-        ready = self.queue.next_ready_at(self.worker.config.folders.keys())
-        if ready is None:
-            return True
-        return ready > time.time() + ONCE_RETRY_HORIZON and self.dispatcher.idle_drained.is_set()
+            except Exception as exc:
+                self.supervisor.crash(threading.current_thread().name, exc)
+        if self._once is not None:  # stopped before the run was over: a signal, or a crash
+            self._once.interrupted()
 
     def _database_lost(self) -> str | None:
         """Why to exit when the database or its lock was deleted or replaced, else None.
@@ -227,7 +257,7 @@ class Daemon:
         exit 1, and systemd restarts this one on whatever is there now.
         """
         database = self._database
-        lock = _lock_path(database)
+        lock = lock_path(database)
         checks = ((database, self.queue.lost()), (lock, lost_reason(lock, self._lock_identity)))
         for path, what in checks:
             if what is not None:
@@ -283,7 +313,7 @@ class Daemon:
             self.watcher.rescan()  # files found while it was down are found again
 
     def _heartbeat(self) -> None:
-        if self.dispatcher.alive() and self.watcher.alive() and self._ingest.is_alive():
+        if self.dispatcher.alive() and self.watcher.alive() and self.ingest.alive():
             self.metrics.heartbeat()
             self.notifier.watchdog()
 
@@ -327,43 +357,6 @@ class Daemon:
         self.queue.set_state(key, value)
         self._published[key] = value
 
-    def _ingest_loop(self) -> None:
-        """Batch found files into the queue: one transaction per batch."""
-        while True:
-            item = self._found.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < INGEST_BATCH:
-                try:
-                    nxt = self._found.get_nowait()
-                except stdqueue.Empty:
-                    break
-                if nxt is None:
-                    self._found.put(None)
-                    break
-                batch.append(nxt)
-            try:
-                fresh = batch if self.adopter is None else self.adopter.adopt(batch)
-                queued = self.queue.enqueue_many(fresh)
-            except QueueUnavailable as exc:
-                # Not queued: the rescan after the database answers finds them again.
-                log.warning("queue.ingest_deferred", files=len(batch), error=str(exc))
-                self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
-                queued = []
-            except Exception:
-                log.exception("queue.ingest_failed", files=len(batch))
-                queued = []
-            finally:
-                for _ in batch:
-                    self._found.task_done()
-            for found in queued:
-                self.metrics.file_discovered(found.folder)
-                log.info("file.queued", folder=found.folder, path=found.relpath, size=found.size)
-            if queued:
-                self._dirty.set()
-                self.dispatcher.wake()
-
     # -- signals and reload ----------------------------------------------------------
 
     def _install_signals(self) -> None:
@@ -382,13 +375,12 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self._reload.set()
+    def _request_stop(self) -> None:
+        self._stop.set()
         self._wake.set()
 
-    def request_stop(self) -> None:
-        """Stop as SIGTERM would (for tests and the demo)."""
-        self._stop.set()
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
         self._wake.set()
 
     def reload(self) -> None:
@@ -426,29 +418,12 @@ class Daemon:
         if new.folders != old.folders or any(
             getattr(new.queue, k) != getattr(old.queue, k) for k in watching
         ):
-            # Off the main loop: a full scan of a large inbox must not starve
-            # the systemd watchdog. The new watcher starts before the old stops
-            # (a file seen by both is queued once), and if it cannot start, the
-            # old one goes on.
-            threading.Thread(
-                target=self._swap_watcher, args=(new,), name="bgsyncd-reload", daemon=True
-            ).start()
+            self.watchers.request(new)
         else:
             self.watcher.rescan()
         self.settings = new
         log.info("config.reloaded", folders=[f.name for f in new.folders])
         self.dispatcher.recheck_credits()
-
-    def _swap_watcher(self, settings: Settings) -> None:
-        new = self._make_watcher(settings)
-        try:
-            new.start()
-        except Exception as exc:
-            log.error("config.watch_failed", error=str(exc), note="still watching the old folders")
-            new.stop()
-            return
-        old, self.watcher = self.watcher, new
-        old.stop()
 
     def _secrets(self) -> Sequence[str]:
         return [self._key]
@@ -460,74 +435,25 @@ class Daemon:
         self.notifier.stopping()
         self.notifier.extend_timeout(drain + 10)
         log.info("daemon.stopping", in_flight=self.dispatcher.in_flight)
+        self.watchers.stop()
         self.watcher.stop()
         left = self.dispatcher.stop(timeout=drain)
         if left:
             self.stuck = True
             log.warning("daemon.returned_jobs", jobs=len(left))
-        self._found.put(None)
-        self._ingest.join(timeout=10)
+        self.ingest.stop()
         try:
             self._refresh()
         except QueueUnavailable as exc:  # stopping is not a failure: the next start recovers
             log.warning("queue.unavailable", error=str(exc), note="last state not saved")
+        except Exception as exc:  # after a crash the same fault may strike again
+            log.warning("daemon.final_refresh_failed", error=repr(exc))
         self.metrics.stop()
         for client in [*self._old_clients, self.client]:
             client.close()
+        self._request_log.close()
         self.queue.close()
         log.info("daemon.stopped")
-
-
-class _Progress:
-    """A one-line progress bar for ``once`` on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    def show(self, counts: dict[str, dict[str, int]]) -> None:
-        if not self.enabled:
-            return
-        done = sum(c["done"] + c["quarantined"] for c in counts.values())
-        total = sum(sum(c.values()) for c in counts.values())
-        width = 30
-        filled = int(width * done / total) if total else width
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {done}/{total}")
-        sys.stderr.flush()
-
-    def finish(self, counts: dict[str, dict[str, int]]) -> None:
-        if self.enabled:
-            self.show(counts)
-            sys.stderr.write("\n")
-
-
-def _lock_database(database: Path) -> int:
-    """Hold an exclusive lock beside the database for the life of the process.
-
-    Two daemons (or `once` beside the service) on one queue would take each
-    other's jobs for crashed ones and send them again, and each would count
-    credits on its own.
-    """
-    path = _lock_path(database)
-    try:
-        database.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise BgsyncdError(
-            f"cannot open the queue database's lock {path}: {describe_os_error(exc)}"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise BgsyncdError(
-            f"another bgsyncd is already running on {database} (it holds {path})"
-        ) from None
-    return fd
-
-
-def _lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
 
 
 def _worker_config(settings: Settings) -> WorkerConfig:

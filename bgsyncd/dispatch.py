@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bgsyncd.client import Client
 from bgsyncd.credits import CreditGuard
-from bgsyncd.errors import AccountError, ApiError, QueueUnavailable, Stopped
+from bgsyncd.errors import AccountError, ApiError, BgsyncdError, QueueUnavailable, Stopped
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
@@ -205,7 +205,9 @@ class Dispatcher:
             except QueueUnavailable as exc:  # the daemon lifts it when the database answers
                 self.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
                 wait = 1.0
-            except Exception:  # the loop must survive anything; the heartbeat tells
+            except (BgsyncdError, OSError):
+                # A database or disk fault: try again soon. Anything else is a
+                # bug; it ends the thread and the daemon's supervisor exits 1.
                 log.exception("dispatch.error")
                 wait = 1.0
             # A fleet's pauses are looked at every few seconds, whatever else we wait for.

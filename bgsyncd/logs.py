@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
@@ -46,11 +47,48 @@ class _State:
 _state = _State()
 
 
+# A line kept at the bottom of a terminal under the log lines (``once``'s
+# progress bar); "" when there is none.
+_status_line = ""
+_CLEAR_LINE = "\r\x1b[K"
+
+
 def _write(line: str) -> None:
-    """Write one line to the *current* stderr (tests swap it), in one call."""
+    """Write one line to the *current* stderr (tests swap it), in one call.
+
+    With a status line shown, it is wiped first and drawn again below the new
+    line, all under one lock: a log line never lands in the middle of it.
+    """
     with _write_lock:
-        sys.stderr.write(line + "\n")
+        if _status_line:
+            sys.stderr.write(f"{_CLEAR_LINE}{line}\n{_status_line}")
+        else:
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+
+def set_status_line(text: str) -> None:
+    """Show ``text`` as the terminal's last line, kept below every log line; "" removes it.
+
+    Only for a terminal: the line is redrawn in place with a carriage return,
+    so ``text`` must be one line narrower than the terminal.
+    """
+    global _status_line
+    with _write_lock:
+        if text != _status_line:
+            sys.stderr.write(_CLEAR_LINE + text)
+            sys.stderr.flush()
+        _status_line = text
+
+
+def keep_status_line() -> None:
+    """Leave the status line on screen as an ordinary line; no status line afterwards."""
+    global _status_line
+    with _write_lock:
+        if _status_line:
+            sys.stderr.write(f"{_CLEAR_LINE}{_status_line}\n")
+            sys.stderr.flush()
+        _status_line = ""
 
 
 class _StderrLogger:
@@ -184,9 +222,28 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _configure_stdlib(max(logging.WARNING, _state.level))
-    # Libraries' warnings (watchdog has some) become log lines like any other,
-    # not bare text in the middle of the JSON stream.
-    logging.captureWarnings(True)
+    # Libraries' warnings (watchdog has some) become `library.warning` events,
+    # not bare text in the JSON stream, and not stdlib's captureWarnings, whose
+    # record makes the whole formatted warning the event's *name*.
+    logging.captureWarnings(False)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning``: one ``library.warning`` event, the text in a field."""
+    _warnings_log.warning(
+        "library.warning",
+        category=category.__name__,
+        text=str(message),
+        source=f"{filename}:{lineno}",
+    )
 
 
 def _configure_stdlib(level: int) -> None:
@@ -232,3 +289,6 @@ def get_logger(name: str | None = None) -> FilteringBoundLogger:
         **initial,
     )
     return logger
+
+
+_warnings_log = get_logger("py.warnings")

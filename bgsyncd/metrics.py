@@ -102,6 +102,9 @@ class Recorder:
     def heartbeat(self) -> None:
         """The main loop is alive."""
 
+    def crashed(self) -> None:
+        """A component died: /healthz answers 503 from now on, whatever the heartbeat."""
+
     def add_folder(self, folder: str) -> None:
         """A folder was added (on reload): create its series."""
 
@@ -145,6 +148,7 @@ class Metrics(Recorder):
         self._stall = stall_seconds
         # Start with a grace period: the loop has until stall_seconds to beat first.
         self._last_beat = clock()
+        self._crashed = False
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -334,11 +338,15 @@ class Metrics(Recorder):
         """Note that the main loop is alive."""
         self._last_beat = self._clock()
 
+    def crashed(self) -> None:
+        """A component died: unhealthy at once and for good (the daemon is exiting)."""
+        self._crashed = True
+
     # --- serving --------------------------------------------------------------
 
     def healthy(self) -> bool:
-        """True while the last heartbeat is younger than ``stall_seconds``."""
-        return self._clock() - self._last_beat < self._stall
+        """True while the last heartbeat is younger than ``stall_seconds`` and nothing crashed."""
+        return not self._crashed and self._clock() - self._last_beat < self._stall
 
     @property
     def port(self) -> int | None:

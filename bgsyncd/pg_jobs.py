@@ -240,6 +240,15 @@ class PgJobs(PgBase):
             ).fetchall()
         return [job_of(row) for row in rows]
 
+    def retry_waiting(self) -> list[Job]:
+        """Jobs waiting on a retry, soonest first (``once`` lists those it leaves)."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE state = 'retry_wait'"
+                " ORDER BY next_attempt_at, id"
+            ).fetchall()
+        return [job_of(row) for row in rows]
+
     def requeue(self, job_id: int) -> bool:
         """Put a quarantined job back to pending with a fresh count; False if not quarantined."""
         with self.transaction() as conn:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from bgsyncd import fsops
+from bgsyncd.errors import BgsyncdError
 from bgsyncd.logs import get_logger
 
 log = get_logger("bgsyncd.watcher")
@@ -250,7 +251,7 @@ class Scanner:
                 wanted, self._wanted, self._all = self._wanted, set(), False
             try:
                 self.scan(None if every else [i for i in self._inboxes if i.name in wanted])
-            except Exception:
+            except (OSError, BgsyncdError):  # anything else is a bug: the supervisor exits 1
                 log.exception("watcher.scan_failed")
             finally:
                 self._scanning = False

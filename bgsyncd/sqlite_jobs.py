@@ -247,6 +247,15 @@ class SqliteJobs(SqliteBase):
                 rows = conn.execute(SQL_QUARANTINED_IN, (folder,)).fetchall()
         return [job_of(row) for row in rows]
 
+    def retry_waiting(self) -> list[Job]:
+        """Jobs waiting on a retry, soonest first (``once`` lists those it leaves)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE state = 'retry_wait'"  # noqa: S608
+                " ORDER BY next_attempt_at, id"
+            ).fetchall()
+        return [job_of(row) for row in rows]
+
     def requeue(self, job_id: int) -> bool:
         """Put a quarantined job back to pending with a fresh count; False if not quarantined."""
         with self._write() as conn:

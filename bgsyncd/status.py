@@ -1,30 +1,18 @@
-"""The commands that look at (or nudge) the queue from outside the daemon.
+"""``bgsyncd status``: the queue as the daemon left it, read beside a running daemon.
 
-``status`` and ``retry`` open the daemon's database with their own connection:
-WAL lets them read while the daemon writes. ``credits`` goes through the same
-persisted request log as the daemon, so it never pushes the account over its
-rate limit.
+It opens the daemon's database read-only with its own connection (WAL lets it
+read while the daemon writes), never creates it, and never creates or checks
+the folders: a status must answer whatever state the folders are in.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import posixpath
-import sys
 import time
-from contextlib import suppress
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bgsyncd import fsops
-from bgsyncd.config import Settings, require_api_key
-from bgsyncd.outputs import move_to, sidecar_name
-from bgsyncd.pacer import MemoryRequestLog, Pacer, RequestLog
-from bgsyncd.queue import STATES, Queue, SqliteRequestLog
-
-if TYPE_CHECKING:
-    from bgsyncd.client import Credits
+from bgsyncd.config import Settings
+from bgsyncd.queue import STATES, Queue
 
 # Keys of the queue's key/value state that the daemon keeps for these commands.
 STATE_PAUSED = "paused"
@@ -80,71 +68,3 @@ def print_status(settings: Settings, as_json: bool) -> int:
     oldest = status["oldest_pending_seconds"]
     print(f"oldest pending: {f'{oldest:.0f} s' if oldest is not None else '-'}")
     return 0
-
-
-def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
-    """Move quarantined files back into their inboxes and queue them again."""
-    db = settings.queue.database
-    if not db.exists():
-        print("bgsyncd: nothing is quarantined (no queue database yet)", file=sys.stderr)
-        return 1 if paths else 0
-    folders = {f.name: f for f in settings.folders}
-    wanted = {p.resolve() for p in paths}
-    queue = Queue(db)
-    found: set[Path] = set()
-    retried = 0
-    try:
-        for job in queue.quarantined():
-            folder = folders.get(job.folder)
-            if folder is None:
-                continue
-            # Where the file went: its own name, or `photo~2.jpg` beside an older one.
-            qrel = job.outputs[0] if job.outputs else job.relpath
-            where = folder.quarantine / qrel
-            inbox_path = folder.inbox / job.relpath
-            matches = {where.resolve(), inbox_path.resolve()} & wanted
-            if not everything and not matches:
-                continue
-            found |= matches
-            if fsops.regular_stat(folder.quarantine, qrel) is not None:
-                side = posixpath.join(
-                    posixpath.dirname(qrel), sidecar_name(where.name, job.relpath)
-                )
-                move_to(folder.quarantine, qrel, folder.inbox, job.relpath)
-                with suppress(FileNotFoundError):
-                    fsops.unlink(folder.quarantine, side)
-            elif fsops.regular_stat(folder.inbox, job.relpath) is None:
-                print(f"bgsyncd: {where} is gone; skipped", file=sys.stderr)
-                continue
-            queue.requeue(job.id)
-            retried += 1
-            print(f"queued again: {folder.name}/{job.relpath}")
-    finally:
-        queue.close()
-    missing = wanted - found
-    for path in sorted(missing):
-        print(f"bgsyncd: {path} is not a quarantined file", file=sys.stderr)
-    print(f"{retried} file(s) queued again; a running daemon picks them up at its next scan")
-    return 1 if missing else 0
-
-
-def request_log_for(settings: Settings) -> RequestLog:
-    """The persisted request log when the database is ours to write, else memory."""
-    db = settings.queue.database
-    if db.exists() and os.access(db, os.W_OK):
-        return SqliteRequestLog(db)
-    return MemoryRequestLog()
-
-
-def fetch_credits(settings: Settings) -> Credits:
-    """One paced credit check, outside the daemon."""
-    from bgsyncd.client import Client  # httpx is slow to import; `status` needs none of it
-
-    key = require_api_key(settings)
-    pacer = Pacer(
-        settings.api.rate_limit, settings.api.rate_window_seconds, request_log_for(settings)
-    )
-    with Client(
-        settings.api.base_url, key, settings.api.timeout_seconds, gate=pacer.acquire
-    ) as client:
-        return client.available_credits()

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bgsyncd.errors import BgsyncdError
 from bgsyncd.logs import get_logger
 from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.scanner import Inbox, regular_file
@@ -335,7 +336,9 @@ class Tracker:
             for e, gen in taken:
                 try:
                     self._look(e, gen)
-                except Exception:
+                except (OSError, BgsyncdError):
+                    # The file or the database failed us; anything else is a bug
+                    # and ends the thread (the daemon's supervisor exits 1).
                     log.exception("watcher.track_failed", folder=e.inbox.name, path=e.relpath)
 
     def _look(self, e: _Entry, gen: int) -> None:

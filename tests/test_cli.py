@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_folder, run_cli, write_config
+from bgsyncd.dispatch import IDLE_LOOK_SECONDS
+from bgsyncd.emulator import Emulator
+from bgsyncd.queue import Queue
+from bgsyncd.retry import PICKUP_SECONDS
+from tests.conftest import (
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    write_config,
+)
 from tests.helpers import open_image, product_image, wait_until
 
 KEY = "emu-key-42"
@@ -51,6 +61,7 @@ def emulator_process(tmp_path: Path) -> Iterator[str]:
             20,
             what="emulator listening line",
         )
+        assert line is not None  # wait_until returns a truthy value
         yield line.rsplit(" ", 1)[1]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -163,3 +174,95 @@ def test_run_without_folders_is_a_configuration_error(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 2
     assert "folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_credits_before_the_daemon_ever_ran_paces_through_the_queue_database(
+    tmp_path: Path,
+) -> None:
+    # Eight `bgsyncd credits` in a row, the daemon never started: each records
+    # its request in the queue's request log (created by the first), so the
+    # eighth waits for the window instead of meeting a 429.
+    with Emulator(keys=[KEY], credits=42, rate_limit=7, rate_window=3.0) as emu:
+        folder = make_folder(tmp_path, "f")
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            api={"rate_limit": 7, "rate_window_seconds": 3},
+        )
+        database = tmp_path / "state" / "queue.sqlite3"
+        assert not database.exists()
+        env = {"BGSYNCD_API_KEY": KEY}
+        results = [run_cli("credits", "--config", str(config), env=env) for _ in range(8)]
+        assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+        assert all("42" in r.stdout for r in results)
+        assert database.exists()
+        assert [r.status for r in emu.requests()] == [200] * 8
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only filesystem (tmpfs mounted ro); root ignores file modes."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_credits_that_cannot_be_recorded_send_nothing_and_exit_1(
+    tmp_path: Path, read_only_folder: Path
+) -> None:
+    with Emulator(keys=[KEY], credits=42, rate_limit=7) as emu:
+        folder = make_folder(tmp_path, "f")
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            queue={"database": str(read_only_folder / "queue.sqlite3")},
+        )
+        result = run_cli("credits", "--config", str(config), env={"BGSYNCD_API_KEY": KEY})
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "queue.sqlite3" in lines[0] and "nothing was sent" in lines[0]
+        assert "Traceback" not in result.stderr
+        assert emu.requests() == []
+
+
+def test_status_answers_while_a_quarantine_path_is_a_file(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    folder = make_folder(tmp_path, "f")
+    config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
+    d = start_daemon(daemons, config)
+    quarantine = Path(folder["quarantine"])
+    quarantine.rmdir()
+    quarantine.write_text("not a folder")
+    result = run_cli("status", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["folders"]["f"]["pending"] == 0
+    assert quarantine.is_file()  # status created or changed nothing
+    assert d.stop() == 0
+
+
+def test_retry_says_a_running_daemon_takes_the_files_within_its_dispatch_look(
+    tmp_path: Path,
+) -> None:
+    folder = make_folder(tmp_path, "f")
+    config = write_config(tmp_path / "c.toml", base_url="http://127.0.0.1:9", folders=[folder])
+    Queue(tmp_path / "state" / "queue.sqlite3").close()
+    result = run_cli("retry", "--all", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert PICKUP_SECONDS == IDLE_LOOK_SECONDS
+    assert f"takes them within {IDLE_LOOK_SECONDS:g} s" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,11 +23,13 @@ KEY = "sk-live-4b1d9e7c2a8f6d3e0b5c"
 def restore_logging() -> Iterator[None]:
     """Leave structlog and the root logger as other tests' modules found them."""
     saved = structlog.get_config()
+    showwarning = warnings.showwarning
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
     yield
     structlog.configure(**saved)
+    warnings.showwarning = showwarning
     root.handlers[:] = handlers
     root.setLevel(level)
     for name, lvl in quiet.items():
@@ -171,3 +174,19 @@ def test_console_format_is_redacted_too(capsys: pytest.CaptureFixture[str]) -> N
 def test_bad_settings_are_refused(fmt: str, level: str) -> None:
     with pytest.raises(ValueError, match=r"logging\."):
         configure_logging(fmt, level)
+
+
+def test_library_warnings_are_one_event_with_the_text_in_a_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("json", "info", lambda: [KEY])
+    long_text = "Callback with id 140 already exists; " * 100 + KEY
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(long_text, RuntimeWarning, stacklevel=1)
+    (event,) = lines(capsys.readouterr().err)
+    assert event["event"] == "library.warning"
+    assert event["level"] == "warning"
+    assert event["category"] == "RuntimeWarning"
+    assert event["text"] == long_text.replace(KEY, "***")
+    assert "test_logs.py:" in event["source"]

@@ -425,3 +425,12 @@ def test_a_read_only_view_answers_beside_a_writer_and_refuses_writes(store, open
     with pytest.raises(QueueError):
         view.set_state("paused", None)
     assert store.get_state("paused") == "credit_floor" and store.find("f", "c.jpg") is None
+
+
+def test_jobs_waiting_on_a_retry_are_listed_soonest_first(store):
+    store.enqueue_many([_found("late.jpg"), _found("soon.jpg"), _found("done.jpg")])
+    jobs = {j.relpath: j for j in (store.claim(60), store.claim(60), store.claim(60))}
+    store.retry_later(jobs["late.jpg"].id, time.time() + 7200, "later")
+    store.retry_later(jobs["soon.jpg"].id, time.time() + 3600, "sooner")
+    store.complete(jobs["done.jpg"].id, ["done.png"])
+    assert [j.relpath for j in store.retry_waiting()] == ["soon.jpg", "late.jpg"]

@@ -1,0 +1,72 @@
+"""``bgsyncd retry``: put quarantined files back into their inboxes and queue them again.
+
+Runs beside the daemon with its own connection to the queue database. A running
+daemon needs no signal: its dispatcher looks for pending work every
+``dispatch.IDLE_LOOK_SECONDS`` (mirrored here as ``PICKUP_SECONDS``, so this
+command does not import the HTTP stack).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+from bgsyncd import fsops
+from bgsyncd.config import Settings
+from bgsyncd.outputs import move_to, sidecar_name
+from bgsyncd.queue import Queue
+
+# dispatch.IDLE_LOOK_SECONDS; tests/test_cli.py checks the two agree.
+PICKUP_SECONDS = 5.0
+
+
+def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
+    """Move quarantined files back into their inboxes and queue them again."""
+    db = settings.queue.database
+    if not db.exists():
+        print("bgsyncd: nothing is quarantined (no queue database yet)", file=sys.stderr)
+        return 1 if paths else 0
+    folders = {f.name: f for f in settings.folders}
+    wanted = {p.resolve() for p in paths}
+    queue = Queue(db)
+    found: set[Path] = set()
+    retried = 0
+    try:
+        for job in queue.quarantined():
+            folder = folders.get(job.folder)
+            if folder is None:
+                continue
+            # Where the file went: its own name, or `photo~2.jpg` beside an older one.
+            qrel = job.outputs[0] if job.outputs else job.relpath
+            where = folder.quarantine / qrel
+            inbox_path = folder.inbox / job.relpath
+            matches = {where.resolve(), inbox_path.resolve()} & wanted
+            if not everything and not matches:
+                continue
+            found |= matches
+            # Through directory descriptors, like every operation under the folders.
+            if fsops.regular_stat(folder.quarantine, qrel) is not None:
+                side = posixpath.join(
+                    posixpath.dirname(qrel), sidecar_name(where.name, job.relpath)
+                )
+                move_to(folder.quarantine, qrel, folder.inbox, job.relpath)
+                with suppress(FileNotFoundError):
+                    fsops.unlink(folder.quarantine, side)
+            elif fsops.regular_stat(folder.inbox, job.relpath) is None:
+                print(f"bgsyncd: {where} is gone; skipped", file=sys.stderr)
+                continue
+            queue.requeue(job.id)
+            retried += 1
+            print(f"queued again: {folder.name}/{job.relpath}")
+    finally:
+        queue.close()
+    missing = wanted - found
+    for path in sorted(missing):
+        print(f"bgsyncd: {path} is not a quarantined file", file=sys.stderr)
+    print(
+        f"{retried} file(s) queued again; a running daemon takes them within "
+        f"{PICKUP_SECONDS:g} s (its dispatcher looks for work that often)"
+    )
+    return 1 if missing else 0
