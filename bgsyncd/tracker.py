@@ -184,17 +184,26 @@ class Tracker:
             order.append((now + RECENT_SECONDS, path))
             return True
 
-    def forget_emitted(self, path: str) -> None:
-        """``path`` (a file, or a folder and all below it) left: its emissions are void.
+    def forget_emitted(self, path: str, *, tracked: bool = False) -> None:
+        """``path`` (a file, or a folder and all below it) left or was replaced.
 
-        A file that comes back (its folder moved out and in again, its job
-        forgotten meanwhile as vanished) must be emitted again at once, even in
-        the same version and within ``RECENT_SECONDS``.
+        Its emissions are void: a file that comes back (its folder moved out and
+        in again, its job forgotten meanwhile as vanished) is emitted again at
+        once, even in the same version and within ``RECENT_SECONDS``. With
+        ``tracked`` (a folder appeared or left) the files followed below it are
+        dropped too: what they were waiting for happened elsewhere, and the
+        observer's synthetic events or a scan bring back those that are here.
         """
         below = path + "/"
         with self._cond:
             for old in [p for p in self._recent if p == path or p.startswith(below)]:
                 del self._recent[old]
+            if tracked:
+                gone = [p for p in self._entries if p.startswith(below)]
+                for old in gone:
+                    del self._entries[old]
+                if gone:
+                    self._removed()
 
     def note(self, kind: str, inbox: Inbox, path: str) -> None:
         """Record what an observer saw at ``path`` (absolute, under ``inbox``).

@@ -342,11 +342,13 @@ class Watcher:
             if dest:  # renamed into place: rsync's temp file, a browser's download
                 self._tracker.note("settle" if inbox.polling else "ready", inbox, dest)
         elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
+            dest = _text(event.dest_path) or src
             if isinstance(event, DirMovedEvent):
-                self._tracker.forget_emitted(src)  # what was found there has left
-            self._fresh_dir(_text(event.dest_path) or src)
+                self._tracker.forget_emitted(src, tracked=True)  # what was there has left
+            self._tracker.forget_emitted(dest, tracked=True)  # a folder arrived: start afresh
+            self._fresh_dir(dest)
         elif isinstance(event, DirDeletedEvent):
-            self._tracker.forget_emitted(src)
+            self._tracker.forget_emitted(src, tracked=True)
             if src == inbox.root:
                 self._guard.check_soon()  # the watch ends with its folder: look now
 
