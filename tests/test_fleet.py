@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
+import pytest
 
 from bgsyncd.emulator import Emulator
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
@@ -392,3 +394,70 @@ def test_a_shared_folder_needs_the_postgresql_backend(tmp_path: Path) -> None:
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2
     assert "folder[0].shared" in result.stderr
+
+
+# -- a claim lost while the request ran -----------------------------------------------------
+
+
+def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
+    tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Host a's lease runs out mid-request and b takes the job over: a writes nothing."""
+    from bgsyncd.cache import ResultCache
+    from bgsyncd.client import Client
+    from bgsyncd.config import FolderSettings
+    from bgsyncd.metrics import Recorder
+    from bgsyncd.pgfleet import Hosts
+    from bgsyncd.pgqueue import PgQueue
+    from bgsyncd.queue import Found, Queue
+    from bgsyncd.worker import Kind, Worker, WorkerConfig
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    drop(inbox, "p.jpg", 50)
+    st = (inbox / "p.jpg").stat()
+    a, b = PgQueue(pg_dsn, "a"), PgQueue(pg_dsn, "b")
+    try:
+        Hosts(a, 0.5).join(["f"], "a-run")
+        b_hosts = Hosts(b, 0.5)
+        b_hosts.join(["f"], "b-run")
+        a.enqueue_many([Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)])
+        job = a.claim(0.5)
+        assert job is not None
+        folder = FolderSettings(
+            name="f", inbox=inbox, outbox=tmp_path / "outbox", quarantine=tmp_path / "q"
+        )
+        config = WorkerConfig(
+            folders={"f": folder},
+            max_upload_bytes=10 * 1024 * 1024,
+            max_attempts=5,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.1,
+        )
+        with Emulator(keys=[TEST_KEY], credits=100, rate_limit=1000, latency=1.5) as emu:
+            client = Client(emu.url, TEST_KEY, 10)
+            worker = Worker(
+                cast(Queue, a),
+                ResultCache(tmp_path / "cache", 0),
+                Recorder(),
+                config,
+                lambda: client,
+                holds=Hosts(a, 0.5).holds,
+            )
+
+            def b_takes_over() -> None:
+                wait_until(lambda: b_hosts.take_over_expired(["f"]) == 1, 5, what="takeover")
+
+            taker = threading.Thread(target=b_takes_over)
+            taker.start()
+            capsys.readouterr()
+            result = worker.process(job)
+            taker.join(10)
+        assert result.kind is Kind.RELEASED and result.charged
+        assert '"event": "job.lease_lost"' in capsys.readouterr().err
+        assert not (tmp_path / "outbox").exists() or not list((tmp_path / "outbox").iterdir())
+        taken = b.claim(60)  # the job is b's to do again, pending, marked resend
+        assert taken is not None and taken.id == job.id and taken.resend
+    finally:
+        a.close()
+        b.close()
