@@ -82,6 +82,34 @@ def open_backend(settings: Settings, api_key: str) -> Backend:
     )
 
 
+def open_fleet_queue(settings: Settings) -> Queue:
+    """The fleet's queue on PostgreSQL for a command beside the daemons (``retry``)."""
+    require_psycopg()
+    from bgsyncd.pgqueue import PgQueue
+
+    pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
+    return cast(Queue, pg)
+
+
+def open_request_log(
+    settings: Settings, api_key: str
+) -> tuple[RequestLog | SharedRequestLog, Callable[[], None]]:
+    """The request log a start is recorded in (``credits``), and how to close it.
+
+    On PostgreSQL it is the fleet's: a check from the command line counts
+    against the one limit like every host's requests.
+    """
+    if settings.queue.backend != "postgresql":
+        log = SqliteRequestLog(settings.queue.database)
+        return log, log.close
+    require_psycopg()
+    from bgsyncd.pgfleet import PgRequestLog, account_id
+    from bgsyncd.pgqueue import PgQueue
+
+    pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
+    return PgRequestLog(pg, account_id(api_key)), pg.close
+
+
 def connection_dsn(dsn: str, environ: dict[str, str] | None = None) -> str:
     """``dsn`` with the credential ``db_password`` as its password, when there is one.
 

@@ -461,3 +461,15 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     finally:
         a.close()
         b.close()
+
+
+def test_a_credit_check_from_the_command_line_is_recorded_in_the_fleets_log(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    with Emulator(keys=[TEST_KEY], credits=77, rate_limit=1000) as emu:
+        config = host_config(tmp_path, "cli", emu, pg_dsn, [make_folder(tmp_path, "f")])
+        result = run_cli("credits", "--json", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["available_credits"] == 77
+    assert len(db_rows(pg_dsn, "SELECT t FROM request_log")) == 1
+    assert not (tmp_path / "host-cli" / "state").exists()  # no SQLite file made beside it
