@@ -153,7 +153,8 @@ def agree_on_folders(
                         raise ConfigError(
                             f"folder {folder.name!r} is not shared on host {me!r}, but host"
                             f" {host!r} also has a folder of that name: rename one, or set"
-                            " shared = true on every host that serves it"
+                            " shared = true on every host that serves it (a host retired for"
+                            f" good: delete its row {host!r} from the hosts table)"
                         )
                 continue
             mine = json.dumps(_agreed(folder), sort_keys=True)

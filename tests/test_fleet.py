@@ -473,3 +473,29 @@ def test_a_credit_check_from_the_command_line_is_recorded_in_the_fleets_log(
         assert json.loads(result.stdout)["available_credits"] == 77
     assert len(db_rows(pg_dsn, "SELECT t FROM request_log")) == 1
     assert not (tmp_path / "host-cli" / "state").exists()  # no SQLite file made beside it
+
+
+def test_the_credential_db_password_reaches_libpq_and_nothing_else(tmp_path: Path) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from bgsyncd.backends import connection_dsn
+
+    dsn = "host=db.internal user=bgsyncd dbname=bgsyncd"
+    (tmp_path / "db_password").write_text("pw-from-credential\n")
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert conninfo_to_dict(connection_dsn(dsn, env))["password"] == "pw-from-credential"
+    # libpq's own sources win, and without a credential the DSN is as written.
+    assert connection_dsn(dsn, {**env, "PGPASSWORD": "x"}) == dsn
+    assert connection_dsn(dsn, {}) == dsn
+    assert connection_dsn(dsn, {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}) == dsn
+
+
+def test_a_folder_not_shared_cannot_take_a_name_another_host_uses(
+    tmp_path: Path, pg_dsn: str, daemons: list[DaemonProcess]
+) -> None:
+    with Emulator(keys=[TEST_KEY], credits=1000, rate_limit=1000) as emu:
+        start_daemon(daemons, host_config(tmp_path, "a", emu, pg_dsn, [make_folder(tmp_path, "x")]))
+        other = make_folder(tmp_path / "elsewhere", "x")
+        refused = run_cli("run", "--config", str(host_config(tmp_path, "b", emu, pg_dsn, [other])))
+        assert refused.returncode == 2
+        assert "'x'" in refused.stderr and "'a'" in refused.stderr and "'b'" in refused.stderr
