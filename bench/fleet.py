@@ -133,10 +133,13 @@ def run_takeover(tmp: Path, dsn: str) -> float:
             if time.monotonic() > deadline or a.poll() is not None:
                 raise SystemExit(f"host a never held the jobs: see {a_log}")
             time.sleep(0.05)
-            with psycopg.connect(dsn) as conn:
-                held = conn.execute(
-                    "SELECT relpath FROM jobs WHERE state = 'in_flight' AND owner = 'a'"
-                ).fetchall()
+            try:
+                with psycopg.connect(dsn) as conn:
+                    held = conn.execute(
+                        "SELECT relpath FROM jobs WHERE state = 'in_flight' AND owner = 'a'"
+                    ).fetchall()
+            except psycopg.errors.UndefinedTable:
+                continue  # host a has not created the schema yet
         a.kill()
         a.wait()
         killed = time.monotonic()
