@@ -442,6 +442,9 @@ class Daemon:
         self.pacer.reconfigure(new.api.rate_limit, new.api.rate_window_seconds)
         self.credits.set_floor(new.credits.floor)
         self.metrics.credits_floor(new.credits.floor)
+        if key != self._key and self.fleet is not None:
+            # The fleet's log, credits and pauses are kept per account (the key's hash).
+            log.warning("config.restart_needed", key="api key", note="the fleet's account")
         if key != self._key or new.api.base_url != old.api.base_url:
             self._key = key
             self._old_clients.append(self.client)
