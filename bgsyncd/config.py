@@ -13,6 +13,7 @@ import difflib
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -113,7 +114,14 @@ class CreditSettings(_Section):
 class QueueSettings(_Section):
     """``[queue]``: the job database, completeness and retries."""
 
+    # SPEC §8: "postgresql" makes every daemon on one database one fleet.
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     database: FolderPath = Path("/var/lib/bgsyncd/queue.sqlite3")
+    # libpq's DSN, never with a password (PGPASSFILE, ~/.pgpass, PGPASSWORD or
+    # the credential db_password supply it).
+    dsn: str = ""
+    host_id: str = ""  # "" is the host name (config.host_id)
+    lease_seconds: PositiveFloat = 60.0
     max_attempts: PositiveInt = 5
     settle_seconds: NonNegativeFloat = 2.0
     rescan_interval_seconds: PositiveFloat = 300.0
@@ -150,6 +158,7 @@ class FolderSettings(_Section):
     done: Annotated[Path | None, BeforeValidator(_empty_is_none)] = None
     recursive: bool = True
     polling: bool = False
+    shared: bool = False  # served by every host of the fleet configuring this name
     ignore: tuple[str, ...] = ()
 
 
@@ -489,6 +498,11 @@ def _with_env_paths_resolved(settings: Settings) -> Settings:
     return settings.model_copy(update={"api": api, "queue": queue})
 
 
+def host_id(settings: Settings) -> str:
+    """This daemon's name in a fleet: ``queue.host_id``, by default the host name."""
+    return settings.queue.host_id.strip() or socket.gethostname()
+
+
 def _with_folder_names(settings: Settings) -> Settings:
     folders = tuple(
         f if f.name.strip() else f.model_copy(update={"name": f.inbox.name or str(f.inbox)})
@@ -526,6 +540,7 @@ def _check_rules(settings: Settings, file: Path, *, check_folders: bool = True) 
             f"{settings.api.max_response_bytes} bytes would refuse ordinary answers: use 0"
             f" (automatic) or at least {MIN_RESPONSE_BYTES} (1 MiB)",
         )
+    _check_backend(settings, file)
     try:
         parse_listen(settings.metrics.listen)
     except ValueError as exc:
@@ -549,3 +564,38 @@ def _check_rules(settings: Settings, file: Path, *, check_folders: bool = True) 
             raise _fail(file, f"{key}.done", 'after_success = "move" needs a done folder')
     if check_folders:
         layout.check_folders(settings.folder, file)
+
+
+def _check_backend(settings: Settings, file: Path) -> None:
+    """``[queue]`` backend rules: a DSN for PostgreSQL, never one carrying a password."""
+    queue = settings.queue
+    if queue.backend == "sqlite":
+        for i, f in enumerate(settings.folder):
+            if f.shared:
+                raise _fail(
+                    file, f"folder[{i}].shared", 'a shared folder needs backend = "postgresql"'
+                )
+        return
+    if not queue.dsn.strip():
+        raise _fail(
+            file,
+            "queue.dsn",
+            'backend = "postgresql" needs a libpq DSN'
+            ' (e.g. "postgresql://bgsyncd@db.internal/bgsyncd")',
+        )
+    if dsn_has_password(queue.dsn):
+        raise _fail(
+            file,
+            "queue.dsn",
+            "must not carry a password: put it in PGPASSFILE or ~/.pgpass, in PGPASSWORD,"
+            " or in the systemd credential db_password",
+        )
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """``dsn`` (URI or key=value) writes a password, in any of libpq's spellings."""
+    if re.search(r"(^|\s)password\s*=", dsn):
+        return True
+    if re.search(r"[?&]password=", dsn):
+        return True
+    return re.match(r"^[a-z]+://[^/@\s]*:[^@/\s]*@", dsn) is not None

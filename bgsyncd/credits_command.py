@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
+from bgsyncd.backends import open_request_log
 from bgsyncd.config import Settings, require_api_key
 from bgsyncd.errors import ApiError, BgsyncdError
 from bgsyncd.pacer import Pacer
-from bgsyncd.queue import QueueError, SqliteRequestLog
+from bgsyncd.queue import QueueError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -30,9 +31,9 @@ def fetch_credits(settings: Settings) -> tuple[int, str | None]:
     from bgsyncd.client import Client  # httpx is slow to import; only this command needs it
 
     key = require_api_key(settings)
-    database = settings.queue.database
+    database = settings.queue.database if settings.queue.backend == "sqlite" else "the fleet's log"
     try:
-        log = SqliteRequestLog(database)
+        log, close = open_request_log(settings, key)
     except QueueError as exc:
         raise NotRecorded(f"{exc}; nothing was sent") from None
     try:
@@ -49,7 +50,7 @@ def fetch_credits(settings: Settings) -> tuple[int, str | None]:
         with Client(settings.api.base_url, key, settings.api.timeout_seconds, gate=gate) as client:
             credits = client.available_credits()
     finally:
-        log.close()
+        close()
     expires = credits.expires_at.isoformat() if credits.expires_at else None
     return credits.available, expires
 

@@ -22,10 +22,9 @@ from types import FrameType
 
 from bgsyncd import __version__, outputs
 from bgsyncd.adoption import Adopter
-from bgsyncd.cache import ResultCache
+from bgsyncd.backends import open_backend
 from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
-from bgsyncd.credits import CreditGuard
 from bgsyncd.dblock import lock_database, lock_path
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
@@ -37,7 +36,7 @@ from bgsyncd.once import EXIT_OK, OnceRun
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
 from bgsyncd.probe import OutputProbe
-from bgsyncd.queue import STATES, Found, Queue, QueueError, SqliteRequestLog
+from bgsyncd.queue import STATES, Found, QueueError
 from bgsyncd.queue_faults import identity_of_fd, lost_reason
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
 from bgsyncd.supervise import Supervisor
@@ -77,9 +76,14 @@ class Daemon:
 
         # The database in use until exit: a reload naming another one needs a restart.
         self._database = settings.queue.database
-        self._lock_fd = lock_database(self._database)
-        self._lock_identity = identity_of_fd(self._lock_fd)
-        self.queue = Queue(settings.queue.database)
+        self._sqlite = settings.queue.backend == "sqlite"
+        if self._sqlite:  # a fleet's hosts are told apart by the host lock (pghost)
+            self._lock_fd = lock_database(self._database)
+            self._lock_identity = identity_of_fd(self._lock_fd)
+        self._conflict: str | None = None  # the fleet gave this host_id to another daemon
+        self.backend = open_backend(settings, self._key)
+        self.queue = self.backend.queue
+        self.fleet = self.backend.fleet
         resent = self.queue.recover()
         if resent:
             log.warning("queue.recovered", jobs=resent, note="outcome unknown; will be sent again")
@@ -87,23 +91,28 @@ class Daemon:
             for root in (folder.outbox, folder.quarantine, folder.done):
                 if root is not None:
                     outputs.cleanup_temp_files(root)
-        self.cache = ResultCache(
-            settings.state_dir / "cache", settings.queue.cache_max_megabytes * 1024 * 1024
-        )
-        self._request_log = SqliteRequestLog(settings.queue.database)
+        self.cache = self.backend.cache
         self.pacer = Pacer(
-            settings.api.rate_limit, settings.api.rate_window_seconds, self._request_log
+            settings.api.rate_limit, settings.api.rate_window_seconds, self.backend.request_log
         )
-        self.credits = CreditGuard(settings.credits.floor, settings.credits.check_interval_seconds)
+        self.credits = self.backend.credits
         self.metrics = Metrics(
-            settings.metrics.listen, [f.name for f in settings.folders], __version__
+            settings.metrics.listen,
+            [f.name for f in settings.folders],
+            __version__,
+            fleet=self.fleet is not None,
         )
         self.metrics.credits_floor(settings.credits.floor)
         self.supervisor = Supervisor(self.metrics, self._request_stop)
         self.client = self._make_client(settings)
         self.probe = OutputProbe()
         self.worker = Worker(
-            self.queue, self.cache, self.metrics, _worker_config(settings), lambda: self.client
+            self.queue,
+            self.cache,
+            self.metrics,
+            _worker_config(settings),
+            lambda: self.client,
+            holds=self.fleet.holds if self.fleet is not None else None,
         )
         self.dispatcher = Dispatcher(
             self.queue,
@@ -113,10 +122,16 @@ class Daemon:
             lambda: self.client,
             self.metrics,
             max_in_flight=settings.api.max_in_flight,
-            lease_seconds=settings.api.timeout_seconds + 60.0,
+            lease_seconds=self.backend.claim_lease,
             on_state_change=self._dirty.set,
             on_pause=self._on_pause,
+            pauses=self.backend.pauses,
         )
+        if self.fleet is not None:
+            self.fleet.in_flight = lambda: self.dispatcher.in_flight
+            self.fleet.on_hosts = self.metrics.fleet_hosts
+            self.fleet.on_takeover = lambda n: self._wake_dispatch()
+            self.fleet.on_conflict = self._on_conflict
         # A new queue (first start, or the database was lost): adopt existing outputs.
         self.adopter = (
             Adopter(self.queue, lambda: self.worker.config.folders) if self.queue.created else None
@@ -173,6 +188,15 @@ class Daemon:
         """The watcher in force (a reload may replace it)."""
         return self.watchers.watcher
 
+    def _wake_dispatch(self) -> None:
+        self._dirty.set()
+        self.dispatcher.wake()
+
+    def _on_conflict(self, message: str) -> None:
+        """Another daemon took this host_id while the database was away: stop (exit 1)."""
+        self._conflict = message
+        self._request_stop()
+
     def _queued(self, queued: list[Found]) -> None:
         """The ingest thread queued files: count them for `once`, publish, wake dispatch."""
         if self._once is not None:
@@ -190,6 +214,9 @@ class Daemon:
         self._install_signals()
         self.supervisor.install()
         self.metrics.start()
+        if self.fleet is not None:
+            self.fleet.beat()  # the fleet's size, and claims that expired while we were away
+            self.fleet.start()
         self.ingest.start()
         self.watchers.start()
         self.dispatcher.start()
@@ -256,6 +283,14 @@ class Daemon:
         Another daemon could then open a fresh queue and take the lock beside us:
         exit 1, and systemd restarts this one on whatever is there now.
         """
+        if self._conflict is not None:
+            return self._conflict
+        if not self._sqlite:
+            what = self.queue.lost()
+            if what is None:
+                return None
+            log.error("queue.lost", database="postgresql", what=what)
+            return f"the PostgreSQL queue's schema was {what} while bgsyncd ran; exiting"
         database = self._database
         lock = lock_path(database)
         checks = ((database, self.queue.lost()), (lock, lost_reason(lock, self._lock_identity)))
@@ -395,7 +430,8 @@ class Daemon:
             return
         old = self.settings
         configure_logging(new.logging.format, new.logging.level, self._secrets)
-        for name in ("database", "cache_max_megabytes"):
+        restart = ("backend", "database", "dsn", "host_id", "lease_seconds", "cache_max_megabytes")
+        for name in restart:
             if getattr(new.queue, name) != getattr(old.queue, name):
                 log.warning("config.restart_needed", key=f"queue.{name}")
         for name in ("max_in_flight", "timeout_seconds"):
@@ -406,12 +442,17 @@ class Daemon:
         self.pacer.reconfigure(new.api.rate_limit, new.api.rate_window_seconds)
         self.credits.set_floor(new.credits.floor)
         self.metrics.credits_floor(new.credits.floor)
+        if key != self._key and self.fleet is not None:
+            # The fleet's log, credits and pauses are kept per account (the key's hash).
+            log.warning("config.restart_needed", key="api key", note="the fleet's account")
         if key != self._key or new.api.base_url != old.api.base_url:
             self._key = key
             self._old_clients.append(self.client)
             self.client = self._make_client(new)
         for folder in new.folders:
             self.metrics.add_folder(folder.name)
+        if self.fleet is not None:
+            self.fleet.set_folders(new.folders)
         self.credits.set_check_interval(new.credits.check_interval_seconds)
         self.worker.config = _worker_config(new)
         watching = ("settle_seconds", "rescan_interval_seconds")
@@ -451,8 +492,7 @@ class Daemon:
         self.metrics.stop()
         for client in [*self._old_clients, self.client]:
             client.close()
-        self._request_log.close()
-        self.queue.close()
+        self.backend.close()
         log.info("daemon.stopped")
 
 

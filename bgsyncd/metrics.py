@@ -111,6 +111,9 @@ class Recorder:
     def folder_up(self, folder: str, up: bool) -> None:
         """The inbox of ``folder`` is there and watched (True), or lost (False)."""
 
+    def fleet_hosts(self, hosts: int) -> None:
+        """PostgreSQL: the fleet's hosts seen within ``lease_seconds``."""
+
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -140,6 +143,8 @@ class Metrics(Recorder):
         version: str,
         clock: Callable[[], float] = time.time,
         stall_seconds: float = 30.0,
+        *,
+        fleet: bool = False,
     ) -> None:
         # Process-wide switch; _created series only confuse rate() and promtool.
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -169,6 +174,14 @@ class Metrics(Recorder):
         self._credits_expiry.set(math.nan)
         for folder in folders:
             self.add_folder(folder)
+        # Only a fleet member (PostgreSQL) exports the fleet's size.
+        self._fleet_hosts: Gauge | None = None
+        if fleet:
+            self._fleet_hosts = Gauge(
+                "bgsyncd_fleet_hosts",
+                "Hosts of the fleet seen within lease_seconds (PostgreSQL).",
+                registry=self.registry,
+            )
 
     def _define(self, r: CollectorRegistry) -> None:
         self._build_info = Gauge(
@@ -266,6 +279,12 @@ class Metrics(Recorder):
         self._last_success.labels(folder=folder)
         # 0 until the watcher reports it watched; a reload's call keeps the value.
         self._folder_up.labels(folder=folder)
+
+    @_guarded
+    def fleet_hosts(self, hosts: int) -> None:
+        """The fleet has ``hosts`` hosts seen within ``lease_seconds``."""
+        if self._fleet_hosts is not None:
+            self._fleet_hosts.set(hosts)
 
     @_guarded
     def folder_up(self, folder: str, up: bool) -> None:

@@ -72,10 +72,34 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             used_at DOUBLE PRECISION NOT NULL)""",
         "CREATE INDEX results_by_use ON results (used_at)",
     ),
+    # 2: the fleet's credit count and pauses (IF NOT EXISTS: a database where an
+    # earlier build created them beside version 1 migrates too).
+    (
+        # One row per account: the balance the last credit check of any host saw,
+        # less what every host spent since.
+        """CREATE TABLE IF NOT EXISTS credit_state (
+            account TEXT PRIMARY KEY, available INTEGER, expires_at DOUBLE PRECISION,
+            checked_at DOUBLE PRECISION)""",
+        # One row per image request in flight, tied to its host's life (instance).
+        """CREATE TABLE IF NOT EXISTS credit_reservations (
+            id BIGSERIAL PRIMARY KEY, account TEXT NOT NULL, host TEXT NOT NULL,
+            instance TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS credit_reservations_by_account"
+        " ON credit_reservations (account, host)",
+        # The pause reasons that hold for the whole fleet, per account.
+        """CREATE TABLE IF NOT EXISTS fleet_pauses (
+            account TEXT NOT NULL, reason TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (account, reason))""",
+        # The settings each host gives a shared folder: hosts must agree.
+        """CREATE TABLE IF NOT EXISTS shared_folders (
+            name TEXT PRIMARY KEY, settings TEXT NOT NULL, host TEXT NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.
 MIGRATION_LOCK = 0x62677379_6E630001  # "bgsync" + 1
+# pg_advisory_lock (session) class for a host_id: held for a daemon's whole life.
+HOST_LOCK_CLASS = 0x62677379
 
 NOW = "extract(epoch from clock_timestamp())"
 COLUMNS = (

@@ -33,7 +33,7 @@ import psycopg
 from bgsyncd.credits import CreditGuard
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pgqueue import NOW, PgQueue
-from bgsyncd.pgshared import ensure_tables, transaction
+from bgsyncd.pgshared import transaction
 
 # A reservation counts while it is this run's, or its host's row was seen within
 # the lease and names the run that made it. (The SQL text splices in only
@@ -77,7 +77,6 @@ class PgCreditGuard(CreditGuard):
         self._mine: list[int] = []  # ids of this run's reservations
         self._unsettled: list[tuple[int, bool]] = []  # settles the database did not take yet
         self._db_lock = threading.Lock()  # guards the two lists; never held while waiting on I/O
-        ensure_tables(queue)
         with transaction(queue) as conn:
             conn.execute(
                 "INSERT INTO credit_state (account) VALUES (%s) ON CONFLICT DO NOTHING",

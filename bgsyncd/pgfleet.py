@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from bgsyncd.errors import BgsyncdError
 from bgsyncd.pgqueue import NOW, PgQueue
 from bgsyncd.storage import SharedRequestLog
 
@@ -93,7 +94,7 @@ class Host:
     in_flight: int
 
 
-class HostConflict(Exception):
+class HostConflict(BgsyncdError):
     """Another live daemon already uses this ``host_id``."""
 
 
@@ -109,19 +110,22 @@ class Hosts:
         """This host's name in the fleet."""
         return self._queue.host_id
 
-    def join(self, folders: Collection[str], instance: str) -> None:
+    def join(self, folders: Collection[str], instance: str, *, locked: bool = False) -> None:
         """Register this daemon; refuse when a live daemon already holds the ``host_id``.
 
         ``instance`` tells two daemons with one ``host_id`` apart (a random
         token per run): a row of another instance seen within the lease is a
-        conflict, an older one is this host's own earlier life.
+        conflict, an older one is this host's own earlier life. With
+        ``locked`` the caller holds the host's session lock (:class:`HostLock`),
+        which decides alone: a restart right after kill -9 is not refused.
         """
         with self._queue.transaction() as conn:
             now = _now(conn)
             row = conn.execute(
                 "SELECT instance, last_seen FROM hosts WHERE id = %s FOR UPDATE", (self.host_id,)
             ).fetchone()
-            if row is not None and row[0] != instance and float(row[1]) > now - self._lease:
+            live = row is not None and float(row[1]) > now - self._lease
+            if not locked and live and row is not None and row[0] != instance:
                 raise HostConflict(
                     f"host_id {self.host_id!r} is already used by a running daemon (seen"
                     f" {now - float(row[1]):.0f} s ago): give each host its own queue.host_id"

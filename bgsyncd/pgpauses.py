@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from bgsyncd.pgqueue import NOW, PgQueue
-from bgsyncd.pgshared import ensure_tables, transaction
+from bgsyncd.pgshared import transaction
 
 
 class PgPauseStore:
@@ -21,7 +21,6 @@ class PgPauseStore:
     def __init__(self, queue: PgQueue, account: str) -> None:
         self._queue = queue
         self._account = account
-        ensure_tables(queue)
 
     def hold(self, reason: str) -> None:
         """Hold ``reason`` fleet-wide; a reason held already keeps its first raise time."""

@@ -14,6 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from bgsyncd import fsops
+from bgsyncd.backends import open_fleet_queue
 from bgsyncd.config import Settings
 from bgsyncd.outputs import move_to, sidecar_name
 from bgsyncd.queue import Queue
@@ -25,12 +26,13 @@ PICKUP_SECONDS = 5.0
 def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
     """Move quarantined files back into their inboxes and queue them again."""
     db = settings.queue.database
-    if not db.exists():
+    fleet = settings.queue.backend == "postgresql"
+    if not fleet and not db.exists():
         print("bgsyncd: nothing is quarantined (no queue database yet)", file=sys.stderr)
         return 1 if paths else 0
     folders = {f.name: f for f in settings.folders}
     wanted = {p.resolve() for p in paths}
-    queue = Queue(db)
+    queue = open_fleet_queue(settings) if fleet else Queue(db)
     found: set[Path] = set()
     retried = 0
     try:

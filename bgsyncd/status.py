@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 from bgsyncd.config import Settings
-from bgsyncd.queue import STATES, Queue
+from bgsyncd.queue import STATES, Queue, QueueError
 
 # Keys of the queue's key/value state that the daemon keeps for these commands.
 STATE_PAUSED = "paused"
@@ -30,10 +30,16 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
         "credits": None,
         "oldest_pending_seconds": None,
     }
-    db = settings.queue.database
-    if not db.exists():
-        return result
-    queue = Queue.open_readonly(db)
+    if settings.queue.backend == "postgresql":
+        result["hosts"] = []
+        queue = _open_fleet(settings, result)
+        if queue is None:
+            return result
+    else:
+        db = settings.queue.database
+        if not db.exists():
+            return result
+        queue = Queue.open_readonly(db)
     try:
         for folder, counts in queue.counts().items():
             per = result["folders"].setdefault(folder, dict(empty))
@@ -49,6 +55,36 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
     finally:
         queue.close()
     return result
+
+
+def _open_fleet(settings: Settings, result: dict[str, Any]) -> Queue | None:
+    """The fleet's database, read-only, with its hosts in ``result``; None before any daemon ran.
+
+    PostgreSQL is imported here only (the SQLite path never loads psycopg).
+    """
+    from bgsyncd.backends import connection_dsn, require_psycopg
+
+    require_psycopg()
+    from bgsyncd.pgfleet import Hosts
+    from bgsyncd.pgqueue import PgQueue
+
+    try:
+        view = PgQueue.open_readonly(connection_dsn(settings.queue.dsn))
+    except QueueError as exc:
+        if "not initialised" in str(exc):
+            return None  # no daemon has run on it yet: zeros, as SPEC §3 says
+        raise
+    try:
+        hosts = Hosts(view, settings.queue.lease_seconds).listed()
+    except BaseException:
+        view.close()
+        raise
+    result["hosts"] = [
+        {"id": h.id, "folders": list(h.folders), "last_seen": h.last_seen, "in_flight": h.in_flight}
+        for h in hosts
+    ]
+    # The PostgreSQL view keeps the read side of the storage contract.
+    return cast(Queue, view)
 
 
 def print_status(settings: Settings, as_json: bool) -> int:
@@ -67,4 +103,11 @@ def print_status(settings: Settings, as_json: bool) -> int:
     print(f"credits:        {credits if credits is not None else 'unknown'}")
     oldest = status["oldest_pending_seconds"]
     print(f"oldest pending: {f'{oldest:.0f} s' if oldest is not None else '-'}")
+    for host in status.get("hosts", []):
+        seen = max(0.0, time.time() - host["last_seen"])
+        folders = ", ".join(host["folders"]) or "-"
+        print(
+            f"host {host['id']}: seen {seen:.0f} s ago, {host['in_flight']} in flight;"
+            f" folders {folders}"
+        )
     return 0

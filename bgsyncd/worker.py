@@ -118,6 +118,10 @@ class _Run:
     during: str = "writing the outputs"
 
 
+class _LeaseLost(Exception):
+    """This host no longer holds the job's claim: its result must not be written."""
+
+
 class Worker:
     """Turns a claimed job into outputs; safe to call from several threads."""
 
@@ -129,8 +133,13 @@ class Worker:
         config: WorkerConfig,
         client: Callable[[], Client],
         clock: Callable[[], float] = time.time,
+        *,
+        holds: Callable[[int], bool] | None = None,
     ) -> None:
         self._queue = queue
+        # In a fleet: does this host still hold the job's claim? Asked before
+        # outputs are written (SPEC §8), so each output is written once.
+        self._holds = holds
         self._cache = cache
         self._recorder = recorder
         self.config = config
@@ -155,6 +164,13 @@ class Worker:
             )
         try:
             happened = self._do(job, folder, run, bound)
+        except _LeaseLost:
+            # Another host took the job over (this one was silent past the lease):
+            # its result is that host's to write. The answer stays at hand here.
+            if run.sha is not None and run.answer is not None:
+                self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
+            bound.warning("job.lease_lost", note="another host took the job over; result dropped")
+            return Result(Kind.RELEASED, charged=run.charged)
         except QueueUnavailable:
             # The database, not the job: the dispatcher pauses (queue_unavailable).
             # A charged result waits in memory, so the resume costs no credit.
@@ -298,6 +314,8 @@ class Worker:
             return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
         if rendered.rotated_by_server:
             bound.info("job.rotated_by_server", note="outputs carry no orientation tag")
+        if self._holds is not None and not self._holds(job.id):
+            raise _LeaseLost
         try:
             run.folder, run.during = str(folder.outbox), "writing the outputs"
             written = self._write_outputs(job, folder, rendered)

@@ -1,0 +1,258 @@
+"""How much of one key's rate limit a fleet of bgsyncd hosts uses, and how fast it takes over.
+
+One emulator on loopback (latency 1.5 times the pacing interval, window /
+limit), one throwaway PostgreSQL server (tests/pgserver.py: initdb and pg_ctl
+of Debian's ``postgresql`` package), and real ``bgsyncd run`` subprocesses:
+
+- one host on SQLite, then one, two and three hosts on PostgreSQL, each fed
+  more files than it can send in the run; the fleet's requests are measured
+  from the emulator's log after one warm-up window (``bench.rate.measure``):
+  achieved rate / limit, the most starts in any window, 429s;
+- takeover: two hosts serving one shared polled folder, the one holding jobs
+  killed with kill -9; the time until the other has written their outputs.
+
+Budgets (issue 12): three hosts >= 0.97 of the limit, no 429, peak <= the
+limit; one host on PostgreSQL within 0.01 of one host on SQLite; takeover
+within lease_seconds + 10 s. Exit status 1 on a miss.
+
+Run: ``.venv/bin/python -m bench.fleet`` (about five minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.rate import ROOT, Measure, _write_image, measure
+from bgsyncd.emulator import Emulator
+
+KEY = "bench-fleet-key-0001"
+MAX_IN_FLIGHT = 3
+LEASE = 5.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(prog="bench.fleet", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=7, help="requests per window (7)")
+    parser.add_argument("--window", type=float, default=20.0, help="seconds (20)")
+    parser.add_argument("--windows", type=int, default=3, help="steady-state windows measured")
+    parser.add_argument("--latency-factor", type=float, default=1.5, help="x pacing interval")
+    args = parser.parse_args(argv)
+    from tests.pgserver import PgServer, require_server
+
+    latency = args.latency_factor * args.window / args.limit
+    print(
+        f"limit {args.limit} per {args.window:g} s window, emulator latency {latency:.3f} s"
+        f" ({args.latency_factor:g} x interval), max_in_flight {MAX_IN_FLIGHT} per host;"
+        f" warm-up 1 window, then {args.windows} measured",
+        flush=True,
+    )
+    server = PgServer(require_server())
+    rows: list[tuple[str, int, Measure]] = []
+    try:
+        server.start()
+        with tempfile.TemporaryDirectory(prefix="bgsyncd-bench-fleet-") as tmp:
+            root = Path(tmp)
+            plan = [("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 3)]
+            for backend, hosts in plan:
+                dsn = server.create_database()
+                where = root / f"{backend}-{hosts}"
+                m = run_rate(where, backend, hosts, dsn, args.limit, args.window, args.windows)
+                rows.append((backend, hosts, m))
+                print(f"  {backend} x {hosts}: {m.ratio:.3f} of the limit", flush=True)
+            took = run_takeover(root / "takeover", server.create_database())
+    finally:
+        server.destroy()
+    return 0 if print_table(args.limit, rows, took) else 1
+
+
+def run_rate(
+    tmp: Path, backend: str, hosts: int, dsn: str, limit: int, window: float, windows: int
+) -> Measure:
+    """``hosts`` daemons on one key; the fleet's requests measured."""
+    wanted = limit * (windows + 1) + hosts
+    latency = 1.5 * window / limit
+    with Emulator(
+        keys=[KEY], credits=1_000_000, rate_limit=limit, rate_window=window, latency=latency
+    ) as emu:
+        procs = []
+        for h in range(hosts):
+            inbox = tmp / f"h{h}" / "inbox"
+            inbox.mkdir(parents=True)
+            for i in range(wanted + limit):
+                _write_image(inbox / f"p{i:03}.png", 10_000 * (h + 1) + i)
+            config = _write_config(
+                tmp / f"h{h}", emu.url, limit, window, backend=backend, dsn=dsn, host=f"h{h}"
+            )
+            procs.append(_start(config))
+        try:
+            deadline = time.monotonic() + (windows + 3) * (window + 1.0) + 60.0
+            while len(emu.requests()) < wanted + hosts:
+                for proc, log in procs:
+                    if proc.poll() is not None:
+                        raise SystemExit(f"bgsyncd exited early: see {log}")
+                if time.monotonic() > deadline:
+                    raise SystemExit("the fleet made too few requests before the deadline")
+                time.sleep(0.2)
+        finally:
+            for proc, _ in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc, _ in procs:
+                proc.wait(timeout=latency + 60)
+        return measure(emu.requests(), limit, window)
+
+
+def run_takeover(tmp: Path, dsn: str) -> float:
+    """Seconds from kill -9 of the host holding jobs to their outputs, written by the other."""
+    folder = {"name": "shared", "shared": True, "polling": True}
+    with Emulator(keys=[KEY], credits=1_000_000, rate_limit=1000, latency=2.0) as emu:
+        inbox, outbox = tmp / "inbox", tmp / "outbox"
+        inbox.mkdir(parents=True)
+        for i in range(2):
+            _write_image(inbox / f"t{i}.png", 90_000 + i)
+        a_config = _write_config(
+            tmp / "a", emu.url, 1000, 60.0, backend="postgresql", dsn=dsn, host="a",
+            folder=folder, inbox=inbox, outbox=outbox,
+        )  # fmt: skip
+        a, a_log = _start(a_config)
+        held: list[tuple[Any, ...]] = []
+        deadline = time.monotonic() + 60.0
+        while len(held) < 2:
+            if time.monotonic() > deadline or a.poll() is not None:
+                raise SystemExit(f"host a never held the jobs: see {a_log}")
+            time.sleep(0.05)
+            try:
+                with psycopg.connect(dsn) as conn:
+                    held = conn.execute(
+                        "SELECT relpath FROM jobs WHERE state = 'in_flight' AND owner = 'a'"
+                    ).fetchall()
+            except psycopg.errors.UndefinedTable:
+                continue  # host a has not created the schema yet
+        a.kill()
+        a.wait()
+        killed = time.monotonic()
+        b_config = _write_config(
+            tmp / "b", emu.url, 1000, 60.0, backend="postgresql", dsn=dsn, host="b",
+            folder=folder, inbox=inbox, outbox=outbox,
+        )  # fmt: skip
+        b, b_log = _start(b_config)
+        try:
+            want = {Path(str(r[0])).with_suffix(".png").name for r in held}
+            while not all((outbox / name).exists() for name in want):
+                if time.monotonic() - killed > LEASE + 60 or b.poll() is not None:
+                    raise SystemExit(f"host b never wrote them: see {b_log}")
+                time.sleep(0.05)
+            return time.monotonic() - killed
+        finally:
+            b.send_signal(signal.SIGTERM)
+            b.wait(timeout=60)
+
+
+def print_table(limit: int, rows: list[tuple[str, int, Measure]], took: float) -> bool:
+    """Print the results and whether the budgets hold; True if all do."""
+    print()
+    print(f"{'backend':<11} {'hosts':>5} {'requests':>8} {'achieved/limit':>14} {'peak/window':>11}"
+          f" {'429s':>5}")  # fmt: skip
+    for backend, hosts, m in rows:
+        print(
+            f"{backend:<11} {hosts:>5} {m.requests:>8} {m.ratio:>14.3f}"
+            f" {f'{m.peak}/{limit}':>11} {m.rejected:>5}"
+        )
+    print(f"\ntakeover after kill -9 (lease_seconds {LEASE:g}): outputs in {took:.1f} s")
+    by = {(b, h): m for b, h, m in rows}
+    three, one_pg, one_sqlite = by[("postgresql", 3)], by[("postgresql", 1)], by[("sqlite", 1)]
+    checks = {
+        "three hosts >= 0.97 of the limit": three.ratio >= 0.97,
+        "no 429": all(m.rejected == 0 for _, _, m in rows),
+        "peak never above the limit": all(m.peak <= limit for _, _, m in rows),
+        "one host on PostgreSQL within 0.01 of SQLite": abs(one_pg.ratio - one_sqlite.ratio)
+        <= 0.01,
+        f"takeover within lease_seconds + 10 s ({LEASE + 10:g} s)": took <= LEASE + 10,
+    }
+    for what, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {what}")
+    return all(checks.values())
+
+
+def _start(config: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log = config.parent / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bgsyncd", "run", "--config", str(config)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "BGSYNCD_API_KEY": KEY},
+        )
+    return proc, log
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def _write_config(
+    home: Path,
+    url: str,
+    limit: int,
+    window: float,
+    *,
+    backend: str,
+    dsn: str,
+    host: str,
+    folder: dict[str, Any] | None = None,
+    inbox: Path | None = None,
+    outbox: Path | None = None,
+) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    inbox = inbox or home / "inbox"
+    outbox = outbox or home / "outbox"
+    extra = "".join(f"{k} = {_toml(v)}\n" for k, v in (folder or {"name": host}).items())
+    text = f"""
+[api]
+base_url = "{url}"
+rate_limit = {limit}
+rate_window_seconds = {window}
+max_in_flight = {MAX_IN_FLIGHT}
+timeout_seconds = 120
+
+[queue]
+backend = "{backend}"
+database = "{home / "state" / "queue.sqlite3"}"
+dsn = "{dsn}"
+host_id = "{host}"
+lease_seconds = {LEASE}
+settle_seconds = 0.3
+
+[metrics]
+listen = ""
+
+[logging]
+level = "info"
+
+[[folder]]
+{extra}inbox = "{inbox}"
+outbox = "{outbox}"
+quarantine = "{home / "quarantine"}"
+"""
+    path = home / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

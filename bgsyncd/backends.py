@@ -1,0 +1,189 @@
+"""The storage a daemon runs on, built for its ``[queue] backend`` (SPEC §2, §8).
+
+One place decides what the queue, the request log, the credit guard, the
+pause store, the result cache and (in a fleet) the host membership are:
+
+- ``sqlite``: one host alone. The queue file, its request log, the local
+  credit guard and pauses, the cache on disk. Nothing here imports psycopg.
+- ``postgresql``: every daemon on one database is one fleet. The pg_*
+  modules are imported here, lazily, and only here; psycopg missing is one
+  clear line (:class:`~bgsyncd.errors.ConfigError`, exit 2).
+
+The database password never comes from the configuration (a DSN carrying one
+is refused at load): libpq finds it in PGPASSFILE, ``~/.pgpass`` or
+PGPASSWORD, or it is read from the systemd credential ``db_password`` and
+handed to libpq as a connection parameter, never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from bgsyncd.cache import ResultCache
+from bgsyncd.config import Settings, host_id
+from bgsyncd.credits import CreditGuard
+from bgsyncd.errors import ConfigError
+from bgsyncd.pauses import Pauses
+from bgsyncd.queue import Queue, SqliteRequestLog
+from bgsyncd.storage import RequestLog, SharedRequestLog
+
+if TYPE_CHECKING:
+    from bgsyncd.pghost import Membership
+
+CREDENTIAL_PASSWORD = "db_password"  # noqa: S105 (a file name)
+INSTALL_HINT = (
+    'queue.backend = "postgresql" needs psycopg 3 and psycopg_pool:'
+    " install bgsyncd[postgresql] (pip install 'bgsyncd[postgresql]')"
+)
+
+
+@dataclass
+class Backend:
+    """What the daemon stores things in; ``fleet`` is None on SQLite."""
+
+    kind: str
+    queue: Queue
+    request_log: RequestLog | SharedRequestLog
+    credits: CreditGuard
+    pauses: Pauses
+    cache: ResultCache
+    claim_lease: float
+    fleet: Membership | None = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close what was opened, last first."""
+        for close in reversed(self._closers):
+            close()
+
+
+def open_backend(settings: Settings, api_key: str) -> Backend:
+    """The storage for ``settings`` (the queue opened and migrated; a fleet joined)."""
+    if settings.queue.backend == "postgresql":
+        return _open_postgresql(settings, api_key)
+    queue = Queue(settings.queue.database)
+    request_log = SqliteRequestLog(settings.queue.database)
+    return Backend(
+        kind="sqlite",
+        queue=queue,
+        request_log=request_log,
+        credits=CreditGuard(settings.credits.floor, settings.credits.check_interval_seconds),
+        pauses=Pauses(),
+        cache=ResultCache(
+            settings.state_dir / "cache", settings.queue.cache_max_megabytes * 1024 * 1024
+        ),
+        # Jobs of a crashed run are given back at the next start, not by lease.
+        claim_lease=settings.api.timeout_seconds + 60.0,
+        _closers=[queue.close, request_log.close],
+    )
+
+
+def open_fleet_queue(settings: Settings) -> Queue:
+    """The fleet's queue on PostgreSQL for a command beside the daemons (``retry``)."""
+    require_psycopg()
+    from bgsyncd.pgqueue import PgQueue
+
+    pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
+    return cast(Queue, pg)
+
+
+def open_request_log(
+    settings: Settings, api_key: str
+) -> tuple[RequestLog | SharedRequestLog, Callable[[], None]]:
+    """The request log a start is recorded in (``credits``), and how to close it.
+
+    On PostgreSQL it is the fleet's: a check from the command line counts
+    against the one limit like every host's requests.
+    """
+    if settings.queue.backend != "postgresql":
+        log = SqliteRequestLog(settings.queue.database)
+        return log, log.close
+    require_psycopg()
+    from bgsyncd.pgfleet import PgRequestLog, account_id
+    from bgsyncd.pgqueue import PgQueue
+
+    pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
+    return PgRequestLog(pg, account_id(api_key)), pg.close
+
+
+def connection_dsn(dsn: str, environ: dict[str, str] | None = None) -> str:
+    """``dsn`` with the credential ``db_password`` as its password, when there is one.
+
+    PGPASSWORD, PGPASSFILE and ``~/.pgpass`` are libpq's own: left to it.
+    """
+    env = os.environ if environ is None else environ
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory or env.get("PGPASSWORD"):
+        return dsn
+    path = Path(directory) / CREDENTIAL_PASSWORD
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return dsn
+    except OSError as exc:
+        message = f"cannot read the credential {CREDENTIAL_PASSWORD}: {exc.strerror}"
+        raise ConfigError(message) from None
+    from psycopg.conninfo import make_conninfo  # the extra is checked by the caller
+
+    return make_conninfo(dsn, password=password)
+
+
+def require_psycopg() -> None:
+    """psycopg 3 and psycopg_pool can be imported, else one clear line (exit 2)."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+
+
+def _open_postgresql(settings: Settings, api_key: str) -> Backend:
+    require_psycopg()
+    from bgsyncd.pg_cache import PgResultCache
+    from bgsyncd.pgcredits import PgCreditGuard
+    from bgsyncd.pgfleet import PgRequestLog, account_id
+    from bgsyncd.pghost import Membership
+    from bgsyncd.pgpauses import PgPauseStore
+    from bgsyncd.pgqueue import PgQueue
+
+    q = settings.queue
+    dsn = connection_dsn(q.dsn)
+    # Pool: the dispatcher, every worker, ingest, the heartbeat and the main loop.
+    pool_size = settings.api.max_in_flight + 4
+    pg = PgQueue(dsn, host_id(settings), pool_size=pool_size)
+    closers: list[Callable[[], None]] = [pg.close]
+    try:
+        account = account_id(api_key)
+        fleet = Membership(pg, dsn, q.lease_seconds)
+        fleet.join(settings.folders)
+        closers.append(fleet.stop)
+        credits = PgCreditGuard(
+            pg,
+            account,
+            settings.credits.floor,
+            settings.credits.check_interval_seconds,
+            instance=fleet.instance,
+            lease_seconds=q.lease_seconds,
+        )
+        cache = PgResultCache(pg, q.cache_max_megabytes * 1024 * 1024)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    # The PostgreSQL classes keep the storage contracts (pgqueue._is_a_store,
+    # pg_cache._is_a_result_store); the daemon's components name the SQLite ones.
+    return Backend(
+        kind="postgresql",
+        queue=cast(Queue, pg),
+        request_log=PgRequestLog(pg, account),
+        credits=credits,
+        pauses=Pauses(PgPauseStore(pg, account)),
+        cache=cast(ResultCache, cache),
+        claim_lease=q.lease_seconds,
+        fleet=fleet,
+        _closers=closers,
+    )

@@ -1,0 +1,281 @@
+"""One daemon as a host of the fleet (SPEC §8): its lock, its folders, its heartbeat.
+
+* :class:`HostLock` — a PostgreSQL session advisory lock keyed by ``host_id``,
+  held on a connection of its own for the daemon's life: a second live daemon
+  with the same ``host_id`` is refused, while a restart after kill -9 is not
+  (the dead session's lock went with it).
+* :func:`agree_on_folders` — a shared folder is known by its name, and every
+  host serving it must give it the same settings; a folder that is not
+  shared must not carry a name another host uses.
+* :class:`Membership` — join, then a heartbeat thread well inside
+  ``lease_seconds`` that renews this host's leases and takes over the expired
+  claims in its shared folders; ``holds(job)`` before outputs are written.
+
+Like ``pgqueue``, only the PostgreSQL backend imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+from bgsyncd.config import FolderSettings
+from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
+from bgsyncd.logs import get_logger
+from bgsyncd.pg_db import HOST_LOCK_CLASS, dsn_secrets, failure
+from bgsyncd.pgfleet import HostConflict, Hosts
+from bgsyncd.pgqueue import PgQueue
+
+log = get_logger("bgsyncd.fleet")
+
+# The settings of a shared folder that every host must agree on; the paths are
+# each host's own (one share mounted at different places).
+AGREED = (
+    "output",
+    "format",
+    "background",
+    "oversize",
+    "after_success",
+    "recursive",
+    "ignore",
+)
+
+
+def _lock_key(host_id: str) -> int:
+    """A signed 32-bit key for ``host_id`` (the second half of a two-key advisory lock)."""
+    digest = hashlib.sha256(b"bgsyncd-host:" + host_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
+
+
+def _me(host_id: str) -> str:
+    return f"bgsyncd {host_id} pid {os.getpid()} on {socket.gethostname()}"
+
+
+class HostLock:
+    """The session advisory lock of ``host_id``, on a connection of its own."""
+
+    def __init__(self, dsn: str, host_id: str, *, timeout: float = 10.0) -> None:
+        self._dsn = dsn
+        self._host_id = host_id
+        self._timeout = timeout
+        self._secrets = dsn_secrets(dsn)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`HostConflict` naming the daemon that holds it."""
+        try:
+            conn = psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=max(2, round(self._timeout)),
+                application_name=_me(self._host_id)[:63],
+            )
+        except psycopg.Error as exc:
+            raise failure(exc, self._secrets) from None
+        try:
+            key = (HOST_LOCK_CLASS, _lock_key(self._host_id))
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
+            if row is None or not row[0]:
+                holder = conn.execute(
+                    "SELECT a.application_name, host(a.client_addr) FROM pg_locks l"
+                    " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+                    " AND l.granted AND l.classid::bigint = %s"
+                    " AND l.objid::bigint = (%s::bigint & 4294967295)",
+                    key,
+                ).fetchone()
+                conn.close()
+                other = "another daemon"
+                if holder is not None and holder[0]:
+                    other = str(holder[0]) + (f" from {holder[1]}" if holder[1] else "")
+                raise HostConflict(
+                    f"queue.host_id {self._host_id!r} is already used by a running daemon"
+                    f" ({other}); this one ({_me(self._host_id)}) will not start beside it:"
+                    " give each host its own queue.host_id"
+                )
+        except psycopg.Error as exc:
+            conn.close()
+            raise failure(exc, self._secrets) from None
+        self._conn = conn
+
+    def ensure(self) -> None:
+        """Hold the lock again after the database restarted (the session, and its lock, died).
+
+        Raises :class:`HostConflict` if another daemon took ``host_id`` meanwhile,
+        :class:`QueueUnavailable` while the server cannot be reached.
+        """
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                conn.close()
+        self._conn = None
+        self.acquire()
+
+    def release(self) -> None:
+        """Close the lock's session (the lock goes with it)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _agreed(folder: FolderSettings) -> dict[str, Any]:
+    dumped = folder.model_dump(mode="json")
+    return {k: dumped[k] for k in AGREED}
+
+
+def agree_on_folders(
+    queue: PgQueue, folders: Sequence[FolderSettings], lease_seconds: float
+) -> None:
+    """Refuse folders this host cannot serve beside the fleet's other hosts.
+
+    A shared folder's settings must be those the other live hosts give it; a
+    folder that is not shared must not have a name another host uses (the
+    queue knows a folder by its name).
+    """
+    me = queue.host_id
+    with queue.transaction() as conn:
+        conn.execute("LOCK TABLE shared_folders IN EXCLUSIVE MODE")
+        others = conn.execute("SELECT id, folders FROM hosts WHERE id != %s", (me,)).fetchall()
+        for folder in folders:
+            if not folder.shared:
+                for host, names in others:
+                    if folder.name in json.loads(names):
+                        raise ConfigError(
+                            f"folder {folder.name!r} is not shared on host {me!r}, but host"
+                            f" {host!r} also has a folder of that name: rename one, or set"
+                            " shared = true on every host that serves it (a host retired for"
+                            f" good: delete its row {host!r} from the hosts table)"
+                        )
+                continue
+            mine = json.dumps(_agreed(folder), sort_keys=True)
+            row = conn.execute(
+                "SELECT s.settings, s.host, h.last_seen > extract(epoch from clock_timestamp())"
+                " - %s FROM shared_folders s LEFT JOIN hosts h ON h.id = s.host"
+                " WHERE s.name = %s",
+                (lease_seconds, folder.name),
+            ).fetchone()
+            if row is not None and row[0] != mine and row[1] != me and row[2]:
+                theirs = json.loads(row[0])
+                differ = sorted(k for k in AGREED if theirs.get(k) != _agreed(folder)[k])
+                shown = ", ".join(
+                    f"{k} = {json.dumps(_agreed(folder)[k])} here, {json.dumps(theirs.get(k))}"
+                    f" on {row[1]!r}"
+                    for k in differ
+                )
+                raise ConfigError(
+                    f"shared folder {folder.name!r}: host {me!r} and running host {row[1]!r}"
+                    f" disagree on its settings ({shown}): give it the same settings on"
+                    " every host"
+                )
+            conn.execute(
+                "INSERT INTO shared_folders (name, settings, host) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,"
+                " host = excluded.host",
+                (folder.name, mine, me),
+            )
+
+
+class Membership:
+    """This daemon in the fleet: lock, join, heartbeat, takeover and claim checks."""
+
+    def __init__(
+        self,
+        queue: PgQueue,
+        dsn: str,
+        lease_seconds: float,
+        *,
+        in_flight: Callable[[], int] = lambda: 0,
+        on_takeover: Callable[[int], None] = lambda n: None,
+        on_hosts: Callable[[int], None] = lambda n: None,
+        on_conflict: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.instance = uuid.uuid4().hex
+        self._queue = queue
+        self._hosts = Hosts(queue, lease_seconds)
+        self._lock = HostLock(dsn, queue.host_id)
+        self._lease = lease_seconds
+        self._shared: list[str] = []
+        self.in_flight = in_flight
+        self.on_takeover = on_takeover
+        self.on_hosts = on_hosts
+        self.on_conflict = on_conflict
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def hosts(self) -> Hosts:
+        """The fleet's host rows."""
+        return self._hosts
+
+    def join(self, folders: Sequence[FolderSettings]) -> None:
+        """Take the host lock, check the folders against the fleet, write this host's row."""
+        self._lock.acquire()
+        try:
+            agree_on_folders(self._queue, folders, self._lease)
+            self._hosts.join([f.name for f in folders], self.instance, locked=True)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._shared = [f.name for f in folders if f.shared]
+
+    def set_folders(self, folders: Sequence[FolderSettings]) -> None:
+        """A reload changed the folders: the shared ones this host takes over from now."""
+        self._shared = [f.name for f in folders if f.shared]
+
+    @property
+    def interval(self) -> float:
+        """Seconds between heartbeats: a quarter of the lease, so three may fail in a row."""
+        return max(0.2, self._lease / 4.0)
+
+    def start(self) -> None:
+        """Beat in a thread of its own until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="fleet-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except HostConflict as exc:
+                self.on_conflict(str(exc))
+                return
+            except BgsyncdError as exc:  # the database is away: the daemon pauses on it
+                log.warning("fleet.heartbeat_failed", error=str(exc))
+            except Exception:  # a bug must not end the heartbeat: leases would run out
+                log.exception("fleet.heartbeat_error")
+
+    def beat(self) -> int:
+        """Renew this host's row and leases; take over expired claims. Return those taken."""
+        self._lock.ensure()
+        self._hosts.heartbeat(self.in_flight())
+        taken = self._hosts.take_over_expired(self._shared) if self._shared else 0
+        if taken:
+            log.warning("fleet.takeover", jobs=taken, note="a host stopped; sent again")
+            self.on_takeover(taken)
+        self.on_hosts(self._hosts.alive())
+        return taken
+
+    def holds(self, job_id: int) -> bool:
+        """This host still holds ``job_id``'s claim (else another host took it over)."""
+        return self._hosts.holds(job_id)
+
+    def stop(self) -> None:
+        """Stop beating, say this host holds nothing, and let the lock go."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        try:
+            self._hosts.leave()
+        except (BgsyncdError, QueueUnavailable) as exc:
+            log.warning("fleet.leave_failed", error=str(exc))
+        self._lock.release()
