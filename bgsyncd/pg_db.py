@@ -110,6 +110,8 @@ COLUMNS = (
 # insufficient resources (disk full, too many connections), operator
 # intervention (shutdown, cannot connect now), system error (I/O).
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
+# After the database failed, how often a call may look whether it answers again.
+RECOVERY_LOOK_SECONDS = 2.0
 
 
 def job_of(row: Sequence[Any]) -> Job:
@@ -255,6 +257,7 @@ class PgBase:
         self._pool_size = pool_size
         self._timeout = timeout
         self._swap_lock = threading.Lock()
+        self._next_recovery_look = 0.0
         self._pool = self._new_pool()
         # New: its inputs' outputs may already exist and are adopted (SPEC §4).
         self.created = found == 0
@@ -278,6 +281,17 @@ class PgBase:
         except psycopg.Error:
             return False
         return True
+
+    def _recover_soon(self) -> None:
+        """After a failure: if the server answers a connection of our own, renew the
+        pool now instead of waiting out its backoff (looked at every 2 s at most)."""
+        now = time.monotonic()
+        with self._swap_lock:
+            if now < self._next_recovery_look:
+                return
+            self._next_recovery_look = now + RECOVERY_LOOK_SECONDS
+        if self._server_answers():
+            self._renew_pool()
 
     def _renew_pool(self) -> None:
         """Replace the pool with a fresh one that connects at once.
@@ -305,7 +319,10 @@ class PgBase:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
         except psycopg.Error as exc:
-            raise failure(exc, self._secrets) from None
+            error = failure(exc, self._secrets)
+            if isinstance(error, QueueUnavailable):
+                self._recover_soon()
+            raise error from None
         except UnicodeError as exc:  # a name that is not valid UTF-8 cannot be stored
             raise QueueError(f"PostgreSQL queue: {exc}") from None
 
