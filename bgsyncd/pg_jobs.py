@@ -63,22 +63,6 @@ class PgJobs(PgBase):
         with self.transaction() as conn:
             conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
 
-    def find(self, folder: str, relpath: str) -> Job | None:
-        """The job for this input path, if any."""
-        with self.transaction() as conn:
-            row = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE folder = %s AND relpath = %s",
-                (folder, relpath),
-            ).fetchone()
-        return None if row is None else job_of(row)
-
-    def get(self, job_id: int) -> Job | None:
-        """The job with this id, if it still exists."""
-        with self.transaction() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = %s"
-            row = conn.execute(sql, (job_id,)).fetchone()
-        return None if row is None else job_of(row)
-
     # dispatch
 
     def recover(self) -> int:

@@ -70,20 +70,6 @@ class SqliteJobs(SqliteBase):
             conn.execute("DELETE FROM output_claims WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def find(self, folder: str, relpath: str) -> Job | None:
-        """The job for this input path, if any."""
-        with self._read() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
-            row = conn.execute(sql, (folder, relpath)).fetchone()
-        return None if row is None else job_of(row)
-
-    def get(self, job_id: int) -> Job | None:
-        """The job with this id, if it still exists."""
-        with self._read() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
-            row = conn.execute(sql, (job_id,)).fetchone()
-        return None if row is None else job_of(row)
-
     # dispatch
 
     def recover(self) -> int:

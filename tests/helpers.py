@@ -29,9 +29,15 @@ def exchange(a: str | bytes | os.PathLike[str], b: str | bytes | os.PathLike[str
 
 
 def wait_until(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    condition: Callable[[], T | None],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
 ) -> T:
-    """Return the first truthy value of ``condition()``; fail after ``timeout`` seconds."""
+    """Return the first truthy value of ``condition()``; fail after ``timeout`` seconds.
+
+    ``None`` is never returned, so a condition like ``queue.claim`` types as its value.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

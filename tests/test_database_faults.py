@@ -356,13 +356,17 @@ class _ThenFill(Client):
         super().__init__(url, TEST_KEY, 10)
         self._fs = fs
 
-    def alpha_channel(self, image: bytes, filename: str = "image") -> bytes:
-        answer = super().alpha_channel(image, filename)
+    def alpha_channel(
+        self, image: bytes, filename: str = "image", *, max_bytes: int | None = None
+    ) -> bytes:
+        answer = super().alpha_channel(image, filename, max_bytes=max_bytes)
         self._fs.fill()
         return answer
 
-    def remove_background(self, image: bytes, filename: str = "image") -> bytes:
-        answer = super().remove_background(image, filename)
+    def remove_background(
+        self, image: bytes, filename: str = "image", *, max_bytes: int | None = None
+    ) -> bytes:
+        answer = super().remove_background(image, filename, max_bytes=max_bytes)
         self._fs.fill()
         return answer
 

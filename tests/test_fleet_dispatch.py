@@ -430,8 +430,11 @@ def test_thirteen_credits_floor_ten_two_dispatchers_send_exactly_three_images(
         for i in range(3):
             enqueue(root, queue, f"{i}.png")
         d.wake()
-    for d, _, _ in hosts:
-        wait_until(lambda d=d: d.paused == CREDIT_FLOOR, timeout=20, what="paused at the floor")
+    wait_until(
+        lambda: all(d.paused == CREDIT_FLOOR for d, _, _ in hosts),
+        timeout=20,
+        what="both paused at the floor",
+    )
     images = [r for r in emulator.requests() if r.path != "/available-credit"]
     assert len(images) == 3
     assert emulator.credits == 10

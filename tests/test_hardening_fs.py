@@ -33,6 +33,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.helpers import FakeClock, exchange, product_image, wait_until
+from tests.jobs import find_job
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
@@ -299,7 +300,7 @@ def test_a_new_queue_adopts_existing_outputs_without_a_request(
     # The claims were recorded: the names stay the adopted inputs' own.
     queue = Queue.open_readonly(database)
     try:
-        job = queue.find("f", "d/p0.jpg")
+        job = find_job(queue, "f", "d/p0.jpg")
         assert job is not None and job.state == "done"
         assert sorted(queue.claimed_outputs(job.id)) == ["d/p0.mask.png", "d/p0.png"]
     finally:
@@ -345,12 +346,12 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
     found = [_found(folder.inbox, "f", n) for n in sorted(os.listdir(folder.inbox))]
     rest = adopter.adopt(found)
     assert sorted(f.relpath for f in rest) == ["nomask.jpg", "oldmask.jpg", "suffixed.jpg"]
-    job = queue.find("f", "both.jpg")
+    job = find_job(queue, "f", "both.jpg")
     assert job is not None and job.state == "done" and job.attempts == 0
     assert queue.claimed_outputs(job.id) == ["both.mask.png", "both.png"]
     # Found again by a rescan: the same file is known and not queued again.
     assert queue.enqueue_many([found[0]]) == []
-    assert queue.find("f", "nomask.jpg") is None  # the rest is for the caller to queue
+    assert find_job(queue, "f", "nomask.jpg") is None  # the rest is for the caller to queue
     queue.close()
     assert not Queue(tmp_path / "new.sqlite3").created  # opened again: not new
 
@@ -358,11 +359,11 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
 def test_adoption_never_takes_a_name_another_input_owns(tmp_path: Path) -> None:
     queue = Queue(tmp_path / "q.sqlite3")
     queue.enqueue_many([Found("f", "a.webp", 1, 1, 1)])
-    other = queue.find("f", "a.webp")
+    other = find_job(queue, "f", "a.webp")
     assert other is not None
     assert queue.claim_output("f", other.id, iter(["a.png"])) == "a.png"
     assert not queue.adopt(Found("f", "a.jpg", 1, 1, 2), ["a.png"])
-    assert queue.find("f", "a.jpg") is None  # rolled back: no job, no claim
+    assert find_job(queue, "f", "a.jpg") is None  # rolled back: no job, no claim
     assert queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])
     assert not queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])  # known already
     queue.close()

@@ -450,7 +450,11 @@ def test_acquire_stands_back_and_waits_after_losing_a_race() -> None:
     log = RacingLog()
     daemon = Pacer(1, 60.0, log, clock=clock, margin=0.0)
     other = Pacer(1, 60.0, log, clock=clock, margin=0.0)
-    log.before_record = lambda: other.acquire() and None
+
+    def other_starts() -> None:
+        other.acquire()
+
+    log.before_record = other_starts
     outcome: list[object] = []
 
     def run() -> None:
