@@ -28,6 +28,16 @@ from tests.jobs import get_job
 # Either image endpoint: "proxy" mode (the default) sends to the alpha channel.
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
+# Every client a test's worker opened, closed when the test ends (pass or fail).
+_clients: list[Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
 
 def make_worker(tmp_path: Path, emu: Emulator, queue: Queue, **folder: object) -> Worker:
     settings = FolderSettings(
@@ -38,6 +48,7 @@ def make_worker(tmp_path: Path, emu: Emulator, queue: Queue, **folder: object) -
         **folder,
     )
     client = Client(emu.url, TEST_KEY, 10)
+    _clients.append(client)
     config = WorkerConfig(
         folders={"f": settings},
         max_upload_bytes=10 * 1024 * 1024,
