@@ -44,7 +44,7 @@ def contract_blocks(text: str) -> list[tuple[str, ast.Module]]:
 
 
 def _kind(arg_kind: str) -> inspect._ParameterKind:
-    return getattr(inspect.Parameter, arg_kind)
+    return inspect._ParameterKind[arg_kind]
 
 
 def documented_parameters(node: ast.FunctionDef) -> list[tuple[str, Any, str, str | None]]:
@@ -88,7 +88,7 @@ def actual_parameters(fn: Any) -> list[tuple[str, Any, str, str | None]]:
 
 def _is_literal(value: object) -> bool:
     try:
-        return ast.literal_eval(repr(value)) == value
+        return bool(ast.literal_eval(repr(value)) == value)
     except (ValueError, SyntaxError):
         return False
 
