@@ -15,8 +15,8 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.pg_db import COLUMNS, NOW, PgBase, job_of
-from bgsyncd.storage import STATES, Found, Job
+from bgsyncd.pg_db import NOW, PgBase
+from bgsyncd.storage import COLUMNS, STATES, Found, Job, job_of
 
 SQL_UPSERT = f"""
 INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,

@@ -17,7 +17,6 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
 from bgsyncd.queue_sql import (
-    COLUMNS,
     SQL_ANY_PENDING,
     SQL_ANY_PENDING_IN,
     SQL_COUNTS,
@@ -34,8 +33,8 @@ from bgsyncd.queue_sql import (
     SQL_RECOVER,
     SQL_UPSERT,
 )
-from bgsyncd.sqlite_db import SqliteBase, job_of
-from bgsyncd.storage import STATES, Found, Job
+from bgsyncd.sqlite_db import SqliteBase
+from bgsyncd.storage import COLUMNS, STATES, Found, Job, job_of
 
 
 class SqliteJobs(SqliteBase):

@@ -11,6 +11,8 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
+from bgsyncd.credits import CreditGuard
+
 T = TypeVar("T")
 
 _AT_FDCWD = -100
@@ -46,6 +48,11 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+def at_floor(guard: CreditGuard) -> bool:
+    """Credits are known, and the floor is what stops a start."""
+    return guard.available is not None and not guard.can_start()
 
 
 class FakeClock:

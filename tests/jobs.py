@@ -2,15 +2,15 @@
 
 The package's stores answer the daemon's questions (claim, counts,
 quarantined...); looking a job up by path or id is a test's question, so it
-lives here, on each engine's own row format (``job_of`` and ``COLUMNS``).
+lives here, on the stores' one row format (``storage.COLUMNS``, ``storage.job_of``).
 """
 
 from __future__ import annotations
 
-from bgsyncd import pg_db, sqlite_db
+from typing import Any
+
 from bgsyncd.queue import Queue
-from bgsyncd.queue_sql import COLUMNS
-from bgsyncd.storage import Job, Store
+from bgsyncd.storage import COLUMNS, Job, Store, job_of
 
 
 def find_job(store: Store, folder: str, relpath: str) -> Job | None:
@@ -24,17 +24,18 @@ def get_job(store: Store, job_id: int) -> Job | None:
 
 
 def _one(store: Store, where: str, params: tuple[object, ...]) -> Job | None:
+    row: Any
     if isinstance(store, Queue):
-        # The store's own connection: a handle opened read-only or on a
-        # database another test process holds reads exactly what it would.
+        # The store's own connection: a handle opened read-only, or one whose
+        # write another test holds open, reads exactly what it would.
         with store._read() as conn:
             sql = f"SELECT {COLUMNS} FROM jobs WHERE {where.format(p='?')}"
             row = conn.execute(sql, params).fetchone()
-        return None if row is None else sqlite_db.job_of(row)
-    from bgsyncd.pgqueue import PgQueue  # psycopg: only where PostgreSQL is tested
+    else:
+        from bgsyncd.pgqueue import PgQueue  # psycopg: only where PostgreSQL is tested
 
-    assert isinstance(store, PgQueue), type(store)
-    with store.transaction() as pg:
-        sql = f"SELECT {pg_db.COLUMNS} FROM jobs WHERE {where.format(p='%s')}"
-        pg_row = pg.execute(sql, params).fetchone()
-    return None if pg_row is None else pg_db.job_of(pg_row)
+        assert isinstance(store, PgQueue), type(store)
+        with store.transaction() as pg:
+            sql = f"SELECT {COLUMNS} FROM jobs WHERE {where.format(p='%s')}"
+            row = pg.execute(sql, params).fetchone()
+    return None if row is None else job_of(row)

@@ -30,6 +30,10 @@ from tests.conftest import (
     write_config,
 )
 from tests.helpers import product_image, wait_until
+from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
+    close_worker_clients,  # noqa: F401
+    make_worker,
+)
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 CREDIT_PATH = "/available-credit"
@@ -433,9 +437,9 @@ def make_dispatcher(
     from bgsyncd.credits import CreditGuard
     from bgsyncd.dispatch import Dispatcher
     from bgsyncd.metrics import Recorder
-    from bgsyncd.pacer import MemoryRequestLog, Pacer
+    from bgsyncd.pacer import Pacer
     from bgsyncd.queue import Queue
-    from tests.test_worker import make_worker
+    from tests.pacing import MemoryRequestLog
 
     (tmp_path / "inbox").mkdir()
     queue = Queue(tmp_path / "q.sqlite3")

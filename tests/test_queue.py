@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd import queue_sql
 from bgsyncd.queue import (
     STATES,
     Found,
@@ -22,9 +23,31 @@ from bgsyncd.queue import (
     QueueError,
     SqliteRequestLog,
 )
-from bgsyncd.queue_sql import query_plans
 from tests.helpers import FakeClock
 from tests.jobs import find_job, get_job
+
+
+def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
+    """The hot-path statements of ``queue_sql`` with sample parameters, for EXPLAIN QUERY PLAN."""
+    return {
+        "is_unchanged": (queue_sql.SQL_IS_UNCHANGED, ("f", "a.jpg", 1, 2, 3)),
+        "promote": (queue_sql.SQL_PROMOTE, (0.0, 0.0)),
+        "first_folder": (queue_sql.SQL_FIRST_FOLDER, ()),
+        "next_folder": (queue_sql.SQL_NEXT_FOLDER, ("f",)),
+        "oldest_in_folder": (queue_sql.SQL_OLDEST_IN_FOLDER, ("f",)),
+        "any_pending": (queue_sql.SQL_ANY_PENDING, ()),
+        "next_retry": (queue_sql.SQL_NEXT_RETRY, ()),
+        "any_pending_in": (queue_sql.SQL_ANY_PENDING_IN, ("f",)),
+        "next_retry_in": (queue_sql.SQL_NEXT_RETRY_IN, ("f",)),
+        "counts": (queue_sql.SQL_COUNTS, ()),
+        "oldest_open": (queue_sql.SQL_OLDEST_OPEN, ()),
+        "recover": (queue_sql.SQL_RECOVER, (0.0,)),
+        "quarantined": (queue_sql.SQL_QUARANTINED, ()),
+        "quarantined_in": (queue_sql.SQL_QUARANTINED_IN, ("f",)),
+        "owner": (queue_sql.SQL_OWNER, ("f", "a.png")),
+        "claimed_by": (queue_sql.SQL_CLAIMED_BY, (1,)),
+        "since": (queue_sql.SQL_SINCE, (0.0,)),
+    }
 
 
 @pytest.fixture

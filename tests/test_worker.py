@@ -33,7 +33,8 @@ _clients: list[Client] = []
 
 
 @pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
+def close_worker_clients() -> Iterator[None]:
+    """Close every client ``make_worker`` opened (modules importing it import this too)."""
     yield
     while _clients:
         _clients.pop().close()
