@@ -81,14 +81,19 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return out
 
 
+@pytest.fixture
+def client(emulator: Emulator) -> Iterator[Client]:
+    with Client(emulator.url, TEST_KEY, 10) as opened:
+        yield opened
+
+
 def _worker(
     tmp_path: Path,
     queue: Queue,
-    emu: Emulator,
+    client: Client,
     folders: dict[str, FolderSettings],
     clock: FakeClock,
 ) -> Worker:
-    client = Client(emu.url, TEST_KEY, 10)
     config = WorkerConfig(
         folders=folders,
         max_upload_bytes=10 * 1024 * 1024,
@@ -157,6 +162,7 @@ def hostile(
 def test_symlink_swaps_under_every_folder_never_touch_anything_outside(
     tmp_path: Path,
     emulator: Emulator,
+    client: Client,
     hostile: tuple[dict[str, FolderSettings], list[tuple[Path, Path]], Path],
 ) -> None:
     folders, pairs, outside = hostile
@@ -164,7 +170,7 @@ def test_symlink_swaps_under_every_folder_never_touch_anything_outside(
     outside_hashes = set(before.values())
     clock = FakeClock(1_000_000.0)
     queue = Queue(tmp_path / "q.sqlite3", clock=clock)
-    worker = _worker(tmp_path, queue, emulator, folders, clock)
+    worker = _worker(tmp_path, queue, client, folders, clock)
     for name, f in folders.items():
         assert _enqueue_all(queue, name, f.inbox) == 80
     processed = 0
