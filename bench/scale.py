@@ -327,7 +327,8 @@ class Bench:
             cfg.read_text().replace(str(settings.queue.database), str(self.work / "none.db"))
         )
         base = [*cli[:-1], str(empty)]
-        runs, bases = [], []
+        runs = []
+        bases: list[float] = []
         for _ in range(5):
             for command, into in ((cli, runs), (base, bases)):
                 t0 = time.perf_counter()

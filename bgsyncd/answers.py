@@ -7,6 +7,8 @@ these accept both; they never raise on what a server sends. The client
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import json
 import math
@@ -25,6 +27,16 @@ UNKNOWN_PIXELS = 89_478_485
 def first(body: dict[str, Any], names: tuple[str, ...]) -> Any:
     """The value of the first of ``names`` that ``body`` has (not null), else None."""
     return next((body[name] for name in names if body.get(name) is not None), None)
+
+
+def from_base64(value: str) -> bytes | None:
+    """The bytes of a base64 answer field (a ``data:`` URL and whitespace tolerated), else None."""
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def clip(text: str) -> str:

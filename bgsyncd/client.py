@@ -45,7 +45,6 @@ request holds the headers).
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import json
 import time
@@ -342,12 +341,10 @@ class Client:
         value = answers.first(self._json(endpoint, data), names)
         if not isinstance(value, str):
             raise self._malformed(endpoint, f"no {' or '.join(names)} string in the answer")
-        if value.startswith("data:"):  # tolerate a data: URL around the payload
-            value = value.partition(",")[2]
-        try:
-            data = base64.b64decode("".join(value.split()), validate=True)
-        except (binascii.Error, ValueError):
-            raise self._malformed(endpoint, f"{names[0]} is not valid base64") from None
+        decoded = answers.from_base64(value)
+        if decoded is None:
+            raise self._malformed(endpoint, f"{names[0]} is not valid base64")
+        data = decoded
         if len(data) > limit:
             raise self._malformed(endpoint, f"the image is over {limit} bytes")
         return self._image(endpoint, data)

@@ -23,6 +23,16 @@ import time
 from collections.abc import Callable
 
 
+def has_room(available: int | None, in_flight: int, floor: int) -> bool:
+    """The floor rule: one more start leaves ``floor`` credits once all in flight are charged."""
+    return available is not None and available - in_flight - 1 >= floor
+
+
+def count_at_floor(available: int | None, floor: int) -> bool:
+    """The count itself (requests in flight aside) allows no start: it "reaches the floor"."""
+    return available is not None and available - 1 < floor
+
+
 class CreditGuard:
     """Decides whether an image request may start, given the credit floor.
 
@@ -125,11 +135,6 @@ class CreditGuard:
                 if not before and self._count_at_floor():
                     self._floor_recheck = True
 
-    def at_floor(self) -> bool:
-        """True when credits are known and the floor is what stops a start."""
-        with self._lock:
-            return self._at_floor()
-
     def set_floor(self, floor: int) -> None:
         """Apply a new floor (configuration reload)."""
         if floor < 0:
@@ -184,14 +189,11 @@ class CreditGuard:
     # -- internals (call with the lock held) ---------------------------------
 
     def _room(self) -> bool:
-        return self._available is not None and (
-            self._available - self._in_flight - 1 >= self._floor
-        )
+        return has_room(self._available, self._in_flight, self._floor)
 
     def _at_floor(self) -> bool:
         return self._available is not None and not self._room()
 
     def _count_at_floor(self) -> bool:
-        # The local count itself (requests in flight aside) allows no start:
-        # what "reaches the floor" means for the immediate re-check.
-        return self._available is not None and self._available - 1 < self._floor
+        # What "reaches the floor" means for the immediate re-check.
+        return count_at_floor(self._available, self._floor)

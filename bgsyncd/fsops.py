@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -129,7 +129,7 @@ def fsync_fd(dir_fd: int) -> None:
             raise
 
 
-def walk_files(root: Path | str) -> Iterator[tuple[int, str]]:
+def walk_files(root: Path | str) -> Generator[tuple[int, str], None, None]:
     """``(folder descriptor, name)`` for every non-folder entry under ``root``.
 
     Folders are entered through their descriptor only, never through a

@@ -86,10 +86,6 @@ class Notifier:
         """WATCHDOG=1: the main loop is alive."""
         return self.notify(WATCHDOG=1)
 
-    def reloading(self) -> bool:
-        """RELOADING=1: a configuration reload has begun (send ready() when done)."""
-        return self.notify(RELOADING=1)
-
     def stopping(self) -> bool:
         """STOPPING=1: shutdown has begun."""
         return self.notify(STOPPING=1)

@@ -2,7 +2,7 @@
 
 A token bucket with a burst lets up to about twice the limit through one window;
 only a log of start times keeps "never more than N in any window" (PITFALLS).
-The log is persisted through a :class:`RequestLog` (SQLite in the daemon) so
+The log is persisted through a ``storage.RequestLog`` (SQLite in the daemon) so
 starts made before a restart still count.
 
 The window is widened by ``margin`` seconds when deciding, to absorb clock and
@@ -13,7 +13,7 @@ Every decision uses one rule: a start at ``t`` is in the window at ``now`` iff
 expression, so "delay is 0" and "there is room" never disagree by a rounding
 error.
 
-With a :class:`SharedRequestLog` (the fleet's, on PostgreSQL) the database
+With a ``storage.SharedRequestLog`` (the fleet's, on PostgreSQL) the database
 decides every start instead: it checks and records in one transaction on its
 own clock, so hosts whose clocks disagree still share one window. Memory then
 keeps only this host's starts and the delay the database last gave: they may
@@ -33,43 +33,15 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Protocol
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, Stopped
-from bgsyncd.sharedlog import LONGEST_WAIT, NoLog, SharedRequestLog, refusal_wait
+from bgsyncd.sharedlog import LONGEST_WAIT, NoLog, refusal_wait
+from bgsyncd.storage import RequestLog, SharedRequestLog
 
 RETRY_AFTER_WINDOWS = 10
 """A 429's Retry-After blocks starts for at most this many windows (SPEC §5)."""
 # A blocked acquire looks again at least this often, whatever it computed.
 _LONGEST_WAIT = LONGEST_WAIT
-
-
-class RequestLog(Protocol):
-    """Where request start times survive a restart."""
-
-    def record(self, t: float) -> None:
-        """Store one request start time."""
-
-    def since(self, t: float) -> list[float]:
-        """Return the stored start times later than ``t``."""
-
-
-class MemoryRequestLog:
-    """A :class:`RequestLog` held in memory (tests, and runs without a database)."""
-
-    def __init__(self) -> None:
-        self._times: list[float] = []
-        self._lock = threading.Lock()
-
-    def record(self, t: float) -> None:
-        """Store one request start time."""
-        with self._lock:
-            self._times.append(t)
-
-    def since(self, t: float) -> list[float]:
-        """Return the stored start times later than ``t``, oldest first."""
-        with self._lock:
-            return sorted(x for x in self._times if x > t)
 
 
 class Pacer:

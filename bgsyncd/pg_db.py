@@ -17,7 +17,6 @@ its errors, so every message is scrubbed of it.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -31,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
-from bgsyncd.storage import Job, QueueError
+from bgsyncd.storage import QueueError
 
 # Migration n (1-based) brings a database from version n-1 to n.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -102,26 +101,12 @@ MIGRATION_LOCK = 0x62677379_6E630001  # "bgsync" + 1
 HOST_LOCK_CLASS = 0x62677379
 
 NOW = "extract(epoch from clock_timestamp())"
-COLUMNS = (
-    "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
-    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs"
-)
 # SQLSTATE classes that mean the server, not the statement: connection exception,
 # insufficient resources (disk full, too many connections), operator
 # intervention (shutdown, cannot connect now), system error (I/O).
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
 # After the database failed, how often a call may look whether it answers again.
 RECOVERY_LOOK_SECONDS = 2.0
-
-
-def job_of(row: Sequence[Any]) -> Job:
-    """A :class:`Job` from a row of :data:`COLUMNS`."""
-    return Job(
-        id=row[0], folder=row[1], relpath=row[2], size=row[3], mtime_ns=row[4], inode=row[5],
-        sha256=row[6], state=row[7], attempts=row[8], first_seen=row[9], queued_at=row[10],
-        resend=bool(row[11]), reason=row[12], last_error=row[13], http_status=row[14],
-        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])),
-    )  # fmt: skip
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:

@@ -15,8 +15,8 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.pg_db import COLUMNS, NOW, PgBase, job_of
-from bgsyncd.storage import STATES, Found, Job
+from bgsyncd.pg_db import NOW, PgBase
+from bgsyncd.storage import COLUMNS, STATES, Found, Job, job_of
 
 SQL_UPSERT = f"""
 INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
@@ -62,22 +62,6 @@ class PgJobs(PgBase):
         """Delete a job and its output claims (its input vanished)."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
-
-    def find(self, folder: str, relpath: str) -> Job | None:
-        """The job for this input path, if any."""
-        with self.transaction() as conn:
-            row = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE folder = %s AND relpath = %s",
-                (folder, relpath),
-            ).fetchone()
-        return None if row is None else job_of(row)
-
-    def get(self, job_id: int) -> Job | None:
-        """The job with this id, if it still exists."""
-        with self.transaction() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = %s"
-            row = conn.execute(sql, (job_id,)).fetchone()
-        return None if row is None else job_of(row)
 
     # dispatch
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from bgsyncd.credits import CreditGuard
+from bgsyncd.credits import CreditGuard, count_at_floor, has_room
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pgqueue import NOW, PgQueue
 from bgsyncd.pgshared import transaction
@@ -101,7 +101,7 @@ class PgCreditGuard(CreditGuard):
         """Reserve one request if the fleet's count keeps the floor; atomic across hosts."""
         with self._lock, self._tx(lock=True) as conn:
             available, _, reserved = self._read(conn)
-            if available is None or available - reserved - 1 < self._floor:
+            if not has_room(available, reserved, self._floor):
                 return False
             self._insert(conn)
             return True
@@ -125,16 +125,6 @@ class PgCreditGuard(CreditGuard):
                 pass  # the transaction applies the settle, with any left from before
         except QueueUnavailable:
             pass
-
-    def set_floor(self, floor: int) -> None:
-        """Apply a new floor (configuration reload)."""
-        if floor < 0:
-            raise ValueError(f"floor must be >= 0, got {floor}")
-        with self._lock:
-            before = self._count_at_floor()
-            self._floor = floor
-            if not before and self._count_at_floor():
-                self._floor_recheck = True
 
     # -- read-only views -----------------------------------------------------
 
@@ -161,17 +151,17 @@ class PgCreditGuard(CreditGuard):
     def _room(self) -> bool:
         with self._tx() as conn:
             available, _, reserved = self._read(conn)
-        return available is not None and available - reserved - 1 >= self._floor
+        return has_room(available, reserved, self._floor)
 
     def _at_floor(self) -> bool:
         with self._tx() as conn:
             available, _, reserved = self._read(conn)
-        return available is not None and available - reserved - 1 < self._floor
+        return available is not None and not has_room(available, reserved, self._floor)
 
     def _count_at_floor(self) -> bool:
         with self._tx() as conn:
             available = self._read(conn)[0]
-        return available is not None and available - 1 < self._floor
+        return count_at_floor(available, self._floor)
 
     @contextmanager
     def _tx(self, *, lock: bool = False) -> Iterator[psycopg.Connection[Any]]:

@@ -32,13 +32,12 @@ import psycopg
 
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pg_claims import PgClaims
-from bgsyncd.pg_db import COLUMNS, MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migrate
+from bgsyncd.pg_db import MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migrate
 from bgsyncd.pg_jobs import SQL_UPSERT, PgJobs
 from bgsyncd.pg_state import PgState
 from bgsyncd.storage import Store
 
 __all__ = [
-    "COLUMNS",
     "MIGRATIONS",
     "MIGRATION_LOCK",
     "NOW",

@@ -161,13 +161,6 @@ class OutputProbe:
         with self._lock:
             return self._due_locked()
 
-    def seconds_until_due(self) -> float | None:
-        """Seconds until the next round is due (0 when overdue), or None with nothing to probe."""
-        with self._lock:
-            if self._next_at is None:
-                return None
-            return max(0.0, self._next_at - self._clock())
-
     def run(self, *, force: bool = False) -> ProbeResult:
         """Probe every failing place when due (or at once with ``force``, for SIGHUP).
 

@@ -7,6 +7,8 @@ test that checks their query plans for table scans checks the real thing.
 
 from __future__ import annotations
 
+from bgsyncd.storage import COLUMNS
+
 # Migration n (1-based) brings a database from user_version n-1 to n.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -41,10 +43,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # f-strings with "noqa: S608" splice in only this module's own constant SQL text.
-COLUMNS = (
-    "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
-    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs"
-)
 # The hot-path statements, named so the tests can check their query plans.
 SQL_IS_UNCHANGED = (
     "SELECT 1 FROM jobs WHERE folder = ? AND relpath = ? AND size = ? AND mtime_ns = ?"
@@ -104,26 +102,3 @@ ON CONFLICT (folder, relpath) DO UPDATE SET
 WHERE state != 'in_flight'
     AND (size != excluded.size OR mtime_ns != excluded.mtime_ns OR inode != excluded.inode)
 """
-
-
-def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
-    """The hot-path statements with sample parameters, for EXPLAIN QUERY PLAN checks."""
-    return {
-        "is_unchanged": (SQL_IS_UNCHANGED, ("f", "a.jpg", 1, 2, 3)),
-        "promote": (SQL_PROMOTE, (0.0, 0.0)),
-        "first_folder": (SQL_FIRST_FOLDER, ()),
-        "next_folder": (SQL_NEXT_FOLDER, ("f",)),
-        "oldest_in_folder": (SQL_OLDEST_IN_FOLDER, ("f",)),
-        "any_pending": (SQL_ANY_PENDING, ()),
-        "next_retry": (SQL_NEXT_RETRY, ()),
-        "any_pending_in": (SQL_ANY_PENDING_IN, ("f",)),
-        "next_retry_in": (SQL_NEXT_RETRY_IN, ("f",)),
-        "counts": (SQL_COUNTS, ()),
-        "oldest_open": (SQL_OLDEST_OPEN, ()),
-        "recover": (SQL_RECOVER, (0.0,)),
-        "quarantined": (SQL_QUARANTINED, ()),
-        "quarantined_in": (SQL_QUARANTINED_IN, ("f",)),
-        "owner": (SQL_OWNER, ("f", "a.png")),
-        "claimed_by": (SQL_CLAIMED_BY, (1,)),
-        "since": (SQL_SINCE, (0.0,)),
-    }

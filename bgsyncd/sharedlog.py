@@ -1,14 +1,14 @@
-"""What a pacer needs of a request log that decides: the fleet's, shared by every host.
+"""The pacer beside a request log that decides: the fleet's, shared by every host.
 
-A :class:`SharedRequestLog` checks and records a start in one step (on
+A ``storage.SharedRequestLog`` checks and records a start in one step (on
 PostgreSQL: one transaction under the account's lock, on the server's clock);
-the pacer only asks it and waits what it says, within bounds (:func:`refusal_wait`).
+the pacer only asks it and waits what it says, within bounds (:func:`refusal_wait`),
+and keeps a :class:`NoLog` in place of the log it would otherwise read.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
 
 LONGEST_WAIT = 60.0
 """No wait a pacer computes or is told is longer: it looks again after this."""
@@ -18,16 +18,8 @@ NAN_RETRY = 0.1
 SHORTEST_REFUSAL_WAIT = 0.005
 
 
-@runtime_checkable
-class SharedRequestLog(Protocol):
-    """A request log that decides: the fleet's, shared by every host on one account."""
-
-    def try_start(self, limit: int, window: float, margin: float) -> float:
-        """Record a start now if the window has room and return 0.0; else the seconds to wait."""
-
-
 class NoLog:
-    """The :class:`RequestLog` of a pacer whose shared log decides: never read."""
+    """The ``storage.RequestLog`` of a pacer whose shared log decides: never read."""
 
     def record(self, t: float) -> None:
         """Nothing to store: the shared log recorded the start."""
@@ -35,6 +27,9 @@ class NoLog:
     def since(self, t: float) -> list[float]:
         """Nothing stored."""
         return []
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 def refusal_wait(given: float) -> float:

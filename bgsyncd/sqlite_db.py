@@ -14,19 +14,17 @@ transactions.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, describe_os_error
 from bgsyncd.queue_faults import describe_disk_failure, is_disk_failure
 from bgsyncd.queue_sql import MIGRATIONS, SCHEMA_VERSION
-from bgsyncd.storage import Job, QueueError
+from bgsyncd.storage import QueueError
 
 
 def failure(exc: Exception, path: Path | str) -> BgsyncdError:
@@ -124,16 +122,6 @@ def rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-
-
-def job_of(row: Any) -> Job:
-    """A :class:`Job` from a row of ``queue_sql.COLUMNS``."""
-    return Job(
-        id=row[0], folder=row[1], relpath=row[2], size=row[3], mtime_ns=row[4], inode=row[5],
-        sha256=row[6], state=row[7], attempts=row[8], first_seen=row[9], queued_at=row[10],
-        resend=bool(row[11]), reason=row[12], last_error=row[13], http_status=row[14],
-        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])),
-    )  # fmt: skip
 
 
 class SqliteBase:

@@ -17,7 +17,6 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
 from bgsyncd.queue_sql import (
-    COLUMNS,
     SQL_ANY_PENDING,
     SQL_ANY_PENDING_IN,
     SQL_COUNTS,
@@ -34,8 +33,8 @@ from bgsyncd.queue_sql import (
     SQL_RECOVER,
     SQL_UPSERT,
 )
-from bgsyncd.sqlite_db import SqliteBase, job_of
-from bgsyncd.storage import STATES, Found, Job
+from bgsyncd.sqlite_db import SqliteBase
+from bgsyncd.storage import COLUMNS, STATES, Found, Job, job_of
 
 
 class SqliteJobs(SqliteBase):
@@ -69,20 +68,6 @@ class SqliteJobs(SqliteBase):
         with self._write() as conn:
             conn.execute("DELETE FROM output_claims WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-
-    def find(self, folder: str, relpath: str) -> Job | None:
-        """The job for this input path, if any."""
-        with self._read() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
-            row = conn.execute(sql, (folder, relpath)).fetchone()
-        return None if row is None else job_of(row)
-
-    def get(self, job_id: int) -> Job | None:
-        """The job with this id, if it still exists."""
-        with self._read() as conn:
-            sql = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
-            row = conn.execute(sql, (job_id,)).fetchone()
-        return None if row is None else job_of(row)
 
     # dispatch
 

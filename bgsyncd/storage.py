@@ -18,9 +18,10 @@ is imported here, so every module may depend on this one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bgsyncd.errors import BgsyncdError
 
@@ -65,6 +66,23 @@ class Job:
     outputs: tuple[str, ...] = ()
 
 
+# The columns a Job is read from, in both engines' ``jobs`` table (SELECT {COLUMNS}).
+COLUMNS = (
+    "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
+    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs"
+)
+
+
+def job_of(row: Sequence[Any]) -> Job:
+    """A :class:`Job` from a row of :data:`COLUMNS` (either engine)."""
+    return Job(
+        id=row[0], folder=row[1], relpath=row[2], size=row[3], mtime_ns=row[4], inode=row[5],
+        sha256=row[6], state=row[7], attempts=row[8], first_seen=row[9], queued_at=row[10],
+        resend=bool(row[11]), reason=row[12], last_error=row[13], http_status=row[14],
+        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])),
+    )  # fmt: skip
+
+
 class JobStore(Protocol):
     """The jobs: one row per input file, through pending, in flight and done."""
 
@@ -73,8 +91,6 @@ class JobStore(Protocol):
     ) -> bool: ...
     def enqueue_many(self, found: Iterable[Found]) -> list[Found]: ...
     def forget(self, job_id: int) -> None: ...
-    def find(self, folder: str, relpath: str) -> Job | None: ...
-    def get(self, job_id: int) -> Job | None: ...
     def recover(self) -> int: ...
     def claim(self, lease_seconds: float, folders: Collection[str] | None = None) -> Job | None: ...
     def next_ready_at(self, folders: Collection[str] | None = None) -> float | None: ...
@@ -135,6 +151,7 @@ class RequestLog(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class SharedRequestLog(Protocol):
     """Request starts of one account across a fleet, timed by the database's clock.
 

@@ -121,7 +121,6 @@ class Tracker:
         self._max = max_entries
         self._low = max_entries * 3 // 4
         self._dropped = False  # files were left out; a rescan is due once drained to _low
-        self._peak = 0  # the most entries held at once
         self._on_dropped = on_dropped
         self._room_wait = room_wait
         self._entries: dict[str, _Entry] = {}
@@ -153,11 +152,6 @@ class Tracker:
         """Files in progress, plus one while files left out wait for their rescan."""
         with self._cond:
             return len(self._entries) + (1 if self._dropped else 0)
-
-    def peak(self) -> int:
-        """The most files in progress at once since the tracker was made."""
-        with self._cond:
-            return self._peak
 
     def tracking(self, path: str) -> bool:
         """True when ``path`` is in progress."""
@@ -234,7 +228,6 @@ class Tracker:
                 else:  # settle: looked at now, its mtime may settle it
                     mode, due = _Mode.SETTLE, now
                 e = self._entries[path] = _Entry(inbox, path, mode)
-                self._peak = max(self._peak, len(self._entries))
                 self._schedule(e, due)
             elif kind == "gone":
                 del self._entries[path]
@@ -269,7 +262,6 @@ class Tracker:
                 return False
             now = self._clock()
             e = self._entries[path] = _Entry(inbox, path, _Mode.SETTLE)
-            self._peak = max(self._peak, len(self._entries))
             e.sig, e.since = _signature(st), now
             self._schedule(e, now + self._settle)
             return True

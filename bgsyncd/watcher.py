@@ -69,16 +69,7 @@ from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.queue import Found
 from bgsyncd.roots import CHECK_SECONDS, Missing, RootGuard, look
 from bgsyncd.scanner import IgnoreRules, Inbox, Scanner
-from bgsyncd.tracker import MAX_ENTRIES, RECENT_SECONDS, Tracker
-
-__all__ = [
-    "FRESH_DIR_SECONDS",
-    "GRACE_SECONDS",
-    "MAX_ENTRIES",
-    "RECENT_SECONDS",
-    "Tracker",
-    "Watcher",
-]
+from bgsyncd.tracker import MAX_ENTRIES, Tracker
 
 log = get_logger("bgsyncd.watcher")
 
@@ -229,10 +220,6 @@ class Watcher:
     def pending(self) -> int:
         """Files seen but not yet complete, plus one while a scan is due or running."""
         return self._tracker.pending() + (1 if self._scanner.busy() else 0)
-
-    def peak_in_progress(self) -> int:
-        """The most files followed at once since start (never above ``max_in_progress``)."""
-        return self._tracker.peak()
 
     def stop(self) -> None:
         """Stop observers and threads and wait for them."""

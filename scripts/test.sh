@@ -10,5 +10,5 @@ status=0
 "$bin/python" -m pytest "$@" || status=$?
 "$bin/ruff" check bgsyncd tests bench || status=$?
 "$bin/ruff" format --check bgsyncd tests bench || status=$?
-"$bin/mypy" --strict bgsyncd || status=$?
+"$bin/mypy" --strict bgsyncd tests bench || status=$?
 exit $status

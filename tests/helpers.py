@@ -11,6 +11,8 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
+from bgsyncd.credits import CreditGuard
+
 T = TypeVar("T")
 
 _AT_FDCWD = -100
@@ -29,9 +31,15 @@ def exchange(a: str | bytes | os.PathLike[str], b: str | bytes | os.PathLike[str
 
 
 def wait_until(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    condition: Callable[[], T | None],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
 ) -> T:
-    """Return the first truthy value of ``condition()``; fail after ``timeout`` seconds."""
+    """Return the first truthy value of ``condition()``; fail after ``timeout`` seconds.
+
+    ``None`` is never returned, so a condition like ``queue.claim`` types as its value.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -40,6 +48,11 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+def at_floor(guard: CreditGuard) -> bool:
+    """Credits are known, and the floor is what stops a start."""
+    return guard.available is not None and not guard.can_start()
 
 
 class FakeClock:

@@ -183,8 +183,8 @@ def check_sends(
 
 
 def test_ten_kill9s_at_random_moments_lose_nothing_and_resend_at_most_max_in_flight(
-    tmp_path, daemons
-):
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     rng = random.Random(20240611)
     files = crash_inputs()
     folder = make_folder(tmp_path, "crash")
@@ -263,7 +263,9 @@ def test_ten_kill9s_at_random_moments_lose_nothing_and_resend_at_most_max_in_fli
         print(f"extra requests: {extra}, job.resend lines: {resends}")
 
 
-def test_kill9_during_ingest_of_200_files_finds_all_and_sends_none_twice(tmp_path, daemons):
+def test_kill9_during_ingest_of_200_files_finds_all_and_sends_none_twice(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     count = 200
     files = {
         f"{('', 'a', 'a/b', 'c')[i % 4]}/f{i:03d}.png".lstrip("/"): product_image(

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from bgsyncd.credits import CreditGuard
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, at_floor
 
 
 def start_all(guard: CreditGuard) -> int:
@@ -25,7 +25,7 @@ def test_unknown_credits_allow_nothing() -> None:
     assert guard.available is None
     assert not guard.can_start()
     assert not guard.try_reserve()
-    assert not guard.at_floor()  # not the floor: we just don't know yet
+    assert not at_floor(guard)  # not the floor: we just don't know yet
 
 
 def test_thirteen_credits_floor_ten_processes_exactly_three() -> None:
@@ -33,7 +33,7 @@ def test_thirteen_credits_floor_ten_processes_exactly_three() -> None:
     guard.update(13, None)
     assert start_all(guard) == 3
     assert guard.in_flight == 3
-    assert guard.at_floor()
+    assert at_floor(guard)
     for _ in range(3):
         guard.settle(charged=True)
     assert guard.available == 10
@@ -50,7 +50,7 @@ def test_floor_zero_uses_every_credit() -> None:
         guard.settle(charged=True)
     assert guard.available == 0
     assert not guard.can_start()
-    assert guard.at_floor()
+    assert at_floor(guard)
 
 
 def test_uncharged_request_gives_its_credit_back() -> None:
@@ -137,7 +137,7 @@ def test_reaching_the_floor_triggers_exactly_one_recheck() -> None:
 def test_a_check_that_reports_the_floor_does_not_recheck_at_once() -> None:
     guard = CreditGuard(10, 600.0, clock=FakeClock())
     guard.update(10, None)
-    assert guard.at_floor()
+    assert at_floor(guard)
     assert not guard.check_due()
 
 
@@ -167,10 +167,10 @@ def test_a_top_up_allows_starts_again() -> None:
     guard = CreditGuard(10, 600.0, clock=FakeClock())
     guard.update(10, None)
     assert not guard.can_start()
-    assert guard.at_floor()
+    assert at_floor(guard)
     guard.update(15, None)
     assert guard.can_start()
-    assert not guard.at_floor()
+    assert not at_floor(guard)
     assert start_all(guard) == 5
 
 

@@ -19,7 +19,12 @@ from bgsyncd.worker import Kind
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.mounts import Tmpfs, ext4, tmpfs
-from tests.test_worker import image_posts, make_worker, queue_one
+from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
+    close_worker_clients,  # noqa: F401
+    image_posts,
+    make_worker,
+    queue_one,
+)
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
 EROFS_TEXT = "[Errno 30] Read-only file system"

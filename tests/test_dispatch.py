@@ -30,6 +30,10 @@ from tests.conftest import (
     write_config,
 )
 from tests.helpers import product_image, wait_until
+from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
+    close_worker_clients,  # noqa: F401
+    make_worker,
+)
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 CREDIT_PATH = "/available-credit"
@@ -131,7 +135,9 @@ def test_peak_sees_a_violation() -> None:
 # -- the rate limit ----------------------------------------------------------------------
 
 
-def test_three_folders_share_the_limit_round_robin_and_never_exceed_it(tmp_path, daemons):
+def test_three_folders_share_the_limit_round_robin_and_never_exceed_it(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     limit, window = 5, 2.0
     with Emulator(keys=[TEST_KEY], rate_limit=limit, rate_window=window, seed=1) as emu:
         folders = [make_folder(tmp_path, name) for name in ("a", "b", "c")]
@@ -155,7 +161,7 @@ def test_three_folders_share_the_limit_round_robin_and_never_exceed_it(tmp_path,
         assert [r.status for r in requests if r.status != 200] == [], "no 429, no error"
         assert len(requests) == 25  # 24 images and the start-up credit check
         assert peak(requests, window) == limit, "the limit is used, never exceeded"
-        after = [folder_of[r.image_sha256] for r in image_requests(emu) if r.started >= landed]
+        after = [folder_of[str(r.image_sha256)] for r in image_requests(emu) if r.started >= landed]
         assert len(after) == 20
         # At most max_in_flight of a's files were claimed before b's and c's
         # landed; from then on the folders take turns. One after another
@@ -165,8 +171,8 @@ def test_three_folders_share_the_limit_round_robin_and_never_exceed_it(tmp_path,
 
 
 def test_a_restart_after_a_full_window_and_a_credits_command_beside_it_get_no_429(
-    tmp_path, daemons
-):
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     limit, window = 3, 5.0
     with Emulator(keys=[TEST_KEY], rate_limit=limit, rate_window=window, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
@@ -204,7 +210,9 @@ def test_a_restart_after_a_full_window_and_a_credits_command_beside_it_get_no_42
 # -- credits -----------------------------------------------------------------------------
 
 
-def test_the_floor_stops_exactly_and_a_top_up_resumes_without_a_restart(tmp_path, daemons):
+def test_the_floor_stops_exactly_and_a_top_up_resumes_without_a_restart(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     with Emulator(keys=[TEST_KEY], credits=13, rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(
@@ -234,7 +242,9 @@ def test_the_floor_stops_exactly_and_a_top_up_resumes_without_a_restart(tmp_path
         assert quarantined(folder) == []
 
 
-def test_an_unknown_key_pauses_without_quarantine_and_sighup_resumes_at_once(tmp_path, daemons):
+def test_an_unknown_key_pauses_without_quarantine_and_sighup_resumes_at_once(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     with Emulator(keys=[TEST_KEY], rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
@@ -257,7 +267,9 @@ def test_an_unknown_key_pauses_without_quarantine_and_sighup_resumes_at_once(tmp
         assert WRONG_KEY not in d.output()
 
 
-def test_no_credits_pauses_at_the_floor_and_a_402_pauses_without_quarantine(tmp_path, daemons):
+def test_no_credits_pauses_at_the_floor_and_a_402_pauses_without_quarantine(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
@@ -283,7 +295,9 @@ def test_no_credits_pauses_at_the_floor_and_a_402_pauses_without_quarantine(tmp_
         assert set(attempts(config).values()) == {0}
 
 
-def test_expired_credits_pause_without_spending_a_request(tmp_path, daemons):
+def test_expired_credits_pause_without_spending_a_request(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     past = datetime.now(timezone.utc) - timedelta(days=1)
     with Emulator(keys=[TEST_KEY], expires=past, rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
@@ -301,7 +315,9 @@ def test_expired_credits_pause_without_spending_a_request(tmp_path, daemons):
         assert 403 not in statuses(emu)
 
 
-def test_an_expiry_the_check_did_not_show_pauses_on_the_403(tmp_path, daemons):
+def test_an_expiry_the_check_did_not_show_pauses_on_the_403(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     with Emulator(keys=[TEST_KEY], rate_limit=1000, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
@@ -318,7 +334,9 @@ def test_an_expiry_the_check_did_not_show_pauses_on_the_403(tmp_path, daemons):
 # -- faults and 429s -------------------------------------------------------------------
 
 
-def test_failures_and_dropped_connections_lose_nothing_and_cost_no_extra_credit(tmp_path, daemons):
+def test_failures_and_dropped_connections_lose_nothing_and_cost_no_extra_credit(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     limit, window = 10, 1.0
     files = 20
     with Emulator(
@@ -360,7 +378,9 @@ def test_failures_and_dropped_connections_lose_nothing_and_cost_no_extra_credit(
         assert f"bgsyncd_resends_total {float(drops)}" in metrics
 
 
-def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(tmp_path, daemons):
+def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     with Emulator(keys=[TEST_KEY], rate_limit=3, rate_window=2.0, seed=1) as emu:
         folder = make_folder(tmp_path, "shop")
         # misconfigured: the daemon believes in a limit over three times the API's
@@ -417,9 +437,9 @@ def make_dispatcher(
     from bgsyncd.credits import CreditGuard
     from bgsyncd.dispatch import Dispatcher
     from bgsyncd.metrics import Recorder
-    from bgsyncd.pacer import MemoryRequestLog, Pacer
+    from bgsyncd.pacer import Pacer
     from bgsyncd.queue import Queue
-    from tests.test_worker import make_worker
+    from tests.pacing import MemoryRequestLog
 
     (tmp_path / "inbox").mkdir()
     queue = Queue(tmp_path / "q.sqlite3")

@@ -276,14 +276,9 @@ def _png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def test_a_large_image_is_processed_well_under_a_second() -> None:
-    data = _photo(2000, 1500)
-    best = float("inf")
-    for _ in range(3):  # the best of three: CI neighbours must not fail this
-        began = time.perf_counter()
-        answer = matte.cut_out(matte.decode(data), alpha_only=False)
-        best = min(best, time.perf_counter() - began)
-    assert best < 1.0
+def test_a_large_image_is_cut_out_at_its_full_size() -> None:
+    # How long it takes is bench/matte.py's figure, not an assertion here.
+    answer = matte.cut_out(matte.decode(_photo(2000, 1500)), alpha_only=False)
     assert open_image(answer).size == (2000, 1500)
 
 

@@ -37,8 +37,11 @@ from bgsyncd.pgpauses import PgPauseStore
 from bgsyncd.pgqueue import PgQueue
 from bgsyncd.queue import Found, Queue
 from tests.conftest import TEST_KEY
-from tests.helpers import FakeClock, product_image, wait_until
-from tests.test_worker import make_worker
+from tests.helpers import FakeClock, at_floor, product_image, wait_until
+from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
+    close_worker_clients,  # noqa: F401
+    make_worker,
+)
 
 ACCOUNT = account_id("fleet-test-key")
 
@@ -160,7 +163,7 @@ def test_thirteen_credits_floor_ten_three_hosts_start_exactly_three(host: Any) -
     for i in won:
         guards[i].settle(charged=True)
     assert [g.available for g in guards] == [10, 10, 10]
-    assert all(g.at_floor() and g.in_flight == 0 for g in guards)
+    assert all(at_floor(g) and g.in_flight == 0 for g in guards)
 
 
 def test_an_uncharged_request_gives_its_credit_back_to_the_fleet(host: Any) -> None:
@@ -435,8 +438,11 @@ def test_thirteen_credits_floor_ten_two_dispatchers_send_exactly_three_images(
         for i in range(3):
             enqueue(root, queue, f"{i}.png")
         d.wake()
-    for d, _, _ in hosts:
-        wait_until(lambda d=d: d.paused == CREDIT_FLOOR, timeout=20, what="paused at the floor")
+    wait_until(
+        lambda: all(d.paused == CREDIT_FLOOR for d, _, _ in hosts),
+        timeout=20,
+        what="both paused at the floor",
+    )
     images = [r for r in emulator.requests() if r.path != "/available-credit"]
     assert len(images) == 3
     assert emulator.credits == 10

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from bgsyncd.emulator import Emulator
 from tests.conftest import DaemonProcess, make_folder, status_json, write_config
 from tests.helpers import exchange, wait_until
 
@@ -323,8 +324,8 @@ def _jobs(database: Path) -> dict[tuple[str, str], tuple[str, str | None, list[s
 
 @pytest.mark.slow
 def test_a_thousand_hostile_operations_leave_the_daemon_alive_and_nothing_lost(
-    tmp_path, emulator, daemons
-):
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     rng = random.Random(SEED)
     keep = make_folder(tmp_path, "keep")
     gone = make_folder(tmp_path, "gone", after_success="delete")

@@ -13,7 +13,9 @@ from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, status
 from tests.helpers import product_image, wait_until
 
 
-def test_a_name_that_is_not_utf8_is_skipped_and_the_rest_goes_on(tmp_path, emulator, daemons):
+def test_a_name_that_is_not_utf8_is_skipped_and_the_rest_goes_on(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "names")
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
     bad = os.fsencode(str(inbox)) + b"/caf\xe9.jpg"
@@ -33,7 +35,9 @@ def test_a_name_that_is_not_utf8_is_skipped_and_the_rest_goes_on(tmp_path, emula
     assert d.stop() == 0
 
 
-def test_a_folder_swapped_for_a_symlink_after_discovery_is_never_followed(tmp_path, daemons):
+def test_a_folder_swapped_for_a_symlink_after_discovery_is_never_followed(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000) as emu:
         folder = make_folder(tmp_path, "swap", after_success="delete")
         inbox = Path(folder["inbox"])
@@ -62,7 +66,9 @@ def test_a_folder_swapped_for_a_symlink_after_discovery_is_never_followed(tmp_pa
         assert d.stop() == 0
 
 
-def test_a_second_daemon_on_the_same_queue_refuses_to_start(tmp_path, emulator, daemons):
+def test_a_second_daemon_on_the_same_queue_refuses_to_start(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "one")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     first = DaemonProcess(config)
@@ -76,7 +82,9 @@ def test_a_second_daemon_on_the_same_queue_refuses_to_start(tmp_path, emulator, 
     assert again.returncode == 0, again.stderr
 
 
-def test_retry_finds_a_file_quarantined_under_a_suffixed_name(tmp_path, emulator):
+def test_retry_finds_a_file_quarantined_under_a_suffixed_name(
+    tmp_path: Path, emulator: Emulator
+) -> None:
     folder = make_folder(tmp_path, "twice")
     inbox, quarantine = Path(folder["inbox"]), Path(folder["quarantine"])
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])

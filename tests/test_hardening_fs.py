@@ -33,6 +33,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.helpers import FakeClock, exchange, product_image, wait_until
+from tests.jobs import find_job
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
@@ -80,14 +81,19 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return out
 
 
+@pytest.fixture
+def client(emulator: Emulator) -> Iterator[Client]:
+    with Client(emulator.url, TEST_KEY, 10) as opened:
+        yield opened
+
+
 def _worker(
     tmp_path: Path,
     queue: Queue,
-    emu: Emulator,
+    client: Client,
     folders: dict[str, FolderSettings],
     clock: FakeClock,
 ) -> Worker:
-    client = Client(emu.url, TEST_KEY, 10)
     config = WorkerConfig(
         folders=folders,
         max_upload_bytes=10 * 1024 * 1024,
@@ -156,6 +162,7 @@ def hostile(
 def test_symlink_swaps_under_every_folder_never_touch_anything_outside(
     tmp_path: Path,
     emulator: Emulator,
+    client: Client,
     hostile: tuple[dict[str, FolderSettings], list[tuple[Path, Path]], Path],
 ) -> None:
     folders, pairs, outside = hostile
@@ -163,7 +170,7 @@ def test_symlink_swaps_under_every_folder_never_touch_anything_outside(
     outside_hashes = set(before.values())
     clock = FakeClock(1_000_000.0)
     queue = Queue(tmp_path / "q.sqlite3", clock=clock)
-    worker = _worker(tmp_path, queue, emulator, folders, clock)
+    worker = _worker(tmp_path, queue, client, folders, clock)
     for name, f in folders.items():
         assert _enqueue_all(queue, name, f.inbox) == 80
     processed = 0
@@ -299,7 +306,7 @@ def test_a_new_queue_adopts_existing_outputs_without_a_request(
     # The claims were recorded: the names stay the adopted inputs' own.
     queue = Queue.open_readonly(database)
     try:
-        job = queue.find("f", "d/p0.jpg")
+        job = find_job(queue, "f", "d/p0.jpg")
         assert job is not None and job.state == "done"
         assert sorted(queue.claimed_outputs(job.id)) == ["d/p0.mask.png", "d/p0.png"]
     finally:
@@ -345,12 +352,12 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
     found = [_found(folder.inbox, "f", n) for n in sorted(os.listdir(folder.inbox))]
     rest = adopter.adopt(found)
     assert sorted(f.relpath for f in rest) == ["nomask.jpg", "oldmask.jpg", "suffixed.jpg"]
-    job = queue.find("f", "both.jpg")
+    job = find_job(queue, "f", "both.jpg")
     assert job is not None and job.state == "done" and job.attempts == 0
     assert queue.claimed_outputs(job.id) == ["both.mask.png", "both.png"]
     # Found again by a rescan: the same file is known and not queued again.
     assert queue.enqueue_many([found[0]]) == []
-    assert queue.find("f", "nomask.jpg") is None  # the rest is for the caller to queue
+    assert find_job(queue, "f", "nomask.jpg") is None  # the rest is for the caller to queue
     queue.close()
     assert not Queue(tmp_path / "new.sqlite3").created  # opened again: not new
 
@@ -358,11 +365,11 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
 def test_adoption_never_takes_a_name_another_input_owns(tmp_path: Path) -> None:
     queue = Queue(tmp_path / "q.sqlite3")
     queue.enqueue_many([Found("f", "a.webp", 1, 1, 1)])
-    other = queue.find("f", "a.webp")
+    other = find_job(queue, "f", "a.webp")
     assert other is not None
     assert queue.claim_output("f", other.id, iter(["a.png"])) == "a.png"
     assert not queue.adopt(Found("f", "a.jpg", 1, 1, 2), ["a.png"])
-    assert queue.find("f", "a.jpg") is None  # rolled back: no job, no claim
+    assert find_job(queue, "f", "a.jpg") is None  # rolled back: no job, no claim
     assert queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])
     assert not queue.adopt(Found("f", "b.jpg", 1, 1, 3), ["b.png"])  # known already
     queue.close()

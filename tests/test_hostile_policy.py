@@ -156,7 +156,8 @@ def test_a_writer_closing_between_appends_gets_one_output_and_no_quarantine(
     assert sorted(p.name for p in Path(folder["outbox"]).rglob("*") if p.is_file()) == ["slow2.png"]
     quarantine = Path(folder["quarantine"])
     assert not quarantine.exists() or list(quarantine.rglob("*")) == []
-    assert Image.open(out).size == (160, 120)
+    with Image.open(out) as cutout:
+        assert cutout.size == (160, 120)
     assert d.saw("file.settling", verdict="corrupt_image")  # fragments were seen, and waited
     assert target.read_bytes() == photo
     assert d.stop() == 0

@@ -137,7 +137,8 @@ def test_probe_waits_the_interval_after_a_failure_then_resumes_when_the_write_pa
     clock, disk = FakeClock(), ScriptedDisk()
     probe = OutputProbe(clock=clock, probe=disk)
     assert probe.interval == PROBE_INTERVAL_SECONDS == 30.0
-    assert not probe.due() and probe.seconds_until_due() is None
+    clock.advance(3600.0)
+    assert not probe.due() and probe.failing == {}  # nothing failed: never due
     place = Path("/srv/outbox/sub")
     disk.broken[place] = _enospc()
     assert probe.note(place, _enospc()) == ENOSPC_TEXT
@@ -150,12 +151,15 @@ def test_probe_waits_the_interval_after_a_failure_then_resumes_when_the_write_pa
     first = probe.run()
     assert first.ran and not first.recovered and first.failing == {place: ENOSPC_TEXT}
     assert disk.probed == [place]
-    assert not probe.due() and probe.seconds_until_due() == pytest.approx(30.0)
+    clock.advance(29.9)
+    assert not probe.due()  # the next round waits the interval again
     del disk.broken[place]  # space came back
-    clock.advance(30.0)
+    clock.advance(0.1)
+    assert probe.due()
     second = probe.run()
     assert second.recovered and probe.failing == {}
-    assert probe.seconds_until_due() is None and not probe.due()
+    clock.advance(3600.0)
+    assert not probe.due()  # nothing left to probe
 
 
 def test_probe_forced_by_sighup_runs_at_once_and_only_when_something_failed() -> None:

@@ -301,17 +301,24 @@ def test_ipv6_listen(clock: FakeClock) -> None:
         m.stop()
 
 
-def test_null_recorder_does_nothing() -> None:
-    recorders: list[Recorder] = [Recorder(), Metrics("", ["f"], "1")]
-    for r in recorders:
-        r.file_discovered("f")
-        r.job_finished("f", "success", 1.0)
-        r.api_request("alpha-channel", "200", 0.1)
-        r.rate_limited()
-        r.credits(1, None)
-        r.credits_floor(0)
-        r.paused("credit_floor")
-        r.jobs({"pending": 1}, 1.0)
-        r.resend()
-        r.heartbeat()
-        r.add_folder("g")
+def test_metrics_overrides_every_call_of_the_null_recorder() -> None:
+    # A recording added to Recorder but not to Metrics would silently record nothing.
+    calls = {n for n, v in vars(Recorder).items() if callable(v) and not n.startswith("_")}
+    assert {"file_discovered", "job_finished", "api_request", "heartbeat"} <= calls
+    assert sorted(calls - set(vars(Metrics))) == []
+
+
+def test_the_null_recorder_keeps_nothing() -> None:
+    r = Recorder()
+    r.file_discovered("f")
+    r.job_finished("f", "success", 1.0)
+    r.api_request("alpha-channel", "200", 0.1)
+    r.rate_limited()
+    r.credits(1, None)
+    r.credits_floor(0)
+    r.paused("credit_floor")
+    r.jobs({"pending": 1}, 1.0)
+    r.resend()
+    r.heartbeat()
+    r.add_folder("g")
+    assert vars(r) == {}

@@ -63,8 +63,6 @@ def exchange(fake: FakeSystemd) -> None:
     assert fake.receive() == b"STATUS=3 pending, 1 in flight"
     assert n.watchdog()
     assert fake.receive() == b"WATCHDOG=1"
-    assert n.reloading()
-    assert fake.receive() == b"RELOADING=1"
     assert n.stopping()
     assert fake.receive() == b"STOPPING=1"
     assert n.extend_timeout(1.5)

@@ -133,8 +133,8 @@ def notify_env(fake: FakeSystemd) -> dict[str, str]:
 
 
 def test_notify_ready_after_scan_status_watchdog_and_stopping(
-    tmp_path, emulator, daemons, fake_systemd
-):
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], fake_systemd: FakeSystemd
+) -> None:
     folder = make_folder(tmp_path, "shop")
     inbox = Path(folder["inbox"])
     drop(inbox, "before-1.jpg", 30)
@@ -170,7 +170,9 @@ def test_notify_ready_after_scan_status_watchdog_and_stopping(
     assert all("READY" not in m for _, m in fake_systemd.messages()[stopping_at:])
 
 
-def test_notify_status_names_the_pause_reason(tmp_path, emulator, daemons):
+def test_notify_status_names_the_pause_reason(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     fake = FakeSystemd(str(tmp_path / "n.sock"))
     try:
         folder = make_folder(tmp_path, "shop")
@@ -191,7 +193,9 @@ def test_notify_status_names_the_pause_reason(tmp_path, emulator, daemons):
 # -- 2. SIGHUP -----------------------------------------------------------------------
 
 
-def test_sighup_adds_a_folder_live_and_survives_a_broken_config(tmp_path, emulator, daemons):
+def test_sighup_adds_a_folder_live_and_survives_a_broken_config(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     a = make_folder(tmp_path, "alpha")
     b = make_folder(tmp_path, "beta")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[a])
@@ -230,7 +234,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_sighup_removing_a_folder_keeps_its_jobs_and_does_not_spin(tmp_path, daemons):
+def test_sighup_removing_a_folder_keeps_its_jobs_and_does_not_spin(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
     with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000) as emu:
         a = make_folder(tmp_path, "alpha")
         b = make_folder(tmp_path, "beta")
@@ -260,13 +266,14 @@ def test_sighup_removing_a_folder_keeps_its_jobs_and_does_not_spin(tmp_path, dae
 
 @pytest.fixture
 def slow_emulator() -> Iterator[WatchedEmulator]:
-    with WatchedEmulator(
-        keys=["test-key-0123456789"], credits=10_000, rate_limit=1000, seed=3
-    ) as emu:
+    emu = WatchedEmulator(keys=["test-key-0123456789"], credits=10_000, rate_limit=1000, seed=3)
+    with emu:
         yield emu
 
 
-def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path, slow_emulator, daemons):
+def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
+    tmp_path: Path, slow_emulator: WatchedEmulator, daemons: list[DaemonProcess]
+) -> None:
     emu = slow_emulator
     folder = make_folder(tmp_path, "drain")
     config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
@@ -289,7 +296,9 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path, slow_em
     assert status_json(config)["jobs"]["in_flight"] == 0
 
 
-def test_second_sigterm_exits_at_once_and_the_job_is_sent_again(tmp_path, slow_emulator, daemons):
+def test_second_sigterm_exits_at_once_and_the_job_is_sent_again(
+    tmp_path: Path, slow_emulator: WatchedEmulator, daemons: list[DaemonProcess]
+) -> None:
     emu = slow_emulator
     folder = make_folder(tmp_path, "hurry")
     config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
@@ -351,7 +360,9 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text)[(name, frozenset(labels.items()))]
 
 
-def test_live_exposition_carries_every_contract_metric(tmp_path, emulator, daemons):
+def test_live_exposition_carries_every_contract_metric(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     port = free_port()
     folder = make_folder(tmp_path, "shop")
     config = write_config(
@@ -408,9 +419,9 @@ def test_live_exposition_carries_every_contract_metric(tmp_path, emulator, daemo
     assert value(text, "bgsyncd_build_info", version=_version()) == 1
     assert value(text, "bgsyncd_resends_total") == 0
     assert value(text, "bgsyncd_rate_limited_total") == 0
-    for name, labels in {(n, ls) for n, ls in samples(text)}:
-        for _, label_value in labels:
-            assert "/" not in label_value and ".jpg" not in label_value, (name, label_value)
+    for metric, label_pairs in set(samples(text)):
+        for _, label_value in label_pairs:
+            assert "/" not in label_value and ".jpg" not in label_value, (metric, label_value)
             assert str(tmp_path) not in label_value
     assert "test-key-0123456789" not in text
     assert fetch(url + "/healthz") == (200, "ok\n")
@@ -438,7 +449,7 @@ def _version() -> str:
 # -- 5. the key never leaks ----------------------------------------------------------
 
 
-def test_the_key_appears_nowhere(tmp_path, daemons):
+def test_the_key_appears_nowhere(tmp_path: Path, daemons: list[DaemonProcess]) -> None:
     token = secrets.token_hex(12)
     key = f"sk-live-SECRET-{token}"
     env = {"BGSYNCD_API_KEY": key}

@@ -32,7 +32,10 @@ def api(error: errors.ApiError, ctx: Context = CTX) -> Outcome:
     return decide(ApiFailed(error), ctx)
 
 
-def shape(out: Outcome) -> tuple[Transition, bool, bool, bool, str | None, str | None]:
+Shape = tuple[Transition, bool, bool, bool, "str | None", "str | None"]
+
+
+def shape(out: Outcome) -> Shape:
     return (out.transition, out.counts_attempt, out.charged, out.resend, out.pause, out.reason)
 
 
@@ -86,7 +89,7 @@ R, Q, T, D, L = (
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else "",
 )
-def test_each_api_error_has_its_credit_rule(error: errors.ApiError, expected: tuple) -> None:
+def test_each_api_error_has_its_credit_rule(error: errors.ApiError, expected: Shape) -> None:
     assert shape(api(error)) == expected
 
 

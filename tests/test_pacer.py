@@ -11,9 +11,10 @@ from collections.abc import Callable
 import pytest
 
 from bgsyncd.errors import QueueUnavailable, Stopped
-from bgsyncd.pacer import MemoryRequestLog, Pacer
+from bgsyncd.pacer import Pacer
 from bgsyncd.queue import QueueError
 from tests.helpers import FakeClock, wait_until
+from tests.pacing import MemoryRequestLog
 
 
 def max_in_window(times: list[float], length: float, closed: bool) -> int:
@@ -450,7 +451,11 @@ def test_acquire_stands_back_and_waits_after_losing_a_race() -> None:
     log = RacingLog()
     daemon = Pacer(1, 60.0, log, clock=clock, margin=0.0)
     other = Pacer(1, 60.0, log, clock=clock, margin=0.0)
-    log.before_record = lambda: other.acquire() and None
+
+    def other_starts() -> None:
+        other.acquire()
+
+    log.before_record = other_starts
     outcome: list[object] = []
 
     def run() -> None:
@@ -568,9 +573,15 @@ class ScriptedSharedLog:
         self.asked.append((limit, window, margin))
         return self.answers.pop(0) if self.answers else 0.0
 
+    def since(self, t: float) -> list[float]:
+        return []  # the pacer never reads a log that decides
+
 
 class DownSharedLog:
     def try_start(self, limit: int, window: float, margin: float) -> float:
+        raise QueueError("PostgreSQL queue: connection refused")
+
+    def since(self, t: float) -> list[float]:
         raise QueueError("PostgreSQL queue: connection refused")
 
 
@@ -657,6 +668,9 @@ def test_threads_ask_the_shared_log_one_at_a_time() -> None:
             with lock:
                 inside -= 1
             return 0.0
+
+        def since(self, t: float) -> list[float]:
+            return []
 
     pacer = Pacer(100, 60.0, SlowLog())
     threads = [threading.Thread(target=pacer.acquire) for _ in range(8)]

@@ -19,6 +19,7 @@ import pytest
 from bgsyncd.cache import ResultCache
 from bgsyncd.pg_cache import PgResultCache
 from bgsyncd.pgqueue import PgQueue
+from bgsyncd.storage import ResultStore
 from tests.helpers import wait_until
 
 
@@ -37,19 +38,21 @@ def _sha(name: str) -> str:
 
 
 @pytest.fixture(params=["files", "postgresql"])
-def make_cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[int], Any]]:
+def make_cache(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[int], ResultStore]]:
     """Caches of one store (a second one: another daemon, or another host)."""
     queues: list[PgQueue] = []
     if request.param == "postgresql":
         dsn = request.getfixturevalue("pg_dsn")
 
-        def make(max_bytes: int) -> Any:
+        def make(max_bytes: int) -> ResultStore:
             queue = PgQueue(dsn, f"h{len(queues)}")
             queues.append(queue)
             return PgResultCache(queue, max_bytes)
     else:
 
-        def make(max_bytes: int) -> Any:
+        def make(max_bytes: int) -> ResultStore:
             return ResultCache(tmp_path / "cache", max_bytes)
 
     yield make
@@ -57,7 +60,9 @@ def make_cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
         queue.close()
 
 
-def test_a_stored_result_is_found_again_by_a_second_handle(make_cache):
+def test_a_stored_result_is_found_again_by_a_second_handle(
+    make_cache: Callable[[int], ResultStore],
+) -> None:
     first = make_cache(10_000)
     data = _png(b"a")
     assert first.get(_sha("a")) is None
@@ -68,19 +73,24 @@ def test_a_stored_result_is_found_again_by_a_second_handle(make_cache):
     assert len(second) == 1 and second.total_bytes == len(data)
 
 
-def test_the_least_recently_used_entry_goes_first_to_fit_the_size(make_cache):
+def test_the_least_recently_used_entry_goes_first_to_fit_the_size(
+    make_cache: Callable[[int], ResultStore],
+) -> None:
     a, b, c = _png(b"a" * 100), _png(b"b" * 100), _png(b"c" * 100)
-    cache = make_cache(len(a) * 2 + 10)
+    size = len(a) * 2 + 10
+    cache = make_cache(size)
     cache.put(_sha("a"), a)
     cache.put(_sha("b"), b)
     assert cache.get(_sha("a")) == a  # a used after b: b is now the oldest use
     cache.put(_sha("c"), c)
     assert cache.get(_sha("b")) is None
     assert cache.get(_sha("a")) == a and cache.get(_sha("c")) == c
-    assert cache.total_bytes <= cache.max_bytes and len(cache) == 2
+    assert cache.total_bytes <= size and len(cache) == 2
 
 
-def test_an_entry_larger_than_the_cache_and_a_disabled_cache_store_nothing(make_cache):
+def test_an_entry_larger_than_the_cache_and_a_disabled_cache_store_nothing(
+    make_cache: Callable[[int], ResultStore],
+) -> None:
     small = make_cache(50)
     small.put(_sha("a"), _png(b"x" * 100))
     assert small.get(_sha("a")) is None and len(small) == 0
@@ -90,13 +100,13 @@ def test_an_entry_larger_than_the_cache_and_a_disabled_cache_store_nothing(make_
     assert off.get(_sha("b")) is None
 
 
-def test_a_key_that_is_not_a_sha256_is_refused(make_cache):
+def test_a_key_that_is_not_a_sha256_is_refused(make_cache: Callable[[int], ResultStore]) -> None:
     cache = make_cache(10_000)
     with pytest.raises(ValueError, match="sha256"):
         cache.put("../../etc/passwd", _png(b"a"))
 
 
-def test_kinds_of_one_content_are_kept_apart_in_the_shared_cache(pg_dsn):
+def test_kinds_of_one_content_are_kept_apart_in_the_shared_cache(pg_dsn: str) -> None:
     with PgQueue(pg_dsn, "h") as queue:
         cache = PgResultCache(queue, 10_000)
         cutout, matte = _png(b"cut"), _png(b"matte")
@@ -109,7 +119,7 @@ def test_kinds_of_one_content_are_kept_apart_in_the_shared_cache(pg_dsn):
             cache.get(_sha("a"), "../x")
 
 
-def test_a_smaller_setting_at_start_evicts_down_to_it(pg_dsn):
+def test_a_smaller_setting_at_start_evicts_down_to_it(pg_dsn: str) -> None:
     with PgQueue(pg_dsn, "h") as queue:
         big = PgResultCache(queue, 100_000)
         for name in "abcde":

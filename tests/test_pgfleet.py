@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 
@@ -14,8 +14,12 @@ from bgsyncd.queue import Found
 from tests.helpers import wait_until
 
 
+def _later_than(queue: PgQueue, t: float) -> bool:
+    return queue.now() > t
+
+
 @pytest.fixture
-def hosts_of(pg_dsn: str) -> Iterator[Any]:
+def hosts_of(pg_dsn: str) -> Iterator[Callable[[str], PgQueue]]:
     opened: list[PgQueue] = []
 
     def make(host_id: str) -> PgQueue:
@@ -28,13 +32,15 @@ def hosts_of(pg_dsn: str) -> Iterator[Any]:
         queue.close()
 
 
-def test_the_account_is_a_hash_never_the_key():
+def test_the_account_is_a_hash_never_the_key() -> None:
     key = "sk-very-secret-key"
     assert key not in account_id(key) and len(account_id(key)) == 32
     assert account_id(key) != account_id(key + "x")
 
 
-def test_three_hosts_never_start_more_than_the_limit_in_one_window(hosts_of):
+def test_three_hosts_never_start_more_than_the_limit_in_one_window(
+    hosts_of: Callable[[str], PgQueue],
+) -> None:
     account = account_id("k")
     logs = [PgRequestLog(hosts_of(f"h{i}"), account) for i in range(3)]
     started: list[float] = []
@@ -57,7 +63,7 @@ def test_three_hosts_never_start_more_than_the_limit_in_one_window(hosts_of):
     assert len(logs[1].since(0.0)) == 5
 
 
-def test_accounts_do_not_share_a_window(hosts_of):
+def test_accounts_do_not_share_a_window(hosts_of: Callable[[str], PgQueue]) -> None:
     queue = hosts_of("h")
     a, b = PgRequestLog(queue, account_id("a")), PgRequestLog(queue, account_id("b"))
     assert a.try_start(1, 60.0, 0.0) == 0.0
@@ -65,7 +71,9 @@ def test_accounts_do_not_share_a_window(hosts_of):
     assert b.try_start(1, 60.0, 0.0) == 0.0
 
 
-def test_a_second_live_daemon_with_the_same_host_id_is_refused(hosts_of):
+def test_a_second_live_daemon_with_the_same_host_id_is_refused(
+    hosts_of: Callable[[str], PgQueue],
+) -> None:
     first = Hosts(hosts_of("studio-1"), lease_seconds=60)
     first.join(["a"], instance="run-1")
     first.join(["a"], instance="run-1")  # the same daemon again: fine
@@ -76,7 +84,9 @@ def test_a_second_live_daemon_with_the_same_host_id_is_refused(hosts_of):
     assert first.alive() == 1
 
 
-def test_a_silent_hosts_claims_are_taken_over_and_it_can_no_longer_write(hosts_of):
+def test_a_silent_hosts_claims_are_taken_over_and_it_can_no_longer_write(
+    hosts_of: Callable[[str], PgQueue],
+) -> None:
     dead_q, live_q = hosts_of("dead"), hosts_of("live")
     dead, live = Hosts(dead_q, lease_seconds=0.5), Hosts(live_q, lease_seconds=0.5)
     dead.join(["shared"], "x")
@@ -92,7 +102,9 @@ def test_a_silent_hosts_claims_are_taken_over_and_it_can_no_longer_write(hosts_o
     assert live.holds(job.id) and not dead.holds(job.id)
 
 
-def test_a_heartbeat_renews_the_leases_of_a_running_host(hosts_of):
+def test_a_heartbeat_renews_the_leases_of_a_running_host(
+    hosts_of: Callable[[str], PgQueue],
+) -> None:
     queue = hosts_of("busy")
     hosts = Hosts(queue, lease_seconds=1.0)
     hosts.join(["f"], "x")
@@ -104,6 +116,6 @@ def test_a_heartbeat_renews_the_leases_of_a_running_host(hosts_of):
         hosts.heartbeat(in_flight=1)
         assert hosts.take_over_expired(["f"]) == 0
         beat = queue.now()
-        wait_until(lambda beat=beat: queue.now() > beat + 0.3, 5, what="server time to pass")
+        wait_until(partial(_later_than, queue, beat + 0.3), 5, what="server time to pass")
     assert hosts.holds(job.id)
     assert hosts.listed()[0].in_flight == 1

@@ -13,18 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.emulator import Emulator
-from tests.conftest import make_folder, run_cli, start_daemon, write_config
+from bgsyncd.emulator import Emulator, RecordedRequest
+from tests.conftest import DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import noisy_image, open_image, product_image, transparent_png, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 
-def image_requests(emu: Emulator) -> list[object]:
+def image_requests(emu: Emulator) -> list[RecordedRequest]:
     return [r for r in emu.requests() if r.path in IMAGE_PATHS]
 
 
-def test_nested_mixed_formats_give_mirrored_rgba_outputs(tmp_path, emulator, daemons):
+def test_nested_mixed_formats_give_mirrored_rgba_outputs(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "shop")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     d = start_daemon(daemons, config)
@@ -54,8 +56,8 @@ def test_nested_mixed_formats_give_mirrored_rgba_outputs(tmp_path, emulator, dae
 
 
 def test_writer_pausing_longer_than_settle_is_never_uploaded_half_written(
-    tmp_path, emulator, daemons
-):
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "slow")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     start_daemon(daemons, config)
@@ -73,7 +75,9 @@ def test_writer_pausing_longer_than_settle_is_never_uploaded_half_written(
     assert [r.image_sha256 for r in sent] == [hashlib.sha256(data).hexdigest()]
 
 
-def test_rename_into_place_crdownload_and_mv_from_outside(tmp_path, emulator, daemons):
+def test_rename_into_place_crdownload_and_mv_from_outside(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "moves")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     start_daemon(daemons, config)
@@ -105,8 +109,8 @@ def test_rename_into_place_crdownload_and_mv_from_outside(tmp_path, emulator, da
 
 
 def test_bad_inputs_each_get_their_outcome_and_the_daemon_keeps_running(
-    tmp_path, emulator, daemons
-):
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "bad", oversize="quarantine")
     config = write_config(
         tmp_path / "c.toml",
@@ -184,7 +188,9 @@ def test_bad_inputs_each_get_their_outcome_and_the_daemon_keeps_running(
 
 
 @pytest.mark.parametrize("output", ["cutout", "both"])
-def test_oversize_shrink_keeps_the_original_size(tmp_path, emulator, daemons, output):
+def test_oversize_shrink_keeps_the_original_size(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], output: str
+) -> None:
     folder = make_folder(tmp_path, "big", output=output)
     config = write_config(
         tmp_path / "c.toml",
@@ -210,7 +216,9 @@ def test_oversize_shrink_keeps_the_original_size(tmp_path, emulator, daemons, ou
     assert sent[0].image_size is not None and sent[0].image_size <= 150_000
 
 
-def test_name_collisions_and_identical_content(tmp_path, emulator, daemons):
+def test_name_collisions_and_identical_content(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "names")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     start_daemon(daemons, config)
@@ -237,7 +245,9 @@ def test_name_collisions_and_identical_content(tmp_path, emulator, daemons):
     )
 
 
-def test_files_added_while_down_are_found_at_start(tmp_path, emulator, daemons):
+def test_files_added_while_down_are_found_at_start(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
     folder = make_folder(tmp_path, "late")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     d = start_daemon(daemons, config)
@@ -256,7 +266,7 @@ def test_files_added_while_down_are_found_at_start(tmp_path, emulator, daemons):
     )
 
 
-def test_once_processes_everything_and_exits(tmp_path, emulator):
+def test_once_processes_everything_and_exits(tmp_path: Path, emulator: Emulator) -> None:
     folder = make_folder(tmp_path, "batch")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
@@ -281,7 +291,7 @@ def test_once_processes_everything_and_exits(tmp_path, emulator):
     assert isinstance(status["credits"], int)
 
 
-def test_status_before_the_daemon_ever_ran_prints_zeros(tmp_path, emulator):
+def test_status_before_the_daemon_ever_ran_prints_zeros(tmp_path: Path, emulator: Emulator) -> None:
     folder = make_folder(tmp_path, "fresh")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     result = run_cli("status", "--json", "--config", str(config))
@@ -297,7 +307,7 @@ def test_status_before_the_daemon_ever_ran_prints_zeros(tmp_path, emulator):
     assert not (tmp_path / "state" / "queue.sqlite3").exists()
 
 
-def test_retry_puts_a_quarantined_file_back(tmp_path, emulator):
+def test_retry_puts_a_quarantined_file_back(tmp_path: Path, emulator: Emulator) -> None:
     folder = make_folder(tmp_path, "again")
     config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
     inbox, quarantine = Path(folder["inbox"]), Path(folder["quarantine"])
@@ -321,7 +331,9 @@ def test_retry_puts_a_quarantined_file_back(tmp_path, emulator):
 
 
 @pytest.mark.parametrize("after", ["delete", "move"])
-def test_after_success_delete_and_move(tmp_path, emulator, daemons, after):
+def test_after_success_delete_and_move(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], after: str
+) -> None:
     extra = {"after_success": after}
     if after == "move":
         extra["done"] = str(tmp_path / "done")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd import queue_sql
 from bgsyncd.queue import (
     STATES,
     Found,
@@ -22,8 +23,31 @@ from bgsyncd.queue import (
     QueueError,
     SqliteRequestLog,
 )
-from bgsyncd.queue_sql import query_plans
 from tests.helpers import FakeClock
+from tests.jobs import find_job, get_job
+
+
+def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
+    """The hot-path statements of ``queue_sql`` with sample parameters, for EXPLAIN QUERY PLAN."""
+    return {
+        "is_unchanged": (queue_sql.SQL_IS_UNCHANGED, ("f", "a.jpg", 1, 2, 3)),
+        "promote": (queue_sql.SQL_PROMOTE, (0.0, 0.0)),
+        "first_folder": (queue_sql.SQL_FIRST_FOLDER, ()),
+        "next_folder": (queue_sql.SQL_NEXT_FOLDER, ("f",)),
+        "oldest_in_folder": (queue_sql.SQL_OLDEST_IN_FOLDER, ("f",)),
+        "any_pending": (queue_sql.SQL_ANY_PENDING, ()),
+        "next_retry": (queue_sql.SQL_NEXT_RETRY, ()),
+        "any_pending_in": (queue_sql.SQL_ANY_PENDING_IN, ("f",)),
+        "next_retry_in": (queue_sql.SQL_NEXT_RETRY_IN, ("f",)),
+        "counts": (queue_sql.SQL_COUNTS, ()),
+        "oldest_open": (queue_sql.SQL_OLDEST_OPEN, ()),
+        "recover": (queue_sql.SQL_RECOVER, (0.0,)),
+        "quarantined": (queue_sql.SQL_QUARANTINED, ()),
+        "quarantined_in": (queue_sql.SQL_QUARANTINED_IN, ("f",)),
+        "owner": (queue_sql.SQL_OWNER, ("f", "a.png")),
+        "claimed_by": (queue_sql.SQL_CLAIMED_BY, (1,)),
+        "since": (queue_sql.SQL_SINCE, (0.0,)),
+    }
 
 
 @pytest.fixture
@@ -70,13 +94,13 @@ def test_newer_schema_is_a_clear_error(db: Path) -> None:
 def test_enqueue_new_files_pending(q: Queue, clock: FakeClock) -> None:
     batch = [found("a.jpg"), found("b/c.png", folder="other")]
     assert q.enqueue_many(batch) == batch
-    job = q.find("products", "a.jpg")
+    job = find_job(q, "products", "a.jpg")
     assert job is not None
     assert (job.state, job.attempts, job.resend, job.sha256) == ("pending", 0, False, None)
     assert job.first_seen == job.queued_at == clock.t
-    assert q.get(job.id) == job
-    assert q.find("products", "nope.jpg") is None
-    assert q.get(10_000) is None
+    assert get_job(q, job.id) == job
+    assert find_job(q, "products", "nope.jpg") is None
+    assert get_job(q, 10_000) is None
 
 
 def test_unchanged_skipped_and_changed_requeued(q: Queue, clock: FakeClock) -> None:
@@ -96,7 +120,7 @@ def test_unchanged_skipped_and_changed_requeued(q: Queue, clock: FakeClock) -> N
     clock.advance(10)
     changed = found("a.jpg", size=200)
     assert q.enqueue_many([changed]) == [changed]
-    again = q.get(job.id)
+    again = get_job(q, job.id)
     assert again is not None
     assert (again.state, again.attempts, again.sha256, again.size) == ("pending", 0, None, 200)
     assert again.first_seen == first_seen
@@ -110,7 +134,7 @@ def test_done_file_with_new_content_is_queued_again(q: Queue) -> None:
     assert job is not None
     q.complete(job.id, ["a.png"])
     assert q.enqueue_many([found("a.jpg", mtime_ns=2)]) == [found("a.jpg", mtime_ns=2)]
-    assert q.get(job.id).state == "pending"  # type: ignore[union-attr]
+    assert get_job(q, job.id).state == "pending"  # type: ignore[union-attr]
 
 
 def test_in_flight_job_not_disturbed_by_enqueue(q: Queue) -> None:
@@ -118,7 +142,7 @@ def test_in_flight_job_not_disturbed_by_enqueue(q: Queue) -> None:
     job = q.claim(60)
     assert job is not None
     assert q.enqueue_many([found("a.jpg", size=999)]) == []
-    now = q.get(job.id)
+    now = get_job(q, job.id)
     assert now is not None
     assert (now.state, now.size) == ("in_flight", 100)
 
@@ -126,7 +150,7 @@ def test_in_flight_job_not_disturbed_by_enqueue(q: Queue) -> None:
 def test_duplicates_in_one_batch_return_once(q: Queue) -> None:
     queued = q.enqueue_many([found("a.jpg"), found("a.jpg", size=5)])
     assert queued == [found("a.jpg", size=5)]
-    assert q.find("products", "a.jpg").size == 5  # type: ignore[union-attr]
+    assert find_job(q, "products", "a.jpg").size == 5  # type: ignore[union-attr]
 
 
 def test_claim_oldest_first_within_a_folder(q: Queue, clock: FakeClock) -> None:
@@ -181,7 +205,7 @@ def test_retry_wait_promoted_when_due(q: Queue, clock: FakeClock) -> None:
     assert again is not None
     assert (again.id, again.attempts, again.last_error) == (job.id, 1, "503")
     assert q.retry_later(job.id, clock.t + 60, "timeout", resend=True) == 2
-    waiting = q.get(job.id)
+    waiting = get_job(q, job.id)
     assert waiting is not None
     assert (waiting.state, waiting.next_attempt_at, waiting.resend) == (
         "retry_wait", clock.t + 60, True)  # fmt: skip
@@ -192,18 +216,18 @@ def test_complete_quarantine_release(q: Queue) -> None:
     a, b, c = (q.claim(60) for _ in range(3))
     assert a and b and c
     q.complete(a.id, ["a.png", "a.mask.png"])
-    done = q.get(a.id)
+    done = get_job(q, a.id)
     assert done is not None
     assert (done.state, done.outputs, done.resend) == ("done", ("a.png", "a.mask.png"), False)
     q.quarantine(b.id, "too_large", "413 from the API", 413)
-    bad = q.get(b.id)
+    bad = get_job(q, b.id)
     assert bad is not None
     assert (bad.state, bad.reason, bad.last_error, bad.http_status) == (
         "quarantined", "too_large", "413 from the API", 413)  # fmt: skip
     q.retry_later(c.id, 0.0, "500")
     q.claim(60)
     q.release(c.id)
-    released = q.get(c.id)
+    released = get_job(q, c.id)
     assert released is not None
     assert (released.state, released.attempts) == ("pending", 1)
     assert q._conn.execute("SELECT lease_until FROM jobs WHERE id = ?", (c.id,)).fetchone() == (
@@ -220,24 +244,24 @@ def test_recover_after_crash_marks_resend(db: Path, clock: FakeClock) -> None:
     queue.close()  # the run dies without finishing
 
     reopened = Queue(db, clock=clock)
-    assert reopened.get(claimed.id).state == "in_flight"  # type: ignore[union-attr]
+    assert get_job(reopened, claimed.id).state == "in_flight"  # type: ignore[union-attr]
     assert reopened.recover() == 1
-    job = reopened.get(claimed.id)
+    job = get_job(reopened, claimed.id)
     assert job is not None
     assert (job.state, job.resend) == ("pending", True)
     resent = reopened.claim(60)
     assert resent is not None
     assert (resent.id, resent.resend) == (claimed.id, True)
     reopened.complete(resent.id, ["a.png"])
-    assert not reopened.get(claimed.id).resend  # type: ignore[union-attr]
+    assert not get_job(reopened, claimed.id).resend  # type: ignore[union-attr]
     assert reopened.recover() == 0
     reopened.close()
 
 
 def test_claim_output_names(q: Queue, db: Path) -> None:
     q.enqueue_many([found("a.jpg"), found("a.webp")])
-    jpg = q.find("products", "a.jpg")
-    webp = q.find("products", "a.webp")
+    jpg = find_job(q, "products", "a.jpg")
+    webp = find_job(q, "products", "a.webp")
     assert jpg and webp
     assert q.claim_output("products", jpg.id, ["a.png", "a.jpg.png"]) == "a.png"
     assert q.claim_output("products", webp.id, ["a.png", "a.webp.png"]) == "a.webp.png"
@@ -251,7 +275,7 @@ def test_claim_output_names(q: Queue, db: Path) -> None:
 
 def test_claim_output_reads_an_endless_generator_only_as_far_as_needed(q: Queue) -> None:
     q.enqueue_many([found(f"a{i}.jpg") for i in range(4)])
-    ids = [q.find("products", f"a{i}.jpg").id for i in range(4)]  # type: ignore[union-attr]
+    ids = [find_job(q, "products", f"a{i}.jpg").id for i in range(4)]  # type: ignore[union-attr]
     taken: list[int] = []
 
     def names() -> Iterator[str]:
@@ -267,18 +291,18 @@ def test_claim_output_reads_an_endless_generator_only_as_far_as_needed(q: Queue)
 
 def test_forget_deletes_job_and_claims(q: Queue) -> None:
     q.enqueue_many([found("a.jpg"), found("b.jpg")])
-    a = q.find("products", "a.jpg")
-    b = q.find("products", "b.jpg")
+    a = find_job(q, "products", "a.jpg")
+    b = find_job(q, "products", "b.jpg")
     assert a and b
     assert q.claim_output("products", a.id, ["a.png"]) == "a.png"
     q.forget(a.id)
-    assert q.get(a.id) is None
+    assert get_job(q, a.id) is None
     assert q.claim_output("products", b.id, ["a.png"]) == "a.png"
     # changes to a forgotten job are ignored
     q.complete(a.id, ["x"])
     q.release(a.id)
     assert q.retry_later(a.id, 0.0, "gone") == 0
-    assert q.get(a.id) is None
+    assert get_job(q, a.id) is None
 
 
 def test_counts_and_oldest(q: Queue, clock: FakeClock) -> None:
@@ -324,7 +348,7 @@ def test_quarantined_listing_and_requeue(q: Queue, clock: FakeClock) -> None:
     clock.advance(50)
     assert q.requeue(listed[0].id)
     assert not q.requeue(listed[0].id)  # no longer quarantined
-    back = q.get(listed[0].id)
+    back = get_job(q, listed[0].id)
     assert back is not None
     assert (back.state, back.attempts, back.reason, back.last_error, back.http_status) == (
         "pending", 0, None, None, None)  # fmt: skip

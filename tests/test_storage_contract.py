@@ -9,17 +9,27 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bgsyncd.queue import Found, Queue, QueueError
+from bgsyncd.storage import Job, Store
+from tests.jobs import find_job, get_job
 
 
-def _found(relpath: str, folder: str = "f", size: int = 10, mtime_ns: int = 1, inode: int = 7):
+def _found(
+    relpath: str, folder: str = "f", size: int = 10, mtime_ns: int = 1, inode: int = 7
+) -> Found:
     return Found(folder, relpath, size, mtime_ns, inode)
+
+
+def _claimed(store: Store, folders: list[str] | None = None) -> Job:
+    """Claim the next job, which the test knows is there."""
+    job = store.claim(60, folders)
+    assert job is not None
+    return job
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -28,22 +38,24 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+def make_store(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], Store]]:
     """A factory of queue handles on ONE database (a second handle: another host)."""
-    opened: list[Any] = []
+    opened: list[Store] = []
     if backend == "postgresql":
         dsn = request.getfixturevalue("pg_dsn")
         from bgsyncd.pgqueue import PgQueue
 
         counter = itertools.count(1)
 
-        def make() -> Any:
+        def make() -> Store:
             store = PgQueue(dsn, host_id=f"host-{next(counter)}")
             opened.append(store)
             return store
     else:
 
-        def make() -> Any:
+        def make() -> Store:
             store = Queue(tmp_path / "queue.sqlite3")
             opened.append(store)
             return store
@@ -54,11 +66,14 @@ def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture
-def open_view(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+def open_view(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], Store]]:
     """Open the read-only view ``status`` uses on the same database."""
-    opened: list[Any] = []
+    opened: list[Store] = []
 
-    def view() -> Any:
+    def view() -> Store:
+        store: Store
         if backend == "postgresql":
             from bgsyncd.pgqueue import PgQueue
 
@@ -74,7 +89,9 @@ def open_view(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
 
 
 @pytest.fixture
-def bump_schema(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+def bump_schema(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[[int], None]:
     """Write a schema version newer than this bgsyncd knows into the store's database."""
 
     def bump(version: int) -> None:
@@ -86,19 +103,19 @@ def bump_schema(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
         else:
             import sqlite3
 
-            conn = sqlite3.connect(tmp_path / "queue.sqlite3")
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.close()
+            db = sqlite3.connect(tmp_path / "queue.sqlite3")
+            db.execute(f"PRAGMA user_version = {version}")
+            db.close()
 
     return bump
 
 
 @pytest.fixture
-def store(make_store: Any) -> Any:
+def store(make_store: Callable[[], Store]) -> Store:
     return make_store()
 
 
-def test_new_and_changed_files_are_queued_and_unchanged_ones_are_not(store):
+def test_new_and_changed_files_are_queued_and_unchanged_ones_are_not(store: Store) -> None:
     assert [f.relpath for f in store.enqueue_many([_found("a.jpg"), _found("b.jpg")])] == [
         "a.jpg",
         "b.jpg",
@@ -112,15 +129,15 @@ def test_new_and_changed_files_are_queued_and_unchanged_ones_are_not(store):
     }
 
 
-def test_a_job_in_flight_is_not_queued_again_when_its_file_changes(store):
+def test_a_job_in_flight_is_not_queued_again_when_its_file_changes(store: Store) -> None:
     store.enqueue_many([_found("a.jpg")])
-    job = store.claim(60)
+    job = _claimed(store)
     assert job is not None and job.state == "in_flight"
     assert store.enqueue_many([_found("a.jpg", size=99)]) == []
     assert store.counts()["f"]["in_flight"] == 1
 
 
-def test_claims_go_round_robin_over_folders_and_oldest_first_within_one(store):
+def test_claims_go_round_robin_over_folders_and_oldest_first_within_one(store: Store) -> None:
     store.enqueue_many([_found("a1", "a"), _found("a2", "a"), _found("a3", "a")])
     store.enqueue_many([_found("b1", "b")])
     store.enqueue_many([_found("c1", "c")])
@@ -130,18 +147,18 @@ def test_claims_go_round_robin_over_folders_and_oldest_first_within_one(store):
     assert taken == ["a1", "b1", "c1", "a2", "a3"]
 
 
-def test_claims_keep_to_the_folders_asked_for(store):
+def test_claims_keep_to_the_folders_asked_for(store: Store) -> None:
     store.enqueue_many([_found("x", "gone"), _found("y", "here")])
-    job = store.claim(60, ["here"])
+    job = _claimed(store, ["here"])
     assert job is not None and job.relpath == "y"
     assert store.claim(60, ["here"]) is None
     assert store.next_ready_at(["here"]) is None
     assert store.next_ready_at(["gone"]) is not None
 
 
-def test_a_retry_waits_for_its_time_and_counts_attempts(store):
+def test_a_retry_waits_for_its_time_and_counts_attempts(store: Store) -> None:
     store.enqueue_many([_found("a.jpg")])
-    job = store.claim(60)
+    job = _claimed(store)
     assert store.retry_later(job.id, time.time() + 3600, "boom") == 1
     assert store.claim(60) is None
     later = store.next_ready_at()
@@ -149,15 +166,15 @@ def test_a_retry_waits_for_its_time_and_counts_attempts(store):
     assert store.counts()["f"]["retry_wait"] == 1
     # Due now: promoted by the next claim.
     store.release(job.id)
-    job = store.claim(60)
+    job = _claimed(store)
     assert store.retry_later(job.id, time.time() - 1, "again", resend=True) == 2
-    again = store.claim(60)
+    again = _claimed(store)
     assert again is not None and again.id == job.id and again.attempts == 2 and again.resend
 
 
-def test_done_and_quarantined_jobs_keep_what_they_need(store):
+def test_done_and_quarantined_jobs_keep_what_they_need(store: Store) -> None:
     store.enqueue_many([_found("a.jpg"), _found("b.jpg")])
-    a, b = store.claim(60), store.claim(60)
+    a, b = _claimed(store), _claimed(store)
     store.set_sha256(a.id, "ab" * 32)
     store.complete(a.id, ["a.png", "a.mask.png"])
     store.quarantine(b.id, "corrupt_image", "bad bytes", None, "b~2.jpg")
@@ -176,7 +193,7 @@ def test_done_and_quarantined_jobs_keep_what_they_need(store):
     assert store.counts()["f"]["pending"] == 1
 
 
-def test_recover_returns_jobs_in_flight_marked_as_resends(make_store):
+def test_recover_returns_jobs_in_flight_marked_as_resends(make_store: Callable[[], Store]) -> None:
     first = make_store()
     first.enqueue_many([_found("a.jpg")])
     assert first.claim(60) is not None
@@ -189,9 +206,9 @@ def test_recover_returns_jobs_in_flight_marked_as_resends(make_store):
     assert job is not None and job.resend
 
 
-def test_output_names_are_claimed_once_and_stay_their_owners(store):
+def test_output_names_are_claimed_once_and_stay_their_owners(store: Store) -> None:
     store.enqueue_many([_found("a.jpg"), _found("a.webp")])
-    a, b = store.claim(60), store.claim(60)
+    a, b = _claimed(store), _claimed(store)
     assert store.claim_output("f", a.id, iter(["a.png", "a.jpg.png"])) == "a.png"
     assert store.claim_output("f", b.id, iter(["a.png", "a.webp.png"])) == "a.webp.png"
     assert store.claim_output("f", a.id, iter(["a.png"])) == "a.png"
@@ -203,7 +220,7 @@ def test_output_names_are_claimed_once_and_stay_their_owners(store):
         store.claim_output("f", 10**9, iter([]))
 
 
-def test_state_values_and_the_oldest_open_job(store):
+def test_state_values_and_the_oldest_open_job(store: Store) -> None:
     assert store.get_state("paused") is None
     store.set_state("paused", "credit_floor")
     assert store.get_state("paused") == "credit_floor"
@@ -216,19 +233,21 @@ def test_state_values_and_the_oldest_open_job(store):
     assert oldest is not None and before - 5 <= oldest <= time.time() + 5
 
 
-def test_a_name_that_is_not_utf8_is_a_queue_error_not_a_crash(store):
+def test_a_name_that_is_not_utf8_is_a_queue_error_not_a_crash(store: Store) -> None:
     with pytest.raises(QueueError):
         store.enqueue_many([_found("caf\udce9.jpg")])
     assert store.counts() == {}
 
 
-def test_two_handles_claiming_at_once_never_take_one_job_twice(make_store):
+def test_two_handles_claiming_at_once_never_take_one_job_twice(
+    make_store: Callable[[], Store],
+) -> None:
     handles = [make_store() for _ in range(4)]
     handles[0].enqueue_many([_found(f"{i:03}.jpg", f"f{i % 3}") for i in range(60)])
     taken: list[int] = []
     lock = threading.Lock()
 
-    def drain(store: Any) -> None:
+    def drain(store: Store) -> None:
         while True:
             try:
                 job = store.claim(60)
@@ -247,32 +266,36 @@ def test_two_handles_claiming_at_once_never_take_one_job_twice(make_store):
     assert sorted(taken) == sorted(set(taken)) and len(taken) == 60
 
 
-def test_a_new_database_is_created_once_and_a_second_handle_finds_it(make_store):
+def test_a_new_database_is_created_once_and_a_second_handle_finds_it(
+    make_store: Callable[[], Store],
+) -> None:
     first = make_store()
     assert first.created is True
     first.enqueue_many([_found("a.jpg")])
     second = make_store()
     assert second.created is False
-    assert second.find("f", "a.jpg") is not None
+    assert find_job(second, "f", "a.jpg") is not None
 
 
-def test_a_newer_schema_is_refused_with_a_clear_message(make_store, bump_schema):
+def test_a_newer_schema_is_refused_with_a_clear_message(
+    make_store: Callable[[], Store], bump_schema: Callable[[int], None]
+) -> None:
     make_store().close()
     bump_schema(99)
     with pytest.raises(QueueError, match=r"schema version 99.*upgrade bgsyncd"):
         make_store()
 
 
-def test_an_open_store_is_not_lost_and_is_writable(store):
+def test_an_open_store_is_not_lost_and_is_writable(store: Store) -> None:
     assert store.lost() is None
     store.check_writable()
     store.check_writable()
     assert store.lost() is None
 
 
-def test_find_and_get_return_the_job_or_none(store):
+def test_a_queued_file_is_recorded_pending_and_forget_deletes_it(store: Store) -> None:
     assert len(store.enqueue_many([_found("a.jpg", size=12, mtime_ns=5, inode=9)])) == 1
-    job = store.find("f", "a.jpg")
+    job = find_job(store, "f", "a.jpg")
     assert job is not None
     assert (job.folder, job.relpath, job.size, job.mtime_ns, job.inode) == ("f", "a.jpg", 12, 5, 9)
     assert (job.state, job.attempts, job.resend, job.sha256, job.outputs) == (
@@ -282,32 +305,35 @@ def test_find_and_get_return_the_job_or_none(store):
         None,
         (),
     )
-    assert store.get(job.id) == job
-    assert store.find("f", "b.jpg") is None and store.find("g", "a.jpg") is None
+    assert get_job(store, job.id) == job
+    assert find_job(store, "f", "b.jpg") is None and find_job(store, "g", "a.jpg") is None
     store.forget(job.id)
-    assert store.get(job.id) is None and store.find("f", "a.jpg") is None
+    assert get_job(store, job.id) is None and find_job(store, "f", "a.jpg") is None
 
 
-def test_adopt_records_done_with_its_names_and_refuses_a_known_path_or_a_taken_name(store):
+def test_adopt_records_done_with_its_names_and_refuses_a_known_path_or_a_taken_name(
+    store: Store,
+) -> None:
     assert store.adopt(_found("a.jpg"), ["a.png", "a.mask.png"]) is True
-    job = store.find("f", "a.jpg")
+    job = find_job(store, "f", "a.jpg")
     assert job is not None and job.state == "done" and job.outputs == ("a.png", "a.mask.png")
     assert store.claimed_outputs(job.id) == ["a.mask.png", "a.png"]
     assert store.adopt(_found("a.jpg"), ["other.png"]) is False  # the path is known
     # b wants a name a owns: nothing of b is recorded.
     assert store.adopt(_found("b.jpg"), ["b.png", "a.png"]) is False
-    assert store.find("f", "b.jpg") is None
+    assert find_job(store, "f", "b.jpg") is None
     store.enqueue_many([_found("c.jpg")])
-    c = store.claim(60)
+    c = _claimed(store)
     assert store.claim_output("f", c.id, iter(["b.png", "c.png"])) == "b.png"  # b.png stayed free
     assert store.counts()["f"]["done"] == 1 and store.claim(60) is None
 
 
-def test_defer_waits_without_counting_an_attempt(store):
+def test_defer_waits_without_counting_an_attempt(store: Store) -> None:
     store.enqueue_many([_found("a.jpg")])
-    job = store.claim(60)
+    job = _claimed(store)
     store.defer(job.id, time.time() + 3600, "not quiet yet")
-    deferred = store.get(job.id)
+    deferred = get_job(store, job.id)
+    assert deferred is not None
     assert (deferred.state, deferred.attempts, deferred.last_error) == (
         "retry_wait",
         0,
@@ -317,22 +343,24 @@ def test_defer_waits_without_counting_an_attempt(store):
     at = store.next_ready_at()
     assert at is not None and time.time() + 3500 < at < time.time() + 3700
     store.defer(job.id, time.time() - 1, "quiet now")
-    again = store.claim(60)
+    again = _claimed(store)
     assert again is not None and again.id == job.id and again.attempts == 0
 
 
-def test_release_puts_a_job_back_without_an_attempt_and_marks_a_possible_resend(store):
+def test_release_puts_a_job_back_without_an_attempt_and_marks_a_possible_resend(
+    store: Store,
+) -> None:
     store.enqueue_many([_found("a.jpg")])
-    job = store.claim(60)
+    job = _claimed(store)
     store.release(job.id)
-    again = store.claim(60)
+    again = _claimed(store)
     assert again.id == job.id and again.attempts == 0 and not again.resend
     store.release(job.id, resend=True)
-    third = store.claim(60)
+    third = _claimed(store)
     assert third.id == job.id and third.resend
 
 
-def test_next_ready_at_is_none_when_empty_and_now_when_work_is_pending(store):
+def test_next_ready_at_is_none_when_empty_and_now_when_work_is_pending(store: Store) -> None:
     assert store.next_ready_at() is None
     store.enqueue_many([_found("a.jpg")])
     before = time.time()
@@ -341,7 +369,7 @@ def test_next_ready_at_is_none_when_empty_and_now_when_work_is_pending(store):
     assert store.next_ready_at(["f"]) is not None and store.next_ready_at(["g"]) is None
 
 
-def test_quarantined_jobs_list_oldest_first_across_folders(store):
+def test_quarantined_jobs_list_oldest_first_across_folders(store: Store) -> None:
     store.enqueue_many([_found("b1", "b")])
     store.enqueue_many([_found("a1", "a")])
     store.enqueue_many([_found("a2", "a")])
@@ -354,14 +382,17 @@ def test_quarantined_jobs_list_oldest_first_across_folders(store):
     assert store.oldest_pending_queued_at() is None  # quarantined jobs are not open
 
 
-def test_output_claims_racing_for_one_name_give_it_to_one_job(make_store):
+def test_output_claims_racing_for_one_name_give_it_to_one_job(
+    make_store: Callable[[], Store],
+) -> None:
     handles = [make_store() for _ in range(6)]
     handles[0].enqueue_many([_found(f"x.{i}.jpg") for i in range(6)])
-    jobs = [handles[0].find("f", f"x.{i}.jpg") for i in range(6)]
+    jobs = [j for i in range(6) if (j := find_job(handles[0], "f", f"x.{i}.jpg")) is not None]
+    assert len(jobs) == 6
     start = threading.Barrier(len(handles))
     got: dict[int, str] = {}
 
-    def race(store: Any, job_id: int) -> None:
+    def race(store: Store, job_id: int) -> None:
         start.wait(10)
         for _ in range(50):
             try:
@@ -384,13 +415,15 @@ def test_output_claims_racing_for_one_name_give_it_to_one_job(make_store):
         assert job_id in winners or name == f"x.{job_id}.png"
 
 
-def test_concurrent_claims_limited_to_folders_take_only_those_and_each_once(make_store):
+def test_concurrent_claims_limited_to_folders_take_only_those_and_each_once(
+    make_store: Callable[[], Store],
+) -> None:
     handles = [make_store() for _ in range(4)]
     handles[0].enqueue_many([_found(f"{i:03}.jpg", f"f{i % 3}") for i in range(60)])
     taken: list[tuple[int, str]] = []
     lock = threading.Lock()
 
-    def drain(store: Any) -> None:
+    def drain(store: Store) -> None:
         while True:
             try:
                 job = store.claim(60, ["f0", "f1"])
@@ -412,24 +445,26 @@ def test_concurrent_claims_limited_to_folders_take_only_those_and_each_once(make
     assert handles[0].counts()["f2"]["pending"] == 20
 
 
-def test_a_read_only_view_answers_beside_a_writer_and_refuses_writes(store, open_view):
+def test_a_read_only_view_answers_beside_a_writer_and_refuses_writes(
+    store: Store, open_view: Callable[[], Store]
+) -> None:
     store.enqueue_many([_found("a.jpg"), _found("b.jpg")])
     store.set_state("paused", "credit_floor")
     view = open_view()
     assert view.counts() == store.counts()
     assert view.get_state("paused") == "credit_floor"
-    assert view.find("f", "a.jpg") == store.find("f", "a.jpg")
+    assert find_job(view, "f", "a.jpg") == find_job(store, "f", "a.jpg")
     assert view.created is False and view.lost() is None
     with pytest.raises(QueueError):
         view.enqueue_many([_found("c.jpg")])
     with pytest.raises(QueueError):
         view.set_state("paused", None)
-    assert store.get_state("paused") == "credit_floor" and store.find("f", "c.jpg") is None
+    assert store.get_state("paused") == "credit_floor" and find_job(store, "f", "c.jpg") is None
 
 
-def test_jobs_waiting_on_a_retry_are_listed_soonest_first(store):
+def test_jobs_waiting_on_a_retry_are_listed_soonest_first(store: Store) -> None:
     store.enqueue_many([_found("late.jpg"), _found("soon.jpg"), _found("done.jpg")])
-    jobs = {j.relpath: j for j in (store.claim(60), store.claim(60), store.claim(60))}
+    jobs = {j.relpath: j for j in (_claimed(store), _claimed(store), _claimed(store))}
     store.retry_later(jobs["late.jpg"].id, time.time() + 7200, "later")
     store.retry_later(jobs["soon.jpg"].id, time.time() + 3600, "sooner")
     store.complete(jobs["done.jpg"].id, ["done.png"])

@@ -23,9 +23,21 @@ from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.worker import Kind, Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import product_image, wait_until
+from tests.jobs import get_job
 
 # Either image endpoint: "proxy" mode (the default) sends to the alpha channel.
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+
+# Every client a test's worker opened, closed when the test ends (pass or fail).
+_clients: list[Client] = []
+
+
+@pytest.fixture(autouse=True)
+def close_worker_clients() -> Iterator[None]:
+    """Close every client ``make_worker`` opened (modules importing it import this too)."""
+    yield
+    while _clients:
+        _clients.pop().close()
 
 
 def make_worker(tmp_path: Path, emu: Emulator, queue: Queue, **folder: object) -> Worker:
@@ -37,6 +49,7 @@ def make_worker(tmp_path: Path, emu: Emulator, queue: Queue, **folder: object) -
         **folder,
     )
     client = Client(emu.url, TEST_KEY, 10)
+    _clients.append(client)
     config = WorkerConfig(
         folders={"f": settings},
         max_upload_bytes=10 * 1024 * 1024,
@@ -72,7 +85,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     assert again is not None and again.resend
     assert worker.process(again).kind is Kind.DONE
     assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == sent
-    done = queue.get(job.id)
+    done = get_job(queue, job.id)
     assert done is not None and done.state == "done"
 
     # New content at the same path: newer than its outputs, so it is sent.
@@ -151,7 +164,7 @@ def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_cred
         code = errno.ENOSPC if fault == "full" else errno.EROFS
         assert f"[Errno {code}]" in str(result.pause_context["error"])
         assert result.pause_context["folder_path"] == str(outbox)
-        after = queue.get(job.id)
+        after = get_job(queue, job.id)
         assert after is not None and (after.state, after.attempts) == ("pending", 0)
         assert not (tmp_path / "quarantine").exists()
         assert (tmp_path / "inbox" / "p.jpg").exists()
@@ -188,7 +201,7 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
     for attempt in range(1, 5):
         result = worker.process(job)
         assert result.kind is Kind.RETRY
-        now = queue.get(job.id)
+        now = get_job(queue, job.id)
         assert now is not None and now.attempts == attempt and not now.resend
         assert now.last_error is not None and any(r in now.last_error for r in refused)
         job = wait_until(lambda: queue.claim(60), what="the retry")
@@ -245,7 +258,7 @@ def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
         src.write_bytes(product_image())
         return real_quarantine(*args, **kwargs)  # type: ignore[arg-type]
 
-    worker._quarantine = rewrite_first  # type: ignore[method-assign]
+    worker._quarantine = rewrite_first  # type: ignore[method-assign,assignment]
     result = worker.process(job)
     assert result.kind is not Kind.QUARANTINED
     assert src.read_bytes() == product_image()
