@@ -377,6 +377,7 @@ def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
     this file's subject); everything the account shares is in PostgreSQL.
     """
     made: list[Dispatcher] = []
+    clients: list[Client] = []
 
     def make(name: str, floor: int = 0) -> tuple[Dispatcher, Queue, Path]:
         root = tmp_path / name
@@ -385,6 +386,7 @@ def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
         queue = Queue(root / "q.sqlite3")
         pacer = Pacer(1000, 60.0, PgRequestLog(pg, ACCOUNT))
         client = Client(emulator.url, TEST_KEY, 10, gate=pacer.acquire)
+        clients.append(client)
         d = Dispatcher(
             queue,
             make_worker(root, emulator, queue),
@@ -403,6 +405,8 @@ def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
     yield make
     for d in made:
         d.stop(5)
+    for client in clients:
+        client.close()
 
 
 def enqueue(root: Path, queue: Queue, name: str) -> None:
