@@ -149,6 +149,7 @@ class Daemon:
         # Counted before the start-up scan: the jobs a run of `once` starts with.
         self._once = self._make_once() if once else None
         self.watchers = WatcherSwap(self._make_watcher(settings), self._make_watcher)
+        self._reloads = 0  # SIGHUPs taken; logged so an operator sees which is in force
         self.notifier = Notifier.from_environ(os.environ)
 
     # -- wiring helpers --------------------------------------------------------------
@@ -420,6 +421,7 @@ class Daemon:
 
     def reload(self) -> None:
         """Re-read the configuration and the key; re-check credits at once."""
+        self._reloads += 1
         try:
             new = load_settings(self.settings.config_path)
             key = require_api_key(new)
@@ -459,11 +461,11 @@ class Daemon:
         if new.folders != old.folders or any(
             getattr(new.queue, k) != getattr(old.queue, k) for k in watching
         ):
-            self.watchers.request(new)
+            self.watchers.request(new, self._reloads)
         else:
             self.watcher.rescan()
         self.settings = new
-        log.info("config.reloaded", folders=[f.name for f in new.folders])
+        log.info("config.reloaded", folders=[f.name for f in new.folders], reload=self._reloads)
         self.dispatcher.recheck_credits()
 
     def _secrets(self) -> Sequence[str]:

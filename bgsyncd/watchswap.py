@@ -24,7 +24,7 @@ class WatcherSwap:
         self.watcher = first
         self._make_watcher = make
         self._swap_cond = threading.Condition()
-        self._swap_wanted: Settings | None = None
+        self._swap_wanted: tuple[Settings, int] | None = None
         self._swap_stopping = False
         self._starting: Watcher | None = None
         self._swapper = threading.Thread(target=self._swap_loop, name="bgsyncd-reload", daemon=True)
@@ -65,12 +65,16 @@ class WatcherSwap:
             raise result
         return result
 
-    def request(self, settings: Settings) -> None:
-        """Watch ``settings``' folders soon; a newer request replaces one not yet begun."""
+    def request(self, settings: Settings, reload: int) -> None:
+        """Watch ``settings``' folders soon; a newer request replaces one not yet begun.
+
+        ``reload`` numbers the reload that read ``settings``; ``config.watching``
+        names it, so an operator (or a test) knows which reload is in force.
+        """
         # Off the main loop: a full scan of a large inbox must not starve
         # the systemd watchdog. The swapper takes the newest wish only.
         with self._swap_cond:
-            self._swap_wanted = settings
+            self._swap_wanted = (settings, reload)
             self._swap_cond.notify_all()
 
     def _swap_loop(self) -> None:
@@ -88,14 +92,20 @@ class WatcherSwap:
                     self._swap_cond.wait()
                 if self._swap_stopping:
                     return
-                settings, self._swap_wanted = self._swap_wanted, None
-                assert settings is not None
+                wanted, self._swap_wanted = self._swap_wanted, None
+                assert wanted is not None
+                settings, reload = wanted
                 new = self._starting = self._make_watcher(settings)
             names = [f.name for f in settings.folders]
             try:
                 new.start()
             except Exception as exc:
-                log.error("config.watch_failed", error=str(exc), note="still watching the old")
+                log.error(
+                    "config.watch_failed",
+                    reload=reload,
+                    error=str(exc),
+                    note="still watching the old",
+                )
                 new.stop()
                 with self._swap_cond:
                     self._starting = None
@@ -108,10 +118,10 @@ class WatcherSwap:
                     old, self.watcher = self.watcher, new
             if abandoned:
                 new.stop()
-                log.info("config.watch_abandoned", folders=names, note="stopping")
+                log.info("config.watch_abandoned", folders=names, reload=reload, note="stopping")
                 return
             old.stop()
-            log.info("config.watching", folders=names)
+            log.info("config.watching", folders=names, reload=reload)
 
     def _swap_stop_requested(self) -> bool:
         return self._swap_stopping
