@@ -25,7 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bgsyncd.config import parse_listen
+from bgsyncd.config_rules import parse_listen
 from bgsyncd.logs import get_logger
 
 if TYPE_CHECKING:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from bgsyncd.cli import render_settings
 from bgsyncd.config import (
     DEFAULT_CONFIG_PATH,
     ApiSettings,
@@ -27,10 +28,9 @@ from bgsyncd.config import (
     Settings,
     config_path,
     load_settings,
-    parse_listen,
-    render_settings,
     require_api_key,
 )
+from bgsyncd.config_rules import parse_listen
 from bgsyncd.errors import ConfigError
 
 if sys.version_info >= (3, 11):

@@ -1,0 +1,117 @@
+"""The configuration's cross-key rules, and the values only a rule can read.
+
+Part of loading the configuration (``config.load_settings`` calls
+``check_rules``); every problem is a ``ConfigError`` naming the key and the
+file. ``parse_listen`` also gives the metrics server its address.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bgsyncd import layout
+from bgsyncd.config_errors import invalid
+
+if TYPE_CHECKING:  # config imports this module; only the type is needed here
+    from bgsyncd.config import Settings
+
+# A smaller answer cap would refuse an ordinary 1024-pixel matte.
+MIN_RESPONSE_BYTES = 1024 * 1024
+
+
+def check_rules(settings: Settings, file: Path, *, check_folders: bool = True) -> None:
+    """The rules no single field can check: combinations, folders, overlaps."""
+    if not settings.api.base_url.startswith(("http://", "https://")):
+        raise invalid(
+            file,
+            "api.base_url",
+            f"must start with http:// or https:// (got {settings.api.base_url!r})",
+        )
+    if 0 < settings.api.max_response_bytes < MIN_RESPONSE_BYTES:
+        raise invalid(
+            file,
+            "api.max_response_bytes",
+            f"{settings.api.max_response_bytes} bytes would refuse ordinary answers: use 0"
+            f" (automatic) or at least {MIN_RESPONSE_BYTES} (1 MiB)",
+        )
+    _check_backend(settings, file)
+    try:
+        parse_listen(settings.metrics.listen)
+    except ValueError as exc:
+        raise invalid(file, "metrics.listen", str(exc)) from None
+    names: dict[str, int] = {}
+    for i, f in enumerate(settings.folder):
+        key = f"folder[{i}]"
+        if f.name in names:
+            raise invalid(
+                file,
+                f"{key}.name",
+                f"folder[{names[f.name]}] already has the name {f.name!r} "
+                "(a name defaults to the inbox's last path component; set name to tell them apart)",
+            )
+        names[f.name] = i
+        if f.format == "jpeg" and not f.background:
+            raise invalid(
+                file, f"{key}.background", 'format = "jpeg" needs a background colour ("#rrggbb")'
+            )
+        if f.after_success == "move" and f.done is None:
+            raise invalid(file, f"{key}.done", 'after_success = "move" needs a done folder')
+    if check_folders:
+        layout.check_folders(settings.folder, file)
+
+
+def _check_backend(settings: Settings, file: Path) -> None:
+    """``[queue]`` backend rules: a DSN for PostgreSQL, never one carrying a password."""
+    queue = settings.queue
+    if queue.backend == "sqlite":
+        for i, f in enumerate(settings.folder):
+            if f.shared:
+                raise invalid(
+                    file, f"folder[{i}].shared", 'a shared folder needs backend = "postgresql"'
+                )
+        return
+    if not queue.dsn.strip():
+        raise invalid(
+            file,
+            "queue.dsn",
+            'backend = "postgresql" needs a libpq DSN'
+            ' (e.g. "postgresql://bgsyncd@db.internal/bgsyncd")',
+        )
+    if dsn_has_password(queue.dsn):
+        raise invalid(
+            file,
+            "queue.dsn",
+            "must not carry a password: put it in PGPASSFILE or ~/.pgpass, in PGPASSWORD,"
+            " or in the systemd credential db_password",
+        )
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """``dsn`` (URI or key=value) writes a password, in any of libpq's spellings."""
+    if re.search(r"(^|\s)password\s*=", dsn):
+        return True
+    if re.search(r"[?&]password=", dsn):
+        return True
+    return re.match(r"^[a-z]+://[^/@\s]*:[^@/\s]*@", dsn) is not None
+
+
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); ``""`` -> None.
+
+    An empty host (``":9808"``) means every interface, as Prometheus exporters do.
+    """
+    listen = listen.strip()
+    if not listen:
+        return None
+    host, sep, port = listen.rpartition(":")
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(f"expected host:port or [v6addr]:port, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"put an IPv6 address in brackets ([::1]:9808), got {listen!r}")
+    if re.search(r"[\s\[\]/]", host):
+        raise ValueError(f"expected host:port, got {listen!r}")
+    return host or "0.0.0.0", int(port)
