@@ -57,21 +57,16 @@ import httpx
 
 from bgsyncd import __version__, answers, errors
 from bgsyncd.deadline import DEADLINE_PASSED, DeadlineBackend, deadline_transport
-from bgsyncd.formats import media_type
-
-# Endpoint names double as the ``endpoint`` metric label.
-REMOVE_BACKGROUND = "image-without-background"
-REMOVE_BACKGROUND_BASE64 = "image-without-background-base64"
-ALPHA_CHANNEL = "alpha-channel"
-ALPHA_CHANNEL_BASE64 = "alpha-channel-base64"
-AVAILABLE_CREDIT = "available-credit"
-ENDPOINTS = (
-    REMOVE_BACKGROUND,
-    REMOVE_BACKGROUND_BASE64,
+from bgsyncd.endpoints import (
     ALPHA_CHANNEL,
     ALPHA_CHANNEL_BASE64,
     AVAILABLE_CREDIT,
+    ENDPOINTS,
+    REMOVE_BACKGROUND,
+    REMOVE_BACKGROUND_BASE64,
 )
+from bgsyncd.formats import media_type
+
 _PATHS = {name: f"/v1.0/{name}" for name in ENDPOINTS} | {AVAILABLE_CREDIT: "/available-credit"}
 
 _STATUS_ERRORS: dict[int, type[errors.ApiError]] = {

@@ -1,4 +1,4 @@
-"""The Prometheus recorder, and the small HTTP server for /metrics and /healthz.
+"""The Prometheus recorder, served on /metrics and /healthz by :mod:`bgsyncd.metrics_http`.
 
 The rest of bgsyncd talks to a :class:`Recorder`, never to prometheus_client (which
 is imported here alone). The base :class:`Recorder` does nothing; :class:`Metrics`
@@ -14,43 +14,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import socket
-import socketserver
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bgsyncd.config_rules import parse_listen
+from bgsyncd.endpoints import ENDPOINTS, UPLOAD_ENDPOINTS
 from bgsyncd.logs import get_logger
+from bgsyncd.metrics_http import MetricsServer
+from bgsyncd.pauses import REASONS
+from bgsyncd.storage import STATES
 
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
 OUTCOMES = ("success", "cached", "quarantined")
-PAUSE_REASONS = (
-    "credit_floor",
-    "invalid_api_key",
-    "insufficient_credits",
-    "credits_expired",
-    "api_malformed",
-    "unexpected_redirect",
-    "output_unwritable",
-    "queue_unavailable",
-)
-UPLOAD_ENDPOINTS = ("image-without-background", "alpha-channel")
-ENDPOINTS = (
-    "image-without-background",
-    "image-without-background-base64",
-    "alpha-channel",
-    "alpha-channel-base64",
-    "available-credit",
-)
 # An API call takes from a tenth of a second to the 120 s default timeout.
 API_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 90.0, 120.0)
 # Queued -> written includes waiting for the rate limit: seconds to most of a day.
@@ -154,17 +132,16 @@ class Metrics(Recorder):
         # Start with a grace period: the loop has until stall_seconds to beat first.
         self._last_beat = clock()
         self._crashed = False
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self._define(self.registry)
-        self._metrics_app = prometheus_client.make_wsgi_app(self.registry)
+        metrics_app = prometheus_client.make_wsgi_app(self.registry)
+        self._server = MetricsServer(metrics_app, self.healthy)
         self._build_info.labels(version=version).set(1)
         for state in STATES:
             self._jobs.labels(state=state).set(0)
-        for reason in PAUSE_REASONS:
+        for reason in REASONS:
             self._paused.labels(reason=reason).set(0)
-        self._reasons = list(PAUSE_REASONS)
+        self._reasons = list(REASONS)
         for endpoint in ENDPOINTS:
             self._api_requests.labels(endpoint=endpoint, code="200")
             self._api_duration.labels(endpoint=endpoint)
@@ -370,68 +347,13 @@ class Metrics(Recorder):
     @property
     def port(self) -> int | None:
         """The bound port once started (useful with port 0), else None."""
-        return self._server.server_port if self._server is not None else None
+        return self._server.port
 
     def start(self) -> None:
         """Serve /metrics and /healthz in a daemon thread; nothing when listen is ''."""
-        if self._address is None or self._server is not None:
-            return
-        host, port = self._address
-        server_class = _Server6 if ":" in host else _Server
-        self._server = make_server(host, port, self._app, server_class, _QuietHandler)
-        # serve_forever polls for shutdown: 0.1 s keeps stop() quick at ten cheap
-        # wake-ups a second.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="bgsyncd-metrics",
-            daemon=True,
-        )
-        self._thread.start()
-        _log.info("metrics.listening", host=host, port=self.port)
+        if self._address is not None:
+            self._server.start(*self._address)
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/metrics":
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
-        if path == "/healthz":
-            ok = self.healthy()
-            status = "200 OK" if ok else "503 Service Unavailable"
-            body = b"ok\n" if ok else b"main loop stalled\n"
-        elif path == "/":
-            status, body = "200 OK", b"bgsyncd: see /metrics and /healthz\n"
-        else:
-            status, body = "404 Not Found", b"not found\n"
-        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-        return [body]
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can
-        # hang for seconds without DNS; the name is never used here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-        self.setup_environ()
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        """Scrapes every few seconds are not worth a log line."""
+        self._server.stop()

@@ -16,10 +16,11 @@ from pathlib import PurePath
 
 from bgsyncd import cache, imaging
 from bgsyncd.client import Client
+from bgsyncd.endpoints import ALPHA_CHANNEL, REMOVE_BACKGROUND
 from bgsyncd.errors import ApiError, Stopped
 from bgsyncd.metrics import Recorder
 
-ENDPOINT_NAMES = {"alpha_channel": "alpha-channel", "remove_background": "image-without-background"}
+ENDPOINT_NAMES = {"alpha_channel": ALPHA_CHANNEL, "remove_background": REMOVE_BACKGROUND}
 """The client method a plan names -> the endpoint's name in metrics."""
 
 _SERVES = {

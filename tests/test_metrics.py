@@ -17,14 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from bgsyncd.metrics import (
-    ENDPOINTS,
-    OUTCOMES,
-    PAUSE_REASONS,
-    STATES,
-    Metrics,
-    Recorder,
-)
+from bgsyncd.endpoints import ENDPOINTS
+from bgsyncd.metrics import OUTCOMES, Metrics, Recorder
+from bgsyncd.pauses import REASONS
+from bgsyncd.storage import STATES
 from tests.helpers import FakeClock
 
 # SPEC section 6, verbatim: name -> (type, label names).
@@ -127,7 +123,7 @@ def test_series_exist_from_the_start(metrics: Metrics) -> None:
         assert value(metrics, "bgsyncd_folder_up", folder=folder) == 0
     for state in STATES:
         assert value(metrics, "bgsyncd_jobs", state=state) == 0
-    for reason in PAUSE_REASONS:
+    for reason in REASONS:
         assert value(metrics, "bgsyncd_dispatch_paused", reason=reason) == 0
     for endpoint in ENDPOINTS:
         assert value(metrics, "bgsyncd_api_request_duration_seconds_count", endpoint=endpoint) == 0
@@ -195,7 +191,7 @@ def test_api_credits_pauses_and_queue(metrics: Metrics) -> None:
     assert value(metrics, "bgsyncd_jobs", state="retry_wait") == 0  # missing from the counts
     assert value(metrics, "bgsyncd_oldest_pending_age_seconds") == 12.5
     paused = {s.labels["reason"]: s.value for s in samples(metrics, "bgsyncd_dispatch_paused")}
-    assert paused == {r: (1 if r == "credit_floor" else 0) for r in PAUSE_REASONS}
+    assert paused == {r: (1 if r == "credit_floor" else 0) for r in REASONS}
 
     metrics.paused("invalid_api_key")
     assert value(metrics, "bgsyncd_dispatch_paused", reason="invalid_api_key") == 1
