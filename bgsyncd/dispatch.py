@@ -36,7 +36,8 @@ from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift, Pauses
 from bgsyncd.queue import Job, Queue
-from bgsyncd.worker import Kind, Result, Worker
+from bgsyncd.results import Kind, Result
+from bgsyncd.worker import Worker
 
 log = get_logger("bgsyncd.dispatch")
 

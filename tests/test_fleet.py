@@ -410,7 +410,8 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     from bgsyncd.pgfleet import Hosts
     from bgsyncd.pgqueue import PgQueue
     from bgsyncd.queue import Found, Queue
-    from bgsyncd.worker import Kind, Worker, WorkerConfig
+    from bgsyncd.results import Kind
+    from bgsyncd.worker import Worker, WorkerConfig
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -26,7 +26,8 @@ from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.emulator.bodies import form_image
 from bgsyncd.metrics import Metrics, Recorder
 from bgsyncd.queue import Found, Queue
-from bgsyncd.worker import Kind, Result, Worker, WorkerConfig
+from bgsyncd.results import Kind, Result
+from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import open_image, product_image, wait_until
 from tests.hostile import Answer, HostileServer, Request

@@ -20,7 +20,8 @@ from bgsyncd.config import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.metrics import Recorder
 from bgsyncd.queue import Found, Job, Queue
-from bgsyncd.worker import Kind, Worker, WorkerConfig
+from bgsyncd.results import Kind
+from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import product_image, wait_until
 from tests.jobs import get_job
@@ -252,17 +253,17 @@ def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
     job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
     src = tmp_path / "inbox" / "p.jpg"
     # Between the verdict and the move, a writer rewrites the file in place.
-    real_quarantine = worker._quarantine
+    real_quarantine = worker._applier.quarantine
 
     def rewrite_first(*args: object, **kwargs: object) -> object:
         src.write_bytes(product_image())
         return real_quarantine(*args, **kwargs)  # type: ignore[arg-type]
 
-    worker._quarantine = rewrite_first  # type: ignore[method-assign,assignment]
+    worker._applier.quarantine = rewrite_first  # type: ignore[method-assign,assignment]
     result = worker.process(job)
     assert result.kind is not Kind.QUARANTINED
     assert src.read_bytes() == product_image()
     again = queue.claim(60)
     assert again is not None and again.size == len(product_image()) and again.attempts == 0
-    worker._quarantine = real_quarantine  # type: ignore[method-assign]
+    worker._applier.quarantine = real_quarantine  # type: ignore[method-assign]
     assert worker.process(again).kind is Kind.DONE
