@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from bgsyncd.credits import CreditGuard
-from bgsyncd.metrics import Metrics
+from bgsyncd.metrics import Recorder
 from bgsyncd.notify import Notifier
 from bgsyncd.queue import STATES, Queue
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
@@ -31,7 +31,7 @@ class Publisher:
         self,
         queue: Queue,
         credits: CreditGuard,
-        metrics: Metrics,
+        metrics: Recorder,
         notifier: Notifier,
         paused: Callable[[], str | None],
         *,
