@@ -10,76 +10,60 @@ handlers only set flags: the main loop does the work.
 
 from __future__ import annotations
 
-import faulthandler
 import os
-import signal
 import sys
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from bgsyncd import __version__, outputs
 from bgsyncd.adoption import Adopter
 from bgsyncd.backends import open_backend
 from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
-from bgsyncd.dblock import lock_database, lock_path
+from bgsyncd.dblock import DatabaseLock, database_lost
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.ingest import Ingest
+from bgsyncd.layout import output_trees
+from bgsyncd.local_faults import LocalFaults
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics
 from bgsyncd.notify import Notifier
 from bgsyncd.once import EXIT_OK, OnceRun
 from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
-from bgsyncd.probe import OutputProbe
-from bgsyncd.queue import STATES, Found, QueueError
-from bgsyncd.queue_faults import identity_of_fd, lost_reason
-from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
+from bgsyncd.pauses import QUEUE_UNAVAILABLE
+from bgsyncd.publisher import REFRESH_SECONDS, Publisher
+from bgsyncd.queue import Found, QueueError
+from bgsyncd.reload import restart_needed, watcher_changed, worker_config
+from bgsyncd.signals import Signals
 from bgsyncd.supervise import Supervisor
 from bgsyncd.watcher import Watcher
 from bgsyncd.watchswap import WatcherSwap
-from bgsyncd.worker import Worker, WorkerConfig
+from bgsyncd.worker import Worker
 
 log = get_logger("bgsyncd.daemon")
-
-REFRESH_SECONDS = 5.0
 
 
 class Daemon:
     """One running bgsyncd: build with settings, then ``run()``."""
 
     def __init__(self, settings: Settings, *, once: bool = False) -> None:
-        if not settings.folders:
-            raise ConfigError(f"{settings.config_path}: folder: no [[folder]] is configured")
+        self._key = _runnable_key(settings)
         self.settings = settings
         self.once = once
-        self._key = require_api_key(settings)
         configure_logging(settings.logging.format, settings.logging.level, self._secrets)
         for warning in settings.warnings:
             log.warning("config.warning", warning=warning)
-        self._stop = threading.Event()
-        self._reload = threading.Event()
-        self._wake = threading.Event()
-        self._dirty = threading.Event()
-        self._signals = 0
+        self.signals = Signals()
         self._old_clients: list[Client] = []
-        self._published: dict[str, str | None] = {}
-        self._published_check: float | None = None
-        self._last_refresh = 0.0
-        self._open_jobs = False
         self.stuck = False
         self._fatal: str | None = None  # why the loop ended on its own: exit 1
 
         # The database in use until exit: a reload naming another one needs a restart.
-        self._database = settings.queue.database
-        self._sqlite = settings.queue.backend == "sqlite"
-        if self._sqlite:  # a fleet's hosts are told apart by the host lock (pghost)
-            self._lock_fd = lock_database(self._database)
-            self._lock_identity = identity_of_fd(self._lock_fd)
+        # A fleet's hosts are told apart by the host lock (pghost), not this one.
+        sqlite = settings.queue.backend == "sqlite"
+        self._lock = DatabaseLock(settings.queue.database) if sqlite else None
         self._conflict: str | None = None  # the fleet gave this host_id to another daemon
         self.backend = open_backend(settings, self._key)
         self.queue = self.backend.queue
@@ -88,9 +72,8 @@ class Daemon:
         if resent:
             log.warning("queue.recovered", jobs=resent, note="outcome unknown; will be sent again")
         for folder in settings.folders:
-            for root in (folder.outbox, folder.quarantine, folder.done):
-                if root is not None:
-                    outputs.cleanup_temp_files(root)
+            for _kind, root in output_trees(folder):
+                outputs.cleanup_temp_files(root)
         self.cache = self.backend.cache
         self.pacer = Pacer(
             settings.api.rate_limit, settings.api.rate_window_seconds, self.backend.request_log
@@ -103,14 +86,27 @@ class Daemon:
             fleet=self.fleet is not None,
         )
         self.metrics.credits_floor(settings.credits.floor)
-        self.supervisor = Supervisor(self.metrics, self._request_stop)
+        self.supervisor = Supervisor(self.metrics, self.signals.request_stop)
         self.client = self._make_client(settings)
-        self.probe = OutputProbe()
+        self.notifier = Notifier.from_environ(os.environ)
+        self.publisher = Publisher(
+            self.queue,
+            self.credits,
+            self.metrics,
+            self.notifier,
+            lambda: self.dispatcher.paused,
+            ageing=not once,
+        )
+        self.faults = LocalFaults(
+            self.queue,
+            lambda: self.settings.folders,
+            lambda: self.watcher.rescan(),  # noqa: PLW0108 (replaced on reload)
+        )
         self.worker = Worker(
             self.queue,
             self.cache,
             self.metrics,
-            _worker_config(settings),
+            worker_config(settings),
             lambda: self.client,
             holds=self.fleet.holds if self.fleet is not None else None,
         )
@@ -123,8 +119,8 @@ class Daemon:
             self.metrics,
             max_in_flight=settings.api.max_in_flight,
             lease_seconds=self.backend.claim_lease,
-            on_state_change=self._dirty.set,
-            on_pause=self._on_pause,
+            on_state_change=self.publisher.dirty.set,
+            on_pause=self.faults.on_pause,
             pauses=self.backend.pauses,
         )
         if self.fleet is not None:
@@ -140,7 +136,7 @@ class Daemon:
             self.queue,
             self.metrics,
             self._queued,
-            self._stop,
+            self.signals.stop,
             adopter=self.adopter,
             on_unavailable=lambda exc: self.dispatcher.raise_pause(
                 QUEUE_UNAVAILABLE, error=str(exc)
@@ -150,7 +146,6 @@ class Daemon:
         self._once = self._make_once() if once else None
         self.watchers = WatcherSwap(self._make_watcher(settings), self._make_watcher)
         self._reloads = 0  # SIGHUPs taken; logged so an operator sees which is in force
-        self.notifier = Notifier.from_environ(os.environ)
 
     # -- wiring helpers --------------------------------------------------------------
 
@@ -190,19 +185,19 @@ class Daemon:
         return self.watchers.watcher
 
     def _wake_dispatch(self) -> None:
-        self._dirty.set()
+        self.publisher.dirty.set()
         self.dispatcher.wake()
 
     def _on_conflict(self, message: str) -> None:
         """Another daemon took this host_id while the database was away: stop (exit 1)."""
         self._conflict = message
-        self._request_stop()
+        self.signals.request_stop()
 
     def _queued(self, queued: list[Found]) -> None:
         """The ingest thread queued files: count them for `once`, publish, wake dispatch."""
         if self._once is not None:
             self._once.queued(len(queued))
-        self._dirty.set()
+        self.publisher.dirty.set()
         self.dispatcher.wake()
 
     # -- running ---------------------------------------------------------------------
@@ -212,7 +207,7 @@ class Daemon:
 
         Returns 0, or 1 when a component crashed (``daemon.crashed`` was logged).
         """
-        self._install_signals()
+        self.signals.install()
         self.supervisor.install()
         self.metrics.start()
         if self.fleet is not None:
@@ -223,14 +218,14 @@ class Daemon:
         self.dispatcher.start()
         try:
             try:
-                seen = self.watchers.start_first(self._stop, self._wake)
+                seen = self.watchers.start_first(self.signals.stop, self.signals.wake)
             except OSError as exc:
                 raise BgsyncdError(str(exc)) from None
             if seen is not None:  # else stopped during the start-up scan: never ready
                 names = [f.name for f in self.settings.folders]
                 log.info("daemon.ready", folders=names, files_seen=seen)
                 self.notifier.ready()
-                self._refresh()
+                self.publisher.refresh()
                 self._loop()
             elif self._once is not None:
                 self._once.interrupted()
@@ -251,22 +246,20 @@ class Daemon:
         interval = REFRESH_SECONDS
         if self.notifier.watchdog_interval:
             interval = min(interval, self.notifier.watchdog_interval)
-        while not self._stop.is_set():
-            self._wake.wait(0.2 if self.once else interval)
-            self._wake.clear()
-            self._fatal = self._database_lost()
+        while not self.signals.stop.is_set():
+            self.signals.wake.wait(0.2 if self.once else interval)
+            self.signals.wake.clear()
+            self._fatal = self._conflict or database_lost(self.queue, self._lock)
             if self._fatal is not None:
                 return
             try:
-                sighup = self._reload.is_set()
+                sighup = self.signals.reload.is_set()
                 if sighup:
-                    self._reload.clear()
+                    self.signals.reload.clear()
                     self.reload()
                 self._heartbeat()
-                self._lift_local_faults(sighup=sighup)
-                if self._refresh_due():
-                    self._dirty.clear()
-                    self._refresh()
+                self.faults.lift(self.dispatcher, sighup=sighup)
+                self.publisher.refresh_if_due()
                 if self._once is not None and self._once.step():
                     return
             except QueueUnavailable as exc:  # lifted above when the database answers
@@ -278,169 +271,26 @@ class Daemon:
         if self._once is not None:  # stopped before the run was over: a signal, or a crash
             self._once.interrupted()
 
-    def _database_lost(self) -> str | None:
-        """Why to exit when the database or its lock was deleted or replaced, else None.
-
-        Another daemon could then open a fresh queue and take the lock beside us:
-        exit 1, and systemd restarts this one on whatever is there now.
-        """
-        if self._conflict is not None:
-            return self._conflict
-        if not self._sqlite:
-            what = self.queue.lost()
-            if what is None:
-                return None
-            log.error("queue.lost", database="postgresql", what=what)
-            return f"the PostgreSQL queue's schema was {what} while bgsyncd ran; exiting"
-        database = self._database
-        lock = lock_path(database)
-        checks = ((database, self.queue.lost()), (lock, lost_reason(lock, self._lock_identity)))
-        for path, what in checks:
-            if what is not None:
-                log.error("queue.lost", database=str(database), file=str(path), what=what)
-                return (
-                    f"the queue database file {path} was {what} while bgsyncd ran;"
-                    " exiting so that a restart opens the database that is there now"
-                )
-        return None
-
-    def _on_pause(self, reason: str, context: Mapping[str, object]) -> None:
-        """Note where an output could not be written, for the probe that lifts the pause.
-
-        The place is probed from the configured folder that holds it, never
-        outside; a failure whose place is unknown has every output folder probed.
-        """
-        if reason != OUTPUT_UNWRITABLE:
-            return
-        error = str(context.get("error") or "a local fault")
-        roots = [
-            root
-            for folder in self.settings.folders
-            for root in (folder.outbox, folder.quarantine, folder.done)
-            if root is not None
-        ]
-        raw = context.get("folder_path") or context.get("path")
-        place = Path(str(raw)) if raw else None
-        holders = [r for r in roots if place is not None and (place == r or r in place.parents)]
-        if place is not None and holders:
-            self.probe.note(place, error, max(holders, key=lambda r: len(r.parts)))
-            return
-        for root in roots:
-            self.probe.note(root, error, root)
-
-    def _lift_local_faults(self, *, sighup: bool) -> None:
-        """Lift ``output_unwritable`` when its probe passes (every 30 s, at once on SIGHUP),
-        and ``queue_unavailable`` when the database answers a write again."""
-        held = self.dispatcher.pauses
-        if OUTPUT_UNWRITABLE in held:
-            result = self.probe.run(force=sighup)
-            for place, error in result.failing.items() if result.ran else ():
-                log.warning("output.probe_failed", folder_path=str(place), error=error)
-            if result.recovered:
-                log.info("output.writable", note="a probe write passed")
-                self.dispatcher.lift_pause(OUTPUT_UNWRITABLE)
-        if QUEUE_UNAVAILABLE in held and not self.dispatcher.in_flight:
-            # Jobs whose rows could not be updated are still in flight in the
-            # database; with none in flight here, they go back to pending.
-            self.queue.check_writable()
-            returned = self.queue.recover()
-            log.info("queue.available", jobs_returned=returned)
-            self.dispatcher.lift_pause(QUEUE_UNAVAILABLE)
-            self.watcher.rescan()  # files found while it was down are found again
-
     def _heartbeat(self) -> None:
         if self.dispatcher.alive() and self.watcher.alive() and self.ingest.alive():
             self.metrics.heartbeat()
             self.notifier.watchdog()
 
-    def _refresh_due(self) -> bool:
-        """Something changed, or open jobs are ageing; an idle daemon asks nothing."""
-        if self._dirty.is_set() or self.credits.last_checked != self._published_check:
-            return True
-        age_moves = self._open_jobs and not self.once
-        return age_moves and time.monotonic() - self._last_refresh >= REFRESH_SECONDS
-
-    def _refresh(self) -> None:
-        """Publish queue counts to metrics, systemd and the database."""
-        self._last_refresh = time.monotonic()
-        self._published_check = self.credits.last_checked
-        counts = self.queue.counts()
-        totals = dict.fromkeys(STATES, 0)
-        for per in counts.values():
-            for state, n in per.items():
-                totals[state] += n
-        oldest = self.queue.oldest_pending_queued_at()
-        self._open_jobs = oldest is not None
-        age = max(0.0, time.time() - oldest) if oldest is not None else None
-        self.metrics.jobs(totals, age)
-        paused = self.dispatcher.paused
-        available = self.credits.available
-        if available is not None:
-            # The local count moves with every success, not only at a check.
-            self.metrics.credits(available, self.credits.expires_at)
-        self._publish(STATE_PAUSED, paused)
-        self._publish(STATE_CREDITS, None if available is None else str(available))
-        status = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in totals.items() if n)
-        status = (status or "idle") + (f"; paused: {paused}" if paused else "")
-        if status != self._published.get("status"):
-            self._published["status"] = status
-            self.notifier.status(status)
-
-    def _publish(self, key: str, value: str | None) -> None:
-        """Write daemon state for `bgsyncd status`, only when it changed."""
-        if key in self._published and self._published[key] == value:
-            return
-        self.queue.set_state(key, value)
-        self._published[key] = value
-
-    # -- signals and reload ----------------------------------------------------------
-
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        # SIGUSR1 dumps every thread's stack to stderr: for debugging a stuck daemon.
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            os._exit(1)  # a second signal: exit at once; leases are recovered at start
-        self._stop.set()
-        self._wake.set()
-
-    def _request_stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self._reload.set()
-        self._wake.set()
+    # -- reload --------------------------------------------------------------------
 
     def reload(self) -> None:
         """Re-read the configuration and the key; re-check credits at once."""
         self._reloads += 1
         try:
             new = load_settings(self.settings.config_path)
-            key = require_api_key(new)
-            if not new.folders:
-                raise ConfigError(f"{new.config_path}: folder: no [[folder]] is configured")
+            key = _runnable_key(new)
         except ConfigError as exc:
             log.error("config.reload_failed", error=str(exc))
             return
         old = self.settings
         configure_logging(new.logging.format, new.logging.level, self._secrets)
-        restart = ("backend", "database", "dsn", "host_id", "lease_seconds", "cache_max_megabytes")
-        for name in restart:
-            if getattr(new.queue, name) != getattr(old.queue, name):
-                log.warning("config.restart_needed", key=f"queue.{name}")
-        for name in ("max_in_flight", "timeout_seconds"):
-            if getattr(new.api, name) != getattr(old.api, name):
-                log.warning("config.restart_needed", key=f"api.{name}")
-        if new.metrics.listen != old.metrics.listen:
-            log.warning("config.restart_needed", key="metrics.listen")
+        for name in restart_needed(old, new):
+            log.warning("config.restart_needed", key=name)
         self.pacer.reconfigure(new.api.rate_limit, new.api.rate_window_seconds)
         self.credits.set_floor(new.credits.floor)
         self.metrics.credits_floor(new.credits.floor)
@@ -456,11 +306,8 @@ class Daemon:
         if self.fleet is not None:
             self.fleet.set_folders(new.folders)
         self.credits.set_check_interval(new.credits.check_interval_seconds)
-        self.worker.config = _worker_config(new)
-        watching = ("settle_seconds", "rescan_interval_seconds")
-        if new.folders != old.folders or any(
-            getattr(new.queue, k) != getattr(old.queue, k) for k in watching
-        ):
+        self.worker.config = worker_config(new)
+        if watcher_changed(old, new):
             self.watchers.request(new, self._reloads)
         else:
             self.watcher.rescan()
@@ -486,7 +333,7 @@ class Daemon:
             log.warning("daemon.returned_jobs", jobs=len(left))
         self.ingest.stop()
         try:
-            self._refresh()
+            self.publisher.refresh()
         except QueueUnavailable as exc:  # stopping is not a failure: the next start recovers
             log.warning("queue.unavailable", error=str(exc), note="last state not saved")
         except Exception as exc:  # after a crash the same fault may strike again
@@ -498,17 +345,11 @@ class Daemon:
         log.info("daemon.stopped")
 
 
-def _worker_config(settings: Settings) -> WorkerConfig:
-    return WorkerConfig(
-        folders={f.name: f for f in settings.folders},
-        max_upload_bytes=settings.api.max_upload_bytes,
-        upload=settings.api.upload,
-        proxy_side=settings.api.proxy_side,
-        max_attempts=settings.queue.max_attempts,
-        retry_base_seconds=settings.queue.retry_base_seconds,
-        retry_max_seconds=settings.queue.retry_max_seconds,
-        settle_seconds=settings.queue.settle_seconds,
-    )
+def _runnable_key(settings: Settings) -> str:
+    """The API key of settings a daemon can run on: a ``ConfigError`` without a folder or key."""
+    if not settings.folders:
+        raise ConfigError(f"{settings.config_path}: folder: no [[folder]] is configured")
+    return require_api_key(settings)
 
 
 def run_daemon(config: str | Path | None, *, once: bool = False) -> int:

@@ -401,25 +401,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert import_cycles(graph) == [["a", "b", "c"]]
 
 
-# Modules another engineer was changing in the same round as this test: split at merge.
-# strict: once one is short enough, its mark must go.
-_SPLIT_PENDING = {"bgsyncd.daemon"}
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(
-            m,
-            marks=pytest.mark.xfail(
-                strict=True, reason="over 400 lines; to split (changed in parallel this round)"
-            ),
-        )
-        if m in _SPLIT_PENDING
-        else m
-        for m in _module_names()
-    ],
-)
+@pytest.mark.parametrize("module", _module_names())
 def test_no_module_is_over_400_lines(module: str) -> None:
     lines = len(_source(module).read_text().splitlines())
     assert lines <= MAX_LINES, f"{module}: {lines} lines"

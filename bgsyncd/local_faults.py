@@ -1,0 +1,81 @@
+"""The local-fault pauses (SPEC §4): where an output failed, and lifting each pause by its rule.
+
+- ``output_unwritable``: the place a write failed is noted for the
+  :class:`~bgsyncd.probe.OutputProbe`, probed from the configured folder that
+  holds it; the pause is lifted when the probe passes (every 30 s, at once on
+  SIGHUP).
+- ``queue_unavailable``: lifted when the database answers a write again, and
+  the jobs it could not update are given back.
+
+The dispatcher calls :meth:`LocalFaults.on_pause` when it pauses; the main
+loop calls :meth:`LocalFaults.lift` on each turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from bgsyncd.config import FolderSettings
+from bgsyncd.dispatch import Dispatcher
+from bgsyncd.layout import output_trees
+from bgsyncd.logs import get_logger
+from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
+from bgsyncd.probe import OutputProbe
+from bgsyncd.queue import Queue
+
+log = get_logger("bgsyncd.daemon")  # the main loop's events, named as they always were
+
+
+class LocalFaults:
+    """Notes where outputs failed, and lifts the local-fault pauses a dispatcher holds."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        folders: Callable[[], Sequence[FolderSettings]],
+        rescan: Callable[[], None],
+    ) -> None:
+        self.probe = OutputProbe()
+        self._queue = queue
+        self._folders = folders  # the settings in force (a reload replaces them)
+        self._rescan = rescan
+
+    def on_pause(self, reason: str, context: Mapping[str, object]) -> None:
+        """Note where an output could not be written, for the probe that lifts the pause.
+
+        The place is probed from the configured folder that holds it, never
+        outside; a failure whose place is unknown has every output folder probed.
+        """
+        if reason != OUTPUT_UNWRITABLE:
+            return
+        error = str(context.get("error") or "a local fault")
+        roots = [root for folder in self._folders() for _kind, root in output_trees(folder)]
+        raw = context.get("folder_path") or context.get("path")
+        place = Path(str(raw)) if raw else None
+        holders = [r for r in roots if place is not None and (place == r or r in place.parents)]
+        if place is not None and holders:
+            self.probe.note(place, error, max(holders, key=lambda r: len(r.parts)))
+            return
+        for root in roots:
+            self.probe.note(root, error, root)
+
+    def lift(self, dispatcher: Dispatcher, *, sighup: bool) -> None:
+        """Lift ``output_unwritable`` when its probe passes (every 30 s, at once on SIGHUP),
+        and ``queue_unavailable`` when the database answers a write again."""
+        held = dispatcher.pauses
+        if OUTPUT_UNWRITABLE in held:
+            result = self.probe.run(force=sighup)
+            for place, error in result.failing.items() if result.ran else ():
+                log.warning("output.probe_failed", folder_path=str(place), error=error)
+            if result.recovered:
+                log.info("output.writable", note="a probe write passed")
+                dispatcher.lift_pause(OUTPUT_UNWRITABLE)
+        if QUEUE_UNAVAILABLE in held and not dispatcher.in_flight:
+            # Jobs whose rows could not be updated are still in flight in the
+            # database; with none in flight here, they go back to pending.
+            self._queue.check_writable()
+            returned = self._queue.recover()
+            log.info("queue.available", jobs_returned=returned)
+            dispatcher.lift_pause(QUEUE_UNAVAILABLE)
+            self._rescan()  # files found while it was down are found again
