@@ -11,14 +11,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgsyncd.errors import ConfigError, describe_os_error
+from bgsyncd.config_errors import invalid
+from bgsyncd.errors import describe_os_error
 
 if TYPE_CHECKING:  # config imports this module; only the type is needed here
     from bgsyncd.config import FolderSettings
-
-
-def _fail(file: Path, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{file}: invalid configuration: {key}: {message}")
 
 
 def output_trees(folder: FolderSettings) -> list[tuple[str, Path]]:
@@ -31,10 +28,11 @@ def check_folders(folders: Sequence[FolderSettings], file: Path) -> None:
     """Each inbox exists; nothing we write lands in an inbox or on another output."""
     for i, f in enumerate(folders):
         if not f.inbox.is_dir():
-            raise _fail(file, f"folder[{i}].inbox", f"{f.inbox} does not exist or is not a folder")
+            message = f"{f.inbox} does not exist or is not a folder"
+            raise invalid(file, f"folder[{i}].inbox", message)
         for kind, path in output_trees(f):
             if path.exists() and not path.is_dir():
-                raise _fail(file, f"folder[{i}].{kind}", f"{path} exists and is not a folder")
+                raise invalid(file, f"folder[{i}].{kind}", f"{path} exists and is not a folder")
     inboxes = [(f"folder[{i}].inbox", f.inbox.resolve()) for i, f in enumerate(folders)]
     trees = [
         (f"folder[{i}].{kind}", kind, path.resolve())
@@ -43,13 +41,13 @@ def check_folders(folders: Sequence[FolderSettings], file: Path) -> None:
     ]
     for (key_a, a), (key_b, b) in combinations(inboxes, 2):
         if relation := _nesting(b, a):
-            raise _fail(file, key_b, f"{b} {relation} {key_a} ({a}); inboxes must not overlap")
+            raise invalid(file, key_b, f"{b} {relation} {key_a} ({a}); inboxes must not overlap")
     # Any inbox, the folder's own included, and either way round: an outbox that
     # contains an inbox receives outputs under that inbox's relative paths too.
     for key, _kind, path in trees:
         for inbox_key, inbox in inboxes:
             if relation := _nesting(path, inbox):
-                raise _fail(
+                raise invalid(
                     file,
                     key,
                     f"{path} {relation} {inbox_key} ({inbox}); "
@@ -61,7 +59,7 @@ def check_folders(folders: Sequence[FolderSettings], file: Path) -> None:
         if kind_a == kind_b == "quarantine":
             continue
         if relation := _nesting(b, a):
-            raise _fail(file, key_b, f"{b} {relation} {key_a} ({a}); their files would collide")
+            raise invalid(file, key_b, f"{b} {relation} {key_a} ({a}); their files would collide")
 
 
 def create_folders(folders: Sequence[FolderSettings], file: Path) -> None:
@@ -71,11 +69,11 @@ def create_folders(folders: Sequence[FolderSettings], file: Path) -> None:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except FileExistsError:
-                raise _fail(
+                raise invalid(
                     file, f"folder[{i}].{kind}", f"{path} exists and is not a folder"
                 ) from None
             except OSError as exc:
-                raise _fail(
+                raise invalid(
                     file, f"folder[{i}].{kind}", f"cannot create {path}: {describe_os_error(exc)}"
                 ) from None
 

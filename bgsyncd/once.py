@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bgsyncd.logs import get_logger
+from bgsyncd.pauses import lifted_by_a_credit_check
 from bgsyncd.progress import Progress
 
 if TYPE_CHECKING:  # the daemon's components; `once` only reads them
@@ -35,9 +36,6 @@ EXIT_FAILURE = 1
 EXIT_PAUSED = 3
 
 OPEN_STATES = ("pending", "in_flight", "retry_wait")
-# Pauses lifted by their own rule rather than by a credit check (SPEC §5): a
-# probe write every 30 s, or the database answering again.
-SELF_LIFTING = frozenset({"output_unwritable", "queue_unavailable"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,9 @@ def decide(s: Snapshot) -> Verdict:
         if s.in_flight or s.intake_busy:
             return Verdict(False, waiting=f"paused: {s.paused}; finishing the files in hand")
         left = HORIZON - s.paused_for
-        lifts_in = None if s.paused in SELF_LIFTING else s.next_check_in
+        # A pause lifted by its own rule (a probe write every 30 s, the
+        # database answering again) has no credit check to wait for (SPEC §5).
+        lifts_in = s.next_check_in if lifted_by_a_credit_check(s.paused) else None
         if left <= 0 or (lifts_in is not None and lifts_in > left):
             return Verdict(True, EXIT_PAUSED, f"paused: {s.paused}")
         then = f"next credit check in {_secs(lifts_in)}" if lifts_in is not None else "retrying"

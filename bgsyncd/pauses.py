@@ -102,6 +102,12 @@ def lifted_by(reason: str) -> frozenset[Lift]:
     return _LIFTED_BY.get(reason, _SIGNAL_OR_CHECK)
 
 
+def lifted_by_a_credit_check(reason: str) -> bool:
+    """True when a credit check may lift ``reason``; False for a pause lifted by
+    its own rule (a probe write, the database answering again)."""
+    return bool(lifted_by(reason) & {Lift.CREDITS_ABOVE_FLOOR, Lift.CREDITS_ANSWERED})
+
+
 class PauseSet:
     """The pause reasons in force, in the order they were raised."""
 

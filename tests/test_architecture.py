@@ -270,18 +270,13 @@ def copies(lists: dict[str, dict[str, frozenset[str]]]) -> list[list[str]]:
     return [sorted(where) for where in holders.values() if len(where) > 1]
 
 
-# The same names by chance, two facts: a reason that is the host's own trouble
-# (never the fleet's), and a reason lifted by its own rule (not a credit check).
-_SAME_NAMES_TWO_FACTS = [["bgsyncd.once.SELF_LIFTING", "bgsyncd.pauses.HOST_REASONS"]]
-
-
 def test_no_list_of_names_is_written_in_two_modules() -> None:
     lists = {
         m: written_name_lists(_source(m).read_text(), vars(importlib.import_module(m)))
         for m in _module_names()
     }
     assert lists["bgsyncd.storage"]["STATES"], "the lists are found (the job states)"
-    assert [c for c in copies(lists) if c not in _SAME_NAMES_TWO_FACTS] == []
+    assert copies(lists) == []
 
 
 def test_a_list_of_names_written_twice_is_caught() -> None:
