@@ -148,7 +148,9 @@ def test_bad_inputs_each_get_their_outcome_and_the_daemon_keeps_running(
     }
     wait_until(
         lambda: (
-            all((quarantine / n).exists() for n in expected_quarantine)
+            # A move ends with the inbox file's removal (after its link and sidecar).
+            all(not (inbox / n).exists() for n in expected_quarantine)
+            and all((quarantine / n).exists() for n in expected_quarantine)
             and (outbox / "with space é.png").exists()
             and (outbox / "ünïcødé.png").exists()
         ),
