@@ -303,6 +303,8 @@ class Daemon:
             self.client = self._make_client(new)
         for folder in new.folders:
             self.metrics.add_folder(folder.name)
+        for name in {f.name for f in old.folders} - {f.name for f in new.folders}:
+            self.metrics.retire_folder(name)
         if self.fleet is not None:
             self.fleet.set_folders(new.folders)
         self.credits.set_check_interval(new.credits.check_interval_seconds)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -86,6 +87,9 @@ class Recorder:
     def add_folder(self, folder: str) -> None:
         """A folder was added (on reload): create its series."""
 
+    def retire_folder(self, folder: str) -> None:
+        """A reload removed ``folder``: it is no longer watched."""
+
     def folder_up(self, folder: str, up: bool) -> None:
         """The inbox of ``folder`` is there and watched (True), or lost (False)."""
 
@@ -132,6 +136,8 @@ class Metrics(Recorder):
         # Start with a grace period: the loop has until stall_seconds to beat first.
         self._last_beat = clock()
         self._crashed = False
+        self._folders_lock = threading.Lock()
+        self._retired: set[str] = set()  # removed by a reload; see retire_folder
         self.registry = CollectorRegistry(auto_describe=True)
         self._define(self.registry)
         metrics_app = prometheus_client.make_wsgi_app(self.registry)
@@ -255,7 +261,21 @@ class Metrics(Recorder):
         self._job_duration.labels(folder=folder)
         self._last_success.labels(folder=folder)
         # 0 until the watcher reports it watched; a reload's call keeps the value.
-        self._folder_up.labels(folder=folder)
+        with self._folders_lock:
+            self._retired.discard(folder)
+            self._folder_up.labels(folder=folder)
+
+    @_guarded
+    def retire_folder(self, folder: str) -> None:
+        """Drop ``folder``'s ``bgsyncd_folder_up``: a folder not configured is not "up".
+
+        Its counters stay (what it did is history); a late report from the
+        watcher being replaced is ignored until the folder is added again.
+        """
+        with self._folders_lock:
+            self._retired.add(folder)
+            with contextlib.suppress(KeyError):
+                self._folder_up.remove(folder)
 
     @_guarded
     def fleet_hosts(self, hosts: int) -> None:
@@ -266,7 +286,9 @@ class Metrics(Recorder):
     @_guarded
     def folder_up(self, folder: str, up: bool) -> None:
         """Set 1 while ``folder``'s inbox is there and watched, 0 while it is lost."""
-        self._folder_up.labels(folder=folder).set(1 if up else 0)
+        with self._folders_lock:
+            if folder not in self._retired:
+                self._folder_up.labels(folder=folder).set(1 if up else 0)
 
     @_guarded
     def file_discovered(self, folder: str) -> None:

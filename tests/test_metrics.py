@@ -230,6 +230,22 @@ def test_folder_up_follows_the_watcher_and_survives_a_reload(metrics: Metrics) -
     assert value(metrics, "bgsyncd_folder_up", folder="catalogue") == 1
 
 
+def test_a_folder_a_reload_removed_has_no_folder_up_even_if_its_old_watcher_reports(
+    metrics: Metrics,
+) -> None:
+    metrics.folder_up("products", True)
+    metrics.retire_folder("products")
+    metrics.folder_up("products", True)  # the replaced watcher, not yet stopped
+    samples = [s for f in scrape(metrics).values() for s in f.samples]
+    assert [
+        s for s in samples if s.name == "bgsyncd_folder_up" and s.labels["folder"] == "products"
+    ] == []
+    assert value(metrics, "bgsyncd_files_discovered_total", folder="products") == 0  # history stays
+    metrics.add_folder("products")  # configured again
+    metrics.folder_up("products", True)
+    assert value(metrics, "bgsyncd_folder_up", folder="products") == 1
+
+
 def test_healthz_follows_the_heartbeat(metrics: Metrics, clock: FakeClock) -> None:
     assert get(metrics, "/healthz") == (200, "ok\n")  # grace period after start
     clock.t += 29
