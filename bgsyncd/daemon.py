@@ -284,8 +284,20 @@ class Daemon:
         try:
             new = load_settings(self.settings.config_path)
             key = _runnable_key(new)
+            if self.fleet is not None:
+                # Checked against the other hosts as at start (a name one of
+                # them uses, a shared folder's settings); refused, nothing changes.
+                self.fleet.set_folders(new.folders)
         except ConfigError as exc:
             log.error("config.reload_failed", error=str(exc))
+            return
+        except QueueUnavailable as exc:
+            log.error(
+                "config.reload_failed",
+                error=str(exc),
+                note="the folders could not be"
+                " checked against the fleet; the old configuration stays: SIGHUP again",
+            )
             return
         old = self.settings
         configure_logging(new.logging.format, new.logging.level, self._secrets)
@@ -305,8 +317,6 @@ class Daemon:
             self.metrics.add_folder(folder.name)
         for name in {f.name for f in old.folders} - {f.name for f in new.folders}:
             self.metrics.retire_folder(name)
-        if self.fleet is not None:
-            self.fleet.set_folders(new.folders)
         self.credits.set_check_interval(new.credits.check_interval_seconds)
         self.worker.config = worker_config(new)
         if watcher_changed(old, new):

@@ -138,6 +138,14 @@ class Hosts:
                 (self.host_id, json.dumps(sorted(folders)), now, instance),
             )
 
+    def set_folders(self, folders: Collection[str]) -> None:
+        """This host now serves ``folders`` (a reload): other hosts' checks see them."""
+        with self._queue.transaction() as conn:
+            conn.execute(
+                "UPDATE hosts SET folders = %s WHERE id = %s",
+                (json.dumps(sorted(folders)), self.host_id),
+            )
+
     def heartbeat(self, in_flight: int) -> None:
         """Say this host is alive and renew the leases of every job it holds."""
         with self._queue.transaction() as conn:

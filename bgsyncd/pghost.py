@@ -229,7 +229,15 @@ class Membership:
         self._shared = [f.name for f in folders if f.shared]
 
     def set_folders(self, folders: Sequence[FolderSettings]) -> None:
-        """A reload changed the folders: the shared ones this host takes over from now."""
+        """A reload: check the folders against the fleet as :meth:`join` does, then
+        take them (the shared ones are those this host takes over from now).
+
+        Raises :class:`~bgsyncd.errors.ConfigError` when another host forbids
+        them, and :class:`~bgsyncd.errors.QueueUnavailable` when the database
+        cannot answer; either way nothing changed.
+        """
+        agree_on_folders(self._queue, folders, self._lease)
+        self._hosts.set_folders([f.name for f in folders])
         self._shared = [f.name for f in folders if f.shared]
 
     @property

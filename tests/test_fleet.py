@@ -502,3 +502,31 @@ def test_a_folder_not_shared_cannot_take_a_name_another_host_uses(
         refused = run_cli("run", "--config", str(host_config(tmp_path, "b", emu, pg_dsn, [other])))
         assert refused.returncode == 2
         assert "'x'" in refused.stderr and "'a'" in refused.stderr and "'b'" in refused.stderr
+
+
+def test_a_reload_is_checked_against_the_fleet_as_a_start_is(
+    tmp_path: Path, pg_dsn: str, daemons: list[DaemonProcess]
+) -> None:
+    x, y, z = (make_folder(tmp_path / d, d) for d in ("x", "y", "z"))
+    with Emulator(keys=[TEST_KEY], credits=1000, rate_limit=1000) as emu:
+        a_config = host_config(tmp_path, "a", emu, pg_dsn, [x])
+        b_config = host_config(tmp_path, "b", emu, pg_dsn, [y])
+        a = start_daemon(daemons, a_config)
+        b = start_daemon(daemons, b_config)
+        # b takes a's folder name: refused as a start would be, b goes on as it was.
+        host_config(tmp_path, "b", emu, pg_dsn, [make_folder(tmp_path / "b-x", "x")])
+        b.signal(signal.SIGHUP)
+        wait_until(lambda: b.saw("config.reload_failed"), 20, what="b's reload refused")
+        (refused,) = [e for e in b.events() if e.get("event") == "config.reload_failed"]
+        assert "'x'" in refused["error"] and "'a'" in refused["error"], refused
+        assert not b.saw("config.reloaded")
+        # b takes a new name: accepted, and the fleet knows b serves it now.
+        host_config(tmp_path, "b", emu, pg_dsn, [z])
+        b.signal(signal.SIGHUP)
+        wait_until(lambda: b.saw("config.reloaded", folders=["z"]), 20, what="b's reload")
+        host_config(tmp_path, "a", emu, pg_dsn, [x, make_folder(tmp_path / "a-z", "z")])
+        a.signal(signal.SIGHUP)
+        wait_until(lambda: a.saw("config.reload_failed"), 20, what="a's reload refused")
+        (refused,) = [e for e in a.events() if e.get("event") == "config.reload_failed"]
+        assert "'z'" in refused["error"] and "'b'" in refused["error"], refused
+        assert a.stop() == 0 and b.stop() == 0
