@@ -124,11 +124,19 @@ class Env:
 
 
 def write(path: Path, data: bytes = b"x" * 1000, mtime: float | None = None) -> Path:
+    """Write ``path``; with ``mtime``, the file appears with that mtime already set.
+
+    An ``os.utime`` after the close is an IN_ATTRIB, which watchdog 6 (Python
+    3.10) reports as a modification: the file would then wait ``settle_seconds``
+    as one being written. So an old file is written aside and renamed in.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    target = path if mtime is None else path.with_name(f".{path.name}.writing")
+    with open(target, "wb") as f:
         f.write(data)
     if mtime is not None:
-        os.utime(path, (mtime, mtime))
+        os.utime(target, (mtime, mtime))
+        os.rename(target, path)
     return path
 
 
