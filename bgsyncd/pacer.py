@@ -84,6 +84,8 @@ class Pacer:
         self._blocked_until: float | None = None
         self._block_length = 0.0
         self._starts: deque[float] = deque()
+        # Logged starts "in the future" (the clock went back): when each was first seen.
+        self._first_seen: dict[float, float] = {}
         # Starts this instance recorded (raw times), to tell them from other
         # processes' starts when the shared log is read again.
         self._own: Counter[float] = Counter()
@@ -241,11 +243,20 @@ class Pacer:
         same time.
         """
         # Starts "in the future" mean the clock went back since they were
-        # recorded: count them as starting now, which keeps them in the window
-        # for at least a full window of real time.
+        # recorded: count them as starting when first seen, which keeps them in
+        # the window for at least a full window of real time. Only when first
+        # seen: the log hands them back at every read until the clock passes
+        # them, and counting them as starting now each time would hold every
+        # start back until then.
+        for t in [t for t in self._first_seen if t + self._span() <= now]:
+            del self._first_seen[t]
+
+        def seen(t: float) -> float:
+            return t if t <= now else self._first_seen.setdefault(t, now)
+
         merged = Counter(min(t, now) for t in self._starts)
-        own = Counter() if own_included else Counter(min(t, now) for t in self._own.elements())
-        for t, n in Counter(min(t, now) for t in times).items():
+        own = Counter() if own_included else Counter(seen(t) for t in self._own.elements())
+        for t, n in Counter(seen(t) for t in times).items():
             merged[t] = max(merged[t], own[t] + n)
         self._starts = deque(sorted(merged.elements()))
         self._normalise(now)

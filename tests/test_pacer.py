@@ -178,6 +178,11 @@ def test_restart_after_the_clock_went_back_counts_future_starts() -> None:
     pacer, _ = fake_time_pacer(2, 60.0, log, margin=0.0)
     # Both count, as starting now: a full window, not a thousand seconds.
     assert pacer.delay() == 60.0
+    # And once only: reading the log again before the start does not count
+    # them as starting now a second time (the daemon would stall ~1000 s).
+    assert pacer.acquire() == 1060.0
+    assert pacer.acquire() == 1060.0
+    assert pacer.delay() == 60.0
 
 
 def test_clock_going_back_keeps_the_window_full_and_bounded() -> None:
