@@ -47,7 +47,10 @@ _LONGEST_WAIT = LONGEST_WAIT
 class Pacer:
     """Gate every API request so no ``window`` sees more than ``limit`` starts.
 
-    Thread-safe: worker threads and the dispatcher share one instance.
+    Thread-safe: worker threads and the dispatcher share one instance. Time is
+    injected: ``clock`` reads it, and a blocked :meth:`acquire` lets it pass with
+    ``wait(condition, timeout)``, which waits on the pacer's condition (its lock
+    released) for at most ``timeout`` seconds; a test's wait advances a fake clock.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Pacer:
         log: RequestLog | SharedRequestLog,
         clock: Callable[[], float] = time.time,
         margin: float = 0.25,
+        wait: Callable[[threading.Condition, float], object] = threading.Condition.wait,
     ) -> None:
         _validate(limit, window)
         if margin < 0:
@@ -72,6 +76,7 @@ class Pacer:
         else:
             self._log = log
         self._clock = clock
+        self._wait = wait
         self._cond = threading.Condition()
         self._closed = False
         # A 429 blocks every start until this time; the length is kept so a
@@ -79,6 +84,8 @@ class Pacer:
         self._blocked_until: float | None = None
         self._block_length = 0.0
         self._starts: deque[float] = deque()
+        # Logged starts "in the future" (the clock went back): when each was first seen.
+        self._first_seen: dict[float, float] = {}
         # Starts this instance recorded (raw times), to tell them from other
         # processes' starts when the shared log is read again.
         self._own: Counter[float] = Counter()
@@ -113,26 +120,6 @@ class Pacer:
         with self._cond:
             return self._delay(self._clock())
 
-    def recent_count(self) -> int:
-        """How many starts are in the current window (margin included); this host's alone
-        with a shared log."""
-        with self._cond:
-            now = self._clock()
-            self._normalise(now)
-            return len(self._starts)
-
-    def try_acquire(self) -> bool:
-        """Record a start and return True if one is allowed now, else False."""
-        if self._shared is not None:
-            return self._ask_shared(self._shared, block=False) is not None
-        with self._cond:
-            if self._closed:
-                return False
-            now = self._clock()
-            if self._delay(now) > 0.0 or self._delay_after_sync(now) > 0.0:
-                return False
-            return self._record_confirmed(now)
-
     def acquire(self) -> float:
         """Block until a start is allowed, record it and return its time.
 
@@ -141,9 +128,7 @@ class Pacer:
         (fail closed: no request starts).
         """
         if self._shared is not None:
-            started = self._ask_shared(self._shared, block=True)
-            assert started is not None
-            return started
+            return self._ask_shared(self._shared)
         with self._cond:
             while True:
                 if self._closed:
@@ -157,7 +142,7 @@ class Pacer:
                 # Re-check after waking: another thread may have taken the slot,
                 # a 429 may have come in, or we were closed. After standing back
                 # from a race with another process wait is 0: just look again.
-                self._cond.wait(timeout=min(wait, _LONGEST_WAIT))
+                self._wait(self._cond, min(wait, _LONGEST_WAIT))
 
     def note_rate_limited(self, retry_after: float | None) -> None:
         """After a 429: allow no start for ``retry_after`` seconds.
@@ -199,16 +184,18 @@ class Pacer:
 
     # -- the shared log ------------------------------------------------------
 
-    def _ask_shared(self, shared: SharedRequestLog, *, block: bool) -> float | None:
-        """Let the shared log decide a start; its time, or None when refused and not ``block``."""
+    def _ask_shared(self, shared: SharedRequestLog) -> float:
+        """Let the shared log decide: block until it grants a start, return its time."""
         with self._cond:
-            while not self._gave_up(block):
+            while True:
+                if self._closed:
+                    raise Stopped("pacer closed")
                 asked_at = self._clock()
                 wait = self._delay(asked_at)
                 if wait <= 0.0 and not self._asking:
                     given = self._ask_unlocked(shared)
-                    if self._gave_up(block):  # recorded but never made: the safe side
-                        return None
+                    if self._closed:  # recorded but never made: the safe side
+                        raise Stopped("pacer closed")
                     if given <= 0.0:
                         # Memory keeps the time we asked, never later than the
                         # database's: the local guess stays below its count.
@@ -216,19 +203,9 @@ class Pacer:
                         return asked_at
                     self._hint_length = refusal_wait(given)
                     self._not_before = self._clock() + self._hint_length
-                    if block:
-                        continue
-                if not block:
-                    return None
+                    continue
                 # Another thread is asking (woken when it is done), or the guess says wait.
-                self._cond.wait(timeout=min(wait, _LONGEST_WAIT) if wait > 0 else _LONGEST_WAIT)
-            return None
-
-    def _gave_up(self, block: bool) -> bool:
-        """Closed: True for a try, :class:`Stopped` for a blocking acquire."""
-        if self._closed and block:
-            raise Stopped("pacer closed")
-        return self._closed
+                self._wait(self._cond, min(wait, _LONGEST_WAIT) if wait > 0 else _LONGEST_WAIT)
 
     def _ask_unlocked(self, shared: SharedRequestLog) -> float:
         """Ask the database with our lock released (it may take a while), one thread at a time."""
@@ -266,11 +243,20 @@ class Pacer:
         same time.
         """
         # Starts "in the future" mean the clock went back since they were
-        # recorded: count them as starting now, which keeps them in the window
-        # for at least a full window of real time.
+        # recorded: count them as starting when first seen, which keeps them in
+        # the window for at least a full window of real time. Only when first
+        # seen: the log hands them back at every read until the clock passes
+        # them, and counting them as starting now each time would hold every
+        # start back until then.
+        for t in [t for t in self._first_seen if t + self._span() <= now]:
+            del self._first_seen[t]
+
+        def seen(t: float) -> float:
+            return t if t <= now else self._first_seen.setdefault(t, now)
+
         merged = Counter(min(t, now) for t in self._starts)
-        own = Counter() if own_included else Counter(min(t, now) for t in self._own.elements())
-        for t, n in Counter(min(t, now) for t in times).items():
+        own = Counter() if own_included else Counter(seen(t) for t in self._own.elements())
+        for t, n in Counter(seen(t) for t in times).items():
             merged[t] = max(merged[t], own[t] + n)
         self._starts = deque(sorted(merged.elements()))
         self._normalise(now)

@@ -38,6 +38,7 @@ from bgsyncd.pgqueue import PgQueue
 from bgsyncd.queue import Found, Queue
 from tests.conftest import TEST_KEY
 from tests.helpers import FakeClock, at_floor, product_image, wait_until
+from tests.pacing import Waits
 from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
     close_worker_clients,  # noqa: F401
     make_worker,
@@ -116,14 +117,17 @@ def test_pacers_of_three_hosts_never_start_more_than_the_limit_in_any_window(hos
 
 def test_a_host_waits_while_another_fills_the_window(host: Any) -> None:
     window = 1.0
-    first = Pacer(2, window, PgRequestLog(host("h1"), ACCOUNT), margin=0.0)
-    second = Pacer(2, window, PgRequestLog(host("h2"), ACCOUNT), margin=0.0)
-    assert first.try_acquire() and first.try_acquire()
-    assert not second.try_acquire()  # the database said no, though this host started nothing
-    assert 0.0 < second.delay() <= window
+    first_waits, second_waits = Waits(), Waits()
+    first = Pacer(2, window, PgRequestLog(host("h1"), ACCOUNT), margin=0.0, wait=first_waits)
+    second = Pacer(2, window, PgRequestLog(host("h2"), ACCOUNT), margin=0.0, wait=second_waits)
+    first.acquire()
+    first.acquire()
+    assert first_waits.timeouts == []  # both started at once
     begun = time.monotonic()
     second.acquire()  # waits the delay the database gave, then asks again
     assert time.monotonic() - begun >= window * 0.5
+    # The database said no, though this host started nothing.
+    assert second_waits.timeouts and 0.0 < second_waits.timeouts[0] <= window
     assert peak(PgRequestLog(host("referee"), ACCOUNT).since(0.0), window - 0.01) <= 2
 
 
