@@ -6,6 +6,8 @@
 - No import cycle among bgsyncd's modules at run time (the graph of the
   imports a module runs when it is imported, built with ``ast``).
 - No module of bgsyncd/ is over 400 lines.
+- Each outside library is imported only in its home (Pillow in imaging and
+  the demo, watchdog in the watcher, httpx in the client...).
 - No list of names (states, pause reasons, endpoints...) is written out in two
   modules: one module holds the fact, the others import it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import fnmatch
 import importlib
 import inspect
 import re
@@ -394,6 +397,53 @@ def test_no_import_cycle_among_bgsyncd_modules() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+# Each outside library behind one module (or one family of modules): STYLE.md.
+LIBRARY_HOMES = {
+    "PIL": ("bgsyncd.imaging.*", "bgsyncd.demo"),  # the demo draws its samples
+    "watchdog": ("bgsyncd.watcher",),
+    "prometheus_client": ("bgsyncd.metrics",),
+    "httpx": ("bgsyncd.client", "bgsyncd.deadline"),  # deadline: the client's sockets
+    "httpcore": ("bgsyncd.deadline",),
+    "sqlite3": ("bgsyncd.queue", "bgsyncd.sqlite_*"),
+    "psycopg": ("bgsyncd.pg*", "bgsyncd.backends"),  # backends: is psycopg installed?
+    "psycopg_pool": ("bgsyncd.pg*", "bgsyncd.backends"),
+    "structlog": ("bgsyncd.logs",),
+}
+
+
+def library_imports(source: str) -> set[str]:
+    """The top-level names of every absolute import in ``source``, wherever it stands."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def strays(imports: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(library, module) for each module importing a library outside its homes."""
+    return sorted(
+        (library, module)
+        for module, libraries in imports.items()
+        for library in libraries & LIBRARY_HOMES.keys()
+        if not any(fnmatch.fnmatchcase(module, home) for home in LIBRARY_HOMES[library])
+    )
+
+
+def test_each_outside_library_is_imported_only_in_its_home() -> None:
+    imports = {m: library_imports(_source(m).read_text()) for m in _module_names()}
+    assert "PIL" in imports["bgsyncd.imaging.codec"], "the imports are found"
+    assert strays(imports) == []
+
+
+def test_a_library_imported_outside_its_home_is_caught() -> None:
+    source = "def f():\n    from PIL import Image\n    import httpx.Client\n"
+    imports = {"bgsyncd.worker": library_imports(source), "bgsyncd.client": {"httpx"}}
+    assert strays(imports) == [("PIL", "bgsyncd.worker"), ("httpx", "bgsyncd.worker")]
 
 
 @pytest.mark.parametrize("module", list(_module_names()))
