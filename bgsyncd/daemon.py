@@ -119,7 +119,7 @@ class Daemon:
             self.metrics,
             max_in_flight=settings.api.max_in_flight,
             lease_seconds=self.backend.claim_lease,
-            on_state_change=self.publisher.dirty.set,
+            on_state_change=self._state_changed,
             on_pause=self.faults.on_pause,
             pauses=self.backend.pauses,
         )
@@ -187,6 +187,11 @@ class Daemon:
     def _wake_dispatch(self) -> None:
         self.publisher.dirty.set()
         self.dispatcher.wake()
+
+    def _state_changed(self) -> None:
+        """A job or a pause changed (dispatch's threads, the probe's): publish it now."""
+        self.publisher.dirty.set()
+        self.signals.wake.set()
 
     def _on_conflict(self, message: str) -> None:
         """Another daemon took this host_id while the database was away: stop (exit 1)."""

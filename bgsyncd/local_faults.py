@@ -3,7 +3,9 @@
 - ``output_unwritable``: the place a write failed is noted for the
   :class:`~bgsyncd.probe.OutputProbe`, probed from the configured folder that
   holds it; the pause is lifted when the probe passes (every 30 s, at once on
-  SIGHUP).
+  SIGHUP). A probe round runs on a thread of its own: a write to a sick disk
+  (a hung network mount) may block for minutes, and the main loop must go on
+  beating for systemd's watchdog.
 - ``queue_unavailable``: lifted when the database answers a write again, and
   the jobs it could not update are given back.
 
@@ -13,6 +15,7 @@ loop calls :meth:`LocalFaults.lift` on each turn.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -35,8 +38,10 @@ class LocalFaults:
         queue: Queue,
         folders: Callable[[], Sequence[FolderSettings]],
         rescan: Callable[[], None],
+        probe: OutputProbe | None = None,
     ) -> None:
-        self.probe = OutputProbe()
+        self.probe = OutputProbe() if probe is None else probe
+        self._probing: threading.Thread | None = None
         self._queue = queue
         self._folders = folders  # the settings in force (a reload replaces them)
         self._rescan = rescan
@@ -64,13 +69,8 @@ class LocalFaults:
         """Lift ``output_unwritable`` when its probe passes (every 30 s, at once on SIGHUP),
         and ``queue_unavailable`` when the database answers a write again."""
         held = dispatcher.pauses
-        if OUTPUT_UNWRITABLE in held:
-            result = self.probe.run(force=sighup)
-            for place, error in result.failing.items() if result.ran else ():
-                log.warning("output.probe_failed", folder_path=str(place), error=error)
-            if result.recovered:
-                log.info("output.writable", note="a probe write passed")
-                dispatcher.lift_pause(OUTPUT_UNWRITABLE)
+        if OUTPUT_UNWRITABLE in held and (sighup or self.probe.due()):
+            self._start_probe(dispatcher, force=sighup)
         if QUEUE_UNAVAILABLE in held and not dispatcher.in_flight:
             # Jobs whose rows could not be updated are still in flight in the
             # database; with none in flight here, they go back to pending.
@@ -79,3 +79,28 @@ class LocalFaults:
             log.info("queue.available", jobs_returned=returned)
             dispatcher.lift_pause(QUEUE_UNAVAILABLE)
             self._rescan()  # files found while it was down are found again
+
+    @property
+    def probing(self) -> bool:
+        """A probe round is running (on its own thread)."""
+        return self._probing is not None and self._probing.is_alive()
+
+    def _start_probe(self, dispatcher: Dispatcher, *, force: bool) -> None:
+        """Start a probe round on its own thread, unless one is still running."""
+        if self.probing:
+            return
+        self._probing = threading.Thread(
+            target=self._probe_round,
+            args=(dispatcher, force),
+            name="bgsyncd-probe",
+            daemon=True,  # a write hung on a dead mount must not hold up the exit
+        )
+        self._probing.start()
+
+    def _probe_round(self, dispatcher: Dispatcher, force: bool) -> None:
+        result = self.probe.run(force=force)
+        for place, error in result.failing.items() if result.ran else ():
+            log.warning("output.probe_failed", folder_path=str(place), error=error)
+        if result.recovered:
+            log.info("output.writable", note="a probe write passed")
+            dispatcher.lift_pause(OUTPUT_UNWRITABLE)

@@ -8,12 +8,14 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.emulator import Emulator
+from bgsyncd.local_faults import LocalFaults
 from bgsyncd.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
 from tests.conftest import (
     DaemonProcess,
@@ -25,6 +27,7 @@ from tests.conftest import (
 )
 from tests.helpers import FakeClock, product_image, wait_until
 from tests.mounts import tmpfs
+from tests.test_dispatch import make_dispatcher
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
 EROFS_TEXT = "[Errno 30] Read-only file system"
@@ -203,6 +206,42 @@ def test_a_place_noted_again_during_a_round_is_not_forgotten_by_that_round() -> 
 
 
 # -- a real daemon, a real full or read-only outbox ---------------------------------------
+
+
+def test_a_probe_hung_on_a_dead_mount_never_holds_up_the_main_loop(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # A write that never returns (a hard NFS mount whose server is gone) cannot
+    # be made real here: the probe's one disk call is stood in for by a gate.
+    gate = threading.Event()
+    calls: list[Path] = []
+
+    def hung_write(place: Path, root: Path | None) -> None:
+        calls.append(place)
+        gate.wait(30)
+
+    d, queue, client = make_dispatcher(tmp_path, emulator)
+    faults = LocalFaults(queue, lambda: [], lambda: None, OutputProbe(probe=hung_write))
+    d.start()
+    try:
+        d.raise_pause("output_unwritable", error=ENOSPC_TEXT)
+        faults.probe.note(tmp_path / "out", ENOSPC_TEXT)
+        turn = threading.Thread(target=lambda: faults.lift(d, sighup=True))
+        turn.start()
+        turn.join(10)
+        assert not turn.is_alive(), "the main loop's turn waited for the probe"
+        wait_until(lambda: calls, what="the probe round started")
+        faults.lift(d, sighup=True)  # a second SIGHUP while the first round hangs
+        assert calls == [tmp_path / "out"] and faults.probing
+        assert d.paused == "output_unwritable"
+        gate.set()  # the mount answers again
+        wait_until(lambda: d.paused is None, what="the pause lifted by the probe's thread")
+        assert not faults.probing
+    finally:
+        gate.set()
+        d.stop(5)
+        client.close()
+        queue.close()
 
 
 def _image_requests(emulator: Emulator) -> int:
