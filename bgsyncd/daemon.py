@@ -45,6 +45,11 @@ from bgsyncd.worker import Worker
 log = get_logger("bgsyncd.daemon")
 
 
+# No output takes an hour to write: a temp file that old in a shared folder is
+# a crash's leftover, whichever host it was.
+SHARED_TEMP_STALE_SECONDS = 3600.0
+
+
 class Daemon:
     """One running bgsyncd: build with settings, then ``run()``."""
 
@@ -72,8 +77,10 @@ class Daemon:
         if resent:
             log.warning("queue.recovered", jobs=resent, note="outcome unknown; will be sent again")
         for folder in settings.folders:
+            # A shared folder's fresh temp files are other hosts' writes in progress.
+            stale = SHARED_TEMP_STALE_SECONDS if folder.shared else None
             for _kind, root in output_trees(folder):
-                outputs.cleanup_temp_files(root)
+                outputs.cleanup_temp_files(root, older_than=stale)
         self.cache = self.backend.cache
         self.pacer = Pacer(
             settings.api.rate_limit, settings.api.rate_window_seconds, self.backend.request_log

@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -127,18 +128,23 @@ def _write_at(dir_fd: int, name: str, data: bytes) -> None:
     fsops.fsync_fd(dir_fd)
 
 
-def cleanup_temp_files(root: Path) -> int:
+def cleanup_temp_files(root: Path, *, older_than: float | None = None) -> int:
     """Remove temp files left under ``root`` by a crash; returns how many.
 
     Only names of our own pattern, only regular files; symlinks are neither
     followed nor removed. Call at start, before anything writes under ``root``.
+    With ``older_than`` (seconds), only files unchanged that long go: in a
+    folder other hosts write into, a fresh temp file is another host's output
+    being written.
     """
     removed = 0
+    before = None if older_than is None else time.time() - older_than
     for fd, name in fsops.walk_files(root):
         if not is_temp_name(name):
             continue
         try:
-            if stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and (before is None or st.st_mtime < before):
                 os.unlink(name, dir_fd=fd)
                 removed += 1
         except FileNotFoundError:

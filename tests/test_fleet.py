@@ -8,6 +8,7 @@ credits), and the database is the one the test server started.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -77,8 +78,11 @@ def image_requests(emu: Emulator) -> list[Any]:
 
 
 def outputs(folder: dict[str, Any]) -> list[str]:
+    """The outputs written (a hidden temp file is one being written, not an output)."""
     outbox = Path(folder["outbox"])
-    return sorted(p.name for p in outbox.rglob("*") if p.is_file()) if outbox.exists() else []
+    if not outbox.exists():
+        return []
+    return sorted(p.name for p in outbox.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def db_rows(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -530,3 +534,24 @@ def test_a_reload_is_checked_against_the_fleet_as_a_start_is(
         (refused,) = [e for e in a.events() if e.get("event") == "config.reload_failed"]
         assert "'z'" in refused["error"] and "'b'" in refused["error"], refused
         assert a.stop() == 0 and b.stop() == 0
+
+
+def test_a_host_starting_leaves_another_hosts_write_in_a_shared_folder_alone(
+    tmp_path: Path, pg_dsn: str, daemons: list[DaemonProcess]
+) -> None:
+    folder = make_folder(tmp_path, "shared", shared=True, polling=True)
+    outbox = Path(folder["outbox"])
+    outbox.mkdir()
+    # Host a, on another machine, is writing an output (its temp file, just
+    # made); a crash long ago left another temp file behind.
+    writing = outbox / ".p.png.bgsyncd-0123456789abcdef.tmp"
+    writing.write_bytes(b"half an output")
+    stale = outbox / ".q.png.bgsyncd-fedcba9876543210.tmp"
+    stale.write_bytes(b"left by a crash")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    with Emulator(keys=[TEST_KEY], credits=1000, rate_limit=1000) as emu:
+        b = start_daemon(daemons, host_config(tmp_path, "b", emu, pg_dsn, [folder]))
+        assert writing.read_bytes() == b"half an output"
+        assert not stale.exists()
+        assert b.stop() == 0

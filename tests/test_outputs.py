@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -192,6 +193,17 @@ def test_cleanup_removes_only_our_temp_files(tmp_path: Path) -> None:
     assert not any(p.exists() for p in ours)
     assert all(p.exists() for p in theirs)
     assert behind.exists() and link_named_like_ours.is_symlink()
+
+
+def test_cleanup_older_than_leaves_a_temp_file_being_written(tmp_path: Path) -> None:
+    fresh = tmp_path / ".a.png.bgsyncd-0123456789abcdef.tmp"
+    old = tmp_path / ".b.png.bgsyncd-fedcba9876543210.tmp"
+    for path in (fresh, old):
+        path.write_bytes(b"x")
+    an_hour_ago = time.time() - 3601
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    assert outputs.cleanup_temp_files(tmp_path, older_than=3600) == 1
+    assert fresh.exists() and not old.exists()
 
 
 def test_cleanup_of_a_missing_folder_is_zero(tmp_path: Path) -> None:
