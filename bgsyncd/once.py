@@ -45,7 +45,7 @@ class Snapshot:
     open_jobs: int  # pending, in flight or waiting on a retry, in the configured folders
     in_flight: int
     intake_busy: bool  # files found but not yet in the queue (watcher, ingest)
-    ready_in: float | None  # seconds until a job may be claimed (0: now); None: no open job
+    ready_in: float | None  # seconds until a job may be claimed (0: now); None: none waits
     rate_wait: float  # seconds until the rate limit allows the next request
     paused: str | None
     paused_for: float  # seconds since this pause began
@@ -76,8 +76,12 @@ def decide(s: Snapshot) -> Verdict:
         return Verdict(False, waiting=f"paused: {s.paused}; {then}, giving up in {_secs(left)}")
     if s.intake_busy or s.in_flight:
         return Verdict(False, waiting=_rate(s) if s.ready_in == 0 else "")
-    if s.open_jobs == 0 or s.ready_in is None:
+    if s.open_jobs == 0:
         return Verdict(True)
+    if s.ready_in is None:
+        # Open jobs, none ready and none in flight here: one was claimed (or
+        # given back) between the looks, or another host of a fleet holds it.
+        return Verdict(False)
     if s.ready_in <= 0:
         return Verdict(False, waiting=_rate(s))
     if s.ready_in > HORIZON:

@@ -237,6 +237,9 @@ def test_once_decisions() -> None:
     assert decide(soon) == Verdict(False, waiting="waiting for a retry in 30 s")
     assert decide(replace(soon, ready_in=61.0)) == Verdict(True, EXIT_OK)
     assert decide(replace(base, open_jobs=0, ready_in=None)) == Verdict(True, EXIT_OK)
+    # Claimed between the looks (the queue says in flight, the dispatcher not yet):
+    # the run is not over (it once ended "1/2 files finished", exit 0).
+    assert decide(replace(base, open_jobs=1, ready_in=None)) == Verdict(False)
     account = replace(base, paused="invalid_api_key")
     assert decide(account) == Verdict(True, EXIT_PAUSED, "paused: invalid_api_key")
     check_soon = replace(account, next_check_in=20.0, paused_for=10.0)
