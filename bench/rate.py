@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,8 +172,9 @@ def measure(reqs: list[RecordedRequest], limit: int, window: float) -> Measure:
     return Measure(len(reqs), ratio, peak(starts, window), rejected)
 
 
-def peak(starts: list[float], window: float) -> int:
-    """The most starts in any window ``[s, s + window)``."""
+def peak(starts: Iterable[float], window: float) -> int:
+    """The most starts in any window ``[s, s + window)`` (``starts`` in any order)."""
+    starts = sorted(starts)
     best, j = 0, 0
     for i, s in enumerate(starts):
         while j < len(starts) and starts[j] < s + window:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from bench import rate
 from bgsyncd.emulator import Emulator, RecordedRequest
 from tests.conftest import (
     TEST_KEY,
@@ -49,13 +50,7 @@ def image_requests(emu: Emulator) -> list[RecordedRequest]:
 
 def peak(requests: Iterable[RecordedRequest], window: float) -> int:
     """Most requests starting in any window ``[s, s + window)``: a sliding check over all."""
-    times = sorted(r.started for r in requests)
-    best, j = 0, 0
-    for i, s in enumerate(times):
-        while j < len(times) and times[j] < s + window:
-            j += 1
-        best = max(best, j - i)
-    return best
+    return rate.peak((r.started for r in requests), window)
 
 
 def statuses(emu: Emulator) -> list[int]:

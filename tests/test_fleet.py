@@ -18,23 +18,13 @@ from typing import Any, cast
 import psycopg
 import pytest
 
+from bench.rate import peak
 from bgsyncd.emulator import Emulator
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/alpha-channel", "/v1.0/image-without-background")
 CREDIT_PATH = "/available-credit"
-
-
-def peak(times: list[float], window: float) -> int:
-    """Most starts in any window ``[s, s + window)``."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, s in enumerate(times):
-        while j < len(times) and times[j] < s + window:
-            j += 1
-        best = max(best, j - i)
-    return best
 
 
 def test_peak_counts_the_busiest_window() -> None:
