@@ -79,22 +79,37 @@ def _check_backend(settings: Settings, file: Path) -> None:
             'backend = "postgresql" needs a libpq DSN'
             ' (e.g. "postgresql://bgsyncd@db.internal/bgsyncd")',
         )
-    if dsn_has_password(queue.dsn):
+    _check_dsn(queue.dsn, file)
+
+
+def _check_dsn(dsn: str, file: Path) -> None:
+    """Refuse a DSN that libpq reads a password from, or cannot read; never echo it.
+
+    libpq's own parser decides (``pass%77ord=`` is ``password=`` to it), so
+    psycopg is needed from here on, and imported only now: a SQLite
+    configuration never loads it.
+    """
+    from bgsyncd.backends import require_psycopg  # backends imports config, which imports us
+
+    require_psycopg()
+    from bgsyncd.pg_dsn import UnreadableDsn, carries_password
+
+    try:
+        has_password = carries_password(dsn)
+    except UnreadableDsn:
+        raise invalid(
+            file,
+            "queue.dsn",
+            "libpq cannot read it as a connection string"
+            ' ("key=value ..." or "postgresql://user@host/database")',
+        ) from None
+    if has_password:
         raise invalid(
             file,
             "queue.dsn",
             "must not carry a password: put it in PGPASSFILE or ~/.pgpass, in PGPASSWORD,"
             " or in the systemd credential db_password",
         )
-
-
-def dsn_has_password(dsn: str) -> bool:
-    """``dsn`` (URI or key=value) writes a password, in any of libpq's spellings."""
-    if re.search(r"(^|\s)password\s*=", dsn):
-        return True
-    if re.search(r"[?&]password=", dsn):
-        return True
-    return re.match(r"^[a-z]+://[^/@\s]*:[^@/\s]*@", dsn) is not None
 
 
 def parse_listen(listen: str) -> tuple[str, int] | None:

@@ -255,11 +255,9 @@ class Daemon:
         return self._once.exit_code if self._once is not None else EXIT_OK
 
     def _loop(self) -> None:
-        interval = REFRESH_SECONDS
-        if self.notifier.watchdog_interval:
-            interval = min(interval, self.notifier.watchdog_interval)
         while not self.signals.stop.is_set():
-            self.signals.wake.wait(0.2 if self.once else interval)
+            # Woken early (a job's change), it still pings in time: sleep_for knows when.
+            self.signals.wake.wait(0.2 if self.once else self.notifier.sleep_for(REFRESH_SECONDS))
             self.signals.wake.clear()
             self._fatal = self._conflict or database_lost(self.queue, self._lock)
             if self._fatal is not None:

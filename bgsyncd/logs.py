@@ -2,7 +2,10 @@
 
 Every line — from bgsyncd's own structlog loggers and from stdlib ``logging``
 (httpx, watchdog), tracebacks included — passes one redaction step that replaces
-each current secret with ``***``. The processor chain is built once and reads a
+each current secret with ``***``. A library's record (stdlib ``logging``:
+psycopg's pool, watchdog) becomes one ``library.warning`` or ``library.error``
+event with the library's text in a field, never as the event's name, and any
+connection password in that text hidden. The processor chain is built once and reads a
 small mutable state, so :func:`configure_logging` can be called again (reload:
 new level, new key) and loggers bound earlier follow it.
 """
@@ -10,6 +13,8 @@ new level, new key) and loggers bound earlier follow it.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import threading
 import warnings
@@ -30,6 +35,14 @@ LEVELS: Mapping[str, int] = {
 # Loggers that would log request lines (URLs, and at DEBUG, header events) at
 # INFO and below; held at WARNING whatever the root level says.
 _QUIET_LIBRARIES = ("httpx", "httpcore", "hpack", "h11", "h2")
+
+# A library's text may quote connection information (psycopg's "error
+# connecting in 'bgsyncd': ..."): a password in it is hidden even when it is
+# none of the configured secrets. libpq quotes a value with single quotes.
+_CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+# The password libpq reads from our environment, when it is given that way.
+_PASSWORD_ENV = "PGPASSWORD"  # noqa: S105 (a variable's name)
 
 _write_lock = threading.Lock()
 
@@ -123,6 +136,24 @@ def _filter_level(_: WrappedLogger, method: str, event: EventDict) -> EventDict:
 def _name_logger(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     if "logger_name" in event:
         event.setdefault("logger", event.pop("logger_name"))
+    return event
+
+
+def _library_event(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """A library's stdlib record: ``library.warning`` (``library.error`` from ERROR up).
+
+    The record's text goes in ``text`` (``logger`` names the library), its
+    connection passwords hidden; :func:`redact` then hides the secrets.
+    """
+    text = str(event.get("event", ""))
+    text = _CONNINFO_PASSWORD.sub(rf"\g<1>{REDACTED}", text)
+    text = _URI_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
+    password = os.environ.get(_PASSWORD_ENV)
+    if password:
+        text = text.replace(password, REDACTED)
+    serious = event.get("level") in ("error", "critical")
+    event["event"] = "library.error" if serious else "library.warning"
+    event["text"] = text
     return event
 
 
@@ -256,6 +287,7 @@ def _configure_stdlib(level: int) -> None:
             foreign_pre_chain=[
                 structlog.stdlib.add_logger_name,
                 structlog.stdlib.add_log_level,
+                _library_event,
                 _timestamp(),
             ],
             processors=[

@@ -5,28 +5,55 @@ starting with ``@``) and, with ``WatchdogSec=``, ``WATCHDOG_USEC``. Each message
 is one datagram of ``KEY=value`` lines. Outside systemd (no ``NOTIFY_SOCKET``)
 every call does nothing, and no call ever raises: a lost notification must not
 stop the daemon (systemd's watchdog will notice if it matters).
+
+No call ever blocks either: a datagram socket makes the sender wait once the
+reader's queue holds ``net.unix.max_dgram_qlen`` datagrams, so every message
+is sent with ``MSG_DONTWAIT`` and dropped when the queue is full. A failing
+socket is logged once (``notify.failed``), not once a message, until a
+message passes again.
+
+WATCHDOG=1 goes out only when systemd asked for it (``WATCHDOG_USEC``, and
+``WATCHDOG_PID`` ours when set), at most once per half of that interval; the
+main loop sleeps no longer than the next ping allows (:meth:`Notifier.sleep_for`).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 
 from bgsyncd.logs import get_logger
 
 _log = get_logger("bgsyncd.notify")
 
+# A wait returns a hair before its deadline by the clock's rounding: not a reason to skip a ping.
+_DUE_SLACK = 0.01
+# The shortest sleep the watchdog asks of the main loop (as a part of the
+# interval): a ping skipped because a thread had died must not make it spin.
+_MIN_SLEEP_PART = 1 / 8
+
 
 class Notifier:
     """Sends sd_notify messages to ``address``; a no-op when ``address`` is None."""
 
-    def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        watchdog_usec: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._address: str | bytes | None = address
         if address and address.startswith("@"):
             # Abstract namespace: the name starts with a NUL byte instead of "@".
             self._address = b"\0" + address[1:].encode()
         self._watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
+        self._clock = clock
+        self._next_ping: float | None = None  # None: the first ping is due at once
+        self._lock = threading.Lock()  # the main loop and the publisher both send
+        self._failing = False
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], pid: int | None = None) -> Notifier:
@@ -59,17 +86,28 @@ class Notifier:
         return self._watchdog_usec / 2_000_000
 
     def notify(self, **fields: object) -> bool:
-        """Send ``KEY=value`` lines in one datagram; True if it was sent."""
+        """Send ``KEY=value`` lines in one datagram, never waiting; True if it was sent."""
         if self._address is None or not fields:
             return False
         # A value may not span lines: the protocol is one assignment a line.
         text = "\n".join(f"{k}={' '.join(str(v).splitlines())}" for k, v in fields.items())
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(text.encode(), self._address)
+                # MSG_DONTWAIT: a full queue (nobody reading) is EAGAIN, not a wait.
+                sock.sendto(text.encode(), socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
-            _log.warning("notify.failed", fields=sorted(fields), error=str(exc))
+            with self._lock:
+                first, self._failing = not self._failing, True
+            if first:
+                _log.warning(
+                    "notify.failed",
+                    fields=sorted(fields),
+                    error=str(exc),
+                    note="dropped; later failures are not logged until a message passes",
+                )
             return False
+        with self._lock:
+            self._failing = False
         return True
 
     def ready(self, status: str | None = None) -> bool:
@@ -83,8 +121,30 @@ class Notifier:
         return self.notify(STATUS=text)
 
     def watchdog(self) -> bool:
-        """WATCHDOG=1: the main loop is alive."""
+        """WATCHDOG=1 (the main loop is alive), when one is due; True if it was sent.
+
+        Nothing without ``WATCHDOG_USEC``; else at most once per
+        :attr:`watchdog_interval`. A ping that is dropped still counts: the
+        next one waits its turn.
+        """
+        interval = self.watchdog_interval
+        if interval is None:
+            return False
+        now = self._clock()
+        with self._lock:
+            if self._next_ping is not None and now < self._next_ping - _DUE_SLACK:
+                return False
+            self._next_ping = now + interval
         return self.notify(WATCHDOG=1)
+
+    def sleep_for(self, longest: float) -> float:
+        """How long the main loop may sleep: ``longest``, or less when a ping falls due sooner."""
+        interval = self.watchdog_interval
+        if interval is None:
+            return longest
+        with self._lock:
+            due = 0.0 if self._next_ping is None else self._next_ping - self._clock()
+        return min(longest, max(due, interval * _MIN_SLEEP_PART))
 
     def stopping(self) -> bool:
         """STOPPING=1: shutdown has begun."""

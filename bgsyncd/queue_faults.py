@@ -13,10 +13,17 @@ importer):
 - Is the file at the database's path still the one we opened? A database
   deleted or replaced under a running daemon (and its ``.lock`` with it) would
   let a second daemon start beside us; the daemon notices and exits 1.
+
+Neither question, nor :func:`check_openable` before SQLite opens the file,
+ever opens a descriptor of the database file itself: closing one releases
+every POSIX lock the process holds on that file, the daemon's connections'
+included, and the next command to close its connection would then take
+itself for the last user and delete the WAL under the daemon (SPEC §4).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -61,6 +68,22 @@ def describe_disk_failure(database: Path, sqlite_text: str) -> str:
     except OSError as exc:
         return describe_os_error(exc)
     return sqlite_text
+
+
+def check_openable(database: Path) -> None:
+    """Raise the kernel's :class:`OSError` when ``database`` cannot be opened for writing.
+
+    SQLite says "unable to open database file" (or opens read-only) where the
+    kernel says ``[Errno 30] Read-only file system``. ``access(2)`` asks
+    without opening the file (it answers ``EROFS`` even to root); when it says
+    no, a probe write in the folder names the errno, else the file's own mode
+    refuses: ``EACCES``.
+    """
+    target = database if database.exists() else database.parent
+    if os.access(target, os.W_OK):
+        return
+    probe_write(database.parent)
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 def identity_of(path: Path) -> Identity:

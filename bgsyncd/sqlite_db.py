@@ -14,7 +14,6 @@ transactions.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, describe_os_error
-from bgsyncd.queue_faults import describe_disk_failure, is_disk_failure
+from bgsyncd.queue_faults import check_openable, describe_disk_failure, is_disk_failure
 from bgsyncd.queue_sql import MIGRATIONS, SCHEMA_VERSION
 from bgsyncd.storage import QueueError
 
@@ -41,13 +40,15 @@ def failure(exc: Exception, path: Path | str) -> BgsyncdError:
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) and migrate the database at ``path``.
 
-    The file is opened for writing by hand first: SQLite says "unable to open
-    database file" where the kernel says ``[Errno 30] Read-only file system``.
+    Whether it can be written is asked without opening it
+    (:func:`~bgsyncd.queue_faults.check_openable`): this process may already
+    hold a connection to it (the daemon's queue and request log are two), and
+    closing a descriptor of the file by hand would release that connection's
+    locks, so that a command closing beside the daemon deletes its WAL.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # 0o644: SQLite's own mode for a new database (the umask applies).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        check_openable(path)
     except OSError as exc:
         raise QueueError(
             f"cannot open the queue database {path}: {describe_os_error(exc)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import warnings
 from collections.abc import Iterator
@@ -11,10 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import structlog
+from psycopg_pool import ConnectionPool
 
 from bgsyncd.logs import configure_logging, get_logger
+from tests.helpers import wait_until
 
 KEY = "sk-live-4b1d9e7c2a8f6d3e0b5c"
 
@@ -104,9 +108,12 @@ def test_stdlib_logging_goes_through_redaction(capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert KEY not in err
     first, second = lines(err)
-    assert first["event"] == "cannot watch /srv/***"
+    assert first["event"] == "library.warning"
+    assert first["text"] == "cannot watch /srv/***"
     assert first["level"] == "warning"
     assert first["logger"] == "watchdog.observers"
+    assert second["event"] == "library.error"
+    assert second["text"] == "lib failed"
     assert "OSError: errno with ***" in second["exception"]
 
 
@@ -190,3 +197,60 @@ def test_library_warnings_are_one_event_with_the_text_in_a_field(
     assert event["category"] == "RuntimeWarning"
     assert event["text"] == long_text.replace(KEY, "***")
     assert "test_logs.py:" in event["source"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # closed again: a connection there is refused
+
+
+def test_a_psycopg_pool_warning_is_a_library_event_with_its_text_in_a_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("json", "info", lambda: [KEY])
+    dsn = f"host=127.0.0.1 port={_closed_port()} user=bgsyncd connect_timeout=2"
+    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        dsn, min_size=1, open=False, name="bgsyncd", reconnect_timeout=30
+    )
+    pool.open(wait=False)
+    seen: list[dict[str, Any]] = []
+    try:
+
+        def logged() -> bool:
+            seen.extend(lines(capsys.readouterr().err))
+            return any(e.get("logger") == "psycopg.pool" for e in seen)
+
+        wait_until(logged, 30, what="psycopg_pool's warning")
+    finally:
+        pool.close(timeout=5)
+    event = next(e for e in seen if e.get("logger") == "psycopg.pool")
+    assert event["event"] == "library.warning", event
+    assert event["level"] == "warning"
+    assert event["text"].startswith("error connecting in 'bgsyncd':"), event
+
+
+@pytest.mark.parametrize(
+    ("logger", "text"),
+    [
+        ("psycopg.pool", "error connecting in 'bgsyncd': host=db user=u password=pw-4711 x"),
+        ("psycopg.pool", "error connecting in 'bgsyncd': password = 'pw 4711' host=db"),
+        ("psycopg", "bad dsn postgresql://bgsyncd:pw-4711@db.internal/bgsyncd"),
+        ("psycopg.pool", "error connecting in 'bgsyncd': as pgenv-4711 refused"),
+        ("watchdog.observers.inotify", "Unable to watch b'/srv/pw-4711': [Errno 28] no space"),
+    ],
+)
+def test_a_password_in_a_library_text_never_reaches_the_log(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, logger: str, text: str
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", "pgenv-4711")
+    # The API key and the watched path's secret-looking name are the configured secrets.
+    configure_logging("json", "info", lambda: [KEY, "/srv/pw-4711"])
+    logging.getLogger(logger).warning("%s", text)
+    err = capsys.readouterr().err
+    (event,) = lines(err)
+    assert event["event"] == "library.warning"
+    assert event["logger"] == logger
+    assert "4711" not in err
+    assert "***" in event["text"]

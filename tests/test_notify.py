@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ def abstract_socket() -> Iterator[FakeSystemd]:
 
 def exchange(fake: FakeSystemd) -> None:
     """Send every message kind and check the bytes systemd receives."""
-    n = Notifier.from_environ({"NOTIFY_SOCKET": fake.address})
+    n = Notifier.from_environ({"NOTIFY_SOCKET": fake.address, "WATCHDOG_USEC": "30000000"})
     assert n.enabled
     assert n.ready()
     assert fake.receive() == b"READY=1"
@@ -107,3 +108,46 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     assert Notifier.from_environ({**env, "WATCHDOG_PID": "1234"}, pid=99).watchdog_interval is None
     assert Notifier.from_environ({**env, "WATCHDOG_USEC": "junk"}).watchdog_interval is None
     assert Notifier.from_environ({**env, "WATCHDOG_USEC": "0"}).watchdog_interval is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_watchdog_pings_only_when_asked_and_at_most_once_per_half_interval(
+    path_socket: FakeSystemd,
+) -> None:
+    clock = Clock()
+    unasked = Notifier(path_socket.address, None, clock=clock)
+    assert not unasked.watchdog()
+    assert unasked.sleep_for(5.0) == 5.0
+    assert path_socket.nothing_waiting()
+    n = Notifier(path_socket.address, 4_000_000, clock=clock)  # WatchdogSec=4: every 2 s
+    assert n.sleep_for(5.0) == 0.25  # the first ping is due at once (an eighth: no spin)
+    assert n.watchdog()
+    assert path_socket.receive() == b"WATCHDOG=1"
+    clock.now += 1.5
+    assert not n.watchdog()  # woken early: not yet
+    assert n.sleep_for(5.0) == pytest.approx(0.5)
+    clock.now += 0.5
+    assert n.watchdog()
+    assert path_socket.receive() == b"WATCHDOG=1"
+    assert n.sleep_for(1.0) == 1.0
+    assert path_socket.nothing_waiting()
+
+
+def test_a_full_socket_drops_messages_without_waiting(tmp_path: Path) -> None:
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(tmp_path / "deaf.sock"))
+    try:
+        n = Notifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "deaf.sock")})
+        began = time.monotonic()
+        sent = [n.status(f"{i} pending") for i in range(200)]
+        assert time.monotonic() - began < 5.0
+        assert sent[0] and not sent[-1]  # the queue filled, and the rest were dropped
+    finally:
+        deaf.close()

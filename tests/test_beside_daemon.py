@@ -1,0 +1,152 @@
+"""The commands beside a live daemon on one SQLite database (SPEC §4, issue 15 item 2).
+
+`bgsyncd credits`, `retry` and `status` as real subprocesses beside a real
+`bgsyncd run` on the emulator: none may delete the daemon's WAL or shared
+memory file under it (a process that opens and closes a second descriptor of
+the database file drops its POSIX locks, and the next command to close then
+believes it is the last user). Once that happened, status froze, a retried
+file was never taken, the request logs split (429s) and the database lost
+index rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from bgsyncd.emulator import Emulator
+from bgsyncd.queue import Queue, SqliteRequestLog
+from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.helpers import product_image, wait_until
+
+# Tight enough that a command and the daemon keeping separate request logs
+# would push the account over its limit.
+LIMIT = 6
+WINDOW = 3.0
+JOURNALS = ("-wal", "-shm")
+
+
+def _journals_open(pid: int, database: Path) -> list[str]:
+    """What ``pid`` holds open of the database's WAL and shared memory, as /proc names it."""
+    names = []
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed while we looked
+        if target.startswith(str(database)) and any(j in target for j in JOURNALS):
+            names.append(target)
+    return names
+
+
+def _deleted(pid: int, database: Path) -> list[str]:
+    return [name for name in _journals_open(pid, database) if name.endswith("(deleted)")]
+
+
+def _credits(config: Path) -> None:
+    result = run_cli("credits", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+
+
+def _status(config: Path) -> dict[str, int]:
+    result = run_cli("status", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, int] = json.loads(result.stdout)["jobs"]
+    return loaded
+
+
+def test_credits_retry_and_status_beside_a_daemon_leave_its_database_alone(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    with Emulator(
+        keys=[TEST_KEY], credits=10_000, rate_limit=LIMIT, rate_window=WINDOW, seed=1
+    ) as emu:
+        folder = make_folder(tmp_path, "f")
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            api={"rate_limit": LIMIT, "rate_window_seconds": WINDOW},
+        )
+        database = tmp_path / "state" / "queue.sqlite3"
+        inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
+        quarantine = Path(folder["quarantine"])
+        emu.configure(fail_rate=1.0)
+        d = start_daemon(daemons, config)
+        pid = d.proc.pid
+        (inbox / "p.jpg").write_bytes(product_image())
+        wait_until((quarantine / "p.jpg").exists, 60, what="p.jpg quarantined")
+        emu.configure(fail_rate=0.0)
+        assert any(n.endswith("-wal") for n in _journals_open(pid, database))
+
+        for _ in range(3):
+            _credits(config)
+            assert _status(config)["quarantined"] == 1
+            assert _deleted(pid, database) == []
+
+        retried = run_cli("retry", "--config", str(config), str(quarantine / "p.jpg"))
+        assert retried.returncode == 0, retried.stderr
+        assert _deleted(pid, database) == []
+        # The daemon sees what retry wrote: it takes the file and finishes it.
+        wait_until((outbox / "p.png").exists, 60, what="the retried file's output")
+        wait_until(lambda: _status(config)["done"] == 1, 30, what="status shows it done")
+
+        # A load the daemon must pace beside the commands through one request log.
+        for i in range(8):
+            (inbox / f"n{i}.jpg").write_bytes(product_image(64 + i, 48))
+        for _ in range(3):
+            _credits(config)
+            assert _deleted(pid, database) == []
+        wait_until(lambda: _status(config)["done"] == 9, 90, what="status shows all nine done")
+        assert _deleted(pid, database) == []
+        assert d.stop() == 0, d.output()
+        statuses = [r.status for r in emu.requests()]
+    assert statuses.count(429) == 0, statuses
+    conn = sqlite3.connect(database)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 9
+    finally:
+        conn.close()
+
+
+# What a command does: open, read, write and close its own connection.
+_COMMAND = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("INSERT INTO state (key, value) VALUES ('command', 'was here')")
+conn.close()
+"""
+
+
+def test_a_second_connection_in_the_daemons_process_keeps_its_locks(tmp_path: Path) -> None:
+    # The daemon opens the file twice (queue, then request log). Had the second
+    # open touched the file by hand, the command closing afterwards would find
+    # no other user, checkpoint and delete the WAL the daemon still writes to.
+    database = tmp_path / "queue.sqlite3"
+    queue = Queue(database)
+    log = SqliteRequestLog(database)
+    try:
+        queue.set_state("daemon", "1")
+        subprocess.run([sys.executable, "-c", _COMMAND, str(database)], check=True, timeout=60)
+        assert Path(f"{database}-wal").exists()
+        assert _deleted(os.getpid(), database) == []
+        queue.set_state("daemon", "2")
+        log.record(1.0)
+        assert queue.get_state("command") == "was here"  # what a command writes, seen at once
+        other = sqlite3.connect(database)  # and what the daemon writes, seen by the others
+        try:
+            assert other.execute("SELECT value FROM state WHERE key = 'daemon'").fetchone() == (
+                "2",
+            )
+            assert other.execute("SELECT count(*) FROM request_log").fetchone() == (1,)
+        finally:
+            other.close()
+    finally:
+        log.close()
+        queue.close()
