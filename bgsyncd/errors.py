@@ -58,6 +58,8 @@ class QueueUnavailable(BgsyncdError):
     """The queue database cannot be read or written right now (full, read-only, gone)."""
 
 
+# The daemon ran short of file descriptors: its own trouble, never a file's.
+OUT_OF_DESCRIPTORS_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 # Writing failed because of the disk, not the input: pause, probe, resume.
 LOCAL_FAULT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -69,6 +71,11 @@ REFUSED_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
 def is_local_fault(exc: BaseException) -> bool:
     """``exc`` is a failure of the disk (full, read-only, no permission, I/O error)."""
     return isinstance(exc, OSError) and exc.errno in LOCAL_FAULT_ERRNOS
+
+
+def is_out_of_descriptors(exc: BaseException) -> bool:
+    """``exc`` says the process or the system has no descriptor left (``EMFILE``, ``ENFILE``)."""
+    return isinstance(exc, OSError) and exc.errno in OUT_OF_DESCRIPTORS_ERRNOS
 
 
 def is_refused(exc: BaseException) -> bool:
