@@ -1,0 +1,199 @@
+"""A daemon short of descriptors (SPEC §6): EMFILE is the daemon's local fault, a pause,
+never a file's failure; and a failing ``stat`` is not taken for a file that is gone.
+
+The shortage is real: the soft ``RLIMIT_NOFILE`` of this process is lowered and
+every descriptor under it taken (``/dev/null``), for as short a time as the
+test needs, then everything is given back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bgsyncd import fsops
+from bgsyncd.cache import ResultCache
+from bgsyncd.client import Client
+from bgsyncd.config import FolderSettings
+from bgsyncd.emulator import Emulator
+from bgsyncd.local_faults import LocalFaults
+from bgsyncd.metrics import Recorder
+from bgsyncd.queue import Found, Queue
+from bgsyncd.results import Kind
+from bgsyncd.worker import Worker, WorkerConfig
+from tests.conftest import TEST_KEY
+from tests.helpers import product_image
+from tests.jobs import get_job
+
+IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+
+
+class Shortage:
+    """Every descriptor of this process taken, until :meth:`end` (idempotent)."""
+
+    def __init__(self) -> None:
+        self._limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._taken: list[int] = []
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        # A little room above the highest open descriptor, all of it then taken.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, self._limits[1]))
+        try:
+            while len(self._taken) < 100_000:
+                self._taken.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                self.end()
+                raise
+        else:  # pragma: no cover - the limit above is always reached
+            self.end()
+            raise AssertionError("never ran out of descriptors")
+
+    def end(self) -> None:
+        while self._taken:
+            os.close(self._taken.pop())
+        resource.setrlimit(resource.RLIMIT_NOFILE, self._limits)
+
+
+@contextmanager
+def no_descriptor_left() -> Iterator[Shortage]:
+    shortage = Shortage()
+    try:
+        yield shortage
+    finally:
+        shortage.end()
+
+
+def test_the_shortage_is_real() -> None:
+    with no_descriptor_left(), pytest.raises(OSError) as caught:
+        os.open(os.devnull, os.O_RDONLY)
+    assert caught.value.errno == errno.EMFILE
+    os.close(os.open(os.devnull, os.O_RDONLY))  # and it ends
+
+
+# -- fsops.regular_stat: gone means gone, nothing else -------------------------------------
+
+
+def test_regular_stat_reports_emfile_instead_of_a_file_gone(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jpg").write_bytes(b"x")
+    assert fsops.regular_stat(tmp_path, "sub/a.jpg") is not None
+    with no_descriptor_left(), pytest.raises(OSError) as caught:
+        fsops.regular_stat(tmp_path, "sub/a.jpg")
+    assert caught.value.errno == errno.EMFILE
+
+
+def test_regular_stat_still_says_none_for_gone_swapped_or_not_a_file(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # a folder swapped for a symlink
+    (tmp_path / "file").write_bytes(b"x")  # a file where a folder should be
+    (tmp_path / "dir.jpg").mkdir()
+    assert fsops.regular_stat(tmp_path, "real/missing.jpg") is None  # ENOENT
+    assert fsops.regular_stat(tmp_path, "gone/a.jpg") is None  # ENOENT on the way
+    assert fsops.regular_stat(tmp_path, "link/a.jpg") is None  # ELOOP
+    assert fsops.regular_stat(tmp_path, "file/a.jpg") is None  # ENOTDIR
+    assert fsops.regular_stat(tmp_path, "dir.jpg") is None  # not a regular file
+    assert fsops.regular_stat(tmp_path, "../a.jpg") is None  # not inside the folder
+    assert fsops.regular_stat(tmp_path / "nowhere", "a.jpg") is None  # the root is gone
+
+
+# -- the worker: EMFILE pauses, counts no attempt, and costs no second credit --------------
+
+
+def _worker(tmp_path: Path, emu: Emulator, queue: Queue, client: Client) -> Worker:
+    settings = FolderSettings(
+        name="f",
+        inbox=tmp_path / "inbox",
+        outbox=tmp_path / "outbox",
+        quarantine=tmp_path / "quarantine",
+    )
+    config = WorkerConfig(
+        folders={"f": settings},
+        max_upload_bytes=10 * 1024 * 1024,
+        max_attempts=5,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.1,
+    )
+    return Worker(queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, lambda: client)
+
+
+@pytest.mark.parametrize("when", ["reading the input", "writing the outputs"])
+def test_a_job_short_of_descriptors_is_a_local_fault_pause_not_an_attempt(
+    tmp_path: Path, emulator: Emulator, when: str
+) -> None:
+    shortage: list[Shortage] = []
+
+    def after_request(endpoint: str, code: str, seconds: float) -> None:
+        # The API has answered (a credit is spent); the outputs are still to be written.
+        if when == "writing the outputs" and not shortage and code == "200":
+            shortage.append(Shortage())
+
+    (tmp_path / "inbox").mkdir()
+    src = tmp_path / "inbox" / "p.jpg"
+    src.write_bytes(product_image(60, 40))
+    st = src.stat()
+    queue = Queue(tmp_path / "q.sqlite3")
+    client = Client(emulator.url, TEST_KEY, 10, observe=after_request)
+    worker = _worker(tmp_path, emulator, queue, client)
+    pauses: list[tuple[str, dict[str, object]]] = []
+    try:
+        queue.enqueue_many([Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)])
+        # More rounds than max_attempts: none may be counted. Writing, once: the
+        # answer is then kept, and the next round makes no request to hook.
+        for _round in range(6 if when == "reading the input" else 1):
+            job = queue.claim(60)
+            assert job is not None
+            pauses.clear()
+            if when == "reading the input":
+                shortage.append(Shortage())
+            try:
+                result = worker.process(job, lambda r, **c: pauses.append((r, c)))
+            finally:
+                while shortage:
+                    shortage.pop().end()
+            assert result.kind is Kind.PAUSED, result
+            assert [r for r, _ in pauses] == ["output_unwritable"]
+            assert "[Errno 24]" in str(pauses[0][1]["error"])
+            again = get_job(queue, job.id)
+            assert again is not None
+            assert (again.state, again.attempts) == ("pending", 0)
+        assert not (tmp_path / "quarantine").exists()
+        # Descriptors back: done, and a charged answer was kept, so paid for once only.
+        job = queue.claim(60)
+        assert job is not None
+        assert worker.process(job).kind is Kind.DONE
+        assert (tmp_path / "outbox" / "p.png").exists()
+        assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == 1
+    finally:
+        client.close()
+        queue.close()
+
+
+def test_a_pause_for_descriptors_is_probed_in_every_output_folder_and_lifts_once_they_return(
+    tmp_path: Path,
+) -> None:
+    settings = FolderSettings(
+        name="f", inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", quarantine=tmp_path / "q"
+    )
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "q").mkdir()
+    queue = Queue(tmp_path / "q.sqlite3")
+    try:
+        faults = LocalFaults(queue, lambda: [settings], lambda: None)
+        # What the worker's pause says when the shortage hit no particular folder.
+        faults.on_pause("output_unwritable", {"error": "[Errno 24] Too many open files"})
+        with no_descriptor_left():
+            round_ = faults.probe.run(force=True)
+        assert round_.ran and not round_.recovered
+        assert set(round_.failing) == {tmp_path / "outbox", tmp_path / "q"}
+        assert all("[Errno 24]" in text for text in round_.failing.values())
+        round_ = faults.probe.run(force=True)
+        assert round_.recovered
+    finally:
+        queue.close()
