@@ -14,8 +14,9 @@ import os
 import resource
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from bgsyncd.local_faults import LocalFaults
 from bgsyncd.metrics import Recorder
 from bgsyncd.queue import Found, Queue
 from bgsyncd.results import Kind
+from bgsyncd.watcher import Watcher
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until
@@ -41,10 +43,12 @@ IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 class Shortage:
     """Every descriptor of this process taken, until :meth:`end` (idempotent)."""
 
-    def __init__(self) -> None:
+    def __init__(self, above: Collection[int] = ()) -> None:
+        """``above``: descriptors left above the limit (closing one frees nothing usable)."""
         self._limits = resource.getrlimit(resource.RLIMIT_NOFILE)
         self._taken: list[int] = []
-        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) not in above)
+        assert all(fd >= highest + 16 for fd in above)
         # A little room above the highest open descriptor, all of it then taken.
         resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, self._limits[1]))
         try:
@@ -58,6 +62,12 @@ class Shortage:
             self.end()
             raise AssertionError("never ran out of descriptors")
 
+    def refill(self) -> None:
+        """Take again whatever descriptor was freed meanwhile."""
+        with suppress(OSError):
+            while True:
+                self._taken.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+
     def end(self) -> None:
         while self._taken:
             os.close(self._taken.pop())
@@ -65,8 +75,8 @@ class Shortage:
 
 
 @contextmanager
-def no_descriptor_left() -> Iterator[Shortage]:
-    shortage = Shortage()
+def no_descriptor_left(above: Collection[int] = ()) -> Iterator[Shortage]:
+    shortage = Shortage(above)
     try:
         yield shortage
     finally:
@@ -105,6 +115,40 @@ def test_regular_stat_still_says_none_for_gone_swapped_or_not_a_file(tmp_path: P
     assert fsops.regular_stat(tmp_path, "dir.jpg") is None  # not a regular file
     assert fsops.regular_stat(tmp_path, "../a.jpg") is None  # not inside the folder
     assert fsops.regular_stat(tmp_path / "nowhere", "a.jpg") is None  # the root is gone
+
+
+# -- the watcher: a file it could not look at is looked at again -----------------------------
+
+
+def test_a_file_closed_while_the_watcher_is_short_of_descriptors_is_queued_once_they_return(
+    tmp_path: Path,
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    folder = FolderSettings(
+        name="f", inbox=inbox, outbox=tmp_path / "outbox", quarantine=tmp_path / "q"
+    )
+    found: list[Found] = []
+    watcher = Watcher([folder], found.append, lambda *_: False, 0.3, 300.0)
+    watcher.start()
+    try:
+        fd = os.open(inbox / "a.jpg", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, product_image(40, 30))
+        # Moved high: its close must not free a descriptor the watcher could take.
+        high = os.dup2(fd, max(int(n) for n in os.listdir("/proc/self/fd")) + 100)
+        os.close(fd)
+        with no_descriptor_left(above={high}) as shortage:
+            os.close(high)  # the close the watcher acts on, with no descriptor for it
+            until = time.monotonic() + 1.0  # a shortage that outlasts a look or two
+            while time.monotonic() < until:
+                shortage.refill()  # what other threads close is taken again at once
+                time.sleep(0.002)
+            assert found == []
+        wait_until(lambda: found, 10, what="a.jpg queued once descriptors are back")
+        assert [f.relpath for f in found] == ["a.jpg"]
+        wait_until(lambda: watcher.pending() == 0, 10, what="nothing left in progress")
+    finally:
+        watcher.stop()
 
 
 # -- the worker: EMFILE pauses, counts no attempt, and costs no second credit --------------
