@@ -29,7 +29,8 @@ the API and been charged (read timeout, connection dropped after sending): a
 re-send of such a request may cost a second credit and is counted as a resend.
 
 Local filesystem failures are plain ``OSError`` values; what their errno means is
-decided by :func:`is_local_fault` (the disk, not the input: pause with
+decided by :func:`is_local_fault` (the disk, or the daemon short of
+descriptors, :func:`is_out_of_descriptors`; not the input: pause with
 ``output_unwritable``) and :func:`is_refused` (a symlink or non-folder on the
 way under an outbox, quarantine or done folder: retry, then ``output_refused``).
 
@@ -58,17 +59,27 @@ class QueueUnavailable(BgsyncdError):
     """The queue database cannot be read or written right now (full, read-only, gone)."""
 
 
-# Writing failed because of the disk, not the input: pause, probe, resume.
-LOCAL_FAULT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+# The daemon ran short of file descriptors: its own trouble, never a file's.
+OUT_OF_DESCRIPTORS_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+# Writing failed because of the disk (or the daemon's descriptors), not the
+# input: pause, probe, resume.
+LOCAL_FAULT_ERRNOS = (
+    frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+    | OUT_OF_DESCRIPTORS_ERRNOS
 )
 # A folder on the way was swapped for a symlink or a file: the write is refused.
 REFUSED_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
 
 
 def is_local_fault(exc: BaseException) -> bool:
-    """``exc`` is a failure of the disk (full, read-only, no permission, I/O error)."""
+    """``exc`` is a failure of the disk (full, read-only, no permission, I/O error),
+    or the daemon is short of descriptors (``is_out_of_descriptors``)."""
     return isinstance(exc, OSError) and exc.errno in LOCAL_FAULT_ERRNOS
+
+
+def is_out_of_descriptors(exc: BaseException) -> bool:
+    """``exc`` says the process or the system has no descriptor left (``EMFILE``, ``ENFILE``)."""
+    return isinstance(exc, OSError) and exc.errno in OUT_OF_DESCRIPTORS_ERRNOS
 
 
 def is_refused(exc: BaseException) -> bool:

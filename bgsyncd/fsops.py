@@ -28,6 +28,8 @@ from pathlib import Path
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Added to every file open: never through a symlink, never inherited by a child.
 FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+# What makes a file not there for regular_stat: gone, or swapped on the way.
+_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
 def split_relpath(relpath: str) -> list[str]:
@@ -95,11 +97,20 @@ def lstat(root: Path | str, relpath: str) -> os.stat_result:
 
 
 def regular_stat(root: Path | str, relpath: str) -> os.stat_result | None:
-    """``lstat`` of ``root/relpath`` if it is a regular file reached through real folders."""
+    """``lstat`` of ``root/relpath`` if it is a regular file reached through real folders.
+
+    None when it is not there (``ENOENT``), not a regular file, or reached
+    through a symlink or a non-folder (``ELOOP``, ``ENOTDIR``); any other
+    failure (``EMFILE``, ``EIO``, ``EACCES``…) is raised: it says nothing of the file.
+    """
     try:
         st = lstat(root, relpath)
-    except (OSError, ValueError):
+    except ValueError:
         return None
+    except OSError as exc:
+        if exc.errno in _GONE_ERRNOS:
+            return None
+        raise
     return st if stat.S_ISREG(st.st_mode) else None
 
 

@@ -26,6 +26,8 @@ a local verdict (unsupported,        final once the file is ``settle_seconds``
 corrupt, too large)                  old; younger: wait, no attempt
 a local fault writing (ENOSPC, …)    back to pending, no attempt; pause
                                      ``output_unwritable``
+short of descriptors (EMFILE,        the same, wherever it hit (reading
+ENFILE)                              the input or writing)
 a refused write (ELOOP, ENOTDIR)     retry with an attempt; then
                                      ``output_refused``
 any other write or internal error    retry with an attempt; then
@@ -223,6 +225,18 @@ def decide(what: Happening, ctx: Context) -> Outcome:
         )
     if isinstance(what, Interrupted):
         return Outcome(Transition.RELEASE, "job.released", fields={"why": what.why})
+    if isinstance(what.error, OSError) and errors.is_out_of_descriptors(what.error):
+        # The daemon's own shortage (EMFILE, ENFILE) wherever it hit, never the
+        # file's: as a full disk, nothing counted; the output probe lifts the pause.
+        text = errors.describe_os_error(what.error)
+        return Outcome(
+            Transition.RELEASE,
+            "daemon.out_of_descriptors",
+            level="error",
+            charged=what.charged,
+            pause=OUTPUT_UNWRITABLE,
+            message=f"short of file descriptors: {text}",
+        )
     message = f"internal error: {describe(what.error)}"
     return _retry(message, None, ctx, charged=what.charged, level="error")
 

@@ -338,9 +338,12 @@ class Tracker:
                 try:
                     self._look(e, gen)
                 except (OSError, BgsyncdError):
-                    # The file or the database failed us; anything else is a bug
-                    # and ends the thread (the daemon's supervisor exits 1).
+                    # The file or the database failed us (EMFILE, EIO): looked at again
+                    # later, never left out. Anything else is a bug and ends the thread.
                     log.exception("watcher.track_failed", folder=e.inbox.name, path=e.relpath)
+                    with self._cond:
+                        if self._entries.get(e.path) is e and e.gen == gen:
+                            self._schedule(e, self._clock() + self._settle)
 
     def _look(self, e: _Entry, gen: int) -> None:
         """Decide about one due entry; the system calls happen outside the lock."""
