@@ -232,6 +232,20 @@ def test_a_png_with_a_million_metadata_chunks_is_refused_in_bounded_memory(
     assert grew < 16, f"peak RSS grew by {grew:.0f} MB"
 
 
+def test_a_png_of_compressed_text_chunks_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    # Pillow inflates each zTXt up to 1 MiB: these 65 KB held 64 MB of text.
+    body = zlib.compress(b"a" * (MB - 1), 9)
+    text = b"".join(chunk(b"zTXt", b"k%03d\x00\x00" % n + body) for n in range(63))
+    outcome, grew = measured(tmp_path, png_with(before_idat=text), "inspect")
+    assert outcome.startswith("CorruptImage") and "metadata" in outcome, outcome
+    assert grew < 16, f"peak RSS grew by {grew:.0f} MB"
+    # An ICC profile and a few compressed chunks, as ImageMagick writes them, are fine.
+    few = b"".join(
+        chunk(b"zTXt", b"k%03d\x00\x00" % n + zlib.compress(b"b" * 4000)) for n in range(4)
+    )
+    assert imaging.inspect(png_with(before_idat=few)).size == (64, 48)
+
+
 def test_a_png_with_ordinary_metadata_still_decodes() -> None:
     text = chunk(b"tEXt", b"Comment\x00" + b"x" * MB) + chunk(
         b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0"

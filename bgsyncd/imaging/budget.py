@@ -15,7 +15,8 @@ the file (no Pillow here, only bytes):
   chunks; WebP's ICCP, EXIF and XMP chunks; JPEG's APPn and COM segments
   before the first scan) is copied and kept by Pillow: at most
   :data:`METADATA_BYTES` in all, in at most :data:`MAX_METADATA_CHUNKS`
-  pieces.
+  pieces. A compressed PNG chunk (zTXt, compressed iTXt, iCCP) counts as the
+  1 MiB Pillow may inflate it to.
 - **JPEG** :func:`needs_coefficient_buffer`: a progressive or multi-scan
   JPEG is not refused, but libjpeg keeps the whole image's DCT coefficients
   (2 bytes a sample: 72 MB for a 6000 x 4000 4:2:0 photo) even for a 1/8
@@ -56,6 +57,11 @@ _TIFF_BLOCK_TAGS = (273, 279, 324, 325)  # Strip/Tile Offsets and ByteCounts
 # APNG's frame control and frame data: pixels and their placement, not metadata
 # (only the first frame is decoded).
 _PNG_FRAME_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
+# Compressed text and ICC chunks: Pillow inflates each up to 1 MiB (its
+# PngImagePlugin.MAX_TEXT_CHUNK), whatever their size in the file, so a 65 KB PNG
+# of 63 zTXt chunks held 64 MB. Each counts as that much.
+_PNG_COMPRESSED = (b"zTXt", b"iCCP")
+_PNG_INFLATED = 1024 * 1024
 _WEBP_METADATA_CHUNKS = (b"ICCP", b"EXIF", b"XMP ")
 # JPEG start-of-frame markers (not DHT C4, JPG C8, DAC CC) and the progressive ones.
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -132,10 +138,22 @@ def _png(data: bytes) -> str | None:
         length, kind = struct.unpack_from(">I4s", data, at)
         if kind == b"IEND":
             break
-        if kind[0] & 0x20 and kind not in _PNG_FRAME_CHUNKS and tally.add(length):
-            break  # lower-case first letter: an ancillary chunk
+        # A lower-case first letter: an ancillary chunk.
+        if kind[0] & 0x20 and kind not in _PNG_FRAME_CHUNKS and tally.add(_png_cost(data, at)):
+            break
         at += 12 + length
     return tally.verdict
+
+
+def _png_cost(data: bytes, at: int) -> int:
+    """What Pillow may hold for the ancillary chunk at ``at``: its length, or its inflated size."""
+    length: int = struct.unpack_from(">I", data, at)[0]
+    kind = data[at + 4 : at + 8]
+    compressed = kind in _PNG_COMPRESSED
+    if kind == b"iTXt":  # keyword, NUL, then the compression flag
+        nul = data.find(b"\x00", at + 8, at + 8 + min(length, 80))
+        compressed = 0 <= nul < len(data) - 1 and data[nul + 1] == 1
+    return max(length, _PNG_INFLATED) if compressed else length
 
 
 def _webp(data: bytes) -> str | None:
