@@ -278,9 +278,16 @@ def _jpeg(progressive: bool) -> bytes:
     return buf.getvalue()
 
 
-def test_only_a_progressive_jpeg_needs_the_whole_coefficient_buffer() -> None:
+def test_only_a_progressive_or_multi_scan_jpeg_needs_the_whole_coefficient_buffer() -> None:
+    baseline = _jpeg(progressive=False)
     assert budget.needs_coefficient_buffer(_jpeg(progressive=True))
-    assert not budget.needs_coefficient_buffer(_jpeg(progressive=False))
+    assert not budget.needs_coefficient_buffer(baseline)
+    # A sequential JPEG whose first scan holds one of its three components has more
+    # scans to come: libjpeg buffers it whole too (its "has_multiple_scans").
+    sos = baseline.index(b"\xff\xda")
+    assert baseline[sos + 4] == 3
+    one_component = baseline[: sos + 4] + b"\x01" + baseline[sos + 5 :]
+    assert budget.needs_coefficient_buffer(one_component)
 
 
 @pytest.mark.parametrize(
