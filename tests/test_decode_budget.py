@@ -260,6 +260,25 @@ def test_a_webp_with_a_huge_metadata_chunk_is_refused() -> None:
         imaging.inspect(webp_with_chunk(b"XMP ", bytes(budget.METADATA_BYTES + 1)))
 
 
+def animated_webp(frames: int) -> bytes:
+    """A real animated WebP from Pillow, its second frame's ANMF chunk repeated."""
+    buf = io.BytesIO()
+    first, second = Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 9, 0))
+    first.save(buf, "WEBP", save_all=True, append_images=[second], lossless=True)
+    data = buf.getvalue()
+    last = data.rindex(b"ANMF")
+    body = data[12:last] + data[last:] * (frames - 1)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def test_a_webp_of_too_many_frames_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    assert imaging.inspect(animated_webp(1000)) == ImageInfo("webp", 16, 16)
+    # 300,000 frames in 14 MB: libwebp indexed them all when it opened the file (54 MB).
+    outcome, grew = measured(tmp_path, animated_webp(300_000), "inspect")
+    assert outcome.startswith("CorruptImage") and "frames" in outcome, outcome
+    assert grew < 16, f"peak RSS grew by {grew:.0f} MB"
+
+
 def test_a_jpeg_with_too_many_metadata_segments_is_refused() -> None:
     assert imaging.inspect(jpeg_with_segments(10, 60_000)).size == (64, 48)
     # 300 segments of 60 KB: 18 MB that Pillow would keep (its "applist").
