@@ -111,9 +111,10 @@ class ImageInfo:
 def decode_slot(img: Image.Image, data: bytes) -> contextlib.AbstractContextManager[None]:
     """The slot a decode of ``img`` (from :func:`open_header` of ``data``) must hold.
 
-    None needed only for a JPEG decoded at reduced scale (``draft``) whose
-    coefficients libjpeg need not buffer whole; a progressive JPEG's draft
-    still buffers them all (:func:`bgsyncd.imaging.budget.needs_coefficient_buffer`).
+    The full-decode slot, except for a JPEG decoded at reduced scale (``draft``)
+    whose coefficients libjpeg need not buffer whole: none for that. A
+    progressive JPEG's draft still buffers them all
+    (:func:`bgsyncd.imaging.budget.needs_coefficient_buffer`).
     """
     if format_name(img) == "jpeg" and not budget.needs_coefficient_buffer(data):
         return contextlib.nullcontext()
@@ -189,8 +190,8 @@ def inspect(data: bytes) -> ImageInfo:
     """Check that ``data`` decodes completely; raise :class:`CorruptImage` otherwise.
 
     A JPEG is decoded at 1/8 scale (libjpeg still reads every byte, so a
-    truncated file is caught); other formats at full size. Either in the slot
-    when :func:`decode_slot` says so.
+    truncated file is caught); other formats at full size. In the full-decode
+    slot, unless :func:`decode_slot` says none is needed (a sequential JPEG).
     """
     img = open_header(data)
     fmt, (width, height) = format_name(img), img.size
