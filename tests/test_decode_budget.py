@@ -286,6 +286,31 @@ def test_a_jpeg_with_too_many_metadata_segments_is_refused() -> None:
         imaging.inspect(jpeg_with_segments(300, 60_000))
 
 
+def exif_orientation(count: int, value: int = 6) -> bytes:
+    """An EXIF block (a little-endian TIFF IFD) whose Orientation holds ``count`` SHORTs."""
+    payload = struct.pack("<H", value) * count
+    inline = count <= 2
+    where = payload.ljust(4, b"\x00") if inline else struct.pack("<I", 26)
+    ifd = struct.pack("<H", 1) + struct.pack("<HHI", 0x0112, 3, count) + where + bytes(4)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + (b"" if inline else payload)
+
+
+@pytest.mark.parametrize(
+    "carry",
+    [
+        lambda exif: png_with(before_idat=chunk(b"eXIf", exif)),
+        lambda exif: webp_with_chunk(b"EXIF", exif),
+        lambda exif: webp_with_chunk(b"EXIF", b"Exif\x00\x00" + exif),
+    ],
+    ids=["png", "webp", "webp with Exif prefix"],
+)
+def test_an_exif_tag_of_too_many_numbers_is_refused(carry: Callable[[bytes], bytes]) -> None:
+    # Pillow decodes the Orientation it is asked for into a tuple of that many ints.
+    assert imaging.inspect(carry(exif_orientation(1))).orientation == 6
+    with pytest.raises(CorruptImage, match="EXIF"):
+        imaging.inspect(carry(exif_orientation(budget.MAX_VALUES + 1)))
+
+
 # -- a progressive JPEG's draft buffers the whole image -------------------------------
 
 

@@ -10,7 +10,8 @@ the file (no Pillow here, only bytes):
   open), and decodes a tag's numbers into Python integers (about 36 bytes
   each, for 2 or 4 in the file). The first IFD (the one decoded) may hold at
   most :data:`MAX_BLOCKS` strips or tiles and, in any one numeric tag, at
-  most :data:`MAX_VALUES` numbers.
+  most :data:`MAX_VALUES` numbers. A PNG's or WebP's EXIF block is a TIFF
+  structure that Pillow decodes alike: the same limits hold there.
 - **Animated WebP**: libwebp indexes every frame when the file is opened
   (about 180 bytes each: a 9 MB file of 200,000 frames took 36 MB); at most
   :data:`MAX_BLOCKS` frames.
@@ -107,9 +108,9 @@ def needs_coefficient_buffer(data: bytes) -> bool:
 # -- TIFF ----------------------------------------------------------------------------
 
 
-def _tiff(data: bytes) -> str | None:
-    """The first IFD of a classic or Big TIFF, checked entry by entry."""
-    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+def _tiff(data: bytes | memoryview) -> str | None:
+    """The first IFD of a classic or Big TIFF (or EXIF block), checked entry by entry."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[:2]))
     if order is None or len(data) < 16:
         return None
     big = struct.unpack_from(order + "H", data, 2)[0] == 43
@@ -147,6 +148,8 @@ def _png(data: bytes) -> str | None:
         # A lower-case first letter: an ancillary chunk.
         if kind[0] & 0x20 and kind not in _PNG_FRAME_CHUNKS and tally.add(_png_cost(data, at)):
             break
+        if kind == b"eXIf" and (verdict := _exif(data, at + 8, length)):
+            return verdict
         at += 12 + length
     return tally.verdict
 
@@ -169,6 +172,8 @@ def _webp(data: bytes) -> str | None:
         kind, length = struct.unpack_from("<4sI", data, at)
         if kind in _WEBP_METADATA_CHUNKS and tally.add(length):
             break
+        if kind == b"EXIF" and (verdict := _exif(data, at + 8, length)):
+            return verdict
         if kind == b"ANMF":  # libwebp indexes every frame when it opens the file
             frames += 1
             if frames > MAX_BLOCKS:
@@ -183,6 +188,15 @@ def _jpeg_metadata(data: bytes) -> str | None:
         if (0xE0 <= marker <= 0xEF or marker == 0xFE) and tally.add(end - start):
             break  # APP0..APP15, COM
     return tally.verdict
+
+
+def _exif(data: bytes, start: int, length: int) -> str | None:
+    """An EXIF block (a TIFF structure) held to the TIFF limits: Pillow decodes its tags alike."""
+    block = memoryview(data)[start : start + length]
+    if bytes(block[:6]) == b"Exif\x00\x00":  # the prefix some writers keep
+        block = block[6:]
+    verdict = _tiff(block)
+    return None if verdict is None else f"has EXIF metadata that {verdict}"
 
 
 class _Tally:
