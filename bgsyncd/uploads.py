@@ -148,8 +148,10 @@ def send(client: Client, recorder: Recorder, up: Upload) -> bytes:
 def check(answer: bytes, up: Upload, info: imaging.ImageInfo, upload: str) -> Answer:
     """The answer tagged with its kind, once it passed; else :class:`~imaging.UnusableResult`.
 
-    Unusable: a matte not of the shape sent, a cut-out of neither the stored nor
-    the turned shape, anything undecodable.
+    Unusable: a matte not of the shape sent, or with over 4 times its pixels or
+    under a quarter of its longer side (judged from its header, then decoded in
+    the full-decode slot), a cut-out of neither the stored nor the turned shape,
+    anything undecodable or over the decoding budget.
     """
     if up.matte:
         imaging.check_matte(answer, up.size)

@@ -25,6 +25,7 @@ from bgsyncd.emulator import Emulator
 from tests.conftest import DaemonProcess, make_folder, start_daemon, status_json, write_config
 from tests.helpers import noisy_image, product_image, wait_until
 from tests.hostile import Answer, HostileServer, Request
+from tests.test_decode_budget import grey_png, tiff_of_blocks
 from tests.test_dispatch import attempts, wait_status
 from tests.test_worker import fill, tmpfs
 
@@ -224,4 +225,44 @@ def test_a_huge_retry_after_holds_dispatch_no_longer_than_the_cap(
         assert time.monotonic() - limited_at < 10 * window + 5.0
         assert d.proc.poll() is None and not d.saw("dispatch.error")
         assert attempts(config)["f/a.png"] == 0  # a 429 counts no attempt
+        assert d.stop() == 0
+
+
+# -- decoding bounded by memory (SPEC §6) --------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (``VmHWM``), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_tiff_of_a_million_strips_and_an_89_megapixel_matte_cost_the_daemon_no_memory(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    # Before: the TIFF took the daemon to ~450 MB just to open, the matte (the shape
+    # of the 1024 x 683 sent, in 90 KB) to 1.6 GB, and it was cached.
+    matte = grey_png(11540, 7697)
+
+    def images(request: Request) -> Answer:
+        return Answer(200, matte, (("Content-Type", "image/png"),))
+
+    with HostileServer(account(images)) as server:
+        d, folder, _config = daemon_on(tmp_path, daemons, server.url)
+        inbox, quarantine = Path(folder["inbox"]), Path(folder["quarantine"])
+        (inbox / "strips.tif").write_bytes(tiff_of_blocks(1_500_000))
+        (inbox / "photo.jpg").write_bytes(product_image(1500, 1000, "JPEG"))
+        for name, reason, attempted in (
+            ("strips.tif", "corrupt_image", 0),
+            ("photo.jpg", "rejected_by_api", 2),
+        ):
+            sidecar = quarantine / f"{name}.error.json"
+            wait_until(sidecar.exists, 60, what=f"{name} quarantined")
+            detail = json.loads(sidecar.read_text())
+            assert (detail["reason"], detail["attempts"]) == (reason, attempted)
+        assert image_requests(server) == 2  # the TIFF was never sent
+        peak = peak_rss_mb(d.proc.pid)
+        assert peak < 250, f"the daemon peaked at {peak:.0f} MB"
         assert d.stop() == 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,6 +338,106 @@ def test_a_matte_of_the_right_shape_at_another_scale_is_used(
     cutout = open_image(rig.out("f", "p.png"))
     assert cutout.size == (2000, 1000)
     assert same_rgb_where_opaque(cutout, open_image(data))
+
+
+def test_a_1_by_1_matte_is_an_unusable_answer_never_cached(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    # The shape of anything to within a pixel, and no matte at all (SPEC §6: under a
+    # quarter of the longer side sent).
+    data = photo(1500, 1000)
+    server = MatteServer(shape=lambda sent: (1, 1))
+    with HostileServer(server) as api:
+        rig = rigs(tmp_path, api.url)
+        first = rig.drop("f", "p.jpg", data)
+        assert (first.kind, first.charged) == (Kind.RETRY, True)
+        assert len(rig.cache) == 0
+        second = rig.again()
+        assert (second.kind, second.reason) == (Kind.QUARANTINED, "rejected_by_api")
+    assert len(server.uploads) == 2 and len(rig.cache) == 0
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _black_png(width: int, height: int) -> bytes:
+    """A real all-black grey PNG, compressed row by row: 89 million pixels in ~90 KB."""
+    packer = zlib.compressobj(9)
+    row = bytes(1 + width)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunks = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_a_matte_of_89_million_pixels_of_the_right_shape_is_unusable_and_never_cached(
+    tmp_path: Path, rigs: Callable[..., Rig]
+) -> None:
+    # 11540 x 7697 has the shape of the 1024 x 683 sent, and 127 times its pixels:
+    # decoded and cached, it took a daemon to 1.6 GB.
+    huge = _black_png(11540, 7697)
+    uploads: list[bytes] = []
+
+    def answer(request: Request) -> Answer:
+        content_type = next(v for k, v in request.headers.items() if k.lower() == "content-type")
+        uploads.append(form_image(request.body, content_type))
+        return Answer(200, huge, headers=(("Content-Type", "image/png"),))
+
+    with HostileServer(answer) as api:
+        rig = rigs(tmp_path, api.url)
+        first = rig.drop("f", "p.jpg", photo(1500, 1000))
+        assert (first.kind, first.charged) == (Kind.RETRY, True)
+        assert open_image(uploads[0]).size == (1024, 683)
+        assert len(rig.cache) == 0
+        second = rig.again()
+        assert (second.kind, second.reason) == (Kind.QUARANTINED, "rejected_by_api")
+    assert len(rig.cache) == 0
+
+
+# -- broken metadata: the pixels decide ----------------------------------------------
+
+
+def _png_with_bad_exif() -> bytes:
+    """A real PNG with an eXIf chunk (CRC and all) whose body is no TIFF structure."""
+    data = png(open_image(photo(640, 480)))
+    idat = data.index(b"IDAT") - 4
+    return data[:idat] + _png_chunk(b"eXIf", b"not a TIFF header, just text") + data[idat:]
+
+
+def _webp_with_bad_exif() -> bytes:
+    """A real lossy WebP, made extended (VP8X, EXIF flag) with an EXIF chunk of no TIFF."""
+    simple = _encoded(open_image(photo(640, 480)), "WEBP", quality=85)
+    assert simple[12:16] == b"VP8 "
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x08, 0, 0, 0])
+    vp8x += (640 - 1).to_bytes(3, "little") + (480 - 1).to_bytes(3, "little")
+    body = b"not a TIFF header, just text"
+    chunks = vp8x + simple[12:] + b"EXIF" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
+
+
+@pytest.mark.parametrize(
+    ("make", "name"), [(_png_with_bad_exif, "p.png"), (_webp_with_bad_exif, "p.webp")]
+)
+def test_a_malformed_exif_block_is_ignored_and_the_file_done_at_the_first_attempt(
+    tmp_path: Path,
+    emulator: Emulator,
+    rigs: Callable[..., Rig],
+    make: Callable[[], bytes],
+    name: str,
+) -> None:
+    data = make()
+    with pytest.raises(SyntaxError):  # Pillow's own reading of that block
+        open_image(data).getexif()
+    rig = rigs(tmp_path, emulator.url, folders={"f": {"output": "both"}})
+    done = rig.drop("f", name, data)
+    assert done.kind is Kind.DONE
+    [sent] = image_requests(emulator)  # one request: no retry
+    assert (sent.path, sent.image_sha256) == (ALPHA, hashlib.sha256(data).hexdigest())
+    cutout = open_image(rig.out("f", "p.png"))
+    assert (cutout.mode, cutout.size) == ("RGBA", (640, 480))
+    assert len(cutout.getexif()) == 0  # nothing of the broken block is carried over
+    assert open_image(rig.out("f", "p.mask.png")).size == (640, 480)
 
 
 # -- the cache -----------------------------------------------------------------------

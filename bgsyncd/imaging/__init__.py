@@ -8,6 +8,9 @@ One package, one public surface (import ``from bgsyncd import imaging``):
   :func:`rgb_and_alpha` / :func:`with_alpha`, :func:`save` (encoding with
   only the metadata given), and :func:`full_decode_slot`, the one-at-a-time
   slot for full-size decodes.
+- :mod:`~bgsyncd.imaging.budget` (no Pillow): what a file's structure may
+  cost beside its pixels (TIFF strips and tags, metadata chunks, a
+  progressive JPEG's coefficients), read from its bytes before Pillow opens it.
 - :mod:`~bgsyncd.imaging.plan` (no Pillow): :func:`plan_upload` decides what
   is sent (SPEC §5 "What is sent"); :func:`same_aspect` and
   :func:`rotated_by_server` judge an answer's size.
@@ -31,9 +34,13 @@ outputs carry the original's Orientation tag so viewers show them as they show
 the original. Animated GIFs, WebPs and multi-page TIFFs give their first frame.
 
 Memory: every full-size decode (the outputs, the proxy or :func:`inspect` of
-a non-JPEG) happens inside :func:`full_decode_slot`, one thread at a time; a
-JPEG is decoded at 1/2, 1/4 or 1/8 scale for its proxy (``Image.draft``), so a
-24-megapixel photo never needs a full decode to be sent.
+a non-JPEG, a matte answer) happens inside :func:`full_decode_slot`, one
+thread at a time; a JPEG is decoded at 1/2, 1/4 or 1/8 scale for its proxy
+(``Image.draft``), so a 24-megapixel photo never needs a full decode to be
+sent (a progressive one still buffers its coefficients whole: in the slot).
+Beside the pixel limit, a file whose structure would cost more than the
+budget of :mod:`~bgsyncd.imaging.budget` is :class:`CorruptImage` from its
+header; a matte answer is judged by its header size before it is decoded.
 """
 
 from bgsyncd.formats import MIME_TYPES, SNIFF_BYTES, sniff

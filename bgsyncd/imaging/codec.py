@@ -19,6 +19,14 @@ alike:
   limit (60 million) made it refuse images the daemon accepted and sent; the
   daemon's outputs need a full decode anyway, so its limit is the one that
   counts.
+- **The budget beside pixels**: :func:`open_header` also refuses, before Pillow
+  sees them, files whose structure would cost more memory than the pixels
+  (a TIFF of millions of strips, megabytes of metadata chunks:
+  :mod:`bgsyncd.imaging.budget`). :func:`decode_slot` says which decodes
+  must wait for the full-decode slot.
+- **Broken metadata is ignored**: :func:`orientation` is 1 for an EXIF block
+  that does not parse (Pillow raises ``SyntaxError`` on a malformed eXIf
+  chunk); the pixels decide.
 - **16 bits to 8**: :func:`to_eight_bit` keeps the high byte (``v / 256``,
   truncated), which is what Pillow itself does when it reads a 16-bit RGB PNG
   as "RGB": a 16-bit grey and a 16-bit colour image of the same scene come out
@@ -43,6 +51,7 @@ from typing import TypeAlias
 from PIL import Image
 
 from bgsyncd.formats import SNIFF_BYTES, sniff
+from bgsyncd.imaging import budget
 from bgsyncd.imaging.plan import Size
 
 MAX_PIXELS = 89_478_485
@@ -99,6 +108,19 @@ class ImageInfo:
         return self.width, self.height
 
 
+def decode_slot(img: Image.Image, data: bytes) -> contextlib.AbstractContextManager[None]:
+    """The slot a decode of ``img`` (from :func:`open_header` of ``data``) must hold.
+
+    The full-decode slot, except for a JPEG decoded at reduced scale (``draft``)
+    whose coefficients libjpeg need not buffer whole: none for that. A
+    progressive JPEG's draft still buffers them all
+    (:func:`bgsyncd.imaging.budget.needs_coefficient_buffer`).
+    """
+    if format_name(img) == "jpeg" and not budget.needs_coefficient_buffer(data):
+        return contextlib.nullcontext()
+    return full_decode_slot()
+
+
 @contextlib.contextmanager
 def full_decode_slot() -> Iterator[None]:
     """Hold the one slot for full-size image work; other threads wait their turn.
@@ -121,6 +143,9 @@ def open_header(data: bytes, what: str = "image") -> Image.Image:
     name = sniff(data[:SNIFF_BYTES])
     if name is None:
         raise CorruptImage(f"{what} is not a JPEG, PNG, WebP, TIFF, BMP or GIF image")
+    over = budget.over_budget(name, data)
+    if over is not None:
+        raise CorruptImage(f"{what} {over}: too costly to decode safely")
     with _DECODE_LOCK, warnings.catch_warnings():
         # Pillow's own bomb warning included: MAX_PIXELS, checked below, is the limit.
         warnings.simplefilter("ignore")
@@ -165,16 +190,15 @@ def inspect(data: bytes) -> ImageInfo:
     """Check that ``data`` decodes completely; raise :class:`CorruptImage` otherwise.
 
     A JPEG is decoded at 1/8 scale (libjpeg still reads every byte, so a
-    truncated file is caught); other formats at full size, in the slot.
+    truncated file is caught); other formats at full size. In the full-decode
+    slot, unless :func:`decode_slot` says none is needed (a sequential JPEG).
     """
     img = open_header(data)
     fmt, (width, height) = format_name(img), img.size
-    if fmt == "jpeg":
-        img.draft(None, (1, 1))
+    with decode_slot(img, data):
+        if fmt == "jpeg":
+            img.draft(None, (1, 1))
         load(img)
-    else:
-        with full_decode_slot():
-            load(img)
     # After load: a PNG's eXIf chunk may follow its pixels (getexif would load).
     return ImageInfo(fmt, width, height, orientation(img))
 
@@ -185,8 +209,15 @@ def format_name(img: Image.Image) -> str:
 
 
 def orientation(img: Image.Image) -> int:
-    """The image's EXIF orientation tag, 1 when absent or not one of 1..8."""
-    value = img.getexif().get(_ORIENTATION)
+    """The image's EXIF orientation tag, 1 when absent, not one of 1..8, or unreadable."""
+    try:
+        with _DECODE_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = img.getexif().get(_ORIENTATION)
+    except Exception:
+        # A malformed EXIF block (SyntaxError "not a TIFF file", struct.error...)
+        # is broken metadata: ignored, the pixels decide (SPEC §6).
+        return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 

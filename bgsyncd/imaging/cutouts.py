@@ -76,12 +76,20 @@ class _Meta:
 def check_matte(answer: bytes, sent: Size) -> Size:
     """Return the size of a usable matte; raise :class:`UnusableResult` otherwise.
 
-    Usable: it decodes, and has the aspect ratio of what was sent, to a pixel,
-    at any scale (:func:`~bgsyncd.imaging.same_aspect`).
+    Usable: its size, read from the header before any pixel is decoded, has
+    the aspect ratio of what was sent, to a pixel
+    (:func:`~bgsyncd.imaging.same_aspect`), and is within 4 times its pixels
+    and a quarter of its longer side (:func:`~bgsyncd.imaging.plan.matte_scale_fits`);
+    then it decodes, inside :func:`~bgsyncd.imaging.full_decode_slot`.
     """
-    size = _answer(answer, "matte").size
-    if not plan.same_aspect(size, sent):
-        raise UnusableResult(f"API matte is {_wh(size)}, not the shape of the {_wh(sent)} sent")
+    with _answer_header(answer, "matte") as img:
+        size: Size = img.size
+        if not plan.same_aspect(size, sent):
+            raise UnusableResult(f"API matte is {_wh(size)}, not the shape of the {_wh(sent)} sent")
+        if not plan.matte_scale_fits(size, sent):
+            raise UnusableResult(f"API matte is {_wh(size)}, out of scale for the {_wh(sent)} sent")
+        with codec.full_decode_slot():
+            _load_answer(img, "matte")
     return size
 
 
@@ -238,10 +246,23 @@ def _parse_background(background: str) -> tuple[int, int, int] | None:
 
 def _answer(data: bytes, what: str) -> Image.Image:
     """Decode an API answer; anything unreadable is an :class:`UnusableResult`."""
+    img = _answer_header(data, what)
+    _load_answer(img, what)
+    return img
+
+
+def _answer_header(data: bytes, what: str) -> Image.Image:
+    """Open an API answer's header (:func:`codec.open_header`), as an :class:`UnusableResult`."""
     try:
-        return codec.decode(data, f"API {what}")
-    except UnusableResult:
-        raise
+        return codec.open_header(data, f"API {what}")
+    except codec.CorruptImage as exc:
+        raise UnusableResult(str(exc)) from exc
+
+
+def _load_answer(img: Image.Image, what: str) -> None:
+    """Decode the pixels of an answer from :func:`_answer_header`, as an :class:`UnusableResult`."""
+    try:
+        codec.load(img, f"API {what}")
     except codec.CorruptImage as exc:
         raise UnusableResult(str(exc)) from exc
 

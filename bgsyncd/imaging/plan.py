@@ -33,6 +33,9 @@ Action = Literal["as_is", "proxy", "too_large"]
 ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 """EXIF orientations that swap width and height when applied."""
 
+MATTE_MAX_SCALE = 4
+"""A matte may have up to 4 times the pixels sent, and no less than 1/4 of its longer side."""
+
 
 @dataclass(frozen=True)
 class UploadPlan:
@@ -107,6 +110,19 @@ def same_aspect(answer: Size, sent: Size) -> bool:
     if min(aw, ah, sw, sh) < 1:
         return False
     return abs(aw * sh - ah * sw) <= sw + sh
+
+
+def matte_scale_fits(answer: Size, sent: Size) -> bool:
+    """True when a matte of size ``answer`` is within the scales usable for ``sent`` (SPEC §6).
+
+    At most :data:`MATTE_MAX_SCALE` times the pixels of what was sent (a larger
+    one buys nothing and costs its decode), and a longer side of at least
+    1/:data:`MATTE_MAX_SCALE` of the one sent (a smaller one is no matte at all:
+    a 1 x 1 answer has the shape of anything within a pixel).
+    """
+    (aw, ah), (sw, sh) = answer, sent
+    fewer_pixels = aw * ah <= MATTE_MAX_SCALE * sw * sh
+    return fewer_pixels and MATTE_MAX_SCALE * max(aw, ah) >= max(sw, sh)
 
 
 def displayed_size(size: Size, orientation: int) -> Size:

@@ -35,24 +35,26 @@ def make_proxy(data: bytes, *, side: int | None, max_bytes: int) -> Proxy:
     image, 8-bit RGB(A); JPEG quality 90, or PNG where the image has
     transparency; reduced further until it fits ``max_bytes``. A JPEG is
     decoded by libjpeg at the smallest of 1/8, 1/4, 1/2 scale that is still at
-    least the target size; anything else at full size inside
-    :func:`~bgsyncd.imaging.full_decode_slot`. Raises
+    least the target size (in :func:`~bgsyncd.imaging.full_decode_slot` when
+    progressive: libjpeg buffers it whole); anything else at full size in the
+    slot. Raises
     :class:`~bgsyncd.imaging.CorruptImage`, or ValueError when not even one
     pixel fits ``max_bytes``.
     """
     img = codec.open_header(data)
     stored = img.size
     target = stored if side is None else plan.scaled_size(stored, side)
-    if codec.format_name(img) == "jpeg" and target != stored:
-        drafted = img.draft(None, target)
-        # The box is the stored image's extent in decoded pixels: libjpeg rounds
-        # the decoded size up, and resizing from the box keeps the aspect exact.
-        box = None if drafted is None else drafted[1]
+    if codec.format_name(img) != "jpeg" or target == stored:
+        with codec.full_decode_slot():
+            codec.load(img)
+            return _encode(img, target, None, max_bytes)
+    drafted = img.draft(None, target)
+    # The box is the stored image's extent in decoded pixels: libjpeg rounds
+    # the decoded size up, and resizing from the box keeps the aspect exact.
+    box = None if drafted is None else drafted[1]
+    with codec.decode_slot(img, data):  # a progressive JPEG buffers it all
         codec.load(img)
         return _encode(img, target, box, max_bytes)
-    with codec.full_decode_slot():
-        codec.load(img)
-        return _encode(img, target, None, max_bytes)
 
 
 def shrink_to_fit(data: bytes, max_bytes: int) -> bytes:
