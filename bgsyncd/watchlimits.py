@@ -105,6 +105,7 @@ class Limits:
         self.lock = threading.RLock()
         self._stopped = False
         self._degraded: set[str] = set()
+        self._switching: set[str] = set()  # one switch an inbox, however many warnings
         self._hooks: dict[str, logging.Handler] = {
             OVERFLOW_LOGGER: OverflowHook(events_lost),
             LIMIT_LOGGER: LimitHook(self._out_of_watches),
@@ -139,7 +140,8 @@ class Limits:
         """watchdog could not watch ``path`` (on its thread): poll its inbox instead."""
         for inbox in self._inboxes:
             inside = path == inbox.root or path.startswith(inbox.root + "/")
-            if inside and not self.polled(inbox):
+            if inside and not self.polled(inbox) and inbox.name not in self._switching:
+                self._switching.add(inbox.name)
                 # Not on this thread: dropping the watch needs watchdog's locks.
                 thread = threading.Thread(
                     target=self._switch, args=(inbox, path), name="bgsyncd-degrade"
@@ -147,6 +149,12 @@ class Limits:
                 thread.start()
 
     def _switch(self, inbox: Inbox, path: str) -> None:
+        try:
+            self._switch_now(inbox, path)
+        except Exception:  # its own thread: never silently
+            log.exception("folder.degrade_failed", folder=inbox.name)
+
+    def _switch_now(self, inbox: Inbox, path: str) -> None:
         with self.lock:
             if self._stopped or self.polled(inbox):
                 return
