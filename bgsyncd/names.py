@@ -6,7 +6,9 @@ ext4, xfs, btrfs and tmpfs: a name that would not fit is shortened by one rule
 the sha256 of the input's relative path, then the rest (``.png``,
 ``.mask.png``, ``.error.json``), cut further so that any ``~2``-style suffix
 fits too. The hash keeps two long names that share their first 200 bytes
-apart; the same input always gets the same name.
+apart; the same input always gets the same name. ``first_free_output`` is the
+claim rule both stores follow, given their lookups: a path is claimed with
+every folder on its way.
 """
 
 from __future__ import annotations
