@@ -90,8 +90,9 @@ class Recorder:
     def retire_folder(self, folder: str) -> None:
         """A reload removed ``folder``: it is no longer watched."""
 
-    def folder_up(self, folder: str, up: bool) -> None:
-        """The inbox of ``folder`` is there and watched (True), or lost (False)."""
+    def folder_up(self, folder: str, up: float) -> None:
+        """The inbox of ``folder`` is there and watched (1), polled for want of inotify
+        watches (0.5), or lost (0)."""
 
     def fleet_hosts(self, hosts: int) -> None:
         """PostgreSQL: the fleet's hosts seen within ``lease_seconds``."""
@@ -245,7 +246,8 @@ class Metrics(Recorder):
         )
         self._folder_up = Gauge(
             "bgsyncd_folder_up",
-            "1 while the folder's inbox is there and watched; 0 while it is lost.",
+            "1 while the folder's inbox is there and watched; 0.5 while it is polled"
+            " because inotify ran out of watches; 0 while it is lost.",
             ["folder"],
             registry=r,
         )
@@ -284,11 +286,11 @@ class Metrics(Recorder):
             self._fleet_hosts.set(hosts)
 
     @_guarded
-    def folder_up(self, folder: str, up: bool) -> None:
-        """Set 1 while ``folder``'s inbox is there and watched, 0 while it is lost."""
+    def folder_up(self, folder: str, up: float) -> None:
+        """Set 1 while ``folder``'s inbox is watched, 0.5 while polled instead, 0 while lost."""
         with self._folders_lock:
             if folder not in self._retired:
-                self._folder_up.labels(folder=folder).set(1 if up else 0)
+                self._folder_up.labels(folder=folder).set(float(up))
 
     @_guarded
     def file_discovered(self, folder: str) -> None:

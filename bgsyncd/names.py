@@ -6,14 +6,16 @@ ext4, xfs, btrfs and tmpfs: a name that would not fit is shortened by one rule
 the sha256 of the input's relative path, then the rest (``.png``,
 ``.mask.png``, ``.error.json``), cut further so that any ``~2``-style suffix
 fits too. The hash keeps two long names that share their first 200 bytes
-apart; the same input always gets the same name.
+apart; the same input always gets the same name. ``first_free_output`` is the
+claim rule both stores follow, given their lookups: a path is claimed with
+every folder on its way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import PurePosixPath
 
 NAME_MAX = 255
@@ -94,6 +96,51 @@ def mask_candidates(cutout_relpath: str, relpath: str) -> Iterator[str]:
     while True:
         yield posixpath.join(folder, fit_name(f"{stem}.mask", ".png", relpath, f"~{n}"))
         n += 1
+
+
+def first_free_output(
+    candidates: Iterable[str],
+    job_id: int,
+    owner_of: Callable[[str], int | None],
+    holds_inside: Callable[[str], bool],
+) -> tuple[str, bool] | None:
+    """The first candidate output path that is ``job_id``'s or free, and whether it is new.
+
+    The claim rule of SPEC §4, for both stores: a path is claimed with every
+    folder on its way. A file name is free only when no other job owns it and
+    nothing stands inside it as a folder (``holds_inside``: another output
+    below it, or an inbox folder of that name holding inputs, which mirrors
+    into the outbox). A folder on the way that another output owns as a file
+    (``owner_of``) gets the next free name, ``a.png~2``, the same for every
+    input in it. None: the candidates ran out.
+    """
+    routes: dict[str, str] = {}
+    for candidate in candidates:
+        parent, name = posixpath.split(candidate)
+        if parent not in routes:
+            routes[parent] = _route(parent, owner_of)
+        path = posixpath.join(routes[parent], name)
+        owner = owner_of(path)
+        if owner == job_id:
+            return path, False
+        if owner is None and not holds_inside(path):
+            return path, True
+    return None
+
+
+def _route(parent: str, owner_of: Callable[[str], int | None]) -> str:
+    """``parent`` with each folder that an output file owns renamed ``~2``, ``~3``..."""
+    routed = ""
+    inbox_path = ""
+    for part in parent.split("/") if parent else ():
+        inbox_path = posixpath.join(inbox_path, part)
+        here = posixpath.join(routed, part)
+        n = 2
+        while owner_of(here) is not None:
+            here = posixpath.join(routed, fit_name(part, "", inbox_path, f"~{n}"))
+            n += 1
+        routed = here
+    return routed
 
 
 def numbered_names(name: str, relpath: str, keep: int = 0) -> Iterator[str]:

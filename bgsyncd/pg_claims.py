@@ -1,8 +1,11 @@
 """The PostgreSQL queue's output-name claims, shared by the fleet (``storage.OutputClaims``).
 
-A claim is an ``INSERT ... ON CONFLICT``: of two hosts racing for one name in
-one folder, the second waits for the first's commit and then sees its owner,
-so a name is never given to two inputs.
+Claims in one folder are made one at a time, under a transaction advisory
+lock on the folder's name: of two hosts racing for one name, or for a file
+name and a folder of the same name (``a.png`` and ``a.png/b.png``), the
+second waits for the first's commit and then sees its claim, so a path is
+never given to two inputs. A name is claimed with every folder on its way
+(``names.first_free_output``).
 """
 
 from __future__ import annotations
@@ -10,8 +13,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
+from bgsyncd.names import first_free_output
 from bgsyncd.pg_db import NOW, PgBase
 from bgsyncd.storage import Found, QueueError
+
+# pg_advisory_xact_lock(class, hashtext(folder)): one claimant per folder at a time.
+CLAIM_LOCK_CLASS = 0x6267737A
+_SQL_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+_SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = %s AND outpath = %s"
+# Something inside the folder a path would be: another output, or an input in an
+# inbox folder of that name. Compared bytewise (COLLATE "C", indexed so): '0'
+# follows '/', whatever the database's collation says.
+_SQL_INSIDE = """
+SELECT EXISTS (SELECT 1 FROM output_claims WHERE folder = %(folder)s
+               AND outpath COLLATE "C" >= %(low)s AND outpath COLLATE "C" < %(high)s)
+    OR EXISTS (SELECT 1 FROM jobs WHERE folder = %(folder)s
+               AND relpath COLLATE "C" >= %(low)s AND relpath COLLATE "C" < %(high)s)
+"""
 
 _SQL_ADOPT = f"""
 INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
@@ -37,6 +55,7 @@ class PgClaims(PgBase):
         """
         try:
             with self.transaction() as conn:
+                conn.execute(_SQL_LOCK, (CLAIM_LOCK_CLASS, found.folder))
                 row = conn.execute(_SQL_ADOPT, (
                     found.folder, found.relpath, found.size, found.mtime_ns, found.inode,
                     json.dumps(list(outputs)),
@@ -70,13 +89,24 @@ class PgClaims(PgBase):
         only up to the answer.
         """
         with self.transaction() as conn:
-            for outpath in candidates:
-                row = conn.execute(
-                    "INSERT INTO output_claims (folder, outpath, job_id) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (folder, outpath) DO UPDATE SET job_id = output_claims.job_id"
-                    " RETURNING job_id",
-                    (folder, outpath, job_id),
-                ).fetchone()
-                if row is not None and row[0] == job_id:
-                    return outpath
+            conn.execute(_SQL_LOCK, (CLAIM_LOCK_CLASS, folder))
+
+            def owner_of(outpath: str) -> int | None:
+                row = conn.execute(_SQL_OWNER, (folder, outpath)).fetchone()
+                return None if row is None else int(row[0])
+
+            def holds_inside(path: str) -> bool:
+                bounds = {"folder": folder, "low": path + "/", "high": path + "0"}
+                row = conn.execute(_SQL_INSIDE, bounds).fetchone()
+                return bool(row and row[0])
+
+            found = first_free_output(candidates, job_id, owner_of, holds_inside)
+            if found is not None:
+                outpath, new = found
+                if new:
+                    conn.execute(
+                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (%s, %s, %s)",
+                        (folder, outpath, job_id),
+                    )
+                return outpath
         raise QueueError(f"no free output name for job {job_id} in {folder}")

@@ -93,6 +93,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE IF NOT EXISTS shared_folders (
             name TEXT PRIMARY KEY, settings TEXT NOT NULL, host TEXT NOT NULL)""",
     ),
+    # 3: paths compared bytewise (COLLATE "C"), for "is anything inside the
+    # folder `a.png/`" when an output name is claimed (pg_claims).
+    (
+        'CREATE INDEX IF NOT EXISTS jobs_by_path_bytes ON jobs (folder, relpath COLLATE "C")',
+        "CREATE INDEX IF NOT EXISTS output_claims_by_path_bytes"
+        ' ON output_claims (folder, outpath COLLATE "C")',
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.

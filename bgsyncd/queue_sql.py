@@ -87,6 +87,13 @@ SQL_QUARANTINED_IN = (
 )
 SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = ? AND outpath = ?"
 SQL_CLAIMED_BY = "SELECT outpath FROM output_claims WHERE job_id = ?"
+# Something inside the folder a path would be (`a.png/...`): another output, or an
+# input in an inbox folder of that name. ? ? ? is (folder, path + "/", path + "0"):
+# '0' follows '/', and text compares bytewise here (BINARY).
+SQL_OUTPUT_INSIDE = (
+    "SELECT 1 FROM output_claims WHERE folder = ? AND outpath >= ? AND outpath < ? LIMIT 1"
+)
+SQL_INPUT_INSIDE = "SELECT 1 FROM jobs WHERE folder = ? AND relpath >= ? AND relpath < ? LIMIT 1"
 SQL_SINCE = "SELECT t FROM request_log WHERE t >= ? ORDER BY t"
 # New path -> pending; changed stat -> pending again unless a worker holds it
 # (the worker sees the change itself). rowcount 0 means nothing was queued.

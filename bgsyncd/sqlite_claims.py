@@ -2,6 +2,7 @@
 
 An output name belongs to the first input that claims it, for good: a second
 input whose name would collide gets the next candidate (``a.jpg.png``...).
+A name is claimed with every folder on its way (``names.first_free_output``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from bgsyncd.queue_sql import SQL_CLAIMED_BY, SQL_OWNER
+from bgsyncd.names import first_free_output
+from bgsyncd.queue_sql import SQL_CLAIMED_BY, SQL_INPUT_INSIDE, SQL_OUTPUT_INSIDE, SQL_OWNER
 from bgsyncd.sqlite_db import SqliteBase
 from bgsyncd.storage import Found, QueueError
 
@@ -71,14 +73,25 @@ class SqliteClaims(SqliteBase):
         only up to the answer. A name this job owns stays its own across restarts.
         """
         with self._write() as conn:
-            for outpath in candidates:
+
+            def owner_of(outpath: str) -> int | None:
                 row = conn.execute(SQL_OWNER, (folder, outpath)).fetchone()
-                if row is None:
+                return None if row is None else int(row[0])
+
+            def holds_inside(path: str) -> bool:
+                bounds = (folder, path + "/", path + "0")
+                return any(
+                    conn.execute(sql, bounds).fetchone() is not None
+                    for sql in (SQL_OUTPUT_INSIDE, SQL_INPUT_INSIDE)
+                )
+
+            found = first_free_output(candidates, job_id, owner_of, holds_inside)
+            if found is not None:
+                outpath, new = found
+                if new:
                     conn.execute(
                         "INSERT INTO output_claims (folder, outpath, job_id) VALUES (?, ?, ?)",
                         (folder, outpath, job_id),
                     )
-                    return outpath
-                if row[0] == job_id:
-                    return outpath
+                return outpath
         raise QueueError(f"no free output name for job {job_id} in {folder}")

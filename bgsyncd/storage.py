@@ -115,7 +115,12 @@ class JobStore(Protocol):
 
 
 class OutputClaims(Protocol):
-    """Output names and the input that owns each (two inputs never write one name)."""
+    """Output names and the input that owns each (two inputs never write one name).
+
+    A name is claimed with every folder on its way (``names.first_free_output``):
+    no file where another output's folder, or an inbox folder holding inputs,
+    stands, and no output inside another's file name.
+    """
 
     def adopt(self, found: Found, outputs: Sequence[str]) -> bool: ...
     def claimed_outputs(self, job_id: int) -> list[str]: ...

@@ -33,13 +33,12 @@ again, swapped for a symlink) is noticed by ``roots.RootGuard`` within
 ``check_interval`` seconds: ``folder.lost``, its dead watch dropped, and
 while it is down its events and scans are ignored; once a folder is there
 again it is watched anew, ``folder.restored``, and scanned at once.
-``on_folder(name, up)`` is told each change (``bgsyncd_folder_up``).
+``on_folder(name, up)`` is told each change (``bgsyncd_folder_up``; 0.5: ``watchlimits``).
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import threading
 import time
@@ -70,6 +69,7 @@ from bgsyncd.queue import Found
 from bgsyncd.roots import CHECK_SECONDS, Missing, RootGuard, look
 from bgsyncd.scanner import IgnoreRules, Inbox, Scanner
 from bgsyncd.tracker import MAX_ENTRIES, Tracker
+from bgsyncd.watchlimits import Limits, out_of_watches
 
 log = get_logger("bgsyncd.watcher")
 
@@ -94,8 +94,6 @@ _KINDS: dict[type[FileSystemEvent], str] = {
     FileModifiedEvent: "modified",
     FileClosedEvent: "ready",
 }
-# watchdog 7 has no event for IN_Q_OVERFLOW; it logs a warning here instead.
-_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 
 
 class Watcher:
@@ -109,8 +107,8 @@ class Watcher:
     ``max_in_progress`` how many files may be followed at once (memory bound;
     more are left to a rescan), ``check_interval`` how often every root is
     looked at (a lost or replaced inbox), ``on_folder(name, up)`` what is told
-    when an inbox goes down or comes back (from the watcher's threads; at
-    ``start`` each inbox is reported up).
+    when an inbox goes down (0), comes back (1) or is polled for want of
+    inotify watches (0.5), from the watcher's threads and at ``start``.
     """
 
     def __init__(
@@ -127,7 +125,7 @@ class Watcher:
         grace_seconds: float = GRACE_SECONDS,
         max_in_progress: int = MAX_ENTRIES,
         check_interval: float = CHECK_SECONDS,
-        on_folder: Callable[[str, bool], None] = lambda name, up: None,
+        on_folder: Callable[[str, float], None] = lambda name, up: None,
     ) -> None:
         self._inboxes = [
             Inbox(
@@ -157,13 +155,22 @@ class Watcher:
             max_entries=max_in_progress,
             on_dropped=self.rescan,
         )
+        self._limits = Limits(
+            self._inboxes,
+            events_lost=self._events_lost,
+            is_up=lambda inbox: self._guard.up(inbox),  # noqa: PLW0108 (made below)
+            watch=self._watch,
+            unwatch=self._unwatch,
+            scan=self._scan_inbox,
+            report=on_folder,
+        )
         self._guard = RootGuard(
             self._inboxes,
             watch=self._watch,
             unwatch=self._unwatch,
             watch_alive=self._watch_alive,
             scan=self._scan_inbox,
-            report=on_folder,
+            report=self._limits.report,
             interval=check_interval,
         )
         self._scanner = Scanner(self._inboxes, self._scanned, rescan_interval, self._guard.up)
@@ -172,8 +179,7 @@ class Watcher:
         self._stopping = threading.Event()
         self._observers: list[BaseObserver] = []
         self._observer_for: dict[bool, BaseObserver] = {}  # polling? -> its observer
-        self._watches: dict[str, ObservedWatch] = {}  # inbox name -> its watch, while set up
-        self._overflow = _OverflowHook(self._events_lost)
+        self._watches: dict[str, tuple[BaseObserver, ObservedWatch]] = {}  # by inbox name
 
     def start(self) -> int:
         """Start observers and threads, run the start-up scan; return the files seen.
@@ -183,17 +189,12 @@ class Watcher:
         """
         self._tracker.start()
         try:
-            for polling in sorted({i.polling for i in self._inboxes}):
-                observer = self._observer(polling)
-                self._observers.append(observer)  # stopped by stop() whatever happens next
-                self._observer_for[polling] = observer
-                observer.start()
+            self._limits.listen()
             for inbox in self._inboxes:
-                self._first_watch(inbox)
+                self._first_watch(inbox)  # its observer started on first need
         except OSError:
             self.stop()
             raise
-        logging.getLogger(_OVERFLOW_LOGGER).addHandler(self._overflow)
         seen = self._scanner.scan()
         self._scanner.start()
         self._guard.start()
@@ -224,7 +225,7 @@ class Watcher:
     def stop(self) -> None:
         """Stop observers and threads and wait for them."""
         self._stopping.set()
-        logging.getLogger(_OVERFLOW_LOGGER).removeHandler(self._overflow)
+        self._limits.stop()
         self._guard.stop()  # first: it must not set up watches on stopping observers
         self._tracker.stop()  # first: it wakes a scan waiting for the tracker to drain
         self._scanner.stop()
@@ -234,14 +235,20 @@ class Watcher:
             if observer.is_alive():
                 observer.join()
 
-    def _observer(self, polling: bool) -> BaseObserver:
-        if not polling:
-            return Observer()
-        # lstat, not watchdog's default stat: a symlink is never followed.
-        # watchdog 6 (what Python 3.10 gets) annotates the interval as int; it is
-        # only used as a timeout, and fractions work in both 6 and 7.
-        interval = cast(int, self._poll_interval)
-        return PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
+    def _running(self, polling: bool) -> BaseObserver:
+        """The started observer of that kind, made on first need."""
+        observer = self._observer_for.get(polling)
+        if observer is None:
+            if polling:
+                # lstat: a symlink is never followed. watchdog 6 types the interval int.
+                interval = cast(int, self._poll_interval)
+                observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
+            else:
+                observer = Observer()
+            self._observers.append(observer)  # stopped by stop() whatever happens next
+            self._observer_for[polling] = observer
+            observer.start()
+        return observer
 
     def _first_watch(self, inbox: Inbox) -> None:
         """Watch ``inbox`` at start; raise naming the inbox when it cannot be watched."""
@@ -251,37 +258,47 @@ class Watcher:
         try:
             self._watch(inbox)
         except OSError as exc:
-            hint = "; if inotify ran out of watches, raise fs.inotify.max_user_watches"
-            msg = f"cannot watch {inbox.root}: {exc.strerror}{hint}"
-            raise OSError(exc.errno, msg) from exc
+            raise OSError(exc.errno, f"cannot watch {inbox.root}: {exc.strerror}") from exc
         self._guard.watching(inbox, seen)
 
     def _watch(self, inbox: Inbox) -> None:
-        """Set up the watch of ``inbox`` on its running observer (raises ``OSError``)."""
-        # On a running observer the watch starts at once, so a failure is raised here.
-        self._watches[inbox.name] = self._observer_for[inbox.polling].schedule(
-            _Handler(self, inbox),
-            inbox.root,
-            recursive=inbox.recursive,
-            event_filter=_EVENT_TYPES,
-        )
+        """Set up the watch of ``inbox`` (raises ``OSError``); poll it if inotify cannot."""
+        with self._limits.lock:
+            polled = self._limits.polled(inbox)
+            observer = self._running(polled)
+            try:
+                # On a running observer the watch starts at once: a failure is raised here.
+                watch = observer.schedule(
+                    _Handler(self, inbox, polled),
+                    inbox.root,
+                    recursive=inbox.recursive,
+                    event_filter=_EVENT_TYPES,
+                )
+            except OSError as exc:
+                if polled or not out_of_watches(exc):
+                    raise
+                self._limits.degrade(inbox, exc.strerror or str(exc))
+                self._watch(inbox)  # polled now
+                return
+            self._watches[inbox.name] = (observer, watch)
 
     def _unwatch(self, inbox: Inbox) -> None:
         """Drop the watch of ``inbox``, dead or alive; nothing if it has none."""
-        watch = self._watches.pop(inbox.name, None)
-        if watch is None:
+        with self._limits.lock:
+            held = self._watches.pop(inbox.name, None)
+        if held is None:
             return
+        observer, watch = held
         try:
-            self._observer_for[inbox.polling].unschedule(watch)
+            observer.unschedule(watch)
         except (KeyError, OSError) as exc:  # the kernel may have dropped it already
             log.debug("folder.unwatch_failed", folder=inbox.name, error=repr(exc))
 
     def _watch_alive(self, inbox: Inbox) -> bool:
         """True while the watch of ``inbox`` is set up and its emitter thread runs."""
-        watch = self._watches.get(inbox.name)
-        if watch is None:
-            return False
-        emitters = list(self._observer_for[inbox.polling].emitters)
+        with self._limits.lock:  # not between the two halves of a switch to polling
+            observer, watch = self._watches.get(inbox.name, (None, None))
+        emitters = list(observer.emitters) if observer is not None else []
         return any(e.watch is watch and e.is_alive() for e in emitters)
 
     def _scan_inbox(self, inbox: Inbox) -> None:
@@ -304,7 +321,7 @@ class Watcher:
             return
         self._tracker.scanned(inbox, path, st)
 
-    def on_event(self, inbox: Inbox, event: FileSystemEvent) -> None:
+    def on_event(self, inbox: Inbox, event: FileSystemEvent, polled: bool) -> None:
         """Feed one watchdog event for ``inbox`` to the tracker (observer thread).
 
         Cheap first: most events are for files followed already, so the
@@ -312,10 +329,10 @@ class Watcher:
         """
         if self._stopping.is_set() or not self._guard.up(inbox):
             return  # a lost inbox: whatever its dying watch still says is not ours
-        src = _text(event.src_path)
+        src = os.fsdecode(event.src_path)
         kind = _KINDS.get(type(event))
         if kind is not None:
-            if inbox.polling:
+            if polled:
                 kind = "settle"  # no opens or closes are seen when polling
             elif kind == "created" and (
                 event.is_synthetic or (self._fresh and self._in_fresh_dir(src))
@@ -325,14 +342,15 @@ class Watcher:
         elif isinstance(event, (FileMovedEvent, FileDeletedEvent)):
             self._tracker.note("gone", inbox, src)
             self._tracker.forget_emitted(src)
-            dest = _text(event.dest_path)
+            dest = os.fsdecode(event.dest_path)
             if dest:  # renamed into place: rsync's temp file, a browser's download
-                self._tracker.note("settle" if inbox.polling else "ready", inbox, dest)
+                self._tracker.note("settle" if polled else "ready", inbox, dest)
         elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
-            dest = _text(event.dest_path) or src
+            dest = os.fsdecode(event.dest_path) or src
             if isinstance(event, DirMovedEvent):
                 self._tracker.forget_emitted(src, tracked=True)  # what was there has left
-            self._tracker.forget_emitted(dest, tracked=True)  # a folder arrived: start afresh
+            # A folder arrived: start afresh (polled, its files came first: keep them).
+            self._tracker.forget_emitted(dest, tracked=not polled)
             self._fresh_dir(dest)
         elif isinstance(event, DirDeletedEvent):
             self._tracker.forget_emitted(src, tracked=True)
@@ -360,10 +378,6 @@ class Watcher:
             self._sink(_found(inbox, rel, st))
 
 
-def _text(path: bytes | str) -> str:
-    return path if isinstance(path, str) else os.fsdecode(path)
-
-
 def _found(inbox: Inbox, rel: str, st: os.stat_result) -> Found:
     return Found(inbox.name, rel, st.st_size, st.st_mtime_ns, st.st_ino)
 
@@ -371,26 +385,14 @@ def _found(inbox: Inbox, rel: str, st: os.stat_result) -> Found:
 class _Handler(FileSystemEventHandler):
     """Routes one inbox's watchdog events to the watcher, on the observer thread."""
 
-    def __init__(self, watcher: Watcher, inbox: Inbox) -> None:
+    def __init__(self, watcher: Watcher, inbox: Inbox, polled: bool) -> None:
         self._watcher = watcher
         self._inbox = inbox
+        self._polled = polled
 
     def dispatch(self, event: FileSystemEvent) -> None:
         """Handle ``event``; an error here must not kill the observer thread."""
         try:
-            self._watcher.on_event(self._inbox, event)
+            self._watcher.on_event(self._inbox, event, self._polled)
         except Exception:
             log.exception("watcher.event_failed", folder=self._inbox.name)
-
-
-class _OverflowHook(logging.Handler):
-    """Asks for a rescan when watchdog reports that inotify dropped events."""
-
-    def __init__(self, rescan: Callable[[], None]) -> None:
-        super().__init__(logging.WARNING)
-        self._rescan = rescan
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Request a rescan on watchdog's overflow warning."""
-        if "overflow" in record.getMessage().lower():
-            self._rescan()

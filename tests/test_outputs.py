@@ -521,3 +521,24 @@ def test_outputs_newer_than_wants_every_output_there_and_not_older(tmp_path: Pat
     assert outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/a.mask.png"], 2_000)
     assert not outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/a.mask.png"], 2_001)
     assert not outputs.outputs_newer_than(tmp_path, ["d/a.png", "d/missing.png"], 0)
+
+
+def test_a_folder_taken_by_a_file_is_renamed_within_the_name_limit() -> None:
+    # The claim rule on its own: lookups answered from a dict, as a store would.
+    long = "é" * 125 + ".png"  # 254 bytes: "~2" alone would not fit
+    owners = {"a.png": 1, long: 1}
+    inside = {"b.png"}  # an inbox folder `b.png/` holds inputs
+
+    def free(candidates: list[str], job_id: int = 2) -> tuple[str, bool] | None:
+        return names.first_free_output(candidates, job_id, owners.get, inside.__contains__)
+
+    assert free(["a.png/b.png"]) == ("a.png~2/b.png", True)
+    assert free(["b.png", "b.jpg.png"]) == ("b.jpg.png", True)
+    renamed = free([f"{long}/x.png"])
+    assert renamed is not None
+    folder, name = renamed[0].split("/")
+    assert name == "x.png" and names.utf8_len(folder) <= names.NAME_MAX
+    assert folder.endswith("~2") and folder != long
+    assert free([f"{long}/y.png"]) == (f"{folder}/y.png", True)  # the same for every input
+    assert free(["a.png"], job_id=1) == ("a.png", False)  # its owner's
+    assert free(["a.png"]) is None

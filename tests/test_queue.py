@@ -46,6 +46,8 @@ def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
         "quarantined_in": (queue_sql.SQL_QUARANTINED_IN, ("f",)),
         "owner": (queue_sql.SQL_OWNER, ("f", "a.png")),
         "claimed_by": (queue_sql.SQL_CLAIMED_BY, (1,)),
+        "output_inside": (queue_sql.SQL_OUTPUT_INSIDE, ("f", "a.png/", "a.png0")),
+        "input_inside": (queue_sql.SQL_INPUT_INSIDE, ("f", "a.png/", "a.png0")),
         "since": (queue_sql.SQL_SINCE, (0.0,)),
     }
 

@@ -220,6 +220,62 @@ def test_output_names_are_claimed_once_and_stay_their_owners(store: Store) -> No
         store.claim_output("f", 10**9, iter([]))
 
 
+def test_an_inbox_folder_keeps_its_name_from_an_output_file(store: Store) -> None:
+    # `a.png/` in the inbox is the folder `a.png/` in the outbox: a.jpg's
+    # output cannot be the file `a.png`, whichever input is claimed first.
+    store.enqueue_many([_found("a.jpg"), _found("a.png/b.jpg"), _found("x.jpg")])
+    store.enqueue_many([_found("x.mask.png/deep/y.jpg")])
+    a = find_job(store, "f", "a.jpg")
+    b = find_job(store, "f", "a.png/b.jpg")
+    x = find_job(store, "f", "x.jpg")
+    assert a is not None and b is not None and x is not None
+    assert store.claim_output("f", a.id, iter(["a.png", "a.jpg.png"])) == "a.jpg.png"
+    assert store.claim_output("f", b.id, iter(["a.png/b.png"])) == "a.png/b.png"
+    assert store.claim_output("f", x.id, iter(["x.png"])) == "x.png"
+    mask = iter(["x.mask.png", "x.mask~2.png"])
+    assert store.claim_output("f", x.id, mask) == "x.mask~2.png"
+    # Another folder's inputs take nothing here.
+    store.enqueue_many([_found("c.png/d.jpg", folder="g"), _found("c.jpg")])
+    c = find_job(store, "f", "c.jpg")
+    assert c is not None and store.claim_output("f", c.id, iter(["c.png"])) == "c.png"
+    # A name that merely starts like a folder is not inside it.
+    store.enqueue_many([_found("e.png0/f.jpg"), _found("e.png-x/f.jpg"), _found("e.jpg")])
+    e = find_job(store, "f", "e.jpg")
+    assert e is not None and store.claim_output("f", e.id, iter(["e.png"])) == "e.png"
+
+
+def test_an_output_folder_and_an_output_file_never_share_a_path(store: Store) -> None:
+    store.enqueue_many([_found("a.jpg"), _found("q.jpg")])
+    a = find_job(store, "f", "a.jpg")
+    q = find_job(store, "f", "q.jpg")
+    assert a is not None and q is not None
+    # q's output goes into a folder `q/`: the file name `q` is then no output's.
+    assert store.claim_output("f", q.id, iter(["q/q.png"])) == "q/q.png"
+    assert store.claim_output("f", a.id, iter(["q", "a.png"])) == "a.png"
+    assert store.claimed_outputs(a.id) == ["a.png"]
+
+
+def test_a_folder_found_after_a_file_took_its_name_goes_to_the_next_free_name(
+    store: Store,
+) -> None:
+    store.enqueue_many([_found("a.jpg")])
+    a = find_job(store, "f", "a.jpg")
+    assert a is not None
+    assert store.claim_output("f", a.id, iter(["a.png", "a.jpg.png"])) == "a.png"
+    # The folder `a.png/` shows up later: its outputs cannot go inside the
+    # file `a.png`, so the folder gets the next free name, the same for all.
+    store.enqueue_many([_found("a.png/b.jpg"), _found("a.png/sub/c.jpg")])
+    b = find_job(store, "f", "a.png/b.jpg")
+    c = find_job(store, "f", "a.png/sub/c.jpg")
+    assert b is not None and c is not None
+    assert store.claim_output("f", b.id, iter(["a.png/b.png"])) == "a.png~2/b.png"
+    assert store.claim_output("f", c.id, iter(["a.png/sub/c.png"])) == "a.png~2/sub/c.png"
+    # Names stay their owners'.
+    assert store.claim_output("f", a.id, iter(["a.png", "a.jpg.png"])) == "a.png"
+    assert store.claim_output("f", b.id, iter(["a.png/b.png"])) == "a.png~2/b.png"
+    assert store.claimed_outputs(b.id) == ["a.png~2/b.png"]
+
+
 def test_state_values_and_the_oldest_open_job(store: Store) -> None:
     assert store.get_state("paused") is None
     store.set_state("paused", "credit_floor")

@@ -1,0 +1,172 @@
+"""inotify's limits as watchdog reports them, and what the watcher does about them.
+
+- The event queue overflowed (IN_Q_OVERFLOW): events were lost, and a rescan
+  finds what they were about. watchdog only logs a warning for it.
+- The watch limit (``fs.inotify.max_user_watches``) or the instance limit was
+  reached: a folder is left unwatched. When a watch is set up (at start, or
+  for an inbox that came back) watchdog raises ``OSError`` (ENOSPC, EMFILE);
+  for a subfolder that appears later, it only logs a warning, on its own
+  thread, and goes on without it. Either way the inbox is polled instead
+  (SPEC §6): ``folder.degraded`` in the log, ``bgsyncd_folder_up`` 0.5, and
+  the daemon runs on. It stays polled until the watcher is made again (a
+  reload that changes the folders, or a restart).
+
+Nothing here imports watchdog: the hooks listen to its loggers.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+from bgsyncd.logs import get_logger
+from bgsyncd.scanner import Inbox
+
+log = get_logger("bgsyncd.watcher")
+
+# watchdog's loggers: the shared inotify reader's (overflow), the watch groups' (limits).
+OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+LIMIT_LOGGER = "watchdog.observers.inotify"
+# bgsyncd_folder_up of an inbox polled for want of inotify watches (1 watched, 0 lost).
+DEGRADED = 0.5
+_HINT = "polled instead; raise fs.inotify.max_user_watches to watch it again"
+
+
+def out_of_watches(exc: OSError) -> bool:
+    """``exc`` says inotify ran out of watches or instances (not that the folder is bad)."""
+    return exc.errno in (errno.ENOSPC, errno.EMFILE)
+
+
+class OverflowHook(logging.Handler):
+    """Asks for a rescan when watchdog reports that inotify dropped events."""
+
+    def __init__(self, rescan: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._rescan = rescan
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Request a rescan on watchdog's overflow warning."""
+        if "overflow" in record.getMessage().lower():
+            self._rescan()
+
+
+class LimitHook(logging.Handler):
+    """Calls ``on_limit(path)`` for each folder watchdog left unwatched for want of watches.
+
+    watchdog logs ``"Unable to watch %r: %s"`` with the path and the
+    ``OSError``; ``on_limit`` runs on watchdog's thread, under its locks, so
+    it must only hand the news on.
+    """
+
+    def __init__(self, on_limit: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._on_limit = on_limit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Pass on the path of a watch that failed with ENOSPC or EMFILE."""
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 2:
+            return
+        path, error = args
+        if isinstance(path, (bytes, str)) and isinstance(error, OSError) and out_of_watches(error):
+            self._on_limit(os.fsdecode(path))
+
+
+class Limits:
+    """One watcher's answers to inotify's limits: the hooks, and the inboxes polled instead.
+
+    ``events_lost()`` is called on an overflow; ``is_up(inbox)`` says whether
+    the root guard holds the inbox watched; ``unwatch(inbox)`` drops its
+    watch and ``watch(inbox)`` sets it up (polled, once degraded here; raises
+    ``OSError``); ``scan(inbox)`` asks for a scan; ``report(name, value)``
+    publishes ``bgsyncd_folder_up``. ``lock`` is held while watches are set up.
+    """
+
+    def __init__(
+        self,
+        inboxes: Sequence[Inbox],
+        *,
+        events_lost: Callable[[], None],
+        is_up: Callable[[Inbox], bool],
+        watch: Callable[[Inbox], None],
+        unwatch: Callable[[Inbox], None],
+        scan: Callable[[Inbox], None],
+        report: Callable[[str, float], None],
+    ) -> None:
+        self._inboxes = tuple(inboxes)
+        self._is_up = is_up
+        self._watch = watch
+        self._unwatch = unwatch
+        self._scan = scan
+        self._report = report
+        self.lock = threading.RLock()
+        self._stopped = False
+        self._degraded: set[str] = set()
+        self._switching: set[str] = set()  # one switch an inbox, however many warnings
+        self._hooks: dict[str, logging.Handler] = {
+            OVERFLOW_LOGGER: OverflowHook(events_lost),
+            LIMIT_LOGGER: LimitHook(self._out_of_watches),
+        }
+
+    def listen(self) -> None:
+        """Start listening to watchdog's warnings."""
+        for name, hook in self._hooks.items():
+            logging.getLogger(name).addHandler(hook)
+
+    def stop(self) -> None:
+        """Stop listening; wait for a switch to polling under way; start none after."""
+        for name, hook in self._hooks.items():
+            logging.getLogger(name).removeHandler(hook)
+        with self.lock:
+            self._stopped = True
+
+    def polled(self, inbox: Inbox) -> bool:
+        """``inbox`` is polled: so configured, or degraded for want of watches."""
+        return inbox.polling or inbox.name in self._degraded
+
+    def degrade(self, inbox: Inbox, error: str) -> None:
+        """From now on ``inbox`` is polled: say so, once."""
+        self._degraded.add(inbox.name)
+        log.warning("folder.degraded", folder=inbox.name, inbox=inbox.root, error=error, note=_HINT)
+
+    def report(self, name: str, up: bool) -> None:
+        """Publish ``name`` up (True, or 0.5 while degraded) or down (False)."""
+        self._report(name, DEGRADED if up and name in self._degraded else up)
+
+    def _out_of_watches(self, path: str) -> None:
+        """watchdog could not watch ``path`` (on its thread): poll its inbox instead."""
+        for inbox in self._inboxes:
+            inside = path == inbox.root or path.startswith(inbox.root + "/")
+            if inside and not self.polled(inbox) and inbox.name not in self._switching:
+                self._switching.add(inbox.name)
+                # Not on this thread: dropping the watch needs watchdog's locks.
+                thread = threading.Thread(
+                    target=self._switch, args=(inbox, path), name="bgsyncd-degrade"
+                )
+                thread.start()
+
+    def _switch(self, inbox: Inbox, path: str) -> None:
+        try:
+            self._switch_now(inbox, path)
+        except Exception:  # its own thread: never silently
+            log.exception("folder.degrade_failed", folder=inbox.name)
+
+    def _switch_now(self, inbox: Inbox, path: str) -> None:
+        with self.lock:
+            if self._stopped or self.polled(inbox):
+                return
+            self.degrade(inbox, f"cannot watch {path}: inotify watch limit reached")
+            if not self._is_up(inbox):
+                return  # lost: polled once it is back
+            self._unwatch(inbox)
+            try:
+                self._watch(inbox)
+            except OSError as exc:
+                # No watch now: the root guard sees it ended and sets one up.
+                log.warning("folder.watch_failed", folder=inbox.name, error=str(exc))
+                return
+            self.report(inbox.name, True)
+        self._scan(inbox)  # what arrived while it was not watched
