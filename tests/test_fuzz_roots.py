@@ -78,6 +78,7 @@ class RootFuzzer:
         self.inputs: dict[tuple[str, str], tuple[str, bytes]] = {}  # (folder, rel) -> kind, data
         self.counter = 0
         self.swaps = 0
+        self.state_swaps = 0
 
     def _free(self, rel: str) -> bool:
         """Nothing on ``rel``'s way (or under it) is swapped now."""
@@ -122,6 +123,7 @@ class RootFuzzer:
         self.swaps += 1
         if level == "var":
             self.state_swapped = True
+            self.state_swaps += 1
 
     def restore(self, level: str) -> None:
         real = self.swapped.pop(level)
@@ -248,6 +250,7 @@ def test_swaps_above_at_and_below_every_root_never_reach_outside_nor_lose_a_file
     time.sleep(1.5)  # a database check runs every second: a last exit shows by now
     daemon = running(daemon)
     assert fuzzer.swaps >= 50, fuzzer.swaps
+    assert fuzzer.state_swaps >= 2, fuzzer.state_swaps
     assert len(fuzzer.inputs) >= 50, len(fuzzer.inputs)
 
     quiet: list[tuple[float, int]] = []
