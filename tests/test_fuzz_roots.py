@@ -5,13 +5,14 @@ A seeded fuzzer (``BGSYNCD_FUZZ_SEED`` overrides the seed, as in
 atomically (``renameat2(RENAME_EXCHANGE)``), a folder for a symlink to its
 twin in an outside tree full of decoys: the inboxes', outboxes',
 quarantines' and the done folder's parents, the roots themselves, a folder
-below each, and the state folder's parent (the database and the cache).
+below each, the whole tree, the state folder (the database and the cache),
+its parent, and the cache folder.
 Swaps last a random while, then the real folder comes back.
 
 Afterwards: the outside tree is byte for byte what it was, nothing in it was
 ever sent, and every input is accounted for (done with its outputs, or
 quarantined with its sidecar, or still in its inbox). A daemon that finds
-its database replaced (the state folder's parent swapped) exits 1 with
+its database replaced (the state folder or a folder above it swapped) exits 1 with
 ``queue.lost``, as documented (README, exit codes): the fuzzer then puts the
 folders back and starts it again, as systemd would.
 """
@@ -47,12 +48,15 @@ ROOTS = {
     "b.quarantine": "q2/y",
     "b.done": "done/y",
 }
-STATE = "var/state"  # holds queue.sqlite3 and the cache; its parent "var" is swapped
+STATE = "var/state"  # holds queue.sqlite3 and the cache
+# Swapped too: the whole tree (""), the state folder's parent, the state folder, the cache.
+STATE_LEVELS = ("", "var", STATE)
+EXTRA_LEVELS = (*STATE_LEVELS, f"{STATE}/cache")
 
 
 def _levels() -> list[str]:
-    """Every folder worth swapping: each root's ancestors, the root, one folder below; var."""
-    out = {"var"}
+    """Every folder worth swapping: each root's ancestors, the root, one folder below; state."""
+    out = set(EXTRA_LEVELS)
     for rel in ROOTS.values():
         parts = rel.split("/")
         out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
@@ -61,7 +65,8 @@ def _levels() -> list[str]:
 
 
 def _overlaps(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+    """One of the two is the other or inside it ("" is the whole tree)."""
+    return a == b or not a or not b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 class RootFuzzer:
@@ -121,7 +126,7 @@ class RootFuzzer:
         exchange(self.srv / level, link)  # the level is a link now; `link` the real folder
         self.swapped[level] = link
         self.swaps += 1
-        if level == "var":
+        if level in STATE_LEVELS:
             self.state_swapped = True
             self.state_swaps += 1
 
@@ -139,7 +144,7 @@ def _make_tree(srv: Path, outside: Path, rng: random.Random) -> None:
     """The real folders, and an outside twin of every one, full of tempting decoys."""
     for rel in ROOTS.values():
         (srv / rel / SUB).mkdir(parents=True)
-    (srv / STATE).mkdir(parents=True)
+    (srv / STATE / "cache").mkdir(parents=True)
     for rel in ROOTS.values():
         for where in ("", SUB):
             twin = outside / rel / where
@@ -232,7 +237,7 @@ def test_swaps_above_at_and_below_every_root_never_reach_outside_nor_lose_a_file
         code = d.proc.poll()
         if code is None:
             return d
-        # Only a database replaced under it (the state folder's parent swapped).
+        # Only a database replaced under it (the state folder or one above swapped).
         assert code == 1 and fuzzer.state_swapped, d.output()[-3000:]
         assert d.saw("queue.lost"), d.output()[-3000:]
         d.stop()
