@@ -65,14 +65,17 @@ def with_env_paths_resolved(settings: Settings) -> Settings:
 
 
 def with_resolved_roots(settings: Settings) -> Settings:
-    """Each folder's roots with their symlinks resolved, at load (start and reload).
+    """Each folder's roots, and the state folder, with their symlinks resolved at load.
 
-    Below a root nothing follows a symlink (``fsops`` opens even the root with
-    ``O_NOFOLLOW``): a root replaced by a symlink later is a lost folder.
+    At start and on reload. From then on nothing follows a symlink at any
+    level (``rootfd`` opens the roots through a symlink-free path, the state
+    folder's probe and cache too): a root, or a folder above it, replaced by
+    a symlink later is a lost folder.
     """
     keys = _FOLDER_PATH_KEYS
     folders = tuple(
         f.model_copy(update={k: getattr(f, k).resolve() for k in keys if getattr(f, k) is not None})
         for f in settings.folder
     )
-    return settings.model_copy(update={"folder": folders})
+    queue = settings.queue.model_copy(update={"database": settings.queue.database.resolve()})
+    return settings.model_copy(update={"folder": folders, "queue": queue})

@@ -1,8 +1,9 @@
 """File access under a configured folder, through directory descriptors only.
 
 Every stat, open, rename, link and unlink of a file under an inbox, outbox,
-quarantine or done folder goes through here. Only a folder's root is ever
-opened by its path (resolved at start and on reload); from there each folder
+quarantine or done folder goes through here. Every walk starts from the
+descriptor held for the folder's root (:mod:`bgsyncd.rootfd`: opened through
+a path with no symlink at any level, never by its path string); from there each folder
 on the way is opened with ``openat(name, O_NOFOLLOW | O_DIRECTORY)`` relative
 to its parent, and the file itself is reached with ``dir_fd=``. A folder
 swapped for a symlink (or a file) at any moment makes the walk fail with
@@ -24,8 +25,10 @@ from collections.abc import Generator, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from bgsyncd import rootfd
+
 # A symlink or a non-folder anywhere on the way fails the walk (ELOOP, ENOTDIR).
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = rootfd.DIR_FLAGS
 # Added to every file open: never through a symlink, never inherited by a child.
 FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 # What makes a file not there for regular_stat: gone, or swapped on the way.
@@ -45,26 +48,27 @@ def split_relpath(relpath: str) -> list[str]:
 
 
 def open_root(root: Path | str) -> int:
-    """A descriptor of a configured folder's root, the one path opened by name.
+    """A descriptor of a configured folder's root (the caller closes it).
 
-    ``O_NOFOLLOW``: a root later replaced by a symlink is refused (a lost folder).
+    Started from the descriptor held for the root (:mod:`bgsyncd.rootfd`),
+    whose path is looked up without following a symlink at any level: a root
+    or a folder above it swapped for a symlink is refused (a lost folder),
+    never followed.
     """
-    return os.open(root, DIR_FLAGS)
+    return rootfd.open_root(root)
 
 
 def open_dir(root: Path | str, reldir: str = "", *, create: bool = False) -> int:
     """A descriptor of ``root/reldir``, walked one real folder at a time.
 
     ``reldir`` "" is the root itself. ``create`` makes missing folders on the
-    way (mode ``0o777 & ~umask``); a folder made and then swapped before it is
-    opened is still refused. The caller closes the descriptor.
+    way (mode ``0o777 & ~umask``), the root too when it was deleted (as at
+    start, so a removed outbox comes back), never through a symlink; a folder
+    made and then swapped before it is opened is still refused. The caller
+    closes the descriptor.
     """
     parts = split_relpath(reldir) if reldir else []
-    if create:
-        # The root's own path is trusted (resolved at start); made again when
-        # deleted, as at start, so a removed outbox comes back.
-        os.makedirs(root, exist_ok=True)
-    fd = open_root(root)
+    fd = rootfd.open_root(root, create=create)
     try:
         for part in parts:
             if create:

@@ -11,6 +11,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bgsyncd import rootfd
 from bgsyncd.config_errors import invalid
 from bgsyncd.errors import describe_os_error
 
@@ -63,16 +64,22 @@ def check_folders(folders: Sequence[FolderSettings], file: Path) -> None:
 
 
 def create_folders(folders: Sequence[FolderSettings], file: Path) -> None:
-    """Create the missing outbox, quarantine and done folders (with parents)."""
+    """Create the missing outbox, quarantine and done folders (with parents).
+
+    Their paths are resolved first (a symlink the operator put in the
+    configured path is meant), then made without following a symlink at any
+    level (:func:`bgsyncd.rootfd.make_dirs`, unlike ``os.makedirs``): one
+    swapped in meanwhile fails the load instead of leading elsewhere.
+    """
     for i, f in enumerate(folders):
         for kind, path in output_trees(f):
             try:
-                path.mkdir(parents=True, exist_ok=True)
-            except FileExistsError:
-                raise invalid(
-                    file, f"folder[{i}].{kind}", f"{path} exists and is not a folder"
-                ) from None
+                rootfd.make_dirs(path.resolve())
             except OSError as exc:
+                if path.exists() and not path.is_dir():
+                    raise invalid(
+                        file, f"folder[{i}].{kind}", f"{path} exists and is not a folder"
+                    ) from None
                 raise invalid(
                     file, f"folder[{i}].{kind}", f"cannot create {path}: {describe_os_error(exc)}"
                 ) from None

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from bgsyncd import fsops
+from bgsyncd import fsops, rootfd
 from bgsyncd.names import mask_candidates, numbered_names, output_candidates, sidecar_name
 
 __all__ = [
@@ -102,9 +102,17 @@ def write_file(root: Path, relpath: str, data: bytes) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """:func:`write_file` for a file of our own (the result cache), outside the folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """:func:`write_file` for a file of our own (the result cache), outside the folders.
+
+    Its folder is reached, and made when missing, without following a symlink
+    at any level (:mod:`bgsyncd.rootfd`): a folder above it swapped for a
+    symlink refuses the write (``ELOOP``, ``ENOTDIR``) instead of leading outside.
+    """
+    try:
+        fd = rootfd.open_path(path.parent)
+    except FileNotFoundError:
+        rootfd.make_dirs(path.parent)
+        fd = rootfd.open_path(path.parent)
     try:
         _write_at(fd, path.name, data)
     finally:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgsyncd import rootfd
 from bgsyncd.errors import describe_os_error
 
 PROBE_INTERVAL_SECONDS = 30.0
@@ -40,11 +41,13 @@ def probe_write(folder: Path, root: Path | None = None) -> None:
     ``folder``), the way down from ``root`` is walked one folder at a time,
     refusing a symlink at every step (``ENOTDIR`` or ``ELOOP``), and a part of the way that
     does not exist yet (its ``mkdir`` is what failed) is probed at the deepest
-    folder that does. Without ``root``, ``folder`` itself must exist and must
-    not be a symlink.
+    folder that does. ``root`` is opened from its held descriptor (a root, or
+    a folder above it, swapped for a symlink is refused, :mod:`bgsyncd.rootfd`).
+    Without ``root``, ``folder`` itself must exist, reached without following
+    a symlink at any level.
     """
     if root is None:
-        dir_fd = _open_dir(str(folder), None)
+        dir_fd = rootfd.open_path(folder)
     else:
         try:
             parts = folder.relative_to(root).parts
@@ -57,14 +60,13 @@ def probe_write(folder: Path, root: Path | None = None) -> None:
         os.close(dir_fd)
 
 
-def _open_dir(name: str, parent_fd: int | None) -> int:
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(name, flags, dir_fd=parent_fd)
+def _open_dir(name: str, parent_fd: int) -> int:
+    return os.open(name, rootfd.DIR_FLAGS, dir_fd=parent_fd)
 
 
 def _walk_down(root: Path, parts: tuple[str, ...]) -> int:
     """An open descriptor of the deepest existing folder on the way from ``root``."""
-    fd = _open_dir(str(root), None)
+    fd = rootfd.open_root(root)
     for part in parts:
         try:
             child = _open_dir(part, fd)

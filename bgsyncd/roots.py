@@ -10,22 +10,27 @@ once when asked): :func:`look` says what is there, :func:`judge` decides,
 and the guard acts through the watcher's callbacks -- drop the dead watch,
 set up a new one, scan the folder -- and reports each inbox up or down.
 
-A folder is the one watched when its ``(st_dev, st_ino)`` is the one
-recorded when its watch was set up. A root that was a mount point and is
-no longer one (its ``st_dev`` is its parent's) is unmounted: down, not a new
-folder to watch, so files dropped into the bare mount point are not taken
-for the share's.
+A root is looked at through a path with no symlink at any level
+(:mod:`bgsyncd.rootfd`): an inbox whose root, or a folder above it, was
+swapped for a symlink is lost, never followed, and comes back only once a
+real folder is there again. A folder is the one watched when its
+``(st_dev, st_ino)`` is the one recorded when its watch was set up. A root
+that was a mount point and is no longer one (its ``st_dev`` is its
+parent's) is unmounted: down, not a new folder to watch, so files dropped
+into the bare mount point are not taken for the share's.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bgsyncd import rootfd
 from bgsyncd.errors import describe_os_error
 from bgsyncd.logs import get_logger
 from bgsyncd.scanner import Inbox
@@ -33,7 +38,7 @@ from bgsyncd.scanner import Inbox
 # The watcher's logger name: operators filter on one name.
 log = get_logger("bgsyncd.watcher")
 
-# SPEC: a lost or restored inbox is noticed within 10 s; a look costs two lstat calls.
+# SPEC: a lost or restored inbox is noticed within 10 s; a look costs a few system calls.
 CHECK_SECONDS = 2.0
 
 
@@ -54,29 +59,39 @@ class Missing:
 
 
 def look(root: str, was_mount_point: bool = False) -> Root | Missing:
-    """What is at ``root`` now (``lstat``: a symlink is never followed).
+    """What is at ``root`` now, looked up without following a symlink at any level.
 
-    ``was_mount_point``: the root has been a mount point; a plain folder
-    there now is the bare mount point of an unmounted share.
+    A symlink in place of the root or of any folder above it makes the root
+    missing (:func:`bgsyncd.rootfd.lookup`): a path that leads elsewhere is
+    never taken for the folder. ``was_mount_point``: the root has been a
+    mount point; a plain folder there now is the bare mount point of an
+    unmounted share.
     """
     try:
-        st = os.lstat(root)
+        st, parent = rootfd.lookup(root)
     except FileNotFoundError:
         return Missing("missing")
     except OSError as exc:
-        return Missing(f"cannot be read: {describe_os_error(exc)}")
-    if stat.S_ISLNK(st.st_mode):
-        return Missing("replaced by a symlink")
-    if not stat.S_ISDIR(st.st_mode):
-        return Missing("not a folder")
-    try:
-        parent = os.lstat(os.path.dirname(root) or "/")
-    except OSError as exc:
-        return Missing(f"cannot be read: {describe_os_error(exc)}")
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            return Missing(f"cannot be read: {describe_os_error(exc)}")
+        return Missing(_refusal(root))
     mount_point = st.st_dev != parent.st_dev or st.st_ino == parent.st_ino
     if was_mount_point and not mount_point:
         return Missing("unmounted")
     return Root(st.st_dev, st.st_ino, mount_point)
+
+
+def _refusal(root: str) -> str:
+    """Why a symlink-free lookup of ``root`` was refused, for the log line."""
+    try:
+        st = os.lstat(root)  # only to word the reason: nothing is opened through it
+    except OSError:
+        return "a folder above it was replaced by a symlink or a file"
+    if stat.S_ISLNK(st.st_mode):
+        return "replaced by a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a folder"
+    return "a folder above it was replaced by a symlink or a file"
 
 
 class Verdict(enum.Enum):
@@ -147,7 +162,7 @@ class RootGuard:
         return self._watched.get(inbox.name) is not None
 
     def still_watched(self, inbox: Inbox) -> bool:
-        """True when the folder at ``inbox``'s root now is the one watched (one ``lstat``).
+        """True when the folder at ``inbox``'s root now is the one watched (a symlink-free lookup).
 
         Asked before a file is handed on: between a swap and the next look, a
         polling emitter lists whatever the root names, a symlink's target too.
@@ -156,11 +171,11 @@ class RootGuard:
         if watched is None:
             return False
         try:
-            st = os.lstat(inbox.root)
+            st, _parent = rootfd.lookup(inbox.root)
         except OSError:
-            return False
-        # A symlink or the bare mount point of an unmounted share has another identity.
-        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (watched.dev, watched.ino)
+            return False  # a symlink at any level above it too
+        # The bare mount point of an unmounted share has another identity.
+        return (st.st_dev, st.st_ino) == (watched.dev, watched.ino)
 
     def start(self) -> None:
         """Start the thread."""

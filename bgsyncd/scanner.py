@@ -4,7 +4,8 @@
 own thread every ``rescan_interval`` seconds and whenever asked (SIGHUP, an
 inotify overflow: every inbox; an inbox that came back: that one): the
 reconciliation that catches what events missed. An inbox that is down (see
-``roots.py``) is skipped, and a root is never followed if it is a symlink.
+``roots.py``) is skipped, and every walk starts from the root's held
+descriptor (``rootfd``), never following a symlink at any level.
 
 Ignored, never queued: any path component starting with "." (dotfiles, dot
 folders, rsync's ``.name.XXXXXX`` temp files), the usual temp names
@@ -36,7 +37,7 @@ TEMP_SUFFIXES = (".part", ".crdownload", ".tmp", "~", ".swp")
 
 # O_NOFOLLOW: a folder swapped for a symlink between listing and opening is
 # refused rather than followed out of the inbox.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = fsops.DIR_FLAGS
 
 
 class IgnoreRules:
@@ -130,18 +131,38 @@ def walk(root: str, recursive: bool, rules: IgnoreRules) -> Iterator[tuple[str, 
     Symlinks (to files or folders) are skipped, never followed; unreadable or
     vanished folders are skipped silently (the next scan tries again).
     """
-    pending = [""]
-    while pending:
-        rel = pending.pop()
+    try:
+        # The root's held descriptor: a root, or a folder above it, swapped
+        # for a symlink is a lost folder, not a way out.
+        root_fd = fsops.open_root(root)
+    except OSError:
+        return
+    try:
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            try:
+                fd = _open_below(root_fd, rel)
+            except OSError:
+                continue
+            try:
+                yield from _walk_one(fd, rel, recursive, rules, pending)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def _open_below(root_fd: int, rel: str) -> int:
+    """A new descriptor of the folder ``rel`` under ``root_fd``, one real folder at a time."""
+    fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+    for part in rel.split("/") if rel else ():
         try:
-            # The root too: a root swapped for a symlink is a lost folder, not a way out.
-            fd = os.open(f"{root}/{rel}" if rel else root, _DIR_FLAGS)
-        except OSError:
-            continue
-        try:
-            yield from _walk_one(fd, rel, recursive, rules, pending)
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
         finally:
             os.close(fd)
+        fd = child
+    return fd
 
 
 def _walk_one(

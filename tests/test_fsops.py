@@ -12,6 +12,8 @@ from bgsyncd import fsops
 from bgsyncd.config import load_settings
 from bgsyncd.errors import is_refused
 from bgsyncd.inputs import read_input, signature_of
+from bgsyncd.outputs import write_file
+from bgsyncd.scanner import IgnoreRules, walk
 
 
 @pytest.fixture
@@ -95,6 +97,7 @@ def test_walk_files_stopped_early_leaks_no_descriptor(tmp_path: Path) -> None:
     for i in range(20):
         (tmp_path / f"d{i}").mkdir()
         (tmp_path / f"d{i}" / "f").write_bytes(b"")
+    os.close(fsops.open_root(tmp_path))  # the root's own descriptor is held from now on
     before = len(os.listdir("/proc/self/fd"))
     walk = fsops.walk_files(tmp_path)
     next(walk)
@@ -137,3 +140,35 @@ def test_configured_roots_are_resolved_so_a_symlinked_root_still_works(
     assert folder.inbox == real
     assert folder.name == "inbox"  # the default name is still the configured one's
     assert signature_of(folder.inbox, "p.jpg") is not None
+
+
+def test_a_folder_above_the_root_swapped_for_a_symlink_leads_nowhere(tmp_path: Path) -> None:
+    """Issue 15: ``O_NOFOLLOW`` on the root's last component alone let this through."""
+    root = tmp_path / "srv" / "team" / "x"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "in.jpg").write_bytes(b"inside")
+    outside = tmp_path / "outside" / "team"
+    (outside / "x" / "sub").mkdir(parents=True)
+    (outside / "x" / "sub" / "in.jpg").write_bytes(b"outside")
+    os.close(fsops.open_root(root))  # held while real
+    (tmp_path / "srv" / "team").rename(tmp_path / "srv" / "team.aside")
+    (tmp_path / "srv" / "team").symlink_to(outside, target_is_directory=True)
+
+    for call in (
+        lambda: fsops.open_root(root),
+        lambda: fsops.open_dir(root, "sub/new", create=True),
+        lambda: fsops.lstat(root, "sub/in.jpg"),
+        lambda: fsops.unlink(root, "sub/in.jpg"),
+    ):
+        with pytest.raises(OSError) as caught:
+            call()
+        assert is_refused(caught.value), caught.value
+    assert read_input(root, "sub/in.jpg", 1000) is None  # vanished, never the outside file
+    assert signature_of(root, "sub/in.jpg") is None
+    assert list(walk(str(root), True, IgnoreRules())) == []
+    assert list(fsops.walk_files(root)) == []
+    with pytest.raises(OSError) as caught:
+        write_file(root, "sub/out.png", b"output")
+    assert is_refused(caught.value)
+    assert sorted(os.listdir(outside / "x" / "sub")) == ["in.jpg"]
+    assert (outside / "x" / "sub" / "in.jpg").read_bytes() == b"outside"
