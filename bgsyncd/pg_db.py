@@ -93,6 +93,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE IF NOT EXISTS shared_folders (
             name TEXT PRIMARY KEY, settings TEXT NOT NULL, host TEXT NOT NULL)""",
     ),
+    # 3: the token of the claim that holds a job in flight: every change to the
+    # job is conditional on it (storage.JobStore's fencing).
+    ("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS claim_token TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.
@@ -310,13 +313,6 @@ class PgBase:
             raise error from None
         except UnicodeError as exc:  # a name that is not valid UTF-8 cannot be stored
             raise QueueError(f"PostgreSQL queue: {exc}") from None
-
-    def _update(self, job_id: int, assignments: str, *params: object) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                f"UPDATE jobs SET {assignments}, updated_at = {NOW} WHERE id = %s",
-                (*params, job_id),
-            )
 
     def now(self) -> float:
         """The database server's clock, in Unix seconds."""
