@@ -93,9 +93,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE IF NOT EXISTS shared_folders (
             name TEXT PRIMARY KEY, settings TEXT NOT NULL, host TEXT NOT NULL)""",
     ),
-    # 3: the token of the claim that holds a job in flight: every change to the
-    # job is conditional on it (storage.JobStore's fencing).
-    ("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS claim_token TEXT",),
+    # 3: fencing and the fleet-wide content claim.
+    (
+        # The token of the claim that holds a job in flight: every change to the
+        # job is conditional on it (storage.JobStore's fencing).
+        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS claim_token TEXT",
+        # A content hash whose request is in flight on a host (which life of it:
+        # instance): the others wait for its answer (pg_cache.PgResultCache).
+        """CREATE TABLE IF NOT EXISTS content_claims (
+            sha256 TEXT PRIMARY KEY, host TEXT NOT NULL, instance TEXT NOT NULL,
+            claimed_at DOUBLE PRECISION NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.

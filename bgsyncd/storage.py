@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -183,7 +184,14 @@ class SharedRequestLog(Protocol):
 
 
 class ResultStore(Protocol):
-    """API results (PNG bytes) by input sha256 and entry kind, size-bounded, LRU."""
+    """API results (PNG bytes) by input sha256 and entry kind, size-bounded, LRU.
+
+    ``fetching(sha256)`` is held while this content's request is in flight,
+    so that everyone sharing the store waits for that answer (then ``get``
+    finds it) instead of paying for it again: a no-op for one host's cache
+    (the worker's own lock covers its threads), a fleet-wide claim for the
+    fleet's (SPEC §8). The wait is bounded; it never raises.
+    """
 
     @property
     def enabled(self) -> bool: ...
@@ -192,3 +200,4 @@ class ResultStore(Protocol):
     def __len__(self) -> int: ...
     def get(self, sha256: str, kind: str = ...) -> bytes | None: ...
     def put(self, sha256: str, data: bytes, kind: str = ...) -> None: ...
+    def fetching(self, sha256: str) -> AbstractContextManager[None]: ...

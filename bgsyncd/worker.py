@@ -192,7 +192,9 @@ class Worker:
         sha = hashlib.sha256(data).hexdigest()
         run.sha = sha
         self._queue.set_sha256(job, sha)
-        with self._history.same_content(sha):
+        # One request per content: this host's threads wait on the history, a
+        # fleet's hosts on the shared cache's claim (SPEC §8).
+        with self._history.same_content(sha), self._cache.fetching(sha):
             return self._do_content(job, folder, data, info, sig, src, age, run, bound)
 
     def _do_content(
