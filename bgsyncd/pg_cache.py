@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bgsyncd.errors import BgsyncdError
+from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.logs import get_logger
 from bgsyncd.pg_db import NOW, PgBase
 from bgsyncd.storage import ResultStore
@@ -166,6 +166,12 @@ class PgResultCache:
         claimed = self.enabled and self._claim_content(sha256)
         try:
             yield
+        except QueueUnavailable:
+            # The database is away: giving the claim back would only add a wait
+            # before the pause. It is void once this host's heartbeat lapses,
+            # and this host's own next claim of the content takes it back.
+            claimed = False
+            raise
         finally:
             if claimed:
                 self._release_content(sha256)

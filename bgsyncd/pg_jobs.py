@@ -135,15 +135,14 @@ class PgJobs(PgBase):
         return None
 
     def holds(self, job: Job) -> bool:
-        """The claim ``job`` was taken under still holds it, its lease still running.
+        """The claim ``job`` was taken under still holds it (no other host took it over).
 
-        Asked before outputs are written: a lease run out is as good as lost,
-        since another host may take the job over at any moment.
+        A lease that ran out while no host took the job over (a folder not
+        shared, say) still holds: the job is this host's to finish.
         """
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT 1 FROM jobs WHERE id = %s AND state = 'in_flight' AND claim_token = %s"
-                f" AND lease_until > {NOW}",
+                "SELECT 1 FROM jobs WHERE id = %s AND state = 'in_flight' AND claim_token = %s",
                 (job.id, job.claim_token),
             ).fetchone()
         return row is not None

@@ -63,7 +63,12 @@ def test_a_host_killed_while_fetching_some_content_holds_the_other_up_no_longer_
         fa, fb = make_folder(tmp_path, "fa"), make_folder(tmp_path, "fb")
         a = start_daemon(daemons, host_config(tmp_path, "a", emu, pg_dsn, [fa], lease=lease))
         b = start_daemon(daemons, host_config(tmp_path, "b", emu, pg_dsn, [fb], lease=lease))
-        emu.configure(latency=60.0)  # a's request hangs (the credit checks at start are done)
+        wait_until(
+            lambda: a.saw("credits.checked") and b.saw("credits.checked"),
+            20,
+            what="both hosts' credit checks at start",
+        )
+        emu.configure(latency=60.0)  # a's request hangs
         data = product_image(61, 40)
         drop_all([Path(fa["inbox"])], ["same.jpg"], data)
         wait_until(lambda: emu.admitted == 1, 20, what="a's request in flight")

@@ -569,3 +569,15 @@ def test_a_claim_given_back_holds_nothing_and_a_new_claim_of_the_same_job_is_its
     store.complete(second, ["a.png"])
     with pytest.raises(LeaseLost):  # a job never claimed, or no longer, changes nothing
         store.release(second)
+
+
+def test_a_lease_run_out_that_no_one_took_over_still_holds(store: Store) -> None:
+    """A host that stalled past its lease in a folder no other host serves finishes its job."""
+    store.enqueue_many([_found("a.jpg")])
+    job = store.claim(0.05)
+    assert job is not None
+    time.sleep(0.2)
+    assert store.holds(job)
+    store.complete(job, ["a.png"])
+    done = get_job(store, job.id)
+    assert done is not None and done.state == "done"
