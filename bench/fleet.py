@@ -9,11 +9,17 @@ of Debian's ``postgresql`` package), and real ``bgsyncd run`` subprocesses:
   from the emulator's log after one warm-up window (``bench.rate.measure``):
   achieved rate / limit, the most starts in any window, 429s;
 - takeover: two hosts serving one shared polled folder, the one holding jobs
-  killed with kill -9; the time until the other has written their outputs.
+  killed with kill -9; the time until the other has written their outputs;
+- frozen host (``--only-frozen`` runs this row alone): the host holding jobs
+  is stopped (SIGSTOP) past its lease while its requests are in flight, the
+  other takes them over and finishes, then it is let go (SIGCONT) and its
+  requests time out: the takeover time, each output written once, nothing
+  sent again, every job done (SPEC §8 fencing).
 
 Budgets (issue 12): three hosts >= 0.97 of the limit, no 429, peak <= the
 limit; one host on PostgreSQL within 0.01 of one host on SQLite; takeover
-within lease_seconds + 10 s. Exit status 1 on a miss.
+within lease_seconds + 10 s; the frozen host's too, and it changes nothing.
+Exit status 1 on a miss.
 
 Run: ``.venv/bin/python -m bench.fleet`` (about five minutes).
 """
@@ -28,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=20.0, help="seconds (20)")
     parser.add_argument("--windows", type=int, default=3, help="steady-state windows measured")
     parser.add_argument("--latency-factor", type=float, default=1.5, help="x pacing interval")
+    parser.add_argument("--only-frozen", action="store_true", help="the frozen-host row alone")
     args = parser.parse_args(argv)
     from tests.pgserver import PgServer, require_server
+
+    if args.only_frozen:
+        return main_frozen()
 
     latency = args.latency_factor * args.window / args.limit
     print(
@@ -160,6 +171,141 @@ def run_takeover(tmp: Path, dsn: str) -> float:
             b.wait(timeout=60)
 
 
+FROZEN_FILES = 4
+FROZEN_TIMEOUT = 4.0  # the frozen host's api.timeout_seconds: its requests time out asleep
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What the frozen-host row measured."""
+
+    takeover: float  # seconds from SIGSTOP to every output written by the other host
+    rewritten: int  # outputs written again after the frozen host woke (inode or mtime changed)
+    sent_after: int  # image requests after it woke
+    dropped: int  # results it dropped (job.lease_lost)
+    all_done: bool  # every job done in the database, none claimed
+
+
+def main_frozen() -> int:
+    """Run the frozen-host row alone and print it."""
+    from tests.pgserver import PgServer, require_server
+
+    server = PgServer(require_server())
+    try:
+        server.start()
+        with tempfile.TemporaryDirectory(prefix="bgsyncd-bench-frozen-") as tmp:
+            row = run_frozen(Path(tmp), server.create_database())
+    finally:
+        server.destroy()
+    return 0 if print_frozen(row) else 1
+
+
+def run_frozen(tmp: Path, dsn: str) -> Frozen:
+    """Host a holds jobs, is stopped past its lease; b takes over and finishes; a wakes."""
+    folder = {"name": "shared", "shared": True, "polling": True}
+    inbox, outbox = tmp / "inbox", tmp / "outbox"
+    inbox.mkdir(parents=True)
+    with Emulator(keys=[KEY], credits=1_000_000, rate_limit=1000) as emu:
+        a_config = _write_config(
+            tmp / "a", emu.url, 1000, 60.0, backend="postgresql", dsn=dsn, host="a",
+            folder=folder, inbox=inbox, outbox=outbox, timeout=FROZEN_TIMEOUT,
+        )  # fmt: skip
+        a, a_log = _start(a_config)
+        procs = [a]
+        try:
+            _wait(lambda: "credits.checked" in a_log.read_text(), 60, f"host a: see {a_log}")
+            emu.configure(latency=60.0)  # a's requests hang until a is stopped
+            for i in range(FROZEN_FILES):
+                _write_image(inbox / f"f{i}.png", 70_000 + i)
+            _wait(lambda: _held_by(dsn, "a") == MAX_IN_FLIGHT, 60, f"host a: see {a_log}")
+            a.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            emu.configure(latency=2.0)
+            b_config = _write_config(
+                tmp / "b", emu.url, 1000, 60.0, backend="postgresql", dsn=dsn, host="b",
+                folder=folder, inbox=inbox, outbox=outbox,
+            )  # fmt: skip
+            b, b_log = _start(b_config)
+            procs.append(b)
+            names = [f"f{i}.png" for i in range(FROZEN_FILES)]
+            _wait(
+                lambda: all((outbox / n).exists() for n in names) and _all_done(dsn),
+                LEASE + 90,
+                f"host b never finished: see {b_log}",
+            )
+            takeover = time.monotonic() - stopped
+            before = {
+                n: ((outbox / n).stat().st_ino, (outbox / n).stat().st_mtime_ns) for n in names
+            }
+            sent = len(emu.requests())
+            _wait(lambda: time.monotonic() > stopped + FROZEN_TIMEOUT + 1, 30, "")
+            a.send_signal(signal.SIGCONT)
+            _wait(lambda: a_log.read_text().count('"job.lease_lost"') >= MAX_IN_FLIGHT, 30, "")
+            time.sleep(3.0)  # would a write, send or claim anything more?
+            after = {
+                n: ((outbox / n).stat().st_ino, (outbox / n).stat().st_mtime_ns) for n in names
+            }
+            return Frozen(
+                takeover=takeover,
+                rewritten=sum(1 for n in names if before[n] != after[n]),
+                sent_after=len(emu.requests()) - sent,
+                dropped=a_log.read_text().count('"job.lease_lost"'),
+                all_done=_all_done(dsn),
+            )
+        finally:
+            a.send_signal(signal.SIGCONT)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=60)
+
+
+def print_frozen(row: Frozen) -> bool:
+    """Print the frozen-host row and whether its budgets hold."""
+    print(
+        f"\nfrozen host (SIGSTOP past lease_seconds {LEASE:g}, {MAX_IN_FLIGHT} requests in"
+        f" flight): takeover {row.takeover:.1f} s, outputs rewritten {row.rewritten},"
+        f" requests after it woke {row.sent_after}, results dropped {row.dropped}"
+    )
+    checks = {
+        f"frozen host's jobs taken over within lease_seconds + 10 s ({LEASE + 10:g} s)": (
+            row.takeover <= LEASE + 10
+        ),
+        "each output written once, nothing sent again": row.rewritten == 0 and row.sent_after == 0,
+        "the woken host dropped its results; every job done": (
+            row.dropped == MAX_IN_FLIGHT and row.all_done
+        ),
+    }
+    for what, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {what}")
+    return all(checks.values())
+
+
+def _wait(condition: Callable[[], bool], seconds: float, failure: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(failure or "timed out")
+        time.sleep(0.05)
+
+
+def _held_by(dsn: str, host: str) -> int:
+    try:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'in_flight' AND owner = %s", (host,)
+            ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return 0 if row is None else int(row[0])
+
+
+def _all_done(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT state, owner FROM jobs").fetchall()
+    return len(rows) == FROZEN_FILES and all(tuple(r) == ("done", None) for r in rows)
+
+
 def print_table(limit: int, rows: list[tuple[str, int, Measure]], took: float) -> bool:
     """Print the results and whether the budgets hold; True if all do."""
     print()
@@ -217,6 +363,7 @@ def _write_config(
     folder: dict[str, Any] | None = None,
     inbox: Path | None = None,
     outbox: Path | None = None,
+    timeout: float = 120.0,
 ) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     inbox = inbox or home / "inbox"
@@ -228,7 +375,7 @@ base_url = "{url}"
 rate_limit = {limit}
 rate_window_seconds = {window}
 max_in_flight = {MAX_IN_FLIGHT}
-timeout_seconds = 120
+timeout_seconds = {timeout}
 
 [queue]
 backend = "{backend}"

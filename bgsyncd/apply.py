@@ -5,6 +5,11 @@
 the quarantine, the metrics, the log line, a pause through the dispatcher's
 hook. It returns the :class:`~bgsyncd.results.Result` the dispatcher reads.
 A quarantine that cannot be written is decided anew and applied in turn.
+
+Every queue transition is fenced (``storage.JobStore``): one refused because
+this host no longer holds the job's claim raises
+:class:`~bgsyncd.storage.LeaseLost` to the worker, and a quarantine moves no
+file unless the claim still holds first.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bgsyncd.outcomes import (
 )
 from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.results import KINDS, Kind, PauseHook, Result
+from bgsyncd.storage import LeaseLost
 
 
 class Applier:
@@ -80,17 +86,17 @@ class Applier:
                 return replace(result, pause=result.pause or out.pause)
         elif out.transition is Transition.RETRY:
             delay = self._backoff(job.attempts + 1)
-            self._queue.retry_later(job.id, self._clock() + delay, out.message, resend=out.resend)
+            self._queue.retry_later(job, self._clock() + delay, out.message, resend=out.resend)
             fields["delay"] = round(delay, 2)
         elif out.transition is Transition.DEFER:
-            self._queue.defer(job.id, self._clock() + (out.wait or 0.0), out.message)
+            self._queue.defer(job, self._clock() + (out.wait or 0.0), out.message)
             fields["wait"] = round(out.wait or 0.0, 2)
         elif out.transition is Transition.RELEASE:
-            self._queue.release(job.id)
+            self._queue.release(job)
         elif out.transition is Transition.FORGET:
-            self._queue.forget(job.id)
+            self._queue.forget(job)
         elif out.transition is Transition.REQUEUE and out.requeue_as is not None:
-            self._queue.release(job.id)  # out of flight, so the new version may replace it
+            self._queue.release(job)  # out of flight, so the new version may replace it
             self._queue.enqueue_many([Found(job.folder, job.relpath, *out.requeue_as)])
         if out.finished is not None:
             took = None if out.finished == "quarantined" else self._clock() - job.queued_at
@@ -133,6 +139,8 @@ class Applier:
         }
         location: str | None = None
         if out.move:
+            if not self._queue.holds(job):  # another host's job now: its file is not ours
+                raise LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")
             now = signature_of(folder.inbox, job.relpath)
             if now is None:
                 # Gone, or a folder on its path was swapped for a symlink: touch nothing.
@@ -147,7 +155,7 @@ class Applier:
                 return Vanished("quarantine")
             except OSError as exc:
                 return WriteFailed(exc, str(folder.quarantine), "quarantine")
-        self._queue.quarantine(job.id, reason, message, status, location)
+        self._queue.quarantine(job, reason, message, status, location)
         return None
 
 

@@ -169,7 +169,14 @@ def _open_postgresql(settings: Settings, api_key: str) -> Backend:
             instance=fleet.instance,
             lease_seconds=q.lease_seconds,
         )
-        cache = PgResultCache(pg, q.cache_max_megabytes * 1024 * 1024)
+        cache = PgResultCache(
+            pg,
+            q.cache_max_megabytes * 1024 * 1024,
+            instance=fleet.instance,
+            lease_seconds=q.lease_seconds,
+            # A request for content another host fetches is waited for this long at most.
+            max_wait_seconds=settings.api.timeout_seconds + q.lease_seconds,
+        )
     except BaseException:
         for close in reversed(closers):
             close()

@@ -115,7 +115,6 @@ class Daemon:
             self.metrics,
             worker_config(settings),
             lambda: self.client,
-            holds=self.fleet.holds if self.fleet is not None else None,
         )
         self.dispatcher = Dispatcher(
             self.queue,

@@ -37,6 +37,7 @@ from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift, Pauses
 from bgsyncd.queue import Job, Queue
 from bgsyncd.results import Kind, Result
+from bgsyncd.storage import LeaseLost
 from bgsyncd.worker import Worker
 
 log = get_logger("bgsyncd.dispatch")
@@ -188,7 +189,9 @@ class Dispatcher:
         for job in left:
             # Its request may still be charging: the next send is a possible resend.
             try:
-                self._queue.release(job.id, resend=True)
+                self._queue.release(job, resend=True)
+            except LeaseLost:
+                continue  # another host took it over meanwhile: not ours to give back
             except QueueUnavailable:
                 break  # still in flight in the database: the next start recovers them
         return left
@@ -280,7 +283,10 @@ class Dispatcher:
         except Exception:
             # Not put straight back: the dispatcher would claim it again at once.
             log.exception("job.error", folder=job.folder, path=job.relpath)
-            self._queue.retry_later(job.id, self._clock() + CHECK_RETRY_SECONDS, "internal error")
+            try:
+                self._queue.retry_later(job, self._clock() + CHECK_RETRY_SECONDS, "internal error")
+            except LeaseLost:
+                log.warning("job.lease_lost", folder=job.folder, path=job.relpath, job=job.id)
         finally:
             self._credits.settle(result.charged)
             with self._cond:

@@ -9,13 +9,24 @@ clock); after each store the least recently used entries go until the total
 fits ``cache_max_megabytes``, under an advisory lock so two hosts evicting at
 once agree. The cache only saves credits: a database that cannot be reached
 is a miss on ``get`` and a skipped ``put``, never a failed job.
+
+Content in flight (SPEC §8): ``fetching(sha256)`` claims the content hash for
+the fleet (a ``content_claims`` row) while its request runs, and a host that
+finds it claimed by another waits for that answer, then takes it from here.
+A claim is void once its host stops beating for ``lease_seconds`` (killed,
+frozen, cut off: the ``hosts`` row, same life), or is older than
+``max_wait_seconds``; the wait never lasts much longer, and a database that
+fails ends it (the request goes out unclaimed).
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from bgsyncd.errors import BgsyncdError
+from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.logs import get_logger
 from bgsyncd.pg_db import NOW, PgBase
 from bgsyncd.storage import ResultStore
@@ -37,17 +48,46 @@ DELETE FROM results WHERE key IN (
     ) AS ranked WHERE running > %s)
 """
 _SQL_TOTALS = "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM results"
+# How often a host waiting for another host's answer looks again.
+CONTENT_POLL_SECONDS = 0.2
+# Claim a content hash: new, or taken from this host's earlier run, from a host
+# whose heartbeat stopped (or that started again since), or from a claim too old.
+_SQL_CLAIM_CONTENT = f"""
+INSERT INTO content_claims AS c (sha256, host, instance, claimed_at)
+VALUES (%(sha)s, %(host)s, %(instance)s, {NOW})
+ON CONFLICT (sha256) DO UPDATE SET
+    host = excluded.host, instance = excluded.instance, claimed_at = excluded.claimed_at
+WHERE c.host = excluded.host
+    OR c.claimed_at < excluded.claimed_at - %(hold)s
+    OR NOT EXISTS (
+        SELECT 1 FROM hosts h WHERE h.id = c.host AND h.instance = c.instance
+            AND h.last_seen > excluded.claimed_at - %(lease)s)
+RETURNING 1
+"""
 
 
 class PgResultCache:
     """A size-bounded store of PNG results in the fleet's database, LRU by last use.
 
-    ``max_bytes`` 0 disables it: ``get`` always misses, ``put`` stores nothing.
+    ``max_bytes`` 0 disables it: ``get`` always misses, ``put`` stores nothing,
+    and ``fetching`` claims nothing (there would be no answer to wait for).
+    ``instance`` is this daemon's life in the ``hosts`` table (``pghost.Membership``).
     """
 
-    def __init__(self, queue: PgBase, max_bytes: int) -> None:
+    def __init__(
+        self,
+        queue: PgBase,
+        max_bytes: int,
+        *,
+        instance: str = "",
+        lease_seconds: float = 60.0,
+        max_wait_seconds: float = 180.0,
+    ) -> None:
         self._queue = queue
         self.max_bytes = max_bytes
+        self._instance = instance
+        self._lease = lease_seconds
+        self._max_wait = max_wait_seconds
         self._last_total = 0
         self._last_len = 0
         if self.enabled:
@@ -119,6 +159,61 @@ class PgResultCache:
                 self._last_total, self._last_len = int(row[0]), int(row[1])
         except BgsyncdError as exc:
             log.warning("cache.write_failed", error=str(exc))
+
+    @contextmanager
+    def fetching(self, sha256: str) -> Iterator[None]:
+        """Hold the fleet's claim on this content while its request runs (see the module)."""
+        claimed = self.enabled and self._claim_content(sha256)
+        try:
+            yield
+        except QueueUnavailable:
+            # The database is away: giving the claim back would only add a wait
+            # before the pause. It is void once this host's heartbeat lapses,
+            # and this host's own next claim of the content takes it back.
+            claimed = False
+            raise
+        finally:
+            if claimed:
+                self._release_content(sha256)
+
+    def _claim_content(self, sha256: str) -> bool:
+        """Claim ``sha256``, waiting while another live host holds it; False when the
+        database fails or the wait runs out (the request then goes out unclaimed)."""
+        params = {
+            "sha": sha256, "host": self._queue.host_id, "instance": self._instance,
+            "hold": self._max_wait, "lease": self._lease,
+        }  # fmt: skip
+        give_up = time.monotonic() + self._max_wait + self._lease
+        waited = False
+        while True:
+            try:
+                with self._queue.transaction() as conn:
+                    row = conn.execute(_SQL_CLAIM_CONTENT, params).fetchone()
+            except BgsyncdError as exc:
+                log.warning("cache.content_claim_failed", error=str(exc))
+                return False
+            if row is not None:
+                return True
+            if not waited:
+                waited = True
+                log.info(
+                    "cache.content_wait", sha256=sha256[:16],
+                    note="another host is fetching this content: waiting for its answer",
+                )  # fmt: skip
+            if time.monotonic() >= give_up:
+                log.warning("cache.content_wait_expired", sha256=sha256[:16])
+                return False
+            time.sleep(CONTENT_POLL_SECONDS)
+
+    def _release_content(self, sha256: str) -> None:
+        try:
+            with self._queue.transaction() as conn:
+                conn.execute(
+                    "DELETE FROM content_claims WHERE sha256 = %s AND host = %s AND instance = %s",
+                    (sha256, self._queue.host_id, self._instance),
+                )
+        except BgsyncdError as exc:  # void once this host stops, or once too old
+            log.warning("cache.content_release_failed", error=str(exc))
 
     def _evict_now(self) -> None:
         """Fit the total to ``max_bytes`` (a smaller setting than the last run's)."""

@@ -100,6 +100,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS output_claims_by_path_bytes"
         ' ON output_claims (folder, outpath COLLATE "C")',
     ),
+    # 4: fencing and the fleet-wide content claim.
+    (
+        # The token of the claim that holds a job in flight: every change to the
+        # job is conditional on it (storage.JobStore's fencing).
+        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS claim_token TEXT",
+        # A content hash whose request is in flight on a host (which life of it:
+        # instance): the others wait for its answer (pg_cache.PgResultCache).
+        """CREATE TABLE IF NOT EXISTS content_claims (
+            sha256 TEXT PRIMARY KEY, host TEXT NOT NULL, instance TEXT NOT NULL,
+            claimed_at DOUBLE PRECISION NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.
@@ -317,13 +328,6 @@ class PgBase:
             raise error from None
         except UnicodeError as exc:  # a name that is not valid UTF-8 cannot be stored
             raise QueueError(f"PostgreSQL queue: {exc}") from None
-
-    def _update(self, job_id: int, assignments: str, *params: object) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                f"UPDATE jobs SET {assignments}, updated_at = {NOW} WHERE id = %s",
-                (*params, job_id),
-            )
 
     def now(self) -> float:
         """The database server's clock, in Unix seconds."""

@@ -7,16 +7,23 @@ use ``FOR UPDATE SKIP LOCKED``: two hosts never take one job and never wait
 for each other. The times in a :class:`~bgsyncd.storage.Job` are the server's
 clock; the times a caller passes or gets back (``retry_later``, ``defer``,
 ``next_ready_at``, ``oldest_pending_queued_at``) are this host's clock.
+
+Fencing (``storage.JobStore``): each claim gets a fresh token, and every
+change to a claimed job says ``WHERE id = %s AND state = 'in_flight' AND
+claim_token = %s``. A host frozen, cut off or slow past its lease changes
+nothing another host took over (:class:`~bgsyncd.storage.LeaseLost`), and a
+finished job stays finished.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
 from bgsyncd.pg_db import NOW, PgBase
-from bgsyncd.storage import COLUMNS, STATES, Found, Job, job_of
+from bgsyncd.storage import COLUMNS, STATES, Found, Job, LeaseLost, job_of
 
 SQL_UPSERT = f"""
 INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
@@ -25,12 +32,17 @@ VALUES (%s, %s, %s, %s, %s, 'pending', {NOW}, {NOW}, {NOW})
 ON CONFLICT (folder, relpath) DO UPDATE SET
     size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
     sha256 = NULL, state = 'pending', attempts = 0, next_attempt_at = NULL,
-    lease_until = NULL, owner = NULL, resend = FALSE, last_error = NULL, http_status = NULL,
+    lease_until = NULL, owner = NULL, claim_token = NULL, resend = FALSE, last_error = NULL,
+    http_status = NULL,
     reason = NULL, queued_at = excluded.queued_at, updated_at = excluded.updated_at
 WHERE jobs.state != 'in_flight'
     AND (jobs.size != excluded.size OR jobs.mtime_ns != excluded.mtime_ns
          OR jobs.inode != excluded.inode)
 """
+
+
+# What every change that ends a claim sets.
+_UNCLAIMED = "lease_until = NULL, owner = NULL, claim_token = NULL"
 
 
 class PgJobs(PgBase):
@@ -58,10 +70,15 @@ class PgJobs(PgBase):
                     queued[(f.folder, f.relpath)] = f
         return list(queued.values())
 
-    def forget(self, job_id: int) -> None:
-        """Delete a job and its output claims (its input vanished)."""
+    def forget(self, job: Job) -> None:
+        """Delete a claimed job and its output claims (its input vanished)."""
         with self.transaction() as conn:
-            conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+            cur = conn.execute(
+                "DELETE FROM jobs WHERE id = %s AND state = 'in_flight' AND claim_token = %s",
+                (job.id, job.claim_token),
+            )
+            if cur.rowcount != 1:
+                raise _lost(job)
 
     # dispatch
 
@@ -74,7 +91,7 @@ class PgJobs(PgBase):
         with self.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'pending', resend = TRUE, lease_until = NULL,"
-                f" owner = NULL, updated_at = {NOW}"
+                f" owner = NULL, claim_token = NULL, updated_at = {NOW}"
                 " WHERE state = 'in_flight' AND (owner = %s OR owner IS NULL)",
                 (self.host_id,),
             )
@@ -107,14 +124,28 @@ class PgJobs(PgBase):
                 if row is None:
                     continue
                 job = job_of(row)
+                token = uuid.uuid4().hex
                 conn.execute(
                     f"UPDATE jobs SET state = 'in_flight', lease_until = {NOW} + %s,"
-                    f" owner = %s, updated_at = {NOW} WHERE id = %s",
-                    (lease_seconds, self.host_id, job.id),
+                    f" owner = %s, claim_token = %s, updated_at = {NOW} WHERE id = %s",
+                    (lease_seconds, self.host_id, token, job.id),
                 )
                 self._last_folder = folder
-                return replace(job, state="in_flight")
+                return replace(job, state="in_flight", claim_token=token)
         return None
+
+    def holds(self, job: Job) -> bool:
+        """The claim ``job`` was taken under still holds it (no other host took it over).
+
+        A lease that ran out while no host took the job over (a folder not
+        shared, say) still holds: the job is this host's to finish.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = %s AND state = 'in_flight' AND claim_token = %s",
+                (job.id, job.claim_token),
+            ).fetchone()
+        return row is not None
 
     def next_ready_at(self, folders: Collection[str] | None = None) -> float | None:
         """Now if a job is pending, else when the earliest retry is due, else None.
@@ -132,65 +163,69 @@ class PgJobs(PgBase):
             ).fetchone()
         return None if row is None or row[0] is None else self._clock() + max(0.0, row[0])
 
-    def set_sha256(self, job_id: int, sha256: str) -> None:
-        """Record the content hash of a job's input."""
-        self._update(job_id, "sha256 = %s", sha256)
+    def set_sha256(self, job: Job, sha256: str) -> None:
+        """Record the content hash of a claimed job's input."""
+        self._change(job, "sha256 = %s", sha256)
 
-    def complete(self, job_id: int, outputs: Sequence[str]) -> None:
-        """Mark a job done with the outputs it wrote."""
-        self._update(
-            job_id,
-            "state = 'done', outputs = %s, lease_until = NULL, owner = NULL, resend = FALSE,"
+    def complete(self, job: Job, outputs: Sequence[str]) -> None:
+        """Mark a claimed job done with the outputs it wrote."""
+        self._change(
+            job,
+            f"state = 'done', outputs = %s, {_UNCLAIMED}, resend = FALSE,"
             " next_attempt_at = NULL, last_error = NULL, http_status = NULL, reason = NULL",
             json.dumps(list(outputs)),
         )
 
     def quarantine(
         self,
-        job_id: int,
+        job: Job,
         reason: str,
         message: str,
         http_status: int | None,
         location: str | None = None,
     ) -> None:
         """Mark a job quarantined, keeping why and where the file went."""
-        self._update(
-            job_id,
+        self._change(
+            job,
             "state = 'quarantined', reason = %s, last_error = %s, http_status = %s,"
-            " lease_until = NULL, owner = NULL, resend = FALSE, next_attempt_at = NULL,"
-            " outputs = %s",
+            f" {_UNCLAIMED}, resend = FALSE, next_attempt_at = NULL, outputs = %s",
             reason, message, http_status, json.dumps([location] if location else []),
         )  # fmt: skip
 
-    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
+    def retry_later(self, job: Job, at: float, error: str, *, resend: bool = False) -> int:
         """Count a failed attempt and wait until ``at`` (this host's clock); return the attempts."""
-        with self.transaction() as conn:
-            row = conn.execute(
-                "UPDATE jobs SET state = 'retry_wait', attempts = attempts + 1,"
-                f" next_attempt_at = {NOW} + %s, last_error = %s, lease_until = NULL,"
-                f" owner = NULL, resend = %s, updated_at = {NOW} WHERE id = %s RETURNING attempts",
-                (at - self._clock(), error, resend, job_id),
-            ).fetchone()
-        return 0 if row is None else int(row[0])
+        return self._change(
+            job,
+            "state = 'retry_wait', attempts = attempts + 1,"
+            f" next_attempt_at = {NOW} + %s, last_error = %s, {_UNCLAIMED}, resend = %s",
+            at - self._clock(), error, resend,
+        )  # fmt: skip
 
-    def release(self, job_id: int, *, resend: bool = False) -> None:
+    def release(self, job: Job, *, resend: bool = False) -> None:
         """Put a claimed job back to pending without counting an attempt."""
-        if resend:
-            self._update(
-                job_id, "state = 'pending', lease_until = NULL, owner = NULL, resend = TRUE"
-            )
-        else:
-            self._update(job_id, "state = 'pending', lease_until = NULL, owner = NULL")
+        self._change(job, f"state = 'pending', {_UNCLAIMED}, resend = resend OR %s", resend)
 
-    def defer(self, job_id: int, at: float, note: str) -> None:
+    def defer(self, job: Job, at: float, note: str) -> None:
         """Wait until ``at`` (this host's clock) without counting an attempt."""
-        self._update(
-            job_id,
-            f"state = 'retry_wait', next_attempt_at = {NOW} + %s, last_error = %s,"
-            " lease_until = NULL, owner = NULL",
+        self._change(
+            job,
+            f"state = 'retry_wait', next_attempt_at = {NOW} + %s, last_error = %s, {_UNCLAIMED}",
             at - self._clock(),
             note,
         )
+
+    def _change(self, job: Job, assignments: str, *params: object) -> int:
+        """Update a claimed job while ``job``'s claim still holds it (else LeaseLost);
+        return its attempts."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                f"UPDATE jobs SET {assignments}, updated_at = {NOW}"
+                " WHERE id = %s AND state = 'in_flight' AND claim_token = %s RETURNING attempts",
+                (*params, job.id, job.claim_token),
+            ).fetchone()
+        if row is None:
+            raise _lost(job)
+        return int(row[0])
 
     # status and retry
 
@@ -244,3 +279,7 @@ class PgJobs(PgBase):
                 (job_id,),
             )
             return cur.rowcount == 1
+
+
+def _lost(job: Job) -> LeaseLost:
+    return LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")

@@ -9,7 +9,8 @@
   shared must not carry a name another host uses.
 * :class:`Membership` — join, then a heartbeat thread well inside
   ``lease_seconds`` that renews this host's leases and takes over the expired
-  claims in its shared folders; ``holds(job)`` before outputs are written.
+  claims in its shared folders (the job's own claim, ``JobStore.holds``, is
+  confirmed before outputs are written).
 
 Like ``pgqueue``, only the PostgreSQL backend imports this module.
 """
@@ -186,7 +187,7 @@ def agree_on_folders(
 
 
 class Membership:
-    """This daemon in the fleet: lock, join, heartbeat, takeover and claim checks."""
+    """This daemon in the fleet: lock, join, heartbeat and takeover."""
 
     def __init__(
         self,
@@ -272,10 +273,6 @@ class Membership:
             self.on_takeover(taken)
         self.on_hosts(self._hosts.alive())
         return taken
-
-    def holds(self, job_id: int) -> bool:
-        """This host still holds ``job_id``'s claim (else another host took it over)."""
-        return self._hosts.holds(job_id)
 
     def stop(self) -> None:
         """Stop beating, say this host holds nothing, and let the lock go."""

@@ -39,6 +39,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX request_log_by_t ON request_log (t)",
         "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     ),
+    # 2: the token of the claim that holds a job in flight (storage.JobStore's fencing).
+    ("ALTER TABLE jobs ADD COLUMN claim_token TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -74,8 +76,8 @@ SQL_OLDEST_OPEN = (
     " UNION ALL SELECT MIN(queued_at) FROM jobs WHERE state = 'retry_wait')"
 )
 SQL_RECOVER = (
-    "UPDATE jobs SET state = 'pending', resend = 1, lease_until = NULL, updated_at = ?"
-    " WHERE state = 'in_flight'"
+    "UPDATE jobs SET state = 'pending', resend = 1, lease_until = NULL, claim_token = NULL,"
+    " updated_at = ? WHERE state = 'in_flight'"
 )
 SQL_QUARANTINED = (
     f"SELECT {COLUMNS} FROM jobs WHERE state = 'quarantined'"  # noqa: S608

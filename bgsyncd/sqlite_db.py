@@ -169,10 +169,3 @@ class SqliteBase:
             raise QueueError("the queue was opened read-only")
         with self._read() as conn, transaction(conn):
             yield conn
-
-    def _update(self, job_id: int, assignments: str, *params: object) -> None:
-        with self._write() as conn:
-            conn.execute(
-                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
-                (*params, self._clock(), job_id),
-            )

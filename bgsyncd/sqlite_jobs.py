@@ -5,14 +5,17 @@ A job's life: ``pending`` -> ``in_flight`` (claimed with a lease) -> ``done``,
 A run that dies leaves ``in_flight`` rows; :meth:`SqliteJobs.recover` returns
 them to ``pending`` with ``resend`` set, because the API may already have charged.
 
-Methods that change one job by id do nothing if the job was forgotten meanwhile
-(its input vanished): there is nothing left to record.
+Each claim gets a fresh token; a change to a claimed job is made only while
+that claim still holds it, else :class:`~bgsyncd.storage.LeaseLost` (the
+fencing of ``storage.JobStore``): a job given back, taken by another handle
+after a restart, finished or forgotten meanwhile is left as it is.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
@@ -34,7 +37,7 @@ from bgsyncd.queue_sql import (
     SQL_UPSERT,
 )
 from bgsyncd.sqlite_db import SqliteBase
-from bgsyncd.storage import COLUMNS, STATES, Found, Job, job_of
+from bgsyncd.storage import COLUMNS, STATES, Found, Job, LeaseLost, job_of
 
 
 class SqliteJobs(SqliteBase):
@@ -63,11 +66,16 @@ class SqliteJobs(SqliteBase):
                     queued[(f.folder, f.relpath)] = f
         return list(queued.values())
 
-    def forget(self, job_id: int) -> None:
-        """Delete a job and its output claims (its input vanished)."""
+    def forget(self, job: Job) -> None:
+        """Delete a claimed job and its output claims (its input vanished)."""
         with self._write() as conn:
-            conn.execute("DELETE FROM output_claims WHERE job_id = ?", (job_id,))
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            cur = conn.execute(
+                "DELETE FROM jobs WHERE id = ? AND state = 'in_flight' AND claim_token = ?",
+                (job.id, job.claim_token),
+            )
+            if cur.rowcount != 1:
+                raise _lost(job)
+            conn.execute("DELETE FROM output_claims WHERE job_id = ?", (job.id,))
 
     # dispatch
 
@@ -89,12 +97,23 @@ class SqliteJobs(SqliteBase):
             if folder is None:
                 return None
             job = job_of(conn.execute(SQL_OLDEST_IN_FOLDER, (folder,)).fetchone())
+            token = uuid.uuid4().hex
             conn.execute(
-                "UPDATE jobs SET state = 'in_flight', lease_until = ?, updated_at = ? WHERE id = ?",
-                (now + lease_seconds, now, job.id),
+                "UPDATE jobs SET state = 'in_flight', lease_until = ?, claim_token = ?,"
+                " updated_at = ? WHERE id = ?",
+                (now + lease_seconds, token, now, job.id),
             )
             self._last_folder = job.folder
-        return replace(job, state="in_flight")
+        return replace(job, state="in_flight", claim_token=token)
+
+    def holds(self, job: Job) -> bool:
+        """The claim ``job`` was taken under still holds it (nothing gave it back meanwhile)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'in_flight' AND claim_token = ?",
+                (job.id, job.claim_token),
+            ).fetchone()
+        return row is not None
 
     def _next_folder(self, conn: sqlite3.Connection, allowed: Collection[str] | None) -> str | None:
         """The folder after the last one served that has pending work (wrapping round)."""
@@ -137,22 +156,22 @@ class SqliteJobs(SqliteBase):
                     times.append(float(at))
         return min(times, default=None)
 
-    def set_sha256(self, job_id: int, sha256: str) -> None:
-        """Record the content hash of a job's input."""
-        self._update(job_id, "sha256 = ?", sha256)
+    def set_sha256(self, job: Job, sha256: str) -> None:
+        """Record the content hash of a claimed job's input."""
+        self._change(job, "sha256 = ?", sha256)
 
-    def complete(self, job_id: int, outputs: Sequence[str]) -> None:
-        """Mark a job done with the outputs it wrote."""
-        self._update(
-            job_id,
-            "state = 'done', outputs = ?, lease_until = NULL, resend = 0, next_attempt_at = NULL,"
-            " last_error = NULL, http_status = NULL, reason = NULL",
+    def complete(self, job: Job, outputs: Sequence[str]) -> None:
+        """Mark a claimed job done with the outputs it wrote."""
+        self._change(
+            job,
+            "state = 'done', outputs = ?, lease_until = NULL, claim_token = NULL, resend = 0,"
+            " next_attempt_at = NULL, last_error = NULL, http_status = NULL, reason = NULL",
             json.dumps(list(outputs)),
         )
 
     def quarantine(
         self,
-        job_id: int,
+        job: Job,
         reason: str,
         message: str,
         http_status: int | None,
@@ -164,48 +183,62 @@ class SqliteJobs(SqliteBase):
         may carry a ``~2`` suffix) is kept in ``outputs``: a quarantined job
         has no other outputs, and ``retry`` needs to find the right file.
         """
-        self._update(
-            job_id,
+        self._change(
+            job,
             "state = 'quarantined', reason = ?, last_error = ?, http_status = ?,"
-            " lease_until = NULL, resend = 0, next_attempt_at = NULL, outputs = ?",
+            " lease_until = NULL, claim_token = NULL, resend = 0, next_attempt_at = NULL,"
+            " outputs = ?",
             reason, message, http_status, json.dumps([location] if location else []),
         )  # fmt: skip
 
-    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int:
+    def retry_later(self, job: Job, at: float, error: str, *, resend: bool = False) -> int:
         """Count a failed attempt and wait until ``at``; return the attempts so far.
 
         ``resend``: the failed request's outcome is unknown, so the next send
         may be a second charge (a read timeout after the upload, say).
         """
         with self._write() as conn:
-            conn.execute(
-                "UPDATE jobs SET state = 'retry_wait', attempts = attempts + 1,"
-                " next_attempt_at = ?, last_error = ?, lease_until = NULL, resend = ?,"
-                " updated_at = ? WHERE id = ?",
-                (at, error, int(resend), self._clock(), job_id),
-            )
-            row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return 0 if row is None else int(row[0])
+            self._change(
+                job,
+                "state = 'retry_wait', attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = ?, lease_until = NULL, claim_token = NULL, resend = ?",
+                at, error, int(resend),
+            )  # fmt: skip
+            row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job.id,)).fetchone()
+        return int(row[0])
 
-    def release(self, job_id: int, *, resend: bool = False) -> None:
+    def release(self, job: Job, *, resend: bool = False) -> None:
         """Put a claimed job back to pending without counting an attempt.
 
         ``resend``: its request may have reached the API (a shutdown that could
         not wait for it), so the next send is a possible second charge.
         """
-        if resend:
-            self._update(job_id, "state = 'pending', lease_until = NULL, resend = 1")
-        else:
-            self._update(job_id, "state = 'pending', lease_until = NULL")
+        self._change(
+            job,
+            "state = 'pending', lease_until = NULL, claim_token = NULL, resend = resend OR ?",
+            int(resend),
+        )
 
-    def defer(self, job_id: int, at: float, note: str) -> None:
+    def defer(self, job: Job, at: float, note: str) -> None:
         """Wait until ``at`` without counting an attempt (an input not yet quiet, say)."""
-        self._update(
-            job_id,
-            "state = 'retry_wait', next_attempt_at = ?, last_error = ?, lease_until = NULL",
+        self._change(
+            job,
+            "state = 'retry_wait', next_attempt_at = ?, last_error = ?, lease_until = NULL,"
+            " claim_token = NULL",
             at,
             note,
         )
+
+    def _change(self, job: Job, assignments: str, *params: object) -> None:
+        """Update a claimed job, only while ``job``'s claim still holds it; else LeaseLost."""
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET {assignments}, updated_at = ?"  # noqa: S608 (our constants)
+                " WHERE id = ? AND state = 'in_flight' AND claim_token = ?",
+                (*params, self._clock(), job.id, job.claim_token),
+            )
+            if cur.rowcount != 1:
+                raise _lost(job)
 
     # status and retry
 
@@ -253,3 +286,7 @@ class SqliteJobs(SqliteBase):
                 (now, now, job_id),
             )
             return cur.rowcount == 1
+
+
+def _lost(job: Job) -> LeaseLost:
+    return LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")

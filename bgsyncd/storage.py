@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +31,15 @@ STATES = ("pending", "in_flight", "retry_wait", "done", "quarantined")
 
 class QueueError(BgsyncdError):
     """The queue database cannot be opened, read or written."""
+
+
+class LeaseLost(BgsyncdError):
+    """A change to a job was refused: the claim it was made under no longer holds the job.
+
+    Another host took the job over (this one was frozen, cut off or slow past
+    its lease), the job was given back, or it is gone. Nothing was changed;
+    the caller drops the job's result (SPEC §8).
+    """
 
 
 @dataclass(frozen=True)
@@ -64,12 +74,13 @@ class Job:
     http_status: int | None = None
     next_attempt_at: float | None = None
     outputs: tuple[str, ...] = ()
+    claim_token: str | None = None  # the claim that took it in flight (``JobStore.claim``)
 
 
 # The columns a Job is read from, in both engines' ``jobs`` table (SELECT {COLUMNS}).
 COLUMNS = (
     "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
-    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs"
+    " queued_at, resend, reason, last_error, http_status, next_attempt_at, outputs, claim_token"
 )
 
 
@@ -79,34 +90,43 @@ def job_of(row: Sequence[Any]) -> Job:
         id=row[0], folder=row[1], relpath=row[2], size=row[3], mtime_ns=row[4], inode=row[5],
         sha256=row[6], state=row[7], attempts=row[8], first_seen=row[9], queued_at=row[10],
         resend=bool(row[11]), reason=row[12], last_error=row[13], http_status=row[14],
-        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])),
+        next_attempt_at=row[15], outputs=tuple(json.loads(row[16])), claim_token=row[17],
     )  # fmt: skip
 
 
 class JobStore(Protocol):
-    """The jobs: one row per input file, through pending, in flight and done."""
+    """The jobs: one row per input file, through pending, in flight and done.
+
+    Fencing (SPEC §8): ``claim`` hands out a job with a fresh ``claim_token``.
+    Every change to a claimed job (``set_sha256``, ``complete``, ``quarantine``,
+    ``retry_later``, ``release``, ``defer``, ``forget``) takes the :class:`Job`
+    as claimed and is made only while that claim still holds it (in flight,
+    same token); otherwise nothing changes and :class:`LeaseLost` is raised.
+    ``holds`` asks the same question without changing anything.
+    """
 
     def is_unchanged(
         self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int
     ) -> bool: ...
     def enqueue_many(self, found: Iterable[Found]) -> list[Found]: ...
-    def forget(self, job_id: int) -> None: ...
+    def forget(self, job: Job) -> None: ...
     def recover(self) -> int: ...
     def claim(self, lease_seconds: float, folders: Collection[str] | None = None) -> Job | None: ...
+    def holds(self, job: Job) -> bool: ...
     def next_ready_at(self, folders: Collection[str] | None = None) -> float | None: ...
-    def set_sha256(self, job_id: int, sha256: str) -> None: ...
-    def complete(self, job_id: int, outputs: Sequence[str]) -> None: ...
+    def set_sha256(self, job: Job, sha256: str) -> None: ...
+    def complete(self, job: Job, outputs: Sequence[str]) -> None: ...
     def quarantine(
         self,
-        job_id: int,
+        job: Job,
         reason: str,
         message: str,
         http_status: int | None,
         location: str | None = None,
     ) -> None: ...
-    def retry_later(self, job_id: int, at: float, error: str, *, resend: bool = False) -> int: ...
-    def release(self, job_id: int, *, resend: bool = False) -> None: ...
-    def defer(self, job_id: int, at: float, note: str) -> None: ...
+    def retry_later(self, job: Job, at: float, error: str, *, resend: bool = False) -> int: ...
+    def release(self, job: Job, *, resend: bool = False) -> None: ...
+    def defer(self, job: Job, at: float, note: str) -> None: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def oldest_pending_queued_at(self) -> float | None: ...
     def quarantined(self, folder: str | None = None) -> list[Job]: ...
@@ -169,7 +189,14 @@ class SharedRequestLog(Protocol):
 
 
 class ResultStore(Protocol):
-    """API results (PNG bytes) by input sha256 and entry kind, size-bounded, LRU."""
+    """API results (PNG bytes) by input sha256 and entry kind, size-bounded, LRU.
+
+    ``fetching(sha256)`` is held while this content's request is in flight,
+    so that everyone sharing the store waits for that answer (then ``get``
+    finds it) instead of paying for it again: a no-op for one host's cache
+    (the worker's own lock covers its threads), a fleet-wide claim for the
+    fleet's (SPEC §8). The wait is bounded; it never raises.
+    """
 
     @property
     def enabled(self) -> bool: ...
@@ -178,3 +205,4 @@ class ResultStore(Protocol):
     def __len__(self) -> int: ...
     def get(self, sha256: str, kind: str = ...) -> bytes | None: ...
     def put(self, sha256: str, data: bytes, kind: str = ...) -> None: ...
+    def fetching(self, sha256: str) -> AbstractContextManager[None]: ...

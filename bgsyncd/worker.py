@@ -8,6 +8,12 @@ input dealt with by :mod:`bgsyncd.delivery`. ``Worker.process`` never raises for
 bad file, a failed request or a failing disk (only ``QueueUnavailable``, the
 database's own failure, reaches the dispatcher); its ``Result`` tells the
 dispatcher what the outcome means for the account (credits, pauses, 429s).
+
+Every change to the job is fenced by its claim (``storage.JobStore``): the
+claim is confirmed before outputs are written, and a change refused because
+another host took the job over (:class:`~bgsyncd.storage.LeaseLost`) drops
+the result (``job.lease_lost``): no output written, no input moved or
+deleted, nothing quarantined (SPEC §8).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from bgsyncd.outcomes import (
     Happening,
     Interrupted,
     LocalVerdict,
+    Outcome,
     Vanished,
     WriteFailed,
     decide,
@@ -46,6 +53,7 @@ from bgsyncd.outcomes import (
 )
 from bgsyncd.queue import Job, Queue
 from bgsyncd.results import Kind, PauseHook, Result
+from bgsyncd.storage import LeaseLost
 
 log = get_logger("bgsyncd.worker")
 
@@ -79,10 +87,6 @@ class _Run:
     during: str = "writing the outputs"
 
 
-class _LeaseLost(Exception):
-    """This host no longer holds the job's claim: its result must not be written."""
-
-
 class Worker:
     """Turns a claimed job into outputs; safe to call from several threads."""
 
@@ -94,13 +98,8 @@ class Worker:
         config: WorkerConfig,
         client: Callable[[], Client],
         clock: Callable[[], float] = time.time,
-        *,
-        holds: Callable[[int], bool] | None = None,
     ) -> None:
         self._queue = queue
-        # In a fleet: does this host still hold the job's claim? Asked before
-        # outputs are written (SPEC §8), so each output is written once.
-        self._holds = holds
         self._cache = cache
         self._recorder = recorder
         self.config = config
@@ -122,16 +121,11 @@ class Worker:
         if folder is None:
             # The folder was removed by a reload: leave the job for a later configuration.
             interrupted = decide(Interrupted("folder"), self._context(job))
-            return self._applier.apply(job, None, interrupted, bound, run.read, on_pause)
+            return self._apply(job, None, interrupted, bound, run, on_pause)
         try:
             happened = self._do(job, folder, run, bound)
-        except _LeaseLost:
-            # Another host took the job over (this one was silent past the lease):
-            # its result is that host's to write. The answer stays at hand here.
-            if run.sha is not None and run.answer is not None:
-                self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
-            bound.warning("job.lease_lost", note="another host took the job over; result dropped")
-            return Result(Kind.RELEASED, charged=run.charged)
+        except LeaseLost:
+            return self._lease_lost(run, bound)
         except QueueUnavailable:
             # The database, not the job: the dispatcher pauses (queue_unavailable).
             # A charged result waits in memory, so the resume costs no credit.
@@ -147,7 +141,30 @@ class Worker:
             self._history.remember(job, outcome, key, kept)
         else:
             self._history.remember(job, outcome, None, None)
-        return self._applier.apply(job, folder, outcome, bound, run.read, on_pause)
+        return self._apply(job, folder, outcome, bound, run, on_pause)
+
+    def _apply(
+        self,
+        job: Job,
+        folder: FolderSettings | None,
+        outcome: Outcome,
+        bound: Any,
+        run: _Run,
+        on_pause: PauseHook | None,
+    ) -> Result:
+        try:
+            return self._applier.apply(job, folder, outcome, bound, run.read, on_pause)
+        except LeaseLost:
+            return self._lease_lost(run, bound)
+
+    def _lease_lost(self, run: _Run, bound: Any) -> Result:
+        """Another host took the job over (this one was silent past the lease), or it
+        was given back: its result is not this run's to write, nor its input to
+        move. The answer stays at hand here, in case the job comes back."""
+        if run.sha is not None and run.answer is not None:
+            self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
+        bound.warning("job.lease_lost", note="another host took the job over; result dropped")
+        return Result(Kind.RELEASED, charged=run.charged)
 
     # -- doing: each step says what happened ------------------------------------------
 
@@ -174,8 +191,10 @@ class Worker:
             return LocalVerdict("corrupt_image", str(exc), age)
         sha = hashlib.sha256(data).hexdigest()
         run.sha = sha
-        self._queue.set_sha256(job.id, sha)
-        with self._history.same_content(sha):
+        self._queue.set_sha256(job, sha)
+        # One request per content: this host's threads wait on the history, a
+        # fleet's hosts on the shared cache's claim (SPEC §8).
+        with self._history.same_content(sha), self._cache.fetching(sha):
             return self._do_content(job, folder, data, info, sig, src, age, run, bound)
 
     def _do_content(
@@ -199,7 +218,7 @@ class Worker:
             # marked done: they are there and newer than the input. Never send
             # such a job again (the cache usually answers first; not when it is
             # off or the entry was evicted).
-            self._queue.complete(job.id, self._queue.claimed_outputs(job.id))
+            self._queue.complete(job, self._queue.claimed_outputs(job.id))
             run.folder, run.during = delivery.after_success_target(folder)
             delivery.after_success(self._queue, job, folder, sig, bound)
             return Finished("outputs")
@@ -274,12 +293,12 @@ class Worker:
             return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
         if rendered.rotated_by_server:
             bound.info("job.rotated_by_server", note="outputs carry no orientation tag")
-        if self._holds is not None and not self._holds(job.id):
-            raise _LeaseLost
+        if not self._queue.holds(job):  # confirmed before anything is written
+            raise LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")
         try:
             run.folder, run.during = str(folder.outbox), "writing the outputs"
             written = delivery.write_outputs(self._queue, job, folder, rendered)
-            self._queue.complete(job.id, written)
+            self._queue.complete(job, written)
             run.folder, run.during = delivery.after_success_target(folder)
             delivery.after_success(self._queue, job, folder, sig, bound)
         except OSError as exc:

@@ -439,7 +439,6 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
                 Recorder(),
                 config,
                 lambda: client,
-                holds=Hosts(a, 0.5).holds,
             )
 
             def b_takes_over() -> None:

@@ -163,14 +163,17 @@ def test_times_at_the_contract_are_the_hosts_clock_even_when_it_disagrees_with_t
         assert oldest is not None and abs(oldest - clock.t) < 60
         job = ahead.claim(60)
         assert job is not None
-        ahead.retry_later(job.id, clock.t + 3600, "later")
+        ahead.retry_later(job, clock.t + 3600, "later")
         at = ahead.next_ready_at()
         assert at is not None and abs(at - (clock.t + 3600)) < 60
         # The other host reads the same moment on its own clock: an hour from now, not a day.
         theirs = exact.next_ready_at()
         assert theirs is not None and abs(theirs - (time.time() + 3600)) < 60
         assert exact.claim(60) is None
-        ahead.defer(job.id, clock.t - 1, "due")  # due on the host's clock is due for all
+        ahead.enqueue_many([_found("b.jpg")])
+        job = ahead.claim(60)
+        assert job is not None and job.relpath == "b.jpg"
+        ahead.defer(job, clock.t - 1, "due")  # due on the host's clock is due for all
         assert exact.claim(60) is not None
 
 

@@ -23,6 +23,7 @@ from bgsyncd.queue import (
     QueueError,
     SqliteRequestLog,
 )
+from bgsyncd.storage import LeaseLost
 from tests.helpers import FakeClock
 from tests.jobs import find_job, get_job
 
@@ -116,8 +117,8 @@ def test_unchanged_skipped_and_changed_requeued(q: Queue, clock: FakeClock) -> N
 
     job = q.claim(60)
     assert job is not None
-    q.set_sha256(job.id, "ab" * 32)
-    q.retry_later(job.id, clock.t + 5, "boom")
+    q.set_sha256(job, "ab" * 32)
+    q.retry_later(job, clock.t + 5, "boom")
     first_seen = job.first_seen
     clock.advance(10)
     changed = found("a.jpg", size=200)
@@ -134,7 +135,7 @@ def test_done_file_with_new_content_is_queued_again(q: Queue) -> None:
     q.enqueue_many([found("a.jpg")])
     job = q.claim(60)
     assert job is not None
-    q.complete(job.id, ["a.png"])
+    q.complete(job, ["a.png"])
     assert q.enqueue_many([found("a.jpg", mtime_ns=2)]) == [found("a.jpg", mtime_ns=2)]
     assert get_job(q, job.id).state == "pending"  # type: ignore[union-attr]
 
@@ -197,7 +198,7 @@ def test_retry_wait_promoted_when_due(q: Queue, clock: FakeClock) -> None:
     assert q.next_ready_at() == clock.t
     job = q.claim(60)
     assert job is not None
-    assert q.retry_later(job.id, clock.t + 30, "503") == 1
+    assert q.retry_later(job, clock.t + 30, "503") == 1
     assert q.next_ready_at() == clock.t + 30
     assert q.claim(60) is None
     clock.advance(29.9)
@@ -206,7 +207,7 @@ def test_retry_wait_promoted_when_due(q: Queue, clock: FakeClock) -> None:
     again = q.claim(60)
     assert again is not None
     assert (again.id, again.attempts, again.last_error) == (job.id, 1, "503")
-    assert q.retry_later(job.id, clock.t + 60, "timeout", resend=True) == 2
+    assert q.retry_later(again, clock.t + 60, "timeout", resend=True) == 2
     waiting = get_job(q, job.id)
     assert waiting is not None
     assert (waiting.state, waiting.next_attempt_at, waiting.resend) == (
@@ -217,18 +218,19 @@ def test_complete_quarantine_release(q: Queue) -> None:
     q.enqueue_many([found("a.jpg"), found("b.jpg"), found("c.jpg")])
     a, b, c = (q.claim(60) for _ in range(3))
     assert a and b and c
-    q.complete(a.id, ["a.png", "a.mask.png"])
+    q.complete(a, ["a.png", "a.mask.png"])
     done = get_job(q, a.id)
     assert done is not None
     assert (done.state, done.outputs, done.resend) == ("done", ("a.png", "a.mask.png"), False)
-    q.quarantine(b.id, "too_large", "413 from the API", 413)
+    q.quarantine(b, "too_large", "413 from the API", 413)
     bad = get_job(q, b.id)
     assert bad is not None
     assert (bad.state, bad.reason, bad.last_error, bad.http_status) == (
         "quarantined", "too_large", "413 from the API", 413)  # fmt: skip
-    q.retry_later(c.id, 0.0, "500")
-    q.claim(60)
-    q.release(c.id)
+    q.retry_later(c, 0.0, "500")
+    c = q.claim(60)
+    assert c is not None
+    q.release(c)
     released = get_job(q, c.id)
     assert released is not None
     assert (released.state, released.attempts) == ("pending", 1)
@@ -254,7 +256,7 @@ def test_recover_after_crash_marks_resend(db: Path, clock: FakeClock) -> None:
     resent = reopened.claim(60)
     assert resent is not None
     assert (resent.id, resent.resend) == (claimed.id, True)
-    reopened.complete(resent.id, ["a.png"])
+    reopened.complete(resent, ["a.png"])
     assert not get_job(reopened, claimed.id).resend  # type: ignore[union-attr]
     assert reopened.recover() == 0
     reopened.close()
@@ -297,13 +299,19 @@ def test_forget_deletes_job_and_claims(q: Queue) -> None:
     b = find_job(q, "products", "b.jpg")
     assert a and b
     assert q.claim_output("products", a.id, ["a.png"]) == "a.png"
-    q.forget(a.id)
+    a = q.claim(60)
+    assert a is not None and a.relpath == "a.jpg"
+    q.forget(a)
     assert get_job(q, a.id) is None
     assert q.claim_output("products", b.id, ["a.png"]) == "a.png"
-    # changes to a forgotten job are ignored
-    q.complete(a.id, ["x"])
-    q.release(a.id)
-    assert q.retry_later(a.id, 0.0, "gone") == 0
+    # changes to a forgotten job change nothing: no claim holds it any more
+    for change in (
+        lambda: q.complete(a, ["x"]),
+        lambda: q.release(a),
+        lambda: q.retry_later(a, 0.0, "gone"),
+    ):
+        with pytest.raises(LeaseLost):
+            change()
     assert get_job(q, a.id) is None
 
 
@@ -318,9 +326,9 @@ def test_counts_and_oldest(q: Queue, clock: FakeClock) -> None:
     j = [q.claim(60) for _ in range(3)]
     assert x is not None and x.folder == "other"
     assert all(job is not None and job.folder == "products" for job in j)
-    q.complete(j[0].id, [])  # type: ignore[union-attr]
-    q.quarantine(j[1].id, "corrupt_image", "bad", None)  # type: ignore[union-attr]
-    q.retry_later(j[2].id, clock.t + 100, "500")  # type: ignore[union-attr]
+    q.complete(j[0], [])  # type: ignore[arg-type]
+    q.quarantine(j[1], "corrupt_image", "bad", None)  # type: ignore[arg-type]
+    q.retry_later(j[2], clock.t + 100, "500")  # type: ignore[arg-type]
     counts = q.counts()
     assert counts == {
         "products": {"pending": 2, "in_flight": 0, "retry_wait": 1, "done": 1, "quarantined": 1},
@@ -328,7 +336,7 @@ def test_counts_and_oldest(q: Queue, clock: FakeClock) -> None:
     }
     assert all(list(c) == list(STATES) for c in counts.values())
     assert q.oldest_pending_queued_at() == start  # the in-flight job counts
-    q.complete(x.id, [])
+    q.complete(x, [])
     assert q.oldest_pending_queued_at() == start + 10
 
 
@@ -337,11 +345,11 @@ def test_quarantined_listing_and_requeue(q: Queue, clock: FakeClock) -> None:
     for _ in range(3):
         job = q.claim(60)
         assert job is not None
-        q.retry_later(job.id, 0.0, "x")
+        q.retry_later(job, 0.0, "x")
     for _ in range(3):
         job = q.claim(60)
         assert job is not None
-        q.quarantine(job.id, "retries_exhausted", "500 five times", 500)
+        q.quarantine(job, "retries_exhausted", "500 five times", 500)
     assert [j.relpath for j in q.quarantined()] == ["b.jpg", "a.jpg", "c.jpg"]
     listed = q.quarantined("products")
     assert [j.relpath for j in listed] == ["a.jpg", "c.jpg"]
@@ -428,11 +436,11 @@ def test_hot_queries_use_indexes(q: Queue, clock: FakeClock) -> None:
     for _ in range(3000):
         job = q.claim(60)
         assert job is not None
-        q.complete(job.id, [])
+        q.complete(job, [])
     for _ in range(500):
         job = q.claim(60)
         assert job is not None
-        q.retry_later(job.id, clock.t + 60, "x")
+        q.retry_later(job, clock.t + 60, "x")
     for analyzed in (False, True):  # a fresh database, and one with planner statistics
         if analyzed:
             q._conn.execute("ANALYZE")
@@ -484,8 +492,8 @@ def test_threads_and_a_reader_never_see_database_locked(q: Queue, db: Path) -> N
                 if enqueued.is_set():
                     return
                 continue
-            q.set_sha256(job.id, "0" * 64)
-            q.complete(job.id, [f"{job.relpath}.png"])
+            q.set_sha256(job, "0" * 64)
+            q.complete(job, [f"{job.relpath}.png"])
             processed.append(job.id)
 
     def busy() -> bool:

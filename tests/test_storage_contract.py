@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.queue import Found, Queue, QueueError
-from bgsyncd.storage import Job, Store
+from bgsyncd.storage import Job, LeaseLost, Store
+from tests.helpers import wait_until
 from tests.jobs import find_job, get_job
 
 
@@ -159,15 +160,17 @@ def test_claims_keep_to_the_folders_asked_for(store: Store) -> None:
 def test_a_retry_waits_for_its_time_and_counts_attempts(store: Store) -> None:
     store.enqueue_many([_found("a.jpg")])
     job = _claimed(store)
-    assert store.retry_later(job.id, time.time() + 3600, "boom") == 1
+    assert store.retry_later(job, time.time() + 3600, "boom") == 1
     assert store.claim(60) is None
     later = store.next_ready_at()
     assert later is not None and later > time.time() + 3000
     assert store.counts()["f"]["retry_wait"] == 1
     # Due now: promoted by the next claim.
-    store.release(job.id)
+    store.enqueue_many([_found("b.jpg")])
     job = _claimed(store)
-    assert store.retry_later(job.id, time.time() - 1, "again", resend=True) == 2
+    assert job.relpath == "b.jpg" and store.retry_later(job, time.time() - 1, "boom") == 1
+    job = _claimed(store)
+    assert store.retry_later(job, time.time() - 1, "again", resend=True) == 2
     again = _claimed(store)
     assert again is not None and again.id == job.id and again.attempts == 2 and again.resend
 
@@ -175,9 +178,9 @@ def test_a_retry_waits_for_its_time_and_counts_attempts(store: Store) -> None:
 def test_done_and_quarantined_jobs_keep_what_they_need(store: Store) -> None:
     store.enqueue_many([_found("a.jpg"), _found("b.jpg")])
     a, b = _claimed(store), _claimed(store)
-    store.set_sha256(a.id, "ab" * 32)
-    store.complete(a.id, ["a.png", "a.mask.png"])
-    store.quarantine(b.id, "corrupt_image", "bad bytes", None, "b~2.jpg")
+    store.set_sha256(a, "ab" * 32)
+    store.complete(a, ["a.png", "a.mask.png"])
+    store.quarantine(b, "corrupt_image", "bad bytes", None, "b~2.jpg")
     counts = store.counts()["f"]
     assert (counts["done"], counts["quarantined"]) == (1, 1)
     [q] = store.quarantined()
@@ -213,7 +216,7 @@ def test_output_names_are_claimed_once_and_stay_their_owners(store: Store) -> No
     assert store.claim_output("f", b.id, iter(["a.png", "a.webp.png"])) == "a.webp.png"
     assert store.claim_output("f", a.id, iter(["a.png"])) == "a.png"
     assert store.claimed_outputs(a.id) == ["a.png"]
-    store.forget(a.id)
+    store.forget(a)
     assert store.claimed_outputs(a.id) == []
     assert store.claim_output("f", b.id, iter(["a.png"])) == "a.png"
     with pytest.raises(QueueError):
@@ -363,7 +366,7 @@ def test_a_queued_file_is_recorded_pending_and_forget_deletes_it(store: Store) -
     )
     assert get_job(store, job.id) == job
     assert find_job(store, "f", "b.jpg") is None and find_job(store, "g", "a.jpg") is None
-    store.forget(job.id)
+    store.forget(_claimed(store))
     assert get_job(store, job.id) is None and find_job(store, "f", "a.jpg") is None
 
 
@@ -387,7 +390,7 @@ def test_adopt_records_done_with_its_names_and_refuses_a_known_path_or_a_taken_n
 def test_defer_waits_without_counting_an_attempt(store: Store) -> None:
     store.enqueue_many([_found("a.jpg")])
     job = _claimed(store)
-    store.defer(job.id, time.time() + 3600, "not quiet yet")
+    store.defer(job, time.time() + 3600, "not quiet yet")
     deferred = get_job(store, job.id)
     assert deferred is not None
     assert (deferred.state, deferred.attempts, deferred.last_error) == (
@@ -398,7 +401,9 @@ def test_defer_waits_without_counting_an_attempt(store: Store) -> None:
     assert store.claim(60) is None
     at = store.next_ready_at()
     assert at is not None and time.time() + 3500 < at < time.time() + 3700
-    store.defer(job.id, time.time() - 1, "quiet now")
+    store.enqueue_many([_found("b.jpg")])
+    job = _claimed(store)
+    store.defer(job, time.time() - 1, "quiet now")
     again = _claimed(store)
     assert again is not None and again.id == job.id and again.attempts == 0
 
@@ -408,10 +413,10 @@ def test_release_puts_a_job_back_without_an_attempt_and_marks_a_possible_resend(
 ) -> None:
     store.enqueue_many([_found("a.jpg")])
     job = _claimed(store)
-    store.release(job.id)
+    store.release(job)
     again = _claimed(store)
     assert again.id == job.id and again.attempts == 0 and not again.resend
-    store.release(job.id, resend=True)
+    store.release(again, resend=True)
     third = _claimed(store)
     assert third.id == job.id and third.resend
 
@@ -430,7 +435,7 @@ def test_quarantined_jobs_list_oldest_first_across_folders(store: Store) -> None
     store.enqueue_many([_found("a1", "a")])
     store.enqueue_many([_found("a2", "a")])
     while (job := store.claim(60)) is not None:
-        store.quarantine(job.id, "corrupt_image", f"bad {job.relpath}", 415)
+        store.quarantine(job, "corrupt_image", f"bad {job.relpath}", 415)
     listed = store.quarantined()
     assert [(j.folder, j.relpath) for j in listed] == [("a", "a1"), ("a", "a2"), ("b", "b1")]
     assert [j.relpath for j in store.quarantined("a")] == ["a1", "a2"]
@@ -521,7 +526,114 @@ def test_a_read_only_view_answers_beside_a_writer_and_refuses_writes(
 def test_jobs_waiting_on_a_retry_are_listed_soonest_first(store: Store) -> None:
     store.enqueue_many([_found("late.jpg"), _found("soon.jpg"), _found("done.jpg")])
     jobs = {j.relpath: j for j in (_claimed(store), _claimed(store), _claimed(store))}
-    store.retry_later(jobs["late.jpg"].id, time.time() + 7200, "later")
-    store.retry_later(jobs["soon.jpg"].id, time.time() + 3600, "sooner")
-    store.complete(jobs["done.jpg"].id, ["done.png"])
+    store.retry_later(jobs["late.jpg"], time.time() + 7200, "later")
+    store.retry_later(jobs["soon.jpg"], time.time() + 3600, "sooner")
+    store.complete(jobs["done.jpg"], ["done.png"])
     assert [j.relpath for j in store.retry_waiting()] == ["soon.jpg", "late.jpg"]
+
+
+# -- fencing: a stale claim changes nothing (SPEC §8) ------------------------------------------
+
+
+@pytest.fixture
+def take_over(backend: str) -> Callable[[Store, Job], Job]:
+    """Another handle takes ``job`` over, as the engine allows, and returns its own claim.
+
+    PostgreSQL: the job's (short) lease runs out and the other host's heartbeat
+    hands it back (``pgfleet.Hosts``). SQLite: the other handle is a restart,
+    which gives back every job in flight (``recover``).
+    """
+
+    def take(taker: Store, job: Job) -> Job:
+        if backend == "postgresql":
+            from bgsyncd.pgfleet import Hosts
+            from bgsyncd.pgqueue import PgQueue
+
+            assert isinstance(taker, PgQueue)
+            hosts = Hosts(taker, lease_seconds=0.2)
+            wait_until(lambda: hosts.take_over_expired([job.folder]) == 1, 10, what="expiry")
+        else:
+            assert taker.recover() == 1
+        taken = taker.claim(60)
+        assert taken is not None and taken.id == job.id and taken.resend
+        return taken
+
+    return take
+
+
+STALE_CHANGES: dict[str, Callable[[Store, Job], object]] = {
+    "complete": lambda s, job: s.complete(job, ["stale.png"]),
+    "retry_later": lambda s, job: s.retry_later(job, time.time(), "stale", resend=True),
+    "release": lambda s, job: s.release(job, resend=True),
+    "defer": lambda s, job: s.defer(job, time.time(), "stale"),
+    "quarantine": lambda s, job: s.quarantine(job, "corrupt_image", "stale", None, "x.jpg"),
+    "forget": lambda s, job: s.forget(job),
+    "set_sha256": lambda s, job: s.set_sha256(job, "0" * 64),
+}
+
+
+@pytest.mark.parametrize("change", sorted(STALE_CHANGES))
+def test_a_stale_claim_changes_nothing_the_taker_holds(
+    make_store: Callable[[], Store], take_over: Callable[[Store, Job], Job], change: str
+) -> None:
+    stale_host, taker = make_store(), make_store()
+    stale_host.enqueue_many([_found("a.jpg")])
+    stale = stale_host.claim(0.2)
+    assert stale is not None and stale_host.holds(stale)
+    mine = take_over(taker, stale)
+    before = get_job(taker, stale.id)
+    assert not stale_host.holds(stale) and taker.holds(mine)
+    with pytest.raises(LeaseLost):
+        STALE_CHANGES[change](stale_host, stale)
+    assert get_job(taker, stale.id) == before  # not one column changed
+    assert taker.holds(mine)
+    taker.complete(mine, ["a.png"])  # the taker's own claim still counts
+    done = get_job(taker, stale.id)
+    assert done is not None and (done.state, done.outputs) == ("done", ("a.png",))
+
+
+@pytest.mark.parametrize("change", sorted(STALE_CHANGES))
+def test_a_job_finished_by_the_taker_stays_finished(
+    make_store: Callable[[], Store], take_over: Callable[[Store, Job], Job], change: str
+) -> None:
+    stale_host, taker = make_store(), make_store()
+    stale_host.enqueue_many([_found("a.jpg")])
+    stale = stale_host.claim(0.2)
+    assert stale is not None
+    taker.complete(take_over(taker, stale), ["a.png"])
+    finished = get_job(taker, stale.id)
+    with pytest.raises(LeaseLost):
+        STALE_CHANGES[change](stale_host, stale)
+    assert get_job(taker, stale.id) == finished
+    assert finished is not None and finished.state == "done"
+    assert taker.claim(60) is None and stale_host.claim(60) is None  # nothing to send again
+    assert not stale_host.holds(stale)
+
+
+def test_a_claim_given_back_holds_nothing_and_a_new_claim_of_the_same_job_is_its_own(
+    store: Store,
+) -> None:
+    store.enqueue_many([_found("a.jpg")])
+    first = _claimed(store)
+    store.release(first)
+    assert not store.holds(first)
+    second = _claimed(store)
+    assert second.id == first.id and second.claim_token != first.claim_token
+    with pytest.raises(LeaseLost):  # the earlier run of the same host is stale too
+        store.complete(first, ["a.png"])
+    assert store.holds(second) and not store.holds(first)
+    store.complete(second, ["a.png"])
+    with pytest.raises(LeaseLost):  # a job never claimed, or no longer, changes nothing
+        store.release(second)
+
+
+def test_a_lease_run_out_that_no_one_took_over_still_holds(store: Store) -> None:
+    """A host that stalled past its lease in a folder no other host serves finishes its job."""
+    store.enqueue_many([_found("a.jpg")])
+    job = store.claim(0.05)
+    assert job is not None
+    time.sleep(0.2)
+    assert store.holds(job)
+    store.complete(job, ["a.png"])
+    done = get_job(store, job.id)
+    assert done is not None and done.state == "done"
