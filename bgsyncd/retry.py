@@ -16,6 +16,7 @@ from pathlib import Path
 from bgsyncd import fsops
 from bgsyncd.backends import open_fleet_queue
 from bgsyncd.config import Settings
+from bgsyncd.errors import describe_os_error
 from bgsyncd.outputs import move_to, sidecar_name
 from bgsyncd.queue import Queue
 
@@ -35,6 +36,7 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
     queue = open_fleet_queue(settings) if fleet else Queue(db)
     found: set[Path] = set()
     retried = 0
+    failed = 0
     try:
         for job in queue.quarantined():
             folder = folders.get(job.folder)
@@ -48,16 +50,17 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
             if not everything and not matches:
                 continue
             found |= matches
-            # Through directory descriptors, like every operation under the folders.
-            if fsops.regular_stat(folder.quarantine, qrel) is not None:
-                side = posixpath.join(
-                    posixpath.dirname(qrel), sidecar_name(where.name, job.relpath)
+            try:
+                if not _put_back(folder.quarantine, qrel, folder.inbox, job.relpath):
+                    print(f"bgsyncd: {where} is gone; skipped", file=sys.stderr)
+                    continue
+            except OSError as exc:  # the disk's answer, not a bug: the file stays where it is
+                failed += 1
+                print(
+                    f"bgsyncd: cannot put {where} back into {inbox_path.parent}:"
+                    f" {describe_os_error(exc)}; it stays quarantined",
+                    file=sys.stderr,
                 )
-                move_to(folder.quarantine, qrel, folder.inbox, job.relpath)
-                with suppress(FileNotFoundError):
-                    fsops.unlink(folder.quarantine, side)
-            elif fsops.regular_stat(folder.inbox, job.relpath) is None:
-                print(f"bgsyncd: {where} is gone; skipped", file=sys.stderr)
                 continue
             queue.requeue(job.id)
             retried += 1
@@ -71,4 +74,20 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
         f"{retried} file(s) queued again; a running daemon takes them within "
         f"{PICKUP_SECONDS:g} s (its dispatcher looks for work that often)"
     )
-    return 1 if missing else 0
+    return 1 if missing or failed else 0
+
+
+def _put_back(quarantine: Path, qrel: str, inbox: Path, relpath: str) -> bool:
+    """Move a quarantined file back (its sidecar removed); False when it is nowhere.
+
+    Through directory descriptors, like every operation under the folders.
+    """
+    if fsops.regular_stat(quarantine, qrel) is not None:
+        side = posixpath.join(
+            posixpath.dirname(qrel), sidecar_name(posixpath.basename(qrel), relpath)
+        )
+        move_to(quarantine, qrel, inbox, relpath)
+        with suppress(FileNotFoundError):
+            fsops.unlink(quarantine, side)
+        return True
+    return fsops.regular_stat(inbox, relpath) is not None

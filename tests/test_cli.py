@@ -266,3 +266,30 @@ def test_retry_says_a_running_daemon_takes_the_files_within_its_dispatch_look(
     assert result.returncode == 0, result.stderr
     assert PICKUP_SECONDS == IDLE_LOOK_SECONDS
     assert f"takes them within {IDLE_LOOK_SECONDS:g} s" in result.stdout
+
+
+def test_retry_that_cannot_put_a_file_back_names_the_errno_and_keeps_it_quarantined(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    """An inbox that refuses the move (a real read-only mount) is one line, exit 1."""
+    from tests.mounts import tmpfs
+
+    with tmpfs(tmp_path / "f" / "inbox", "4m") as inbox:
+        folder = make_folder(tmp_path, "f")
+        config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
+        d = start_daemon(daemons, config)
+        (inbox.path / "notes.jpg").write_text("not an image")
+        quarantined = Path(folder["quarantine"]) / "notes.jpg"
+        wait_until(quarantined.exists, timeout=30, what="the text file quarantined")
+        wait_until(lambda: not (inbox.path / "notes.jpg").exists(), timeout=30)
+        assert d.stop() == 0
+        inbox.readonly()
+        try:
+            result = run_cli("retry", "--all", "--config", str(config))
+        finally:
+            inbox.readwrite()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "[Errno 30]" in result.stderr and "notes.jpg" in result.stderr, result.stderr
+    assert quarantined.exists()
+    assert (quarantined.parent / "notes.jpg.error.json").exists()
