@@ -20,7 +20,8 @@
           └── TransientError      try again later with backoff, counting attempts
                ├── ServerError         5xx (and any other unexpected status)
                ├── RequestTimeout      connect/read/write/pool timeout
-               ├── ConnectionFailed    refused, reset, dropped connection
+               ├── ConnectionFailed    reset, dropped connection
+               │    └── Unreachable    no connection at all (refused, DNS, TLS, no route)
                └── MalformedResponse   an answer whose body we cannot use
                     └── UnusableAnswer  a 200 we cannot use: charged (see SPEC §5)
 
@@ -172,6 +173,10 @@ class RequestTimeout(TransientError):
 
 class ConnectionFailed(TransientError):
     """The connection could not be made or was dropped."""
+
+
+class Unreachable(ConnectionFailed):
+    """No connection could be made (refused, DNS, TLS, no route): pause ``api_unreachable``."""
 
 
 class MalformedResponse(TransientError):

@@ -72,6 +72,9 @@ class Recorder:
     def jobs(self, counts: Mapping[str, int], oldest_pending_age: float | None) -> None:
         """Jobs by state, and the age of the oldest job not yet finished."""
 
+    def next_request(self, seconds: float) -> None:
+        """The next request may start in ``seconds`` (0: now; NaN: when a pause is lifted)."""
+
     def resend(self) -> None:
         """A request whose earlier outcome was unknown is sent again."""
 
@@ -154,6 +157,8 @@ class Metrics(Recorder):
         for endpoint in UPLOAD_ENDPOINTS:
             self._upload_bytes.labels(endpoint=endpoint)
         self._credits_available.set(math.nan)  # unknown until the first credit check
+        self._next_request_at = clock()  # counted down at each scrape
+        self._next_request.set_function(self._seconds_to_next_request)
         self._credits_expiry.set(math.nan)
         for folder in folders:
             self.add_folder(folder)
@@ -241,6 +246,11 @@ class Metrics(Recorder):
         self._resends = Counter(
             "bgsyncd_resends_total",
             "Requests sent again whose earlier outcome was unknown.",
+            registry=r,
+        )
+        self._next_request = Gauge(
+            "bgsyncd_dispatch_next_request_seconds",
+            "Seconds until the next request may start (0: now; NaN: paused until lifted).",
             registry=r,
         )
         self._folder_up = Gauge(
@@ -340,6 +350,15 @@ class Metrics(Recorder):
         for state in (*STATES, *(s for s in counts if s not in STATES)):
             self._jobs.labels(state=state).set(float(counts.get(state, 0)))
         self._oldest.set(0.0 if oldest_pending_age is None else float(oldest_pending_age))
+
+    @_guarded
+    def next_request(self, seconds: float) -> None:
+        """The next request may start in ``seconds``: counted down until the next report."""
+        self._next_request_at = self._clock() + seconds
+
+    def _seconds_to_next_request(self) -> float:
+        left = self._next_request_at - self._clock()
+        return left if math.isnan(left) else max(0.0, left)
 
     @_guarded
     def resend(self) -> None:

@@ -18,7 +18,8 @@ outputs written (API, cache, found)  done; charged only when the API answered
                                      ``unexpected_redirect`` (target logged)
 429                                  back to pending, no attempt; wait
 5xx, timeout, connection, malformed  retry with an attempt; charged and a
-                                     resend when the outcome is unknown
+                                     resend when the outcome is unknown; in
+                                     an outage none (:mod:`bgsyncd.outage`)
 a 200 we cannot use                  charged, an attempt; retried once, then
                                      ``rejected_by_api``; the third in a row
                                      for the account pauses ``api_malformed``
@@ -34,8 +35,7 @@ input vanished                       forgotten
 stopping, folder no longer set up    back to pending, no attempt
 ===================================  =========================================
 
-After ``max_attempts`` counted attempts a retry becomes a quarantine
-(``retries_exhausted``, or ``output_refused`` for refused writes).
+A retry becomes a quarantine at ``max_attempts`` counted attempts.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from bgsyncd import errors
-from bgsyncd.pauses import API_MALFORMED, OUTPUT_UNWRITABLE
+from bgsyncd import errors, outage
+from bgsyncd.pauses import API_MALFORMED, API_UNREACHABLE, OUTPUT_UNWRITABLE
 
 # Unusable answers in a row, for the whole account, that pause dispatch.
 UNUSABLE_STREAK_LIMIT = 3
@@ -56,6 +56,7 @@ UNUSABLE_PER_FILE = 2
 UNUSABLE_PREFIX = "unusable answer: "
 
 LOCAL_VERDICTS = frozenset({"unsupported_media", "corrupt_image", "too_large"})
+NEEDS_REQUEST = "needs a request"  # ``Interrupted.why`` of work that is not free (SPEC §4)
 
 
 class Transition(enum.Enum):
@@ -155,6 +156,7 @@ class Context:
     settle_seconds: float
     earlier_unusable: int = 0  # unusable answers this file got before
     unusable_streak: int = 0  # unusable answers in a row for the account before this one
+    failures_before: int = 0  # 5xx, timeouts... in a row for the account before this one
 
 
 # -- the decision ---------------------------------------------------------------------
@@ -211,7 +213,8 @@ def decide(what: Happening, ctx: Context) -> Outcome:
     if isinstance(what, WriteFailed):
         return _write_failed(what, ctx)
     if isinstance(what, Vanished):
-        return Outcome(Transition.FORGET, "file.vanished", fields=_during(what.during))
+        during = {} if what.during is None else {"during": what.during}
+        return Outcome(Transition.FORGET, "file.vanished", fields=during)
     if isinstance(what, Changed):
         # A verdict on bytes that are no longer there is no verdict: the new
         # version is queued afresh (attempts from zero) and judged on its own.
@@ -221,8 +224,9 @@ def decide(what: Happening, ctx: Context) -> Outcome:
             requeue_as=(what.size, what.mtime_ns, what.inode),
             fields={"note": "changed while processed; queued again"},
         )
-    if isinstance(what, Interrupted):
-        return Outcome(Transition.RELEASE, "job.released", fields={"why": what.why})
+    if isinstance(what, Interrupted):  # a free look that found a request needed is routine
+        level = "debug" if what.why == NEEDS_REQUEST else "info"
+        return Outcome(Transition.RELEASE, "job.released", level, fields={"why": what.why})
     message = f"internal error: {describe(what.error)}"
     return _retry(message, None, ctx, charged=what.charged, level="error")
 
@@ -273,6 +277,19 @@ def _api_failed(error: errors.ApiError, ctx: Context) -> Outcome:
         return _unusable(error, ctx)
     assert isinstance(error, errors.TransientError)  # the last branch of the tree
     unknown = error.outcome_unknown
+    paused = outage.pauses(error, ctx.failures_before)
+    if paused or ctx.failures_before:  # not the file's fault: nothing counted (SPEC §5)
+        return Outcome(
+            Transition.RELEASE,
+            "api.unreachable" if paused else "api.failed",
+            level="warning",
+            charged=unknown,
+            resend=unknown,
+            pause=API_UNREACHABLE if paused else None,
+            message=error.message,
+            http_status=error.status,
+            fields={"failures_in_a_row": ctx.failures_before + 1},
+        )
     # A request whose outcome is unknown may have been charged: the local
     # count errs low (the floor holds) and the next send is a resend.
     return _retry(error.message, error.status, ctx, charged=unknown, resend=unknown)
@@ -371,10 +388,6 @@ def _quarantine(
         finished="quarantined",
         fields={"attempts": ctx.attempts + (1 if counted else 0)},
     )
-
-
-def _during(during: str | None) -> dict[str, object]:
-    return {} if during is None else {"during": during}
 
 
 def describe(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ from bgsyncd.history import History
 from bgsyncd.inputs import Signature, read_input
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
+from bgsyncd.outage import Outage
 from bgsyncd.outcomes import (
+    NEEDS_REQUEST,
     ApiFailed,
     Context,
     Crashed,
@@ -75,6 +77,7 @@ class _Run:
     read: Signature | None = None  # the version of the input that was read and judged
     answer: uploads.Answer | None = None  # what the API returned (or the cache kept)
     charged: bool = False  # the image request was answered
+    free_only: bool = False  # settle only what needs no request (SPEC §4); release the rest
     folder: str = ""  # where the write that may fail goes
     during: str = "writing the outputs"
 
@@ -107,6 +110,7 @@ class Worker:
         self._client = client
         self._clock = clock
         self._history = History()
+        self.outage = Outage()  # the account's failures in a row (the dispatcher's probe reads it)
         self._applier = Applier(queue, recorder, clock, self._context, self._backoff)
 
     def process(self, job: Job, on_pause: PauseHook | None = None) -> Result:
@@ -116,9 +120,18 @@ class Worker:
         queue when its outcome pauses dispatch, so the dispatcher never claims it
         again in between.
         """
+        return self._process(job, on_pause, _Run())
+
+    def settle_free(self, job: Job, on_pause: PauseHook | None = None) -> Result:
+        """Like :meth:`process`, for work that needs no request: a local verdict, a
+        cache hit, outputs already written. A job that needs a request goes back to
+        pending (no attempt), untouched: it waits for its turn and the rate limit.
+        """
+        return self._process(job, on_pause, _Run(free_only=True))
+
+    def _process(self, job: Job, on_pause: PauseHook | None, run: _Run) -> Result:
         folder = self.config.folders.get(job.folder)
         bound = log.bind(folder=job.folder, path=job.relpath, job=job.id)
-        run = _Run()
         if folder is None:
             # The folder was removed by a reload: leave the job for a later configuration.
             interrupted = decide(Interrupted("folder"), self._context(job))
@@ -141,7 +154,7 @@ class Worker:
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
-        outcome = decide(happened, self._context(job))
+        outcome = decide(happened, self._context(job, happened))
         if run.sha is not None and run.answer is not None:
             key, kept = uploads.kept_key(run.sha, run.answer.kind), run.answer.data
             self._history.remember(job, outcome, key, kept)
@@ -204,6 +217,9 @@ class Worker:
             delivery.after_success(self._queue, job, folder, sig, bound)
             return Finished("outputs")
         config = self.config
+        too_big = len(data) > config.max_upload_bytes and folder.oversize == "quarantine"
+        if run.free_only and not too_big:  # (a file too big is refused before any decode)
+            return Interrupted(NEEDS_REQUEST)
         up = uploads.prepare(
             data,
             info,
@@ -296,8 +312,13 @@ class Worker:
                 return uploads.Answer(kept, kind)
         return None
 
-    def _context(self, job: Job) -> Context:
-        return self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
+    def _context(self, job: Job, happened: Happening | None = None) -> Context:
+        ctx = self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
+        if isinstance(happened, ApiFailed):  # counted and read in one step (SPEC §5 outages)
+            return replace(ctx, failures_before=self.outage.record(happened.error))
+        if isinstance(happened, Finished) and happened.source == "api":
+            self.outage.record(None)
+        return ctx
 
     def _backoff(self, attempt: int) -> float:
         """Seconds before ``attempt`` (counted from 1), under the settings in force."""
