@@ -106,6 +106,7 @@ class Dispatcher:
         self._stopping = False
         self._check_now = True
         self._kicked = False
+        self._ready_at: float | None = None  # when a job may be claimed, as last seen
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="bgsyncd-worker")
         self._checks = CreditCheck(
             client,
@@ -199,11 +200,11 @@ class Dispatcher:
 
     def waiting(self) -> Waiting:
         """What the next request waits for, and how long (SPEC §5 "Waiting is visible")."""
-        paused, folders = self.paused, self._worker.config.folders.keys()
+        paused = self.paused
         return waiting_for(
             paused=paused,
             check_in=self._credits.seconds_until_check(),
-            ready_at=None if paused else self._queue.next_ready_at(folders),
+            ready_at=None if paused else self._ready_at,  # as the dispatcher last saw it
             now=self._clock(),
             rate_wait=self._pacer.delay(),
         )
@@ -266,6 +267,8 @@ class Dispatcher:
             self._check_credits()
         if self.paused is not None:
             return self._until_next_check()
+        ready_at = self._queue.next_ready_at(self._worker.config.folders.keys())
+        self._ready_at = ready_at  # for waiting(): asked by other threads
         with self._cond:
             busy = len(self._in_flight)
         if busy >= self._max_in_flight:
@@ -286,7 +289,6 @@ class Dispatcher:
         delay = self._pacer.delay()
         if delay > 0:
             return delay
-        ready_at = self._queue.next_ready_at(self._worker.config.folders.keys())
         if ready_at is None:
             self.idle_drained.set()
             return min(IDLE_LOOK_SECONDS, self._until_next_check())
