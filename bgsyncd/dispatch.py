@@ -121,6 +121,7 @@ class Dispatcher:
             queue,
             lambda job: worker.settle_free(job, on_pause=self.raise_pause),
             lease_seconds,
+            is_free=worker.needs_no_request,
             held=lambda: self._pauses.held,
             on_settled=self._settled,
             on_unavailable=lambda exc: self.raise_pause(QUEUE_UNAVAILABLE, error=str(exc)),

@@ -4,10 +4,12 @@ A local verdict, a cache hit or outputs already written cost no request: they
 never wait behind the rate limit, the credit floor or an account's pause. The
 dispatcher hands every file the ingest thread queues to a :class:`FreeLane`,
 and every job whose verdict waits for its input to be quiet (``settle_in``).
-The lane's thread takes that one job by its path (``claim_path``), lets the
-worker settle it if it is free (``Worker.settle_free``: the one place that acts
-stays the worker's ``Applier``) and otherwise gives it back to pending with no
-attempt counted, where it waits its turn for a request like any other.
+The lane's thread looks at the file without claiming it
+(``Worker.needs_no_request``: a job claimed and then lost in a crash would be
+taken for a possible resend); only free work is taken by its path
+(``claim_path``) and settled (``Worker.settle_free``: the one place that acts
+stays the worker's ``Applier``). A file that needs a request waits its turn
+in the queue like any other.
 
 While a local fault holds (``output_unwritable``, ``queue_unavailable``) the
 lane waits: the writes it would make are the ones failing.
@@ -42,6 +44,7 @@ class FreeLane:
         settle: Callable[[Job], Result],
         lease_seconds: float,
         *,
+        is_free: Callable[[str, str], bool],
         held: Callable[[], Collection[str]],
         on_settled: Callable[[Job, Result], None],
         on_unavailable: Callable[[QueueUnavailable], None],
@@ -49,6 +52,7 @@ class FreeLane:
     ) -> None:
         self._queue = queue
         self._settle = settle  # the worker's settle_free
+        self._is_free = is_free  # the worker's look without a claim
         self._lease = lease_seconds
         self._held = held  # the pause reasons in force
         self._on_settled = on_settled
@@ -127,6 +131,8 @@ class FreeLane:
         return min(60.0, max(0.01, self._due[0][0] - self._clock()))
 
     def _look(self, folder: str, relpath: str) -> None:
+        if not self._is_free(folder, relpath):
+            return  # it needs a request: the dispatcher takes it in its turn
         try:
             job = self._queue.claim_path(folder, relpath, self._lease)
         except QueueUnavailable as exc:  # a pause; looked at again once the database answers

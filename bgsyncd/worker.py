@@ -129,6 +129,27 @@ class Worker:
         """
         return self._process(job, on_pause, _Run(free_only=True))
 
+    def needs_no_request(self, folder_name: str, relpath: str) -> bool:
+        """A look without a claim: is this file's work free (a local verdict, a cache hit)?
+
+        The free lane asks before it claims: a job it claimed would look, after a
+        crash, like a request possibly sent (a resend).
+        """
+        folder = self.config.folders.get(folder_name)
+        read = None if folder is None else read_input(folder.inbox, relpath, HARD_SIZE_LIMIT)
+        if folder is None or read is None or read[0] == b"":
+            return False  # gone or emptied: the dispatcher's turn forgets it
+        data = read[0]
+        if data is None or imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
+            return True
+        try:
+            imaging.inspect(data)
+        except imaging.CorruptImage:
+            return True
+        if len(data) > self.config.max_upload_bytes and folder.oversize == "quarantine":
+            return True
+        return self._kept_answer(hashlib.sha256(data).hexdigest()) is not None
+
     def _process(self, job: Job, on_pause: PauseHook | None, run: _Run) -> Result:
         folder = self.config.folders.get(job.folder)
         bound = log.bind(folder=job.folder, path=job.relpath, job=job.id)
