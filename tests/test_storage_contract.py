@@ -469,3 +469,24 @@ def test_jobs_waiting_on_a_retry_are_listed_soonest_first(store: Store) -> None:
     store.retry_later(jobs["soon.jpg"].id, time.time() + 3600, "sooner")
     store.complete(jobs["done.jpg"].id, ["done.png"])
     assert [j.relpath for j in store.retry_waiting()] == ["soon.jpg", "late.jpg"]
+
+
+def test_a_job_is_claimed_by_its_path_only_when_it_may_start_now(store: Store) -> None:
+    store.enqueue_many([_found("a.jpg"), _found("b.jpg")])
+    job = store.claim_path("f", "b.jpg", 60)
+    assert job is not None and (job.relpath, job.state) == ("b.jpg", "in_flight")
+    assert store.claim_path("f", "b.jpg", 60) is None  # in flight already: never twice
+    assert store.claim_path("f", "nope.jpg", 60) is None
+    assert store.claim_path("other", "a.jpg", 60) is None
+    store.defer(job.id, time.time() + 3600, "not quiet yet")
+    assert store.claim_path("f", "b.jpg", 60) is None  # its wait is not over
+    store.defer(job.id, time.time() - 1, "quiet now")
+    again = store.claim_path("f", "b.jpg", 60)
+    assert again is not None and again.id == job.id and again.next_attempt_at is None
+    store.complete(again.id, ["b.png"])
+    assert store.claim_path("f", "b.jpg", 60) is None  # done
+    first = store.claim(60)
+    assert first is not None and first.relpath == "a.jpg"
+    assert store.counts()["f"] == {
+        "pending": 0, "in_flight": 1, "retry_wait": 0, "done": 1, "quarantined": 0,
+    }  # fmt: skip
