@@ -17,9 +17,9 @@ outputs written (API, cache, found)  done; charged only when the API answered
 3xx                                  back to pending, no attempt; pause
                                      ``unexpected_redirect`` (target logged)
 429                                  back to pending, no attempt; wait
-5xx, timeout, connection, malformed  retry with an attempt; charged and a
-                                     resend when the outcome is unknown; in
-                                     an outage none (:mod:`bgsyncd.outage`)
+5xx, timeout, connection, malformed  retry with an attempt, charged and a
+                                     resend when the outcome is unknown; no
+                                     attempt in an outage (:mod:`.outage`)
 a 200 we cannot use                  charged, an attempt; retried once, then
                                      ``rejected_by_api``; the third in a row
                                      for the account pauses ``api_malformed``
