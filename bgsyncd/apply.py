@@ -92,7 +92,7 @@ class Applier:
             self._queue.defer(job, self._clock() + (out.wait or 0.0), out.message)
             fields["wait"] = round(out.wait or 0.0, 2)
         elif out.transition is Transition.RELEASE:
-            self._queue.release(job)
+            self._queue.release(job, resend=out.resend)
         elif out.transition is Transition.FORGET:
             self._queue.forget(job)
         elif out.transition is Transition.REQUEUE and out.requeue_as is not None:
@@ -112,6 +112,7 @@ class Applier:
             charged=out.charged,
             reason=out.reason if out.transition is Transition.QUARANTINE else out.pause,
             retry_after=out.wait if out.rate_limited else None,
+            settle_in=out.wait if out.transition is Transition.DEFER else None,
             pause=out.pause,
             pause_context=context,
         )

@@ -23,7 +23,9 @@ Every failure leaves this module as a :mod:`bgsyncd.errors` exception::
       WriteTimeout                         RequestTimeout        (outcome_unknown=False)
     ReadTimeout, or the whole-request
       deadline passed after sending        RequestTimeout        (outcome_unknown=True)
-    ConnectError, WriteError, ProxyError,
+    ConnectError (refused, DNS, TLS,
+      no route)                            Unreachable           (outcome_unknown=False)
+    WriteError, ProxyError,
       LocalProtocolError                   ConnectionFailed      (outcome_unknown=False)
     ReadError, RemoteProtocolError,
       any other httpx error                ConnectionFailed      (outcome_unknown=True)
@@ -284,6 +286,8 @@ class Client:
         message = self._scrub(f"{endpoint}: {answers.clip(detail)}")
         timed_out = isinstance(exc, httpx.TimeoutException)
         kind = errors.RequestTimeout if timed_out else errors.ConnectionFailed
+        if isinstance(exc, httpx.ConnectError):
+            kind = errors.Unreachable  # no connection at all: not the file's fault
         return kind(message, outcome_unknown=not isinstance(exc, _NOT_SENT))
 
     def _redirect(self, endpoint: str, response: httpx.Response) -> errors.ApiError:

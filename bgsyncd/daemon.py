@@ -103,6 +103,7 @@ class Daemon:
             self.notifier,
             lambda: self.dispatcher.paused,
             ageing=not once,
+            waiting=lambda: self.dispatcher.waiting(),  # noqa: PLW0108 (made below)
         )
         self.faults = LocalFaults(
             self.queue,
@@ -205,9 +206,10 @@ class Daemon:
         self.signals.request_stop()
 
     def _queued(self, queued: list[Found]) -> None:
-        """The ingest thread queued files: count them for `once`, publish, wake dispatch."""
+        """The ingest thread queued files: count them for `once`, settle the free ones, publish."""
         if self._once is not None:
             self._once.queued(len(queued))
+        self.dispatcher.free.add(queued)  # what needs no request is settled now (SPEC §4)
         self.publisher.dirty.set()
         self.dispatcher.wake()
 

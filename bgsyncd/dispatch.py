@@ -29,23 +29,32 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from bgsyncd.client import Client
+from bgsyncd.creditcheck import CHECK_RETRY_SECONDS, CreditCheck
 from bgsyncd.credits import CreditGuard
-from bgsyncd.errors import AccountError, ApiError, BgsyncdError, QueueUnavailable, Stopped
+from bgsyncd.errors import BgsyncdError, QueueUnavailable
+from bgsyncd.freelane import FreeLane
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift, Pauses
+from bgsyncd.pauses import (
+    API_UNREACHABLE,
+    CREDIT_FLOOR,
+    CREDITS_EXPIRED,
+    QUEUE_UNAVAILABLE,
+    Lift,
+    Pauses,
+)
 from bgsyncd.queue import Job, Queue
 from bgsyncd.results import Kind, Result
 from bgsyncd.storage import LeaseLost
+from bgsyncd.waiting import Waiting, waiting_for
 from bgsyncd.worker import Worker
 
 log = get_logger("bgsyncd.dispatch")
 
-# After a failed credit check (API down), try again this soon rather than waiting
-# a whole check interval; an idle queue is looked at this often for work added by
-# another process (`bgsyncd retry`).
-CHECK_RETRY_SECONDS = 30.0
+# An idle queue is looked at this often for work added by another process
+# (`bgsyncd retry`); a job that crashed its worker is tried again after
+# CHECK_RETRY_SECONDS.
 IDLE_LOOK_SECONDS = 5.0
 # The longest the dispatcher ever sleeps without looking again.
 MAX_WAIT_SECONDS = 60.0
@@ -98,15 +107,35 @@ class Dispatcher:
         self._stopping = False
         self._check_now = True
         self._kicked = False
+        self._ready_at: float | None = None  # when a job may be claimed, as last seen
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="bgsyncd-worker")
+        self._checks = CreditCheck(
+            client,
+            credits,
+            worker.outage,
+            held=lambda: self._pauses.held,
+            raise_pause=self.raise_pause,
+            lift_on=self._lift_on,
+            clock=clock,
+        )
+        self.free = FreeLane(
+            queue,
+            lambda job: worker.settle_free(job, on_pause=self.raise_pause),
+            lease_seconds,
+            is_free=worker.needs_no_request,
+            held=lambda: self._pauses.held,
+            on_settled=self._settled,
+            on_unavailable=lambda exc: self.raise_pause(QUEUE_UNAVAILABLE, error=str(exc)),
+        )
         self._thread = threading.Thread(target=self._run, name="bgsyncd-dispatch", daemon=True)
         self.idle_drained = threading.Event()
 
     # -- control, from other threads -------------------------------------------------
 
     def start(self) -> None:
-        """Start the dispatcher thread."""
+        """Start the dispatcher thread and the free lane's."""
         self._thread.start()
+        self.free.start()
 
     def wake(self) -> None:
         """Something changed (new work, a signal): look again now."""
@@ -135,6 +164,8 @@ class Dispatcher:
         self._on_pause(reason, context)
         if not self._pauses.raise_(reason):
             return
+        if reason == API_UNREACHABLE:
+            self._checks.schedule_probe()
         with self._cond:
             self._kick_locked()
         self._recorder.paused(self._pauses.first)
@@ -163,11 +194,22 @@ class Dispatcher:
     def in_flight(self) -> int:
         """Jobs being processed right now."""
         with self._cond:
-            return len(self._in_flight)
+            return len(self._in_flight) + self.free.busy
 
     def alive(self) -> bool:
-        """The dispatcher thread is running."""
-        return self._thread.is_alive()
+        """The dispatcher thread (and the free lane's) is running."""
+        return self._thread.is_alive() and self.free.alive()
+
+    def waiting(self) -> Waiting:
+        """What the next request waits for, and how long (SPEC §5 "Waiting is visible")."""
+        paused = self.paused
+        return waiting_for(
+            paused=paused,
+            check_in=self._credits.seconds_until_check(),
+            ready_at=None if paused else self._ready_at,  # as the dispatcher last saw it
+            now=self._clock(),
+            rate_wait=self._pacer.delay(),
+        )
 
     def stop(self, timeout: float) -> list[Job]:
         """Stop claiming, wait up to ``timeout`` for jobs in flight; return the rest."""
@@ -180,6 +222,7 @@ class Dispatcher:
         # the drain. Requests already sent are not affected.
         self._pacer.close()
         self._thread.join(timeout=5.0)
+        self.free.stop(timeout=5.0)
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._in_flight and time.monotonic() < deadline:
@@ -228,11 +271,13 @@ class Dispatcher:
             self._check_credits()
         if self.paused is not None:
             return self._until_next_check()
+        ready_at = self._queue.next_ready_at(self._worker.config.folders.keys())
+        self._ready_at = ready_at  # for waiting(): asked by other threads
         with self._cond:
             busy = len(self._in_flight)
         if busy >= self._max_in_flight:
             return 60.0  # woken when a job finishes
-        if self._expired():
+        if self._checks.expired():
             # Every image request would be refused (403): no request spent on
             # learning it again. A credit check showing a later expiry resumes.
             self.raise_pause(CREDITS_EXPIRED)
@@ -248,7 +293,6 @@ class Dispatcher:
         delay = self._pacer.delay()
         if delay > 0:
             return delay
-        ready_at = self._queue.next_ready_at(self._worker.config.folders.keys())
         if ready_at is None:
             self.idle_drained.set()
             return min(IDLE_LOOK_SECONDS, self._until_next_check())
@@ -294,9 +338,16 @@ class Dispatcher:
                 if result.kind is Kind.RATE_LIMITED:
                     self._pacer.note_rate_limited(result.retry_after)
                 self._kick_locked()
-            if result.pause is not None:
-                self.raise_pause(result.pause, **result.pause_context)
-            self._on_state_change()
+            self._settled(job, result)
+
+    def _settled(self, job: Job, result: Result) -> None:
+        """A job's run ended (either lane): its pause, a verdict waiting to settle, publish."""
+        if result.pause is not None:
+            self.raise_pause(result.pause, **result.pause_context)
+        if result.settle_in is not None:
+            self.free.later(job.folder, job.relpath, result.settle_in)
+        self.wake()  # a job given back by the free lane may be sent now
+        self._on_state_change()
 
     # -- credits and pauses ----------------------------------------------------------
 
@@ -309,36 +360,10 @@ class Dispatcher:
     def _check_credits(self) -> None:
         self._check_now = False
         try:
-            credits = self._client().available_credits()
-        except Stopped:
-            return
+            self._checks.run()
         except QueueUnavailable:  # the fleet's rate limit cannot be asked: check when it can
             self._check_now = True
             raise
-        except AccountError as exc:
-            self._credits.note_check_failed()
-            location = getattr(exc, "location", None)
-            self.raise_pause(exc.reason, **({"location": location} if location else {}))
-            return
-        except ApiError as exc:
-            self._credits.note_check_failed(retry_in=CHECK_RETRY_SECONDS)
-            log.warning("credits.check_failed", error=exc.message, status=exc.status)
-            return
-        expires = credits.expires_at.timestamp() if credits.expires_at else None
-        self._credits.update(credits.available, expires)
-        log.info("credits.checked", available=credits.available, floor=self._credits.floor)
-        self._lift_on(Lift.CREDITS_ANSWERED)
-        if self._expired():
-            self.raise_pause(CREDITS_EXPIRED)
-        elif self._credits.can_start() or self._credits.in_flight:
-            self._lift_on(Lift.CREDITS_ABOVE_FLOOR)
-        else:
-            self.raise_pause(CREDIT_FLOOR)
-
-    def _expired(self) -> bool:
-        """The last credit check gave an expiry that has passed (by our clock)."""
-        expires = self._credits.expires_at
-        return expires is not None and expires <= self._clock()
 
     def _lift_on(self, event: Lift) -> None:
         gone = self._pauses.lift(event)
@@ -351,6 +376,8 @@ class Dispatcher:
         """Take the pause reasons other hosts of the fleet raised or lifted (when due)."""
         added, gone = self._pauses.poll()
         for reason in added:
+            if reason == API_UNREACHABLE:  # this host probes too
+                self._checks.schedule_probe()
             self._recorder.paused(self._pauses.first)
             log.warning("dispatch.paused", reason=reason, by="fleet")
             self._on_state_change()

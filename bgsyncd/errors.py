@@ -20,7 +20,8 @@
           └── TransientError      try again later with backoff, counting attempts
                ├── ServerError         5xx (and any other unexpected status)
                ├── RequestTimeout      connect/read/write/pool timeout
-               ├── ConnectionFailed    refused, reset, dropped connection
+               ├── ConnectionFailed    reset, dropped connection
+               │    └── Unreachable    no connection at all (refused, DNS, TLS, no route)
                └── MalformedResponse   an answer whose body we cannot use
                     └── UnusableAnswer  a 200 we cannot use: charged (see SPEC §5)
 
@@ -92,6 +93,14 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno is None:
         return str(exc) or type(exc).__name__
     return f"[Errno {exc.errno}] {exc.strerror or errno.errorcode.get(exc.errno, '')}"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception for a message: the errno for an OSError, never just the class."""
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class ApiError(BgsyncdError):
@@ -183,6 +192,10 @@ class RequestTimeout(TransientError):
 
 class ConnectionFailed(TransientError):
     """The connection could not be made or was dropped."""
+
+
+class Unreachable(ConnectionFailed):
+    """No connection could be made (refused, DNS, TLS, no route): pause ``api_unreachable``."""
 
 
 class MalformedResponse(TransientError):

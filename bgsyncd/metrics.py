@@ -4,7 +4,6 @@ The rest of bgsyncd talks to a :class:`Recorder`, never to prometheus_client (wh
 is imported here alone). The base :class:`Recorder` does nothing; :class:`Metrics`
 records into its own registry and serves it. Metrics observe, they never steer:
 every recording method of :class:`Metrics` logs and swallows its own failures.
-
 No label holds a file path: ``folder`` is the configured folder name, ``endpoint``
 the API endpoint name, ``code`` an HTTP status or ``error``.
 """
@@ -71,6 +70,9 @@ class Recorder:
 
     def jobs(self, counts: Mapping[str, int], oldest_pending_age: float | None) -> None:
         """Jobs by state, and the age of the oldest job not yet finished."""
+
+    def next_request(self, seconds: float) -> None:
+        """The next request may start in ``seconds`` (0: now; NaN: when a pause is lifted)."""
 
     def resend(self) -> None:
         """A request whose earlier outcome was unknown is sent again."""
@@ -141,8 +143,7 @@ class Metrics(Recorder):
         self._retired: set[str] = set()  # removed by a reload; see retire_folder
         self.registry = CollectorRegistry(auto_describe=True)
         self._define(self.registry)
-        metrics_app = prometheus_client.make_wsgi_app(self.registry)
-        self._server = MetricsServer(metrics_app, self.healthy)
+        self._server = MetricsServer(prometheus_client.make_wsgi_app(self.registry), self.healthy)
         self._build_info.labels(version=version).set(1)
         for state in STATES:
             self._jobs.labels(state=state).set(0)
@@ -155,6 +156,8 @@ class Metrics(Recorder):
         for endpoint in UPLOAD_ENDPOINTS:
             self._upload_bytes.labels(endpoint=endpoint)
         self._credits_available.set(math.nan)  # unknown until the first credit check
+        self._next_request_at = clock()  # counted down at each scrape
+        self._next_request.set_function(self._seconds_to_next_request)
         self._credits_expiry.set(math.nan)
         for folder in folders:
             self.add_folder(folder)
@@ -242,6 +245,11 @@ class Metrics(Recorder):
         self._resends = Counter(
             "bgsyncd_resends_total",
             "Requests sent again whose earlier outcome was unknown.",
+            registry=r,
+        )
+        self._next_request = Gauge(
+            "bgsyncd_dispatch_next_request_seconds",
+            "Seconds until the next request may start (0: now; NaN: paused until lifted).",
             registry=r,
         )
         self._folder_up = Gauge(
@@ -342,6 +350,15 @@ class Metrics(Recorder):
         for state in (*STATES, *(s for s in counts if s not in STATES)):
             self._jobs.labels(state=state).set(float(counts.get(state, 0)))
         self._oldest.set(0.0 if oldest_pending_age is None else float(oldest_pending_age))
+
+    @_guarded
+    def next_request(self, seconds: float) -> None:
+        """The next request may start in ``seconds``: counted down until the next report."""
+        self._next_request_at = self._clock() + seconds
+
+    def _seconds_to_next_request(self) -> float:
+        left = self._next_request_at - self._clock()
+        return left if math.isnan(left) else max(0.0, left)
 
     @_guarded
     def resend(self) -> None:

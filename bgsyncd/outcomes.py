@@ -17,8 +17,9 @@ outputs written (API, cache, found)  done; charged only when the API answered
 3xx                                  back to pending, no attempt; pause
                                      ``unexpected_redirect`` (target logged)
 429                                  back to pending, no attempt; wait
-5xx, timeout, connection, malformed  retry with an attempt; charged and a
-                                     resend when the outcome is unknown
+5xx, timeout, connection, malformed  retry with an attempt, charged and a
+                                     resend when the outcome is unknown; no
+                                     attempt in an outage (:mod:`.outage`)
 a 200 we cannot use                  charged, an attempt; retried once, then
                                      ``rejected_by_api``; the third in a row
                                      for the account pauses ``api_malformed``
@@ -36,8 +37,7 @@ input vanished                       forgotten
 stopping, folder no longer set up    back to pending, no attempt
 ===================================  =========================================
 
-After ``max_attempts`` counted attempts a retry becomes a quarantine
-(``retries_exhausted``, or ``output_refused`` for refused writes).
+A retry becomes a quarantine at ``max_attempts`` counted attempts.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from bgsyncd import errors
-from bgsyncd.pauses import API_MALFORMED, OUTPUT_UNWRITABLE
+from bgsyncd import errors, outage
+from bgsyncd.pauses import API_MALFORMED, API_UNREACHABLE, OUTPUT_UNWRITABLE
 
 # Unusable answers in a row, for the whole account, that pause dispatch.
 UNUSABLE_STREAK_LIMIT = 3
@@ -58,6 +58,7 @@ UNUSABLE_PER_FILE = 2
 UNUSABLE_PREFIX = "unusable answer: "
 
 LOCAL_VERDICTS = frozenset({"unsupported_media", "corrupt_image", "too_large"})
+NEEDS_REQUEST = "needs a request"  # ``Interrupted.why`` of work that is not free (SPEC §4)
 
 
 class Transition(enum.Enum):
@@ -157,6 +158,7 @@ class Context:
     settle_seconds: float
     earlier_unusable: int = 0  # unusable answers this file got before
     unusable_streak: int = 0  # unusable answers in a row for the account before this one
+    failures_before: int = 0  # 5xx, timeouts... in a row for the account before this one
 
 
 # -- the decision ---------------------------------------------------------------------
@@ -213,7 +215,8 @@ def decide(what: Happening, ctx: Context) -> Outcome:
     if isinstance(what, WriteFailed):
         return _write_failed(what, ctx)
     if isinstance(what, Vanished):
-        return Outcome(Transition.FORGET, "file.vanished", fields=_during(what.during))
+        during = {} if what.during is None else {"during": what.during}
+        return Outcome(Transition.FORGET, "file.vanished", fields=during)
     if isinstance(what, Changed):
         # A verdict on bytes that are no longer there is no verdict: the new
         # version is queued afresh (attempts from zero) and judged on its own.
@@ -223,8 +226,9 @@ def decide(what: Happening, ctx: Context) -> Outcome:
             requeue_as=(what.size, what.mtime_ns, what.inode),
             fields={"note": "changed while processed; queued again"},
         )
-    if isinstance(what, Interrupted):
-        return Outcome(Transition.RELEASE, "job.released", fields={"why": what.why})
+    if isinstance(what, Interrupted):  # a free look that found a request needed is routine
+        level = "debug" if what.why == NEEDS_REQUEST else "info"
+        return Outcome(Transition.RELEASE, "job.released", level, fields={"why": what.why})
     if isinstance(what.error, OSError) and errors.is_out_of_descriptors(what.error):
         # The daemon's own shortage (EMFILE, ENFILE) wherever it hit, never the
         # file's: as a full disk, nothing counted; the output probe lifts the pause.
@@ -237,7 +241,7 @@ def decide(what: Happening, ctx: Context) -> Outcome:
             pause=OUTPUT_UNWRITABLE,
             message=f"short of file descriptors: {text}",
         )
-    message = f"internal error: {describe(what.error)}"
+    message = f"internal error: {errors.describe(what.error)}"
     return _retry(message, None, ctx, charged=what.charged, level="error")
 
 
@@ -283,20 +287,26 @@ def _api_failed(error: errors.ApiError, ctx: Context) -> Outcome:
             http_status=429,
             fields={"retry_after": error.retry_after},
         )
-    if _is_unusable(error):
+    if isinstance(error, errors.MalformedResponse) and error.status == 200:  # UnusableAnswer
         return _unusable(error, ctx)
     assert isinstance(error, errors.TransientError)  # the last branch of the tree
     unknown = error.outcome_unknown
+    paused = outage.pauses(error, ctx.failures_before)
+    if paused or ctx.failures_before:  # not the file's fault: nothing counted (SPEC §5)
+        return Outcome(
+            Transition.RELEASE,
+            "api.unreachable" if paused else "api.failed",
+            level="warning",
+            charged=unknown,
+            resend=unknown,
+            pause=API_UNREACHABLE if paused else None,
+            message=error.message,
+            http_status=error.status,
+            fields={"failures_in_a_row": ctx.failures_before + 1},
+        )
     # A request whose outcome is unknown may have been charged: the local
     # count errs low (the floor holds) and the next send is a resend.
     return _retry(error.message, error.status, ctx, charged=unknown, resend=unknown)
-
-
-def _is_unusable(error: errors.ApiError) -> bool:
-    # The client of 0.1 raises a plain MalformedResponse for a 200 it cannot use.
-    return isinstance(error, errors.UnusableAnswer) or (
-        isinstance(error, errors.MalformedResponse) and error.status == 200
-    )
 
 
 def _unusable(error: errors.ApiError, ctx: Context) -> Outcome:
@@ -385,15 +395,3 @@ def _quarantine(
         finished="quarantined",
         fields={"attempts": ctx.attempts + (1 if counted else 0)},
     )
-
-
-def _during(during: str | None) -> dict[str, object]:
-    return {} if during is None else {"during": during}
-
-
-def describe(exc: BaseException) -> str:
-    """An exception for a message: the errno for an OSError, never just the class."""
-    if isinstance(exc, OSError):
-        return errors.describe_os_error(exc)
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

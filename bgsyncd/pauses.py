@@ -15,7 +15,8 @@ insufficient_credits,
 credits_expired,
 credit_floor
 api_malformed,             a credit check answered normally, or SIGHUP
-unexpected_redirect
+unexpected_redirect,       (``api_unreachable``: the credit check is its probe,
+api_unreachable            every 30 s backing off to 5 min; see ``outage``)
 output_unwritable          its probe write succeeding (nothing else)
 queue_unavailable          the database answering again (nothing else)
 =========================  ================================================
@@ -46,6 +47,7 @@ CREDITS_EXPIRED = "credits_expired"
 CREDIT_FLOOR = "credit_floor"
 API_MALFORMED = "api_malformed"
 UNEXPECTED_REDIRECT = "unexpected_redirect"
+API_UNREACHABLE = "api_unreachable"
 OUTPUT_UNWRITABLE = "output_unwritable"
 QUEUE_UNAVAILABLE = "queue_unavailable"
 
@@ -57,6 +59,7 @@ REASONS = (
     CREDITS_EXPIRED,
     API_MALFORMED,
     UNEXPECTED_REDIRECT,
+    API_UNREACHABLE,
     OUTPUT_UNWRITABLE,
     QUEUE_UNAVAILABLE,
 )
@@ -84,14 +87,16 @@ class Lift(enum.Enum):
 
 
 _SIGNAL_OR_CHECK = frozenset({Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP})
+_ANSWERED = frozenset({Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP})
 _LIFTED_BY: dict[str, frozenset[Lift]] = {
     INVALID_API_KEY: _SIGNAL_OR_CHECK,
     INSUFFICIENT_CREDITS: _SIGNAL_OR_CHECK,
     CREDITS_EXPIRED: _SIGNAL_OR_CHECK,
     CREDIT_FLOOR: _SIGNAL_OR_CHECK,
     # Above the floor implies answered normally.
-    API_MALFORMED: frozenset({Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP}),
-    UNEXPECTED_REDIRECT: frozenset({Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP}),
+    API_MALFORMED: _ANSWERED,
+    UNEXPECTED_REDIRECT: _ANSWERED,
+    API_UNREACHABLE: _ANSWERED,
     OUTPUT_UNWRITABLE: frozenset({Lift.PROBE}),
     QUEUE_UNAVAILABLE: frozenset({Lift.DATABASE}),
 }

@@ -147,6 +147,27 @@ class PgJobs(PgBase):
             ).fetchone()
         return row is not None
 
+    def claim_path(self, folder: str, relpath: str, lease_seconds: float) -> Job | None:
+        """Take the job of one path, if it may start now (pending, or its wait is over)."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE folder = %s AND relpath = %s"
+                f" AND (state = 'pending' OR (state = 'retry_wait' AND next_attempt_at <= {NOW}))"
+                " FOR UPDATE SKIP LOCKED",
+                (folder, relpath),
+            ).fetchone()
+            if row is None:
+                return None
+            job = job_of(row)
+            token = uuid.uuid4().hex
+            conn.execute(
+                f"UPDATE jobs SET state = 'in_flight', next_attempt_at = NULL,"
+                f" lease_until = {NOW} + %s, owner = %s, claim_token = %s, updated_at = {NOW}"
+                " WHERE id = %s",
+                (lease_seconds, self.host_id, token, job.id),
+            )
+        return replace(job, state="in_flight", next_attempt_at=None, claim_token=token)
+
     def next_ready_at(self, folders: Collection[str] | None = None) -> float | None:
         """Now if a job is pending, else when the earliest retry is due, else None.
 

@@ -3,7 +3,8 @@
 The main loop asks :meth:`Publisher.refresh_if_due` on every turn. A refresh
 reads the queue's counts and the credit guard and publishes them: job counts
 and credits to metrics, a status line to systemd (``STATUS=``), the pause and
-the credits to the database for ``bgsyncd status``, each only when it changed.
+the credits and what the next request waits for to the database for
+``bgsyncd status``, each only when it changed.
 An idle daemon asks its database nothing: a refresh is due when something
 changed (``dirty``: files queued, a job's state, a pause), after a credit
 check, or every ``REFRESH_SECONDS`` while open jobs are ageing.
@@ -19,7 +20,8 @@ from bgsyncd.credits import CreditGuard
 from bgsyncd.metrics import Recorder
 from bgsyncd.notify import Notifier
 from bgsyncd.queue import STATES, Queue
-from bgsyncd.status import STATE_CREDITS, STATE_PAUSED
+from bgsyncd.status import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
+from bgsyncd.waiting import Waiting, encode
 
 REFRESH_SECONDS = 5.0
 
@@ -36,6 +38,7 @@ class Publisher:
         paused: Callable[[], str | None],
         *,
         ageing: bool = True,
+        waiting: Callable[[], Waiting] = Waiting,
     ) -> None:
         self._queue = queue
         self._credits = credits
@@ -43,6 +46,7 @@ class Publisher:
         self._notifier = notifier
         self._paused = paused
         self._ageing = ageing  # `once` publishes no age that moves by itself
+        self._waiting = waiting  # what the next request waits for (SPEC §5)
         self.dirty = threading.Event()
         self._published: dict[str, str | None] = {}
         self._published_check: float | None = None
@@ -81,6 +85,9 @@ class Publisher:
             # The local count moves with every success, not only at a check.
             self._metrics.credits(available, self._credits.expires_at)
         self._publish(STATE_PAUSED, paused)
+        waiting = self._waiting()
+        self._metrics.next_request(waiting.gauge)
+        self._publish(STATE_WAITING, encode(waiting, time.time()))
         self._publish(STATE_CREDITS, None if available is None else str(available))
         status = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in totals.items() if n)
         status = (status or "idle") + (f"; paused: {paused}" if paused else "")

@@ -48,5 +48,6 @@ class Result:
     charged: bool = False
     reason: str | None = None
     retry_after: float | None = None
+    settle_in: float | None = None  # a local verdict, final once the input is quiet this long
     pause: str | None = None  # dispatch pauses for this reason
     pause_context: Mapping[str, object] = field(default_factory=dict)  # logged with the pause

@@ -115,6 +115,26 @@ class SqliteJobs(SqliteBase):
             ).fetchone()
         return row is not None
 
+    def claim_path(self, folder: str, relpath: str, lease_seconds: float) -> Job | None:
+        """Take the job of one path, if it may start now (pending, or its wait is over)."""
+        with self._write() as conn:
+            now = self._clock()
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE folder = ? AND relpath = ?"  # noqa: S608
+                " AND (state = 'pending' OR (state = 'retry_wait' AND next_attempt_at <= ?))",
+                (folder, relpath, now),
+            ).fetchone()
+            if row is None:
+                return None
+            job = job_of(row)
+            token = uuid.uuid4().hex
+            conn.execute(
+                "UPDATE jobs SET state = 'in_flight', next_attempt_at = NULL, lease_until = ?,"
+                " claim_token = ?, updated_at = ? WHERE id = ?",
+                (now + lease_seconds, token, now, job.id),
+            )
+        return replace(job, state="in_flight", next_attempt_at=None, claim_token=token)
+
     def _next_folder(self, conn: sqlite3.Connection, allowed: Collection[str] | None) -> str | None:
         """The folder after the last one served that has pending work (wrapping round)."""
         after = self._last_folder

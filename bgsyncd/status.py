@@ -13,11 +13,13 @@ from typing import Any, cast
 
 from bgsyncd.config import Settings
 from bgsyncd.queue import STATES, Queue, QueueError
+from bgsyncd.waiting import Waiting, decode, describe
 
 # Keys of the queue's key/value state that the daemon keeps for these commands.
 STATE_PAUSED = "paused"
 STATE_CREDITS = "credits"
 STATE_CREDITS_EXPIRY = "credits_expiry"
+STATE_WAITING = "waiting"  # what the next request waits for: see bgsyncd.waiting
 
 
 def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
@@ -29,6 +31,7 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
         "paused": None,
         "credits": None,
         "oldest_pending_seconds": None,
+        "waiting": Waiting().as_json(),
     }
     if settings.queue.backend == "postgresql":
         result["hosts"] = []
@@ -52,6 +55,7 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
         result["paused"] = queue.get_state(STATE_PAUSED)
         credits = queue.get_state(STATE_CREDITS)
         result["credits"] = int(credits) if credits not in (None, "") else None
+        result["waiting"] = decode(queue.get_state(STATE_WAITING), clock()).as_json()
     finally:
         queue.close()
     return result
@@ -103,6 +107,7 @@ def print_status(settings: Settings, as_json: bool) -> int:
     print(f"credits:        {credits if credits is not None else 'unknown'}")
     oldest = status["oldest_pending_seconds"]
     print(f"oldest pending: {f'{oldest:.0f} s' if oldest is not None else '-'}")
+    print(f"waiting:        {describe(status['waiting'])}")
     for host in status.get("hosts", []):
         seen = max(0.0, time.time() - host["last_seen"])
         folders = ", ".join(host["folders"]) or "-"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,14 @@ from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
-from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer
+from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, describe
 from bgsyncd.history import History
 from bgsyncd.inputs import Signature, read_input
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
+from bgsyncd.outage import Outage
 from bgsyncd.outcomes import (
+    NEEDS_REQUEST,
     ApiFailed,
     Context,
     Crashed,
@@ -48,7 +50,6 @@ from bgsyncd.outcomes import (
     Vanished,
     WriteFailed,
     decide,
-    describe,
     quiet_for,
 )
 from bgsyncd.queue import Job, Queue
@@ -83,6 +84,7 @@ class _Run:
     read: Signature | None = None  # the version of the input that was read and judged
     answer: uploads.Answer | None = None  # what the API returned (or the cache kept)
     charged: bool = False  # the image request was answered
+    free_only: bool = False  # settle only what needs no request (SPEC §4); release the rest
     folder: str = ""  # where the write that may fail goes
     during: str = "writing the outputs"
 
@@ -106,6 +108,7 @@ class Worker:
         self._client = client
         self._clock = clock
         self._history = History()
+        self.outage = Outage()  # the account's failures in a row (the dispatcher's probe reads it)
         self._applier = Applier(queue, recorder, clock, self._context, self._backoff)
 
     def process(self, job: Job, on_pause: PauseHook | None = None) -> Result:
@@ -115,9 +118,39 @@ class Worker:
         queue when its outcome pauses dispatch, so the dispatcher never claims it
         again in between.
         """
+        return self._process(job, on_pause, _Run())
+
+    def settle_free(self, job: Job, on_pause: PauseHook | None = None) -> Result:
+        """Like :meth:`process`, for work that needs no request: a local verdict, a
+        cache hit, outputs already written. A job that needs a request goes back to
+        pending (no attempt), untouched: it waits for its turn and the rate limit.
+        """
+        return self._process(job, on_pause, _Run(free_only=True))
+
+    def needs_no_request(self, folder_name: str, relpath: str) -> bool:
+        """A look without a claim: is this file's work free (a local verdict, a cache hit)?
+
+        The free lane asks before it claims: a job it claimed would look, after a
+        crash, like a request possibly sent (a resend).
+        """
+        folder = self.config.folders.get(folder_name)
+        read = None if folder is None else read_input(folder.inbox, relpath, HARD_SIZE_LIMIT)
+        if folder is None or read is None or read[0] == b"":
+            return False  # gone or emptied: the dispatcher's turn forgets it
+        data = read[0]
+        if data is None or imaging.sniff(data[: imaging.SNIFF_BYTES]) is None:
+            return True
+        try:
+            imaging.inspect(data)
+        except imaging.CorruptImage:
+            return True
+        if len(data) > self.config.max_upload_bytes and folder.oversize == "quarantine":
+            return True
+        return self._kept_answer(hashlib.sha256(data).hexdigest()) is not None
+
+    def _process(self, job: Job, on_pause: PauseHook | None, run: _Run) -> Result:
         folder = self.config.folders.get(job.folder)
         bound = log.bind(folder=job.folder, path=job.relpath, job=job.id)
-        run = _Run()
         if folder is None:
             # The folder was removed by a reload: leave the job for a later configuration.
             interrupted = decide(Interrupted("folder"), self._context(job))
@@ -135,7 +168,7 @@ class Worker:
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
-        outcome = decide(happened, self._context(job))
+        outcome = decide(happened, self._context(job, happened))
         if run.sha is not None and run.answer is not None:
             key, kept = uploads.kept_key(run.sha, run.answer.kind), run.answer.data
             self._history.remember(job, outcome, key, kept)
@@ -223,6 +256,9 @@ class Worker:
             delivery.after_success(self._queue, job, folder, sig, bound)
             return Finished("outputs")
         config = self.config
+        too_big = len(data) > config.max_upload_bytes and folder.oversize == "quarantine"
+        if run.free_only and not too_big:  # (a file too big is refused before any decode)
+            return Interrupted(NEEDS_REQUEST)
         up = uploads.prepare(
             data,
             info,
@@ -315,8 +351,13 @@ class Worker:
                 return uploads.Answer(kept, kind)
         return None
 
-    def _context(self, job: Job) -> Context:
-        return self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
+    def _context(self, job: Job, happened: Happening | None = None) -> Context:
+        ctx = self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
+        if isinstance(happened, ApiFailed):  # counted and read in one step (SPEC §5 outages)
+            return replace(ctx, failures_before=self.outage.record(happened.error))
+        if isinstance(happened, Finished) and happened.source == "api":
+            self.outage.record(None)
+        return ctx
 
     def _backoff(self, attempt: int) -> float:
         """Seconds before ``attempt`` (counted from 1), under the settings in force."""

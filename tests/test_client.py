@@ -412,7 +412,7 @@ def test_refused_connection_was_never_sent(make_client: Any) -> None:
 @pytest.mark.parametrize(
     ("raised", "kind", "outcome_unknown"),
     [
-        (httpx.ConnectError, errors.ConnectionFailed, False),
+        (httpx.ConnectError, errors.Unreachable, False),  # refused, DNS, TLS, no route
         (httpx.ConnectTimeout, errors.RequestTimeout, False),
         (httpx.PoolTimeout, errors.RequestTimeout, False),
         (httpx.WriteError, errors.ConnectionFailed, False),

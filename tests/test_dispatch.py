@@ -408,6 +408,7 @@ def test_each_pause_reason_is_lifted_only_by_its_own_events() -> None:
         "credit_floor": {Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
         "api_malformed": {Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
         "unexpected_redirect": {Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
+        "api_unreachable": {Lift.CREDITS_ANSWERED, Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
         "output_unwritable": {Lift.PROBE},
         "queue_unavailable": {Lift.DATABASE},
     }

@@ -23,6 +23,7 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import (
+    API_UNREACHABLE,
     CREDIT_FLOOR,
     INVALID_API_KEY,
     OUTPUT_UNWRITABLE,
@@ -308,6 +309,20 @@ def test_each_reason_is_still_lifted_by_its_own_rule_across_the_fleet(host: Any)
     clock.advance(2.0)
     assert a.poll() == ([], [UNEXPECTED_REDIRECT])
     assert a.held == (INVALID_API_KEY,)
+
+
+def test_api_unreachable_holds_for_the_fleet_and_a_check_answered_anywhere_lifts_it(
+    host: Any,
+) -> None:
+    clock = FakeClock()
+    a, b = pauses_of(host("a"), clock), pauses_of(host("b"), clock)
+    a.raise_(API_UNREACHABLE)
+    clock.advance(2.0)
+    assert b.poll() == ([API_UNREACHABLE], [])
+    b.lift(Lift.CREDITS_ANSWERED)  # b's probe was answered normally
+    clock.advance(2.0)
+    assert a.poll() == ([], [API_UNREACHABLE])
+    assert not a and not b
 
 
 def test_host_local_reasons_stay_on_their_host(host: Any) -> None:

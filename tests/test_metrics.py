@@ -36,6 +36,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "bgsyncd_credits_floor": ("gauge", frozenset()),
     "bgsyncd_credits_expiry_timestamp_seconds": ("gauge", frozenset()),
     "bgsyncd_dispatch_paused": ("gauge", frozenset({"reason"})),
+    "bgsyncd_dispatch_next_request_seconds": ("gauge", frozenset()),
     "bgsyncd_oldest_pending_age_seconds": ("gauge", frozenset()),
     "bgsyncd_job_duration_seconds": ("histogram", frozenset({"folder"})),
     "bgsyncd_last_success_timestamp_seconds": ("gauge", frozenset({"folder"})),
@@ -202,6 +203,17 @@ def test_api_credits_pauses_and_queue(metrics: Metrics) -> None:
     metrics.jobs({}, None)
     assert math.isnan(value(metrics, "bgsyncd_credits_available"))
     assert value(metrics, "bgsyncd_oldest_pending_age_seconds") == 0
+
+
+def test_the_next_request_counts_down_between_reports(metrics: Metrics, clock: FakeClock) -> None:
+    assert value(metrics, "bgsyncd_dispatch_next_request_seconds") == 0  # may start now
+    metrics.next_request(42.0)
+    clock.advance(10.0)
+    assert value(metrics, "bgsyncd_dispatch_next_request_seconds") == 32.0
+    clock.advance(100.0)
+    assert value(metrics, "bgsyncd_dispatch_next_request_seconds") == 0
+    metrics.next_request(math.nan)  # paused until a rule of its own lifts it
+    assert math.isnan(value(metrics, "bgsyncd_dispatch_next_request_seconds"))
 
 
 def test_folder_added_on_reload_gets_its_series(metrics: Metrics) -> None:

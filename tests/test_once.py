@@ -184,9 +184,13 @@ def test_once_ends_on_a_pause_it_cannot_outwait_with_exit_3_and_names_it(tmp_pat
 
 
 def test_once_quarantines_are_outcomes_and_it_waits_for_retries_due_soon(tmp_path: Path) -> None:
-    with Emulator(keys=[TEST_KEY], credits=100, rate_limit=1000, fail_rate=1.0) as emu:
+    # Seed 2 with half the requests failing: the credit check is answered, the
+    # image's first request gets a 500 (an attempt, a retry 0-1 s away), its second
+    # an answer. (500s in a row are an outage: api_unreachable, test_outage.py.)
+    with Emulator(keys=[TEST_KEY], credits=100, rate_limit=1000, fail_rate=0.5, seed=2) as emu:
         folder = make_folder(tmp_path, "shop")
         drop(Path(folder["inbox"]), ["a.jpg"])
+        (Path(folder["inbox"]) / "notes.jpg").write_text("not an image\n")
         config = write_config(
             tmp_path / "c.toml",
             base_url=emu.url,
@@ -196,10 +200,11 @@ def test_once_quarantines_are_outcomes_and_it_waits_for_retries_due_soon(tmp_pat
         run = run_once_on_pty(config)
         assert run.code == 0, run.raw
         assert_nothing_torn(run)
-        assert summary(run) == "once: 1/1 files finished"
-        assert (Path(folder["quarantine"]) / "a.jpg").exists()
-        images = [r for r in emu.requests() if r.image_sha256]
-        assert len(images) == 3  # every attempt waited for, none left behind
+        assert summary(run) == "once: 2/2 files finished"
+        assert (Path(folder["quarantine"]) / "notes.jpg").exists()
+        assert (Path(folder["outbox"]) / "a.png").exists()
+        images = [r.status for r in emu.requests() if r.image_sha256]
+        assert images == [500, 200]  # the retry was waited for, not left behind
 
 
 def test_once_without_a_terminal_prints_one_summary_line_and_no_bar(tmp_path: Path) -> None:

@@ -339,6 +339,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "bgsyncd_credits_floor": ("gauge", set()),
     "bgsyncd_credits_expiry_timestamp_seconds": ("gauge", set()),
     "bgsyncd_dispatch_paused": ("gauge", {"reason"}),
+    "bgsyncd_dispatch_next_request_seconds": ("gauge", set()),
     "bgsyncd_oldest_pending_age_seconds": ("gauge", set()),
     "bgsyncd_job_duration_seconds": ("histogram", {"folder"}),
     "bgsyncd_last_success_timestamp_seconds": ("gauge", {"folder"}),

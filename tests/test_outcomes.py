@@ -219,3 +219,32 @@ def test_a_file_rewritten_since_it_was_read_is_queued_again_as_its_new_version()
     assert out.transition is Transition.REQUEUE and out.requeue_as == (10, 20, 30)
     assert not out.counts_attempt and not out.charged and out.pause is None
     assert out.event == "file.changed"
+
+
+# -- outages (SPEC §5): not the file's fault ---------------------------------------------------
+
+
+def test_no_connection_at_all_pauses_api_unreachable_with_no_attempt_even_at_the_last() -> None:
+    for ctx in (CTX, LAST):
+        out = api(errors.Unreachable("available-credit: ConnectError: refused"), ctx)
+        assert shape(out) == (T, False, False, False, "api_unreachable", None)
+        assert out.event == "api.unreachable"
+
+
+def test_the_third_failure_in_a_row_pauses_and_a_failure_after_a_failure_counts_nothing() -> None:
+    def after(n: int, error: errors.ApiError, ctx: Context = LAST) -> Outcome:
+        return api(error, Context(ctx.attempts, ctx.max_attempts, 2.0, failures_before=n))
+
+    # The first after an answer: counted as ever (a file's own 500s still quarantine it).
+    assert shape(after(0, errors.ServerError("500", 500))) == (
+        Q, True, False, False, None, "retries_exhausted",
+    )  # fmt: skip
+    second = after(1, errors.ServerError("500", 500))
+    assert shape(second) == (T, False, False, False, None, None)
+    third = after(2, errors.RequestTimeout("read", outcome_unknown=True))
+    # Charged and a resend when its outcome is unknown, like any such failure.
+    assert shape(third) == (T, False, True, True, "api_unreachable", None)
+    assert third.fields["failures_in_a_row"] == 3
+    # An unusable 200 is an answer: api_malformed's rule, never this one.
+    unusable = after(5, errors.UnusableAnswer("x", 200), CTX)
+    assert unusable.pause is None and unusable.transition is R

@@ -637,3 +637,28 @@ def test_a_lease_run_out_that_no_one_took_over_still_holds(store: Store) -> None
     store.complete(job, ["a.png"])
     done = get_job(store, job.id)
     assert done is not None and done.state == "done"
+
+
+def test_a_job_is_claimed_by_its_path_only_when_it_may_start_now(store: Store) -> None:
+    store.enqueue_many([_found("a.jpg"), _found("b.jpg"), _found("c.jpg")])
+    job = store.claim_path("f", "b.jpg", 60)
+    assert job is not None and (job.relpath, job.state) == ("b.jpg", "in_flight")
+    assert store.holds(job)  # a claim by path is fenced like any claim
+    assert store.claim_path("f", "b.jpg", 60) is None  # in flight already: never twice
+    assert store.claim_path("f", "nope.jpg", 60) is None
+    assert store.claim_path("other", "a.jpg", 60) is None
+    store.defer(job, time.time() + 3600, "not quiet yet")
+    assert store.claim_path("f", "b.jpg", 60) is None  # its wait is not over
+    quiet = store.claim_path("f", "c.jpg", 60)
+    assert quiet is not None
+    store.defer(quiet, time.time() - 1, "quiet now")
+    again = store.claim_path("f", "c.jpg", 60)
+    assert again is not None and again.id == quiet.id and again.next_attempt_at is None
+    assert again.claim_token != quiet.claim_token
+    store.complete(again, ["c.png"])
+    assert store.claim_path("f", "c.jpg", 60) is None  # done
+    first = store.claim(60)
+    assert first is not None and first.relpath == "a.jpg"
+    assert store.counts()["f"] == {
+        "pending": 0, "in_flight": 1, "retry_wait": 1, "done": 1, "quarantined": 0,
+    }  # fmt: skip

@@ -40,8 +40,11 @@ def broke_emulator() -> Iterator[Emulator]:
 
 
 def fill(inbox: Path, n: int) -> None:
+    # Images: they need a request, so a pause keeps them queued (a file that is
+    # no image is a local verdict, settled at once whatever the pause: SPEC §4).
+    tiny = product_image(8, 8)
     for i in range(n):
-        (inbox / f"f{i:05d}.jpg").write_bytes(b"x")
+        (inbox / f"f{i:05d}.jpg").write_bytes(tiny)
 
 
 def count(d: DaemonProcess, event: str) -> int:

@@ -1,0 +1,284 @@
+"""An outage is not the file's fault (SPEC §5): ``api_unreachable``, its probe, no quarantine.
+
+Real ``bgsyncd run`` and ``bgsyncd once`` subprocesses against the emulator over
+loopback, stopped mid-run or answering 500, or a port nothing listens on; the
+probe's schedule on a fake clock, in process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import sqlite3
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bgsyncd.cache import ResultCache
+from bgsyncd.client import Client
+from bgsyncd.config import FolderSettings
+from bgsyncd.credits import CreditGuard
+from bgsyncd.dispatch import Dispatcher
+from bgsyncd.emulator import Emulator
+from bgsyncd.metrics import Recorder
+from bgsyncd.outage import PROBE_FIRST_SECONDS, PROBE_MAX_SECONDS, Outage, probe_interval
+from bgsyncd.pacer import Pacer
+from bgsyncd.queue import Queue
+from bgsyncd.worker import Worker, WorkerConfig
+from tests.conftest import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    status_json,
+    write_config,
+)
+from tests.helpers import FakeClock, product_image, wait_until
+from tests.pacing import MemoryRequestLog
+
+IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on: bound, then closed (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def attempts(config: Path) -> dict[str, int]:
+    db = config.parent / "state" / "queue.sqlite3"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT relpath, attempts FROM jobs").fetchall()
+    finally:
+        conn.close()
+    return {rel: n for rel, n in rows}
+
+
+def drop_images(inbox: Path, n: int, seed: int = 0) -> list[str]:
+    names = []
+    for i in range(n):
+        name = f"p{seed + i:02}.png"
+        (inbox / name).write_bytes(product_image(24 + seed + i, 20 + i % 5, "PNG"))
+        names.append(name)
+    return names
+
+
+def files(root: str) -> list[str]:
+    path = Path(root)
+    return sorted(p.name for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.status, r.read().decode()
+
+
+def wait_status(config: Path, timeout: float = 30.0, **expected: Any) -> dict[str, Any]:
+    seen: list[dict[str, Any]] = []
+
+    def matches() -> bool:
+        seen[:] = [status_json(config)]
+        got = {**seen[0], **seen[0]["jobs"]}
+        return all(got.get(k) == v for k, v in expected.items())
+
+    try:
+        wait_until(matches, timeout, interval=0.25, what=f"status {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status: {seen}") from None
+    return seen[0]
+
+
+# -- the API goes away while the daemon runs -----------------------------------------------
+
+
+def test_an_api_that_goes_away_pauses_api_unreachable_and_no_outage_length_quarantines(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    port, metrics = dead_port(), dead_port()
+    folder = make_folder(tmp_path, "shop")
+    config = write_config(
+        tmp_path / "c.toml",
+        base_url=f"http://127.0.0.1:{port}",
+        folders=[folder],
+        # Before: five attempts 0.05-0.5 s apart quarantined every file within seconds.
+        queue={"max_attempts": 3},
+        metrics_listen=f"127.0.0.1:{metrics}",
+    )
+    emu = Emulator(keys=[TEST_KEY], port=port, rate_limit=1000).start()
+    try:
+        d = start_daemon(daemons, config)
+        wait_until(emu.requests, 20, what="the start-up credit check")
+        emu.stop()  # the API goes away: connections are refused from now on
+        names = drop_images(Path(folder["inbox"]), 4)
+        status = wait_status(config, paused="api_unreachable", pending=4)
+        assert status["waiting"]["reason"] == "paused"
+        assert 0 < status["waiting"]["seconds"] <= PROBE_FIRST_SECONDS
+        assert d.saw("api.unreachable") or d.saw("credits.check_failed")
+        # Paused for 8 s: well past what used to exhaust every file's attempts (< 2 s).
+        wait_until(
+            lambda: status_json(config)["waiting"]["seconds"] <= PROBE_FIRST_SECONDS - 8,
+            30,
+            interval=0.5,
+            what="eight seconds of outage",
+        )
+        assert files(folder["quarantine"]) == []
+        assert set(attempts(config).values()) == {0}
+        _, text = scrape(metrics)
+        assert 'bgsyncd_dispatch_paused{reason="api_unreachable"} 1.0' in text
+        assert "bgsyncd_dispatch_next_request_seconds" in text
+        # Alive, only paused: /healthz answers 200 while the loop is alive (SPEC §6);
+        # the pause is on /metrics, in `status` and in the log.
+        assert scrape(metrics, "/healthz")[0] == 200
+        assert d.saw("dispatch.paused", reason="api_unreachable")
+        printed = run_cli("status", "--config", str(config)).stdout
+        assert "paused:         api_unreachable" in printed
+        assert "waiting:        paused" in printed
+
+        back = Emulator(keys=[TEST_KEY], port=port, rate_limit=1000).start()
+        try:
+            # The probe (a credit check, 30 s after the pause) finds it answering.
+            wait_until(lambda: len(files(folder["outbox"])) == len(names), 75, what="every output")
+            assert back.requests()[0].path == "/available-credit"
+            assert d.saw("dispatch.resumed", after="api_unreachable")
+            assert files(folder["quarantine"]) == []
+            assert set(attempts(config).values()) == {0}
+            wait_status(config, paused=None, done=len(names))
+        finally:
+            back.stop()
+    finally:
+        emu.stop()
+
+
+def test_three_5xx_in_a_row_pause_and_cost_the_files_no_attempts(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    with Emulator(keys=[TEST_KEY], rate_limit=1000, fail_rate=1.0, seed=3) as emu:
+        folder = make_folder(tmp_path, "shop")
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            queue={"max_attempts": 2},
+        )
+        d = start_daemon(daemons, config)
+        names = drop_images(Path(folder["inbox"]), 3)
+        wait_status(config, paused="api_unreachable")
+        sent = len([r for r in emu.requests() if r.path in IMAGE_PATHS])
+        # Three in a row, and what was already in flight (max_in_flight 3): then none.
+        assert 3 <= sent <= 5
+        wait_until(
+            lambda: status_json(config)["waiting"]["seconds"] <= 25,
+            30,
+            interval=0.5,
+            what="five seconds of the pause",
+        )
+        images = [r for r in emu.requests() if r.path in IMAGE_PATHS]
+        assert len(images) == sent and {r.status for r in images} == {500}
+        assert files(folder["quarantine"]) == []
+        # Only the first failure came while the API was answering (the credit check).
+        assert sum(attempts(config).values()) <= 1
+        assert d.saw("api.unreachable", failures_in_a_row=3)
+        emu.configure(fail_rate=0.0)
+        d.signal(signal.SIGHUP)  # lifts it at once; the credit check answers normally
+        wait_until(lambda: len(files(folder["outbox"])) == len(names), 30, what="outputs")
+        assert files(folder["quarantine"]) == []
+
+
+def test_once_ends_with_exit_3_when_the_api_cannot_be_reached_at_start(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, "shop")
+    (Path(folder["inbox"]) / "a.png").write_bytes(product_image(30, 20, "PNG"))
+    config = write_config(
+        tmp_path / "c.toml", base_url=f"http://127.0.0.1:{dead_port()}", folders=[folder]
+    )
+    # Before: `once` sat at 0/1 with no reason given for the whole check interval.
+    started = time.monotonic()
+    result = run_cli("once", "--config", str(config), timeout=75)
+    # Paused at once; it waits for the first probe (30 s) like any pause lifted
+    # within a minute, and ends when the next (60 s later) is past that minute.
+    assert time.monotonic() - started < 50
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stdout.strip() == "once: 0/1 files finished; paused: api_unreachable"
+    assert '"event": "once.paused"' in result.stderr
+    assert files(folder["quarantine"]) == []
+
+
+# -- the probe's schedule, on a fake clock -------------------------------------------------
+
+
+def test_the_probe_runs_30_s_after_the_pause_then_backs_off_to_5_minutes(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    clock = FakeClock(1_000_000.0)
+    checks: list[float] = []
+    (tmp_path / "inbox").mkdir()
+    queue = Queue(tmp_path / "q.sqlite3")
+    settings = FolderSettings(
+        name="f",
+        inbox=tmp_path / "inbox",
+        outbox=tmp_path / "outbox",
+        quarantine=tmp_path / "quarantine",
+    )
+    config = WorkerConfig({"f": settings}, 10 * 1024 * 1024, 5, 0.01, 0.1)
+    clients = {
+        "down": Client(f"http://127.0.0.1:{dead_port()}", TEST_KEY, 5),
+        "up": Client(emulator.url, TEST_KEY, 5),
+    }
+    api = ["down"]
+
+    def client() -> Client:
+        checks.append(clock())
+        return clients[api[0]]
+
+    worker = Worker(queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, client, clock)
+    pacer = Pacer(1000, 60.0, MemoryRequestLog(), clock=clock)
+    d = Dispatcher(
+        queue,
+        worker,
+        pacer,
+        CreditGuard(0, 600, clock=clock),
+        client,
+        Recorder(),
+        max_in_flight=1,
+        lease_seconds=60,
+        clock=clock,
+    )
+    try:
+        for _ in range(9):
+            wait = d._step()  # one turn of the dispatcher's loop; then its wait passes
+            assert d.paused == "api_unreachable"
+            assert d.waiting().reason == "paused"
+            assert d.waiting().seconds == wait
+            clock.advance(wait)
+        start = checks[0]
+        gaps = [round(b - a, 3) for a, b in itertools.pairwise(checks)]
+        assert gaps == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0, 300.0, 300.0], (start, gaps)
+        api[0] = "up"  # answered normally: the probe lifts the pause by itself
+        d._step()
+        assert len(checks) == 10
+        assert d.paused is None
+    finally:
+        for c in clients.values():
+            c.close()
+        queue.close()
+
+
+def test_the_probe_interval_and_the_failure_streak() -> None:
+    assert [probe_interval(n) for n in range(6)] == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0]
+    assert probe_interval(10_000) == PROBE_MAX_SECONDS
+    from bgsyncd import errors
+
+    outage = Outage()
+    assert outage.record(errors.ServerError("500", 500)) == 0
+    assert outage.record(errors.RequestTimeout("read", outcome_unknown=True)) == 1
+    assert outage.streak == 2
+    # An unusable 200 is an answer (api_malformed counts those): the streak ends.
+    assert outage.record(errors.UnusableAnswer("not an image", 200)) == 2
+    assert outage.streak == 0
+    assert outage.next_probe() == 30.0 and outage.next_probe() == 60.0
+    outage.record(None)  # an image request answered: the back-off starts again
+    assert outage.next_probe() == 30.0
