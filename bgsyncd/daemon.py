@@ -130,6 +130,10 @@ class Daemon:
             on_pause=self.faults.on_pause,
             pauses=self.backend.pauses,
         )
+        if self.backend.outage is not None:  # a hung server pauses an idle host too
+            self.backend.outage.on_down = lambda error: self.dispatcher.raise_pause(
+                QUEUE_UNAVAILABLE, error=error
+            )
         if self.fleet is not None:
             self.fleet.in_flight = lambda: self.dispatcher.in_flight
             self.fleet.on_hosts = self.metrics.fleet_hosts

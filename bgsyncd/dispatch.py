@@ -280,7 +280,14 @@ class Dispatcher:
         except Exception:
             # Not put straight back: the dispatcher would claim it again at once.
             log.exception("job.error", folder=job.folder, path=job.relpath)
-            self._queue.retry_later(job.id, self._clock() + CHECK_RETRY_SECONDS, "internal error")
+            try:
+                self._queue.retry_later(
+                    job.id, self._clock() + CHECK_RETRY_SECONDS, "internal error"
+                )
+            except BgsyncdError as exc:
+                # Never lost in the pool's future: the job stays in flight in the
+                # database, and the pause gives it back once a write passes again.
+                self.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
         finally:
             self._credits.settle(result.charged)
             with self._cond:

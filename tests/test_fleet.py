@@ -42,6 +42,7 @@ def host_config(
     api: dict[str, Any] | None = None,
     credits: dict[str, Any] | None = None,
     lease: float = 3.0,
+    metrics_listen: str = "",
 ) -> Path:
     """The configuration of host ``name`` of the fleet, in its own directory."""
     home = tmp_path / f"host-{name}"
@@ -53,6 +54,7 @@ def host_config(
         api=api,
         credits=credits,
         queue={"backend": "postgresql", "dsn": dsn, "host_id": name, "lease_seconds": lease},
+        metrics_listen=metrics_listen,
     )
 
 
