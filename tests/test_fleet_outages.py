@@ -9,20 +9,36 @@ the daemons run as a role of their own.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from bgsyncd.cache import ResultCache
+from bgsyncd.client import Client
+from bgsyncd.config import FolderSettings
+from bgsyncd.credits import CreditGuard
+from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
+from bgsyncd.errors import QueueUnavailable
+from bgsyncd.local_faults import LocalFaults
+from bgsyncd.metrics import Recorder
+from bgsyncd.pacer import Pacer
+from bgsyncd.pauses import QUEUE_UNAVAILABLE
+from bgsyncd.pgfleet import PgRequestLog, account_id
+from bgsyncd.pgqueue import PgQueue
+from bgsyncd.queue import Found, Job, Queue
+from bgsyncd.results import PauseHook, Result
+from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon
-from tests.helpers import wait_until
+from tests.helpers import product_image, wait_until
 from tests.test_fleet import db_rows, drop, host_config, image_requests, outputs
 
 # SPEC §8: the pause within 10 seconds; the rest is room for a loaded machine.
@@ -216,3 +232,76 @@ def test_a_schema_gone_entirely_stops_the_daemon_with_one_clear_line(
         assert host.saw("queue.lost", what="deleted"), host.output()[-4000:]
         assert "schema was deleted" in host.output()
         assert not tracebacks(host)
+
+
+class _BuggyWorker(Worker):
+    """A worker with a bug (it raises), run while the database takes our rights away."""
+
+    revoke: Any = None
+
+    def process(self, job: Job, on_pause: PauseHook | None = None) -> Result:
+        revoke, self.revoke = self.revoke, None
+        if revoke is not None:  # the first time only
+            revoke()
+        raise RuntimeError("a bug in processing")
+
+
+def test_a_job_whose_settle_the_database_refuses_pauses_instead_of_being_lost(
+    tmp_path: Path, pg_server: Any, pg_dsn: str, emulator: Emulator
+) -> None:
+    """The dispatcher's own settle (after a bug) failing on the database: a pause, never an
+    exception lost in the executor's future; the job given back once the grant is."""
+    app_dsn = pg_server.create_role(str(conninfo_to_dict(pg_dsn)["dbname"]))
+    role = str(conninfo_to_dict(app_dsn)["user"])
+    (tmp_path / "inbox").mkdir()
+    src = tmp_path / "inbox" / "p.png"
+    src.write_bytes(product_image(30, 20, "PNG"))
+    st = src.stat()
+    pg = PgQueue(app_dsn, "h")
+    queue = cast(Queue, pg)
+    client = Client(emulator.url, TEST_KEY, 10)
+    folder = FolderSettings(
+        name="f", inbox=tmp_path / "inbox", outbox=tmp_path / "out", quarantine=tmp_path / "q"
+    )
+    config = WorkerConfig(
+        folders={"f": folder},
+        max_upload_bytes=10 * 1024 * 1024,
+        max_attempts=5,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.1,
+    )
+    worker = _BuggyWorker(
+        queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, lambda: client
+    )
+    worker.revoke = lambda: superuser(pg_server, pg_dsn, f'REVOKE UPDATE ON jobs FROM "{role}"')
+    pacer = Pacer(1000, 60.0, PgRequestLog(pg, account_id(TEST_KEY)))
+    d = Dispatcher(
+        queue,
+        worker,
+        pacer,
+        CreditGuard(0, 600.0),
+        lambda: client,
+        Recorder(),
+        max_in_flight=1,
+        lease_seconds=60,
+    )
+    try:
+        queue.enqueue_many([Found("f", "p.png", st.st_size, st.st_mtime_ns, st.st_ino)])
+        d.start()
+        wait_until(lambda: d.paused == QUEUE_UNAVAILABLE, 20, what="a pause, not a lost error")
+        faults = LocalFaults(queue, lambda: [folder], lambda: None)
+        with contextlib.suppress(QueueUnavailable):
+            faults.lift(d, sighup=False)  # still no right to update: the pause holds
+        assert d.paused == QUEUE_UNAVAILABLE
+        superuser(pg_server, pg_dsn, f'GRANT UPDATE ON jobs TO "{role}"')
+        faults.lift(d, sighup=False)  # given back, and claimed again
+        wait_until(
+            lambda: db_rows(pg_dsn, "SELECT state FROM jobs") == [("retry_wait",)],
+            20,
+            what="the job settled by the dispatcher this time (its bug again: retry later)",
+        )
+        assert d.paused is None
+    finally:
+        d.stop(5)
+        client.close()
+        pg.close()
