@@ -50,7 +50,8 @@ class LocalFaults:
         self._told_unavailable = False  # queue.unavailable logged for this outage
 
     def on_pause(self, reason: str, context: Mapping[str, object]) -> None:
-        """Note where an output could not be written, for the probe that lifts the pause.
+        """Note where an output could not be written, for the probe that lifts the pause;
+        log the database failing (``queue.unavailable``), once until it answers again.
 
         The place is probed from the configured folder that holds it, never
         outside; a failure whose place is unknown has every output folder probed.
