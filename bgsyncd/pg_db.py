@@ -253,7 +253,11 @@ class PgBase:
         try:
             # Readonly: every transaction of the session is; a write is refused.
             dsn = bounded_dsn(dsn, options=READ_ONLY if readonly else "")
-            with psycopg.connect(dsn) as conn, WATCHDOG.bound(conn, after(3 * CALL_SECONDS)):
+            # Autocommit: each statement answered within the bound, no commit after it.
+            with (
+                psycopg.connect(dsn, autocommit=True) as conn,
+                WATCHDOG.bound(conn, after(3 * CALL_SECONDS)),
+            ):
                 found = check_current(conn) if readonly else migrate(conn)
                 row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
         except psycopg.Error as exc:
