@@ -183,6 +183,10 @@ def test_a_revoked_grant_pauses_and_every_job_in_flight_is_settled_once_it_is_ba
             revoked_at = time.monotonic()
             wait_until(lambda: paused_unavailable(host), PAUSE_SECONDS, what="a pause")
             wait_seconds(max(0.0, revoked_at + 15.0 - time.monotonic()))
+            # Its heartbeat still reaches the fleet: the other hosts do not take it for dead.
+            sql = "SELECT extract(epoch from clock_timestamp()) - last_seen FROM hosts"
+            ((age,),) = db_rows(pg_dsn, sql)
+            assert age < 3.0, age  # within lease_seconds
         finally:
             superuser(pg_server, pg_dsn, f'GRANT UPDATE ON jobs TO "{role}"')
 
