@@ -241,7 +241,10 @@ class Daemon:
                 names = [f.name for f in self.settings.folders]
                 log.info("daemon.ready", folders=names, files_seen=seen)
                 self.notifier.ready()
-                self.publisher.refresh()
+                try:
+                    self.publisher.refresh()
+                except QueueUnavailable as exc:  # gone since the start: a pause, not an exit
+                    self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
                 self._loop()
             elif self._once is not None:
                 self._once.interrupted()
