@@ -14,12 +14,16 @@ of Debian's ``postgresql`` package), and real ``bgsyncd run`` subprocesses:
   is stopped (SIGSTOP) past its lease while its requests are in flight, the
   other takes them over and finishes, then it is let go (SIGCONT) and its
   requests time out: the takeover time, each output written once, nothing
-  sent again, every job done (SPEC §8 fencing).
+  sent again, every job done (SPEC §8 fencing);
+- a hung database: three hosts on a fixed set of files, PostgreSQL frozen
+  (SIGSTOP on every process of it) for 20 s once the first window is full;
+  the requests made, whether every file was written, each paid once.
 
 Budgets (issue 12): three hosts >= 0.97 of the limit, no 429, peak <= the
 limit; one host on PostgreSQL within 0.01 of one host on SQLite; takeover
-within lease_seconds + 10 s; the frozen host's too, and it changes nothing.
-Exit status 1 on a miss.
+within lease_seconds + 10 s; the frozen host's too, and it changes nothing;
+a hung database: every file written, one request each, no 429. Exit status 1
+on a miss.
 
 Run: ``.venv/bin/python -m bench.fleet`` (about five minutes).
 """
@@ -41,7 +45,7 @@ from typing import Any
 
 import psycopg
 
-from bench.rate import ROOT, Measure, _write_image, measure
+from bench.rate import ROOT, Measure, _write_image, measure, peak
 from bgsyncd.emulator import Emulator
 
 KEY = "bench-fleet-key-0001"
@@ -84,9 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append((backend, hosts, m))
                 print(f"  {backend} x {hosts}: {m.ratio:.3f} of the limit", flush=True)
             took = run_takeover(root / "takeover", server.create_database())
+            frozen = run_frozen(root / "frozen", server.create_database())
+            hung = run_hung_database(
+                root / "hung", server, server.create_database(), args.limit, args.window
+            )
     finally:
         server.destroy()
-    return 0 if print_table(args.limit, rows, took) else 1
+    fleet_ok = print_table(args.limit, rows, took)
+    frozen_ok = print_frozen(frozen)
+    return 0 if print_hung_database(hung, args.limit) and fleet_ok and frozen_ok else 1
 
 
 def run_rate(
@@ -275,6 +285,97 @@ def print_frozen(row: Frozen) -> bool:
         "the woken host dropped its results; every job done": (
             row.dropped == MAX_IN_FLIGHT and row.all_done
         ),
+    }
+    for what, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {what}")
+    return all(checks.values())
+
+
+HUNG_SECONDS = 20.0
+HUNG_HOSTS = 3
+
+
+@dataclass
+class Hung:
+    """The fleet's run through a hung database."""
+
+    files: int
+    written: int
+    requests: int  # image requests (credit checks aside)
+    peak: int  # most requests starting in any window, credit checks included
+    rejected: int  # 429 answers
+    took: float  # seconds from the first start to the last output
+
+
+def run_hung_database(tmp: Path, server: Any, dsn: str, limit: int, window: float) -> Hung:
+    """Three hosts, ``limit`` files each; the database hung for ``HUNG_SECONDS`` mid-run."""
+    latency = 1.5 * window / limit
+    with Emulator(
+        keys=[KEY], credits=1_000_000, rate_limit=limit, rate_window=window, latency=latency
+    ) as emu:
+        procs, outboxes = [], []
+        for h in range(HUNG_HOSTS):
+            inbox = tmp / f"h{h}" / "inbox"
+            inbox.mkdir(parents=True)
+            for i in range(limit):
+                _write_image(inbox / f"p{i:03}.png", 50_000 + 1_000 * h + i)
+            config = _write_config(
+                tmp / f"h{h}", emu.url, limit, window, backend="postgresql", dsn=dsn, host=f"h{h}"
+            )
+            procs.append(_start(config))
+            outboxes.append(tmp / f"h{h}" / "outbox")
+        files = HUNG_HOSTS * limit
+        started = time.monotonic()
+
+        def written() -> int:
+            return sum(
+                1 for o in outboxes if o.exists() for f in o.iterdir() if not f.name.startswith(".")
+            )
+
+        def wait(done: Any, seconds: float, what: str) -> None:
+            deadline = time.monotonic() + seconds
+            while not done():
+                for proc, log in procs:
+                    if proc.poll() is not None:
+                        raise SystemExit(f"bgsyncd exited early: see {log}")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"hung database: {what} did not happen in {seconds:g} s")
+                time.sleep(0.2)
+
+        try:
+            wait(lambda: len(emu.requests()) > limit, 3 * window + 60, "a first window full")
+            with server.frozen():
+                time.sleep(HUNG_SECONDS)
+            wait(lambda: written() >= files, (files / limit + 2) * window + 120, "every output")
+            took = time.monotonic() - started
+        finally:
+            for proc, _ in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc, _ in procs:
+                proc.wait(timeout=latency + 60)
+        seen = emu.requests()
+    return Hung(
+        files=files,
+        written=written(),
+        requests=len([r for r in seen if r.path != "/available-credit"]),
+        peak=peak([r.started for r in seen], window),
+        rejected=len([r for r in seen if r.status == 429]),
+        took=took,
+    )
+
+
+def print_hung_database(hung: Hung, limit: int) -> bool:
+    """Print the hung-database row and whether its budgets hold."""
+    print(
+        f"\nhung database ({HUNG_HOSTS} hosts, PostgreSQL SIGSTOPped {HUNG_SECONDS:g} s mid-run):"
+        f" {hung.requests} image requests for {hung.files} files, {hung.written} written,"
+        f" peak {hung.peak}/{limit}, {hung.rejected} x 429, in {hung.took:.1f} s"
+    )
+    checks = {
+        "hung database: every file written, each paid once": hung.written == hung.files
+        and hung.requests == hung.files,
+        "hung database: no 429, peak never above the limit": hung.rejected == 0
+        and hung.peak <= limit,
     }
     for what, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {what}")

@@ -32,6 +32,7 @@ from bgsyncd.queue import Queue, SqliteRequestLog
 from bgsyncd.storage import RequestLog, SharedRequestLog
 
 if TYPE_CHECKING:
+    from bgsyncd.pg_guard import Outage
     from bgsyncd.pghost import Membership
 
 CREDENTIAL_PASSWORD = "db_password"  # noqa: S105 (a file name)
@@ -43,7 +44,11 @@ INSTALL_HINT = (
 
 @dataclass
 class Backend:
-    """What the daemon stores things in; ``fleet`` is None on SQLite."""
+    """What the daemon stores things in; ``fleet`` and ``outage`` are None on SQLite.
+
+    ``outage.on_down`` is told, once per outage and at once, when the database
+    stops answering (the daemon pauses ``queue_unavailable``, idle or not).
+    """
 
     kind: str
     queue: Queue
@@ -53,6 +58,7 @@ class Backend:
     cache: ResultCache
     claim_lease: float
     fleet: Membership | None = None
+    outage: Outage | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -192,5 +198,6 @@ def _open_postgresql(settings: Settings, api_key: str) -> Backend:
         cache=cast(ResultCache, cache),
         claim_lease=q.lease_seconds,
         fleet=fleet,
+        outage=pg.outage,
         _closers=closers,
     )

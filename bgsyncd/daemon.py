@@ -130,6 +130,10 @@ class Daemon:
             on_pause=self.faults.on_pause,
             pauses=self.backend.pauses,
         )
+        if self.backend.outage is not None:  # a hung server pauses an idle host too
+            self.backend.outage.on_down = lambda error: self.dispatcher.raise_pause(
+                QUEUE_UNAVAILABLE, error=error
+            )
         if self.fleet is not None:
             self.fleet.in_flight = lambda: self.dispatcher.in_flight
             self.fleet.on_hosts = self.metrics.fleet_hosts
@@ -238,7 +242,10 @@ class Daemon:
                 names = [f.name for f in self.settings.folders]
                 log.info("daemon.ready", folders=names, files_seen=seen)
                 self.notifier.ready()
-                self.publisher.refresh()
+                try:
+                    self.publisher.refresh()
+                except QueueUnavailable as exc:  # gone since the start: a pause, not an exit
+                    self.dispatcher.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
                 self._loop()
             elif self._once is not None:
                 self._once.interrupted()

@@ -331,6 +331,10 @@ class Dispatcher:
                 self._queue.retry_later(job, self._clock() + CHECK_RETRY_SECONDS, "internal error")
             except LeaseLost:
                 log.warning("job.lease_lost", folder=job.folder, path=job.relpath, job=job.id)
+            except BgsyncdError as exc:
+                # Never lost in the pool's future: the job stays in flight in the
+                # database, and the pause gives it back once a write passes again.
+                self.raise_pause(QUEUE_UNAVAILABLE, error=str(exc))
         finally:
             self._credits.settle(result.charged)
             with self._cond:

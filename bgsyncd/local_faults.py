@@ -6,7 +6,8 @@
   SIGHUP). A probe round runs on a thread of its own: a write to a sick disk
   (a hung network mount) may block for minutes, and the main loop must go on
   beating for systemd's watchdog.
-- ``queue_unavailable``: lifted when the database answers a write again, and
+- ``queue_unavailable``: logged once per outage (``queue.unavailable``),
+  lifted when the database answers a write again (``queue.available``), and
   the jobs it could not update are given back.
 
 The dispatcher calls :meth:`LocalFaults.on_pause` when it pauses; the main
@@ -45,13 +46,22 @@ class LocalFaults:
         self._queue = queue
         self._folders = folders  # the settings in force (a reload replaces them)
         self._rescan = rescan
+        self._lock = threading.Lock()
+        self._told_unavailable = False  # queue.unavailable logged for this outage
 
     def on_pause(self, reason: str, context: Mapping[str, object]) -> None:
-        """Note where an output could not be written, for the probe that lifts the pause.
+        """Note where an output could not be written, for the probe that lifts the pause;
+        log the database failing (``queue.unavailable``), once until it answers again.
 
         The place is probed from the configured folder that holds it, never
         outside; a failure whose place is unknown has every output folder probed.
         """
+        if reason == QUEUE_UNAVAILABLE:
+            with self._lock:
+                told, self._told_unavailable = self._told_unavailable, True
+            if not told:
+                log.warning("queue.unavailable", error=str(context.get("error") or "unknown"))
+            return
         if reason != OUTPUT_UNWRITABLE:
             return
         error = str(context.get("error") or "a local fault")
@@ -77,6 +87,8 @@ class LocalFaults:
             self._queue.check_writable()
             returned = self._queue.recover()
             log.info("queue.available", jobs_returned=returned)
+            with self._lock:
+                self._told_unavailable = False
             dispatcher.lift_pause(QUEUE_UNAVAILABLE)
             self._rescan()  # files found while it was down are found again
 

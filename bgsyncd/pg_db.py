@@ -8,15 +8,19 @@ clocks disagree. A time crossing the contract (``retry_later``'s ``at``,
 between the two measured in the same statement.
 
 Database failures surface as the SQLite backend's do: a server that cannot be
-reached, has shut down or is out of resources is
+reached, has shut down, hangs or is out of resources, and a database that
+lost our rights or a table (SPEC §8: the database failing), is
 :class:`~bgsyncd.errors.QueueUnavailable` (fail closed; the pool makes new
 connections when it is back), anything else :class:`~bgsyncd.storage.QueueError`.
+No call waits on the server longer than ``pg_guard.CALL_SECONDS``, and while
+it does not answer the calls fail at once (``pg_guard``).
 The DSN's password never reaches a message: libpq echoes a malformed DSN in
 its errors, so every message is scrubbed of it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -26,10 +30,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
+from bgsyncd.pg_guard import (
+    CALL_SECONDS,
+    CHECK_SECONDS,
+    LOOK_CONNECT_SECONDS,
+    WATCHDOG,
+    Outage,
+    after,
+    bounded_dsn,
+    not_answering,
+)
 from bgsyncd.storage import QueueError
 
 # Migration n (1-based) brings a database from version n-1 to n.
@@ -123,8 +137,10 @@ NOW = "extract(epoch from clock_timestamp())"
 # insufficient resources (disk full, too many connections), operator
 # intervention (shutdown, cannot connect now), system error (I/O).
 _UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
-# After the database failed, how often a call may look whether it answers again.
-RECOVERY_LOOK_SECONDS = 2.0
+READ_ONLY = "-c default_transaction_read_only=on"
+# SQLSTATEs of the database failing under us rather than a statement's fault:
+# our rights revoked, a table or the schema gone (SPEC §8: a pause while it lasts).
+_LOST_STATES = frozenset({"42501", "42P01", "3F000"})
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
@@ -205,6 +221,8 @@ def is_unavailable(exc: psycopg.Error) -> bool:
     """The server is unreachable, shut down or out of resources (not the statement's fault)."""
     if isinstance(exc, psycopg.InterfaceError):  # the connection is closed
         return True
+    if exc.sqlstate in _LOST_STATES:
+        return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = exc.sqlstate
@@ -246,12 +264,18 @@ class PgBase:
         self._secrets = dsn_secrets(dsn)
         self._clock = clock
         self._last_folder = None  # this host's round-robin position
+        self._outage = Outage()
+        self._local = threading.local()  # the deadline of this thread's call, for the check
         # A first connection of our own, outside the pool: a wrong DSN, role or
         # database is named at once (the pool would only say it timed out).
         try:
-            if readonly:  # every transaction of the session is: a write is refused
-                dsn = make_conninfo(dsn, options="-c default_transaction_read_only=on")
-            with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))) as conn:
+            # Readonly: every transaction of the session is; a write is refused.
+            dsn = bounded_dsn(dsn, options=READ_ONLY if readonly else "")
+            # Autocommit: each statement answered within the bound, no commit after it.
+            with (
+                psycopg.connect(dsn, autocommit=True) as conn,
+                WATCHDOG.bound(conn, after(3 * CALL_SECONDS)),
+            ):
                 found = check_current(conn) if readonly else migrate(conn)
                 row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
         except psycopg.Error as exc:
@@ -260,7 +284,6 @@ class PgBase:
         self._pool_size = pool_size
         self._timeout = timeout
         self._swap_lock = threading.Lock()
-        self._next_recovery_look = 0.0
         self._pool = self._new_pool()
         # New: its inputs' outputs may already exist and are adopted (SPEC §4).
         self.created = found == 0
@@ -270,39 +293,31 @@ class PgBase:
         try:
             pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                 self._dsn, min_size=1, max_size=self._pool_size, open=False,
-                timeout=self._timeout, check=ConnectionPool.check_connection, name="bgsyncd",
+                timeout=self._timeout, check=self._check, name="bgsyncd",
             )  # fmt: skip
             pool.open(wait=False)
         except psycopg.Error as exc:
             raise failure(exc, self._secrets) from None
         return pool
 
-    def _server_answers(self) -> bool:
-        """A direct connection (outside the pool) succeeds now."""
-        try:
-            psycopg.connect(self._dsn, connect_timeout=max(2, round(self._timeout))).close()
-        except psycopg.Error:
-            return False
-        return True
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out, within the call's deadline."""
+        deadline = min(getattr(self._local, "deadline", math.inf), after(CHECK_SECONDS))
+        with WATCHDOG.bound(conn, deadline):
+            ConnectionPool.check_connection(conn)
 
-    def _recover_soon(self) -> None:
-        """After a failure: if the server answers a connection of our own, renew the
-        pool now instead of waiting out its backoff (looked at every 2 s at most)."""
-        now = time.monotonic()
-        with self._swap_lock:
-            if now < self._next_recovery_look:
-                return
-            self._next_recovery_look = now + RECOVERY_LOOK_SECONDS
-        if self._server_answers():
-            self._renew_pool()
+    def _look(self, deadline: float) -> None:
+        """While the server was not answering: a connection of our own says whether it
+        answers now (raises if not); if so the pool is renewed, since after a long
+        outage its reconnection backoff runs tens of seconds."""
+        psycopg.connect(self._dsn, connect_timeout=LOOK_CONNECT_SECONDS).close()
+        self._renew_pool()
 
     def _renew_pool(self) -> None:
         """Replace the pool with a fresh one that connects at once.
 
-        After a long outage the pool retries its connections with a growing
-        backoff (tens of seconds): when the server answers again, a new pool
-        serves now. Calls waiting on the old one fail as unavailable and are
-        tried again by their callers.
+        Calls waiting on the old one fail as unavailable and are tried again
+        by their callers.
         """
         with self._swap_lock:
             old, self._pool = self._pool, self._new_pool()
@@ -312,20 +327,52 @@ class PgBase:
         """Close every connection of the pool."""
         self._pool.close()
 
+    @property
+    def outage(self) -> Outage:
+        """Whether the server answers (the daemon is told when it stops: ``on_down``)."""
+        return self._outage
+
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(
+        self, seconds: float = CALL_SECONDS, *, look: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection, every wait within ``seconds``.
+
+        psycopg's errors pass as they are (see :meth:`transaction`). While the
+        server does not answer, :class:`QueueUnavailable` at once, unless this
+        call is the one to look again (``look``: always, the resume probe).
+        """
+        deadline = after(seconds)
+        looking = self._outage.admit(force=look)
+        down: str | None = None
+        try:
+            if looking:
+                self._look(deadline)
+            self._local.deadline = deadline
+            wait = min(self._timeout, deadline - time.monotonic())
+            with self._pool.connection(timeout=max(0.001, wait)) as conn:
+                self._local.deadline = math.inf
+                with WATCHDOG.bound(conn, deadline), conn.transaction():
+                    yield conn
+        except psycopg.Error as exc:
+            if not_answering(exc):
+                down = str(failure(exc, self._secrets))
+            raise
+        finally:
+            self._local.deadline = math.inf
+            self._outage.ended(looking, down)
+
+    @contextmanager
+    def transaction(self, *, look: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection; database errors become ours.
 
         Public for the fleet's other tables (``pgfleet``), which share the pool.
         """
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self.connection(look=look) as conn:
                 yield conn
         except psycopg.Error as exc:
-            error = failure(exc, self._secrets)
-            if isinstance(error, QueueUnavailable):
-                self._recover_soon()
-            raise error from None
+            raise failure(exc, self._secrets) from None
         except UnicodeError as exc:  # a name that is not valid UTF-8 cannot be stored
             raise QueueError(f"PostgreSQL queue: {exc}") from None
 

@@ -147,13 +147,18 @@ class Hosts:
             )
 
     def heartbeat(self, in_flight: int) -> None:
-        """Say this host is alive and renew the leases of every job it holds."""
+        """Say this host is alive and renew the leases of every job it holds.
+
+        Two transactions: a host that lost its rights on ``jobs`` (a revoked
+        grant) still says it is alive.
+        """
+        with self._queue.transaction() as conn:
+            conn.execute(
+                f"UPDATE hosts SET last_seen = {NOW}, in_flight = %s WHERE id = %s",
+                (in_flight, self.host_id),
+            )
         with self._queue.transaction() as conn:
             now = _now(conn)
-            conn.execute(
-                "UPDATE hosts SET last_seen = %s, in_flight = %s WHERE id = %s",
-                (now, in_flight, self.host_id),
-            )
             conn.execute(
                 "UPDATE jobs SET lease_until = %s WHERE state = 'in_flight' AND owner = %s",
                 (now + self._lease, self.host_id),

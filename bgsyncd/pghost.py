@@ -32,6 +32,7 @@ from bgsyncd.config import FolderSettings
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.logs import get_logger
 from bgsyncd.pg_db import HOST_LOCK_CLASS, dsn_secrets, failure
+from bgsyncd.pg_guard import CALL_SECONDS, WATCHDOG, after, bounded_dsn
 from bgsyncd.pgfleet import HostConflict, Hosts
 from bgsyncd.pgqueue import PgQueue
 
@@ -63,10 +64,9 @@ def _me(host_id: str) -> str:
 class HostLock:
     """The session advisory lock of ``host_id``, on a connection of its own."""
 
-    def __init__(self, dsn: str, host_id: str, *, timeout: float = 10.0) -> None:
-        self._dsn = dsn
+    def __init__(self, dsn: str, host_id: str) -> None:
+        self._dsn = bounded_dsn(dsn)  # no wait on a hung server is longer than a call's
         self._host_id = host_id
-        self._timeout = timeout
         self._secrets = dsn_secrets(dsn)
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -74,37 +74,39 @@ class HostLock:
         """Take the lock, or raise :class:`HostConflict` naming the daemon that holds it."""
         try:
             conn = psycopg.connect(
-                self._dsn,
-                autocommit=True,
-                connect_timeout=max(2, round(self._timeout)),
-                application_name=_me(self._host_id)[:63],
+                self._dsn, autocommit=True, application_name=_me(self._host_id)[:63]
             )
         except psycopg.Error as exc:
             raise failure(exc, self._secrets) from None
         try:
-            key = (HOST_LOCK_CLASS, _lock_key(self._host_id))
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
-            if row is None or not row[0]:
-                holder = conn.execute(
-                    "SELECT a.application_name, host(a.client_addr) FROM pg_locks l"
-                    " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
-                    " AND l.granted AND l.classid::bigint = %s"
-                    " AND l.objid::bigint = (%s::bigint & 4294967295)",
-                    key,
-                ).fetchone()
-                conn.close()
-                other = "another daemon"
-                if holder is not None and holder[0]:
-                    other = str(holder[0]) + (f" from {holder[1]}" if holder[1] else "")
-                raise HostConflict(
-                    f"queue.host_id {self._host_id!r} is already used by a running daemon"
-                    f" ({other}); this one ({_me(self._host_id)}) will not start beside it:"
-                    " give each host its own queue.host_id"
-                )
+            with WATCHDOG.bound(conn, after(CALL_SECONDS)):
+                self._take(conn)
         except psycopg.Error as exc:
             conn.close()
             raise failure(exc, self._secrets) from None
         self._conn = conn
+
+    def _take(self, conn: psycopg.Connection[Any]) -> None:
+        key = (HOST_LOCK_CLASS, _lock_key(self._host_id))
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
+        if row is not None and row[0]:
+            return
+        holder = conn.execute(
+            "SELECT a.application_name, host(a.client_addr) FROM pg_locks l"
+            " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+            " AND l.granted AND l.classid::bigint = %s"
+            " AND l.objid::bigint = (%s::bigint & 4294967295)",
+            key,
+        ).fetchone()
+        conn.close()
+        other = "another daemon"
+        if holder is not None and holder[0]:
+            other = str(holder[0]) + (f" from {holder[1]}" if holder[1] else "")
+        raise HostConflict(
+            f"queue.host_id {self._host_id!r} is already used by a running daemon"
+            f" ({other}); this one ({_me(self._host_id)}) will not start beside it:"
+            " give each host its own queue.host_id"
+        )
 
     def ensure(self) -> None:
         """Hold the lock again after the database restarted (the session, and its lock, died).
@@ -115,7 +117,8 @@ class HostLock:
         conn = self._conn
         if conn is not None and not conn.closed:
             try:
-                conn.execute("SELECT 1")
+                with WATCHDOG.bound(conn, after(CALL_SECONDS)):
+                    conn.execute("SELECT 1")
                 return
             except psycopg.Error:
                 conn.close()
@@ -252,19 +255,26 @@ class Membership:
         self._thread.start()
 
     def _run(self) -> None:
+        failing = False  # logged once while beats fail in a row, not at every beat
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
+                failing = False
             except HostConflict as exc:
                 self.on_conflict(str(exc))
                 return
             except BgsyncdError as exc:  # the database is away: the daemon pauses on it
-                log.warning("fleet.heartbeat_failed", error=str(exc))
+                if not failing:
+                    log.warning("fleet.heartbeat_failed", error=str(exc))
+                failing = True
             except Exception:  # a bug must not end the heartbeat: leases would run out
                 log.exception("fleet.heartbeat_error")
 
     def beat(self) -> int:
         """Renew this host's row and leases; take over expired claims. Return those taken."""
+        down = self._queue.outage.down
+        if down is not None:  # not answering: no wait on it (the daemon paused already)
+            raise QueueUnavailable(down)
         self._lock.ensure()
         self._hosts.heartbeat(self.in_flight())
         taken = self._hosts.take_over_expired(self._shared) if self._shared else 0
@@ -278,9 +288,11 @@ class Membership:
         """Stop beating, say this host holds nothing, and let the lock go."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5.0)
+            self._thread.join(CALL_SECONDS + 2.0)  # a beat under way waits one call at most
         try:
-            self._hosts.leave()
+            if self._queue.outage.down is None:  # else no wait on it: the row ages out
+                self._hosts.leave()
         except (BgsyncdError, QueueUnavailable) as exc:
             log.warning("fleet.leave_failed", error=str(exc))
-        self._lock.release()
+        if self._thread is None or not self._thread.is_alive():  # never under its feet
+            self._lock.release()

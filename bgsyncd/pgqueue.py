@@ -15,9 +15,14 @@ What the contract's methods mean here, where it differs from SQLite:
   ``"replaced"`` when it was made anew since we opened it (its
   ``database_id`` differs): either way the jobs we knew are gone, and the
   daemon restarts. None while the server cannot be asked (that decides
-  nothing; the next write says ``QueueUnavailable``).
-- ``check_writable()``: one write (a ping in ``state``); raises
-  ``QueueUnavailable`` while the server cannot be reached.
+  nothing; the next write says ``QueueUnavailable``). Asked on every turn of
+  the main loop, it is also how an idle host notices a hung server: it waits
+  ``LIVENESS_SECONDS`` at most, then every call fails at once and the daemon
+  pauses (``PgBase.outage``).
+- ``check_writable()``: one write (a ping in ``state``), and every table of
+  the schema there with our rights on it; raises ``QueueUnavailable`` while
+  not (a revoked grant, a dropped table). It asks the server even while
+  other calls fail at once: the daemon's resume probe.
 - ``recover()``: this host's claims only; a dead host's are taken over when
   its lease runs out (``pgfleet.Hosts``).
 - ``get_state``/``set_state``: shared by every host (one pause for all).
@@ -25,6 +30,7 @@ What the contract's methods mean here, where it differs from SQLite:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -33,6 +39,7 @@ import psycopg
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pg_claims import PgClaims
 from bgsyncd.pg_db import MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migrate
+from bgsyncd.pg_guard import LIVENESS_SECONDS
 from bgsyncd.pg_jobs import SQL_UPSERT, PgJobs
 from bgsyncd.pg_state import PgState
 from bgsyncd.storage import Store
@@ -49,6 +56,19 @@ __all__ = [
 
 # Written by check_writable: a write that proves the database answers again.
 _PING_KEY = "queue_ping"
+# Every table the migrations create: check_writable finds each there and ours.
+TABLES: tuple[str, ...] = tuple(
+    match.group(1)
+    for migration in MIGRATIONS
+    for statement in migration
+    for match in [re.match(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", statement)]
+    if match is not None
+)
+# The tables among those missing, or on which this role lacks a right it uses.
+_SQL_LACKING = (
+    "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL"
+    " OR NOT has_table_privilege(to_regclass(name), 'SELECT, INSERT, UPDATE, DELETE')"
+)
 
 
 class PgQueue(PgJobs, PgClaims, PgState):
@@ -87,41 +107,54 @@ class PgQueue(PgJobs, PgClaims, PgState):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def is_unchanged(self, folder: str, relpath: str, size: int, mtime_ns: int, inode: int) -> bool:
+        """As ``PgJobs.is_unchanged``; while the database fails, False: the watcher
+        hands the file on, and queueing it pauses and defers it (``queue.ingest_deferred``)
+        until the rescan after the database answers."""
+        try:
+            return super().is_unchanged(folder, relpath, size, mtime_ns, inode)
+        except QueueUnavailable:
+            return False
+
     def lost(self) -> str | None:
         """``"deleted"`` or ``"replaced"`` when the schema we opened is gone; else None."""
+        if self.outage.down is not None:
+            return None  # cannot ask now: decides nothing
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self.connection(LIVENESS_SECONDS) as conn:
                 row = conn.execute("SELECT database_id FROM bgsyncd_schema").fetchone()
         except psycopg.errors.UndefinedTable:
             return "deleted"
-        except psycopg.Error:
+        except (psycopg.Error, QueueUnavailable):
             return None  # cannot ask now: decides nothing
         if row is None or row[0] is None:
             return "deleted"
         return None if row[0] == self._database_id else "replaced"
 
     def check_writable(self) -> None:
-        """One write in the database; raise :class:`QueueUnavailable` while it fails.
+        """One write in the database, and every table there with our rights on it;
+        raise :class:`QueueUnavailable` while not.
 
-        The daemon's probe for resuming: when the pool still fails but the
-        server answers a connection of our own, the pool is renewed rather
-        than waited for.
+        The daemon's probe for resuming: it asks the server (on a fresh pool
+        when it had stopped answering) even while other calls fail at once.
         """
         try:
-            self._ping()
-        except QueueUnavailable:
-            if not self._server_answers():
-                raise
-            self._renew_pool()
-            self._ping()
-
-    def _ping(self) -> None:
-        try:
-            self.set_state(_PING_KEY, repr(self._clock()))
+            with self.transaction(look=True) as conn:
+                lacking = [str(r[0]) for r in conn.execute(_SQL_LACKING, (list(TABLES),))]
+                conn.execute(
+                    "INSERT INTO state (key, value) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (_PING_KEY, repr(self._clock())),
+                )
         except QueueUnavailable:
             raise
         except Exception as exc:  # any failure to write is unavailability here
             raise QueueUnavailable(str(exc)) from None
+        if lacking:
+            raise QueueUnavailable(
+                "PostgreSQL queue unavailable: tables missing, or rights on them revoked:"
+                f" {', '.join(lacking)}"
+            )
 
 
 def _is_a_store(queue: PgQueue) -> Store:

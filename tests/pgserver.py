@@ -13,10 +13,12 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,9 +97,43 @@ class PgServer:
         """Stop the server (``immediate`` is a crash as far as clients can tell)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
-    def dsn(self, dbname: str = "postgres") -> str:
+    def processes(self) -> list[int]:
+        """The postmaster's pid (from its pid file) and those of its children (backends,
+        checkpointer, walwriter...), found in /proc."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+            if parent == postmaster:
+                children.append(int(entry.name))
+        return [postmaster, *children]
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server hung (SIGSTOP on every process of it): the kernel still completes
+        TCP handshakes and takes what is sent, nothing answers. SIGCONT on leaving,
+        whatever happened (a frozen server left behind would hang every later test)."""
+        stopped: list[int] = []
+        try:
+            for pid in self.processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
         """A libpq connection string for ``dbname`` over loopback TCP."""
-        return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={dbname}"
+        return f"host=127.0.0.1 port={self.port} user={user} dbname={dbname}"
 
     def create_database(self) -> str:
         """A new empty database; returns its DSN."""
@@ -107,6 +143,17 @@ class PgServer:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
+
+    def create_role(self, dbname: str) -> str:
+        """A new login role (not a superuser: its rights can be revoked) owning ``dbname``;
+        returns its DSN for that database."""
+        import psycopg
+
+        role = "app_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE ROLE "{role}" LOGIN')
+            conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO "{role}"')
+        return self.dsn(dbname, role)
 
     def destroy(self) -> None:
         """Stop the server if it runs and remove every file of it."""

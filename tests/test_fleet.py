@@ -42,6 +42,7 @@ def host_config(
     api: dict[str, Any] | None = None,
     credits: dict[str, Any] | None = None,
     lease: float = 3.0,
+    metrics_listen: str = "",
 ) -> Path:
     """The configuration of host ``name`` of the fleet, in its own directory."""
     home = tmp_path / f"host-{name}"
@@ -53,6 +54,7 @@ def host_config(
         api=api,
         credits=credits,
         queue={"backend": "postgresql", "dsn": dsn, "host_id": name, "lease_seconds": lease},
+        metrics_listen=metrics_listen,
     )
 
 
@@ -212,6 +214,9 @@ def test_the_database_stopped_mid_run_loses_nothing(
             start_daemon(daemons, host_config(tmp_path, f"h{i}", emu, pg_dsn, [f], api=api))
             for i, f in enumerate(folders)
         ]
+        # A host with nothing to do notices too (SPEC §8: whether or not work is waiting).
+        idle_config = host_config(tmp_path, "idle", emu, pg_dsn, [make_folder(tmp_path, "idle")])
+        idle = start_daemon(daemons, idle_config)
         for i, folder in enumerate(folders):
             for n in range(6):
                 drop(Path(folder["inbox"]), f"p{n}.jpg", 30 + 10 * i + n)
@@ -223,9 +228,11 @@ def test_the_database_stopped_mid_run_loses_nothing(
             for i, folder in enumerate(folders):
                 drop(Path(folder["inbox"]), "late.jpg", 90 + i)
             wait_until(
-                lambda: all(h.saw("dispatch.paused", reason="queue_unavailable") for h in hosts),
+                lambda: all(
+                    h.saw("dispatch.paused", reason="queue_unavailable") for h in [*hosts, idle]
+                ),
                 15,
-                what="both hosts paused queue_unavailable",
+                what="every host paused queue_unavailable, the idle one too",
             )
             during = len(image_requests(emu))
             wait_until(lambda: time.monotonic() >= down_until, 15, what="ten seconds down")
@@ -241,6 +248,7 @@ def test_the_database_stopped_mid_run_loses_nothing(
     assert not [r for r in seen if r.status == 429]
     assert all(h.proc.poll() is None for h in hosts)
     assert all(h.saw("queue.available") for h in hosts)
+    wait_until(lambda: idle.saw("queue.available"), 30, what="the idle host resumed")
 
 
 # -- the shared cache, status, one host_id --------------------------------------------------------

@@ -72,6 +72,40 @@ def test_a_stopped_server_fails_closed_with_queue_unavailable_and_the_pool_recov
         queue.close()
 
 
+def test_a_hung_server_fails_one_call_within_the_bound_then_every_call_at_once(
+    pg_server: Any, pg_dsn: str
+) -> None:
+    queue = PgQueue(pg_dsn, "h1")
+    log = PgRequestLog(queue, account_id("k"))
+    told: list[str] = []
+    queue.outage.on_down = told.append
+    try:
+        queue.enqueue_many([_found("a.jpg")])
+        with pg_server.frozen():  # connections accepted by the kernel, nothing answered
+            began = time.monotonic()
+            with pytest.raises(QueueUnavailable):
+                queue.claim(60)
+            assert time.monotonic() - began <= 10.0  # SPEC §8: never longer
+            assert len(told) == 1  # the daemon is told (it pauses), once
+            began = time.monotonic()
+            with pytest.raises(QueueUnavailable):
+                queue.counts()
+            with pytest.raises(QueueUnavailable):  # no request may start: fail closed
+                log.try_start(limit=10, window=60.0, margin=0.0)
+            assert queue.lost() is None  # decides nothing
+            assert time.monotonic() - began < 1.0  # at once: known not to answer
+            began = time.monotonic()
+            with pytest.raises(QueueUnavailable):
+                queue.check_writable()  # the resume probe asks again, bounded too
+            assert time.monotonic() - began <= 10.0
+        wait_until(lambda: _answers(queue), 30, what="the server answering again")
+        job = queue.claim(60)
+        assert job is not None and job.relpath == "a.jpg"
+        assert len(told) == 1
+    finally:
+        queue.close()
+
+
 def test_the_dsn_password_never_appears_in_an_error_nor_a_log_line(
     pg_server: Any, pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
