@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -136,6 +137,19 @@ def connection_dsn(dsn: str, environ: dict[str, str] | None = None) -> str:
     from psycopg.conninfo import make_conninfo  # the extra is checked by the caller
 
     return make_conninfo(dsn, password=password)
+
+
+def database_secrets(settings: Settings, environ: dict[str, str] | None = None) -> list[str]:
+    """The database password this daemon may hold (PGPASSWORD, the credential), for redaction."""
+    if settings.queue.backend != "postgresql":
+        return []
+    env = os.environ if environ is None else environ
+    found = [env.get("PGPASSWORD", "")]
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        with suppress(OSError):  # unreadable: connection_dsn says so, at the right moment
+            found.append((Path(directory) / CREDENTIAL_PASSWORD).read_text("utf-8").strip())
+    return [secret for secret in found if secret]
 
 
 def require_psycopg() -> None:

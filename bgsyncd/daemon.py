@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bgsyncd import __version__, outputs
 from bgsyncd.adoption import Adopter
-from bgsyncd.backends import open_backend
+from bgsyncd.backends import database_secrets, open_backend
 from bgsyncd.client import Client
 from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.dblock import DatabaseLock, database_lost
@@ -55,6 +55,7 @@ class Daemon:
 
     def __init__(self, settings: Settings, *, once: bool = False) -> None:
         self._key = _runnable_key(settings)
+        self._db_secrets = database_secrets(settings)
         self.settings = settings
         self.once = once
         configure_logging(settings.logging.format, settings.logging.level, self._secrets)
@@ -318,6 +319,7 @@ class Daemon:
             )
             return
         old = self.settings
+        self._db_secrets = database_secrets(new)
         configure_logging(new.logging.format, new.logging.level, self._secrets)
         for name in restart_needed(old, new):
             log.warning("config.restart_needed", key=name)
@@ -346,7 +348,7 @@ class Daemon:
         self.dispatcher.recheck_credits()
 
     def _secrets(self) -> Sequence[str]:
-        return [self._key]
+        return [self._key, *self._db_secrets]
 
     # -- stopping --------------------------------------------------------------------
 

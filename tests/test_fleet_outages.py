@@ -37,7 +37,7 @@ from bgsyncd.pgqueue import PgQueue
 from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.results import PauseHook, Result
 from bgsyncd.worker import Worker, WorkerConfig
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon
+from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.test_fleet import db_rows, drop, host_config, image_requests, outputs
 
@@ -309,3 +309,29 @@ def test_a_job_whose_settle_the_database_refuses_pauses_instead_of_being_lost(
         d.stop(5)
         client.close()
         pg.close()
+
+
+def test_the_database_password_is_redacted_from_the_daemons_log(
+    tmp_path: Path, pg_dsn: str, daemons: list[DaemonProcess]
+) -> None:
+    """The credential db_password is a secret like the API key: never in a log line."""
+    password = "db-Secret-7f3a9"
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "db_password").write_text(password + "\n")
+    with Emulator(keys=[TEST_KEY]) as emu:
+        folder = make_folder(tmp_path, "f")
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=emu.url,
+            folders=[folder],
+            queue={"backend": "postgresql", "dsn": pg_dsn, "host_id": "h1"},
+        )
+        d = start_daemon(daemons, config, env={"CREDENTIALS_DIRECTORY": str(credentials)})
+        # A name holding the password reaches the log as a path: it must be redacted.
+        (Path(folder["inbox"]) / f"{password}.png").write_bytes(product_image(fmt="PNG"))
+        wait_until(lambda: d.saw("job.done"), timeout=60, what="the file done")
+        assert d.stop() == 0
+    log = d.output()
+    assert password not in log
+    assert "***.png" in log
