@@ -76,12 +76,13 @@ def test_credits_retry_and_status_beside_a_daemon_leave_its_database_alone(
         database = tmp_path / "state" / "queue.sqlite3"
         inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
         quarantine = Path(folder["quarantine"])
-        emu.configure(fail_rate=1.0)
+        # Refused by the API as too large (500s in a row would be an outage: a pause).
+        emu.configure(max_bytes=100)
         d = start_daemon(daemons, config)
         pid = d.proc.pid
         (inbox / "p.jpg").write_bytes(product_image())
         wait_until((quarantine / "p.jpg").exists, 60, what="p.jpg quarantined")
-        emu.configure(fail_rate=0.0)
+        emu.configure(max_bytes=10 * 1024 * 1024)
         assert any(n.endswith("-wal") for n in _journals_open(pid, database))
 
         for _ in range(3):
