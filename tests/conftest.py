@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -169,6 +170,29 @@ def status_json(config: Path) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     loaded: dict[str, Any] = json.loads(result.stdout)
     return loaded
+
+
+def wait_status(config: Path, timeout: float = 30.0, **expected: Any) -> dict[str, Any]:
+    """Wait until ``status --json`` shows ``expected`` (it is refreshed every few seconds)."""
+    seen: list[dict[str, Any]] = []
+
+    def matches() -> bool:
+        seen[:] = [status_json(config)]
+        got = {**seen[0], **seen[0]["jobs"]}
+        return all(got.get(k) == v for k, v in expected.items())
+
+    try:
+        wait_until(matches, timeout, interval=0.25, what=f"status {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status: {seen}") from None
+    return seen[0]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on: bound, then closed (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import socket
 import sqlite3
 import time
 import urllib.request
@@ -24,10 +23,11 @@ from bgsyncd.emulator import Emulator, RecordedRequest
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
+    free_port,
     make_folder,
     run_cli,
     start_daemon,
-    status_json,
+    wait_status,
     write_config,
 )
 from tests.helpers import product_image, wait_until
@@ -55,22 +55,6 @@ def peak(requests: Iterable[RecordedRequest], window: float) -> int:
 
 def statuses(emu: Emulator) -> list[int]:
     return [r.status for r in emu.requests()]
-
-
-def wait_status(config: Path, timeout: float = 30.0, **expected: Any) -> dict[str, Any]:
-    """Wait until ``status --json`` shows ``expected`` (it is refreshed every few seconds)."""
-    seen: list[dict[str, Any]] = []
-
-    def matches() -> bool:
-        seen[:] = [status_json(config)]
-        got = {**seen[0], **seen[0]["jobs"]}
-        return all(got.get(k) == v for k, v in expected.items())
-
-    try:
-        wait_until(matches, timeout, interval=0.25, what=f"status {expected}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last status: {seen}") from None
-    return seen[0]
 
 
 def attempts(config: Path) -> dict[str, int]:
@@ -109,12 +93,6 @@ def count_events(d: DaemonProcess, event: str, **fields: Any) -> int:
         for e in d.events()
         if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_peak_sees_a_violation() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -37,7 +36,14 @@ from bgsyncd.pgqueue import PgQueue
 from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.results import PauseHook, Result
 from bgsyncd.worker import Worker, WorkerConfig
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
+from tests.conftest import (
+    TEST_KEY,
+    DaemonProcess,
+    free_port,
+    make_folder,
+    start_daemon,
+    write_config,
+)
 from tests.helpers import product_image, wait_until
 from tests.test_fleet import db_rows, drop, host_config, image_requests, outputs
 
@@ -45,13 +51,6 @@ from tests.test_fleet import db_rows, drop, host_config, image_requests, outputs
 PAUSE_SECONDS = 15.0
 # SIGTERM while the database hangs: every wait on it is bounded, so is the stop.
 STOP_SECONDS = 25.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def healthz(port: int) -> int:

@@ -22,11 +22,18 @@ from PIL import Image
 
 import bgsyncd.client
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, start_daemon, status_json, write_config
+from tests.conftest import (
+    DaemonProcess,
+    make_folder,
+    start_daemon,
+    status_json,
+    wait_status,
+    write_config,
+)
 from tests.helpers import noisy_image, product_image, wait_until
 from tests.hostile import Answer, HostileServer, Request
 from tests.test_decode_budget import grey_png, tiff_of_blocks
-from tests.test_dispatch import attempts, wait_status
+from tests.test_dispatch import attempts
 from tests.test_worker import fill, tmpfs
 
 IMAGE_PREFIX = "/v1.0/"

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import itertools
 import signal
-import socket
 import sqlite3
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
@@ -30,23 +28,18 @@ from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
+    free_port,
     make_folder,
     run_cli,
     start_daemon,
     status_json,
+    wait_status,
     write_config,
 )
 from tests.helpers import FakeClock, product_image, wait_until
 from tests.pacing import MemoryRequestLog
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
-
-
-def dead_port() -> int:
-    """A loopback port nothing listens on: bound, then closed (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def attempts(config: Path) -> dict[str, int]:
@@ -78,28 +71,13 @@ def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
         return r.status, r.read().decode()
 
 
-def wait_status(config: Path, timeout: float = 30.0, **expected: Any) -> dict[str, Any]:
-    seen: list[dict[str, Any]] = []
-
-    def matches() -> bool:
-        seen[:] = [status_json(config)]
-        got = {**seen[0], **seen[0]["jobs"]}
-        return all(got.get(k) == v for k, v in expected.items())
-
-    try:
-        wait_until(matches, timeout, interval=0.25, what=f"status {expected}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last status: {seen}") from None
-    return seen[0]
-
-
 # -- the API goes away while the daemon runs -----------------------------------------------
 
 
 def test_an_api_that_goes_away_pauses_api_unreachable_and_no_outage_length_quarantines(
     tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
-    port, metrics = dead_port(), dead_port()
+    port, metrics = free_port(), free_port()
     folder = make_folder(tmp_path, "shop")
     config = write_config(
         tmp_path / "c.toml",
@@ -193,7 +171,7 @@ def test_once_ends_with_exit_3_when_the_api_cannot_be_reached_at_start(tmp_path:
     folder = make_folder(tmp_path, "shop")
     (Path(folder["inbox"]) / "a.png").write_bytes(product_image(30, 20, "PNG"))
     config = write_config(
-        tmp_path / "c.toml", base_url=f"http://127.0.0.1:{dead_port()}", folders=[folder]
+        tmp_path / "c.toml", base_url=f"http://127.0.0.1:{free_port()}", folders=[folder]
     )
     # Before: `once` sat at 0/1 with no reason given for the whole check interval.
     started = time.monotonic()
@@ -225,7 +203,7 @@ def test_the_probe_runs_30_s_after_the_pause_then_backs_off_to_5_minutes(
     )
     config = WorkerConfig({"f": settings}, 10 * 1024 * 1024, 5, 0.01, 0.1)
     clients = {
-        "down": Client(f"http://127.0.0.1:{dead_port()}", TEST_KEY, 5),
+        "down": Client(f"http://127.0.0.1:{free_port()}", TEST_KEY, 5),
         "up": Client(emulator.url, TEST_KEY, 5),
     }
     api = ["down"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,7 @@ from bgsyncd.waiting import Waiting, decode, encode, waiting_for
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
+    free_port,
     make_folder,
     run_cli,
     start_daemon,
@@ -30,12 +30,6 @@ from tests.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 GAUGE = re.compile(r"^bgsyncd_dispatch_next_request_seconds (\S+)$", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def next_request_gauge(port: int) -> float:
