@@ -2,22 +2,19 @@
 
 One dispatcher thread decides *when* a job may start: not while dispatch is
 paused, not past ``max_in_flight``, not before the pacer allows a request, not
-when the credits could go below the floor. Worker threads do the rest. Every
+when the credits could go below the floor; worker threads do the rest. Every
 wait is a timed wait on one condition variable, woken by new work, finished
-jobs and signals, so an idle dispatcher costs nothing. No wait is longer than
-``MAX_WAIT_SECONDS``: whatever a pacer or a clock says (a Retry-After of ten
-years, ``inf``, ``nan``), the loop looks again within a minute and never hands
-``Condition.wait`` a timeout it cannot take (``OverflowError``).
+jobs and signals (an idle dispatcher costs nothing), and none is longer than
+``MAX_WAIT_SECONDS`` whatever a pacer or a clock says (a Retry-After of ten
+years, ``inf``, ``nan``): ``Condition.wait`` never gets a timeout it cannot take.
 
-Pauses are a set (:mod:`bgsyncd.pauses`): each reason is lifted by its own
-rule, and dispatch resumes when none holds. Other components raise and lift
-their own reasons with :meth:`Dispatcher.raise_pause` and
-:meth:`Dispatcher.lift_pause` (the output probe, the database).
+Pauses are a set (:mod:`bgsyncd.pauses`), each reason lifted by its own rule;
+dispatch resumes when none holds. Other components raise and lift theirs with
+:meth:`Dispatcher.raise_pause` and :meth:`Dispatcher.lift_pause`.
 
-In a fleet (SPEC §8) the dispatcher is given a :class:`~bgsyncd.pauses.Pauses`
-with the fleet's store, a pacer on the fleet's request log and a
-``PgCreditGuard``: the account's reasons, limit and floor are the fleet's. It
-then looks at the fleet's pause reasons every few seconds, whatever it waits for.
+In a fleet (SPEC §8) it gets :class:`~bgsyncd.pauses.Pauses` on the fleet's store, a
+pacer on the fleet's request log and a ``PgCreditGuard`` (the fleet's reasons, limit
+and floor), and looks at the fleet's pause reasons every few seconds.
 """
 
 from __future__ import annotations
@@ -306,10 +303,13 @@ class Dispatcher:
         except Exception:
             self._credits.settle(charged=False)  # the reservation must not leak
             raise
-        if job is None:
-            # What is pending belongs to folders no longer configured: look again later.
+        if job is None or self._pauses.first is not None:
+            # Pending work of folders no longer configured (look again later), or a pause
+            # raised by another job's outcome while this one was claimed (give it back).
+            if job is not None:
+                self._queue.release(job)
             self._credits.settle(charged=False)
-            return IDLE_LOOK_SECONDS
+            return IDLE_LOOK_SECONDS if job is None else self._until_next_check()
         self.idle_drained.clear()
         with self._cond:
             self._in_flight[job.id] = job

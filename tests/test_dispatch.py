@@ -11,12 +11,15 @@ import hashlib
 import json
 import signal
 import sqlite3
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bench import rate
 from bgsyncd.emulator import Emulator, RecordedRequest
@@ -535,6 +538,42 @@ def test_a_credit_check_at_the_floor_lifts_api_malformed_but_not_an_account_reas
         wait_until(lambda: "credit_floor" in d.pauses, what="the check at the floor")
         assert d.pauses == ("invalid_api_key", "output_unwritable", "credit_floor")
         assert d.paused == "invalid_api_key"
+    finally:
+        d.stop(5)
+        client.close()
+        queue.close()
+
+
+def test_a_pause_raised_while_a_job_is_being_claimed_starts_nothing(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another job's outcome may pause dispatch between the look at the pauses and the claim.
+
+    The race is made certain by raising the pause inside the real claim.
+    """
+    d, queue, client = make_dispatcher(tmp_path, emulator)
+    real_claim = queue.claim
+    raised = threading.Event()
+
+    def claim_then_pause(*args: Any, **kwargs: Any) -> Any:
+        job = real_claim(*args, **kwargs)
+        if job is not None and not raised.is_set():
+            raised.set()
+            d.raise_pause("api_unreachable", error="three failures in a row")
+        return job
+
+    monkeypatch.setattr(queue, "claim", claim_then_pause)
+    enqueue_image(tmp_path, queue)
+    d.start()
+    try:
+        wait_until(raised.is_set, what="the pause raised during the claim")
+        wait_until(
+            lambda: queue.counts().get("f", {}).get("pending") == 1, what="the job given back"
+        )
+        assert image_requests(emulator) == []
+        assert d.paused == "api_unreachable"
+        d.lift_pause("api_unreachable")
+        wait_until(lambda: queue.counts().get("f", {}).get("done") == 1, what="job done")
     finally:
         d.stop(5)
         client.close()
