@@ -2,7 +2,9 @@
 
 When the queue database is new (first start, or lost and made again), an
 input whose outputs are already in the outbox and newer than it was processed
-before: restoring a server, or moving from another tool. Such an input is
+before: restoring a server, or moving from another tool. Only outputs
+written before the queue was made count: those written since are the
+daemon's own, and prove nothing of the version found now. Such an input is
 recorded as done without a request (``job.adopted``), its output names
 claimed so they stay stable, and ``after_success`` is not applied. Only the
 unsuffixed names are looked for (SPEC §4). Adoption happens as files are
@@ -12,6 +14,7 @@ dispatch is paused or the rate window is full.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from bgsyncd import imaging, outputs
@@ -34,8 +37,20 @@ def expected_outputs(folder: FolderSettings, relpath: str) -> list[str]:
 class Adopter:
     """Adopts found inputs whose outputs exist; for a queue that is new."""
 
-    def __init__(self, queue: Queue, folders: Callable[[], Mapping[str, FolderSettings]]) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        folders: Callable[[], Mapping[str, FolderSettings]],
+        *,
+        made_ns: int | None = None,
+    ) -> None:
+        """``made_ns``: when the queue was made (default: now, made with it)."""
         self._queue = queue
+        # When the queue was made (wall clock, ns): only outputs older than that
+        # are adopted. One written since is this queue's own work, for some
+        # version of some input (a file rewritten while it was processed, then
+        # gone and back): never proof that the version found now is done.
+        self._made_ns = time.time_ns() if made_ns is None else made_ns
         self._folders = folders  # the settings in force (replaced on reload)
 
     def adopt(self, found: Iterable[Found]) -> list[Found]:
@@ -50,7 +65,7 @@ class Adopter:
 
     def _adopt_one(self, folder: FolderSettings, f: Found) -> bool:
         names = expected_outputs(folder, f.relpath)
-        if not outputs.outputs_newer_than(folder.outbox, names, f.mtime_ns):
+        if not outputs.outputs_between(folder.outbox, names, f.mtime_ns, self._made_ns):
             return False
         if not self._queue.adopt(f, names):
             return False

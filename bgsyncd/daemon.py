@@ -140,7 +140,7 @@ class Daemon:
             self.fleet.on_hosts = self.metrics.fleet_hosts
             self.fleet.on_takeover = lambda n: self._wake_dispatch()
             self.fleet.on_conflict = self._on_conflict
-        # A new queue (first start, or the database was lost): adopt existing outputs.
+        # A new queue (first start, or the database was lost): adopt the outputs before it.
         self.adopter = (
             Adopter(self.queue, lambda: self.worker.config.folders) if self.queue.created else None
         )

@@ -45,6 +45,7 @@ __all__ = [
     "mask_relpath",
     "move_to",
     "output_candidates",
+    "outputs_between",
     "outputs_newer_than",
     "quarantine_file",
     "sidecar_name",
@@ -179,9 +180,18 @@ def outputs_newer_than(outbox: Path, relpaths: Iterable[str], mtime_ns: int) -> 
     Through directory descriptors: an output folder swapped for a symlink
     counts as missing.
     """
+    return outputs_between(outbox, relpaths, mtime_ns, None)
+
+
+def outputs_between(
+    outbox: Path, relpaths: Iterable[str], mtime_ns: int, before_ns: int | None
+) -> bool:
+    """As ``outputs_newer_than``, and each modified before ``before_ns`` (if given)."""
     for rel in relpaths:
         st = fsops.regular_stat(outbox, rel)
         if st is None or st.st_mtime_ns < mtime_ns:
+            return False
+        if before_ns is not None and st.st_mtime_ns >= before_ns:
             return False
     return True
 

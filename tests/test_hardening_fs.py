@@ -348,7 +348,7 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
         os.utime(folder.outbox / name, ns=(seconds * 10**9, seconds * 10**9))
     queue = Queue(tmp_path / "new.sqlite3")
     assert queue.created
-    adopter = Adopter(queue, lambda: {"f": folder})
+    adopter = Adopter(queue, lambda: {"f": folder}, made_ns=10**19)
     found = [_found(folder.inbox, "f", n) for n in sorted(os.listdir(folder.inbox))]
     rest = adopter.adopt(found)
     assert sorted(f.relpath for f in rest) == ["nomask.jpg", "oldmask.jpg", "suffixed.jpg"]
@@ -360,6 +360,36 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
     assert find_job(queue, "f", "nomask.jpg") is None  # the rest is for the caller to queue
     queue.close()
     assert not Queue(tmp_path / "new.sqlite3").created  # opened again: not new
+
+
+def test_adoption_wants_outputs_older_than_the_queue(tmp_path: Path) -> None:
+    """Only outputs that were there before the queue was made are adopted.
+
+    An output written since is this daemon's own work, for some version of some
+    input: a file rewritten while it was processed, then gone and back, must be
+    processed again, not adopted with its old version's cut-out (the fuzz test
+    found exactly that).
+    """
+    folder = FolderSettings(
+        name="f", inbox=tmp_path / "in", outbox=tmp_path / "out", quarantine=tmp_path / "q"
+    )
+    folder.inbox.mkdir()
+    folder.outbox.mkdir()
+    made_ns = 10 * 10**9  # the queue was made at 10 s
+    for name, input_s, output_s in (("before.jpg", 5, 8), ("since.jpg", 5, 12)):
+        (folder.inbox / name).write_bytes(product_image())
+        os.utime(folder.inbox / name, ns=(input_s * 10**9, input_s * 10**9))
+        out = folder.outbox / name.replace(".jpg", ".png")
+        out.write_bytes(b"x")
+        os.utime(out, ns=(output_s * 10**9, output_s * 10**9))
+    queue = Queue(tmp_path / "new.sqlite3")
+    adopter = Adopter(queue, lambda: {"f": folder}, made_ns=made_ns)
+    rest = adopter.adopt([_found(folder.inbox, "f", n) for n in ("before.jpg", "since.jpg")])
+    assert [f.relpath for f in rest] == ["since.jpg"]
+    assert find_job(queue, "f", "since.jpg") is None  # left to be queued and processed
+    job = find_job(queue, "f", "before.jpg")
+    assert job is not None and job.state == "done"
+    queue.close()
 
 
 def test_adoption_never_takes_a_name_another_input_owns(tmp_path: Path) -> None:
