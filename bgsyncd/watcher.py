@@ -349,6 +349,7 @@ class Watcher:
             dest = os.fsdecode(event.dest_path) or src
             if isinstance(event, DirMovedEvent):
                 self._tracker.forget_emitted(src, tracked=True)  # what was there has left
+            self._limits.new_folder(inbox, dest)  # watchdog 6 drops its failed watch silently
             # A folder arrived: start afresh (polled, its files came first: keep them).
             self._tracker.forget_emitted(dest, tracked=not polled)
             self._fresh_dir(dest)

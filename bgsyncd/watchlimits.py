@@ -6,21 +6,27 @@
   reached: a folder is left unwatched. When a watch is set up (at start, or
   for an inbox that came back) watchdog raises ``OSError`` (ENOSPC, EMFILE);
   for a subfolder that appears later, it only logs a warning, on its own
-  thread, and goes on without it. Either way the inbox is polled instead
-  (SPEC §6): ``folder.degraded`` in the log, ``bgsyncd_folder_up`` 0.5, and
-  the daemon runs on. It stays polled until the watcher is made again (a
-  reload that changes the folders, or a restart).
+  thread, and goes on without it. watchdog 6 says nothing at all: for each
+  folder that appears in an inbox, bgsyncd asks inotify itself whether one
+  more watch can be had (``watch_available``), and takes a no as watchdog's
+  failure. Either way the inbox is polled instead (SPEC §6):
+  ``folder.degraded`` in the log, ``bgsyncd_folder_up`` 0.5, and the daemon
+  runs on. It stays polled until the watcher is made again (a reload that
+  changes the folders, or a restart).
 
 Nothing here imports watchdog: the hooks listen to its loggers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from typing import Any
 
 from bgsyncd.logs import get_logger
 from bgsyncd.scanner import Inbox
@@ -33,11 +39,53 @@ LIMIT_LOGGER = "watchdog.observers.inotify"
 # bgsyncd_folder_up of an inbox polled for want of inotify watches (1 watched, 0 lost).
 DEGRADED = 0.5
 _HINT = "polled instead; raise fs.inotify.max_user_watches to watch it again"
+_OUT = (errno.ENOSPC, errno.EMFILE)  # out of inotify watches, out of inotify instances
+# watchdog 6 drops a new sub-folder's failed watch without a word (``except OSError:
+# continue`` in its inotify_c): nothing but inotify itself can tell.
+SILENT_WATCHDOG = int(version("watchdog").split(".")[0]) < 7
+_IN_DELETE_SELF, _IN_ONLYDIR, _IN_DONT_FOLLOW = 0x400, 0x01000000, 0x02000000
 
 
 def out_of_watches(exc: OSError) -> bool:
     """``exc`` says inotify ran out of watches or instances (not that the folder is bad)."""
-    return exc.errno in (errno.ENOSPC, errno.EMFILE)
+    return exc.errno in _OUT
+
+
+class _WatchProbe:
+    """Asks inotify, with an instance and a watch of its own, whether a watch can be had."""
+
+    def __init__(self) -> None:
+        self._libc: Any = None  # looked up at first use
+
+    def __call__(self, path: str) -> bool:
+        """False when inotify is out of watches (or instances) now; True otherwise.
+
+        The watch is set on ``path`` (a folder, no link followed) and removed
+        at once. Any other failure (``path`` gone, not a folder, no inotify
+        here) is not this question's: True.
+        """
+        libc = self._libc
+        if libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(libc, "inotify_add_watch"):
+                return True
+            libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+            self._libc = libc
+        fd = int(libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK))
+        if fd < 0:
+            return ctypes.get_errno() not in _OUT
+        try:
+            mask = _IN_DELETE_SELF | _IN_ONLYDIR | _IN_DONT_FOLLOW
+            wd = int(libc.inotify_add_watch(fd, os.fsencode(path), mask))
+            if wd < 0:
+                return ctypes.get_errno() not in _OUT
+            libc.inotify_rm_watch(fd, wd)
+            return True
+        finally:
+            os.close(fd)
+
+
+watch_available = _WatchProbe()
 
 
 class OverflowHook(logging.Handler):
@@ -135,6 +183,18 @@ class Limits:
     def report(self, name: str, up: bool) -> None:
         """Publish ``name`` up (True, or 0.5 while degraded) or down (False)."""
         self._report(name, DEGRADED if up and name in self._degraded else up)
+
+    def new_folder(self, inbox: Inbox, path: str) -> None:
+        """A folder appeared at ``path`` in watched ``inbox`` (observer thread): watched?
+
+        Only where watchdog would not say (watchdog 6). Should inotify have
+        no watch to give now, watchdog's own try failed too, or took the last
+        one: either way the inbox is polled (the safe side).
+        """
+        if not SILENT_WATCHDOG or not inbox.recursive or self.polled(inbox):
+            return
+        if not watch_available(path):
+            self._out_of_watches(path)
 
     def _out_of_watches(self, path: str) -> None:
         """watchdog could not watch ``path`` (on its thread): poll its inbox instead."""

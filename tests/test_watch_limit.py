@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +139,6 @@ def test_more_folders_than_watches_at_start_are_polled_and_the_daemon_runs(
     assert _folder_up(port, "shop") == 0.5
 
 
-@pytest.mark.skipif(
-    int(version("watchdog").split(".")[0]) < 7,
-    reason="watchdog 6 drops a new subfolder's failed watch without a word (no log, no raise):"
-    " nothing tells bgsyncd; README 'Known limits'",
-)
 def test_a_new_subfolder_beyond_the_watch_limit_turns_the_inbox_to_polling(
     tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
 ) -> None:
@@ -161,3 +155,19 @@ def test_a_new_subfolder_beyond_the_watch_limit_turns_the_inbox_to_polling(
     want = {"b/one.png", "b/two.png", "b/deeper/three.png", "a/four.png"}
     wait_until(lambda: _outputs(folder) == want, 60, what=f"outputs {want}")
     assert d.proc.poll() is None
+
+
+def test_the_watch_probe_says_no_exactly_when_inotify_is_out_of_watches(tmp_path: Path) -> None:
+    # What tells bgsyncd, on watchdog 6, that a new folder's watch failed.
+    code = "import sys; from bgsyncd.watchlimits import watch_available as w; print(w(sys.argv[1]))"
+    run = shlex.join([sys.executable, "-c", code, str(tmp_path)])
+    for watches, want in ((0, "False"), (1, "True")):
+        script = f"echo {watches} > /proc/sys/user/max_inotify_watches && exec {run}"
+        done = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, want), done.stderr
