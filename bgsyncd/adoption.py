@@ -65,7 +65,7 @@ class Adopter:
 
     def _adopt_one(self, folder: FolderSettings, f: Found) -> bool:
         names = expected_outputs(folder, f.relpath)
-        if not outputs.outputs_between(folder.outbox, names, f.mtime_ns, self._made_ns):
+        if not outputs.outputs_newer_than(folder.outbox, names, f.mtime_ns, self._made_ns):
             return False
         if not self._queue.adopt(f, names):
             return False

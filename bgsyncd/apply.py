@@ -150,8 +150,10 @@ class Applier:
                 return Changed(*now)
             try:
                 location = outputs.quarantine_file(
-                    folder.inbox, job.relpath, folder.quarantine, sidecar
+                    folder.inbox, job.relpath, folder.quarantine, sidecar, judged or now
                 )
+            except outputs.InputRewritten as exc:
+                return Changed(*exc.signature)  # rewritten during the move: it stays
             except FileNotFoundError:
                 return Vanished("quarantine")
             except OSError as exc:

@@ -37,6 +37,7 @@ from bgsyncd.names import mask_candidates, numbered_names, output_candidates, si
 
 __all__ = [
     "SIDECAR_SUFFIX",
+    "InputRewritten",
     "cleanup_temp_files",
     "delete_input",
     "fsync_dir",
@@ -45,7 +46,6 @@ __all__ = [
     "mask_relpath",
     "move_to",
     "output_candidates",
-    "outputs_between",
     "outputs_newer_than",
     "quarantine_file",
     "sidecar_name",
@@ -174,19 +174,12 @@ def delete_input(root: Path, relpath: str, sig: tuple[int, int, int]) -> None:
         fsops.fsync_fd(fd)
 
 
-def outputs_newer_than(outbox: Path, relpaths: Iterable[str], mtime_ns: int) -> bool:
-    """Every one of ``relpaths`` is a regular file in ``outbox`` modified at or after ``mtime_ns``.
-
-    Through directory descriptors: an output folder swapped for a symlink
-    counts as missing.
-    """
-    return outputs_between(outbox, relpaths, mtime_ns, None)
-
-
-def outputs_between(
-    outbox: Path, relpaths: Iterable[str], mtime_ns: int, before_ns: int | None
+def outputs_newer_than(
+    outbox: Path, relpaths: Iterable[str], mtime_ns: int, before_ns: int | None = None
 ) -> bool:
-    """As ``outputs_newer_than``, and each modified before ``before_ns`` (if given)."""
+    """Every one of ``relpaths`` is a regular file in ``outbox`` modified at or after
+    ``mtime_ns`` (and before ``before_ns``, if given). An output folder swapped
+    for a symlink counts as missing (walked by directory descriptors)."""
     for rel in relpaths:
         st = fsops.regular_stat(outbox, rel)
         if st is None or st.st_mtime_ns < mtime_ns:
@@ -196,8 +189,20 @@ def outputs_between(
     return True
 
 
+class InputRewritten(OSError):
+    """The input was rewritten in place while moved: it stays; ``signature`` is its new one."""
+
+    def __init__(self, relpath: str, signature: tuple[int, int, int]) -> None:
+        super().__init__(errno.EAGAIN, "rewritten while it was moved", relpath)
+        self.signature = signature
+
+
 def quarantine_file(
-    src_root: Path, relpath: str, quarantine_root: Path, sidecar: Mapping[str, object]
+    src_root: Path,
+    relpath: str,
+    quarantine_root: Path,
+    sidecar: Mapping[str, object],
+    sig: tuple[int, int, int] | None = None,
 ) -> str:
     """Move ``src_root/relpath`` to ``<quarantine_root>/<relpath>`` and write its sidecar.
 
@@ -207,6 +212,9 @@ def quarantine_file(
     sidecar ``<final name>.error.json`` (shortened by the name rule when that
     would pass 255 bytes) holds ``sidecar`` as indented JSON. Returns the
     final path relative to the quarantine folder.
+
+    With ``sig`` (the judged ``(size, mtime_ns, inode)``), a source rewritten in place
+    meanwhile stays, the move is undone and ``InputRewritten`` raised.
     """
     text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str) + "\n"
 
@@ -216,7 +224,7 @@ def quarantine_file(
     def then(fd: int, name: str) -> None:
         _write_at(fd, sidecar_name(name, relpath), text.encode("utf-8"))
 
-    return _move(src_root, relpath, quarantine_root, relpath, taken, then, SIDECAR_SUFFIX)
+    return _move(src_root, relpath, quarantine_root, relpath, taken, then, SIDECAR_SUFFIX, sig)
 
 
 def move_to(src_root: Path, src_rel: str, dest_root: Path, dest_rel: str) -> str:
@@ -236,6 +244,7 @@ def _move(
     also_taken: Callable[[int, str], bool],
     then: Callable[[int, str], None] | None,
     keep: str,
+    sig: tuple[int, int, int] | None = None,
 ) -> str:
     """The shared move: claim a free name beside the target, then unlink the source."""
     with _source(src_root, src_rel) as (sfd, sname, before):
@@ -252,10 +261,17 @@ def _move(
             fsops.fsync_fd(dfd)
             if then is not None:
                 then(dfd, final)
-        try:
-            now = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
-        except FileNotFoundError:
-            now = None
+            try:
+                now = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            fresh = None if now is None else (now.st_size, now.st_mtime_ns, now.st_ino)
+            if sig is not None and fresh is not None and fresh[2] == sig[2] and fresh != sig:
+                for name in (final, sidecar_name(final, src_rel)):  # the move undone
+                    with suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dfd)
+                fsops.fsync_fd(dfd)
+                raise InputRewritten(src_rel, fresh)
         # Only remove the file we moved: a new file written under the same name
         # meanwhile is new input, not ours to delete.
         if now is not None and (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):

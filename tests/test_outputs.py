@@ -542,3 +542,32 @@ def test_a_folder_taken_by_a_file_is_renamed_within_the_name_limit() -> None:
     assert free([f"{long}/y.png"]) == (f"{folder}/y.png", True)  # the same for every input
     assert free(["a.png"], job_id=1) == ("a.png", False)  # its owner's
     assert free(["a.png"]) is None
+
+
+def test_an_input_rewritten_while_it_is_quarantined_stays_in_the_inbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that rewrites the input in place during the move (after the
+    verdict's version was checked, before the source name is removed) gets its
+    file back where it wrote it: the verdict was about the old bytes."""
+    inbox, q = tmp_path / "inbox", tmp_path / "quarantine"
+    src = _drop(inbox, "sub/a.txt", b"not an image")
+    st = src.stat()
+    judged = (st.st_size, st.st_mtime_ns, st.st_ino)
+    real_write_at = outputs._write_at
+
+    def rewrite_meanwhile(dir_fd: int, name: str, data: bytes) -> None:
+        # The sidecar is written between the link into the quarantine and the
+        # unlink of the source: the writer's moment. Same inode, new bytes.
+        with open(src, "r+b") as fh:
+            fh.truncate(0)
+            fh.write(b"a good image now, longer")
+        real_write_at(dir_fd, name, data)
+
+    monkeypatch.setattr(outputs, "_write_at", rewrite_meanwhile)
+    with pytest.raises(outputs.InputRewritten) as caught:
+        outputs.quarantine_file(inbox, "sub/a.txt", q, SIDECAR, judged)
+    assert src.read_bytes() == b"a good image now, longer"
+    now = src.stat()
+    assert caught.value.signature == (now.st_size, now.st_mtime_ns, now.st_ino)
+    assert [p for p in q.rglob("*") if p.is_file()] == []  # neither the file nor a sidecar

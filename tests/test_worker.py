@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd import outputs
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
@@ -266,4 +267,34 @@ def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
     again = queue.claim(60)
     assert again is not None and again.size == len(product_image()) and again.attempts == 0
     worker._applier.quarantine = real_quarantine  # type: ignore[method-assign]
+    assert worker.process(again).kind is Kind.DONE
+
+
+def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's moment falls inside the move (after the version check): the
+    file stays in the inbox, nothing is left in the quarantine, and the new
+    version gets its own turn (the fuzz test caught an image quarantined so)."""
+    queue = Queue(tmp_path / "q.sqlite3")
+    worker = make_worker(tmp_path, emulator, queue)
+    worker.config = dataclasses.replace(worker.config, settle_seconds=0.0)  # verdicts final
+    job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
+    src = tmp_path / "inbox" / "p.jpg"
+    real_write_at = outputs._write_at
+
+    def rewrite_meanwhile(dir_fd: int, name: str, data: bytes) -> None:
+        with open(src, "r+b") as fh:  # in place: the same inode, new bytes
+            fh.write(product_image())
+        real_write_at(dir_fd, name, data)
+
+    monkeypatch.setattr(outputs, "_write_at", rewrite_meanwhile)
+    result = worker.process(job)
+    monkeypatch.undo()
+    assert result.kind is not Kind.QUARANTINED
+    assert src.read_bytes() == product_image()
+    quarantine = tmp_path / "quarantine"
+    assert not quarantine.exists() or not [p for p in quarantine.rglob("*") if p.is_file()]
+    again = queue.claim(60)
+    assert again is not None and again.size == len(product_image()) and again.attempts == 0
     assert worker.process(again).kind is Kind.DONE
