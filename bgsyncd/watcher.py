@@ -10,9 +10,9 @@ when a file is complete and hands it to ``sink``:
   (``mv`` from outside the tree) -- complete unless a local process holds it
   open for writing.
 - ``Opened`` by its creator, or ``Modified``: being written; wait for ``Closed``
-  however long the writer pauses. Should the ``Closed`` be lost (overflow),
-  it becomes complete once unchanged for ``settle_seconds`` and not held open
-  for writing.
+  however long the writer pauses. Should the ``Closed`` be lost (an overflow:
+  watchdog 7's ``EventsLostEvent``, in order behind the events read before it,
+  or watchdog's warning), it is complete once unchanged for ``settle_seconds``.
 - Found by a scan, created inside a folder that just appeared (watchdog
   synthesises those events, without closes), or anything in a polled folder:
   complete after ``settle_seconds`` without change and not held open for
@@ -20,12 +20,8 @@ when a file is complete and hands it to ``sink``:
 
 Files are ``lstat``-ed again just before they are emitted, and the fresh
 values sent. Zero-byte files are never emitted (a placeholder is not an
-image; it counts once it has content). Symlinks, folders, FIFOs, sockets and
-devices are never emitted, nothing in an inbox is opened, no link is followed.
-
-At most ``max_in_progress`` files are followed at once: in a burst beyond
-that, events for new paths are dropped and a rescan finds those files once
-the tracker has drained, so memory does not grow with the burst.
+image). Symlinks, folders, FIFOs, sockets and devices are never emitted,
+nothing in an inbox is opened, no link is followed; memory: ``tracker.py``.
 
 Roots are resolved (``realpath``) when the watcher is made. An inbox that
 disappears or is replaced (deleted and made again, unmounted and mounted
@@ -45,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
+import watchdog.events
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -87,6 +84,8 @@ _EVENT_TYPES: list[type[FileSystemEvent]] = [
     DirMovedEvent,
     DirDeletedEvent,  # the root itself: watchdog's last word before its watch ends
 ]
+_LOST: type[FileSystemEvent] = getattr(watchdog.events, "EventsLostEvent", DirDeletedEvent)
+_EVENT_TYPES.append(_LOST)  # watchdog 6 has none (it only logs an overflow): a repeat
 # What each plain file event tells the tracker (inotify; polled folders only "settle").
 _KINDS: dict[type[FileSystemEvent], str] = {
     FileCreatedEvent: "created",
@@ -357,6 +356,8 @@ class Watcher:
             self._tracker.forget_emitted(src, tracked=True)
             if src == inbox.root:
                 self._guard.check_soon()  # the watch ends with its folder: look now
+        elif isinstance(event, _LOST):
+            self._events_lost()  # after the Modified read before it: its Closed is lost
 
     def _fresh_dir(self, path: str) -> None:
         now = self._clock()
