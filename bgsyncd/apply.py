@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from bgsyncd import outputs
+from bgsyncd import moves
 from bgsyncd.config import FolderSettings
 from bgsyncd.inputs import Signature, signature_of
 from bgsyncd.metrics import Recorder
@@ -149,10 +149,10 @@ class Applier:
             if judged is not None and now != judged:
                 return Changed(*now)
             try:
-                location = outputs.quarantine_file(
+                location = moves.quarantine_file(
                     folder.inbox, job.relpath, folder.quarantine, sidecar, judged or now
                 )
-            except outputs.InputRewritten as exc:
+            except moves.InputRewritten as exc:
                 return Changed(*exc.signature)  # rewritten during the move: it stays
             except FileNotFoundError:
                 return Vanished("quarantine")

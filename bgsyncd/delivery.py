@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bgsyncd import imaging, outputs
+from bgsyncd import imaging, moves, outputs
 from bgsyncd.config import FolderSettings
 from bgsyncd.inputs import Signature, signature_of
 from bgsyncd.queue import Found, Job, Queue
@@ -78,12 +78,12 @@ def after_success(
         return
     if folder.after_success == "delete":
         try:
-            outputs.delete_input(folder.inbox, job.relpath, sig)
+            moves.delete_input(folder.inbox, job.relpath, sig)
         except FileNotFoundError:
             bound.warning("file.vanished", during="delete")
     elif folder.after_success == "move" and folder.done is not None:
         try:
-            outputs.move_to(folder.inbox, job.relpath, folder.done, job.relpath)
+            moves.move_to(folder.inbox, job.relpath, folder.done, job.relpath)
         except FileNotFoundError:
             bound.warning("file.vanished", during="move to done")
 

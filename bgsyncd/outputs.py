@@ -1,54 +1,43 @@
-"""Output names, atomic writes, and safe moves into quarantine and ``done``.
+"""Output names, atomic writes and temp-file clean-up (moves of inputs: ``moves.py``).
 
 Pure filesystem: no image library here, and every file is reached through
 :mod:`bgsyncd.fsops` (directory descriptors walked from a folder's root, never
 a path string that a swapped symlink could redirect). Every write is a temp
 file in the target folder (``.<name>.bgsyncd-<16 hex>.tmp``, hidden so
 watchers and people ignore it), fsynced, renamed over the final name, and made
-durable by an fsync of the folder. Moves never rely on ``rename`` across
-filesystems: the file is hard-linked (same filesystem) or copied and fsynced
-under a temp name and then linked to its final name, so a name is claimed
-atomically and an existing file is never overwritten. The source is unlinked
-last.
+durable by an fsync of the folder.
 
-Errors: a source that is gone, not a regular file, or reached through a
-symlinked folder raises ``FileNotFoundError`` (the input vanished); a symlink
-or file on the way under the destination raises ``OSError`` with ``ELOOP`` or
-``ENOTDIR`` (a refused write, ``errors.is_refused``), never anything else.
+Errors: a symlink or file on the way under the destination raises ``OSError``
+with ``ELOOP`` or ``ENOTDIR`` (a refused write, ``errors.is_refused``), never
+anything else.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import os
-import posixpath
 import re
 import secrets
-import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 
 from bgsyncd import fsops, rootfd
-from bgsyncd.names import mask_candidates, numbered_names, output_candidates, sidecar_name
+from bgsyncd.names import mask_candidates, output_candidates, sidecar_name
 
 __all__ = [
     "SIDECAR_SUFFIX",
-    "InputRewritten",
     "cleanup_temp_files",
-    "delete_input",
     "fsync_dir",
     "is_temp_name",
     "mask_candidates",
     "mask_relpath",
-    "move_to",
     "output_candidates",
     "outputs_newer_than",
-    "quarantine_file",
     "sidecar_name",
+    "temp_name",
+    "write_at",
     "write_atomic",
     "write_file",
 ]
@@ -57,7 +46,6 @@ _TEMP_MARK = ".bgsyncd-"
 _TEMP_NAME = re.compile(r"\..*\.bgsyncd-[0-9a-f]{16}\.tmp", re.DOTALL)
 # Room for the temp decoration (31 bytes) within the 255-byte name limit.
 _MAX_TEMP_STEM_BYTES = 200
-_COPY_CHUNK = 1024 * 1024
 SIDECAR_SUFFIX = ".error.json"
 
 
@@ -99,7 +87,7 @@ def write_file(root: Path, relpath: str, data: bytes) -> None:
     created, which is exact and needs no process-wide set-and-restore.
     """
     with fsops.parent_of(root, relpath, create=True) as (fd, name):
-        _write_at(fd, name, data)
+        write_at(fd, name, data)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -115,13 +103,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         rootfd.make_dirs(path.parent)
         fd = rootfd.open_path(path.parent)
     try:
-        _write_at(fd, path.name, data)
+        write_at(fd, path.name, data)
     finally:
         os.close(fd)
 
 
-def _write_at(dir_fd: int, name: str, data: bytes) -> None:
-    tmp = _temp_name(name)
+def write_at(dir_fd: int, name: str, data: bytes) -> None:
+    tmp = temp_name(name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | fsops.FILE_FLAGS
     fd = os.open(tmp, flags, 0o666, dir_fd=dir_fd)
     try:
@@ -161,19 +149,6 @@ def cleanup_temp_files(root: Path, *, older_than: float | None = None) -> int:
     return removed
 
 
-def delete_input(root: Path, relpath: str, sig: tuple[int, int, int]) -> None:
-    """Delete the input ``root/relpath`` if it is still the file with signature ``sig``.
-
-    ``sig`` is ``(size, mtime_ns, inode)``. FileNotFoundError when it is gone,
-    changed, or no longer reachable through real folders: nothing is deleted.
-    """
-    with _source(root, relpath) as (fd, name, st):
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != sig:
-            raise FileNotFoundError(errno.ENOENT, "changed since it was read", relpath)
-        os.unlink(name, dir_fd=fd)
-        fsops.fsync_fd(fd)
-
-
 def outputs_newer_than(
     outbox: Path, relpaths: Iterable[str], mtime_ns: int, before_ns: int | None = None
 ) -> bool:
@@ -189,202 +164,7 @@ def outputs_newer_than(
     return True
 
 
-class InputRewritten(OSError):
-    """The input was rewritten in place while moved: it stays; ``signature`` is its new one."""
-
-    def __init__(self, relpath: str, signature: tuple[int, int, int]) -> None:
-        super().__init__(errno.EAGAIN, "rewritten while it was moved", relpath)
-        self.signature = signature
-
-
-def quarantine_file(
-    src_root: Path,
-    relpath: str,
-    quarantine_root: Path,
-    sidecar: Mapping[str, object],
-    sig: tuple[int, int, int] | None = None,
-) -> str:
-    """Move ``src_root/relpath`` to ``<quarantine_root>/<relpath>`` and write its sidecar.
-
-    A file already quarantined under that name is kept: the newcomer becomes
-    ``photo~2.jpg``, ``photo~3.jpg``... (the extension stays last, so it still
-    opens), and a name whose sidecar is left over counts as taken too. The
-    sidecar ``<final name>.error.json`` (shortened by the name rule when that
-    would pass 255 bytes) holds ``sidecar`` as indented JSON. Returns the
-    final path relative to the quarantine folder.
-
-    With ``sig`` (the judged ``(size, mtime_ns, inode)``), a source rewritten in place
-    meanwhile stays, the move is undone and ``InputRewritten`` raised.
-    """
-    text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str) + "\n"
-
-    def taken(fd: int, name: str) -> bool:
-        return fsops.exists_at(fd, sidecar_name(name, relpath))
-
-    def then(fd: int, name: str) -> None:
-        _write_at(fd, sidecar_name(name, relpath), text.encode("utf-8"))
-
-    return _move(src_root, relpath, quarantine_root, relpath, taken, then, SIDECAR_SUFFIX, sig)
-
-
-def move_to(src_root: Path, src_rel: str, dest_root: Path, dest_rel: str) -> str:
-    """Move ``src_root/src_rel`` to ``dest_root/dest_rel`` (``~2``... on a collision).
-
-    Works across filesystems and never overwrites. Returns the final path
-    relative to ``dest_root``.
-    """
-    return _move(src_root, src_rel, dest_root, dest_rel, lambda fd, n: False, None, "")
-
-
-def _move(
-    src_root: Path,
-    src_rel: str,
-    dest_root: Path,
-    dest_rel: str,
-    also_taken: Callable[[int, str], bool],
-    then: Callable[[int, str], None] | None,
-    keep: str,
-    sig: tuple[int, int, int] | None = None,
-) -> str:
-    """The shared move: claim a free name beside the target, then unlink the source."""
-    with _source(src_root, src_rel) as (sfd, sname, before):
-        with fsops.parent_of(dest_root, dest_rel, create=True) as (dfd, dname):
-
-            def names() -> Iterator[str]:
-                return numbered_names(dname, src_rel, keep=len(keep.encode()))
-
-            final = None
-            if os.fstat(dfd).st_dev == before.st_dev:
-                final = _link_free_name(sfd, sname, dfd, names(), also_taken)
-            if final is None:
-                final = _copy_in(sfd, sname, before, dfd, names, also_taken)
-            fsops.fsync_fd(dfd)
-            if then is not None:
-                then(dfd, final)
-            try:
-                now = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
-            except FileNotFoundError:
-                now = None
-            fresh = None if now is None else (now.st_size, now.st_mtime_ns, now.st_ino)
-            if sig is not None and fresh is not None and fresh[2] == sig[2] and fresh != sig:
-                for name in (final, sidecar_name(final, src_rel)):  # the move undone
-                    with suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=dfd)
-                fsops.fsync_fd(dfd)
-                raise InputRewritten(src_rel, fresh)
-        # Only remove the file we moved: a new file written under the same name
-        # meanwhile is new input, not ours to delete.
-        if now is not None and (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
-            with suppress(FileNotFoundError):
-                os.unlink(sname, dir_fd=sfd)
-            fsops.fsync_fd(sfd)
-    return posixpath.join(posixpath.dirname(dest_rel), final)
-
-
-@contextmanager
-def _source(root: Path, relpath: str) -> Iterator[tuple[int, str, os.stat_result]]:
-    """The source of a move or delete: its folder's descriptor, its name, its ``lstat``.
-
-    Anything that makes it unreachable through real folders, or not a regular
-    file, is ``FileNotFoundError``: for an input, that means it vanished.
-    """
-    parts = fsops.split_relpath(relpath)
-    try:
-        fd = fsops.open_dir(root, "/".join(parts[:-1]))
-    except OSError as exc:
-        raise _vanished(exc, relpath) from None
-    try:
-        try:
-            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-        except OSError as exc:
-            raise _vanished(exc, relpath) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise FileNotFoundError(errno.ENOENT, "not a regular file", relpath)
-        yield fd, parts[-1], st
-    finally:
-        os.close(fd)
-
-
-def _vanished(exc: OSError, relpath: str) -> OSError:
-    """Gone, or reached through a symlink or a file: the source vanished; else as it was."""
-    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-        return FileNotFoundError(errno.ENOENT, "vanished", relpath)
-    return exc
-
-
-def _copy_in(
-    sfd: int,
-    sname: str,
-    before: os.stat_result,
-    dfd: int,
-    names: Callable[[], Iterator[str]],
-    also_taken: Callable[[int, str], bool],
-) -> str:
-    """Copy the source into a fsynced temp file in ``dfd``; give it a free name."""
-    tmp = _temp_name(next(names()))
-    try:
-        src_fd = os.open(sname, os.O_RDONLY | os.O_NONBLOCK | fsops.FILE_FLAGS, dir_fd=sfd)
-        with open(src_fd, "rb") as fin:
-            st = os.fstat(fin.fileno())
-            if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
-                raise FileNotFoundError(errno.ENOENT, "replaced while moved", sname)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | fsops.FILE_FLAGS
-            with open(os.open(tmp, flags, 0o600, dir_fd=dfd), "wb") as fout:
-                shutil.copyfileobj(fin, fout, _COPY_CHUNK)
-                fout.flush()
-                os.fchmod(fout.fileno(), stat.S_IMODE(before.st_mode) & 0o777)
-                os.utime(fout.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns))
-                os.fsync(fout.fileno())
-        final = _link_free_name(dfd, tmp, dfd, names(), also_taken)
-        if final is None:
-            final = _rename_free_name(dfd, tmp, names(), also_taken)
-        return final
-    finally:
-        # After a link the temp name is a second name of the final file.
-        with suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dfd)
-
-
-def _link_free_name(
-    sfd: int,
-    sname: str,
-    dfd: int,
-    names: Iterator[str],
-    also_taken: Callable[[int, str], bool],
-) -> str | None:
-    """Hard-link the source to the first free name in ``dfd``; None if links fail here.
-
-    ``link`` fails with EEXIST instead of overwriting, so two movers can never
-    claim the same name.
-    """
-    for candidate in names:
-        if also_taken(dfd, candidate):
-            continue
-        try:
-            os.link(sname, candidate, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError:
-            # No hard links on this filesystem (or across bind mounts, or
-            # protected_hardlinks): the caller copies or renames instead.
-            return None
-        return candidate
-    raise AssertionError("unreachable: the names are endless")
-
-
-def _rename_free_name(
-    dfd: int, tmp: str, names: Iterator[str], also_taken: Callable[[int, str], bool]
-) -> str:
-    """Fallback for filesystems without hard links: check, then rename (small race)."""
-    for candidate in names:
-        if fsops.exists_at(dfd, candidate) or also_taken(dfd, candidate):
-            continue
-        os.replace(tmp, candidate, src_dir_fd=dfd, dst_dir_fd=dfd)
-        return candidate
-    raise AssertionError("unreachable: the names are endless")
-
-
-def _temp_name(name: str) -> str:
+def temp_name(name: str) -> str:
     """A hidden, recognisable, unique temp name for a file to be called ``name``."""
     raw = os.fsencode(name)[:_MAX_TEMP_STEM_BYTES]
     # Cut at a character boundary: a temp name is a valid UTF-8 name too.

@@ -17,7 +17,8 @@ from bgsyncd import fsops
 from bgsyncd.backends import open_fleet_queue
 from bgsyncd.config import Settings
 from bgsyncd.errors import describe_os_error
-from bgsyncd.outputs import move_to, sidecar_name
+from bgsyncd.moves import move_to
+from bgsyncd.outputs import sidecar_name
 from bgsyncd.queue import Queue
 
 # dispatch.IDLE_LOOK_SECONDS; tests/test_cli.py checks the two agree.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import names, outputs
+from bgsyncd import moves, names, outputs
 from bgsyncd.errors import is_refused
 
 SIDECAR = {
@@ -230,7 +230,7 @@ def _drop(folder: Path, relpath: str, data: bytes) -> Path:
 def _quarantine(
     inbox: Path, relpath: str, q: Path, sidecar: dict[str, object] | None = None
 ) -> Path:
-    return q / outputs.quarantine_file(inbox, relpath, q, SIDECAR if sidecar is None else sidecar)
+    return q / moves.quarantine_file(inbox, relpath, q, SIDECAR if sidecar is None else sidecar)
 
 
 def test_quarantine_moves_the_file_and_writes_the_sidecar(tmp_path: Path) -> None:
@@ -277,7 +277,7 @@ def test_concurrent_quarantines_of_one_name_all_get_their_own(tmp_path: Path) ->
 
 def test_quarantine_of_a_vanished_file_raises_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        outputs.quarantine_file(tmp_path, "gone.jpg", tmp_path / "q", SIDECAR)
+        moves.quarantine_file(tmp_path, "gone.jpg", tmp_path / "q", SIDECAR)
     assert not (tmp_path / "q" / "gone.jpg.error.json").exists()
 
 
@@ -285,9 +285,9 @@ def test_moves_refuse_a_relpath_that_leaves_the_folder(tmp_path: Path) -> None:
     src = _drop(tmp_path / "inbox", "a.jpg", b"x")
     for bad in ("../a.jpg", "/etc/a.jpg", "", "sub/../../a.jpg"):
         with pytest.raises(ValueError, match="relative path"):
-            outputs.move_to(tmp_path / "inbox", "a.jpg", tmp_path / "done", bad)
+            moves.move_to(tmp_path / "inbox", "a.jpg", tmp_path / "done", bad)
         with pytest.raises(ValueError, match="relative path"):
-            outputs.move_to(tmp_path / "inbox", bad, tmp_path / "done", "a.jpg")
+            moves.move_to(tmp_path / "inbox", bad, tmp_path / "done", "a.jpg")
     assert src.exists()
 
 
@@ -295,7 +295,7 @@ def test_move_to_mirrors_the_path_and_suffixes_on_collision(tmp_path: Path) -> N
     done = tmp_path / "done"
     _drop(done, "a/b/pic.png", b"older")
     _drop(tmp_path / "inbox", "a/b/pic.png", b"new")
-    final = done / outputs.move_to(tmp_path / "inbox", "a/b/pic.png", done, "a/b/pic.png")
+    final = done / moves.move_to(tmp_path / "inbox", "a/b/pic.png", done, "a/b/pic.png")
     assert final == done / "a" / "b" / "pic~2.png"
     assert final.read_bytes() == b"new"
     assert (done / "a/b/pic.png").read_bytes() == b"older"
@@ -307,7 +307,7 @@ def test_move_to_brings_a_quarantined_file_back_to_the_inbox(tmp_path: Path) -> 
     _drop(tmp_path / "inbox", "s/p.jpg", b"img")
     quarantined = _quarantine(tmp_path / "inbox", "s/p.jpg", q)
     rel = quarantined.relative_to(q).as_posix()
-    back = tmp_path / "inbox" / outputs.move_to(q, rel, tmp_path / "inbox", "s/p.jpg")
+    back = tmp_path / "inbox" / moves.move_to(q, rel, tmp_path / "inbox", "s/p.jpg")
     assert back == tmp_path / "inbox" / "s" / "p.jpg"
     assert back.read_bytes() == b"img"
     assert not quarantined.exists()
@@ -349,9 +349,9 @@ def test_quarantine_across_filesystems(tmp_path: Path, other_filesystem: Path) -
 def test_move_to_across_filesystems_and_back(tmp_path: Path, other_filesystem: Path) -> None:
     src = _drop(other_filesystem / "inbox", "a.png", b"png")
     inbox, done = other_filesystem / "inbox", tmp_path / "done"
-    final = done / outputs.move_to(inbox, "a.png", done, "a.png")
+    final = done / moves.move_to(inbox, "a.png", done, "a.png")
     assert final.read_bytes() == b"png" and not src.exists()
-    back = inbox / outputs.move_to(done, "a.png", inbox, "a.png")
+    back = inbox / moves.move_to(done, "a.png", inbox, "a.png")
     assert back == src and back.read_bytes() == b"png" and not final.exists()
     assert _leftovers(tmp_path) == [] and _leftovers(other_filesystem) == []
 
@@ -442,7 +442,7 @@ def test_a_255_byte_name_quarantined_twice_gets_two_files_and_two_sidecars(
 
 def test_temp_names_are_cut_at_a_character_boundary(tmp_path: Path) -> None:
     name = "é" * 127 + ".png"  # 258 bytes: only the temp name matters here
-    tmp = outputs._temp_name(name)
+    tmp = outputs.temp_name(name)
     assert _bytes(tmp) <= 255 and outputs.is_temp_name(tmp)
     tmp.encode("utf-8")  # no lone surrogate from a cut character
 
@@ -476,10 +476,10 @@ def test_quarantine_into_a_symlinked_folder_is_refused_and_the_input_stays(
     root, outside = swapped
     src = _drop(tmp_path / "inbox", "sub/a.png", b"input")
     with pytest.raises(OSError) as caught:
-        outputs.quarantine_file(tmp_path / "inbox", "sub/a.png", root, SIDECAR)
+        moves.quarantine_file(tmp_path / "inbox", "sub/a.png", root, SIDECAR)
     assert is_refused(caught.value)
     with pytest.raises(OSError) as caught:
-        outputs.move_to(tmp_path / "inbox", "sub/a.png", root, "sub/a.png")
+        moves.move_to(tmp_path / "inbox", "sub/a.png", root, "sub/a.png")
     assert is_refused(caught.value)
     assert src.read_bytes() == b"input"
     assert sorted(os.listdir(outside)) == ["a.png"]
@@ -490,11 +490,11 @@ def test_moving_from_a_symlinked_inbox_folder_is_a_vanished_input(
 ) -> None:
     root, outside = swapped  # here the symlinked folder is the source side
     with pytest.raises(FileNotFoundError):
-        outputs.move_to(root, "sub/a.png", tmp_path / "done", "sub/a.png")
+        moves.move_to(root, "sub/a.png", tmp_path / "done", "sub/a.png")
     with pytest.raises(FileNotFoundError):
-        outputs.quarantine_file(root, "sub/a.png", tmp_path / "q", SIDECAR)
+        moves.quarantine_file(root, "sub/a.png", tmp_path / "q", SIDECAR)
     with pytest.raises(FileNotFoundError):
-        outputs.delete_input(root, "sub/a.png", (7, 0, 0))
+        moves.delete_input(root, "sub/a.png", (7, 0, 0))
     assert (outside / "a.png").read_bytes() == b"outside"
     assert not (tmp_path / "done" / "sub" / "a.png").exists()
 
@@ -506,10 +506,10 @@ def test_delete_input_deletes_only_the_file_that_was_read(tmp_path: Path) -> Non
     src.unlink()
     _drop(tmp_path, "d/a.jpg", b"second, a new file")
     with pytest.raises(FileNotFoundError):
-        outputs.delete_input(tmp_path, "d/a.jpg", sig)
+        moves.delete_input(tmp_path, "d/a.jpg", sig)
     assert src.read_bytes() == b"second, a new file"
     st = src.stat()
-    outputs.delete_input(tmp_path, "d/a.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    moves.delete_input(tmp_path, "d/a.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
     assert not src.exists()
 
 
@@ -554,7 +554,7 @@ def test_an_input_rewritten_while_it_is_quarantined_stays_in_the_inbox(
     src = _drop(inbox, "sub/a.txt", b"not an image")
     st = src.stat()
     judged = (st.st_size, st.st_mtime_ns, st.st_ino)
-    real_write_at = outputs._write_at
+    real_write_at = outputs.write_at
 
     def rewrite_meanwhile(dir_fd: int, name: str, data: bytes) -> None:
         # The sidecar is written between the link into the quarantine and the
@@ -564,9 +564,9 @@ def test_an_input_rewritten_while_it_is_quarantined_stays_in_the_inbox(
             fh.write(b"a good image now, longer")
         real_write_at(dir_fd, name, data)
 
-    monkeypatch.setattr(outputs, "_write_at", rewrite_meanwhile)
-    with pytest.raises(outputs.InputRewritten) as caught:
-        outputs.quarantine_file(inbox, "sub/a.txt", q, SIDECAR, judged)
+    monkeypatch.setattr(outputs, "write_at", rewrite_meanwhile)
+    with pytest.raises(moves.InputRewritten) as caught:
+        moves.quarantine_file(inbox, "sub/a.txt", q, SIDECAR, judged)
     assert src.read_bytes() == b"a good image now, longer"
     now = src.stat()
     assert caught.value.signature == (now.st_size, now.st_mtime_ns, now.st_ino)

@@ -281,14 +281,14 @@ def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
     worker.config = dataclasses.replace(worker.config, settle_seconds=0.0)  # verdicts final
     job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
     src = tmp_path / "inbox" / "p.jpg"
-    real_write_at = outputs._write_at
+    real_write_at = outputs.write_at
 
     def rewrite_meanwhile(dir_fd: int, name: str, data: bytes) -> None:
         with open(src, "r+b") as fh:  # in place: the same inode, new bytes
             fh.write(product_image())
         real_write_at(dir_fd, name, data)
 
-    monkeypatch.setattr(outputs, "_write_at", rewrite_meanwhile)
+    monkeypatch.setattr(outputs, "write_at", rewrite_meanwhile)
     result = worker.process(job)
     monkeypatch.undo()
     assert result.kind is not Kind.QUARANTINED
