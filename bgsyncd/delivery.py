@@ -79,6 +79,9 @@ def after_success(
     if folder.after_success == "delete":
         try:
             moves.delete_input(folder.inbox, job.relpath, sig)
+        except moves.InputRewritten as exc:  # written just before its name went: it stays
+            queue.enqueue_many([Found(job.folder, exc.relpath, *exc.signature)])
+            bound.info("file.changed", note="changed while processed; queued again")
         except FileNotFoundError:
             bound.warning("file.vanished", during="delete")
     elif folder.after_success == "move" and folder.done is not None:

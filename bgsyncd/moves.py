@@ -34,21 +34,48 @@ _COPY_CHUNK = 1024 * 1024
 def delete_input(root: Path, relpath: str, sig: tuple[int, int, int]) -> None:
     """Delete the input ``root/relpath`` if it is still the file with signature ``sig``.
 
-    ``sig`` is ``(size, mtime_ns, inode)``. FileNotFoundError when it is gone,
-    changed, or no longer reachable through real folders: nothing is deleted.
+    ``sig`` is ``(size, mtime_ns, inode)``. The name is renamed aside first (a
+    hidden temp name in the same folder) and the file checked after: a version
+    written in place before the name went gets its name back (or the next free
+    ``~2`` name, should a new file have taken it) and ``InputRewritten`` is
+    raised; a writer that opens the name afterwards makes a new file. (One that
+    opened it before and writes after the check still writes into the deleted
+    file: no check can close that last instant.) FileNotFoundError when it is
+    gone, changed before, or no longer reachable through real folders.
     """
     with _source(root, relpath) as (fd, name, st):
         if (st.st_size, st.st_mtime_ns, st.st_ino) != sig:
             raise FileNotFoundError(errno.ENOENT, "changed since it was read", relpath)
-        os.unlink(name, dir_fd=fd)
+        aside = outputs.temp_name(name)
+        try:
+            os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError as exc:
+            raise _vanished(exc, relpath) from None
+        moved = os.stat(aside, dir_fd=fd, follow_symlinks=False)
+        fresh = (moved.st_size, moved.st_mtime_ns, moved.st_ino)
+        back = None
+        if fresh != sig:
+            back = _link_free_name(fd, aside, fd, numbered_names(name, relpath), _never_taken)
+            if back is None:
+                back = _rename_free_name(fd, aside, numbered_names(name, relpath), _never_taken)
+        with suppress(FileNotFoundError):
+            os.unlink(aside, dir_fd=fd)
         fsops.fsync_fd(fd)
+        if back is not None:
+            raise InputRewritten(posixpath.join(posixpath.dirname(relpath), back), fresh)
+
+
+def _never_taken(fd: int, name: str) -> bool:
+    return False
 
 
 class InputRewritten(OSError):
-    """The input was rewritten in place while moved: it stays; ``signature`` is its new one."""
+    """The input was rewritten in place while moved or deleted: it stays, at ``relpath``
+    (its own, or a ``~2`` name if a new file took it meanwhile), as ``signature``."""
 
     def __init__(self, relpath: str, signature: tuple[int, int, int]) -> None:
         super().__init__(errno.EAGAIN, "rewritten while it was moved", relpath)
+        self.relpath = relpath
         self.signature = signature
 
 
@@ -88,7 +115,7 @@ def move_to(src_root: Path, src_rel: str, dest_root: Path, dest_rel: str) -> str
     Works across filesystems and never overwrites. Returns the final path
     relative to ``dest_root``.
     """
-    return _move(src_root, src_rel, dest_root, dest_rel, lambda fd, n: False, None, "")
+    return _move(src_root, src_rel, dest_root, dest_rel, _never_taken, None, "")
 
 
 def _move(

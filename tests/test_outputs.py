@@ -513,6 +513,46 @@ def test_delete_input_deletes_only_the_file_that_was_read(tmp_path: Path) -> Non
     assert not src.exists()
 
 
+def test_delete_input_never_deletes_a_version_written_just_before_the_name_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer rewrites the input in place after its version was checked, right
+    before the daemon removes its name: the new bytes were never processed and
+    must survive (the fuzz test lost such a file with ``after_success = delete``)."""
+    src = _drop(tmp_path, "d/a.jpg", b"the version that was processed")
+    st = src.stat()
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    real_unlink, real_rename = os.unlink, os.rename
+    wrote: list[bool] = []
+
+    def rewrite_first() -> None:
+        if not wrote:
+            wrote.append(True)
+            with open(src, "r+b") as fh:  # in place: the same inode, new bytes
+                fh.write(b"a newer version, not yet processed")
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        if path == "a.jpg":
+            rewrite_first()
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def rename(src_name: object, *args: object, **kwargs: object) -> None:
+        if src_name == "a.jpg":
+            rewrite_first()
+        real_rename(src_name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(moves.InputRewritten) as caught:
+        moves.delete_input(tmp_path, "d/a.jpg", sig)
+    monkeypatch.undo()
+    assert wrote
+    assert src.read_bytes() == b"a newer version, not yet processed"
+    now = src.stat()
+    assert caught.value.signature == (now.st_size, now.st_mtime_ns, now.st_ino)
+    assert os.listdir(tmp_path / "d") == ["a.jpg"]  # nothing left aside
+
+
 def test_outputs_newer_than_wants_every_output_there_and_not_older(tmp_path: Path) -> None:
     a = _drop(tmp_path, "d/a.png", b"x")
     b = _drop(tmp_path, "d/a.mask.png", b"x")

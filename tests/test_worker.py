@@ -298,3 +298,46 @@ def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
     again = queue.claim(60)
     assert again is not None and again.size == len(product_image()) and again.attempts == 0
     assert worker.process(again).kind is Kind.DONE
+
+
+def test_a_file_rewritten_just_before_its_deletion_after_success_stays_and_is_queued_again(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``after_success = "delete"``: a writer's new version landed after the daemon
+    checked the version it processed, before the name went. Deleting it would lose
+    bytes nobody processed; it stays and gets its own turn."""
+    queue = Queue(tmp_path / "q.sqlite3")
+    worker = make_worker(tmp_path, emulator, queue, after_success="delete")
+    first = product_image()
+    job = _queued(tmp_path, queue, "p.jpg", first)
+    src = tmp_path / "inbox" / "p.jpg"
+    newer = product_image(40, 30)
+    assert newer != first
+    real_rename, real_unlink = os.rename, os.unlink
+    wrote: list[bool] = []
+
+    def rewrite_first(name: object) -> None:
+        if name == "p.jpg" and not wrote:
+            wrote.append(True)
+            with open(src, "r+b") as fh:  # in place: the same inode, new bytes
+                fh.write(newer)
+                fh.truncate()
+
+    def rename(name: object, *args: object, **kwargs: object) -> None:
+        rewrite_first(name)
+        real_rename(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    def unlink(name: object, *args: object, **kwargs: object) -> None:
+        rewrite_first(name)
+        real_unlink(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert worker.process(job).kind is Kind.DONE
+    monkeypatch.undo()
+    assert wrote
+    assert src.read_bytes() == newer
+    again = queue.claim(60)
+    assert again is not None and again.size == len(newer) and again.attempts == 0
+    assert worker.process(again).kind is Kind.DONE
+    assert not src.exists()  # this version was processed: now it goes
