@@ -378,6 +378,7 @@ def test_a_thousand_hostile_operations_leave_the_daemon_alive_and_nothing_lost(
     assert not secret_shas & {r.image_sha256 for r in emulator.requests()}, "a secret was sent"
 
     jobs = _jobs(tmp_path / "state" / "queue.sqlite3")
+    sent = {r.image_sha256 for r in emulator.requests()}
     problems = []
     for (folder, rel), entry in fuzzer.ledger.items():
         inbox = inboxes[folder]
@@ -401,6 +402,10 @@ def test_a_thousand_hostile_operations_leave_the_daemon_alive_and_nothing_lost(
             for out in outputs:
                 if not (root / out).is_file():
                     problems.append(f"{folder}/{rel!r}: output {out!r} missing")
+            # Its last version was processed (sent once for its content), not deleted
+            # or adopted unseen: done with an older version's cut-out is a loss.
+            if hashlib.sha256(entry.content).hexdigest() not in sent:
+                problems.append(f"{folder}/{rel!r}: done, but its last version was never sent")
             # Deleting it may have met its folder swapped away: then it stays, done
             # (file.vanished during "after success"), which is safe, not a loss.
             swapped = any(p in fuzzer.ever_swapped for p in (inbox / rel).parents)
