@@ -184,6 +184,12 @@ class PgJobs(PgBase):
             ).fetchone()
         return None if row is None or row[0] is None else self._clock() + max(0.0, row[0])
 
+    def record_version(self, job: Job, size: int, mtime_ns: int, inode: int) -> None:
+        """Record the version of the input a claimed job read, when it is not the one
+        queued: a later find of that same version is not new (not sent twice, nor
+        forgotten as vanished once it was deleted after success)."""
+        self._change(job, "size = %s, mtime_ns = %s, inode = %s", size, mtime_ns, inode)
+
     def set_sha256(self, job: Job, sha256: str) -> None:
         """Record the content hash of a claimed job's input."""
         self._change(job, "sha256 = %s", sha256)

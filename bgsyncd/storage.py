@@ -98,8 +98,9 @@ class JobStore(Protocol):
     """The jobs: one row per input file, through pending, in flight and done.
 
     Fencing (SPEC §8): ``claim`` hands out a job with a fresh ``claim_token``.
-    Every change to a claimed job (``set_sha256``, ``complete``, ``quarantine``,
-    ``retry_later``, ``release``, ``defer``, ``forget``) takes the :class:`Job`
+    Every change to a claimed job (``record_version``, ``set_sha256``,
+    ``complete``, ``quarantine``, ``retry_later``, ``release``, ``defer``,
+    ``forget``) takes the :class:`Job`
     as claimed and is made only while that claim still holds it (in flight,
     same token); otherwise nothing changes and :class:`LeaseLost` is raised.
     ``holds`` asks the same question without changing anything.
@@ -115,6 +116,7 @@ class JobStore(Protocol):
     def holds(self, job: Job) -> bool: ...
     def claim_path(self, folder: str, relpath: str, lease_seconds: float) -> Job | None: ...
     def next_ready_at(self, folders: Collection[str] | None = None) -> float | None: ...
+    def record_version(self, job: Job, size: int, mtime_ns: int, inode: int) -> None: ...
     def set_sha256(self, job: Job, sha256: str) -> None: ...
     def complete(self, job: Job, outputs: Sequence[str]) -> None: ...
     def quarantine(

@@ -208,6 +208,8 @@ class Worker:
             return Vanished()
         data, sig = read
         run.read = sig
+        if sig != (job.size, job.mtime_ns, job.inode):  # rewritten since it was queued
+            self._queue.record_version(job, *sig)
         if data == b"":
             # Emptied since it was queued: a placeholder again, left alone like any
             # empty file; its next write queues it anew.

@@ -175,6 +175,20 @@ def test_a_retry_waits_for_its_time_and_counts_attempts(store: Store) -> None:
     assert again is not None and again.id == job.id and again.attempts == 2 and again.resend
 
 
+def test_the_version_a_claim_read_is_the_one_known(store: Store) -> None:
+    """Queued as one version, read as a newer one (rewritten before the claim): once
+    done, finding the version that was read again is nothing new; another is."""
+    store.enqueue_many([Found("f", "a.jpg", 10, 1, 5)])
+    job = _claimed(store)
+    store.record_version(job, 20, 2, 5)
+    store.complete(job, ["a.png"])
+    assert store.is_unchanged("f", "a.jpg", 20, 2, 5)
+    assert store.enqueue_many([Found("f", "a.jpg", 20, 2, 5)]) == []
+    assert not store.is_unchanged("f", "a.jpg", 10, 1, 5)
+    done = get_job(store, job.id)
+    assert done is not None and done.state == "done" and done.size == 20
+
+
 def test_done_and_quarantined_jobs_keep_what_they_need(store: Store) -> None:
     store.enqueue_many([_found("a.jpg"), _found("b.jpg")])
     a, b = _claimed(store), _claimed(store)
@@ -569,6 +583,7 @@ STALE_CHANGES: dict[str, Callable[[Store, Job], object]] = {
     "quarantine": lambda s, job: s.quarantine(job, "corrupt_image", "stale", None, "x.jpg"),
     "forget": lambda s, job: s.forget(job),
     "set_sha256": lambda s, job: s.set_sha256(job, "0" * 64),
+    "record_version": lambda s, job: s.record_version(job, 7, 7, 7),
 }
 
 

@@ -341,3 +341,26 @@ def test_a_file_rewritten_just_before_its_deletion_after_success_stays_and_is_qu
     assert again is not None and again.size == len(newer) and again.attempts == 0
     assert worker.process(again).kind is Kind.DONE
     assert not src.exists()  # this version was processed: now it goes
+
+
+@pytest.mark.parametrize("after_success", ["keep", "delete"])
+def test_the_version_processed_is_the_one_the_queue_knows(
+    tmp_path: Path, emulator: Emulator, after_success: str
+) -> None:
+    """Rewritten between queueing and reading: the version read is the one done. Its
+    own late find (the watcher settles it after the worker) is nothing new: not a
+    second request (keep), not a job forgotten as vanished after the input was
+    deleted (delete; the fuzz test saw that as a path never queued)."""
+    queue = Queue(tmp_path / "q.sqlite3")
+    worker = make_worker(tmp_path, emulator, queue, after_success=after_success)
+    job = _queued(tmp_path, queue, "p.jpg", b"a first, partial version")
+    src = tmp_path / "inbox" / "p.jpg"
+    with open(src, "r+b") as fh:  # in place, before the worker reads it
+        fh.write(product_image())
+    st = src.stat()
+    assert worker.process(job).kind is Kind.DONE
+    assert src.exists() == (after_success == "keep")
+    late = Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)
+    assert queue.is_unchanged("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)
+    assert queue.enqueue_many([late]) == []
+    assert queue.claim(60) is None
