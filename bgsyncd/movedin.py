@@ -60,6 +60,10 @@ class _AddWatch:
 _add_watch = _AddWatch()
 
 
+class _OutOfWatches(OSError):
+    """inotify has no watch left to give (``ENOSPC`` from ``inotify_add_watch``)."""
+
+
 def inotify_of(observer: Any, watch: object) -> Any:
     """watchdog 6's inotify instance behind ``watch`` on ``observer``, or None.
 
@@ -78,8 +82,7 @@ def watch_tree(inotify: Any, root: str, rel: str) -> int:
 
     ``root`` is the inbox's, ``rel`` the new folder's path in it. A folder
     that went away, or is a symlink, is passed over. ``OSError`` when inotify
-    is out of watches or instances (``ENOSPC``, ``EMFILE``): the caller polls
-    the inbox instead.
+    is out of watches (``ENOSPC``): the caller polls the inbox instead.
     """
     mask = (int(inotify.event_mask) & ~_IN_DONT_FOLLOW) | _IN_ONLYDIR  # the fd's link followed
     added = 0
@@ -100,7 +103,7 @@ def watch_tree(inotify: Any, root: str, rel: str) -> int:
                 with os.scandir(fd) as entries:
                     pending += [f"{here}/{e.name}" for e in entries if _is_dir(e)]
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                if isinstance(exc, _OutOfWatches):
                     raise
                 log.debug("folder.watch_below_failed", folder=here, error=repr(exc))
             finally:
@@ -112,7 +115,12 @@ def _watch_one(inotify: Any, mask: int, fd: int, path: bytes) -> int:
     """Watch the folder open at ``fd``, known to watchdog as ``path``; 1 if it was not."""
     if path in inotify._wd_for_path:
         return 0
-    wd = _add_watch(inotify.fd, f"/proc/self/fd/{fd}", mask)
+    try:
+        wd = _add_watch(inotify.fd, f"/proc/self/fd/{fd}", mask)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # not a full descriptor table (EMFILE) elsewhere
+            raise _OutOfWatches(exc.errno, exc.strerror) from exc
+        raise
     inotify._wd_for_path[path] = wd
     inotify._path_for_wd[wd] = path
     return 1
