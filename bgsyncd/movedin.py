@@ -112,15 +112,20 @@ def watch_tree(inotify: Any, root: str, rel: str) -> int:
 
 
 def _watch_one(inotify: Any, mask: int, fd: int, path: bytes) -> int:
-    """Watch the folder open at ``fd``, known to watchdog as ``path``; 1 if it was not."""
-    if path in inotify._wd_for_path:
-        return 0
+    """Watch the folder open at ``fd``, known to watchdog as ``path``; 1 if it was not.
+
+    Asked of inotify each time (it answers a folder it watches already with
+    that watch): the name alone may still stand for a folder moved out, whose
+    watch watchdog 6 keeps.
+    """
     try:
         wd = _add_watch(inotify.fd, f"/proc/self/fd/{fd}", mask)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:  # not a full descriptor table (EMFILE) elsewhere
             raise _OutOfWatches(exc.errno, exc.strerror) from exc
         raise
+    if inotify._wd_for_path.get(path) == wd:
+        return 0
     inotify._wd_for_path[path] = wd
     inotify._path_for_wd[wd] = path
     return 1

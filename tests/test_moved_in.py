@@ -169,3 +169,18 @@ def test_the_daemon_processes_an_image_written_into_a_folder_moved_in_long_befor
     wait_until((outbox / "shoot" / "sub" / "later.png").exists, 30.0, what="sub/later.png")
     assert daemon.proc.poll() is None
     assert daemon.stop() == 0
+
+
+def test_a_folder_moved_in_where_one_was_moved_out_is_watched(moved: Env) -> None:
+    # watchdog 6 keeps its watch of a folder moved out under the folder's old
+    # path: the one moved in under that name must be watched all the same.
+    sink = _start(moved)
+    write(moved.outside / "first" / "sub" / "a.jpg", mtime=OLD)
+    os.rename(moved.outside / "first", moved.inbox / "shoot")
+    wait_until(lambda: sink.found("shoot/sub/a.jpg"), SETTLE / 2, what="a.jpg")
+    os.rename(moved.inbox / "shoot", moved.outside / "first")
+    moved.sentinel(sink)  # its move out has been read
+    write(moved.outside / "second" / "sub" / "b.jpg", mtime=OLD)
+    os.rename(moved.outside / "second", moved.inbox / "shoot")
+    wait_until(lambda: sink.found("shoot/sub/b.jpg"), SETTLE / 2, what="b.jpg")
+    _emitted_at_its_close(sink, moved.inbox / "shoot" / "sub" / "later.jpg", moved.inbox)
