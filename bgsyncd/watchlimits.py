@@ -12,8 +12,8 @@
   failure (for a folder moved in from outside, which watchdog 6 does not
   try to watch, ``movedin``'s own try). Either way the inbox is polled
   instead (SPEC §6): ``folder.degraded`` in the log, ``bgsyncd_folder_up``
-  0.5, and the daemon runs on. It stays polled until the watcher is made again (a reload that
-  changes the folders, or a restart).
+  0.5, and the daemon runs on. It stays polled until the watcher is made
+  again (a reload that changes the folders, or a restart).
 
 Nothing here imports watchdog: the hooks listen to its loggers.
 """
