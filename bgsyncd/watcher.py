@@ -162,6 +162,7 @@ class Watcher:
             unwatch=self._unwatch,
             scan=self._scan_inbox,
             report=on_folder,
+            watched=lambda inbox: self._watches.get(inbox.name),
         )
         self._guard = RootGuard(
             self._inboxes,
@@ -348,7 +349,7 @@ class Watcher:
             dest = os.fsdecode(event.dest_path) or src
             if isinstance(event, DirMovedEvent):
                 self._tracker.forget_emitted(src, tracked=True)  # what was there has left
-            self._limits.new_folder(inbox, dest)  # watchdog 6 drops its failed watch silently
+            self._limits.new_folder(inbox, dest, event.is_synthetic)  # watchdog 6's gaps
             # A folder arrived: start afresh (polled, its files came first: keep them).
             self._tracker.forget_emitted(dest, tracked=not polled)
             self._fresh_dir(dest)

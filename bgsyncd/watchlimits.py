@@ -9,10 +9,11 @@
   thread, and goes on without it. watchdog 6 says nothing at all: for each
   folder that appears in an inbox, bgsyncd asks inotify itself whether one
   more watch can be had (``watch_available``), and takes a no as watchdog's
-  failure. Either way the inbox is polled instead (SPEC §6):
-  ``folder.degraded`` in the log, ``bgsyncd_folder_up`` 0.5, and the daemon
-  runs on. It stays polled until the watcher is made again (a reload that
-  changes the folders, or a restart).
+  failure (for a folder moved in from outside, which watchdog 6 does not
+  try to watch, ``movedin``'s own try). Either way the inbox is polled
+  instead (SPEC §6): ``folder.degraded`` in the log, ``bgsyncd_folder_up``
+  0.5, and the daemon runs on. It stays polled until the watcher is made
+  again (a reload that changes the folders, or a restart).
 
 Nothing here imports watchdog: the hooks listen to its loggers.
 """
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
+from bgsyncd import movedin
 from bgsyncd.logs import get_logger
 from bgsyncd.scanner import Inbox
 
@@ -130,7 +132,8 @@ class Limits:
     the root guard holds the inbox watched; ``unwatch(inbox)`` drops its
     watch and ``watch(inbox)`` sets it up (polled, once degraded here; raises
     ``OSError``); ``scan(inbox)`` asks for a scan; ``report(name, value)``
-    publishes ``bgsyncd_folder_up``. ``lock`` is held while watches are set up.
+    publishes ``bgsyncd_folder_up``; ``watched(inbox)`` is its watch, ``(observer,
+    watch)``, or None. ``lock`` is held while watches are set up.
     """
 
     def __init__(
@@ -143,8 +146,10 @@ class Limits:
         unwatch: Callable[[Inbox], None],
         scan: Callable[[Inbox], None],
         report: Callable[[str, float], None],
+        watched: Callable[[Inbox], tuple[Any, object] | None] = lambda inbox: None,
     ) -> None:
         self._inboxes = tuple(inboxes)
+        self._watched = watched
         self._is_up = is_up
         self._watch = watch
         self._unwatch = unwatch
@@ -184,17 +189,34 @@ class Limits:
         """Publish ``name`` up (True, or 0.5 while degraded) or down (False)."""
         self._report(name, DEGRADED if up and name in self._degraded else up)
 
-    def new_folder(self, inbox: Inbox, path: str) -> None:
+    def new_folder(self, inbox: Inbox, path: str, synthetic: bool = False) -> None:
         """A folder appeared at ``path`` in watched ``inbox`` (observer thread): watched?
 
         Only where watchdog would not say (watchdog 6). Should inotify have
         no watch to give now, watchdog's own try failed too, or took the last
-        one: either way the inbox is polled (the safe side).
+        one: either way the inbox is polled (the safe side). A folder moved in
+        from outside (or renamed inside) is watched here (``movedin``), then
+        the inbox scanned for what came before its watches; ``synthetic``
+        (watchdog's walk of a folder that appeared) is below one seen already.
         """
         if not SILENT_WATCHDOG or not inbox.recursive or self.polled(inbox):
             return
         if not watch_available(path):
             self._out_of_watches(path)
+            return
+        held = None if synthetic else self._watched(inbox)
+        inotify = movedin.inotify_of(*held) if held is not None else None
+        if inotify is None or not path.startswith(inbox.root + "/"):
+            return
+        try:
+            added = movedin.watch_tree(inotify, inbox.root, path[len(inbox.root) + 1 :])
+        except OSError as exc:
+            if not out_of_watches(exc):
+                raise
+            self._out_of_watches(path)
+            return
+        if added:
+            self._scan(inbox)
 
     def _out_of_watches(self, path: str) -> None:
         """watchdog could not watch ``path`` (on its thread): poll its inbox instead."""

@@ -157,6 +157,26 @@ def test_a_new_subfolder_beyond_the_watch_limit_turns_the_inbox_to_polling(
     assert d.proc.poll() is None
 
 
+def test_a_folder_moved_in_beyond_the_watch_limit_turns_the_inbox_to_polling(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    # The inbox and `a/` watched, one watch left: the moved-in `shoot/` and
+    # `shoot/sub/` want two (watchdog 6 would not even try: bgsyncd does).
+    folder, config, port = _setup(tmp_path, emulator, ["a"])
+    inbox = Path(folder["inbox"])
+    d = _started(daemons, config, watches=3)
+    wait_until(lambda: _folder_up(port, "shop") == 1, 30, what="folder_up 1")
+    outside = tmp_path / "outside"
+    _drop(outside, ["shoot/one.jpg", "shoot/sub/two.jpg"], seed=0)
+    (outside / "shoot").rename(inbox / "shoot")
+    wait_until(lambda: d.saw("folder.degraded", folder="shop"), 30, what="folder.degraded")
+    wait_until(lambda: _folder_up(port, "shop") == 0.5, 30, what="folder_up 0.5")
+    _drop(inbox, ["shoot/three.jpg", "shoot/sub/four.jpg"], seed=10)
+    want = {"shoot/one.png", "shoot/sub/two.png", "shoot/three.png", "shoot/sub/four.png"}
+    wait_until(lambda: _outputs(folder) == want, 60, what=f"outputs {want}")
+    assert d.proc.poll() is None
+
+
 def test_the_watch_probe_says_no_exactly_when_inotify_is_out_of_watches(tmp_path: Path) -> None:
     # What tells bgsyncd, on watchdog 6, that a new folder's watch failed.
     code = "import sys; from bgsyncd.watchlimits import watch_available as w; print(w(sys.argv[1]))"
