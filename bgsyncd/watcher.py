@@ -324,9 +324,7 @@ class Watcher:
     def on_event(self, inbox: Inbox, event: FileSystemEvent, polled: bool) -> None:
         """Feed one watchdog event for ``inbox`` to the tracker (observer thread).
 
-        Cheap first: most events are for files followed already, so the
-        path's rules are checked by the tracker only for a new path.
-        """
+        Cheap first: the tracker checks a path's rules only for a new path."""
         if self._stopping.is_set() or not self._guard.up(inbox):
             return  # a lost inbox: whatever its dying watch still says is not ours
         src = os.fsdecode(event.src_path)
