@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -63,13 +64,22 @@ def demos() -> Iterator[list[Demo]]:
 
 @pytest.fixture
 def port_9808_busy() -> Iterator[None]:
-    """Hold 127.0.0.1:9808 (the default metrics port), as another exporter would."""
+    """Hold 127.0.0.1:9808 (the default metrics port), as another exporter would.
+
+    Held by this test itself: a port someone else holds now (another suite's
+    demo on the same machine) may be free again before the demo starts.
+    """
     sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 9808))
-        sock.listen()
-    except OSError:
-        pass  # already held by someone else: busy all the same
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            sock.bind(("127.0.0.1", 9808))
+            sock.listen()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                break  # held by someone else for good: busy all the same
+            time.sleep(0.2)  # polling for a port another process holds; no event to wait on
     try:
         yield
     finally:
