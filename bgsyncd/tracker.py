@@ -55,11 +55,8 @@ class _Mode(enum.Enum):
 
 @dataclass(eq=False, slots=True)
 class _Entry:
-    """One file in progress; changed only under the tracker's lock.
-
-    Slots and no stored relative path: an entry is about 0.5 KB with its key
-    and heap item, and a burst can hold ``MAX_ENTRIES`` of them.
-    """
+    """One file in progress; changed only under the tracker's lock. Slots, no stored
+    relative path: about 0.5 KB with its key and heap item, ``MAX_ENTRIES`` at most."""
 
     inbox: Inbox
     path: str  # the same str object as its key in ``Tracker._entries``
@@ -80,12 +77,9 @@ class _Entry:
 class Tracker:
     """Files in progress, keyed by path; its thread emits each when complete.
 
-    Memory is O(files in progress), at most ``max_entries`` of them. The
-    thread sleeps on a Condition until the next deadline; observers and scans
-    add or update entries from their threads. ``on_dropped`` is called (under
-    the tracker's lock: it must only flag) when files left out for lack of
-    room should be looked for again.
-    """
+    The thread sleeps on a Condition until the next deadline; observers and scans
+    add or update entries from their threads. ``on_dropped`` is called (under the
+    lock: it must only flag) when files left out for lack of room are to be found."""
 
     def __init__(
         self,
@@ -128,6 +122,7 @@ class Tracker:
         self._seq = itertools.count()
         self._recent: dict[str, tuple[tuple[int, int, int], float]] = {}  # path -> (sig, until)
         self._recent_order: deque[tuple[float, str]] = deque()
+        self._emitting: set[str] = set()  # being handed on now, by this thread or a scan
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="bgsyncd-tracker", daemon=True)
 
@@ -153,17 +148,23 @@ class Tracker:
         with self._cond:
             return len(self._entries) + (1 if self._dropped else 0)
 
-    def tracking(self, path: str) -> bool:
-        """True when ``path`` is in progress."""
+    def begin_scan_emit(self, path: str) -> bool:
+        """A scan found ``path`` complete: may it hand it on now? Not while it is in
+        progress or being handed on by the tracker (then ``done_emitting``)."""
         with self._cond:
-            return path in self._entries
+            if path in self._entries or path in self._emitting:
+                return False
+            self._emitting.add(path)
+            return True
+
+    def done_emitting(self, path: str) -> None:
+        """``path``'s hand-over to ``emit`` or ``sink`` is over."""
+        with self._cond:
+            self._emitting.discard(path)
 
     def first_emission(self, path: str, st: os.stat_result) -> bool:
-        """Record an emission; False if this version of ``path`` was emitted moments ago.
-
-        A settle check and a late Closed event can both find the same complete
-        file; the second is not worth a sink call.
-        """
+        """Record an emission; False if this version of ``path`` was emitted moments ago
+        (a settle check and a late Closed event can both find the same complete file)."""
         sig = _signature(st)
         with self._cond:
             now = self._clock()
@@ -369,8 +370,14 @@ class Tracker:
                 return
             del self._entries[e.path]
             self._removed()
-        if st is not None and st.st_size > 0:
-            self._emit(e.inbox, e.relpath, st)
+            emit = st is not None and st.st_size > 0 and e.path not in self._emitting
+            if emit:  # a scan handing it on right now would make two
+                self._emitting.add(e.path)
+        if emit and st is not None:
+            try:
+                self._emit(e.inbox, e.relpath, st)
+            finally:
+                self.done_emitting(e.path)
 
     def _settle_due(
         self,
@@ -380,10 +387,7 @@ class Tracker:
         now: float,
         need: float,
     ) -> tuple[float | None, tuple[int, int, int], float]:
-        """(next look, or None if complete; signature; since) for a settling file.
-
-        ``need``: the quiet time that makes it complete.
-        """
+        """(next look, or None if complete; signature; since); ``need``: the quiet time."""
         fresh = _signature(st)
         if fresh != sig:
             sig, since = fresh, now

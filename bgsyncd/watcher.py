@@ -314,10 +314,11 @@ class Watcher:
         # Its own mtime says it has been quiet for settle_seconds already.
         quiet = self._wall() - st.st_mtime_ns / 1e9 >= self._settle
         if quiet and not self._open.holds(st.st_dev, st.st_ino):
-            if not self._tracker.tracking(path):
-                # Not remembered as recent: a scan answers to is_unchanged alone,
-                # and 100k remembered paths would not be O(files in progress).
-                self._sink(_found(inbox, rel, st))
+            if self._tracker.begin_scan_emit(path):  # never while the tracker emits it
+                try:
+                    self._sink(_found(inbox, rel, st))
+                finally:
+                    self._tracker.done_emitting(path)
             return
         self._tracker.scanned(inbox, path, st)
 
