@@ -17,8 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from bgsyncd import imaging, outputs
+from bgsyncd import imaging
 from bgsyncd.config import FolderSettings
+from bgsyncd.files import outputs
 from bgsyncd.logs import get_logger
 from bgsyncd.queue import Found, Queue
 

@@ -19,9 +19,9 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from bgsyncd import moves
 from bgsyncd.config import FolderSettings
-from bgsyncd.inputs import Signature, signature_of
+from bgsyncd.files import moves
+from bgsyncd.files.inputs import Signature, signature_of
 from bgsyncd.metrics import Recorder
 from bgsyncd.outcomes import (
     Changed,

@@ -27,8 +27,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from bgsyncd.errors import describe_os_error
+from bgsyncd.files.outputs import cleanup_temp_files, write_atomic
 from bgsyncd.logs import get_logger
-from bgsyncd.outputs import cleanup_temp_files, write_atomic
 
 log = get_logger("bgsyncd.cache")
 

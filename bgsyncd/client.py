@@ -67,7 +67,7 @@ from bgsyncd.endpoints import (
     REMOVE_BACKGROUND,
     REMOVE_BACKGROUND_BASE64,
 )
-from bgsyncd.formats import media_type
+from bgsyncd.files.formats import media_type
 
 _PATHS = {name: f"/v1.0/{name}" for name in ENDPOINTS} | {AVAILABLE_CREDIT: "/available-credit"}
 

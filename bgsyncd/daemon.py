@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from bgsyncd import __version__, outputs
+from bgsyncd import __version__
 from bgsyncd.adoption import Adopter
 from bgsyncd.backends import database_secrets, open_backend
 from bgsyncd.client import Client
@@ -24,6 +24,7 @@ from bgsyncd.config import Settings, load_settings, require_api_key
 from bgsyncd.dblock import DatabaseLock, database_lost
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
+from bgsyncd.files import outputs
 from bgsyncd.ingest import Ingest
 from bgsyncd.layout import output_trees
 from bgsyncd.local_faults import LocalFaults

@@ -2,7 +2,7 @@
 
 The worker's success path on the files (SPEC §4): the output names are
 claimed in the store before a credit is spent on them, the outputs are
-written (atomically, :mod:`bgsyncd.outputs`), and once they are durable the
+written (atomically, :mod:`bgsyncd.files.outputs`), and once they are durable the
 input is kept, deleted or moved to ``done``, unless it changed meanwhile.
 A write that fails raises ``OSError``; the worker reports it (``WriteFailed``).
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bgsyncd import imaging, moves, outputs
+from bgsyncd import imaging
 from bgsyncd.config import FolderSettings
-from bgsyncd.inputs import Signature, signature_of
+from bgsyncd.files import moves, outputs
+from bgsyncd.files.inputs import Signature, signature_of
 from bgsyncd.queue import Found, Job, Queue
 
 

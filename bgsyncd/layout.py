@@ -11,9 +11,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bgsyncd import rootfd
 from bgsyncd.config_errors import invalid
 from bgsyncd.errors import describe_os_error
+from bgsyncd.files import rootfd
 
 if TYPE_CHECKING:  # config imports this module; only the type is needed here
     from bgsyncd.config import FolderSettings
@@ -68,7 +68,7 @@ def create_folders(folders: Sequence[FolderSettings], file: Path) -> None:
 
     Their paths are resolved first (a symlink the operator put in the
     configured path is meant), then made without following a symlink at any
-    level (:func:`bgsyncd.rootfd.make_dirs`, unlike ``os.makedirs``): one
+    level (:func:`bgsyncd.files.rootfd.make_dirs`, unlike ``os.makedirs``): one
     swapped in meanwhile fails the load instead of leading elsewhere.
     """
     for i, f in enumerate(folders):

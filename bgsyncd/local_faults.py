@@ -1,7 +1,7 @@
 """The local-fault pauses (SPEC §4): where an output failed, and lifting each pause by its rule.
 
 - ``output_unwritable``: the place a write failed is noted for the
-  :class:`~bgsyncd.probe.OutputProbe`, probed from the configured folder that
+  :class:`~bgsyncd.files.probe.OutputProbe`, probed from the configured folder that
   holds it; the pause is lifted when the probe passes (every 30 s, at once on
   SIGHUP). A probe round runs on a thread of its own: a write to a sick disk
   (a hung network mount) may block for minutes, and the main loop must go on
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from bgsyncd.config import FolderSettings
 from bgsyncd.dispatch import Dispatcher
+from bgsyncd.files.probe import OutputProbe
 from bgsyncd.layout import output_trees
 from bgsyncd.logs import get_logger
 from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
-from bgsyncd.probe import OutputProbe
 from bgsyncd.queue import Queue
 
 log = get_logger("bgsyncd.daemon")  # the main loop's events, named as they always were

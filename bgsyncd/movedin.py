@@ -28,7 +28,7 @@ import errno
 import os
 from typing import Any
 
-from bgsyncd import fsops
+from bgsyncd.files import fsops
 from bgsyncd.logs import get_logger
 
 log = get_logger("bgsyncd.watcher")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from bgsyncd.names import first_free_output
+from bgsyncd.files.names import first_free_output
 from bgsyncd.pg_db import NOW, PgBase
 from bgsyncd.storage import Found, QueueError
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bgsyncd.errors import QueueUnavailable, describe_os_error
-from bgsyncd.probe import probe_write
+from bgsyncd.files.probe import probe_write
 from bgsyncd.queue_faults import Identity, identity_of, lost_reason
 from bgsyncd.queue_sql import MIGRATIONS, SCHEMA_VERSION
 from bgsyncd.sqlite_claims import SqliteClaims

@@ -8,7 +8,7 @@ importer):
   the queue is *unavailable*, not broken: dispatch pauses ``queue_unavailable``
   and resumes when a write passes again. SQLite's own text ("database or disk
   is full") names no errno, so the folder is probed with a real write
-  (:func:`bgsyncd.probe.probe_write`) and the kernel's answer is the message:
+  (:func:`bgsyncd.files.probe.probe_write`) and the kernel's answer is the message:
   ``[Errno 28] No space left on device``.
 - Is the file at the database's path still the one we opened? A database
   deleted or replaced under a running daemon (and its ``.lock`` with it) would
@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from bgsyncd.errors import describe_os_error
-from bgsyncd.probe import probe_write
+from bgsyncd.files.probe import probe_write
 
 # SQLite primary result codes that mean the disk, not the data or the caller.
 SQLITE_PERM = 3

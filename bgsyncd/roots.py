@@ -11,7 +11,7 @@ and the guard acts through the watcher's callbacks -- drop the dead watch,
 set up a new one, scan the folder -- and reports each inbox up or down.
 
 A root is looked at through a path with no symlink at any level
-(:mod:`bgsyncd.rootfd`): an inbox whose root, or a folder above it, was
+(:mod:`bgsyncd.files.rootfd`): an inbox whose root, or a folder above it, was
 swapped for a symlink is lost, never followed, and comes back only once a
 real folder is there again. A folder is the one watched when its
 ``(st_dev, st_ino)`` is the one recorded when its watch was set up. A root
@@ -30,8 +30,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bgsyncd import rootfd
 from bgsyncd.errors import describe_os_error
+from bgsyncd.files import rootfd
 from bgsyncd.logs import get_logger
 from bgsyncd.scanner import Inbox
 
@@ -62,7 +62,7 @@ def look(root: str, was_mount_point: bool = False) -> Root | Missing:
     """What is at ``root`` now, looked up without following a symlink at any level.
 
     A symlink in place of the root or of any folder above it makes the root
-    missing (:func:`bgsyncd.rootfd.lookup`): a path that leads elsewhere is
+    missing (:func:`bgsyncd.files.rootfd.lookup`): a path that leads elsewhere is
     never taken for the folder. ``was_mount_point``: the root has been a
     mount point; a plain folder there now is the bare mount point of an
     unmounted share.

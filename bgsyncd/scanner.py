@@ -27,8 +27,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from bgsyncd import fsops
 from bgsyncd.errors import BgsyncdError
+from bgsyncd.files import fsops
 from bgsyncd.logs import get_logger
 
 log = get_logger("bgsyncd.watcher")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from bgsyncd.names import first_free_output
+from bgsyncd.files.names import first_free_output
 from bgsyncd.queue_sql import SQL_CLAIMED_BY, SQL_INPUT_INSIDE, SQL_OUTPUT_INSIDE, SQL_OWNER
 from bgsyncd.sqlite_db import SqliteBase
 from bgsyncd.storage import Found, QueueError

@@ -32,8 +32,8 @@ from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
 from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, describe
+from bgsyncd.files.inputs import Signature, read_input
 from bgsyncd.history import History
-from bgsyncd.inputs import Signature, read_input
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
 from bgsyncd.outage import Outage

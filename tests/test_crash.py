@@ -35,8 +35,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bgsyncd import outputs
 from bgsyncd.emulator import Emulator, RecordedRequest
+from bgsyncd.files import outputs
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
 from tests.helpers import open_image, product_image, transparent_png, wait_until
 

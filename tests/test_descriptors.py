@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from bgsyncd import fsops
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
 from bgsyncd.emulator import Emulator
+from bgsyncd.files import fsops
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.metrics import Recorder
 from bgsyncd.queue import Found, Queue

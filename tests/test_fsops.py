@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import fsops
 from bgsyncd.config import load_settings
 from bgsyncd.errors import is_refused
-from bgsyncd.inputs import read_input, signature_of
-from bgsyncd.outputs import write_file
+from bgsyncd.files import fsops
+from bgsyncd.files.inputs import read_input, signature_of
+from bgsyncd.files.outputs import write_file
 from bgsyncd.scanner import IgnoreRules, walk
 
 

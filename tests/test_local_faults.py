@@ -15,8 +15,8 @@ import pytest
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.emulator import Emulator
+from bgsyncd.files.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
 from bgsyncd.local_faults import LocalFaults
-from bgsyncd.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
 from tests.conftest import (
     DaemonProcess,
     make_folder,

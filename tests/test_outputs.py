@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import moves, names, outputs
 from bgsyncd.errors import is_refused
+from bgsyncd.files import moves, names, outputs
 
 SIDECAR = {
     "path": "sub/photo.jpg",

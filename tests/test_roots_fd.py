@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import rootfd
 from bgsyncd.errors import is_refused
+from bgsyncd.files import rootfd
 
 LEVELS = ("a", "a/b", "a/b/c", "a/b/c/root")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import outputs
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
 from bgsyncd.config import FolderSettings
 from bgsyncd.emulator import Emulator
+from bgsyncd.files import outputs
 from bgsyncd.metrics import Recorder
 from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.results import Kind

@@ -43,7 +43,7 @@ budget of :mod:`~bgsyncd.imaging.budget` is :class:`CorruptImage` from its
 header; a matte answer is judged by its header size before it is decoded.
 """
 
-from bgsyncd.formats import MIME_TYPES, SNIFF_BYTES, sniff
+from bgsyncd.files.formats import MIME_TYPES, SNIFF_BYTES, sniff
 from bgsyncd.imaging.codec import (
     MAX_PIXELS,
     CorruptImage,

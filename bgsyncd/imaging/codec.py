@@ -50,7 +50,7 @@ from typing import TypeAlias
 
 from PIL import Image
 
-from bgsyncd.formats import SNIFF_BYTES, sniff
+from bgsyncd.files.formats import SNIFF_BYTES, sniff
 from bgsyncd.imaging import budget
 from bgsyncd.imaging.plan import Size
 

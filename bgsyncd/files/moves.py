@@ -1,7 +1,7 @@
 """Moving and deleting inputs: into quarantine (with the sidecar), into ``done``,
 and deleting after success.
 
-Every file is reached through :mod:`bgsyncd.fsops` (directory descriptors
+Every file is reached through :mod:`bgsyncd.files.fsops` (directory descriptors
 walked from a folder's root). Moves never rely on ``rename`` across
 filesystems: the file is hard-linked (same filesystem) or copied and fsynced
 under a temp name and then linked to its final name, so a name is claimed
@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from bgsyncd import fsops, outputs
-from bgsyncd.names import numbered_names, sidecar_name
-from bgsyncd.outputs import SIDECAR_SUFFIX
+from bgsyncd.files import fsops, outputs
+from bgsyncd.files.names import numbered_names, sidecar_name
+from bgsyncd.files.outputs import SIDECAR_SUFFIX
 
 _COPY_CHUNK = 1024 * 1024
 

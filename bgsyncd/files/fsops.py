@@ -2,7 +2,7 @@
 
 Every stat, open, rename, link and unlink of a file under an inbox, outbox,
 quarantine or done folder goes through here. Every walk starts from the
-descriptor held for the folder's root (:mod:`bgsyncd.rootfd`: opened through
+descriptor held for the folder's root (:mod:`bgsyncd.files.rootfd`: opened through
 a path with no symlink at any level, never by its path string); from there each folder
 on the way is opened with ``openat(name, O_NOFOLLOW | O_DIRECTORY)`` relative
 to its parent, and the file itself is reached with ``dir_fd=``. A folder
@@ -25,7 +25,7 @@ from collections.abc import Generator, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from bgsyncd import rootfd
+from bgsyncd.files import rootfd
 
 # A symlink or a non-folder anywhere on the way fails the walk (ELOOP, ENOTDIR).
 DIR_FLAGS = rootfd.DIR_FLAGS
@@ -50,7 +50,7 @@ def split_relpath(relpath: str) -> list[str]:
 def open_root(root: Path | str) -> int:
     """A descriptor of a configured folder's root (the caller closes it).
 
-    Started from the descriptor held for the root (:mod:`bgsyncd.rootfd`),
+    Started from the descriptor held for the root (:mod:`bgsyncd.files.rootfd`),
     whose path is looked up without following a symlink at any level: a root
     or a folder above it swapped for a symlink is refused (a lost folder),
     never followed.

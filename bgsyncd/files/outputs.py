@@ -1,7 +1,7 @@
 """Output names, atomic writes and temp-file clean-up (moves of inputs: ``moves.py``).
 
 Pure filesystem: no image library here, and every file is reached through
-:mod:`bgsyncd.fsops` (directory descriptors walked from a folder's root, never
+:mod:`bgsyncd.files.fsops` (directory descriptors walked from a folder's root, never
 a path string that a swapped symlink could redirect). Every write is a temp
 file in the target folder (``.<name>.bgsyncd-<16 hex>.tmp``, hidden so
 watchers and people ignore it), fsynced, renamed over the final name, and made
@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 
-from bgsyncd import fsops, rootfd
-from bgsyncd.names import mask_candidates, output_candidates, sidecar_name
+from bgsyncd.files import fsops, rootfd
+from bgsyncd.files.names import mask_candidates, output_candidates, sidecar_name
 
 __all__ = [
     "SIDECAR_SUFFIX",
@@ -94,7 +94,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """:func:`write_file` for a file of our own (the result cache), outside the folders.
 
     Its folder is reached, and made when missing, without following a symlink
-    at any level (:mod:`bgsyncd.rootfd`): a folder above it swapped for a
+    at any level (:mod:`bgsyncd.files.rootfd`): a folder above it swapped for a
     symlink refuses the write (``ELOOP``, ``ENOTDIR``) instead of leading outside.
     """
     try:

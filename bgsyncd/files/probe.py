@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgsyncd import rootfd
 from bgsyncd.errors import describe_os_error
+from bgsyncd.files import rootfd
 
 PROBE_INTERVAL_SECONDS = 30.0
 # One page: a probe of a single byte can pass on a disk that has no room for a block.
@@ -42,7 +42,7 @@ def probe_write(folder: Path, root: Path | None = None) -> None:
     refusing a symlink at every step (``ENOTDIR`` or ``ELOOP``), and a part of the way that
     does not exist yet (its ``mkdir`` is what failed) is probed at the deepest
     folder that does. ``root`` is opened from its held descriptor (a root, or
-    a folder above it, swapped for a symlink is refused, :mod:`bgsyncd.rootfd`).
+    a folder above it, swapped for a symlink is refused, :mod:`bgsyncd.files.rootfd`).
     Without ``root``, ``folder`` itself must exist, reached without following
     a symlink at any level.
     """

@@ -2,7 +2,7 @@
 
 A file is read only when it is a regular file reached through real folders:
 every folder on its path is opened from the inbox's root with ``O_NOFOLLOW``
-(:mod:`bgsyncd.fsops`), the file itself with ``O_NOFOLLOW`` too, so a folder
+(:mod:`bgsyncd.files.fsops`), the file itself with ``O_NOFOLLOW`` too, so a folder
 swapped for a symlink at any moment cannot lead out of the inbox; no FIFO
 that would block (``O_NONBLOCK``), and never more than a limit. Anything that
 makes the file unreachable that way means, for the caller, that it vanished.
@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from bgsyncd import fsops
+from bgsyncd.files import fsops
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode: what the queue compares
 

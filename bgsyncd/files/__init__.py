@@ -1,0 +1,3 @@
+"""Files under the configured folders: reached through descriptors only, read, written
+atomically, moved, named.
+"""
