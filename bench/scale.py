@@ -44,7 +44,7 @@ from pathlib import Path
 from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from bgsyncd.config import load_settings
+from bgsyncd.config.schema import load_settings
 from bgsyncd.emulator import Emulator
 from bgsyncd.status import collect_status
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.scale import Figure, print_table
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.queue import Found
 from bgsyncd.watcher import Watcher
 

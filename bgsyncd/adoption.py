@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from bgsyncd import imaging
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import outputs
 from bgsyncd.logs import get_logger
 from bgsyncd.queue import Found, Queue

@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves
 from bgsyncd.files.inputs import Signature, signature_of
 from bgsyncd.metrics import Recorder

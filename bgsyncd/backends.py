@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from bgsyncd.cache import ResultCache
-from bgsyncd.config import Settings, host_id
+from bgsyncd.config.schema import Settings, host_id
 from bgsyncd.credits import CreditGuard
 from bgsyncd.errors import ConfigError
 from bgsyncd.pauses import Pauses

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bgsyncd import __version__
-from bgsyncd.apikey import KEY_ENV
-from bgsyncd.config import Settings, load_settings
-from bgsyncd.config_keys import SECTIONS
+from bgsyncd.config.apikey import KEY_ENV
+from bgsyncd.config.keys import SECTIONS
+from bgsyncd.config.schema import Settings, load_settings
 from bgsyncd.errors import BgsyncdError, ConfigError
 
 if TYPE_CHECKING:

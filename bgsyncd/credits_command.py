@@ -13,7 +13,7 @@ import json
 import sys
 
 from bgsyncd.backends import open_request_log
-from bgsyncd.config import Settings, require_api_key
+from bgsyncd.config.schema import Settings, require_api_key
 from bgsyncd.errors import ApiError, BgsyncdError
 from bgsyncd.pacer import Pacer
 from bgsyncd.queue import QueueError

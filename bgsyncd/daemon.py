@@ -20,13 +20,13 @@ from bgsyncd import __version__
 from bgsyncd.adoption import Adopter
 from bgsyncd.backends import database_secrets, open_backend
 from bgsyncd.client import Client
-from bgsyncd.config import Settings, load_settings, require_api_key
+from bgsyncd.config.layout import output_trees
+from bgsyncd.config.schema import Settings, load_settings, require_api_key
 from bgsyncd.dblock import DatabaseLock, database_lost
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.files import outputs
 from bgsyncd.ingest import Ingest
-from bgsyncd.layout import output_trees
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.metrics import Metrics

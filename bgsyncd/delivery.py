@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from bgsyncd import imaging
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves, outputs
 from bgsyncd.files.inputs import Signature, signature_of
 from bgsyncd.queue import Found, Job, Queue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bgsyncd.config import load_settings
+from bgsyncd.config.schema import load_settings
 from bgsyncd.daemon import Daemon
 from bgsyncd.emulator import Emulator
 

@@ -20,10 +20,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.layout import output_trees
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.files.probe import OutputProbe
-from bgsyncd.layout import output_trees
 from bgsyncd.logs import get_logger
 from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
 from bgsyncd.queue import Queue

@@ -21,7 +21,7 @@ from typing import TypeVar
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bgsyncd.config_rules import parse_listen
+from bgsyncd.config.rules import parse_listen
 from bgsyncd.endpoints import ENDPOINTS, UPLOAD_ENDPOINTS
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics_http import MetricsServer

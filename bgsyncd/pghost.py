@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.logs import get_logger
 from bgsyncd.pg_db import HOST_LOCK_CLASS, dsn_secrets, failure

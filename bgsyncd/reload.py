@@ -1,6 +1,6 @@
 """A reload (SIGHUP) decided: what of the new settings needs a restart, or a new watcher.
 
-Pure functions on two :class:`~bgsyncd.config.Settings`, the one in force and
+Pure functions on two :class:`~bgsyncd.config.schema.Settings`, the one in force and
 the one just read; the daemon acts on their answers. Everything not named
 here takes effect at once (rate limit, credit floor and interval, the key, the
 worker's settings: :func:`worker_config`, built at start and at every reload).
@@ -8,7 +8,7 @@ worker's settings: :func:`worker_config`, built at start and at every reload).
 
 from __future__ import annotations
 
-from bgsyncd.config import Settings
+from bgsyncd.config.schema import Settings
 from bgsyncd.worker import WorkerConfig
 
 # Keys a running daemon cannot take on: the store, the pool, the metrics socket.

@@ -14,7 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from bgsyncd.backends import open_fleet_queue
-from bgsyncd.config import Settings
+from bgsyncd.config.schema import Settings
 from bgsyncd.errors import describe_os_error
 from bgsyncd.files import fsops
 from bgsyncd.files.moves import move_to

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any, cast
 
-from bgsyncd.config import Settings
+from bgsyncd.config.schema import Settings
 from bgsyncd.queue import STATES, Queue, QueueError
 from bgsyncd.waiting import Waiting, decode, describe
 

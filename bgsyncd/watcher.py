@@ -59,7 +59,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.logs import get_logger
 from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.queue import Found

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from bgsyncd.config import Settings
+from bgsyncd.config.schema import Settings
 from bgsyncd.logs import get_logger
 from bgsyncd.watcher import Watcher
 

@@ -30,7 +30,7 @@ from bgsyncd.apply import Applier
 from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, describe
 from bgsyncd.files.inputs import Signature, read_input
 from bgsyncd.history import History

@@ -17,7 +17,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from bgsyncd.cli import render_settings
-from bgsyncd.config import (
+from bgsyncd.config.rules import parse_listen
+from bgsyncd.config.schema import (
     DEFAULT_CONFIG_PATH,
     ApiSettings,
     CreditSettings,
@@ -30,7 +31,6 @@ from bgsyncd.config import (
     load_settings,
     require_api_key,
 )
-from bgsyncd.config_rules import parse_listen
 from bgsyncd.errors import ConfigError
 
 if sys.version_info >= (3, 11):

@@ -24,7 +24,7 @@ import pytest
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops
 from bgsyncd.local_faults import LocalFaults

@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator

@@ -18,7 +18,7 @@ import pytest
 from bgsyncd.adoption import Adopter
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.metrics import Recorder
 from bgsyncd.queue import Found, Queue

@@ -23,7 +23,7 @@ from PIL import Image, ImageChops, ImageCms, ImageDraw
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.emulator.bodies import form_image
 from bgsyncd.metrics import Metrics, Recorder

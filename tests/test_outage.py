@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator

@@ -142,7 +142,7 @@ CRASHING_DAEMON = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from bgsyncd.config import load_settings
+    from bgsyncd.config.schema import load_settings
     from bgsyncd.daemon import Daemon
     from bgsyncd.queue import Queue
 

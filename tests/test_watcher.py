@@ -18,7 +18,7 @@ import pytest
 import watchdog.events
 from watchdog.events import FileModifiedEvent, FileSystemEvent
 
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.openfiles import OpenForWriting
 from bgsyncd.queue import Found

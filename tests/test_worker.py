@@ -16,7 +16,7 @@ import pytest
 
 from bgsyncd.cache import ResultCache
 from bgsyncd.client import Client
-from bgsyncd.config import FolderSettings
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
 from bgsyncd.metrics import Recorder

@@ -41,12 +41,12 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from bgsyncd import layout
-from bgsyncd.apikey import KEY_ENV, resolve_api_key
-from bgsyncd.config_errors import check_top_level, explain, explain_env
-from bgsyncd.config_keys import ENV_PREFIX, SECTIONS
-from bgsyncd.config_paths import resolve_paths, with_env_paths_resolved, with_resolved_roots
-from bgsyncd.config_rules import check_rules
+from bgsyncd.config import layout
+from bgsyncd.config.apikey import KEY_ENV, resolve_api_key
+from bgsyncd.config.keys import ENV_PREFIX, SECTIONS
+from bgsyncd.config.messages import check_top_level, explain, explain_env
+from bgsyncd.config.paths import resolve_paths, with_env_paths_resolved, with_resolved_roots
+from bgsyncd.config.rules import check_rules
 from bgsyncd.errors import ConfigError, describe_os_error
 
 if sys.version_info >= (3, 11):

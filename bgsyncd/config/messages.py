@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
-from bgsyncd.apikey import KEY_ENV
-from bgsyncd.config_keys import ENV_PREFIX, SECTIONS, TOP_LEVEL
+from bgsyncd.config.apikey import KEY_ENV
+from bgsyncd.config.keys import ENV_PREFIX, SECTIONS, TOP_LEVEL
 from bgsyncd.errors import ConfigError
 
 
