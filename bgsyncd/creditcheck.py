@@ -6,7 +6,7 @@ pacer like any request (the client's gate) and costs no credit. An answer
 updates the credit guard and lifts what a check answered normally lifts (then
 the floor and the expiry decide); a 401/402/403 or a redirect pauses for its
 reason; a failure (5xx, timeout, connection, malformed) counts in the
-account's streak (:mod:`bgsyncd.outage`): no connection, or the third in a
+account's streak (:mod:`bgsyncd.api.outage`): no connection, or the third in a
 row, pauses ``api_unreachable``, and a probe that fails backs off.
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bgsyncd.client import Client
+from bgsyncd.api.client import Client
+from bgsyncd.api.outage import Outage, pauses
 from bgsyncd.credits import CreditGuard
 from bgsyncd.errors import AccountError, ApiError, Stopped, TransientError
 from bgsyncd.logs import get_logger
-from bgsyncd.outage import Outage, pauses
 from bgsyncd.pauses import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, Lift
 
 log = get_logger("bgsyncd.dispatch")

@@ -28,7 +28,7 @@ class NotRecorded(BgsyncdError):
 
 def fetch_credits(settings: Settings) -> tuple[int, str | None]:
     """Ask the API once, paced through the persisted request log: (available, expiry ISO)."""
-    from bgsyncd.client import Client  # httpx is slow to import; only this command needs it
+    from bgsyncd.api.client import Client  # httpx is slow to import; only this command needs it
 
     key = require_api_key(settings)
     database = settings.queue.database if settings.queue.backend == "sqlite" else "the fleet's log"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bgsyncd import __version__
 from bgsyncd.adoption import Adopter
+from bgsyncd.api.client import Client
 from bgsyncd.backends import database_secrets, open_backend
-from bgsyncd.client import Client
 from bgsyncd.config.layout import output_trees
 from bgsyncd.config.schema import Settings, load_settings, require_api_key
 from bgsyncd.dblock import DatabaseLock, database_lost

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from bgsyncd.client import Client
+from bgsyncd.api.client import Client
 from bgsyncd.creditcheck import CHECK_RETRY_SECONDS, CreditCheck
 from bgsyncd.credits import CreditGuard
 from bgsyncd.errors import BgsyncdError, QueueUnavailable

@@ -21,8 +21,8 @@ from typing import TypeVar
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bgsyncd.api.endpoints import ENDPOINTS, UPLOAD_ENDPOINTS
 from bgsyncd.config.rules import parse_listen
-from bgsyncd.endpoints import ENDPOINTS, UPLOAD_ENDPOINTS
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics_http import MetricsServer
 from bgsyncd.pauses import REASONS

@@ -46,7 +46,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from bgsyncd import errors, outage
+from bgsyncd import errors
+from bgsyncd.api import outage
 from bgsyncd.pauses import API_MALFORMED, API_UNREACHABLE, OUTPUT_UNWRITABLE
 
 # Unusable answers in a row, for the whole account, that pause dispatch.

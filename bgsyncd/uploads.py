@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from bgsyncd import cache, imaging
-from bgsyncd.client import Client
-from bgsyncd.endpoints import ALPHA_CHANNEL, REMOVE_BACKGROUND
+from bgsyncd.api.client import Client
+from bgsyncd.api.endpoints import ALPHA_CHANNEL, REMOVE_BACKGROUND
 from bgsyncd.errors import ApiError, Stopped
 from bgsyncd.metrics import Recorder
 

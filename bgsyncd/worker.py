@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from bgsyncd import delivery, imaging, uploads
+from bgsyncd.api.client import Client
+from bgsyncd.api.outage import Outage
 from bgsyncd.apply import Applier
 from bgsyncd.backoff import compute_backoff
 from bgsyncd.cache import ResultCache
-from bgsyncd.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, describe
 from bgsyncd.files.inputs import Signature, read_input
 from bgsyncd.history import History
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
-from bgsyncd.outage import Outage
 from bgsyncd.outcomes import (
     NEEDS_REQUEST,
     ApiFailed,

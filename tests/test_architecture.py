@@ -186,7 +186,7 @@ BLOCKS = contract_blocks(ARCHITECTURE)
 
 def test_architecture_lists_contracts_for_the_main_modules() -> None:
     documented = {name for name, _ in BLOCKS}
-    for name in ("bgsyncd.storage", "bgsyncd.pacer", "bgsyncd.client", "bgsyncd.watcher"):
+    for name in ("bgsyncd.storage", "bgsyncd.pacer", "bgsyncd.api.client", "bgsyncd.watcher"):
         assert name in documented
 
 
@@ -404,8 +404,8 @@ LIBRARY_HOMES = {
     "PIL": ("bgsyncd.imaging.*", "bgsyncd.demo"),  # the demo draws its samples
     "watchdog": ("bgsyncd.watcher",),
     "prometheus_client": ("bgsyncd.metrics",),
-    "httpx": ("bgsyncd.client", "bgsyncd.deadline"),  # deadline: the client's sockets
-    "httpcore": ("bgsyncd.deadline",),
+    "httpx": ("bgsyncd.api.client", "bgsyncd.api.deadline"),  # deadline: the client's sockets
+    "httpcore": ("bgsyncd.api.deadline",),
     "sqlite3": ("bgsyncd.queue", "bgsyncd.sqlite_*"),
     "psycopg": ("bgsyncd.pg*", "bgsyncd.backends"),  # backends: is psycopg installed?
     "psycopg_pool": ("bgsyncd.pg*", "bgsyncd.backends"),
@@ -442,7 +442,7 @@ def test_each_outside_library_is_imported_only_in_its_home() -> None:
 
 def test_a_library_imported_outside_its_home_is_caught() -> None:
     source = "def f():\n    from PIL import Image\n    import httpx.Client\n"
-    imports = {"bgsyncd.worker": library_imports(source), "bgsyncd.client": {"httpx"}}
+    imports = {"bgsyncd.worker": library_imports(source), "bgsyncd.api.client": {"httpx"}}
     assert strays(imports) == [("PIL", "bgsyncd.worker"), ("httpx", "bgsyncd.worker")]
 
 

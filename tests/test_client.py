@@ -26,9 +26,9 @@ import httpx
 import pytest
 
 from bgsyncd import __version__, errors
-from bgsyncd.client import Client, Credits
+from bgsyncd.api.client import Client, Credits
+from bgsyncd.api.endpoints import ENDPOINTS
 from bgsyncd.emulator import Emulator
-from bgsyncd.endpoints import ENDPOINTS
 from tests.helpers import open_image, product_image, transparent_png
 
 KEY = "sk-test-7f3a9c1e5b2d4a6f8e0c"  # distinctive, so a leak is found by substring

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from bgsyncd import errors
-from bgsyncd.answers import MATTE_LIMIT, answer_limit
-from bgsyncd.client import Client
+from bgsyncd.api.answers import MATTE_LIMIT, answer_limit
+from bgsyncd.api.client import Client
 from bgsyncd.config.schema import load_settings
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import ConfigError
@@ -132,7 +132,7 @@ def test_a_500_mb_answer_is_abandoned_unread(
 _RSS_PROBE = """
 import re, sys
 from bgsyncd import errors
-from bgsyncd.client import Client
+from bgsyncd.api.client import Client
 with Client(sys.argv[1], "k", 60.0) as client:
     for _ in range(3):
         try:

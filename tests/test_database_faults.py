@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.client import Client
+from bgsyncd.api.client import Client
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.queue import Found, Queue, QueueError, SqliteRequestLog

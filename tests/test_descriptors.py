@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from bgsyncd.api.client import Client
 from bgsyncd.cache import ResultCache
-from bgsyncd.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops

@@ -408,7 +408,7 @@ def test_each_pause_reason_is_lifted_only_by_its_own_events() -> None:
 def make_dispatcher(
     tmp_path: Path, emu: Emulator, floor: int = 0, **pacer: Any
 ) -> tuple[Any, Any, Any]:
-    from bgsyncd.client import Client
+    from bgsyncd.api.client import Client
     from bgsyncd.credits import CreditGuard
     from bgsyncd.dispatch import Dispatcher
     from bgsyncd.metrics import Recorder

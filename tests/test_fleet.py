@@ -405,8 +405,8 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Host a's lease runs out mid-request and b takes the job over: a writes nothing."""
+    from bgsyncd.api.client import Client
     from bgsyncd.cache import ResultCache
-    from bgsyncd.client import Client
     from bgsyncd.config.schema import FolderSettings
     from bgsyncd.metrics import Recorder
     from bgsyncd.pgfleet import Hosts

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bgsyncd.client import Client
+from bgsyncd.api.client import Client
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable

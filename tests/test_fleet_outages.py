@@ -20,8 +20,8 @@ from typing import Any, cast
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from bgsyncd.api.client import Client
 from bgsyncd.cache import ResultCache
-from bgsyncd.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher

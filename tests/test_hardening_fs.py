@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.adoption import Adopter
+from bgsyncd.api.client import Client
 from bgsyncd.cache import ResultCache
-from bgsyncd.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.metrics import Recorder

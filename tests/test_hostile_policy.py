@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import bgsyncd.client
+import bgsyncd.api.client
 from bgsyncd.emulator import Emulator
 from tests.conftest import (
     DaemonProcess,
@@ -125,7 +125,7 @@ def test_unusable_answers_cost_two_credits_a_file_and_three_in_a_row_pause_api_m
 def test_a_redirect_pauses_unexpected_redirect_with_its_target_and_counts_no_attempt(
     tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
-    if "UnexpectedRedirect" not in inspect.getsource(bgsyncd.client):
+    if "UnexpectedRedirect" not in inspect.getsource(bgsyncd.api.client):
         pytest.skip("needs the client that maps 3xx to errors.UnexpectedRedirect (branch h2)")
     target = "http://127.0.0.2:9/steal-the-key"
     with HostileServer(account(lambda r: Answer.redirect(target))) as server:

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageCms, ImageDraw
 
+from bgsyncd.api.client import Client
 from bgsyncd.cache import ResultCache
-from bgsyncd.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.emulator.bodies import form_image

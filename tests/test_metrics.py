@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from bgsyncd.endpoints import ENDPOINTS
+from bgsyncd.api.endpoints import ENDPOINTS
 from bgsyncd.metrics import OUTCOMES, Metrics, Recorder
 from bgsyncd.pauses import REASONS
 from bgsyncd.storage import STATES

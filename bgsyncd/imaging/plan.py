@@ -25,7 +25,7 @@ Size = tuple[int, int]
 """(width, height) in pixels."""
 
 Endpoint = Literal["alpha_channel", "remove_background"]
-"""The :class:`bgsyncd.client.Client` method the upload goes to."""
+"""The :class:`bgsyncd.api.client.Client` method the upload goes to."""
 
 Action = Literal["as_is", "proxy", "too_large"]
 """Send the file's own bytes, send a copy, or quarantine it as ``too_large``."""

@@ -57,9 +57,10 @@ from typing import Any
 
 import httpx
 
-from bgsyncd import __version__, answers, errors
-from bgsyncd.deadline import DEADLINE_PASSED, DeadlineBackend, deadline_transport
-from bgsyncd.endpoints import (
+from bgsyncd import __version__, errors
+from bgsyncd.api import answers
+from bgsyncd.api.deadline import DEADLINE_PASSED, DeadlineBackend, deadline_transport
+from bgsyncd.api.endpoints import (
     ALPHA_CHANNEL,
     ALPHA_CHANNEL_BASE64,
     AVAILABLE_CREDIT,
@@ -156,7 +157,7 @@ class Client:
         return f"Client(base_url={str(self._http.base_url)!r})"
 
     def answer_limit(self, *, matte: bool, pixels: int | None = None) -> int:
-        """The most bytes an image answer may have (see :func:`bgsyncd.answers.answer_limit`)."""
+        """The most bytes an image answer may have (see :func:`.answers.answer_limit`)."""
         return answers.answer_limit(self._max_response_bytes, matte=matte, pixels=pixels)
 
     def remove_background(

@@ -2,7 +2,7 @@
 
 The live service answers with other field names than the reference (SPEC §5), so
 these accept both; they never raise on what a server sends. The client
-(:mod:`bgsyncd.client`) decides what a failure means; these only read.
+(:mod:`bgsyncd.api.client`) decides what a failure means; these only read.
 """
 
 from __future__ import annotations

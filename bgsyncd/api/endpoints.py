@@ -1,6 +1,6 @@
 """The API's endpoint names: what the client sends to, and the ``endpoint`` metric label.
 
-Written here once so that :mod:`bgsyncd.client` (which sends to them) and
+Written here once so that :mod:`bgsyncd.api.client` (which sends to them) and
 :mod:`bgsyncd.metrics` (which makes a series for each) share them without the
 metrics importing the client, and with it httpx.
 """

@@ -4,7 +4,7 @@ httpx's timeouts are per operation (connect, each read, each write), so a server
 sending one byte a second never trips them (issue 9, item 2). Here every socket
 operation is given only the time left before the request's deadline, and none at all
 once it has passed: a request ends within its timeout, first byte to last.
-Only :mod:`bgsyncd.client` uses this module.
+Only :mod:`bgsyncd.api.client` uses this module.
 """
 
 from __future__ import annotations
