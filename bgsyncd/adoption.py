@@ -21,7 +21,7 @@ from bgsyncd import imaging
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import outputs
 from bgsyncd.logs import get_logger
-from bgsyncd.queue import Found, Queue
+from bgsyncd.storage.sqlite.store import Found, Queue
 
 log = get_logger("bgsyncd.adoption")
 

@@ -8,7 +8,7 @@ A quarantine that cannot be written is decided anew and applied in turn.
 
 Every queue transition is fenced (``storage.JobStore``): one refused because
 this host no longer holds the job's claim raises
-:class:`~bgsyncd.storage.LeaseLost` to the worker, and a quarantine moves no
+:class:`~bgsyncd.storage.contract.LeaseLost` to the worker, and a quarantine moves no
 file unless the claim still holds first.
 """
 
@@ -33,9 +33,9 @@ from bgsyncd.outcomes import (
     WriteFailed,
     decide,
 )
-from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.results import KINDS, Kind, PauseHook, Result
-from bgsyncd.storage import LeaseLost
+from bgsyncd.storage.contract import LeaseLost
+from bgsyncd.storage.sqlite.store import Found, Job, Queue
 
 
 class Applier:

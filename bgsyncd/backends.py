@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import Settings, host_id
 from bgsyncd.credits import CreditGuard
 from bgsyncd.errors import ConfigError
 from bgsyncd.pauses import Pauses
-from bgsyncd.queue import Queue, SqliteRequestLog
-from bgsyncd.storage import RequestLog, SharedRequestLog
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.contract import RequestLog, SharedRequestLog
+from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog
 
 if TYPE_CHECKING:
     from bgsyncd.pg_guard import Outage

@@ -16,7 +16,7 @@ from bgsyncd.backends import open_request_log
 from bgsyncd.config.schema import Settings, require_api_key
 from bgsyncd.errors import ApiError, BgsyncdError
 from bgsyncd.pacer import Pacer
-from bgsyncd.queue import QueueError
+from bgsyncd.storage.sqlite.store import QueueError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

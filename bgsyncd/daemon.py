@@ -22,7 +22,6 @@ from bgsyncd.api.client import Client
 from bgsyncd.backends import database_secrets, open_backend
 from bgsyncd.config.layout import output_trees
 from bgsyncd.config.schema import Settings, load_settings, require_api_key
-from bgsyncd.dblock import DatabaseLock, database_lost
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.files import outputs
@@ -35,9 +34,10 @@ from bgsyncd.once import EXIT_OK, OnceRun
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.publisher import REFRESH_SECONDS, Publisher
-from bgsyncd.queue import Found, QueueError
 from bgsyncd.reload import restart_needed, watcher_changed, worker_config
 from bgsyncd.signals import Signals
+from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
+from bgsyncd.storage.sqlite.store import Found, QueueError
 from bgsyncd.supervise import Supervisor
 from bgsyncd.watcher import Watcher
 from bgsyncd.watchswap import WatcherSwap

@@ -15,7 +15,7 @@ from bgsyncd import imaging
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves, outputs
 from bgsyncd.files.inputs import Signature, signature_of
-from bgsyncd.queue import Found, Job, Queue
+from bgsyncd.storage.sqlite.store import Found, Job, Queue
 
 
 def claim_names(queue: Queue, job: Job, folder: FolderSettings) -> None:

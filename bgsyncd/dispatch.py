@@ -41,9 +41,9 @@ from bgsyncd.pauses import (
     Lift,
     Pauses,
 )
-from bgsyncd.queue import Job, Queue
 from bgsyncd.results import Kind, Result
-from bgsyncd.storage import LeaseLost
+from bgsyncd.storage.contract import LeaseLost
+from bgsyncd.storage.sqlite.store import Job, Queue
 from bgsyncd.waiting import Waiting, waiting_for
 from bgsyncd.worker import Worker
 

@@ -26,7 +26,7 @@ from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.logs import get_logger
 from bgsyncd.pauses import HOST_REASONS
 from bgsyncd.results import Result
-from bgsyncd.storage import Found, Job, JobStore
+from bgsyncd.storage.contract import Found, Job, JobStore
 
 log = get_logger("bgsyncd.freelane")
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from bgsyncd.outcomes import UNUSABLE_PREFIX, Context, Outcome, Transition
-from bgsyncd.queue import Job
+from bgsyncd.storage.sqlite.store import Job
 
 _FINAL = (Transition.DONE, Transition.QUARANTINE, Transition.FORGET)
 

@@ -14,7 +14,7 @@ from bgsyncd.adoption import Adopter
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics import Recorder
-from bgsyncd.queue import Found, Queue, QueueError
+from bgsyncd.storage.sqlite.store import Found, Queue, QueueError
 
 log = get_logger("bgsyncd.ingest")
 

@@ -26,7 +26,7 @@ from bgsyncd.dispatch import Dispatcher
 from bgsyncd.files.probe import OutputProbe
 from bgsyncd.logs import get_logger
 from bgsyncd.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
-from bgsyncd.queue import Queue
+from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.daemon")  # the main loop's events, named as they always were
 

@@ -26,7 +26,7 @@ from bgsyncd.config.rules import parse_listen
 from bgsyncd.logs import get_logger
 from bgsyncd.metrics_http import MetricsServer
 from bgsyncd.pauses import REASONS
-from bgsyncd.storage import STATES
+from bgsyncd.storage.contract import STATES
 
 OUTCOMES = ("success", "cached", "quarantined")
 # An API call takes from a tenth of a second to the 120 s default timeout.

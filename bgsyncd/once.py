@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the daemon's components; `once` only reads them
     from bgsyncd.credits import CreditGuard
     from bgsyncd.dispatch import Dispatcher
     from bgsyncd.pacer import Pacer
-    from bgsyncd.queue import Queue
+    from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.once")
 

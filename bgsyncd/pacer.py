@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, Stopped
 from bgsyncd.sharedlog import LONGEST_WAIT, NoLog, refusal_wait
-from bgsyncd.storage import RequestLog, SharedRequestLog
+from bgsyncd.storage.contract import RequestLog, SharedRequestLog
 
 RETRY_AFTER_WINDOWS = 10
 """A 429's Retry-After blocks starts for at most this many windows (SPEC §5)."""

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.logs import get_logger
 from bgsyncd.pg_db import NOW, PgBase
-from bgsyncd.storage import ResultStore
+from bgsyncd.storage.contract import ResultStore
 
 log = get_logger("bgsyncd.pg_cache")
 

@@ -11,7 +11,7 @@ Database failures surface as the SQLite backend's do: a server that cannot be
 reached, has shut down, hangs or is out of resources, and a database that
 lost our rights or a table (SPEC §8: the database failing), is
 :class:`~bgsyncd.errors.QueueUnavailable` (fail closed; the pool makes new
-connections when it is back), anything else :class:`~bgsyncd.storage.QueueError`.
+connections when it is back), anything else :class:`~bgsyncd.storage.contract.QueueError`.
 No call waits on the server longer than ``pg_guard.CALL_SECONDS``, and while
 it does not answer the calls fail at once (``pg_guard``).
 The DSN's password never reaches a message: libpq echoes a malformed DSN in
@@ -44,7 +44,7 @@ from bgsyncd.pg_guard import (
     bounded_dsn,
     not_answering,
 )
-from bgsyncd.storage import QueueError
+from bgsyncd.storage.contract import QueueError
 
 # Migration n (1-based) brings a database from version n-1 to n.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (

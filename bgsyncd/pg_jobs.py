@@ -4,14 +4,14 @@ The same life as on SQLite (``sqlite_jobs``), with a host per claim: a job in
 flight has an ``owner`` (the claiming host's ``host_id``) and a lease on the
 server's clock, renewed by the host's heartbeat (``pgfleet.Hosts``). Claims
 use ``FOR UPDATE SKIP LOCKED``: two hosts never take one job and never wait
-for each other. The times in a :class:`~bgsyncd.storage.Job` are the server's
+for each other. The times in a :class:`~bgsyncd.storage.contract.Job` are the server's
 clock; the times a caller passes or gets back (``retry_later``, ``defer``,
 ``next_ready_at``, ``oldest_pending_queued_at``) are this host's clock.
 
 Fencing (``storage.JobStore``): each claim gets a fresh token, and every
 change to a claimed job says ``WHERE id = %s AND state = 'in_flight' AND
 claim_token = %s``. A host frozen, cut off or slow past its lease changes
-nothing another host took over (:class:`~bgsyncd.storage.LeaseLost`), and a
+nothing another host took over (:class:`~bgsyncd.storage.contract.LeaseLost`), and a
 finished job stays finished.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
 from bgsyncd.pg_db import NOW, PgBase
-from bgsyncd.storage import COLUMNS, STATES, Found, Job, LeaseLost, job_of
+from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, job_of
 
 SQL_UPSERT = f"""
 INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,

@@ -23,7 +23,7 @@ import psycopg
 
 from bgsyncd.errors import BgsyncdError
 from bgsyncd.pgqueue import NOW, PgQueue
-from bgsyncd.storage import SharedRequestLog
+from bgsyncd.storage.contract import SharedRequestLog
 
 
 def account_id(api_key: str) -> str:

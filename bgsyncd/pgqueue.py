@@ -42,7 +42,7 @@ from bgsyncd.pg_db import MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migra
 from bgsyncd.pg_guard import LIVENESS_SECONDS
 from bgsyncd.pg_jobs import SQL_UPSERT, PgJobs
 from bgsyncd.pg_state import PgState
-from bgsyncd.storage import Store
+from bgsyncd.storage.contract import Store
 
 __all__ = [
     "MIGRATIONS",
@@ -94,7 +94,7 @@ class PgQueue(PgJobs, PgClaims, PgState):
         """A read-only view for ``status``: migrates nothing, and every write is refused.
 
         Unlike SQLite's view, a database no daemon has initialised (or one of
-        another schema version) is a :class:`~bgsyncd.storage.QueueError`
+        another schema version) is a :class:`~bgsyncd.storage.contract.QueueError`
         saying so: a server has no "nothing there yet" file to show as empty.
         """
         view = cls.__new__(cls)

@@ -15,7 +15,7 @@ import psycopg
 
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pgqueue import MIGRATIONS, PgQueue
-from bgsyncd.queue import QueueError
+from bgsyncd.storage.sqlite.store import QueueError
 
 # Migration 2 of the PostgreSQL schema (``pg_db.MIGRATIONS``) creates them.
 FLEET_TABLES: tuple[str, ...] = MIGRATIONS[1]

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from bgsyncd.credits import CreditGuard
 from bgsyncd.metrics import Recorder
 from bgsyncd.notify import Notifier
-from bgsyncd.queue import STATES, Queue
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
+from bgsyncd.storage.sqlite.store import STATES, Queue
 from bgsyncd.waiting import Waiting, encode
 
 REFRESH_SECONDS = 5.0

@@ -19,7 +19,7 @@ from bgsyncd.errors import describe_os_error
 from bgsyncd.files import fsops
 from bgsyncd.files.moves import move_to
 from bgsyncd.files.outputs import sidecar_name
-from bgsyncd.queue import Queue
+from bgsyncd.storage.sqlite.store import Queue
 
 # dispatch.IDLE_LOOK_SECONDS; tests/test_cli.py checks the two agree.
 PICKUP_SECONDS = 5.0

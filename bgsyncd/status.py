@@ -12,7 +12,7 @@ import time
 from typing import Any, cast
 
 from bgsyncd.config.schema import Settings
-from bgsyncd.queue import STATES, Queue, QueueError
+from bgsyncd.storage.sqlite.store import STATES, Queue, QueueError
 from bgsyncd.waiting import Waiting, decode, describe
 
 # Keys of the queue's key/value state that the daemon keeps for these commands.

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from bgsyncd import cache, imaging
+from bgsyncd import imaging
 from bgsyncd.api.client import Client
 from bgsyncd.api.endpoints import ALPHA_CHANNEL, REMOVE_BACKGROUND
 from bgsyncd.errors import ApiError, Stopped
 from bgsyncd.metrics import Recorder
+from bgsyncd.storage import cache
 
 ENDPOINT_NAMES = {"alpha_channel": ALPHA_CHANNEL, "remove_background": REMOVE_BACKGROUND}
 """The client method a plan names -> the endpoint's name in metrics."""
@@ -44,7 +45,7 @@ class Answer:
 
     data: bytes
     kind: str
-    """A cache entry kind: :data:`bgsyncd.cache.PROXY_MATTE`, ..."""
+    """A cache entry kind: :data:`bgsyncd.storage.cache.PROXY_MATTE`, ..."""
 
     @property
     def matte(self) -> bool:

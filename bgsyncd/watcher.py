@@ -62,9 +62,9 @@ from watchdog.observers.polling import PollingObserverVFS
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.logs import get_logger
 from bgsyncd.openfiles import OpenForWriting
-from bgsyncd.queue import Found
 from bgsyncd.roots import CHECK_SECONDS, Missing, RootGuard, look
 from bgsyncd.scanner import IgnoreRules, Inbox, Scanner
+from bgsyncd.storage.sqlite.store import Found
 from bgsyncd.tracker import MAX_ENTRIES, Tracker
 from bgsyncd.watchlimits import Limits, out_of_watches
 

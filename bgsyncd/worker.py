@@ -11,7 +11,7 @@ dispatcher what the outcome means for the account (credits, pauses, 429s).
 
 Every change to the job is fenced by its claim (``storage.JobStore``): the
 claim is confirmed before outputs are written, and a change refused because
-another host took the job over (:class:`~bgsyncd.storage.LeaseLost`) drops
+another host took the job over (:class:`~bgsyncd.storage.contract.LeaseLost`) drops
 the result (``job.lease_lost``): no output written, no input moved or
 deleted, nothing quarantined (SPEC §8).
 """
@@ -30,7 +30,6 @@ from bgsyncd.api.client import Client
 from bgsyncd.api.outage import Outage
 from bgsyncd.apply import Applier
 from bgsyncd.backoff import compute_backoff
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, describe
 from bgsyncd.files.inputs import Signature, read_input
@@ -52,9 +51,10 @@ from bgsyncd.outcomes import (
     decide,
     quiet_for,
 )
-from bgsyncd.queue import Job, Queue
 from bgsyncd.results import Kind, PauseHook, Result
-from bgsyncd.storage import LeaseLost
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.contract import LeaseLost
+from bgsyncd.storage.sqlite.store import Job, Queue
 
 log = get_logger("bgsyncd.worker")
 

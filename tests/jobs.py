@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bgsyncd.queue import Queue
-from bgsyncd.storage import COLUMNS, Job, Store, job_of
+from bgsyncd.storage.contract import COLUMNS, Job, Store, job_of
+from bgsyncd.storage.sqlite.store import Queue
 
 
 def find_job(store: Store, folder: str, relpath: str) -> Job | None:

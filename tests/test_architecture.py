@@ -186,7 +186,12 @@ BLOCKS = contract_blocks(ARCHITECTURE)
 
 def test_architecture_lists_contracts_for_the_main_modules() -> None:
     documented = {name for name, _ in BLOCKS}
-    for name in ("bgsyncd.storage", "bgsyncd.pacer", "bgsyncd.api.client", "bgsyncd.watcher"):
+    for name in (
+        "bgsyncd.storage.contract",
+        "bgsyncd.pacer",
+        "bgsyncd.api.client",
+        "bgsyncd.watcher",
+    ):
         assert name in documented
 
 
@@ -201,7 +206,7 @@ def test_a_signature_that_drifted_is_caught() -> None:
         "```python\n# bgsyncd.backoff\n"
         "def compute_backoff(attempt: int, base: float) -> int: ...\n"
         "```\n"
-        "```python\n# bgsyncd.storage\n"
+        "```python\n# bgsyncd.storage.contract\n"
         "STATES = ('pending',)\n"
         "class Found:\n    folder: str\n"
         "class JobStore:\n    def claim(self, lease_seconds: float) -> Job | None: ...\n"
@@ -278,7 +283,7 @@ def test_no_list_of_names_is_written_in_two_modules() -> None:
         m: written_name_lists(_source(m).read_text(), vars(importlib.import_module(m)))
         for m in _module_names()
     }
-    assert lists["bgsyncd.storage"]["STATES"], "the lists are found (the job states)"
+    assert lists["bgsyncd.storage.contract"]["STATES"], "the lists are found (the job states)"
     assert copies(lists) == []
 
 
@@ -406,7 +411,7 @@ LIBRARY_HOMES = {
     "prometheus_client": ("bgsyncd.metrics",),
     "httpx": ("bgsyncd.api.client", "bgsyncd.api.deadline"),  # deadline: the client's sockets
     "httpcore": ("bgsyncd.api.deadline",),
-    "sqlite3": ("bgsyncd.queue", "bgsyncd.sqlite_*"),
+    "sqlite3": ("bgsyncd.storage.sqlite.*",),
     "psycopg": ("bgsyncd.pg*", "bgsyncd.backends"),  # backends: is psycopg installed?
     "psycopg_pool": ("bgsyncd.pg*", "bgsyncd.backends"),
     "structlog": ("bgsyncd.logs",),

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from bgsyncd.queue import Queue, SqliteRequestLog
+from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 

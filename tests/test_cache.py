@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bgsyncd.cache import ORIGINAL_CUTOUT, ORIGINAL_MATTE, PROXY_MATTE, ResultCache, entry_kind
+from bgsyncd.storage.cache import (
+    ORIGINAL_CUTOUT,
+    ORIGINAL_MATTE,
+    PROXY_MATTE,
+    ResultCache,
+    entry_kind,
+)
 
 
 def _sha(n: int) -> str:

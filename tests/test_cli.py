@@ -16,8 +16,8 @@ import pytest
 
 from bgsyncd.dispatch import IDLE_LOOK_SECONDS
 from bgsyncd.emulator import Emulator
-from bgsyncd.queue import Queue
 from bgsyncd.retry import PICKUP_SECONDS
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import (
     DaemonProcess,
     make_folder,

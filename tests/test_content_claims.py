@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.cache import ResultCache
 from bgsyncd.pg_cache import PgResultCache
 from bgsyncd.pgfleet import Hosts
 from bgsyncd.pgqueue import PgQueue
+from bgsyncd.storage.cache import ResultCache
 
 SHA = hashlib.sha256(b"same content").hexdigest()
 MB = 1024 * 1024

@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 
 from bgsyncd.api.client import Client
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.metrics import Recorder
-from bgsyncd.queue import Found, Queue
 from bgsyncd.results import Kind
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.sqlite.store import Found, Queue
 from bgsyncd.watcher import Watcher
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config

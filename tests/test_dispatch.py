@@ -413,7 +413,7 @@ def make_dispatcher(
     from bgsyncd.dispatch import Dispatcher
     from bgsyncd.metrics import Recorder
     from bgsyncd.pacer import Pacer
-    from bgsyncd.queue import Queue
+    from bgsyncd.storage.sqlite.store import Queue
     from tests.pacing import MemoryRequestLog
 
     (tmp_path / "inbox").mkdir()
@@ -434,7 +434,7 @@ def make_dispatcher(
 
 
 def enqueue_image(tmp_path: Path, queue: Any, name: str = "a.png") -> None:
-    from bgsyncd.queue import Found
+    from bgsyncd.storage.sqlite.store import Found
 
     src = tmp_path / "inbox" / name
     src.write_bytes(product_image(30, 20, "PNG"))

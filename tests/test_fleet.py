@@ -406,13 +406,13 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
 ) -> None:
     """Host a's lease runs out mid-request and b takes the job over: a writes nothing."""
     from bgsyncd.api.client import Client
-    from bgsyncd.cache import ResultCache
     from bgsyncd.config.schema import FolderSettings
     from bgsyncd.metrics import Recorder
     from bgsyncd.pgfleet import Hosts
     from bgsyncd.pgqueue import PgQueue
-    from bgsyncd.queue import Found, Queue
     from bgsyncd.results import Kind
+    from bgsyncd.storage.cache import ResultCache
+    from bgsyncd.storage.sqlite.store import Found, Queue
     from bgsyncd.worker import Worker, WorkerConfig
 
     inbox = tmp_path / "inbox"

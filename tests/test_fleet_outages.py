@@ -21,7 +21,6 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bgsyncd.api.client import Client
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
@@ -33,8 +32,9 @@ from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.pgfleet import PgRequestLog, account_id
 from bgsyncd.pgqueue import PgQueue
-from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.results import PauseHook, Result
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.sqlite.store import Found, Job, Queue
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (
     TEST_KEY,

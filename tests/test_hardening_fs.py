@@ -17,11 +17,11 @@ import pytest
 
 from bgsyncd.adoption import Adopter
 from bgsyncd.api.client import Client
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.metrics import Recorder
-from bgsyncd.queue import Found, Queue
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.sqlite.store import Found, Queue
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (
     TEST_KEY,

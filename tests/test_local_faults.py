@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.cache import ResultCache
 from bgsyncd.emulator import Emulator
 from bgsyncd.files.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
 from bgsyncd.local_faults import LocalFaults
+from bgsyncd.storage.cache import ResultCache
 from tests.conftest import (
     DaemonProcess,
     make_folder,

@@ -22,13 +22,13 @@ import pytest
 from PIL import Image, ImageChops, ImageCms, ImageDraw
 
 from bgsyncd.api.client import Client
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.emulator.bodies import form_image
 from bgsyncd.metrics import Metrics, Recorder
-from bgsyncd.queue import Found, Queue
 from bgsyncd.results import Kind, Result
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.sqlite.store import Found, Queue
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import open_image, product_image, wait_until

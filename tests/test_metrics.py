@@ -20,7 +20,7 @@ from prometheus_client.samples import Sample
 from bgsyncd.api.endpoints import ENDPOINTS
 from bgsyncd.metrics import OUTCOMES, Metrics, Recorder
 from bgsyncd.pauses import REASONS
-from bgsyncd.storage import STATES
+from bgsyncd.storage.contract import STATES
 from tests.helpers import FakeClock
 
 # SPEC section 6, verbatim: name -> (type, label names).

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from bgsyncd.api.client import Client
 from bgsyncd.api.outage import PROBE_FIRST_SECONDS, PROBE_MAX_SECONDS, Outage, probe_interval
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
 from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
-from bgsyncd.queue import Queue
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.sqlite.store import Queue
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (
     TEST_KEY,

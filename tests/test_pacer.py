@@ -12,8 +12,8 @@ import pytest
 
 from bgsyncd.errors import QueueUnavailable, Stopped
 from bgsyncd.pacer import Pacer
-from bgsyncd.queue import QueueError
 from bgsyncd.sharedlog import LONGEST_WAIT
+from bgsyncd.storage.sqlite.store import QueueError
 from tests.helpers import FakeClock, wait_until
 from tests.pacing import MemoryRequestLog, Waits
 

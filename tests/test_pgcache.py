@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from bgsyncd.cache import ResultCache
 from bgsyncd.pg_cache import PgResultCache
 from bgsyncd.pgqueue import PgQueue
-from bgsyncd.storage import ResultStore
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.contract import ResultStore
 from tests.helpers import wait_until
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from bgsyncd.pgfleet import HostConflict, Hosts, PgRequestLog, account_id
 from bgsyncd.pgqueue import PgQueue
-from bgsyncd.queue import Found
+from bgsyncd.storage.sqlite.store import Found
 from tests.helpers import wait_until
 
 

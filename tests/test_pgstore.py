@@ -20,7 +20,7 @@ import pytest
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pgfleet import PgRequestLog, account_id
 from bgsyncd.pgqueue import PgQueue
-from bgsyncd.storage import Found, QueueError
+from bgsyncd.storage.contract import Found, QueueError
 from tests.helpers import FakeClock, wait_until
 
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd import queue_sql
-from bgsyncd.queue import (
+from bgsyncd.storage.contract import LeaseLost
+from bgsyncd.storage.sqlite import schema as queue_sql
+from bgsyncd.storage.sqlite.store import (
     STATES,
     Found,
     Queue,
     QueueError,
     SqliteRequestLog,
 )
-from bgsyncd.storage import LeaseLost
 from tests.helpers import FakeClock
 from tests.jobs import find_job, get_job
 
@@ -534,7 +534,7 @@ def test_enqueued_rows_survive_sigkill(db: Path) -> None:
         f"""
         import os, signal
         from pathlib import Path
-        from bgsyncd.queue import Found, Queue
+        from bgsyncd.storage.sqlite.store import Found, Queue
         q = Queue(Path({str(db)!r}))
         q.enqueue_many(Found("products", f"{{i}}.jpg", 1, 1, i) for i in range(500))
         print("ok", flush=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.queue import Found, Queue, QueueError
-from bgsyncd.storage import Job, LeaseLost, Store
+from bgsyncd.storage.contract import Job, LeaseLost, Store
+from bgsyncd.storage.sqlite.store import Found, Queue, QueueError
 from tests.helpers import wait_until
 from tests.jobs import find_job, get_job
 

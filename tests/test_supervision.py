@@ -144,7 +144,7 @@ CRASHING_DAEMON = textwrap.dedent(
     from pathlib import Path
     from bgsyncd.config.schema import load_settings
     from bgsyncd.daemon import Daemon
-    from bgsyncd.queue import Queue
+    from bgsyncd.storage.sqlite.store import Queue
 
     settings = load_settings(sys.argv[1])
     trigger = Path(settings.folders[0].inbox) / "crash.jpg"

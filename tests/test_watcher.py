@@ -21,9 +21,9 @@ from watchdog.events import FileModifiedEvent, FileSystemEvent
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.openfiles import OpenForWriting
-from bgsyncd.queue import Found
 from bgsyncd.roots import Missing, Root, Verdict, judge, look
 from bgsyncd.scanner import IgnoreRules
+from bgsyncd.storage.sqlite.store import Found
 from bgsyncd.watcher import Watcher
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import exchange, product_image, wait_until

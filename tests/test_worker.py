@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.api.client import Client
-from bgsyncd.cache import ResultCache
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
 from bgsyncd.metrics import Recorder
-from bgsyncd.queue import Found, Job, Queue
 from bgsyncd.results import Kind
+from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.sqlite.store import Found, Job, Queue
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import product_image, wait_until

@@ -6,7 +6,7 @@ A run that dies leaves ``in_flight`` rows; :meth:`SqliteJobs.recover` returns
 them to ``pending`` with ``resend`` set, because the API may already have charged.
 
 Each claim gets a fresh token; a change to a claimed job is made only while
-that claim still holds it, else :class:`~bgsyncd.storage.LeaseLost` (the
+that claim still holds it, else :class:`~bgsyncd.storage.contract.LeaseLost` (the
 fencing of ``storage.JobStore``): a job given back, taken by another handle
 after a restart, finished or forgotten meanwhile is left as it is.
 """
@@ -19,7 +19,9 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.queue_sql import (
+from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, job_of
+from bgsyncd.storage.sqlite.db import SqliteBase
+from bgsyncd.storage.sqlite.schema import (
     SQL_ANY_PENDING,
     SQL_ANY_PENDING_IN,
     SQL_COUNTS,
@@ -36,8 +38,6 @@ from bgsyncd.queue_sql import (
     SQL_RECOVER,
     SQL_UPSERT,
 )
-from bgsyncd.sqlite_db import SqliteBase
-from bgsyncd.storage import COLUMNS, STATES, Found, Job, LeaseLost, job_of
 
 
 class SqliteJobs(SqliteBase):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bgsyncd.sqlite_db import SqliteBase
+from bgsyncd.storage.sqlite.db import SqliteBase
 
 
 class SqliteState(SqliteBase):

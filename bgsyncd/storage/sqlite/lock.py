@@ -12,8 +12,8 @@ from pathlib import Path
 
 from bgsyncd.errors import BgsyncdError, describe_os_error
 from bgsyncd.logs import get_logger
-from bgsyncd.queue_faults import identity_of_fd, lost_reason
-from bgsyncd.storage import StoreHealth
+from bgsyncd.storage.contract import StoreHealth
+from bgsyncd.storage.sqlite.faults import identity_of_fd, lost_reason
 
 log = get_logger("bgsyncd.daemon")  # the main loop's events, named as they always were
 

@@ -7,7 +7,7 @@ test that checks their query plans for table scans checks the real thing.
 
 from __future__ import annotations
 
-from bgsyncd.storage import COLUMNS
+from bgsyncd.storage.contract import COLUMNS
 
 # Migration n (1-based) brings a database from user_version n-1 to n.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, describe_os_error
-from bgsyncd.queue_faults import check_openable, describe_disk_failure, is_disk_failure
-from bgsyncd.queue_sql import MIGRATIONS, SCHEMA_VERSION
-from bgsyncd.storage import QueueError
+from bgsyncd.storage.contract import QueueError
+from bgsyncd.storage.sqlite.faults import check_openable, describe_disk_failure, is_disk_failure
+from bgsyncd.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 def failure(exc: Exception, path: Path | str) -> BgsyncdError:
@@ -41,7 +41,7 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) and migrate the database at ``path``.
 
     Whether it can be written is asked without opening it
-    (:func:`~bgsyncd.queue_faults.check_openable`): this process may already
+    (:func:`~bgsyncd.storage.sqlite.faults.check_openable`): this process may already
     hold a connection to it (the daemon's queue and request log are two), and
     closing a descriptor of the file by hand would release that connection's
     locks, so that a command closing beside the daemon deletes its WAL.

@@ -25,14 +25,14 @@ from pathlib import Path
 
 from bgsyncd.errors import QueueUnavailable, describe_os_error
 from bgsyncd.files.probe import probe_write
-from bgsyncd.queue_faults import Identity, identity_of, lost_reason
-from bgsyncd.queue_sql import MIGRATIONS, SCHEMA_VERSION
-from bgsyncd.sqlite_claims import SqliteClaims
-from bgsyncd.sqlite_db import check_version, connect
-from bgsyncd.sqlite_jobs import SqliteJobs
-from bgsyncd.sqlite_requests import SqliteRequestLog
-from bgsyncd.sqlite_state import SqliteState
-from bgsyncd.storage import STATES, Found, Job, QueueError, Store
+from bgsyncd.storage.contract import STATES, Found, Job, QueueError, Store
+from bgsyncd.storage.sqlite.claims import SqliteClaims
+from bgsyncd.storage.sqlite.db import check_version, connect
+from bgsyncd.storage.sqlite.faults import Identity, identity_of, lost_reason
+from bgsyncd.storage.sqlite.jobs import SqliteJobs
+from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
+from bgsyncd.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
+from bgsyncd.storage.sqlite.state import SqliteState
 
 __all__ = ["STATES", "Found", "Job", "Queue", "QueueError", "SqliteRequestLog"]
 

@@ -6,9 +6,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from bgsyncd.queue_sql import SQL_SINCE
-from bgsyncd.sqlite_db import connect, failure, transaction
-from bgsyncd.storage import RequestLog
+from bgsyncd.storage.contract import RequestLog
+from bgsyncd.storage.sqlite.db import connect, failure, transaction
+from bgsyncd.storage.sqlite.schema import SQL_SINCE
 
 
 class SqliteRequestLog:

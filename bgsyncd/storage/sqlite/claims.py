@@ -11,9 +11,14 @@ import json
 from collections.abc import Iterable, Sequence
 
 from bgsyncd.files.names import first_free_output
-from bgsyncd.queue_sql import SQL_CLAIMED_BY, SQL_INPUT_INSIDE, SQL_OUTPUT_INSIDE, SQL_OWNER
-from bgsyncd.sqlite_db import SqliteBase
-from bgsyncd.storage import Found, QueueError
+from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.sqlite.db import SqliteBase
+from bgsyncd.storage.sqlite.schema import (
+    SQL_CLAIMED_BY,
+    SQL_INPUT_INSIDE,
+    SQL_OUTPUT_INSIDE,
+    SQL_OWNER,
+)
 
 # An input adopted as done (its outputs exist, the queue is new): only when the
 # path is unknown.

@@ -1,0 +1,3 @@
+"""What bgsyncd keeps: the contract every engine keeps, the local result cache, one folder per
+engine.
+"""

@@ -1,0 +1,1 @@
+"""The SQLite engine: one host, one database file, its lock."""
