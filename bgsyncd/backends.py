@@ -33,8 +33,8 @@ from bgsyncd.storage.contract import RequestLog, SharedRequestLog
 from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog
 
 if TYPE_CHECKING:
-    from bgsyncd.pg_guard import Outage
     from bgsyncd.pghost import Membership
+    from bgsyncd.storage.postgres.guard import Outage
 
 CREDENTIAL_PASSWORD = "db_password"  # noqa: S105 (a file name)
 INSTALL_HINT = (
@@ -92,7 +92,7 @@ def open_backend(settings: Settings, api_key: str) -> Backend:
 def open_fleet_queue(settings: Settings) -> Queue:
     """The fleet's queue on PostgreSQL for a command beside the daemons (``retry``)."""
     require_psycopg()
-    from bgsyncd.pgqueue import PgQueue
+    from bgsyncd.storage.postgres.store import PgQueue
 
     pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
     return cast(Queue, pg)
@@ -111,7 +111,7 @@ def open_request_log(
         return log, log.close
     require_psycopg()
     from bgsyncd.pgfleet import PgRequestLog, account_id
-    from bgsyncd.pgqueue import PgQueue
+    from bgsyncd.storage.postgres.store import PgQueue
 
     pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
     return PgRequestLog(pg, account_id(api_key)), pg.close
@@ -163,12 +163,12 @@ def require_psycopg() -> None:
 
 def _open_postgresql(settings: Settings, api_key: str) -> Backend:
     require_psycopg()
-    from bgsyncd.pg_cache import PgResultCache
     from bgsyncd.pgcredits import PgCreditGuard
     from bgsyncd.pgfleet import PgRequestLog, account_id
     from bgsyncd.pghost import Membership
     from bgsyncd.pgpauses import PgPauseStore
-    from bgsyncd.pgqueue import PgQueue
+    from bgsyncd.storage.postgres.cache import PgResultCache
+    from bgsyncd.storage.postgres.store import PgQueue
 
     q = settings.queue
     dsn = connection_dsn(q.dsn)

@@ -32,8 +32,8 @@ import psycopg
 
 from bgsyncd.credits import CreditGuard, count_at_floor, has_room
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.pgqueue import NOW, PgQueue
-from bgsyncd.pgshared import transaction
+from bgsyncd.storage.postgres.shared import transaction
+from bgsyncd.storage.postgres.store import NOW, PgQueue
 
 # A reservation counts while it is this run's, or its host's row was seen within
 # the lease and names the run that made it. (The SQL text splices in only

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 
 from bgsyncd.errors import BgsyncdError
-from bgsyncd.pgqueue import NOW, PgQueue
 from bgsyncd.storage.contract import SharedRequestLog
+from bgsyncd.storage.postgres.store import NOW, PgQueue
 
 
 def account_id(api_key: str) -> str:

@@ -31,10 +31,10 @@ import psycopg
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.logs import get_logger
-from bgsyncd.pg_db import HOST_LOCK_CLASS, dsn_secrets, failure
-from bgsyncd.pg_guard import CALL_SECONDS, WATCHDOG, after, bounded_dsn
 from bgsyncd.pgfleet import HostConflict, Hosts
-from bgsyncd.pgqueue import PgQueue
+from bgsyncd.storage.postgres.db import HOST_LOCK_CLASS, dsn_secrets, failure
+from bgsyncd.storage.postgres.guard import CALL_SECONDS, WATCHDOG, after, bounded_dsn
+from bgsyncd.storage.postgres.store import PgQueue
 
 log = get_logger("bgsyncd.fleet")
 

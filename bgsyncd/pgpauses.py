@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from bgsyncd.pgqueue import NOW, PgQueue
-from bgsyncd.pgshared import transaction
+from bgsyncd.storage.postgres.shared import transaction
+from bgsyncd.storage.postgres.store import NOW, PgQueue
 
 
 class PgPauseStore:

@@ -70,7 +70,7 @@ def _open_fleet(settings: Settings, result: dict[str, Any]) -> Queue | None:
 
     require_psycopg()
     from bgsyncd.pgfleet import Hosts
-    from bgsyncd.pgqueue import PgQueue
+    from bgsyncd.storage.postgres.store import PgQueue
 
     try:
         view = PgQueue.open_readonly(connection_dsn(settings.queue.dsn))

@@ -32,7 +32,9 @@ def _one(store: Store, where: str, params: tuple[object, ...]) -> Job | None:
             sql = f"SELECT {COLUMNS} FROM jobs WHERE {where.format(p='?')}"
             row = conn.execute(sql, params).fetchone()
     else:
-        from bgsyncd.pgqueue import PgQueue  # psycopg: only where PostgreSQL is tested
+        from bgsyncd.storage.postgres.store import (
+            PgQueue,  # psycopg: only where PostgreSQL is tested
+        )
 
         assert isinstance(store, PgQueue), type(store)
         with store.transaction() as pg:

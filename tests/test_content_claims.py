@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.pg_cache import PgResultCache
 from bgsyncd.pgfleet import Hosts
-from bgsyncd.pgqueue import PgQueue
 from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.postgres.cache import PgResultCache
+from bgsyncd.storage.postgres.store import PgQueue
 
 SHA = hashlib.sha256(b"same content").hexdigest()
 MB = 1024 * 1024

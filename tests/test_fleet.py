@@ -409,9 +409,9 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     from bgsyncd.config.schema import FolderSettings
     from bgsyncd.metrics import Recorder
     from bgsyncd.pgfleet import Hosts
-    from bgsyncd.pgqueue import PgQueue
     from bgsyncd.results import Kind
     from bgsyncd.storage.cache import ResultCache
+    from bgsyncd.storage.postgres.store import PgQueue
     from bgsyncd.storage.sqlite.store import Found, Queue
     from bgsyncd.worker import Worker, WorkerConfig
 

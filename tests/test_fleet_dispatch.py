@@ -35,7 +35,7 @@ from bgsyncd.pauses import (
 from bgsyncd.pgcredits import PgCreditGuard
 from bgsyncd.pgfleet import HostConflict, Hosts, PgRequestLog, account_id
 from bgsyncd.pgpauses import PgPauseStore
-from bgsyncd.pgqueue import PgQueue
+from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found, Queue
 from tests.conftest import TEST_KEY
 from tests.helpers import FakeClock, at_floor, product_image, wait_until

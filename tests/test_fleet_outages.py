@@ -31,9 +31,9 @@ from bgsyncd.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.pgfleet import PgRequestLog, account_id
-from bgsyncd.pgqueue import PgQueue
 from bgsyncd.results import PauseHook, Result
 from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found, Job, Queue
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (

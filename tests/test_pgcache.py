@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from bgsyncd.pg_cache import PgResultCache
-from bgsyncd.pgqueue import PgQueue
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import ResultStore
+from bgsyncd.storage.postgres.cache import PgResultCache
+from bgsyncd.storage.postgres.store import PgQueue
 from tests.helpers import wait_until
 
 

@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 
 from bgsyncd.pgfleet import HostConflict, Hosts, PgRequestLog, account_id
-from bgsyncd.pgqueue import PgQueue
+from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found
 from tests.helpers import wait_until
 

@@ -19,8 +19,8 @@ import pytest
 
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.pgfleet import PgRequestLog, account_id
-from bgsyncd.pgqueue import PgQueue
 from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.postgres.store import PgQueue
 from tests.helpers import FakeClock, wait_until
 
 

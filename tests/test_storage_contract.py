@@ -46,7 +46,7 @@ def make_store(
     opened: list[Store] = []
     if backend == "postgresql":
         dsn = request.getfixturevalue("pg_dsn")
-        from bgsyncd.pgqueue import PgQueue
+        from bgsyncd.storage.postgres.store import PgQueue
 
         counter = itertools.count(1)
 
@@ -76,7 +76,7 @@ def open_view(
     def view() -> Store:
         store: Store
         if backend == "postgresql":
-            from bgsyncd.pgqueue import PgQueue
+            from bgsyncd.storage.postgres.store import PgQueue
 
             store = PgQueue.open_readonly(request.getfixturevalue("pg_dsn"))
         else:
@@ -561,7 +561,7 @@ def take_over(backend: str) -> Callable[[Store, Job], Job]:
     def take(taker: Store, job: Job) -> Job:
         if backend == "postgresql":
             from bgsyncd.pgfleet import Hosts
-            from bgsyncd.pgqueue import PgQueue
+            from bgsyncd.storage.postgres.store import PgQueue
 
             assert isinstance(taker, PgQueue)
             hosts = Hosts(taker, lease_seconds=0.2)

@@ -92,7 +92,7 @@ def _check_dsn(dsn: str, file: Path) -> None:
     from bgsyncd.backends import require_psycopg  # backends imports config, which imports us
 
     require_psycopg()
-    from bgsyncd.pg_dsn import UnreadableDsn, carries_password
+    from bgsyncd.storage.postgres.dsn import UnreadableDsn, carries_password
 
     try:
         has_password = carries_password(dsn)

@@ -6,7 +6,7 @@ credit floor) is every host's pause, and a resume by any host resumes all.
 
 from __future__ import annotations
 
-from bgsyncd.pg_db import PgBase
+from bgsyncd.storage.postgres.db import PgBase
 
 
 class PgState(PgBase):

@@ -34,7 +34,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
-from bgsyncd.pg_guard import (
+from bgsyncd.storage.contract import QueueError
+from bgsyncd.storage.postgres.guard import (
     CALL_SECONDS,
     CHECK_SECONDS,
     LOOK_CONNECT_SECONDS,
@@ -44,7 +45,6 @@ from bgsyncd.pg_guard import (
     bounded_dsn,
     not_answering,
 )
-from bgsyncd.storage.contract import QueueError
 
 # Migration n (1-based) brings a database from version n-1 to n.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (

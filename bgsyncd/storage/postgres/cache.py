@@ -28,8 +28,8 @@ from contextlib import contextmanager
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.logs import get_logger
-from bgsyncd.pg_db import NOW, PgBase
 from bgsyncd.storage.contract import ResultStore
+from bgsyncd.storage.postgres.db import NOW, PgBase
 
 log = get_logger("bgsyncd.pg_cache")
 

@@ -14,8 +14,8 @@ import json
 from collections.abc import Iterable, Sequence
 
 from bgsyncd.files.names import first_free_output
-from bgsyncd.pg_db import NOW, PgBase
 from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.postgres.db import NOW, PgBase
 
 # pg_advisory_xact_lock(class, hashtext(folder)): one claimant per folder at a time.
 CLAIM_LOCK_CLASS = 0x6267737A

@@ -37,12 +37,12 @@ from collections.abc import Callable
 import psycopg
 
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.pg_claims import PgClaims
-from bgsyncd.pg_db import MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migrate
-from bgsyncd.pg_guard import LIVENESS_SECONDS
-from bgsyncd.pg_jobs import SQL_UPSERT, PgJobs
-from bgsyncd.pg_state import PgState
 from bgsyncd.storage.contract import Store
+from bgsyncd.storage.postgres.claims import PgClaims
+from bgsyncd.storage.postgres.db import MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migrate
+from bgsyncd.storage.postgres.guard import LIVENESS_SECONDS
+from bgsyncd.storage.postgres.jobs import SQL_UPSERT, PgJobs
+from bgsyncd.storage.postgres.state import PgState
 
 __all__ = [
     "MIGRATIONS",

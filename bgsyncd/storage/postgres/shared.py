@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.pgqueue import MIGRATIONS, PgQueue
+from bgsyncd.storage.postgres.store import MIGRATIONS, PgQueue
 from bgsyncd.storage.sqlite.store import QueueError
 
 # Migration 2 of the PostgreSQL schema (``pg_db.MIGRATIONS``) creates them.

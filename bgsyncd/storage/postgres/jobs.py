@@ -22,8 +22,8 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.pg_db import NOW, PgBase
 from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, job_of
+from bgsyncd.storage.postgres.db import NOW, PgBase
 
 SQL_UPSERT = f"""
 INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
