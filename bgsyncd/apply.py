@@ -22,7 +22,7 @@ from typing import Any
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves
 from bgsyncd.files.inputs import Signature, signature_of
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.outcomes import (
     Changed,
     Context,

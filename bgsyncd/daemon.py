@@ -28,9 +28,9 @@ from bgsyncd.files import outputs
 from bgsyncd.ingest import Ingest
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.logs import configure_logging, get_logger
-from bgsyncd.metrics import Metrics
-from bgsyncd.notify import Notifier
 from bgsyncd.once import EXIT_OK, OnceRun
+from bgsyncd.ops.metrics import Metrics
+from bgsyncd.ops.notify import Notifier
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.publisher import REFRESH_SECONDS, Publisher

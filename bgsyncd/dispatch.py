@@ -31,7 +31,7 @@ from bgsyncd.credits import CreditGuard
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.freelane import FreeLane
 from bgsyncd.logs import get_logger
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import (
     API_UNREACHABLE,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from bgsyncd.adoption import Adopter
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.logs import get_logger
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.sqlite.store import Found, Queue, QueueError
 
 log = get_logger("bgsyncd.ingest")

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 from bgsyncd.credits import CreditGuard
-from bgsyncd.metrics import Recorder
-from bgsyncd.notify import Notifier
+from bgsyncd.ops.metrics import Recorder
+from bgsyncd.ops.notify import Notifier
 from bgsyncd.status import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
 from bgsyncd.storage.sqlite.store import STATES, Queue
 from bgsyncd.waiting import Waiting, encode

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 
 from bgsyncd.logs import get_logger
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 
 log = get_logger("bgsyncd.daemon")
 

@@ -18,7 +18,7 @@ from bgsyncd import imaging
 from bgsyncd.api.client import Client
 from bgsyncd.api.endpoints import ALPHA_CHANNEL, REMOVE_BACKGROUND
 from bgsyncd.errors import ApiError, Stopped
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage import cache
 
 ENDPOINT_NAMES = {"alpha_channel": ALPHA_CHANNEL, "remove_background": REMOVE_BACKGROUND}

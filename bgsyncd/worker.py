@@ -35,7 +35,7 @@ from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, 
 from bgsyncd.files.inputs import Signature, read_input
 from bgsyncd.history import History
 from bgsyncd.logs import get_logger
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.outcomes import (
     NEEDS_REQUEST,
     ApiFailed,

@@ -408,7 +408,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 LIBRARY_HOMES = {
     "PIL": ("bgsyncd.imaging.*", "bgsyncd.demo"),  # the demo draws its samples
     "watchdog": ("bgsyncd.watcher",),
-    "prometheus_client": ("bgsyncd.metrics",),
+    "prometheus_client": ("bgsyncd.ops.metrics",),
     "httpx": ("bgsyncd.api.client", "bgsyncd.api.deadline"),  # deadline: the client's sockets
     "httpcore": ("bgsyncd.api.deadline",),
     "sqlite3": ("bgsyncd.storage.sqlite.*",),

@@ -27,7 +27,7 @@ from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops
 from bgsyncd.local_faults import LocalFaults
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.results import Kind
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue

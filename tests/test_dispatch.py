@@ -411,7 +411,7 @@ def make_dispatcher(
     from bgsyncd.api.client import Client
     from bgsyncd.credits import CreditGuard
     from bgsyncd.dispatch import Dispatcher
-    from bgsyncd.metrics import Recorder
+    from bgsyncd.ops.metrics import Recorder
     from bgsyncd.pacer import Pacer
     from bgsyncd.storage.sqlite.store import Queue
     from tests.pacing import MemoryRequestLog

@@ -407,7 +407,7 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     """Host a's lease runs out mid-request and b takes the job over: a writes nothing."""
     from bgsyncd.api.client import Client
     from bgsyncd.config.schema import FolderSettings
-    from bgsyncd.metrics import Recorder
+    from bgsyncd.ops.metrics import Recorder
     from bgsyncd.pgfleet import Hosts
     from bgsyncd.results import Kind
     from bgsyncd.storage.cache import ResultCache

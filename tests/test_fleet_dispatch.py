@@ -20,7 +20,7 @@ from bgsyncd.api.client import Client
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import (
     API_UNREACHABLE,

@@ -27,7 +27,7 @@ from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.local_faults import LocalFaults
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.pgfleet import PgRequestLog, account_id

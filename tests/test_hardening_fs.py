@@ -19,7 +19,7 @@ from bgsyncd.adoption import Adopter
 from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
 from bgsyncd.worker import Worker, WorkerConfig

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bgsyncd.emulator import Emulator
-from bgsyncd.metrics_http import MetricsServer
+from bgsyncd.ops.server import MetricsServer
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 

@@ -25,7 +25,7 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.emulator.bodies import form_image
-from bgsyncd.metrics import Metrics, Recorder
+from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.results import Kind, Result
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue

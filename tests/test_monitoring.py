@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bgsyncd.metrics import Metrics
+from bgsyncd.ops.metrics import Metrics
 from tests.test_metrics import CONTRACT
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.notify import Notifier
+from bgsyncd.ops.notify import Notifier
 
 
 class FakeSystemd:

@@ -20,7 +20,7 @@ from bgsyncd.config.schema import FolderSettings
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Queue

@@ -18,7 +18,7 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
-from bgsyncd.metrics import Recorder
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.results import Kind
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Job, Queue

@@ -1,7 +1,7 @@
 """The API's endpoint names: what the client sends to, and the ``endpoint`` metric label.
 
 Written here once so that :mod:`bgsyncd.api.client` (which sends to them) and
-:mod:`bgsyncd.metrics` (which makes a series for each) share them without the
+:mod:`bgsyncd.ops.metrics` (which makes a series for each) share them without the
 metrics importing the client, and with it httpx.
 """
 

@@ -1,7 +1,7 @@
 """The small HTTP server for /metrics and /healthz, in a daemon thread.
 
 It serves the metrics through a WSGI app it is given (prometheus_client's, made
-by :mod:`bgsyncd.metrics`, which alone imports that library) and answers
+by :mod:`bgsyncd.ops.metrics`, which alone imports that library) and answers
 /healthz from a ``healthy`` callable; it knows nothing else of the metrics.
 
 The server itself is bounded (SPEC §6), whatever is served on it: at most

@@ -1,4 +1,4 @@
-"""The Prometheus recorder, served on /metrics and /healthz by :mod:`bgsyncd.metrics_http`.
+"""The Prometheus recorder, served on /metrics and /healthz by :mod:`bgsyncd.ops.server`.
 
 The rest of bgsyncd talks to a :class:`Recorder`, never to prometheus_client (which
 is imported here alone). The base :class:`Recorder` does nothing; :class:`Metrics`
@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from bgsyncd.api.endpoints import ENDPOINTS, UPLOAD_ENDPOINTS
 from bgsyncd.config.rules import parse_listen
 from bgsyncd.logs import get_logger
-from bgsyncd.metrics_http import MetricsServer
+from bgsyncd.ops.server import MetricsServer
 from bgsyncd.pauses import REASONS
 from bgsyncd.storage.contract import STATES
 
