@@ -23,8 +23,8 @@ from pathlib import Path
 
 from bench.scale import Figure, print_table
 from bgsyncd.config.schema import FolderSettings
+from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.storage.sqlite.store import Found
-from bgsyncd.watcher import Watcher
 
 OLD = time.time() - 3600  # quiet for an hour: the scan emits at once
 

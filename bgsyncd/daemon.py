@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bgsyncd import __version__
-from bgsyncd.adoption import Adopter
 from bgsyncd.api.client import Client
 from bgsyncd.backends import database_secrets, open_backend
 from bgsyncd.config.layout import output_trees
@@ -25,7 +24,10 @@ from bgsyncd.config.schema import Settings, load_settings, require_api_key
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.files import outputs
-from bgsyncd.ingest import Ingest
+from bgsyncd.inbox.adoption import Adopter
+from bgsyncd.inbox.ingest import Ingest
+from bgsyncd.inbox.swap import WatcherSwap
+from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.once import EXIT_OK, OnceRun
@@ -39,8 +41,6 @@ from bgsyncd.signals import Signals
 from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 from bgsyncd.storage.sqlite.store import Found, QueueError
 from bgsyncd.supervise import Supervisor
-from bgsyncd.watcher import Watcher
-from bgsyncd.watchswap import WatcherSwap
 from bgsyncd.worker import Worker
 
 log = get_logger("bgsyncd.daemon")

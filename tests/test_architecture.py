@@ -190,7 +190,7 @@ def test_architecture_lists_contracts_for_the_main_modules() -> None:
         "bgsyncd.storage.contract",
         "bgsyncd.pacer",
         "bgsyncd.api.client",
-        "bgsyncd.watcher",
+        "bgsyncd.inbox.watcher",
     ):
         assert name in documented
 
@@ -407,7 +407,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 # Each outside library behind one module (or one family of modules): STYLE.md.
 LIBRARY_HOMES = {
     "PIL": ("bgsyncd.imaging.*", "bgsyncd.demo"),  # the demo draws its samples
-    "watchdog": ("bgsyncd.watcher",),
+    "watchdog": ("bgsyncd.inbox.watcher",),
     "prometheus_client": ("bgsyncd.ops.metrics",),
     "httpx": ("bgsyncd.api.client", "bgsyncd.api.deadline"),  # deadline: the client's sockets
     "httpcore": ("bgsyncd.api.deadline",),

@@ -26,12 +26,12 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops
+from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.results import Kind
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
-from bgsyncd.watcher import Watcher
 from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until

@@ -13,7 +13,7 @@ from bgsyncd.errors import is_refused
 from bgsyncd.files import fsops
 from bgsyncd.files.inputs import read_input, signature_of
 from bgsyncd.files.outputs import write_file
-from bgsyncd.scanner import IgnoreRules, walk
+from bgsyncd.inbox.scanner import IgnoreRules, walk
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.adoption import Adopter
 from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
+from bgsyncd.inbox.adoption import Adopter
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue

@@ -3,7 +3,7 @@
 watchdog 6 (Python 3.10) sets up inotify watches for a folder *made* in a
 watched tree, not for one *moved in* from outside it: the files already inside
 are reported, but nothing written into it later is, until the periodic rescan.
-bgsyncd watches such a folder itself (``bgsyncd.movedin``); watchdog 7 does it
+bgsyncd watches such a folder itself (``bgsyncd.inbox.moved_in``); watchdog 7 does it
 on its own. Real watchdog observers and a real filesystem, on both.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.emulator import Emulator
-from bgsyncd.watcher import FRESH_DIR_SECONDS
+from bgsyncd.inbox.watcher import FRESH_DIR_SECONDS
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.test_watcher import OLD, Env, Sink, write

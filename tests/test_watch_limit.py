@@ -179,7 +179,9 @@ def test_a_folder_moved_in_beyond_the_watch_limit_turns_the_inbox_to_polling(
 
 def test_the_watch_probe_says_no_exactly_when_inotify_is_out_of_watches(tmp_path: Path) -> None:
     # What tells bgsyncd, on watchdog 6, that a new folder's watch failed.
-    code = "import sys; from bgsyncd.watchlimits import watch_available as w; print(w(sys.argv[1]))"
+    code = (
+        "import sys; from bgsyncd.inbox.limits import watch_available as w; print(w(sys.argv[1]))"
+    )
     run = shlex.join([sys.executable, "-c", code, str(tmp_path)])
     for watches, want in ((0, "False"), (1, "True")):
         script = f"echo {watches} > /proc/sys/user/max_inotify_watches && exec {run}"

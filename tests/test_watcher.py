@@ -20,11 +20,11 @@ from watchdog.events import FileModifiedEvent, FileSystemEvent
 
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
-from bgsyncd.openfiles import OpenForWriting
-from bgsyncd.roots import Missing, Root, Verdict, judge, look
-from bgsyncd.scanner import IgnoreRules
+from bgsyncd.inbox.openfiles import OpenForWriting
+from bgsyncd.inbox.roots import Missing, Root, Verdict, judge, look
+from bgsyncd.inbox.scanner import IgnoreRules
+from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.storage.sqlite.store import Found
-from bgsyncd.watcher import Watcher
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import exchange, product_image, wait_until
 

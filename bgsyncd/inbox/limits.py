@@ -10,7 +10,7 @@
   folder that appears in an inbox, bgsyncd asks inotify itself whether one
   more watch can be had (``watch_available``), and takes a no as watchdog's
   failure (for a folder moved in from outside, which watchdog 6 does not
-  try to watch, ``movedin``'s own try). Either way the inbox is polled
+  try to watch, ``moved_in``'s own try). Either way the inbox is polled
   instead (SPEC §6): ``folder.degraded`` in the log, ``bgsyncd_folder_up``
   0.5, and the daemon runs on. It stays polled until the watcher is made
   again (a reload that changes the folders, or a restart).
@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
-from bgsyncd import movedin
+from bgsyncd.inbox import moved_in
+from bgsyncd.inbox.scanner import Inbox
 from bgsyncd.logs import get_logger
-from bgsyncd.scanner import Inbox
 
 log = get_logger("bgsyncd.watcher")
 
@@ -195,7 +195,7 @@ class Limits:
         Only where watchdog would not say (watchdog 6). Should inotify have
         no watch to give now, watchdog's own try failed too, or took the last
         one: either way the inbox is polled (the safe side). A folder moved in
-        from outside (or renamed inside) is watched here (``movedin``), then
+        from outside (or renamed inside) is watched here (``moved_in``), then
         the inbox scanned for what came before its watches; ``synthetic``
         (watchdog's walk of a folder that appeared) is below one seen already.
         """
@@ -205,11 +205,11 @@ class Limits:
             self._out_of_watches(path)
             return
         held = None if synthetic else self._watched(inbox)
-        inotify = movedin.inotify_of(*held) if held is not None else None
+        inotify = moved_in.inotify_of(*held) if held is not None else None
         if inotify is None or not path.startswith(inbox.root + "/"):
             return
         try:
-            added = movedin.watch_tree(inotify, inbox.root, path[len(inbox.root) + 1 :])
+            added = moved_in.watch_tree(inotify, inbox.root, path[len(inbox.root) + 1 :])
         except OSError as exc:
             if not out_of_watches(exc):
                 raise

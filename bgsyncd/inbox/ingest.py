@@ -10,8 +10,8 @@ import queue as stdqueue
 import threading
 from collections.abc import Callable
 
-from bgsyncd.adoption import Adopter
 from bgsyncd.errors import QueueUnavailable
+from bgsyncd.inbox.adoption import Adopter
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.sqlite.store import Found, Queue, QueueError

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bgsyncd.errors import BgsyncdError
+from bgsyncd.inbox.openfiles import OpenForWriting
+from bgsyncd.inbox.scanner import Inbox, regular_file
 from bgsyncd.logs import get_logger
-from bgsyncd.openfiles import OpenForWriting
-from bgsyncd.scanner import Inbox, regular_file
 
 # The watcher's logger name, as the scanner's: operators filter on one name.
 log = get_logger("bgsyncd.watcher")

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 
 from bgsyncd.config.schema import Settings
+from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.logs import get_logger
-from bgsyncd.watcher import Watcher
 
 log = get_logger("bgsyncd.watchswap")
 

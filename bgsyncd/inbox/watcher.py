@@ -60,13 +60,13 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from bgsyncd.config.schema import FolderSettings
+from bgsyncd.inbox.limits import Limits, out_of_watches
+from bgsyncd.inbox.openfiles import OpenForWriting
+from bgsyncd.inbox.roots import CHECK_SECONDS, Missing, RootGuard, look
+from bgsyncd.inbox.scanner import IgnoreRules, Inbox, Scanner
+from bgsyncd.inbox.tracker import MAX_ENTRIES, Tracker
 from bgsyncd.logs import get_logger
-from bgsyncd.openfiles import OpenForWriting
-from bgsyncd.roots import CHECK_SECONDS, Missing, RootGuard, look
-from bgsyncd.scanner import IgnoreRules, Inbox, Scanner
 from bgsyncd.storage.sqlite.store import Found
-from bgsyncd.tracker import MAX_ENTRIES, Tracker
-from bgsyncd.watchlimits import Limits, out_of_watches
 
 log = get_logger("bgsyncd.watcher")
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from bgsyncd.errors import describe_os_error
 from bgsyncd.files import rootfd
+from bgsyncd.inbox.scanner import Inbox
 from bgsyncd.logs import get_logger
-from bgsyncd.scanner import Inbox
 
 # The watcher's logger name: operators filter on one name.
 log = get_logger("bgsyncd.watcher")

@@ -1,0 +1,1 @@
+"""Finding complete files in the inboxes and handing them to the store."""
