@@ -28,6 +28,7 @@ from bgsyncd.inbox.adoption import Adopter
 from bgsyncd.inbox.ingest import Ingest
 from bgsyncd.inbox.swap import WatcherSwap
 from bgsyncd.inbox.watcher import Watcher
+from bgsyncd.jobs.worker import Worker
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.once import EXIT_OK, OnceRun
@@ -41,7 +42,6 @@ from bgsyncd.signals import Signals
 from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 from bgsyncd.storage.sqlite.store import Found, QueueError
 from bgsyncd.supervise import Supervisor
-from bgsyncd.worker import Worker
 
 log = get_logger("bgsyncd.daemon")
 

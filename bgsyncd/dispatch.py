@@ -30,6 +30,8 @@ from bgsyncd.creditcheck import CHECK_RETRY_SECONDS, CreditCheck
 from bgsyncd.credits import CreditGuard
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.freelane import FreeLane
+from bgsyncd.jobs.results import Kind, Result
+from bgsyncd.jobs.worker import Worker
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pacer import Pacer
@@ -41,11 +43,9 @@ from bgsyncd.pauses import (
     Lift,
     Pauses,
 )
-from bgsyncd.results import Kind, Result
 from bgsyncd.storage.contract import LeaseLost
 from bgsyncd.storage.sqlite.store import Job, Queue
 from bgsyncd.waiting import Waiting, waiting_for
-from bgsyncd.worker import Worker
 
 log = get_logger("bgsyncd.dispatch")
 

@@ -9,7 +9,7 @@ worker's settings: :func:`worker_config`, built at start and at every reload).
 from __future__ import annotations
 
 from bgsyncd.config.schema import Settings
-from bgsyncd.worker import WorkerConfig
+from bgsyncd.jobs.worker import WorkerConfig
 
 # Keys a running daemon cannot take on: the store, the pool, the metrics socket.
 RESTART_QUEUE = ("backend", "database", "dsn", "host_id", "lease_seconds", "cache_max_megabytes")

@@ -203,7 +203,7 @@ def test_every_documented_signature_matches_the_code(module_name: str, tree: ast
 def test_a_signature_that_drifted_is_caught() -> None:
     # The checker itself: a wrong parameter, return, field and constant each show.
     doc = (
-        "```python\n# bgsyncd.backoff\n"
+        "```python\n# bgsyncd.jobs.backoff\n"
         "def compute_backoff(attempt: int, base: float) -> int: ...\n"
         "```\n"
         "```python\n# bgsyncd.storage.contract\n"
@@ -447,8 +447,8 @@ def test_each_outside_library_is_imported_only_in_its_home() -> None:
 
 def test_a_library_imported_outside_its_home_is_caught() -> None:
     source = "def f():\n    from PIL import Image\n    import httpx.Client\n"
-    imports = {"bgsyncd.worker": library_imports(source), "bgsyncd.api.client": {"httpx"}}
-    assert strays(imports) == [("PIL", "bgsyncd.worker"), ("httpx", "bgsyncd.worker")]
+    imports = {"bgsyncd.jobs.worker": library_imports(source), "bgsyncd.api.client": {"httpx"}}
+    assert strays(imports) == [("PIL", "bgsyncd.jobs.worker"), ("httpx", "bgsyncd.jobs.worker")]
 
 
 @pytest.mark.parametrize("module", list(_module_names()))

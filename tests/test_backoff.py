@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bgsyncd.backoff import compute_backoff
+from bgsyncd.jobs.backoff import compute_backoff
 
 
 @pytest.mark.parametrize("attempt", range(1, 11))

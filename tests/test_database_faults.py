@@ -14,7 +14,7 @@ import pytest
 from bgsyncd.api.client import Client
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.results import Kind
+from bgsyncd.jobs.results import Kind
 from bgsyncd.storage.sqlite.store import Found, Queue, QueueError, SqliteRequestLog
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until

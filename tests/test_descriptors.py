@@ -27,12 +27,12 @@ from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops
 from bgsyncd.inbox.watcher import Watcher
+from bgsyncd.jobs.results import Kind
+from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.results import Kind
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
-from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.jobs import get_job

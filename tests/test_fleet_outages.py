@@ -26,16 +26,16 @@ from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
+from bgsyncd.jobs.results import PauseHook, Result
+from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.pgfleet import PgRequestLog, account_id
-from bgsyncd.results import PauseHook, Result
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found, Job, Queue
-from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,

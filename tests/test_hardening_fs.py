@@ -19,10 +19,10 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.inbox.adoption import Adopter
+from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
-from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,

@@ -25,11 +25,11 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.emulator.bodies import form_image
+from bgsyncd.jobs.results import Kind, Result
+from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Metrics, Recorder
-from bgsyncd.results import Kind, Result
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
-from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import open_image, product_image, wait_until
 from tests.hostile import Answer, HostileServer, Request

@@ -20,11 +20,11 @@ from bgsyncd.config.schema import FolderSettings
 from bgsyncd.credits import CreditGuard
 from bgsyncd.dispatch import Dispatcher
 from bgsyncd.emulator import Emulator
+from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pacer import Pacer
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Queue
-from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from bgsyncd import errors
-from bgsyncd.outcomes import (
+from bgsyncd.jobs.outcomes import (
     UNUSABLE_PREFIX,
     ApiFailed,
     Changed,

@@ -18,11 +18,11 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
+from bgsyncd.jobs.results import Kind
+from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.results import Kind
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Job, Queue
-from bgsyncd.worker import Worker, WorkerConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import product_image, wait_until
 from tests.jobs import get_job

@@ -1,9 +1,9 @@
 """Carrying out a decided outcome: the one place an ``Outcome`` is acted on.
 
-:func:`~bgsyncd.outcomes.decide` says what happened means (pure); the
+:func:`~bgsyncd.jobs.outcomes.decide` says what happened means (pure); the
 :class:`Applier` does it for the worker: the queue transition, the move to
 the quarantine, the metrics, the log line, a pause through the dispatcher's
-hook. It returns the :class:`~bgsyncd.results.Result` the dispatcher reads.
+hook. It returns the :class:`~bgsyncd.jobs.results.Result` the dispatcher reads.
 A quarantine that cannot be written is decided anew and applied in turn.
 
 Every queue transition is fenced (``storage.JobStore``): one refused because
@@ -22,8 +22,7 @@ from typing import Any
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves
 from bgsyncd.files.inputs import Signature, signature_of
-from bgsyncd.ops.metrics import Recorder
-from bgsyncd.outcomes import (
+from bgsyncd.jobs.outcomes import (
     Changed,
     Context,
     Happening,
@@ -33,7 +32,8 @@ from bgsyncd.outcomes import (
     WriteFailed,
     decide,
 )
-from bgsyncd.results import KINDS, Kind, PauseHook, Result
+from bgsyncd.jobs.results import KINDS, Kind, PauseHook, Result
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.contract import LeaseLost
 from bgsyncd.storage.sqlite.store import Found, Job, Queue
 

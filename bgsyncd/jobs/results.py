@@ -1,7 +1,7 @@
 """What became of a job, as the dispatcher sees it: a ``Result`` of one ``Kind``.
 
 The worker returns a :class:`Result` for every job it processes (see
-:mod:`bgsyncd.apply`, which makes it from the decided ``Outcome``); the
+:mod:`bgsyncd.jobs.applier`, which makes it from the decided ``Outcome``); the
 dispatcher reads what it means for the account from it: a credit spent, a
 pause, a 429's wait.
 """
@@ -12,7 +12,7 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from bgsyncd.outcomes import Transition
+from bgsyncd.jobs.outcomes import Transition
 
 
 class Kind(enum.Enum):

@@ -5,11 +5,11 @@
   credit, even with the cache off or when the cache's own write failed.
 - Unusable answers: per job (the second quarantines it) and in a row for the
   account (the third pauses dispatch). A job's count also survives a restart
-  through its ``last_error`` (see :data:`bgsyncd.outcomes.UNUSABLE_PREFIX`).
+  through its ``last_error`` (see :data:`bgsyncd.jobs.outcomes.UNUSABLE_PREFIX`).
 - Which content is being processed, so two names with the same bytes never
   both spend a credit.
 
-Thread-safe; the decisions themselves stay pure (:mod:`bgsyncd.outcomes`).
+Thread-safe; the decisions themselves stay pure (:mod:`bgsyncd.jobs.outcomes`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from bgsyncd.outcomes import UNUSABLE_PREFIX, Context, Outcome, Transition
+from bgsyncd.jobs.outcomes import UNUSABLE_PREFIX, Context, Outcome, Transition
 from bgsyncd.storage.sqlite.store import Job
 
 _FINAL = (Transition.DONE, Transition.QUARANTINE, Transition.FORGET)

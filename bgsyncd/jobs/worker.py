@@ -1,10 +1,10 @@
 """Processing one claimed job: from the input file to its outputs.
 
 The worker does things and decides nothing: each step reports what happened
-(:mod:`bgsyncd.outcomes`), :func:`~bgsyncd.outcomes.decide` maps it to an
-``Outcome``, and :class:`~bgsyncd.apply.Applier` alone carries it out (the
+(:mod:`bgsyncd.jobs.outcomes`), :func:`~bgsyncd.jobs.outcomes.decide` maps it to an
+``Outcome``, and :class:`~bgsyncd.jobs.applier.Applier` alone carries it out (the
 queue transition, the metrics, the log line). The outputs are written and the
-input dealt with by :mod:`bgsyncd.delivery`. ``Worker.process`` never raises for a
+input dealt with by :mod:`bgsyncd.jobs.delivery`. ``Worker.process`` never raises for a
 bad file, a failed request or a failing disk (only ``QueueUnavailable``, the
 database's own failure, reaches the dispatcher); its ``Result`` tells the
 dispatcher what the outcome means for the account (credits, pauses, 429s).
@@ -25,18 +25,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bgsyncd import delivery, imaging, uploads
+from bgsyncd import imaging
 from bgsyncd.api.client import Client
 from bgsyncd.api.outage import Outage
-from bgsyncd.apply import Applier
-from bgsyncd.backoff import compute_backoff
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, describe
 from bgsyncd.files.inputs import Signature, read_input
-from bgsyncd.history import History
-from bgsyncd.logs import get_logger
-from bgsyncd.ops.metrics import Recorder
-from bgsyncd.outcomes import (
+from bgsyncd.jobs import delivery, uploads
+from bgsyncd.jobs.applier import Applier
+from bgsyncd.jobs.backoff import compute_backoff
+from bgsyncd.jobs.memory import History
+from bgsyncd.jobs.outcomes import (
     NEEDS_REQUEST,
     ApiFailed,
     Context,
@@ -51,7 +50,9 @@ from bgsyncd.outcomes import (
     decide,
     quiet_for,
 )
-from bgsyncd.results import Kind, PauseHook, Result
+from bgsyncd.jobs.results import Kind, PauseHook, Result
+from bgsyncd.logs import get_logger
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import LeaseLost
 from bgsyncd.storage.sqlite.store import Job, Queue
