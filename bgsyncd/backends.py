@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from bgsyncd.config.schema import Settings, host_id
-from bgsyncd.credits import CreditGuard
+from bgsyncd.dispatch.credits import CreditGuard
+from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.errors import ConfigError
-from bgsyncd.pauses import Pauses
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import RequestLog, SharedRequestLog
 from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog

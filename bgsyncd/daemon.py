@@ -21,7 +21,9 @@ from bgsyncd.api.client import Client
 from bgsyncd.backends import database_secrets, open_backend
 from bgsyncd.config.layout import output_trees
 from bgsyncd.config.schema import Settings, load_settings, require_api_key
-from bgsyncd.dispatch import Dispatcher
+from bgsyncd.dispatch.dispatcher import Dispatcher
+from bgsyncd.dispatch.pacer import Pacer
+from bgsyncd.dispatch.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.files import outputs
 from bgsyncd.inbox.adoption import Adopter
@@ -34,8 +36,6 @@ from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.once import EXIT_OK, OnceRun
 from bgsyncd.ops.metrics import Metrics
 from bgsyncd.ops.notify import Notifier
-from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.publisher import REFRESH_SECONDS, Publisher
 from bgsyncd.reload import restart_needed, watcher_changed, worker_config
 from bgsyncd.signals import Signals

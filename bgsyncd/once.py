@@ -17,14 +17,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bgsyncd.dispatch.pauses import lifted_by_a_credit_check
 from bgsyncd.logs import get_logger
-from bgsyncd.pauses import lifted_by_a_credit_check
 from bgsyncd.progress import Progress
 
 if TYPE_CHECKING:  # the daemon's components; `once` only reads them
-    from bgsyncd.credits import CreditGuard
-    from bgsyncd.dispatch import Dispatcher
-    from bgsyncd.pacer import Pacer
+    from bgsyncd.dispatch.credits import CreditGuard
+    from bgsyncd.dispatch.dispatcher import Dispatcher
+    from bgsyncd.dispatch.pacer import Pacer
     from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.once")

@@ -1,6 +1,6 @@
 """The credit floor for a fleet: one balance and every host's requests in flight.
 
-:class:`PgCreditGuard` is a :class:`~bgsyncd.credits.CreditGuard` whose
+:class:`PgCreditGuard` is a :class:`~bgsyncd.dispatch.credits.CreditGuard` whose
 count lives in PostgreSQL, per account (a hash of the key): the balance the
 last credit check of *any* host saw, less what every host spent since, and a
 row per image request in flight on any host. A reservation is checked and
@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from bgsyncd.credits import CreditGuard, count_at_floor, has_room
+from bgsyncd.dispatch.credits import CreditGuard, count_at_floor, has_room
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.storage.postgres.shared import transaction
 from bgsyncd.storage.postgres.store import NOW, PgQueue

@@ -1,7 +1,7 @@
 """The fleet's pause reasons on PostgreSQL: one row per reason held, per account.
 
-The :class:`~bgsyncd.pauses.PauseStore` of a fleet: a 401 seen by one host is
-written here and every other host's :class:`~bgsyncd.pauses.Pauses` picks it
+The :class:`~bgsyncd.dispatch.pauses.PauseStore` of a fleet: a 401 seen by one host is
+written here and every other host's :class:`~bgsyncd.dispatch.pauses.Pauses` picks it
 up at its next poll; a lift deletes the rows for everyone. Only the reasons
 that hold fleet-wide are ever written (``Pauses`` sees to it). Like
 ``pgqueue``, only the PostgreSQL backend imports this module.

@@ -12,14 +12,14 @@ import time
 from typing import Any, cast
 
 from bgsyncd.config.schema import Settings
+from bgsyncd.dispatch.waiting import Waiting, decode, describe
 from bgsyncd.storage.sqlite.store import STATES, Queue, QueueError
-from bgsyncd.waiting import Waiting, decode, describe
 
 # Keys of the queue's key/value state that the daemon keeps for these commands.
 STATE_PAUSED = "paused"
 STATE_CREDITS = "credits"
 STATE_CREDITS_EXPIRY = "credits_expiry"
-STATE_WAITING = "waiting"  # what the next request waits for: see bgsyncd.waiting
+STATE_WAITING = "waiting"  # what the next request waits for: see bgsyncd.dispatch.waiting
 
 
 def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]:

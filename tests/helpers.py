@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
-from bgsyncd.credits import CreditGuard
+from bgsyncd.dispatch.credits import CreditGuard
 
 T = TypeVar("T")
 

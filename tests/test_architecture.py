@@ -37,7 +37,7 @@ MAX_LINES = 400
 def contract_blocks(text: str) -> list[tuple[str, ast.Module]]:
     """Each ```python block of ``text`` as (its module, its parsed stubs).
 
-    A block's first line names its module: ``# bgsyncd.pacer``.
+    A block's first line names its module: ``# bgsyncd.dispatch.pacer``.
     """
     blocks = []
     for body in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M):
@@ -188,7 +188,7 @@ def test_architecture_lists_contracts_for_the_main_modules() -> None:
     documented = {name for name, _ in BLOCKS}
     for name in (
         "bgsyncd.storage.contract",
-        "bgsyncd.pacer",
+        "bgsyncd.dispatch.pacer",
         "bgsyncd.api.client",
         "bgsyncd.inbox.watcher",
     ):

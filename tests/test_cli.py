@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.dispatch import IDLE_LOOK_SECONDS
+from bgsyncd.dispatch.dispatcher import IDLE_LOOK_SECONDS
 from bgsyncd.emulator import Emulator
 from bgsyncd.retry import PICKUP_SECONDS
 from bgsyncd.storage.sqlite.store import Queue

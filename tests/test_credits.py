@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bgsyncd.credits import CreditGuard
+from bgsyncd.dispatch.credits import CreditGuard
 from tests.helpers import FakeClock, at_floor
 
 

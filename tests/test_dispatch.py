@@ -380,7 +380,7 @@ def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(
 
 
 def test_each_pause_reason_is_lifted_only_by_its_own_events() -> None:
-    from bgsyncd.pauses import REASONS, Lift, PauseSet, lifted_by
+    from bgsyncd.dispatch.pauses import REASONS, Lift, PauseSet, lifted_by
 
     expected = {
         "invalid_api_key": {Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},
@@ -409,10 +409,10 @@ def make_dispatcher(
     tmp_path: Path, emu: Emulator, floor: int = 0, **pacer: Any
 ) -> tuple[Any, Any, Any]:
     from bgsyncd.api.client import Client
-    from bgsyncd.credits import CreditGuard
-    from bgsyncd.dispatch import Dispatcher
+    from bgsyncd.dispatch.credits import CreditGuard
+    from bgsyncd.dispatch.dispatcher import Dispatcher
+    from bgsyncd.dispatch.pacer import Pacer
     from bgsyncd.ops.metrics import Recorder
-    from bgsyncd.pacer import Pacer
     from bgsyncd.storage.sqlite.store import Queue
     from tests.pacing import MemoryRequestLog
 
@@ -490,7 +490,7 @@ def test_while_several_pauses_hold_status_shows_the_first_raised(
 
 
 def test_clamped_waits_take_any_number_a_pacer_or_clock_can_give() -> None:
-    from bgsyncd.dispatch import MAX_WAIT_SECONDS, clamp_wait
+    from bgsyncd.dispatch.dispatcher import MAX_WAIT_SECONDS, clamp_wait
 
     assert clamp_wait(1e12) == MAX_WAIT_SECONDS
     assert clamp_wait(float("inf")) == MAX_WAIT_SECONDS

@@ -17,12 +17,9 @@ from typing import Any
 import pytest
 
 from bgsyncd.api.client import Client
-from bgsyncd.dispatch import Dispatcher
-from bgsyncd.emulator import Emulator
-from bgsyncd.errors import QueueUnavailable
-from bgsyncd.ops.metrics import Recorder
-from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import (
+from bgsyncd.dispatch.dispatcher import Dispatcher
+from bgsyncd.dispatch.pacer import Pacer
+from bgsyncd.dispatch.pauses import (
     API_UNREACHABLE,
     CREDIT_FLOOR,
     INVALID_API_KEY,
@@ -32,6 +29,9 @@ from bgsyncd.pauses import (
     Lift,
     Pauses,
 )
+from bgsyncd.emulator import Emulator
+from bgsyncd.errors import QueueUnavailable
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.pgcredits import PgCreditGuard
 from bgsyncd.pgfleet import HostConflict, Hosts, PgRequestLog, account_id
 from bgsyncd.pgpauses import PgPauseStore

@@ -22,16 +22,16 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
-from bgsyncd.credits import CreditGuard
-from bgsyncd.dispatch import Dispatcher
+from bgsyncd.dispatch.credits import CreditGuard
+from bgsyncd.dispatch.dispatcher import Dispatcher
+from bgsyncd.dispatch.pacer import Pacer
+from bgsyncd.dispatch.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.jobs.results import PauseHook, Result
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.local_faults import LocalFaults
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.pgfleet import PgRequestLog, account_id
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.postgres.store import PgQueue

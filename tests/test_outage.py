@@ -17,12 +17,12 @@ from pathlib import Path
 from bgsyncd.api.client import Client
 from bgsyncd.api.outage import PROBE_FIRST_SECONDS, PROBE_MAX_SECONDS, Outage, probe_interval
 from bgsyncd.config.schema import FolderSettings
-from bgsyncd.credits import CreditGuard
-from bgsyncd.dispatch import Dispatcher
+from bgsyncd.dispatch.credits import CreditGuard
+from bgsyncd.dispatch.dispatcher import Dispatcher
+from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.emulator import Emulator
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.pacer import Pacer
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import (

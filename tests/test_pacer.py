@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
+from bgsyncd.dispatch.pacer import Pacer
+from bgsyncd.dispatch.sharedlog import LONGEST_WAIT
 from bgsyncd.errors import QueueUnavailable, Stopped
-from bgsyncd.pacer import Pacer
-from bgsyncd.sharedlog import LONGEST_WAIT
 from bgsyncd.storage.sqlite.store import QueueError
 from tests.helpers import FakeClock, wait_until
 from tests.pacing import MemoryRequestLog, Waits

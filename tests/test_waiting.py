@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bgsyncd.dispatch.waiting import Waiting, decode, encode, waiting_for
 from bgsyncd.emulator import Emulator
-from bgsyncd.waiting import Waiting, decode, encode, waiting_for
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,

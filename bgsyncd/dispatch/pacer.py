@@ -34,8 +34,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
+from bgsyncd.dispatch.sharedlog import LONGEST_WAIT, NoLog, refusal_wait
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, Stopped
-from bgsyncd.sharedlog import LONGEST_WAIT, NoLog, refusal_wait
 from bgsyncd.storage.contract import RequestLog, SharedRequestLog
 
 RETRY_AFTER_WINDOWS = 10

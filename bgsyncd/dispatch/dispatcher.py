@@ -8,11 +8,11 @@ jobs and signals (an idle dispatcher costs nothing), and none is longer than
 ``MAX_WAIT_SECONDS`` whatever a pacer or a clock says (a Retry-After of ten
 years, ``inf``, ``nan``): ``Condition.wait`` never gets a timeout it cannot take.
 
-Pauses are a set (:mod:`bgsyncd.pauses`), each reason lifted by its own rule;
+Pauses are a set (:mod:`bgsyncd.dispatch.pauses`), each reason lifted by its own rule;
 dispatch resumes when none holds. Other components raise and lift theirs with
 :meth:`Dispatcher.raise_pause` and :meth:`Dispatcher.lift_pause`.
 
-In a fleet (SPEC §8) it gets :class:`~bgsyncd.pauses.Pauses` on the fleet's store, a
+In a fleet (SPEC §8) it gets :class:`~bgsyncd.dispatch.pauses.Pauses` on the fleet's store, a
 pacer on the fleet's request log and a ``PgCreditGuard`` (the fleet's reasons, limit
 and floor), and looks at the fleet's pause reasons every few seconds.
 """
@@ -26,16 +26,11 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from bgsyncd.api.client import Client
-from bgsyncd.creditcheck import CHECK_RETRY_SECONDS, CreditCheck
-from bgsyncd.credits import CreditGuard
-from bgsyncd.errors import BgsyncdError, QueueUnavailable
-from bgsyncd.freelane import FreeLane
-from bgsyncd.jobs.results import Kind, Result
-from bgsyncd.jobs.worker import Worker
-from bgsyncd.logs import get_logger
-from bgsyncd.ops.metrics import Recorder
-from bgsyncd.pacer import Pacer
-from bgsyncd.pauses import (
+from bgsyncd.dispatch.credit_check import CHECK_RETRY_SECONDS, CreditCheck
+from bgsyncd.dispatch.credits import CreditGuard
+from bgsyncd.dispatch.free_lane import FreeLane
+from bgsyncd.dispatch.pacer import Pacer
+from bgsyncd.dispatch.pauses import (
     API_UNREACHABLE,
     CREDIT_FLOOR,
     CREDITS_EXPIRED,
@@ -43,9 +38,14 @@ from bgsyncd.pauses import (
     Lift,
     Pauses,
 )
+from bgsyncd.dispatch.waiting import Waiting, waiting_for
+from bgsyncd.errors import BgsyncdError, QueueUnavailable
+from bgsyncd.jobs.results import Kind, Result
+from bgsyncd.jobs.worker import Worker
+from bgsyncd.logs import get_logger
+from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.contract import LeaseLost
 from bgsyncd.storage.sqlite.store import Job, Queue
-from bgsyncd.waiting import Waiting, waiting_for
 
 log = get_logger("bgsyncd.dispatch")
 

@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 from bgsyncd.api.client import Client
 from bgsyncd.api.outage import Outage, pauses
-from bgsyncd.credits import CreditGuard
+from bgsyncd.dispatch.credits import CreditGuard
+from bgsyncd.dispatch.pauses import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, Lift
 from bgsyncd.errors import AccountError, ApiError, Stopped, TransientError
 from bgsyncd.logs import get_logger
-from bgsyncd.pauses import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, Lift
 
 log = get_logger("bgsyncd.dispatch")
 
