@@ -33,7 +33,7 @@ from bgsyncd.storage.contract import RequestLog, SharedRequestLog
 from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog
 
 if TYPE_CHECKING:
-    from bgsyncd.pghost import Membership
+    from bgsyncd.fleet.membership import Membership
     from bgsyncd.storage.postgres.guard import Outage
 
 CREDENTIAL_PASSWORD = "db_password"  # noqa: S105 (a file name)
@@ -110,7 +110,7 @@ def open_request_log(
         log = SqliteRequestLog(settings.queue.database)
         return log, log.close
     require_psycopg()
-    from bgsyncd.pgfleet import PgRequestLog, account_id
+    from bgsyncd.fleet.hosts import PgRequestLog, account_id
     from bgsyncd.storage.postgres.store import PgQueue
 
     pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
@@ -163,10 +163,10 @@ def require_psycopg() -> None:
 
 def _open_postgresql(settings: Settings, api_key: str) -> Backend:
     require_psycopg()
-    from bgsyncd.pgcredits import PgCreditGuard
-    from bgsyncd.pgfleet import PgRequestLog, account_id
-    from bgsyncd.pghost import Membership
-    from bgsyncd.pgpauses import PgPauseStore
+    from bgsyncd.fleet.credits import PgCreditGuard
+    from bgsyncd.fleet.hosts import PgRequestLog, account_id
+    from bgsyncd.fleet.membership import Membership
+    from bgsyncd.fleet.pauses import PgPauseStore
     from bgsyncd.storage.postgres.cache import PgResultCache
     from bgsyncd.storage.postgres.store import PgQueue
 

@@ -69,7 +69,7 @@ def _open_fleet(settings: Settings, result: dict[str, Any]) -> Queue | None:
     from bgsyncd.backends import connection_dsn, require_psycopg
 
     require_psycopg()
-    from bgsyncd.pgfleet import Hosts
+    from bgsyncd.fleet.hosts import Hosts
     from bgsyncd.storage.postgres.store import PgQueue
 
     try:

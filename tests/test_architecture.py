@@ -412,8 +412,8 @@ LIBRARY_HOMES = {
     "httpx": ("bgsyncd.api.client", "bgsyncd.api.deadline"),  # deadline: the client's sockets
     "httpcore": ("bgsyncd.api.deadline",),
     "sqlite3": ("bgsyncd.storage.sqlite.*",),
-    "psycopg": ("bgsyncd.storage.postgres.*", "bgsyncd.pg*", "bgsyncd.backends"),
-    "psycopg_pool": ("bgsyncd.storage.postgres.*", "bgsyncd.pg*", "bgsyncd.backends"),
+    "psycopg": ("bgsyncd.storage.postgres.*", "bgsyncd.fleet.*", "bgsyncd.backends"),
+    "psycopg_pool": ("bgsyncd.storage.postgres.*", "bgsyncd.fleet.*", "bgsyncd.backends"),
     "structlog": ("bgsyncd.logs",),
 }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.pgfleet import Hosts
+from bgsyncd.fleet.hosts import Hosts
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.postgres.cache import PgResultCache
 from bgsyncd.storage.postgres.store import PgQueue

@@ -407,10 +407,10 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     """Host a's lease runs out mid-request and b takes the job over: a writes nothing."""
     from bgsyncd.api.client import Client
     from bgsyncd.config.schema import FolderSettings
+    from bgsyncd.fleet.hosts import Hosts
     from bgsyncd.jobs.results import Kind
     from bgsyncd.jobs.worker import Worker, WorkerConfig
     from bgsyncd.ops.metrics import Recorder
-    from bgsyncd.pgfleet import Hosts
     from bgsyncd.storage.cache import ResultCache
     from bgsyncd.storage.postgres.store import PgQueue
     from bgsyncd.storage.sqlite.store import Found, Queue

@@ -31,10 +31,10 @@ from bgsyncd.dispatch.pauses import (
 )
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
+from bgsyncd.fleet.credits import PgCreditGuard
+from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
+from bgsyncd.fleet.pauses import PgPauseStore
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.pgcredits import PgCreditGuard
-from bgsyncd.pgfleet import HostConflict, Hosts, PgRequestLog, account_id
-from bgsyncd.pgpauses import PgPauseStore
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found, Queue
 from tests.conftest import TEST_KEY

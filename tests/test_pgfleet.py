@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 
-from bgsyncd.pgfleet import HostConflict, Hosts, PgRequestLog, account_id
+from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found
 from tests.helpers import wait_until

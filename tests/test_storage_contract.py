@@ -560,7 +560,7 @@ def take_over(backend: str) -> Callable[[Store, Job], Job]:
 
     def take(taker: Store, job: Job) -> Job:
         if backend == "postgresql":
-            from bgsyncd.pgfleet import Hosts
+            from bgsyncd.fleet.hosts import Hosts
             from bgsyncd.storage.postgres.store import PgQueue
 
             assert isinstance(taker, PgQueue)

@@ -30,8 +30,8 @@ import psycopg
 
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
+from bgsyncd.fleet.hosts import HostConflict, Hosts
 from bgsyncd.logs import get_logger
-from bgsyncd.pgfleet import HostConflict, Hosts
 from bgsyncd.storage.postgres.db import HOST_LOCK_CLASS, dsn_secrets, failure
 from bgsyncd.storage.postgres.guard import CALL_SECONDS, WATCHDOG, after, bounded_dsn
 from bgsyncd.storage.postgres.store import PgQueue
