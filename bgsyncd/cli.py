@@ -105,7 +105,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, create_folders=False)
         return retry(settings, [Path(p) for p in args.paths], everything=args.all)
     if command in ("run", "once"):
-        from bgsyncd.daemon import run_daemon
+        from bgsyncd.service.daemon import run_daemon
 
         return run_daemon(args.config, once=command == "once")
     if command == "demo":

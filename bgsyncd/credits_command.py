@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import sys
 
-from bgsyncd.backends import open_request_log
 from bgsyncd.config.schema import Settings, require_api_key
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.errors import ApiError, BgsyncdError
+from bgsyncd.service.backends import open_request_log
 from bgsyncd.storage.sqlite.store import QueueError
 
 EXIT_OK = 0

@@ -19,8 +19,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from bgsyncd.config.schema import load_settings
-from bgsyncd.daemon import Daemon
 from bgsyncd.emulator import Emulator
+from bgsyncd.service.daemon import Daemon
 
 DEMO_METRICS_PORT = 9808
 

@@ -13,12 +13,12 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
-from bgsyncd.backends import open_fleet_queue
 from bgsyncd.config.schema import Settings
 from bgsyncd.errors import describe_os_error
 from bgsyncd.files import fsops
 from bgsyncd.files.moves import move_to
 from bgsyncd.files.outputs import sidecar_name
+from bgsyncd.service.backends import open_fleet_queue
 from bgsyncd.storage.sqlite.store import Queue
 
 # dispatch.IDLE_LOOK_SECONDS; tests/test_cli.py checks the two agree.

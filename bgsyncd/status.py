@@ -66,7 +66,7 @@ def _open_fleet(settings: Settings, result: dict[str, Any]) -> Queue | None:
 
     PostgreSQL is imported here only (the SQLite path never loads psycopg).
     """
-    from bgsyncd.backends import connection_dsn, require_psycopg
+    from bgsyncd.service.backends import connection_dsn, require_psycopg
 
     require_psycopg()
     from bgsyncd.fleet.hosts import Hosts

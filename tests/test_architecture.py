@@ -395,7 +395,7 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycle_among_bgsyncd_modules() -> None:
     known = set(_module_names())
     graph = {m: run_time_imports(m, known) for m in known}
-    assert graph["bgsyncd.daemon"], "the graph is built (daemon imports its components)"
+    assert graph["bgsyncd.service.daemon"], "the graph is built (daemon imports its components)"
     assert import_cycles(graph) == []
 
 
@@ -412,8 +412,8 @@ LIBRARY_HOMES = {
     "httpx": ("bgsyncd.api.client", "bgsyncd.api.deadline"),  # deadline: the client's sockets
     "httpcore": ("bgsyncd.api.deadline",),
     "sqlite3": ("bgsyncd.storage.sqlite.*",),
-    "psycopg": ("bgsyncd.storage.postgres.*", "bgsyncd.fleet.*", "bgsyncd.backends"),
-    "psycopg_pool": ("bgsyncd.storage.postgres.*", "bgsyncd.fleet.*", "bgsyncd.backends"),
+    "psycopg": ("bgsyncd.storage.postgres.*", "bgsyncd.fleet.*", "bgsyncd.service.backends"),
+    "psycopg_pool": ("bgsyncd.storage.postgres.*", "bgsyncd.fleet.*", "bgsyncd.service.backends"),
     "structlog": ("bgsyncd.logs",),
 }
 

@@ -29,8 +29,8 @@ from bgsyncd.files import fsops
 from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.jobs.results import Kind
 from bgsyncd.jobs.worker import Worker, WorkerConfig
-from bgsyncd.local_faults import LocalFaults
 from bgsyncd.ops.metrics import Recorder
+from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config

@@ -31,8 +31,8 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.fleet.hosts import PgRequestLog, account_id
 from bgsyncd.jobs.results import PauseHook, Result
 from bgsyncd.jobs.worker import Worker, WorkerConfig
-from bgsyncd.local_faults import LocalFaults
 from bgsyncd.ops.metrics import Recorder
+from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found, Job, Queue

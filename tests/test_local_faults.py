@@ -15,7 +15,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from bgsyncd.files.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
-from bgsyncd.local_faults import LocalFaults
+from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from tests.conftest import (
     DaemonProcess,

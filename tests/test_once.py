@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from bgsyncd.once import EXIT_OK, EXIT_PAUSED, Snapshot, Verdict, decide
-from bgsyncd.progress import render
+from bgsyncd.service.once import EXIT_OK, EXIT_PAUSED, Snapshot, Verdict, decide
+from bgsyncd.service.progress import render
 from tests.conftest import TEST_KEY, make_folder, run_cli, write_config
 from tests.helpers import product_image
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bgsyncd.config.schema import Settings, load_settings
-from bgsyncd.reload import restart_needed, watcher_changed, worker_config
+from bgsyncd.service.reload import restart_needed, watcher_changed, worker_config
 from tests.conftest import make_folder, write_config
 
 

@@ -143,7 +143,7 @@ CRASHING_DAEMON = textwrap.dedent(
     import sys
     from pathlib import Path
     from bgsyncd.config.schema import load_settings
-    from bgsyncd.daemon import Daemon
+    from bgsyncd.service.daemon import Daemon
     from bgsyncd.storage.sqlite.store import Queue
 
     settings = load_settings(sys.argv[1])

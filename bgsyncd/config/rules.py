@@ -89,7 +89,9 @@ def _check_dsn(dsn: str, file: Path) -> None:
     psycopg is needed from here on, and imported only now: a SQLite
     configuration never loads it.
     """
-    from bgsyncd.backends import require_psycopg  # backends imports config, which imports us
+    from bgsyncd.service.backends import (
+        require_psycopg,  # backends imports config, which imports us
+    )
 
     require_psycopg()
     from bgsyncd.storage.postgres.dsn import UnreadableDsn, carries_password

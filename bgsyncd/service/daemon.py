@@ -18,7 +18,6 @@ from pathlib import Path
 
 from bgsyncd import __version__
 from bgsyncd.api.client import Client
-from bgsyncd.backends import database_secrets, open_backend
 from bgsyncd.config.layout import output_trees
 from bgsyncd.config.schema import Settings, load_settings, require_api_key
 from bgsyncd.dispatch.dispatcher import Dispatcher
@@ -31,17 +30,18 @@ from bgsyncd.inbox.ingest import Ingest
 from bgsyncd.inbox.swap import WatcherSwap
 from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.jobs.worker import Worker
-from bgsyncd.local_faults import LocalFaults
 from bgsyncd.logs import configure_logging, get_logger
-from bgsyncd.once import EXIT_OK, OnceRun
 from bgsyncd.ops.metrics import Metrics
 from bgsyncd.ops.notify import Notifier
-from bgsyncd.publisher import REFRESH_SECONDS, Publisher
-from bgsyncd.reload import restart_needed, watcher_changed, worker_config
-from bgsyncd.signals import Signals
+from bgsyncd.service.backends import database_secrets, open_backend
+from bgsyncd.service.local_faults import LocalFaults
+from bgsyncd.service.once import EXIT_OK, OnceRun
+from bgsyncd.service.publisher import REFRESH_SECONDS, Publisher
+from bgsyncd.service.reload import restart_needed, watcher_changed, worker_config
+from bgsyncd.service.signals import Signals
+from bgsyncd.service.supervisor import Supervisor
 from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 from bgsyncd.storage.sqlite.store import Found, QueueError
-from bgsyncd.supervise import Supervisor
 
 log = get_logger("bgsyncd.daemon")
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from bgsyncd.dispatch.pauses import lifted_by_a_credit_check
 from bgsyncd.logs import get_logger
-from bgsyncd.progress import Progress
+from bgsyncd.service.progress import Progress
 
 if TYPE_CHECKING:  # the daemon's components; `once` only reads them
     from bgsyncd.dispatch.credits import CreditGuard

@@ -1,0 +1,3 @@
+"""The daemon: choosing the backend, wiring the parts, the loop, signals, reloads, supervision,
+`once`.
+"""
