@@ -44,9 +44,9 @@ from pathlib import Path
 from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from bgsyncd.commands.status import collect_status
 from bgsyncd.config.schema import load_settings
 from bgsyncd.emulator import Emulator
-from bgsyncd.status import collect_status
 
 KEY = "bench-scale-key-0123456789"
 MIB = 1024 * 1024

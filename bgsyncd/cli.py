@@ -89,15 +89,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "check-config":
         return _check_config(args.config)
     if command == "credits":
-        from bgsyncd.credits_command import print_credits
+        from bgsyncd.commands.credits import print_credits
 
         return print_credits(_settings_as_they_are(args.config), args.json)
     if command == "status":
-        from bgsyncd.status import print_status
+        from bgsyncd.commands.status import print_status
 
         return print_status(_settings_as_they_are(args.config), args.json)
     if command == "retry":
-        from bgsyncd.retry import retry
+        from bgsyncd.commands.retry import retry
 
         if not args.all and not args.paths:
             print("bgsyncd: retry needs --all or at least one PATH", file=sys.stderr)
@@ -109,7 +109,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_daemon(args.config, once=command == "once")
     if command == "demo":
-        from bgsyncd.demo import run_demo
+        from bgsyncd.commands.demo import run_demo
 
         return run_demo(Path(args.dir))
     raise AssertionError(f"unhandled command {command}")  # pragma: no cover

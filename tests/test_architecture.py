@@ -406,7 +406,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 # Each outside library behind one module (or one family of modules): STYLE.md.
 LIBRARY_HOMES = {
-    "PIL": ("bgsyncd.imaging.*", "bgsyncd.demo"),  # the demo draws its samples
+    "PIL": ("bgsyncd.imaging.*", "bgsyncd.commands.demo"),  # the demo draws its samples
     "watchdog": ("bgsyncd.inbox.watcher",),
     "prometheus_client": ("bgsyncd.ops.metrics",),
     "httpx": ("bgsyncd.api.client", "bgsyncd.api.deadline"),  # deadline: the client's sockets

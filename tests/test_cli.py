@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bgsyncd.commands.retry import PICKUP_SECONDS
 from bgsyncd.dispatch.dispatcher import IDLE_LOOK_SECONDS
 from bgsyncd.emulator import Emulator
-from bgsyncd.retry import PICKUP_SECONDS
 from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import (
     DaemonProcess,

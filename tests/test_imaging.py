@@ -771,8 +771,10 @@ def test_pillow_is_imported_only_by_imaging_and_the_demo() -> None:
     package = Path(imaging.__file__).parent.parent
     importers = _pillow_importers(package)
     # The detector sees what it must: without this, an empty set would pass for any code.
-    assert {"bgsyncd/imaging/codec.py", "bgsyncd/demo.py"} <= importers
-    stray = {m for m in importers if not m.startswith("bgsyncd/imaging/")} - {"bgsyncd/demo.py"}
+    assert {"bgsyncd/imaging/codec.py", "bgsyncd/commands/demo.py"} <= importers
+    stray = {m for m in importers if not m.startswith("bgsyncd/imaging/")} - {
+        "bgsyncd/commands/demo.py"
+    }
     assert not stray, f"Pillow imported outside bgsyncd/imaging and the demo: {sorted(stray)}"
 
 

@@ -25,7 +25,7 @@ One package, one public surface (import ``from bgsyncd import imaging``):
 :func:`make_proxy` from the stored size; :func:`encode_cutout` and
 :func:`encode_mask` re-encode a cut-out with :func:`render`'s own encoders.
 
-Pillow is imported here and in ``bgsyncd/demo.py`` (its sample pictures)
+Pillow is imported here and in ``bgsyncd/commands/demo.py`` (its sample pictures)
 only; everything else speaks this package's functions and :data:`Picture`.
 
 Geometry: pixels are kept as stored. EXIF orientation is never applied: the

@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from bgsyncd.commands.status import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
 from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.waiting import Waiting, encode
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.ops.notify import Notifier
-from bgsyncd.status import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
 from bgsyncd.storage.sqlite.store import STATES, Queue
 
 REFRESH_SECONDS = 5.0

@@ -1,0 +1,1 @@
+"""The commands beside the daemon: status, retry, credits, demo."""
