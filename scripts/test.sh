@@ -11,4 +11,5 @@ status=0
 "$bin/ruff" check bgsyncd tests bench || status=$?
 "$bin/ruff" format --check bgsyncd tests bench || status=$?
 "$bin/mypy" --strict bgsyncd tests bench || status=$?
+"$bin/lint-imports" --no-cache || status=$?
 exit $status
