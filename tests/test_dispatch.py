@@ -380,7 +380,8 @@ def test_a_lower_limit_at_the_api_gives_429s_that_cost_no_attempt(
 
 
 def test_each_pause_reason_is_lifted_only_by_its_own_events() -> None:
-    from bgsyncd.dispatch.pauses import REASONS, Lift, PauseSet, lifted_by
+    from bgsyncd.dispatch.pauses import PauseSet
+    from bgsyncd.reasons import REASONS, Lift, lifted_by
 
     expected = {
         "invalid_api_key": {Lift.CREDITS_ABOVE_FLOOR, Lift.SIGHUP},

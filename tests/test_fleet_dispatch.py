@@ -19,7 +19,14 @@ import pytest
 from bgsyncd.api.client import Client
 from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
-from bgsyncd.dispatch.pauses import (
+from bgsyncd.dispatch.pauses import Pauses
+from bgsyncd.emulator import Emulator
+from bgsyncd.errors import QueueUnavailable
+from bgsyncd.fleet.credits import PgCreditGuard
+from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
+from bgsyncd.fleet.pauses import PgPauseStore
+from bgsyncd.ops.metrics import Recorder
+from bgsyncd.reasons import (
     API_UNREACHABLE,
     CREDIT_FLOOR,
     INVALID_API_KEY,
@@ -27,14 +34,7 @@ from bgsyncd.dispatch.pauses import (
     QUEUE_UNAVAILABLE,
     UNEXPECTED_REDIRECT,
     Lift,
-    Pauses,
 )
-from bgsyncd.emulator import Emulator
-from bgsyncd.errors import QueueUnavailable
-from bgsyncd.fleet.credits import PgCreditGuard
-from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
-from bgsyncd.fleet.pauses import PgPauseStore
-from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found, Queue
 from tests.conftest import TEST_KEY

@@ -25,13 +25,13 @@ from bgsyncd.config.schema import FolderSettings
 from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
-from bgsyncd.dispatch.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.fleet.hosts import PgRequestLog, account_id
 from bgsyncd.jobs.results import PauseHook, Result
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
+from bgsyncd.reasons import QUEUE_UNAVAILABLE
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.postgres.store import PgQueue

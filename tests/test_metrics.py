@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from bgsyncd.api.endpoints import ENDPOINTS
-from bgsyncd.dispatch.pauses import REASONS
 from bgsyncd.ops.metrics import OUTCOMES, Metrics, Recorder
+from bgsyncd.reasons import REASONS
 from bgsyncd.storage.contract import STATES
 from tests.helpers import FakeClock
 

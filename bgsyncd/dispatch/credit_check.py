@@ -17,9 +17,9 @@ from collections.abc import Callable
 from bgsyncd.api.client import Client
 from bgsyncd.api.outage import Outage, pauses
 from bgsyncd.dispatch.credits import CreditGuard
-from bgsyncd.dispatch.pauses import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, Lift
 from bgsyncd.errors import AccountError, ApiError, Stopped, TransientError
 from bgsyncd.logs import get_logger
+from bgsyncd.reasons import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, Lift
 
 log = get_logger("bgsyncd.dispatch")
 

@@ -30,20 +30,14 @@ from bgsyncd.dispatch.credit_check import CHECK_RETRY_SECONDS, CreditCheck
 from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.free_lane import FreeLane
 from bgsyncd.dispatch.pacer import Pacer
-from bgsyncd.dispatch.pauses import (
-    API_UNREACHABLE,
-    CREDIT_FLOOR,
-    CREDITS_EXPIRED,
-    QUEUE_UNAVAILABLE,
-    Lift,
-    Pauses,
-)
+from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.dispatch.waiting import Waiting, waiting_for
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.jobs.results import Kind, Result
 from bgsyncd.jobs.worker import Worker
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
+from bgsyncd.reasons import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift
 from bgsyncd.storage.contract import LeaseLost
 from bgsyncd.storage.sqlite.store import Job, Queue
 

@@ -22,10 +22,10 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 
-from bgsyncd.dispatch.pauses import HOST_REASONS
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
 from bgsyncd.jobs.results import Result
 from bgsyncd.logs import get_logger
+from bgsyncd.reasons import HOST_REASONS
 from bgsyncd.storage.contract import Found, Job, JobStore
 
 log = get_logger("bgsyncd.freelane")

@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from bgsyncd.dispatch.pauses import lifted_by_a_credit_check
+from bgsyncd.reasons import lifted_by_a_credit_check
 
 RATE_LIMIT = "rate_limit"
 RETRY = "retry"

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 
 from bgsyncd import errors
 from bgsyncd.api import outage
-from bgsyncd.dispatch.pauses import API_MALFORMED, API_UNREACHABLE, OUTPUT_UNWRITABLE
+from bgsyncd.reasons import API_MALFORMED, API_UNREACHABLE, OUTPUT_UNWRITABLE
 
 # Unusable answers in a row, for the whole account, that pause dispatch.
 UNUSABLE_STREAK_LIMIT = 3

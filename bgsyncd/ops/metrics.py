@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bgsyncd.api.endpoints import ENDPOINTS, UPLOAD_ENDPOINTS
 from bgsyncd.config.rules import parse_listen
-from bgsyncd.dispatch.pauses import REASONS
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.server import MetricsServer
+from bgsyncd.reasons import REASONS
 from bgsyncd.storage.contract import STATES
 
 OUTCOMES = ("success", "cached", "quarantined")

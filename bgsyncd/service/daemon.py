@@ -22,7 +22,6 @@ from bgsyncd.config.layout import output_trees
 from bgsyncd.config.schema import Settings, load_settings, require_api_key
 from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
-from bgsyncd.dispatch.pauses import QUEUE_UNAVAILABLE
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.files import outputs
 from bgsyncd.inbox.adoption import Adopter
@@ -33,6 +32,7 @@ from bgsyncd.jobs.worker import Worker
 from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.ops.metrics import Metrics
 from bgsyncd.ops.notify import Notifier
+from bgsyncd.reasons import QUEUE_UNAVAILABLE
 from bgsyncd.service.backends import database_secrets, open_backend
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.service.once import EXIT_OK, OnceRun

@@ -23,9 +23,9 @@ from pathlib import Path
 from bgsyncd.config.layout import output_trees
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.dispatch.dispatcher import Dispatcher
-from bgsyncd.dispatch.pauses import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
 from bgsyncd.files.probe import OutputProbe
 from bgsyncd.logs import get_logger
+from bgsyncd.reasons import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
 from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.daemon")  # the main loop's events, named as they always were

@@ -17,8 +17,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bgsyncd.dispatch.pauses import lifted_by_a_credit_check
 from bgsyncd.logs import get_logger
+from bgsyncd.reasons import lifted_by_a_credit_check
 from bgsyncd.service.progress import Progress
 
 if TYPE_CHECKING:  # the daemon's components; `once` only reads them
