@@ -13,13 +13,8 @@ from typing import Any, cast
 
 from bgsyncd.config.schema import Settings
 from bgsyncd.dispatch.waiting import Waiting, decode, describe
+from bgsyncd.service.publisher import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
 from bgsyncd.storage.sqlite.store import STATES, Queue, QueueError
-
-# Keys of the queue's key/value state that the daemon keeps for these commands.
-STATE_PAUSED = "paused"
-STATE_CREDITS = "credits"
-STATE_CREDITS_EXPIRY = "credits_expiry"
-STATE_WAITING = "waiting"  # what the next request waits for: see bgsyncd.dispatch.waiting
 
 
 def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]:

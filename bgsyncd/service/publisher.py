@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from bgsyncd.commands.status import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
 from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.waiting import Waiting, encode
 from bgsyncd.ops.metrics import Recorder
@@ -24,6 +23,11 @@ from bgsyncd.ops.notify import Notifier
 from bgsyncd.storage.sqlite.store import STATES, Queue
 
 REFRESH_SECONDS = 5.0
+
+# Keys of the store's named state that the daemon keeps for `bgsyncd status`.
+STATE_PAUSED = "paused"
+STATE_CREDITS = "credits"
+STATE_WAITING = "waiting"  # what the next request waits for: see bgsyncd.dispatch.waiting
 
 
 class Publisher:
