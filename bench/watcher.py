@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.scale import Figure, print_table
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.inbox.watcher import Watcher
-from bgsyncd.storage.sqlite.store import Found
+from bgsyncd.storage.contract import Found
 
 OLD = time.time() - 3600  # quiet for an hour: the scan emits at once
 

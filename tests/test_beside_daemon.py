@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog
+from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 

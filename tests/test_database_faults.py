@@ -15,7 +15,9 @@ from bgsyncd.api.client import Client
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.jobs.results import Kind
-from bgsyncd.storage.sqlite.store import Found, Queue, QueueError, SqliteRequestLog
+from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.mounts import Tmpfs, ext4, tmpfs

@@ -32,7 +32,8 @@ from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.sqlite.store import Found, Queue
+from bgsyncd.storage.contract import Found
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.jobs import get_job

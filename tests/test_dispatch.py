@@ -435,7 +435,7 @@ def make_dispatcher(
 
 
 def enqueue_image(tmp_path: Path, queue: Any, name: str = "a.png") -> None:
-    from bgsyncd.storage.sqlite.store import Found
+    from bgsyncd.storage.contract import Found
 
     src = tmp_path / "inbox" / name
     src.write_bytes(product_image(30, 20, "PNG"))

@@ -412,8 +412,9 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     from bgsyncd.jobs.worker import Worker, WorkerConfig
     from bgsyncd.ops.metrics import Recorder
     from bgsyncd.storage.cache import ResultCache
+    from bgsyncd.storage.contract import Found
     from bgsyncd.storage.postgres.store import PgQueue
-    from bgsyncd.storage.sqlite.store import Found, Queue
+    from bgsyncd.storage.sqlite.store import Queue
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -35,8 +35,9 @@ from bgsyncd.reasons import (
     UNEXPECTED_REDIRECT,
     Lift,
 )
+from bgsyncd.storage.contract import Found
 from bgsyncd.storage.postgres.store import PgQueue
-from bgsyncd.storage.sqlite.store import Found, Queue
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import TEST_KEY
 from tests.helpers import FakeClock, at_floor, product_image, wait_until
 from tests.pacing import Waits

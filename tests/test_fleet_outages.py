@@ -34,8 +34,9 @@ from bgsyncd.ops.metrics import Recorder
 from bgsyncd.reasons import QUEUE_UNAVAILABLE
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
+from bgsyncd.storage.contract import Found, Job
 from bgsyncd.storage.postgres.store import PgQueue
-from bgsyncd.storage.sqlite.store import Found, Job, Queue
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,

@@ -22,7 +22,8 @@ from bgsyncd.inbox.adoption import Adopter
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.sqlite.store import Found, Queue
+from bgsyncd.storage.contract import Found
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,

@@ -29,7 +29,8 @@ from bgsyncd.jobs.results import Kind, Result
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.sqlite.store import Found, Queue
+from bgsyncd.storage.contract import Found
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import TEST_KEY
 from tests.helpers import open_image, product_image, wait_until
 from tests.hostile import Answer, HostileServer, Request

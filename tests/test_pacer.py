@@ -13,7 +13,7 @@ import pytest
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.dispatch.sharedlog import LONGEST_WAIT
 from bgsyncd.errors import QueueUnavailable, Stopped
-from bgsyncd.storage.sqlite.store import QueueError
+from bgsyncd.storage.contract import QueueError
 from tests.helpers import FakeClock, wait_until
 from tests.pacing import MemoryRequestLog, Waits
 

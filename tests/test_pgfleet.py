@@ -9,8 +9,8 @@ from functools import partial
 import pytest
 
 from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
+from bgsyncd.storage.contract import Found
 from bgsyncd.storage.postgres.store import PgQueue
-from bgsyncd.storage.sqlite.store import Found
 from tests.helpers import wait_until
 
 

@@ -15,15 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.storage.contract import LeaseLost
+from bgsyncd.storage.contract import STATES, Found, LeaseLost, QueueError
 from bgsyncd.storage.sqlite import schema as queue_sql
-from bgsyncd.storage.sqlite.store import (
-    STATES,
-    Found,
-    Queue,
-    QueueError,
-    SqliteRequestLog,
-)
+from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
+from bgsyncd.storage.sqlite.store import Queue
 from tests.helpers import FakeClock
 from tests.jobs import find_job, get_job
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.storage.contract import Job, LeaseLost, Store
-from bgsyncd.storage.sqlite.store import Found, Queue, QueueError
+from bgsyncd.storage.contract import Found, Job, LeaseLost, QueueError, Store
+from bgsyncd.storage.sqlite.store import Queue
 from tests.helpers import wait_until
 from tests.jobs import find_job, get_job
 

@@ -22,7 +22,8 @@ from bgsyncd.jobs.results import Kind
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.sqlite.store import Found, Job, Queue
+from bgsyncd.storage.contract import Found, Job
+from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import TEST_KEY
 from tests.helpers import product_image, wait_until
 from tests.jobs import get_job

@@ -16,7 +16,7 @@ from bgsyncd.config.schema import Settings, require_api_key
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.errors import ApiError, BgsyncdError
 from bgsyncd.service.backends import open_request_log
-from bgsyncd.storage.sqlite.store import QueueError
+from bgsyncd.storage.contract import QueueError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

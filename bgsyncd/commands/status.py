@@ -14,7 +14,8 @@ from typing import Any, cast
 from bgsyncd.config.schema import Settings
 from bgsyncd.dispatch.waiting import Waiting, decode, describe
 from bgsyncd.service.publisher import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
-from bgsyncd.storage.sqlite.store import STATES, Queue, QueueError
+from bgsyncd.storage.contract import STATES, QueueError
+from bgsyncd.storage.sqlite.store import Queue
 
 
 def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]:

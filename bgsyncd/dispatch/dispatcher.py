@@ -38,8 +38,8 @@ from bgsyncd.jobs.worker import Worker
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.reasons import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift
-from bgsyncd.storage.contract import LeaseLost
-from bgsyncd.storage.sqlite.store import Job, Queue
+from bgsyncd.storage.contract import Job, LeaseLost
+from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.dispatch")
 

@@ -21,7 +21,8 @@ from bgsyncd import imaging
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import outputs
 from bgsyncd.logs import get_logger
-from bgsyncd.storage.sqlite.store import Found, Queue
+from bgsyncd.storage.contract import Found
+from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.adoption")
 

@@ -14,7 +14,8 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.inbox.adoption import Adopter
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.sqlite.store import Found, Queue, QueueError
+from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.ingest")
 

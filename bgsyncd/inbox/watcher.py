@@ -66,7 +66,7 @@ from bgsyncd.inbox.roots import CHECK_SECONDS, Missing, RootGuard, look
 from bgsyncd.inbox.scanner import IgnoreRules, Inbox, Scanner
 from bgsyncd.inbox.tracker import MAX_ENTRIES, Tracker
 from bgsyncd.logs import get_logger
-from bgsyncd.storage.sqlite.store import Found
+from bgsyncd.storage.contract import Found
 
 log = get_logger("bgsyncd.watcher")
 

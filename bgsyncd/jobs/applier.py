@@ -34,8 +34,8 @@ from bgsyncd.jobs.outcomes import (
 )
 from bgsyncd.jobs.results import KINDS, Kind, PauseHook, Result
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.contract import LeaseLost
-from bgsyncd.storage.sqlite.store import Found, Job, Queue
+from bgsyncd.storage.contract import Found, Job, LeaseLost
+from bgsyncd.storage.sqlite.store import Queue
 
 
 class Applier:

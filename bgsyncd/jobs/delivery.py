@@ -15,7 +15,8 @@ from bgsyncd import imaging
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves, outputs
 from bgsyncd.files.inputs import Signature, signature_of
-from bgsyncd.storage.sqlite.store import Found, Job, Queue
+from bgsyncd.storage.contract import Found, Job
+from bgsyncd.storage.sqlite.store import Queue
 
 
 def claim_names(queue: Queue, job: Job, folder: FolderSettings) -> None:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from bgsyncd.jobs.outcomes import UNUSABLE_PREFIX, Context, Outcome, Transition
-from bgsyncd.storage.sqlite.store import Job
+from bgsyncd.storage.contract import Job
 
 _FINAL = (Transition.DONE, Transition.QUARANTINE, Transition.FORGET)
 

@@ -54,8 +54,8 @@ from bgsyncd.jobs.results import Kind, PauseHook, Result
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.contract import LeaseLost
-from bgsyncd.storage.sqlite.store import Job, Queue
+from bgsyncd.storage.contract import Job, LeaseLost
+from bgsyncd.storage.sqlite.store import Queue
 
 log = get_logger("bgsyncd.worker")
 

@@ -30,7 +30,8 @@ from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.errors import ConfigError
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import RequestLog, SharedRequestLog
-from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog
+from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
+from bgsyncd.storage.sqlite.store import Queue
 
 if TYPE_CHECKING:
     from bgsyncd.fleet.membership import Membership

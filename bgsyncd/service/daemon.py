@@ -40,8 +40,8 @@ from bgsyncd.service.publisher import REFRESH_SECONDS, Publisher
 from bgsyncd.service.reload import restart_needed, watcher_changed, worker_config
 from bgsyncd.service.signals import Signals
 from bgsyncd.service.supervisor import Supervisor
+from bgsyncd.storage.contract import Found, QueueError
 from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
-from bgsyncd.storage.sqlite.store import Found, QueueError
 
 log = get_logger("bgsyncd.daemon")
 

@@ -20,7 +20,8 @@ from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.waiting import Waiting, encode
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.ops.notify import Notifier
-from bgsyncd.storage.sqlite.store import STATES, Queue
+from bgsyncd.storage.contract import STATES
+from bgsyncd.storage.sqlite.store import Queue
 
 REFRESH_SECONDS = 5.0
 

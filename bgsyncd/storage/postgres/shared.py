@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 
 from bgsyncd.errors import QueueUnavailable
+from bgsyncd.storage.contract import QueueError
 from bgsyncd.storage.postgres.store import MIGRATIONS, PgQueue
-from bgsyncd.storage.sqlite.store import QueueError
 
 # Migration 2 of the PostgreSQL schema (``pg_db.MIGRATIONS``) creates them.
 FLEET_TABLES: tuple[str, ...] = MIGRATIONS[1]

@@ -1,19 +1,19 @@
 """The durable job queue on SQLite: one host's jobs, output claims, request log, state.
 
-The parts live in a module each (``sqlite_db``: connection, migrations,
-transactions; ``sqlite_jobs``; ``sqlite_claims``; ``sqlite_state``;
-``sqlite_requests``) and :class:`Queue` puts them together as one
-``storage.Store``. Its public methods speak ``Found``, ``Job``, str, int and
-float only, so the PostgreSQL backend (``pgqueue``) implements the same
-contract. SQLite failures surface as :class:`QueueError`, except those the
+The parts live in a module each of this folder (``db``: connection,
+migrations, transactions; ``jobs``; ``claims``; ``state``; ``request_log``) and
+:class:`Queue` puts them together as one ``storage.contract.Store``. Its public
+methods speak ``Found``, ``Job``, str, int and float only, so the PostgreSQL
+engine (``storage.postgres.store``) implements the same contract.
+SQLite failures surface as :class:`QueueError`, except those the
 disk caused (full, read-only, I/O error), which are
 :class:`~bgsyncd.errors.QueueUnavailable` with the errno in the message:
 dispatch pauses, and resumes when the database answers
 (:meth:`Queue.check_writable`). :meth:`Queue.lost` tells whether the file at
-the database's path is still the one opened (see ``queue_faults``).
+the database's path is still the one opened (see ``faults``).
 
-The names other modules import from here (``Queue``, ``Found``, ``Job``,
-``QueueError``, ``STATES``, ``SqliteRequestLog``) stay importable from here.
+The contract's names (``Found``, ``Job``, ``QueueError``, ``STATES``) are
+imported from ``storage.contract``, never through an engine.
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ from pathlib import Path
 
 from bgsyncd.errors import QueueUnavailable, describe_os_error
 from bgsyncd.files.probe import probe_write
-from bgsyncd.storage.contract import STATES, Found, Job, QueueError, Store
+from bgsyncd.storage.contract import QueueError, Store
 from bgsyncd.storage.sqlite.claims import SqliteClaims
 from bgsyncd.storage.sqlite.db import check_version, connect
 from bgsyncd.storage.sqlite.faults import Identity, identity_of, lost_reason
 from bgsyncd.storage.sqlite.jobs import SqliteJobs
-from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from bgsyncd.storage.sqlite.state import SqliteState
 
-__all__ = ["STATES", "Found", "Job", "Queue", "QueueError", "SqliteRequestLog"]
+__all__ = ["Queue"]
 
 # Written by check_writable: a write that proves the database answers again.
 _PING_KEY = "queue_ping"
