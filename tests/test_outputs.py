@@ -138,7 +138,7 @@ def test_write_atomic_failing_mid_write_leaves_old_file_and_no_temp(tmp_path: Pa
         f"""
         import resource, signal, sys
         from pathlib import Path
-        from bgsyncd import names, outputs
+        from bgsyncd.files import names, outputs
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:
