@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -414,7 +414,6 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     from bgsyncd.storage.cache import ResultCache
     from bgsyncd.storage.contract import Found
     from bgsyncd.storage.postgres.store import PgQueue
-    from bgsyncd.storage.sqlite.store import Queue
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -443,7 +442,7 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
             Client(emu.url, TEST_KEY, 10) as client,
         ):
             worker = Worker(
-                cast(Queue, a),
+                a,
                 ResultCache(tmp_path / "cache", 0),
                 Recorder(),
                 config,

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -36,7 +36,6 @@ from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found, Job
 from bgsyncd.storage.postgres.store import PgQueue
-from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
@@ -262,7 +261,7 @@ def test_a_job_whose_settle_the_database_refuses_pauses_instead_of_being_lost(
     src.write_bytes(product_image(30, 20, "PNG"))
     st = src.stat()
     pg = PgQueue(app_dsn, "h")
-    queue = cast(Queue, pg)
+    queue = pg
     client = Client(emulator.url, TEST_KEY, 10)
     folder = FolderSettings(
         name="f", inbox=tmp_path / "inbox", outbox=tmp_path / "out", quarantine=tmp_path / "q"

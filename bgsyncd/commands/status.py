@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, cast
+from typing import Any
 
 from bgsyncd.config.schema import Settings
 from bgsyncd.dispatch.waiting import Waiting, decode, describe
 from bgsyncd.service.publisher import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
-from bgsyncd.storage.contract import STATES, QueueError
+from bgsyncd.storage.contract import STATES, QueueError, Store
 from bgsyncd.storage.sqlite.store import Queue
 
 
@@ -31,9 +31,10 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
     }
     if settings.queue.backend == "postgresql":
         result["hosts"] = []
-        queue = _open_fleet(settings, result)
-        if queue is None:
+        fleet = _open_fleet(settings, result)
+        if fleet is None:
             return result
+        queue: Store = fleet
     else:
         db = settings.queue.database
         if not db.exists():
@@ -57,7 +58,7 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
     return result
 
 
-def _open_fleet(settings: Settings, result: dict[str, Any]) -> Queue | None:
+def _open_fleet(settings: Settings, result: dict[str, Any]) -> Store | None:
     """The fleet's database, read-only, with its hosts in ``result``; None before any daemon ran.
 
     PostgreSQL is imported here only (the SQLite path never loads psycopg).
@@ -83,8 +84,7 @@ def _open_fleet(settings: Settings, result: dict[str, Any]) -> Queue | None:
         {"id": h.id, "folders": list(h.folders), "last_seen": h.last_seen, "in_flight": h.in_flight}
         for h in hosts
     ]
-    # The PostgreSQL view keeps the read side of the storage contract.
-    return cast(Queue, view)
+    return view
 
 
 def print_status(settings: Settings, as_json: bool) -> int:

@@ -38,8 +38,7 @@ from bgsyncd.jobs.worker import Worker
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.reasons import API_UNREACHABLE, CREDIT_FLOOR, CREDITS_EXPIRED, QUEUE_UNAVAILABLE, Lift
-from bgsyncd.storage.contract import Job, LeaseLost
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import Job, LeaseLost, Store
 
 log = get_logger("bgsyncd.dispatch")
 
@@ -67,7 +66,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Store,
         worker: Worker,
         pacer: Pacer,
         credits: CreditGuard,

@@ -21,8 +21,7 @@ from bgsyncd import imaging
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import outputs
 from bgsyncd.logs import get_logger
-from bgsyncd.storage.contract import Found
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import Found, Store
 
 log = get_logger("bgsyncd.adoption")
 
@@ -41,7 +40,7 @@ class Adopter:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Store,
         folders: Callable[[], Mapping[str, FolderSettings]],
         *,
         made_ns: int | None = None,

@@ -14,8 +14,7 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.inbox.adoption import Adopter
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.contract import Found, QueueError
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import Found, QueueError, Store
 
 log = get_logger("bgsyncd.ingest")
 
@@ -28,7 +27,7 @@ class Ingest:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Store,
         recorder: Recorder,
         on_queued: Callable[[list[Found]], None],
         stopping: threading.Event,

@@ -34,8 +34,7 @@ from bgsyncd.jobs.outcomes import (
 )
 from bgsyncd.jobs.results import KINDS, Kind, PauseHook, Result
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.contract import Found, Job, LeaseLost
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import Found, Job, LeaseLost, Store
 
 
 class Applier:
@@ -43,7 +42,7 @@ class Applier:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Store,
         recorder: Recorder,
         clock: Callable[[], float],
         context: Callable[[Job], Context],

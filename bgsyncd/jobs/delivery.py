@@ -15,11 +15,10 @@ from bgsyncd import imaging
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves, outputs
 from bgsyncd.files.inputs import Signature, signature_of
-from bgsyncd.storage.contract import Found, Job
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import Found, Job, Store
 
 
-def claim_names(queue: Queue, job: Job, folder: FolderSettings) -> None:
+def claim_names(queue: Store, job: Job, folder: FolderSettings) -> None:
     """Claim the output names now, so that no credit is spent on a name that cannot be had."""
     primary = queue.claim_output(
         job.folder, job.id, outputs.output_candidates(job.relpath, _extension(folder))
@@ -30,7 +29,7 @@ def claim_names(queue: Queue, job: Job, folder: FolderSettings) -> None:
 
 
 def write_outputs(
-    queue: Queue, job: Job, folder: FolderSettings, rendered: imaging.Rendered
+    queue: Store, job: Job, folder: FolderSettings, rendered: imaging.Rendered
 ) -> list[str]:
     """Write what ``folder`` asks for under its claimed names; the names written."""
     primary = queue.claim_output(
@@ -53,7 +52,7 @@ def write_outputs(
     return written
 
 
-def outputs_already_written(queue: Queue, job: Job, folder: FolderSettings, sig: Signature) -> bool:
+def outputs_already_written(queue: Store, job: Job, folder: FolderSettings, sig: Signature) -> bool:
     """Every output this job claimed exists and is newer than its input."""
     claimed = queue.claimed_outputs(job.id)
     if len(claimed) < (2 if folder.output == "both" else 1):
@@ -62,7 +61,7 @@ def outputs_already_written(queue: Queue, job: Job, folder: FolderSettings, sig:
 
 
 def after_success(
-    queue: Queue, job: Job, folder: FolderSettings, sig: Signature, bound: Any
+    queue: Store, job: Job, folder: FolderSettings, sig: Signature, bound: Any
 ) -> None:
     """Keep, delete or move the input, once its outputs are durable."""
     now = signature_of(folder.inbox, job.relpath)

@@ -53,9 +53,7 @@ from bgsyncd.jobs.outcomes import (
 from bgsyncd.jobs.results import Kind, PauseHook, Result
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.contract import Job, LeaseLost
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import Job, LeaseLost, ResultStore, Store
 
 log = get_logger("bgsyncd.worker")
 
@@ -95,8 +93,8 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue,
-        cache: ResultCache,
+        queue: Store,
+        cache: ResultStore,
         recorder: Recorder,
         config: WorkerConfig,
         client: Callable[[], Client],

@@ -22,14 +22,14 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from bgsyncd.config.schema import Settings, host_id
 from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.errors import ConfigError
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.contract import RequestLog, SharedRequestLog
+from bgsyncd.storage.contract import RequestLog, ResultStore, SharedRequestLog, Store
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import Queue
 
@@ -53,11 +53,11 @@ class Backend:
     """
 
     kind: str
-    queue: Queue
+    queue: Store
     request_log: RequestLog | SharedRequestLog
     credits: CreditGuard
     pauses: Pauses
-    cache: ResultCache
+    cache: ResultStore
     claim_lease: float
     fleet: Membership | None = None
     outage: Outage | None = None
@@ -90,13 +90,12 @@ def open_backend(settings: Settings, api_key: str) -> Backend:
     )
 
 
-def open_fleet_queue(settings: Settings) -> Queue:
+def open_fleet_queue(settings: Settings) -> Store:
     """The fleet's queue on PostgreSQL for a command beside the daemons (``retry``)."""
     require_psycopg()
     from bgsyncd.storage.postgres.store import PgQueue
 
-    pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
-    return cast(Queue, pg)
+    return PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
 
 
 def open_request_log(
@@ -202,15 +201,13 @@ def _open_postgresql(settings: Settings, api_key: str) -> Backend:
         for close in reversed(closers):
             close()
         raise
-    # The PostgreSQL classes keep the storage contracts (pgqueue._is_a_store,
-    # pg_cache._is_a_result_store); the daemon's components name the SQLite ones.
     return Backend(
         kind="postgresql",
-        queue=cast(Queue, pg),
+        queue=pg,
         request_log=PgRequestLog(pg, account),
         credits=credits,
         pauses=Pauses(PgPauseStore(pg, account)),
-        cache=cast(ResultCache, cache),
+        cache=cache,
         claim_lease=q.lease_seconds,
         fleet=fleet,
         outage=pg.outage,

@@ -26,7 +26,7 @@ from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.files.probe import OutputProbe
 from bgsyncd.logs import get_logger
 from bgsyncd.reasons import OUTPUT_UNWRITABLE, QUEUE_UNAVAILABLE
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import Store
 
 log = get_logger("bgsyncd.daemon")  # the main loop's events, named as they always were
 
@@ -36,7 +36,7 @@ class LocalFaults:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Store,
         folders: Callable[[], Sequence[FolderSettings]],
         rescan: Callable[[], None],
         probe: OutputProbe | None = None,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the daemon's components; `once` only reads them
     from bgsyncd.dispatch.credits import CreditGuard
     from bgsyncd.dispatch.dispatcher import Dispatcher
     from bgsyncd.dispatch.pacer import Pacer
-    from bgsyncd.storage.sqlite.store import Queue
+    from bgsyncd.storage.contract import Store
 
 log = get_logger("bgsyncd.once")
 
@@ -145,7 +145,7 @@ class OnceRun:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Store,
         dispatcher: Dispatcher,
         pacer: Pacer,
         credits: CreditGuard,

@@ -20,8 +20,7 @@ from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.waiting import Waiting, encode
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.ops.notify import Notifier
-from bgsyncd.storage.contract import STATES
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.contract import STATES, Store
 
 REFRESH_SECONDS = 5.0
 
@@ -36,7 +35,7 @@ class Publisher:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Store,
         credits: CreditGuard,
         metrics: Recorder,
         notifier: Notifier,
