@@ -30,6 +30,7 @@ from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.errors import ConfigError
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import RequestLog, ResultStore, SharedRequestLog, Store
+from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import Queue
 
@@ -61,7 +62,14 @@ class Backend:
     claim_lease: float
     fleet: Membership | None = None
     outage: Outage | None = None
+    # SQLite: the lock beside the database, held for the life of the process (a
+    # fleet's hosts are told apart by the host lock instead).
+    lock: DatabaseLock | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def lost(self) -> str | None:
+        """Why to exit: the database (or its lock) deleted or replaced while it ran; else None."""
+        return database_lost(self.queue, self.lock)
 
     def close(self) -> None:
         """Close what was opened, last first."""
@@ -73,6 +81,8 @@ def open_backend(settings: Settings, api_key: str) -> Backend:
     """The storage for ``settings`` (the queue opened and migrated; a fleet joined)."""
     if settings.queue.backend == "postgresql":
         return _open_postgresql(settings, api_key)
+    # The database in use until exit, one daemon on it: taken before it is opened.
+    lock = DatabaseLock(settings.queue.database)
     queue = Queue(settings.queue.database)
     request_log = SqliteRequestLog(settings.queue.database)
     return Backend(
@@ -86,6 +96,7 @@ def open_backend(settings: Settings, api_key: str) -> Backend:
         ),
         # Jobs of a crashed run are given back at the next start, not by lease.
         claim_lease=settings.api.timeout_seconds + 60.0,
+        lock=lock,
         _closers=[queue.close, request_log.close],
     )
 

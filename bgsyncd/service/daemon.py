@@ -41,7 +41,6 @@ from bgsyncd.service.reload import restart_needed, watcher_changed, worker_confi
 from bgsyncd.service.signals import Signals
 from bgsyncd.service.supervisor import Supervisor
 from bgsyncd.storage.contract import Found, QueueError
-from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 
 log = get_logger("bgsyncd.daemon")
 
@@ -68,9 +67,6 @@ class Daemon:
         self._fatal: str | None = None  # why the loop ended on its own: exit 1
 
         # The database in use until exit: a reload naming another one needs a restart.
-        # A fleet's hosts are told apart by the host lock (pghost), not this one.
-        sqlite = settings.queue.backend == "sqlite"
-        self._lock = DatabaseLock(settings.queue.database) if sqlite else None
         self._conflict: str | None = None  # the fleet gave this host_id to another daemon
         self.backend = open_backend(settings, self._key)
         self.queue = self.backend.queue
@@ -269,7 +265,7 @@ class Daemon:
             # Woken early (a job's change), it still pings in time: sleep_for knows when.
             self.signals.wake.wait(0.2 if self.once else self.notifier.sleep_for(REFRESH_SECONDS))
             self.signals.wake.clear()
-            self._fatal = self._conflict or database_lost(self.queue, self._lock)
+            self._fatal = self._conflict or self.backend.lost()
             if self._fatal is not None:
                 return
             try:
