@@ -45,7 +45,7 @@ from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHan
 from watchdog.observers import Observer
 
 from bgsyncd.commands.status import collect_status
-from bgsyncd.config.schema import load_settings
+from bgsyncd.config.loading import load_settings
 from bgsyncd.emulator import Emulator
 
 KEY = "bench-scale-key-0123456789"

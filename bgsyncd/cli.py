@@ -8,20 +8,18 @@ of one of its threads included).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bgsyncd import __version__
-from bgsyncd.config.apikey import KEY_ENV
-from bgsyncd.config.keys import SECTIONS
-from bgsyncd.config.schema import Settings, load_settings
+from bgsyncd.config.loading import load_settings, render_settings
+from bgsyncd.config.schema import Settings
 from bgsyncd.errors import BgsyncdError, ConfigError
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
+    pass
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -126,37 +124,6 @@ def _check_config(path: str | None) -> int:
     if not settings.folders:
         print("# note: no [[folder]] configured: 'run' and 'once' need at least one")
     return EXIT_OK
-
-
-def render_settings(settings: Settings) -> str:
-    """The resolved settings as TOML, the key masked (shown only as set or not)."""
-    lines = [f"# configuration: {settings.config_path}"]
-    if settings.api_key is not None:
-        lines.append(f"# api key: ******** (from {settings.api_key_source})")
-    else:
-        lines.append(f"# api key: not set ({KEY_ENV}, api.key_file or credential api_key)")
-    lines.extend(f"# warning: {w}" for w in settings.warnings)
-    for section in SECTIONS:
-        lines.append(f"\n[{section}]")
-        model: BaseModel = getattr(settings, section)
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in model.model_dump().items())
-    for folder in settings.folder:
-        lines.append("\n[[folder]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in folder.model_dump().items())
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if value is None:
-        return '""'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    # A JSON string is a valid TOML basic string (same escapes).
-    return json.dumps(str(value), ensure_ascii=False)
 
 
 def _settings_as_they_are(path: str | None) -> Settings:

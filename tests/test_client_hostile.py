@@ -22,7 +22,7 @@ import pytest
 from bgsyncd import errors
 from bgsyncd.api.answers import MATTE_LIMIT, answer_limit
 from bgsyncd.api.client import Client
-from bgsyncd.config.schema import load_settings
+from bgsyncd.config.loading import load_settings
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import ConfigError
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config

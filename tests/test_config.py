@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from bgsyncd.cli import render_settings
+from bgsyncd.config.loading import config_path, load_settings, render_settings, require_api_key
 from bgsyncd.config.rules import parse_listen
 from bgsyncd.config.schema import (
     DEFAULT_CONFIG_PATH,
@@ -27,9 +27,6 @@ from bgsyncd.config.schema import (
     MetricsSettings,
     QueueSettings,
     Settings,
-    config_path,
-    load_settings,
-    require_api_key,
 )
 from bgsyncd.errors import ConfigError
 

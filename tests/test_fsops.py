@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.config.schema import load_settings
+from bgsyncd.config.loading import load_settings
 from bgsyncd.errors import is_refused
 from bgsyncd.files import fsops
 from bgsyncd.files.inputs import read_input, signature_of

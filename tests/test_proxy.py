@@ -18,7 +18,8 @@ import pytest
 from PIL import Image, ImageCms, ImageDraw
 
 from bgsyncd import imaging
-from bgsyncd.config.schema import ApiSettings, load_settings
+from bgsyncd.config.loading import load_settings
+from bgsyncd.config.schema import ApiSettings
 from bgsyncd.errors import ConfigError
 from bgsyncd.imaging import UploadPlan, plan_upload
 from tests.helpers import noisy_image, open_image, product_image

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from bgsyncd.config.schema import Settings, require_api_key
+from bgsyncd.config.loading import require_api_key
+from bgsyncd.config.schema import Settings
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.errors import ApiError, BgsyncdError
 from bgsyncd.service.backends import open_request_log

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bgsyncd.config.schema import load_settings
+from bgsyncd.config.loading import load_settings
 from bgsyncd.emulator import Emulator
 from bgsyncd.service.daemon import Daemon
 

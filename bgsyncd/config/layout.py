@@ -9,14 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bgsyncd.config.messages import invalid
+from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import describe_os_error
 from bgsyncd.files import rootfd
-
-if TYPE_CHECKING:  # config imports this module; only the type is needed here
-    from bgsyncd.config.schema import FolderSettings
 
 
 def output_trees(folder: FolderSettings) -> list[tuple[str, Path]]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # config imports this module; only the type is needed here
-    from bgsyncd.config.schema import Settings
+from bgsyncd.config.schema import Settings
 
 _PATH_KEYS = {"api": ("key_file",), "queue": ("database",)}
 _FOLDER_PATH_KEYS = ("inbox", "outbox", "quarantine", "done")

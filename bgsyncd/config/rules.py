@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bgsyncd.config import layout
 from bgsyncd.config.messages import invalid
-
-if TYPE_CHECKING:  # config imports this module; only the type is needed here
-    from bgsyncd.config.schema import Settings
+from bgsyncd.config.schema import Settings
 
 # A smaller answer cap would refuse an ordinary 1024-pixel matte.
 MIN_RESPONSE_BYTES = 1024 * 1024

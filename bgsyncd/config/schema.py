@@ -1,21 +1,14 @@
-"""Configuration: the TOML schema, environment overrides and the API key.
+"""The configuration's schema: every table and key, their types, defaults and checks.
 
-``load_settings`` is the only place that reads the configuration file or the
-environment. It returns one frozen ``Settings`` object that the rest of the
-code receives; every problem becomes a one-paragraph ``ConfigError`` that
-names the key (``api.rate_limit``, ``folder[1].format``) and the file, and
-never contains the API key. Its steps live beside it: the messages in
-``config_errors``, the cross-key rules in ``config_rules``, where the paths
-point in ``config_paths``.
+One frozen ``Settings`` object, built once by ``config.loading.load_settings``
+(the only place that reads the file or the environment), is what the rest of
+the code receives. The environment overrides any key (``BGSYNCD_API__RATE_LIMIT``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +23,6 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
-    ValidationError,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -38,21 +30,9 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
 )
 
-from bgsyncd.config import layout
-from bgsyncd.config.apikey import KEY_ENV, resolve_api_key
 from bgsyncd.config.keys import ENV_PREFIX, SECTIONS
-from bgsyncd.config.messages import check_top_level, explain, explain_env
-from bgsyncd.config.paths import resolve_paths, with_env_paths_resolved, with_resolved_roots
-from bgsyncd.config.rules import check_rules
-from bgsyncd.errors import ConfigError, describe_os_error
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = Path("/etc/bgsyncd/config.toml")
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
@@ -158,7 +138,7 @@ class FolderSettings(_Section):
 
 
 # Each top-level key's model: the keys a misspelt one may have meant.
-_TABLES: dict[str, type[BaseModel]] = {
+TABLES: dict[str, type[BaseModel]] = {
     "api": ApiSettings,
     "credits": CreditSettings,
     "queue": QueueSettings,
@@ -229,91 +209,6 @@ class Settings(BaseSettings):
         return (_SectionsFromEnv(settings_cls), init_settings)
 
 
-def config_path(explicit: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
-    """``--config``, else ``$BGSYNCD_CONFIG``, else the default path."""
-    env = os.environ if environ is None else environ
-    if explicit:
-        return Path(explicit)
-    if env.get("BGSYNCD_CONFIG"):
-        return Path(env["BGSYNCD_CONFIG"])
-    return DEFAULT_CONFIG_PATH
-
-
-def load_settings(
-    path: str | Path | None = None, *, create_folders: bool = True, check_folders: bool = True
-) -> Settings:
-    """Read, validate and resolve the configuration; raise ``ConfigError``.
-
-    ``os.environ`` supplies the overrides and the key. With ``create_folders``
-    missing outbox, quarantine and done folders are created. Without
-    ``check_folders`` the folders on disk are not looked at (``status`` beside
-    a running daemon).
-    """
-    env = os.environ
-    file = config_path(path, env)
-    raw = _read_toml(file)
-    check_top_level(raw, file)
-    raw = resolve_paths(raw, file.absolute().parent)
-    try:
-        settings = Settings(**raw)
-    except ValidationError as exc:
-        raise ConfigError(explain(exc, file, env, _TABLES)) from None
-    except SettingsError as exc:
-        raise ConfigError(explain_env(exc, file)) from None
-    settings = with_env_paths_resolved(_with_folder_names(settings))
-    check_rules(settings, file, check_folders=check_folders)
-    if create_folders:
-        layout.create_folders(settings.folder, file)
-    settings = with_resolved_roots(settings)
-    key = resolve_api_key(settings.api.key_file, env, file)
-    return settings.model_copy(
-        update={
-            "api_key": key.value,
-            "api_key_source": key.source,
-            "config_path": file.absolute(),
-            "warnings": key.warnings,
-        }
-    )
-
-
-def require_api_key(settings: Settings) -> str:
-    """The API key, or a ``ConfigError`` that says where it may come from."""
-    if settings.api_key is None:
-        raise ConfigError(
-            f"no API key: set {KEY_ENV}, point api.key_file at a file holding it, "
-            "or pass it as the systemd credential api_key (LoadCredential=api_key:...)"
-        )
-    return settings.api_key.get_secret_value()
-
-
-def _read_toml(file: Path) -> dict[str, Any]:
-    try:
-        with file.open("rb") as fh:
-            data: dict[str, Any] = tomllib.load(fh)
-            return data
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{file}: no configuration file there (use --config PATH or BGSYNCD_CONFIG)"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        # The decoder's message gives line and column, never the line's text.
-        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not valid TOML: the file is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{file}: cannot read the configuration: {describe_os_error(exc)}"
-        ) from None
-
-
 def host_id(settings: Settings) -> str:
     """This daemon's name in a fleet: ``queue.host_id``, by default the host name."""
     return settings.queue.host_id.strip() or socket.gethostname()
-
-
-def _with_folder_names(settings: Settings) -> Settings:
-    folders = tuple(
-        f if f.name.strip() else f.model_copy(update={"name": f.inbox.name or str(f.inbox)})
-        for f in settings.folder
-    )
-    return settings.model_copy(update={"folder": folders})

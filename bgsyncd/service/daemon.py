@@ -19,7 +19,8 @@ from pathlib import Path
 from bgsyncd import __version__
 from bgsyncd.api.client import Client
 from bgsyncd.config.layout import output_trees
-from bgsyncd.config.schema import Settings, load_settings, require_api_key
+from bgsyncd.config.loading import load_settings, require_api_key
+from bgsyncd.config.schema import Settings
 from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
