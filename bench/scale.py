@@ -45,8 +45,8 @@ from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHan
 from watchdog.observers import Observer
 
 from bgsyncd.commands.status import collect_status
-from bgsyncd.config.loading import load_settings
 from bgsyncd.emulator import Emulator
+from bgsyncd.service.backends import load_settings
 
 KEY = "bench-scale-key-0123456789"
 MIB = 1024 * 1024

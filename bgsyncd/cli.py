@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgsyncd import __version__
-from bgsyncd.config.loading import load_settings, render_settings
+from bgsyncd.config.loading import render_settings
 from bgsyncd.config.schema import Settings
 from bgsyncd.errors import BgsyncdError, ConfigError
+from bgsyncd.service.backends import load_settings
 
 if TYPE_CHECKING:
     pass

@@ -22,9 +22,9 @@ import pytest
 from bgsyncd import errors
 from bgsyncd.api.answers import MATTE_LIMIT, answer_limit
 from bgsyncd.api.client import Client
-from bgsyncd.config.loading import load_settings
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import ConfigError
+from bgsyncd.service.backends import load_settings
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import noisy_image, product_image, transparent_png, wait_until
 from tests.hostile import Answer, HostileServer, Request

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from bgsyncd.config.loading import config_path, load_settings, render_settings, require_api_key
+from bgsyncd.config.loading import config_path, render_settings, require_api_key
 from bgsyncd.config.rules import parse_listen
 from bgsyncd.config.schema import (
     DEFAULT_CONFIG_PATH,
@@ -29,6 +29,7 @@ from bgsyncd.config.schema import (
     Settings,
 )
 from bgsyncd.errors import ConfigError
+from bgsyncd.service.backends import load_settings
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -67,7 +67,7 @@ def test_a_sqlite_configuration_never_loads_psycopg(tmp_path: Path) -> None:
     )
     probe = (
         "import sys\n"
-        "from bgsyncd.config.loading import load_settings\n"
+        "from bgsyncd.service.backends import load_settings\n"
         "load_settings(sys.argv[1], create_folders=False)\n"
         "print(sorted(m for m in sys.modules if m.startswith('psycopg')))\n"
     )

@@ -482,7 +482,7 @@ def test_a_credit_check_from_the_command_line_is_recorded_in_the_fleets_log(
 def test_the_credential_db_password_reaches_libpq_and_nothing_else(tmp_path: Path) -> None:
     from psycopg.conninfo import conninfo_to_dict
 
-    from bgsyncd.service.backends import connection_dsn
+    from bgsyncd.storage.postgres.dsn import connection_dsn
 
     dsn = "host=db.internal user=bgsyncd dbname=bgsyncd"
     (tmp_path / "db_password").write_text("pw-from-credential\n")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.config.loading import load_settings
 from bgsyncd.errors import is_refused
 from bgsyncd.files import fsops
 from bgsyncd.files.inputs import read_input, signature_of
 from bgsyncd.files.outputs import write_file
 from bgsyncd.inbox.scanner import IgnoreRules, walk
+from bgsyncd.service.backends import load_settings
 
 
 @pytest.fixture

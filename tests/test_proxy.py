@@ -18,10 +18,10 @@ import pytest
 from PIL import Image, ImageCms, ImageDraw
 
 from bgsyncd import imaging
-from bgsyncd.config.loading import load_settings
 from bgsyncd.config.schema import ApiSettings
 from bgsyncd.errors import ConfigError
 from bgsyncd.imaging import UploadPlan, plan_upload
+from bgsyncd.service.backends import load_settings
 from tests.helpers import noisy_image, open_image, product_image
 
 ROOT = Path(__file__).resolve().parent.parent

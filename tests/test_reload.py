@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bgsyncd.config.loading import load_settings
 from bgsyncd.config.schema import Settings
+from bgsyncd.service.backends import load_settings
 from bgsyncd.service.reload import restart_needed, watcher_changed, worker_config
 from tests.conftest import make_folder, write_config
 

@@ -142,7 +142,7 @@ CRASHING_DAEMON = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from bgsyncd.config.loading import load_settings
+    from bgsyncd.service.backends import load_settings
     from bgsyncd.service.daemon import Daemon
     from bgsyncd.storage.sqlite.store import Queue
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bgsyncd.config.loading import load_settings
 from bgsyncd.emulator import Emulator
+from bgsyncd.service.backends import load_settings
 from bgsyncd.service.daemon import Daemon
 
 DEMO_METRICS_PORT = 9808

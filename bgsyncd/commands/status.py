@@ -63,7 +63,7 @@ def _open_fleet(settings: Settings, result: dict[str, Any]) -> Store | None:
 
     PostgreSQL is imported here only (the SQLite path never loads psycopg).
     """
-    from bgsyncd.service.backends import connection_dsn, require_psycopg
+    from bgsyncd.storage.postgres.dsn import connection_dsn, require_psycopg
 
     require_psycopg()
     from bgsyncd.fleet.hosts import Hosts

@@ -26,7 +26,7 @@ from bgsyncd.config.apikey import KEY_ENV, resolve_api_key
 from bgsyncd.config.keys import SECTIONS
 from bgsyncd.config.messages import check_top_level, explain, explain_env
 from bgsyncd.config.paths import resolve_paths, with_env_paths_resolved, with_resolved_roots
-from bgsyncd.config.rules import check_rules
+from bgsyncd.config.rules import DsnReader, check_rules
 from bgsyncd.config.schema import DEFAULT_CONFIG_PATH, TABLES, Settings
 from bgsyncd.errors import ConfigError, describe_os_error
 
@@ -47,14 +47,19 @@ def config_path(explicit: str | Path | None, environ: Mapping[str, str] | None =
 
 
 def load_settings(
-    path: str | Path | None = None, *, create_folders: bool = True, check_folders: bool = True
+    path: str | Path | None = None,
+    *,
+    read_dsn: DsnReader,
+    create_folders: bool = True,
+    check_folders: bool = True,
 ) -> Settings:
     """Read, validate and resolve the configuration; raise ``ConfigError``.
 
     ``os.environ`` supplies the overrides and the key. With ``create_folders``
     missing outbox, quarantine and done folders are created. Without
     ``check_folders`` the folders on disk are not looked at (``status`` beside
-    a running daemon).
+    a running daemon). ``read_dsn`` is libpq's reading of ``queue.dsn`` (the
+    PostgreSQL engine's, handed in by ``service.backends.load_settings``).
     """
     env = os.environ
     file = config_path(path, env)
@@ -68,7 +73,7 @@ def load_settings(
     except SettingsError as exc:
         raise ConfigError(explain_env(exc, file)) from None
     settings = with_env_paths_resolved(_with_folder_names(settings))
-    check_rules(settings, file, check_folders=check_folders)
+    check_rules(settings, file, read_dsn=read_dsn, check_folders=check_folders)
     if create_folders:
         layout.create_folders(settings.folder, file)
     settings = with_resolved_roots(settings)

@@ -8,6 +8,7 @@ file. ``parse_listen`` also gives the metrics server its address.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from bgsyncd.config import layout
@@ -17,8 +18,14 @@ from bgsyncd.config.schema import Settings
 # A smaller answer cap would refuse an ordinary 1024-pixel matte.
 MIN_RESPONSE_BYTES = 1024 * 1024
 
+# Whether libpq reads a password from a DSN; ValueError when it cannot read the DSN
+# at all, ConfigError when the PostgreSQL extra is not installed.
+DsnReader = Callable[[str], bool]
 
-def check_rules(settings: Settings, file: Path, *, check_folders: bool = True) -> None:
+
+def check_rules(
+    settings: Settings, file: Path, *, read_dsn: DsnReader, check_folders: bool = True
+) -> None:
     """The rules no single field can check: combinations, folders, overlaps."""
     if not settings.api.base_url.startswith(("http://", "https://")):
         raise invalid(
@@ -33,7 +40,7 @@ def check_rules(settings: Settings, file: Path, *, check_folders: bool = True) -
             f"{settings.api.max_response_bytes} bytes would refuse ordinary answers: use 0"
             f" (automatic) or at least {MIN_RESPONSE_BYTES} (1 MiB)",
         )
-    _check_backend(settings, file)
+    _check_backend(settings, file, read_dsn)
     try:
         parse_listen(settings.metrics.listen)
     except ValueError as exc:
@@ -59,7 +66,7 @@ def check_rules(settings: Settings, file: Path, *, check_folders: bool = True) -
         layout.check_folders(settings.folder, file)
 
 
-def _check_backend(settings: Settings, file: Path) -> None:
+def _check_backend(settings: Settings, file: Path, read_dsn: DsnReader) -> None:
     """``[queue]`` backend rules: a DSN for PostgreSQL, never one carrying a password."""
     queue = settings.queue
     if queue.backend == "sqlite":
@@ -76,26 +83,19 @@ def _check_backend(settings: Settings, file: Path) -> None:
             'backend = "postgresql" needs a libpq DSN'
             ' (e.g. "postgresql://bgsyncd@db.internal/bgsyncd")',
         )
-    _check_dsn(queue.dsn, file)
+    _check_dsn(queue.dsn, file, read_dsn)
 
 
-def _check_dsn(dsn: str, file: Path) -> None:
+def _check_dsn(dsn: str, file: Path, read_dsn: DsnReader) -> None:
     """Refuse a DSN that libpq reads a password from, or cannot read; never echo it.
 
-    libpq's own parser decides (``pass%77ord=`` is ``password=`` to it), so
-    psycopg is needed from here on, and imported only now: a SQLite
-    configuration never loads it.
+    libpq's own parser decides (``pass%77ord=`` is ``password=`` to it): the
+    PostgreSQL engine's reader, handed in by the backend choice, so that a
+    SQLite configuration never loads psycopg.
     """
-    from bgsyncd.service.backends import (
-        require_psycopg,  # backends imports config, which imports us
-    )
-
-    require_psycopg()
-    from bgsyncd.storage.postgres.dsn import UnreadableDsn, carries_password
-
     try:
-        has_password = carries_password(dsn)
-    except UnreadableDsn:
+        has_password = read_dsn(dsn)
+    except ValueError:
         raise invalid(
             file,
             "queue.dsn",

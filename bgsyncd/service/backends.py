@@ -5,9 +5,13 @@ pause store, the result cache and (in a fleet) the host membership are:
 
 - ``sqlite``: one host alone. The queue file, its request log, the local
   credit guard and pauses, the cache on disk. Nothing here imports psycopg.
-- ``postgresql``: every daemon on one database is one fleet. The pg_*
-  modules are imported here, lazily, and only here; psycopg missing is one
-  clear line (:class:`~bgsyncd.errors.ConfigError`, exit 2).
+- ``postgresql``: every daemon on one database is one fleet. The PostgreSQL
+  engine and the fleet are imported here, lazily (``storage.postgres.dsn``
+  alone at the top: it loads psycopg only when called); psycopg missing is
+  one clear line (:class:`~bgsyncd.errors.ConfigError`, exit 2).
+
+It also hands the configuration libpq's reading of ``queue.dsn``
+(:func:`load_settings`), and takes the SQLite database's lock.
 
 The database password never comes from the configuration (a DSN carrying one
 is refused at load): libpq finds it in PGPASSFILE, ``~/.pgpass`` or
@@ -24,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bgsyncd.config import loading
 from bgsyncd.config.schema import Settings, host_id
 from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.pauses import Pauses
-from bgsyncd.errors import ConfigError
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import RequestLog, ResultStore, SharedRequestLog, Store
+from bgsyncd.storage.postgres import dsn as pg_dsn
+from bgsyncd.storage.postgres.dsn import CREDENTIAL_PASSWORD, connection_dsn, require_psycopg
 from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import Queue
@@ -37,12 +43,6 @@ from bgsyncd.storage.sqlite.store import Queue
 if TYPE_CHECKING:
     from bgsyncd.fleet.membership import Membership
     from bgsyncd.storage.postgres.guard import Outage
-
-CREDENTIAL_PASSWORD = "db_password"  # noqa: S105 (a file name)
-INSTALL_HINT = (
-    'queue.backend = "postgresql" needs psycopg 3 and psycopg_pool:'
-    " install bgsyncd[postgresql] (pip install 'bgsyncd[postgresql]')"
-)
 
 
 @dataclass
@@ -75,6 +75,16 @@ class Backend:
         """Close what was opened, last first."""
         for close in reversed(self._closers):
             close()
+
+
+def load_settings(
+    path: str | Path | None = None, *, create_folders: bool = True, check_folders: bool = True
+) -> Settings:
+    """The configuration (:func:`bgsyncd.config.loading.load_settings`), ``queue.dsn``
+    read by libpq through the PostgreSQL engine (psycopg loaded only when it is named)."""
+    return loading.load_settings(
+        path, read_dsn=pg_dsn.read, create_folders=create_folders, check_folders=check_folders
+    )
 
 
 def open_backend(settings: Settings, api_key: str) -> Backend:
@@ -128,28 +138,6 @@ def open_request_log(
     return PgRequestLog(pg, account_id(api_key)), pg.close
 
 
-def connection_dsn(dsn: str, environ: dict[str, str] | None = None) -> str:
-    """``dsn`` with the credential ``db_password`` as its password, when there is one.
-
-    PGPASSWORD, PGPASSFILE and ``~/.pgpass`` are libpq's own: left to it.
-    """
-    env = os.environ if environ is None else environ
-    directory = env.get("CREDENTIALS_DIRECTORY")
-    if not directory or env.get("PGPASSWORD"):
-        return dsn
-    path = Path(directory) / CREDENTIAL_PASSWORD
-    try:
-        password = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return dsn
-    except OSError as exc:
-        message = f"cannot read the credential {CREDENTIAL_PASSWORD}: {exc.strerror}"
-        raise ConfigError(message) from None
-    from psycopg.conninfo import make_conninfo  # the extra is checked by the caller
-
-    return make_conninfo(dsn, password=password)
-
-
 def database_secrets(settings: Settings, environ: dict[str, str] | None = None) -> list[str]:
     """The database password this daemon may hold (PGPASSWORD, the credential), for redaction."""
     if settings.queue.backend != "postgresql":
@@ -161,15 +149,6 @@ def database_secrets(settings: Settings, environ: dict[str, str] | None = None) 
         with suppress(OSError):  # unreadable: connection_dsn says so, at the right moment
             found.append((Path(directory) / CREDENTIAL_PASSWORD).read_text("utf-8").strip())
     return [secret for secret in found if secret]
-
-
-def require_psycopg() -> None:
-    """psycopg 3 and psycopg_pool can be imported, else one clear line (exit 2)."""
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError:
-        raise ConfigError(INSTALL_HINT) from None
 
 
 def _open_postgresql(settings: Settings, api_key: str) -> Backend:

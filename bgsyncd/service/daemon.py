@@ -19,7 +19,7 @@ from pathlib import Path
 from bgsyncd import __version__
 from bgsyncd.api.client import Client
 from bgsyncd.config.layout import output_trees
-from bgsyncd.config.loading import load_settings, require_api_key
+from bgsyncd.config.loading import require_api_key
 from bgsyncd.config.schema import Settings
 from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
@@ -34,7 +34,7 @@ from bgsyncd.logs import configure_logging, get_logger
 from bgsyncd.ops.metrics import Metrics
 from bgsyncd.ops.notify import Notifier
 from bgsyncd.reasons import QUEUE_UNAVAILABLE
-from bgsyncd.service.backends import database_secrets, open_backend
+from bgsyncd.service.backends import database_secrets, load_settings, open_backend
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.service.once import EXIT_OK, OnceRun
 from bgsyncd.service.publisher import REFRESH_SECONDS, Publisher
