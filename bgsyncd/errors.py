@@ -56,6 +56,10 @@ class Stopped(BgsyncdError):
     """A blocking wait was abandoned because the daemon is stopping."""
 
 
+class HostConflict(BgsyncdError):
+    """Another live daemon of the fleet already uses this ``host_id``."""
+
+
 class QueueUnavailable(BgsyncdError):
     """The queue database cannot be read or written right now (full, read-only, gone)."""
 

@@ -21,9 +21,9 @@ from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.emulator import Emulator
-from bgsyncd.errors import QueueUnavailable
+from bgsyncd.errors import HostConflict, QueueUnavailable
 from bgsyncd.fleet.credits import PgCreditGuard
-from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
+from bgsyncd.fleet.hosts import Hosts
 from bgsyncd.fleet.pauses import PgPauseStore
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.reasons import (
@@ -36,6 +36,7 @@ from bgsyncd.reasons import (
     Lift,
 )
 from bgsyncd.storage.contract import Found
+from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Queue
 from tests.conftest import TEST_KEY

@@ -27,7 +27,6 @@ from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.fleet.hosts import PgRequestLog, account_id
 from bgsyncd.jobs.results import PauseHook, Result
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
@@ -35,6 +34,7 @@ from bgsyncd.reasons import QUEUE_UNAVAILABLE
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found, Job
+from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
 from bgsyncd.storage.postgres.store import PgQueue
 from tests.conftest import (
     TEST_KEY,

@@ -8,8 +8,10 @@ from functools import partial
 
 import pytest
 
-from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
+from bgsyncd.errors import HostConflict
+from bgsyncd.fleet.hosts import Hosts
 from bgsyncd.storage.contract import Found
+from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
 from bgsyncd.storage.postgres.store import PgQueue
 from tests.helpers import wait_until
 

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.fleet.hosts import PgRequestLog, account_id
 from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
 from bgsyncd.storage.postgres.store import PgQueue
 from tests.helpers import FakeClock, wait_until
 

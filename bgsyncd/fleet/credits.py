@@ -26,12 +26,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import psycopg
 
 from bgsyncd.dispatch.credits import CreditGuard, count_at_floor, has_room
 from bgsyncd.errors import QueueUnavailable
+from bgsyncd.storage.postgres.db import Connection
 from bgsyncd.storage.postgres.shared import transaction
 from bgsyncd.storage.postgres.store import NOW, PgQueue
 
@@ -164,7 +162,7 @@ class PgCreditGuard(CreditGuard):
         return count_at_floor(available, self._floor)
 
     @contextmanager
-    def _tx(self, *, lock: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    def _tx(self, *, lock: bool = False) -> Iterator[Connection]:
         """A transaction that first applies settles left over; ``lock``: the account row's lock."""
         taken: list[tuple[int, bool]] = []
         try:
@@ -183,7 +181,7 @@ class PgCreditGuard(CreditGuard):
                     self._unsettled[:0] = taken
             raise
 
-    def _read(self, conn: psycopg.Connection[Any]) -> tuple[int | None, float | None, int]:
+    def _read(self, conn: Connection) -> tuple[int | None, float | None, int]:
         """The fleet's balance, expiry and live reservations."""
         row = conn.execute(_SQL_COUNT, self._params).fetchone()
         if row is None:
@@ -191,7 +189,7 @@ class PgCreditGuard(CreditGuard):
         available = None if row[0] is None else int(row[0])
         return available, None if row[1] is None else float(row[1]), int(row[2])
 
-    def _insert(self, conn: psycopg.Connection[Any]) -> None:
+    def _insert(self, conn: Connection) -> None:
         row = conn.execute(
             "INSERT INTO credit_reservations (account, host, instance, created_at)"  # noqa: S608
             f" VALUES (%(account)s, %(host)s, %(instance)s, {NOW}) RETURNING id",
@@ -201,7 +199,7 @@ class PgCreditGuard(CreditGuard):
         with self._db_lock:
             self._mine.append(int(row[0]))
 
-    def _apply_settles(self, conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
+    def _apply_settles(self, conn: Connection) -> list[tuple[int, bool]]:
         """Apply the settles waiting in memory in this transaction (row lock held); return them."""
         with self._db_lock:
             pending, self._unsettled = self._unsettled, []

@@ -1,87 +1,22 @@
-"""What a fleet of hosts shares on PostgreSQL beside the jobs: the request log, the hosts.
+"""The hosts of a fleet on PostgreSQL (SPEC §8).
 
-* :class:`PgRequestLog` — the sliding-window rate limit for one API account,
-  across every host: a start is checked and recorded in one transaction under
-  one advisory lock per account, timed by the database server's clock, before
-  the request is sent. The account is a hash of the key, never the key.
-* :class:`Hosts` — a row per host: its heartbeat, folders and requests in
-  flight; leases renewed while a host runs, and the claims of a host silent
-  for ``lease_seconds`` handed back to the others (each counted as a resend).
+:class:`Hosts` — a row per host: its heartbeat, folders and requests in
+flight; leases renewed while a host runs, and the claims of a host silent for
+``lease_seconds`` handed back to the others (each counted as a resend). The
+fleet's shared request log is the engine's (``storage.postgres.request_log``).
 
-Like ``pgqueue``, only the PostgreSQL backend imports this module.
+Like the engine, only the PostgreSQL backend imports this module.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
-
-from bgsyncd.errors import BgsyncdError
-from bgsyncd.storage.contract import SharedRequestLog
+from bgsyncd.errors import HostConflict
+from bgsyncd.storage.postgres.db import server_now
 from bgsyncd.storage.postgres.store import NOW, PgQueue
-
-
-def account_id(api_key: str) -> str:
-    """The name of an API account in the shared tables: a hash, never the key."""
-    return hashlib.sha256(b"bgsyncd-account:" + api_key.encode()).hexdigest()[:32]
-
-
-def _lock_key(account: str) -> int:
-    """A signed 64-bit advisory lock key for ``account``."""
-    return int.from_bytes(bytes.fromhex(account[:16]), "big", signed=True)
-
-
-class PgRequestLog:
-    """Request starts of one account, shared by every host of the fleet."""
-
-    def __init__(self, queue: PgQueue, account: str, keep_seconds: float = 3600.0) -> None:
-        self._queue = queue
-        self._account = account
-        self._keep = keep_seconds
-        self._starts = 0
-
-    def try_start(self, limit: int, window: float, margin: float) -> float:
-        """Record a start now if the window has room and return 0.0; else the seconds to wait.
-
-        Check and record happen in one transaction under the account's advisory
-        lock, on the server's clock, so no two hosts can both take the last slot.
-        """
-        span = window + margin
-        with self._queue.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self._account),))
-            now = _now(conn)
-            rows = conn.execute(
-                "SELECT t FROM request_log WHERE account = %s AND t > %s ORDER BY t",
-                (self._account, now - span),
-            ).fetchall()
-            if len(rows) < limit:
-                conn.execute(
-                    "INSERT INTO request_log (account, t) VALUES (%s, %s)", (self._account, now)
-                )
-                self._starts += 1
-                if self._starts % 100 == 1:
-                    conn.execute(
-                        "DELETE FROM request_log WHERE account = %s AND t < %s",
-                        (self._account, now - self._keep),
-                    )
-                return 0.0
-            # The start that must leave the window before one more fits.
-            oldest = float(rows[len(rows) - limit][0])
-            return max(0.001, oldest + span - now)
-
-    def since(self, t: float) -> list[float]:
-        """Start times (server clock) later than ``t``, oldest first."""
-        with self._queue.transaction() as conn:
-            rows = conn.execute(
-                "SELECT t FROM request_log WHERE account = %s AND t > %s ORDER BY t",
-                (self._account, t),
-            ).fetchall()
-        return [float(r[0]) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -92,10 +27,6 @@ class Host:
     folders: tuple[str, ...]
     last_seen: float
     in_flight: int
-
-
-class HostConflict(BgsyncdError):
-    """Another live daemon already uses this ``host_id``."""
 
 
 class Hosts:
@@ -120,7 +51,7 @@ class Hosts:
         which decides alone: a restart right after kill -9 is not refused.
         """
         with self._queue.transaction() as conn:
-            now = _now(conn)
+            now = server_now(conn)
             row = conn.execute(
                 "SELECT instance, last_seen FROM hosts WHERE id = %s FOR UPDATE", (self.host_id,)
             ).fetchone()
@@ -158,7 +89,7 @@ class Hosts:
                 (in_flight, self.host_id),
             )
         with self._queue.transaction() as conn:
-            now = _now(conn)
+            now = server_now(conn)
             conn.execute(
                 "UPDATE jobs SET lease_until = %s WHERE state = 'in_flight' AND owner = %s",
                 (now + self._lease, self.host_id),
@@ -206,14 +137,3 @@ class Hosts:
                 f"SELECT COUNT(*) FROM hosts WHERE last_seen > {NOW} - %s", (self._lease,)
             ).fetchone()
         return 0 if row is None else int(row[0])
-
-
-def _now(conn: psycopg.Connection[Any]) -> float:
-    row = conn.execute(f"SELECT {NOW}").fetchone()
-    assert row is not None
-    return float(row[0])
-
-
-def _is_a_shared_request_log(log: PgRequestLog) -> SharedRequestLog:
-    """Checked by mypy: the fleet's request log keeps its contract."""
-    return log

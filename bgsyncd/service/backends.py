@@ -131,7 +131,7 @@ def open_request_log(
         log = SqliteRequestLog(settings.queue.database)
         return log, log.close
     require_psycopg()
-    from bgsyncd.fleet.hosts import PgRequestLog, account_id
+    from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
     from bgsyncd.storage.postgres.store import PgQueue
 
     pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
@@ -154,10 +154,10 @@ def database_secrets(settings: Settings, environ: dict[str, str] | None = None) 
 def _open_postgresql(settings: Settings, api_key: str) -> Backend:
     require_psycopg()
     from bgsyncd.fleet.credits import PgCreditGuard
-    from bgsyncd.fleet.hosts import PgRequestLog, account_id
     from bgsyncd.fleet.membership import Membership
     from bgsyncd.fleet.pauses import PgPauseStore
     from bgsyncd.storage.postgres.cache import PgResultCache
+    from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
     from bgsyncd.storage.postgres.store import PgQueue
 
     q = settings.queue

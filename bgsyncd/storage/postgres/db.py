@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -133,6 +133,19 @@ MIGRATION_LOCK = 0x62677379_6E630001  # "bgsync" + 1
 HOST_LOCK_CLASS = 0x62677379
 
 NOW = "extract(epoch from clock_timestamp())"
+
+# A connection of the pool, as the fleet's SQL (which runs on the engine's
+# transactions) names it: psycopg itself stays inside the engine.
+Connection: TypeAlias = "psycopg.Connection[Any]"
+
+
+def server_now(conn: Connection) -> float:
+    """The database server's clock (``NOW``), which leases and the shared log use."""
+    row = conn.execute(f"SELECT {NOW}").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
 # SQLSTATE classes that mean the server, not the statement: connection exception,
 # insufficient resources (disk full, too many connections), operator
 # intervention (shutdown, cannot connect now), system error (I/O).
