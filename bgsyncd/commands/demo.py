@@ -7,7 +7,6 @@ to look. Ctrl-C ends both cleanly.
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import shlex
@@ -16,9 +15,8 @@ import socket
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from bgsyncd.emulator import Emulator
+from bgsyncd.imaging import samples
 from bgsyncd.service.backends import load_settings
 from bgsyncd.service.daemon import Daemon
 
@@ -127,46 +125,16 @@ def _write_samples(inbox: Path, quarantine: Path) -> None:
     A sample already in the quarantine is not written again: a second run in the
     same folder would only add ``not-an-image~2.jpg`` beside the first.
     """
-    samples = {
-        "product.jpg": _product(),
-        "portrait.png": _portrait(),
-        "logo-transparent.png": _transparent(),
-        "catalogue/spring/mug.webp": _product((40, 90, 160), "WEBP"),
+    pictures = {
+        "product.jpg": samples.product(),
+        "portrait.png": samples.portrait(),
+        "logo-transparent.png": samples.transparent(),
+        "catalogue/spring/mug.webp": samples.product((40, 90, 160), "WEBP"),
         "not-an-image.jpg": b"this is text, not a JPEG\n",
     }
-    for rel, data in samples.items():
+    for rel, data in pictures.items():
         path = inbox / rel
         if path.exists() or (quarantine / rel).exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-
-
-def _encode(img: Image.Image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
-
-
-def _product(colour: tuple[int, int, int] = (170, 40, 50), fmt: str = "JPEG") -> bytes:
-    img = Image.new("RGB", (640, 480), (238, 238, 234))
-    draw = ImageDraw.Draw(img)
-    draw.rounded_rectangle((220, 120, 420, 400), radius=30, fill=colour)
-    draw.ellipse((400, 180, 500, 300), outline=colour, width=22)
-    return _encode(img, fmt)
-
-
-def _portrait() -> bytes:
-    img = Image.new("RGB", (480, 640), (210, 225, 240))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((170, 110, 310, 270), fill=(205, 160, 130))
-    draw.rounded_rectangle((110, 280, 370, 640), radius=80, fill=(60, 70, 90))
-    return _encode(img, "PNG")
-
-
-def _transparent() -> bytes:
-    img = Image.new("RGBA", (400, 400), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((50, 50, 350, 350), fill=(250, 200, 30, 255))
-    draw.ellipse((140, 140, 260, 260), fill=(0, 0, 0, 0))
-    return _encode(img, "PNG")

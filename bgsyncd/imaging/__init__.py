@@ -19,14 +19,15 @@ One package, one public surface (import ``from bgsyncd import imaging``):
   on an answer, :func:`render` of a folder's outputs.
 - :mod:`~bgsyncd.imaging.mattes`: :func:`border_matte`, the emulator's local
   stand-in for the vendor's model.
+- :mod:`~bgsyncd.imaging.samples`: the demo's sample pictures, drawn.
 
 0.1's functions, kept while the worker still calls them, are thin wrappers:
 :func:`compose` is :func:`render` of a PNG cut-out, :func:`shrink_to_fit` is
 :func:`make_proxy` from the stored size; :func:`encode_cutout` and
 :func:`encode_mask` re-encode a cut-out with :func:`render`'s own encoders.
 
-Pillow is imported here and in ``bgsyncd/commands/demo.py`` (its sample pictures)
-only; everything else speaks this package's functions and :data:`Picture`.
+Pillow is imported in this package only; everything else speaks this
+package's functions and :data:`Picture`.
 
 Geometry: pixels are kept as stored. EXIF orientation is never applied: the
 proxy is made from the stored pixels, the matte lines up with them, and the
