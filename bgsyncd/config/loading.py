@@ -23,11 +23,10 @@ from pydantic_settings import SettingsError
 
 from bgsyncd.config import layout
 from bgsyncd.config.apikey import KEY_ENV, resolve_api_key
-from bgsyncd.config.keys import SECTIONS
 from bgsyncd.config.messages import check_top_level, explain, explain_env
 from bgsyncd.config.paths import resolve_paths, with_env_paths_resolved, with_resolved_roots
 from bgsyncd.config.rules import DsnReader, check_rules
-from bgsyncd.config.schema import DEFAULT_CONFIG_PATH, TABLES, Settings
+from bgsyncd.config.schema import DEFAULT_CONFIG_PATH, SECTIONS, TABLES, Settings
 from bgsyncd.errors import ConfigError, describe_os_error
 
 if sys.version_info >= (3, 11):

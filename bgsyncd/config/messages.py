@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from bgsyncd.config.apikey import KEY_ENV
-from bgsyncd.config.keys import ENV_PREFIX, SECTIONS, TOP_LEVEL
+from bgsyncd.config.schema import ENV_PREFIX, SECTIONS, TOP_LEVEL
 from bgsyncd.errors import ConfigError
 
 

@@ -32,7 +32,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from bgsyncd.config.keys import ENV_PREFIX, SECTIONS
+# The configuration's names: its tables and the environment's prefix.
+ENV_PREFIX = "BGSYNCD_"
+SECTIONS = ("api", "credits", "queue", "metrics", "logging")
+TOP_LEVEL = (*SECTIONS, "folder")
 
 DEFAULT_CONFIG_PATH = Path("/etc/bgsyncd/config.toml")
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
