@@ -1,10 +1,11 @@
 """The job queue on PostgreSQL: the storage contract of ``queue.Queue``, for a fleet.
 
 Several hosts on one API key share one database (SPEC §8). The parts live in
-a module each (``pg_db``: pool, migrations, errors; ``pg_jobs``;
-``pg_claims``; ``pg_state``; the result cache in ``pg_cache``; the request
-log and host rows in ``pgfleet``) and :class:`PgQueue` puts them together as
-one ``storage.Store``. Only the PostgreSQL backend imports these modules
+a module each of this folder (``db``: pool, migrations, errors; ``jobs``;
+``claims``; the result cache in ``cache``; the request log in
+``request_log``; the fleet's host rows in ``fleet.hosts``) and
+:class:`PgQueue` puts them together as one ``storage.contract.Store``, with the
+named state values here. Only the PostgreSQL backend imports these modules
 (psycopg is the ``postgresql`` extra).
 
 What the contract's methods mean here, where it differs from SQLite:
@@ -24,7 +25,7 @@ What the contract's methods mean here, where it differs from SQLite:
   not (a revoked grant, a dropped table). It asks the server even while
   other calls fail at once: the daemon's resume probe.
 - ``recover()``: this host's claims only; a dead host's are taken over when
-  its lease runs out (``pgfleet.Hosts``).
+  its lease runs out (``fleet.hosts.Hosts``).
 - ``get_state``/``set_state``: shared by every host (one pause for all).
 """
 
@@ -42,7 +43,6 @@ from bgsyncd.storage.postgres.claims import PgClaims
 from bgsyncd.storage.postgres.db import MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migrate
 from bgsyncd.storage.postgres.guard import LIVENESS_SECONDS
 from bgsyncd.storage.postgres.jobs import SQL_UPSERT, PgJobs
-from bgsyncd.storage.postgres.state import PgState
 
 __all__ = [
     "MIGRATIONS",
@@ -71,7 +71,7 @@ _SQL_LACKING = (
 )
 
 
-class PgQueue(PgJobs, PgClaims, PgState):
+class PgQueue(PgJobs, PgClaims):
     """The queue contract of ``queue.Queue`` on PostgreSQL, for host ``host_id``.
 
     ``timeout``: how long a call waits for a connection before it raises
@@ -155,6 +155,26 @@ class PgQueue(PgJobs, PgClaims, PgState):
                 "PostgreSQL queue unavailable: tables missing, or rights on them revoked:"
                 f" {', '.join(lacking)}"
             )
+
+    # -- named state values (storage.StateStore) --------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        """A shared state value (pause reason, last credits...), or None."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Set a shared state value; None deletes it."""
+        with self.transaction() as conn:
+            if value is None:
+                conn.execute("DELETE FROM state WHERE key = %s", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO state (key, value) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
 
 
 def _is_a_store(queue: PgQueue) -> Store:

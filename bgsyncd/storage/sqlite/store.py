@@ -1,8 +1,9 @@
 """The durable job queue on SQLite: one host's jobs, output claims, request log, state.
 
 The parts live in a module each of this folder (``db``: connection,
-migrations, transactions; ``jobs``; ``claims``; ``state``; ``request_log``) and
-:class:`Queue` puts them together as one ``storage.contract.Store``. Its public
+migrations, transactions; ``jobs``; ``claims``; ``request_log``) and
+:class:`Queue` puts them together as one ``storage.contract.Store``, with the
+named state values here. Its public
 methods speak ``Found``, ``Job``, str, int and float only, so the PostgreSQL
 engine (``storage.postgres.store``) implements the same contract.
 SQLite failures surface as :class:`QueueError`, except those the
@@ -31,7 +32,6 @@ from bgsyncd.storage.sqlite.db import check_version, connect
 from bgsyncd.storage.sqlite.faults import Identity, identity_of, lost_reason
 from bgsyncd.storage.sqlite.jobs import SqliteJobs
 from bgsyncd.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
-from bgsyncd.storage.sqlite.state import SqliteState
 
 __all__ = ["Queue"]
 
@@ -39,7 +39,7 @@ __all__ = ["Queue"]
 _PING_KEY = "queue_ping"
 
 
-class Queue(SqliteJobs, SqliteClaims, SqliteState):
+class Queue(SqliteJobs, SqliteClaims):
     """The job queue; one connection shared by the daemon's threads behind a lock."""
 
     created: bool
@@ -119,6 +119,26 @@ class Queue(SqliteJobs, SqliteClaims, SqliteState):
                 text = describe_os_error(exc)
                 raise QueueUnavailable(f"queue database {self._path}: {text}") from None
         self.set_state(_PING_KEY, repr(self._clock()))
+
+    # -- named state values (storage.StateStore) --------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        """A daemon state value (pause reason, last credits...), or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Set a daemon state value; None deletes it."""
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM state WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
 
 
 def _is_a_store(queue: Queue) -> Store:
