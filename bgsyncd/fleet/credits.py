@@ -29,8 +29,7 @@ from contextlib import contextmanager
 
 from bgsyncd.dispatch.credits import CreditGuard, count_at_floor, has_room
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.storage.postgres.db import Connection
-from bgsyncd.storage.postgres.shared import transaction
+from bgsyncd.storage.postgres.db import Connection, fleet_transaction
 from bgsyncd.storage.postgres.store import NOW, PgQueue
 
 # A reservation counts while it is this run's, or its host's row was seen within
@@ -75,7 +74,7 @@ class PgCreditGuard(CreditGuard):
         self._mine: list[int] = []  # ids of this run's reservations
         self._unsettled: list[tuple[int, bool]] = []  # settles the database did not take yet
         self._db_lock = threading.Lock()  # guards the two lists; never held while waiting on I/O
-        with transaction(queue) as conn:
+        with fleet_transaction(queue) as conn:
             conn.execute(
                 "INSERT INTO credit_state (account) VALUES (%s) ON CONFLICT DO NOTHING",
                 (account,),
@@ -166,7 +165,7 @@ class PgCreditGuard(CreditGuard):
         """A transaction that first applies settles left over; ``lock``: the account row's lock."""
         taken: list[tuple[int, bool]] = []
         try:
-            with transaction(self._queue) as conn:
+            with fleet_transaction(self._queue) as conn:
                 if lock or self._unsettled:
                     conn.execute(
                         "SELECT 1 FROM credit_state WHERE account = %s FOR UPDATE",

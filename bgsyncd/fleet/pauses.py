@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from bgsyncd.storage.postgres.shared import transaction
+from bgsyncd.storage.postgres.db import fleet_transaction
 from bgsyncd.storage.postgres.store import NOW, PgQueue
 
 
@@ -24,7 +24,7 @@ class PgPauseStore:
 
     def hold(self, reason: str) -> None:
         """Hold ``reason`` fleet-wide; a reason held already keeps its first raise time."""
-        with transaction(self._queue) as conn:
+        with fleet_transaction(self._queue) as conn:
             conn.execute(
                 "INSERT INTO fleet_pauses (account, reason, raised_at)"  # noqa: S608 (NOW only)
                 f" VALUES (%s, %s, {NOW}) ON CONFLICT DO NOTHING",
@@ -33,7 +33,7 @@ class PgPauseStore:
 
     def release(self, reasons: Collection[str]) -> None:
         """Stop holding each of ``reasons`` fleet-wide."""
-        with transaction(self._queue) as conn:
+        with fleet_transaction(self._queue) as conn:
             conn.execute(
                 "DELETE FROM fleet_pauses WHERE account = %s AND reason = ANY(%s)",
                 (self._account, list(reasons)),
@@ -41,7 +41,7 @@ class PgPauseStore:
 
     def held(self) -> list[str]:
         """Every reason held fleet-wide, first raised first."""
-        with transaction(self._queue) as conn:
+        with fleet_transaction(self._queue) as conn:
             rows = conn.execute(
                 "SELECT reason FROM fleet_pauses WHERE account = %s ORDER BY raised_at, reason",
                 (self._account,),

@@ -379,7 +379,7 @@ class PgBase:
     def transaction(self, *, look: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection; database errors become ours.
 
-        Public for the fleet's other tables (``pgfleet``), which share the pool.
+        Public for the fleet's other tables (``fleet``), which share the pool.
         """
         try:
             with self.connection(look=look) as conn:
@@ -395,3 +395,18 @@ class PgBase:
             row = conn.execute(f"SELECT {NOW}").fetchone()
         assert row is not None
         return float(row[0])
+
+
+@contextmanager
+def fleet_transaction(base: PgBase) -> Iterator[Connection]:
+    """One transaction of ``base``'s pool for the fleet's credit and pause tables
+    (migration 2); a database that cannot answer is QueueUnavailable.
+
+    The dispatcher pauses ``queue_unavailable`` on it and no request starts
+    (fail closed) until the daemon sees the database answer again.
+    """
+    try:
+        with base.transaction() as conn:
+            yield conn
+    except QueueError as exc:
+        raise QueueUnavailable(str(exc)) from None
