@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bgsyncd.dispatch.pacer import Pacer
-from bgsyncd.dispatch.sharedlog import LONGEST_WAIT
+from bgsyncd.dispatch.pacer import LONGEST_WAIT, Pacer
 from bgsyncd.errors import QueueUnavailable, Stopped
 from bgsyncd.storage.contract import QueueError
 from tests.helpers import FakeClock, wait_until

@@ -22,7 +22,7 @@ one. A database that cannot answer starts nothing (QueueUnavailable).
 
 No wait the pacer computes can be unbounded: a 429's block is capped at
 ``RETRY_AFTER_WINDOWS`` windows, and a blocked :meth:`Pacer.acquire` wakes at
-least every ``_LONGEST_WAIT`` seconds to look again, so no value, however wrong,
+least every ``LONGEST_WAIT`` seconds to look again, so no value, however wrong,
 reaches ``Condition.wait`` as a timeout it cannot take (OverflowError).
 """
 
@@ -34,14 +34,48 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from bgsyncd.dispatch.sharedlog import LONGEST_WAIT, NoLog, refusal_wait
 from bgsyncd.errors import BgsyncdError, QueueUnavailable, Stopped
 from bgsyncd.storage.contract import RequestLog, SharedRequestLog
 
 RETRY_AFTER_WINDOWS = 10
 """A 429's Retry-After blocks starts for at most this many windows (SPEC §5)."""
-# A blocked acquire looks again at least this often, whatever it computed.
-_LONGEST_WAIT = LONGEST_WAIT
+
+
+# -- beside a request log that decides (the fleet's, shared by every host) -----
+# The pacer only asks it and waits what it says, within bounds (refusal_wait),
+# and keeps a NoLog in place of the log it would otherwise read.
+
+LONGEST_WAIT = 60.0
+"""No wait a pacer computes or is told is longer: it looks again after this."""
+# A shared log's refusal without a usable delay (nan) is asked again this soon.
+NAN_RETRY = 0.1
+# Nor sooner than this after any refusal: asking is a database round trip.
+SHORTEST_REFUSAL_WAIT = 0.005
+
+
+class NoLog:
+    """The ``storage.RequestLog`` of a pacer whose shared log decides: never read."""
+
+    def record(self, t: float) -> None:
+        """Nothing to store: the shared log recorded the start."""
+
+    def since(self, t: float) -> list[float]:
+        """Nothing stored."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def refusal_wait(given: float) -> float:
+    """The wait a refusal asked for, as one ``Condition.wait`` takes.
+
+    ``nan`` (a refusal without a usable delay) looks again soon; ``inf`` or a
+    value past ``LONGEST_WAIT`` waits that long, then asks again.
+    """
+    if math.isnan(given):
+        return NAN_RETRY
+    return min(max(given, SHORTEST_REFUSAL_WAIT), LONGEST_WAIT)
 
 
 class Pacer:
@@ -142,7 +176,7 @@ class Pacer:
                 # Re-check after waking: another thread may have taken the slot,
                 # a 429 may have come in, or we were closed. After standing back
                 # from a race with another process wait is 0: just look again.
-                self._wait(self._cond, min(wait, _LONGEST_WAIT))
+                self._wait(self._cond, min(wait, LONGEST_WAIT))
 
     def note_rate_limited(self, retry_after: float | None) -> None:
         """After a 429: allow no start for ``retry_after`` seconds.
@@ -205,7 +239,7 @@ class Pacer:
                     self._not_before = self._clock() + self._hint_length
                     continue
                 # Another thread is asking (woken when it is done), or the guess says wait.
-                self._wait(self._cond, min(wait, _LONGEST_WAIT) if wait > 0 else _LONGEST_WAIT)
+                self._wait(self._cond, min(wait, LONGEST_WAIT) if wait > 0 else LONGEST_WAIT)
 
     def _ask_unlocked(self, shared: SharedRequestLog) -> float:
         """Ask the database with our lock released (it may take a while), one thread at a time."""
