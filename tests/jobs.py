@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bgsyncd.storage.contract import COLUMNS, Job, Store, job_of
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 
 
 def find_job(store: Store, folder: str, relpath: str) -> Job | None:
@@ -25,7 +25,7 @@ def get_job(store: Store, job_id: int) -> Job | None:
 
 def _one(store: Store, where: str, params: tuple[object, ...]) -> Job | None:
     row: Any
-    if isinstance(store, Queue):
+    if isinstance(store, SqliteStore):
         # The store's own connection: a handle opened read-only, or one whose
         # write another test holds open, reads exactly what it would.
         with store._read() as conn:
@@ -33,10 +33,10 @@ def _one(store: Store, where: str, params: tuple[object, ...]) -> Job | None:
             row = conn.execute(sql, params).fetchone()
     else:
         from bgsyncd.storage.postgres.store import (
-            PgQueue,  # psycopg: only where PostgreSQL is tested
+            PostgresStore,  # psycopg: only where PostgreSQL is tested
         )
 
-        assert isinstance(store, PgQueue), type(store)
+        assert isinstance(store, PostgresStore), type(store)
         with store.transaction() as pg:
             sql = f"SELECT {COLUMNS} FROM jobs WHERE {where.format(p='%s')}"
             row = pg.execute(sql, params).fetchone()

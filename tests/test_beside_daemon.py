@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bgsyncd.emulator import Emulator
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 
@@ -131,7 +131,7 @@ def test_a_second_connection_in_the_daemons_process_keeps_its_locks(tmp_path: Pa
     # open touched the file by hand, the command closing afterwards would find
     # no other user, checkpoint and delete the WAL the daemon still writes to.
     database = tmp_path / "queue.sqlite3"
-    queue = Queue(database)
+    queue = SqliteStore(database)
     log = SqliteRequestLog(database)
     try:
         queue.set_state("daemon", "1")

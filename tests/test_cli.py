@@ -17,7 +17,7 @@ import pytest
 from bgsyncd.commands.retry import PICKUP_SECONDS
 from bgsyncd.dispatch.dispatcher import IDLE_LOOK_SECONDS
 from bgsyncd.emulator import Emulator
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import (
     DaemonProcess,
     make_folder,
@@ -261,7 +261,7 @@ def test_retry_says_a_running_daemon_takes_the_files_within_its_dispatch_look(
 ) -> None:
     folder = make_folder(tmp_path, "f")
     config = write_config(tmp_path / "c.toml", base_url="http://127.0.0.1:9", folders=[folder])
-    Queue(tmp_path / "state" / "queue.sqlite3").close()
+    SqliteStore(tmp_path / "state" / "queue.sqlite3").close()
     result = run_cli("retry", "--all", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert PICKUP_SECONDS == IDLE_LOOK_SECONDS

@@ -1,4 +1,4 @@
-"""The fleet's claim on content in flight (``pg_cache.PgResultCache.fetching``, SPEC §8).
+"""The fleet's claim on content in flight (``pg_cache.PostgresResultCache.fetching``, SPEC §8).
 
 Real PostgreSQL, hosts as ``pgfleet.Hosts`` rows: a host fetching some
 content holds a claim the others wait on; the claim is void once its host
@@ -18,26 +18,26 @@ import pytest
 
 from bgsyncd.fleet.hosts import Hosts
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.postgres.cache import PgResultCache
-from bgsyncd.storage.postgres.store import PgQueue
+from bgsyncd.storage.postgres.cache import PostgresResultCache
+from bgsyncd.storage.postgres.store import PostgresStore
 
 SHA = hashlib.sha256(b"same content").hexdigest()
 MB = 1024 * 1024
 
 
 @pytest.fixture
-def host(pg_dsn: str) -> Iterator[Callable[..., tuple[PgResultCache, Hosts]]]:
+def host(pg_dsn: str) -> Iterator[Callable[..., tuple[PostgresResultCache, Hosts]]]:
     """A host of the fleet: its queue, its row in ``hosts`` (joined) and its shared cache."""
-    queues: list[PgQueue] = []
+    queues: list[PostgresStore] = []
 
     def make(
         name: str, *, lease: float = 1.0, max_wait: float = 60.0, max_bytes: int = MB
-    ) -> tuple[PgResultCache, Hosts]:
-        queue = PgQueue(pg_dsn, name)
+    ) -> tuple[PostgresResultCache, Hosts]:
+        queue = PostgresStore(pg_dsn, name)
         queues.append(queue)
         hosts = Hosts(queue, lease)
         hosts.join(["f"], f"{name}-life")
-        cache = PgResultCache(
+        cache = PostgresResultCache(
             queue, max_bytes, instance=f"{name}-life", lease_seconds=lease,
             max_wait_seconds=max_wait,
         )  # fmt: skip
@@ -48,7 +48,7 @@ def host(pg_dsn: str) -> Iterator[Callable[..., tuple[PgResultCache, Hosts]]]:
         queue.close()
 
 
-def _enter_in_thread(cache: PgResultCache) -> tuple[threading.Thread, list[float]]:
+def _enter_in_thread(cache: PostgresResultCache) -> tuple[threading.Thread, list[float]]:
     """Enter ``cache.fetching(SHA)`` in a thread; the list gets the monotonic time it did."""
     entered: list[float] = []
 
@@ -62,7 +62,7 @@ def _enter_in_thread(cache: PgResultCache) -> tuple[threading.Thread, list[float
 
 
 def test_a_second_host_waits_while_the_first_fetches_and_goes_on_when_it_is_done(
-    host: Callable[..., tuple[PgResultCache, Hosts]],
+    host: Callable[..., tuple[PostgresResultCache, Hosts]],
 ) -> None:
     a, a_hosts = host("a", lease=5.0)
     b, _ = host("b", lease=5.0)
@@ -81,7 +81,7 @@ def test_a_second_host_waits_while_the_first_fetches_and_goes_on_when_it_is_done
 
 
 def test_a_claim_of_a_host_that_stopped_beating_is_void_after_its_lease(
-    host: Callable[..., tuple[PgResultCache, Hosts]],
+    host: Callable[..., tuple[PostgresResultCache, Hosts]],
 ) -> None:
     lease = 1.0
     a, _ = host("a", lease=lease)
@@ -95,7 +95,7 @@ def test_a_claim_of_a_host_that_stopped_beating_is_void_after_its_lease(
 
 
 def test_a_claim_held_too_long_by_a_live_host_is_taken_after_the_bound(
-    host: Callable[..., tuple[PgResultCache, Hosts]],
+    host: Callable[..., tuple[PostgresResultCache, Hosts]],
 ) -> None:
     a, a_hosts = host("a", lease=30.0, max_wait=1.0)
     b, _ = host("b", lease=30.0, max_wait=1.0)
@@ -108,7 +108,7 @@ def test_a_claim_held_too_long_by_a_live_host_is_taken_after_the_bound(
 
 
 def test_a_host_restarted_takes_back_its_own_claim_at_once(
-    host: Callable[..., tuple[PgResultCache, Hosts]],
+    host: Callable[..., tuple[PostgresResultCache, Hosts]],
 ) -> None:
     a, _ = host("a", lease=30.0)
     claim = a.fetching(SHA)
@@ -121,7 +121,7 @@ def test_a_host_restarted_takes_back_its_own_claim_at_once(
 
 
 def test_a_disabled_cache_and_one_hosts_file_cache_claim_nothing(
-    host: Callable[..., tuple[PgResultCache, Hosts]], tmp_path: Path
+    host: Callable[..., tuple[PostgresResultCache, Hosts]], tmp_path: Path
 ) -> None:
     a, a_hosts = host("a", lease=30.0)
     off, _ = host("b", lease=30.0, max_bytes=0)

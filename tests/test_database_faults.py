@@ -17,7 +17,7 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.jobs.results import Kind
 from bgsyncd.storage.contract import Found, QueueError
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.mounts import Tmpfs, ext4, tmpfs
@@ -56,10 +56,10 @@ def test_queue_on_a_read_only_disk_at_start_names_the_file_and_the_errno(
     with tmpfs(tmp_path / "state") as fs:
         db = fs.path / "queue.sqlite3"
         if existing:
-            Queue(db).close()
+            SqliteStore(db).close()
         fs.readonly()
         with pytest.raises(QueueError) as caught:
-            Queue(db)
+            SqliteStore(db)
         message = str(caught.value)
         assert str(db) in message and EROFS_TEXT in message
         with pytest.raises(QueueError, match=r"\[Errno 30\] Read-only file system"):
@@ -74,7 +74,7 @@ def test_a_full_disk_makes_writes_queue_unavailable_with_enospc_and_loses_nothin
 ) -> None:
     with tmpfs(tmp_path / "state", "1m") as fs:
         db = fs.path / "queue.sqlite3"
-        queue = Queue(db)
+        queue = SqliteStore(db)
         try:
             queue.enqueue_many(_batch(5, "before"))
             queue.check_writable()
@@ -99,7 +99,7 @@ def test_request_log_on_a_full_disk_fails_closed_with_queue_unavailable(tmp_path
     with tmpfs(tmp_path / "state", "1m") as fs:
         db = fs.path / "queue.sqlite3"
         log = SqliteRequestLog(db)
-        queue = Queue(db)
+        queue = SqliteStore(db)
         try:
             fs.fill()
             # Grow the WAL past what it had room for; the log's next record must not pass.
@@ -121,7 +121,7 @@ def test_request_log_on_a_full_disk_fails_closed_with_queue_unavailable(tmp_path
 
 def test_lost_says_deleted_when_the_database_file_is_removed(tmp_path: Path) -> None:
     db = tmp_path / "queue.sqlite3"
-    with Queue(db) as queue:
+    with SqliteStore(db) as queue:
         assert queue.lost() is None
         db.unlink()
         assert queue.lost() == "deleted"
@@ -129,15 +129,15 @@ def test_lost_says_deleted_when_the_database_file_is_removed(tmp_path: Path) -> 
 
 def test_lost_says_replaced_when_another_file_takes_the_path(tmp_path: Path) -> None:
     db = tmp_path / "queue.sqlite3"
-    with Queue(db) as queue:
-        Queue(tmp_path / "fresh.sqlite3").close()
+    with SqliteStore(db) as queue:
+        SqliteStore(tmp_path / "fresh.sqlite3").close()
         os.replace(tmp_path / "fresh.sqlite3", db)
         assert queue.lost() == "replaced"
 
 
 def test_lost_says_deleted_when_the_whole_state_folder_goes(tmp_path: Path) -> None:
     db = tmp_path / "state" / "queue.sqlite3"
-    with Queue(db) as queue:
+    with SqliteStore(db) as queue:
         for name in os.listdir(db.parent):
             (db.parent / name).unlink()
         db.parent.rmdir()
@@ -146,8 +146,8 @@ def test_lost_says_deleted_when_the_whole_state_folder_goes(tmp_path: Path) -> N
 
 def test_a_read_only_view_never_reports_lost_nor_writes_a_probe(tmp_path: Path) -> None:
     db = tmp_path / "queue.sqlite3"
-    Queue(db).close()
-    with Queue.open_readonly(db) as view:
+    SqliteStore(db).close()
+    with SqliteStore.open_readonly(db) as view:
         db.unlink()
         assert view.lost() is None
 
@@ -192,7 +192,7 @@ def test_daemon_notices_its_database_deleted_or_replaced_and_exits_1_for_a_resta
     for path in (db, lock, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         path.unlink(missing_ok=True)
     if how == "replaced":
-        Queue(tmp_path / "fresh.sqlite3").close()
+        SqliteStore(tmp_path / "fresh.sqlite3").close()
         os.replace(tmp_path / "fresh.sqlite3", db)
     # Within a minute: the loop looks every few seconds.
     code = daemon.proc.wait(60)
@@ -262,7 +262,7 @@ def test_a_job_whose_database_write_fails_counts_no_attempt_and_reaches_the_disp
     (tmp_path / "inbox").mkdir()
     with tmpfs(tmp_path / "state", "16m") as fs:
         db = fs.path / "q.sqlite3"
-        queue = Queue(db)
+        queue = SqliteStore(db)
         try:
             worker = make_worker(tmp_path, emulator, queue)
             job = queue_one(tmp_path, queue)
@@ -312,7 +312,7 @@ def test_a_disk_gone_read_only_under_the_queue_makes_writes_queue_unavailable_wi
 ) -> None:
     with ext4(tmp_path / "state") as fs:
         db = fs.path / "queue.sqlite3"
-        queue = Queue(db)
+        queue = SqliteStore(db)
         try:
             queue.enqueue_many(_batch(3, "before"))
             fs.fail()
@@ -384,7 +384,7 @@ def test_a_charged_job_whose_done_row_cannot_be_written_is_no_job_error_and_neve
     (tmp_path / "inbox").mkdir()
     with tmpfs(tmp_path / "state", "16m") as fs:
         db = fs.path / "q.sqlite3"
-        queue = Queue(db)
+        queue = SqliteStore(db)
         client = _ThenFill(emulator.url, fs)
         try:
             worker = make_worker(tmp_path, emulator, queue)  # the cache is off

@@ -33,7 +33,7 @@ from bgsyncd.ops.metrics import Recorder
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.helpers import product_image, wait_until
 from tests.jobs import get_job
@@ -155,7 +155,7 @@ def test_a_file_closed_while_the_watcher_is_short_of_descriptors_is_queued_once_
 # -- the worker: EMFILE pauses, counts no attempt, and costs no second credit --------------
 
 
-def _worker(tmp_path: Path, emu: Emulator, queue: Queue, client: Client) -> Worker:
+def _worker(tmp_path: Path, emu: Emulator, queue: SqliteStore, client: Client) -> Worker:
     settings = FolderSettings(
         name="f",
         inbox=tmp_path / "inbox",
@@ -187,7 +187,7 @@ def test_a_job_short_of_descriptors_is_a_local_fault_pause_not_an_attempt(
     src = tmp_path / "inbox" / "p.jpg"
     src.write_bytes(product_image(60, 40))
     st = src.stat()
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     client = Client(emulator.url, TEST_KEY, 10, observe=after_request)
     worker = _worker(tmp_path, emulator, queue, client)
     pauses: list[tuple[str, dict[str, object]]] = []
@@ -232,7 +232,7 @@ def test_a_pause_for_descriptors_is_probed_in_every_output_folder_and_lifts_once
     )
     (tmp_path / "outbox").mkdir()
     (tmp_path / "q").mkdir()
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     try:
         faults = LocalFaults(queue, lambda: [settings], lambda: None)
         # What the worker's pause says when the shortage hit no particular folder.

@@ -414,11 +414,11 @@ def make_dispatcher(
     from bgsyncd.dispatch.dispatcher import Dispatcher
     from bgsyncd.dispatch.pacer import Pacer
     from bgsyncd.ops.metrics import Recorder
-    from bgsyncd.storage.sqlite.store import Queue
+    from bgsyncd.storage.sqlite.store import SqliteStore
     from tests.pacing import MemoryRequestLog
 
     (tmp_path / "inbox").mkdir()
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emu, queue)
     client = Client(emu.url, TEST_KEY, 10)
     d = Dispatcher(

@@ -413,13 +413,13 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     from bgsyncd.ops.metrics import Recorder
     from bgsyncd.storage.cache import ResultCache
     from bgsyncd.storage.contract import Found
-    from bgsyncd.storage.postgres.store import PgQueue
+    from bgsyncd.storage.postgres.store import PostgresStore
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     drop(inbox, "p.jpg", 50)
     st = (inbox / "p.jpg").stat()
-    a, b = PgQueue(pg_dsn, "a"), PgQueue(pg_dsn, "b")
+    a, b = PostgresStore(pg_dsn, "a"), PostgresStore(pg_dsn, "b")
     try:
         Hosts(a, 0.5).join(["f"], "a-run")
         b_hosts = Hosts(b, 0.5)

@@ -1,6 +1,6 @@
 """One rate limit, one credit floor and one pause for a fleet, on a real PostgreSQL (SPEC §8).
 
-Each "host" here is its own :class:`PgQueue` (its own connection pool and
+Each "host" here is its own :class:`PostgresStore` (its own connection pool and
 ``host_id``) on one throwaway database; threads stand for the hosts' workers.
 The database is the referee: the request log it kept, the reservations it
 counted, the pause reasons it holds.
@@ -22,9 +22,9 @@ from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import HostConflict, QueueUnavailable
-from bgsyncd.fleet.credits import PgCreditGuard
+from bgsyncd.fleet.credits import FleetCreditGuard
 from bgsyncd.fleet.hosts import Hosts
-from bgsyncd.fleet.pauses import PgPauseStore
+from bgsyncd.fleet.pauses import FleetPauseStore
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.reasons import (
     API_UNREACHABLE,
@@ -36,9 +36,9 @@ from bgsyncd.reasons import (
     Lift,
 )
 from bgsyncd.storage.contract import Found
-from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
-from bgsyncd.storage.postgres.store import PgQueue
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
+from bgsyncd.storage.postgres.store import PostgresStore
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import TEST_KEY
 from tests.helpers import FakeClock, at_floor, product_image, wait_until
 from tests.pacing import Waits
@@ -53,10 +53,10 @@ ACCOUNT = account_id("fleet-test-key")
 @pytest.fixture
 def host(pg_dsn: str) -> Iterator[Any]:
     """``host(name)``: a host of the fleet (its own pool), joined with a heartbeat row."""
-    opened: list[PgQueue] = []
+    opened: list[PostgresStore] = []
 
-    def make(name: str, lease: float = 60.0) -> PgQueue:
-        queue = PgQueue(pg_dsn, host_id=name)
+    def make(name: str, lease: float = 60.0) -> PostgresStore:
+        queue = PostgresStore(pg_dsn, host_id=name)
         opened.append(queue)
         Hosts(queue, lease_seconds=lease).join(["a"], instance=f"{name}-run")
         return queue
@@ -88,7 +88,8 @@ def test_peak_sees_a_violation() -> None:
 def test_pacers_of_three_hosts_never_start_more_than_the_limit_in_any_window(host: Any) -> None:
     limit, window, margin = 4, 1.5, 0.05
     pacers = [
-        Pacer(limit, window, PgRequestLog(host(f"h{i}"), ACCOUNT), margin=margin) for i in range(3)
+        Pacer(limit, window, PostgresRequestLog(host(f"h{i}"), ACCOUNT), margin=margin)
+        for i in range(3)
     ]
     granted: dict[int, list[float]] = {i: [] for i in range(3)}
     lock = threading.Lock()
@@ -108,7 +109,7 @@ def test_pacers_of_three_hosts_never_start_more_than_the_limit_in_any_window(hos
         t.join(30)
     for p in pacers:
         p.close()
-    recorded = PgRequestLog(host("referee"), ACCOUNT).since(0.0)
+    recorded = PostgresRequestLog(host("referee"), ACCOUNT).since(0.0)
     total = sum(len(g) for g in granted.values())
     assert len(recorded) == total  # every start granted was recorded, none more
     assert peak(recorded, window) <= limit
@@ -121,8 +122,10 @@ def test_pacers_of_three_hosts_never_start_more_than_the_limit_in_any_window(hos
 def test_a_host_waits_while_another_fills_the_window(host: Any) -> None:
     window = 1.0
     first_waits, second_waits = Waits(), Waits()
-    first = Pacer(2, window, PgRequestLog(host("h1"), ACCOUNT), margin=0.0, wait=first_waits)
-    second = Pacer(2, window, PgRequestLog(host("h2"), ACCOUNT), margin=0.0, wait=second_waits)
+    first = Pacer(2, window, PostgresRequestLog(host("h1"), ACCOUNT), margin=0.0, wait=first_waits)
+    second = Pacer(
+        2, window, PostgresRequestLog(host("h2"), ACCOUNT), margin=0.0, wait=second_waits
+    )
     first.acquire()
     first.acquire()
     assert first_waits.timeouts == []  # both started at once
@@ -131,14 +134,16 @@ def test_a_host_waits_while_another_fills_the_window(host: Any) -> None:
     assert time.monotonic() - begun >= window * 0.5
     # The database said no, though this host started nothing.
     assert second_waits.timeouts and 0.0 < second_waits.timeouts[0] <= window
-    assert peak(PgRequestLog(host("referee"), ACCOUNT).since(0.0), window - 0.01) <= 2
+    assert peak(PostgresRequestLog(host("referee"), ACCOUNT).since(0.0), window - 0.01) <= 2
 
 
 # -- one credit floor ----------------------------------------------------------------------
 
 
-def guard_of(queue: PgQueue, floor: int = 10, lease: float = 60.0, **kw: Any) -> PgCreditGuard:
-    return PgCreditGuard(
+def guard_of(
+    queue: PostgresStore, floor: int = 10, lease: float = 60.0, **kw: Any
+) -> FleetCreditGuard:
+    return FleetCreditGuard(
         queue, ACCOUNT, floor, 600.0, instance=f"{queue.host_id}-run", lease_seconds=lease, **kw
     )
 
@@ -214,7 +219,9 @@ def test_a_restarted_host_does_not_count_its_previous_lifes_reservations(host: A
         lambda: _joined(Hosts(queue, lease_seconds=lease), "h1-second-run"),
         what="the restarted host joins",
     )
-    after = PgCreditGuard(queue, ACCOUNT, 10, 600.0, instance="h1-second-run", lease_seconds=lease)
+    after = FleetCreditGuard(
+        queue, ACCOUNT, 10, 600.0, instance="h1-second-run", lease_seconds=lease
+    )
     assert after.in_flight == 0
     assert after.try_reserve()
 
@@ -260,8 +267,8 @@ def test_the_check_schedule_stays_the_hosts_own(host: Any) -> None:
 # -- one pause -----------------------------------------------------------------------------
 
 
-def pauses_of(queue: PgQueue, clock: FakeClock) -> Pauses:
-    return Pauses(PgPauseStore(queue, ACCOUNT), clock=clock, poll_seconds=2.0)
+def pauses_of(queue: PostgresStore, clock: FakeClock) -> Pauses:
+    return Pauses(FleetPauseStore(queue, ACCOUNT), clock=clock, poll_seconds=2.0)
 
 
 def test_an_account_pause_on_one_host_pauses_every_host(host: Any) -> None:
@@ -380,9 +387,9 @@ def test_a_raise_while_the_database_was_down_reaches_the_fleet_later(
     assert b.poll() == ([INVALID_API_KEY], [])
 
 
-def _stored(queue: PgQueue) -> list[str] | None:
+def _stored(queue: PostgresStore) -> list[str] | None:
     try:
-        return PgPauseStore(queue, ACCOUNT).held()
+        return FleetPauseStore(queue, ACCOUNT).held()
     except QueueUnavailable:
         return None
 
@@ -400,12 +407,12 @@ def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
     made: list[Dispatcher] = []
     clients: list[Client] = []
 
-    def make(name: str, floor: int = 0) -> tuple[Dispatcher, Queue, Path]:
+    def make(name: str, floor: int = 0) -> tuple[Dispatcher, SqliteStore, Path]:
         root = tmp_path / name
         (root / "inbox").mkdir(parents=True)
         pg = host(name)
-        queue = Queue(root / "q.sqlite3")
-        pacer = Pacer(1000, 60.0, PgRequestLog(pg, ACCOUNT))
+        queue = SqliteStore(root / "q.sqlite3")
+        pacer = Pacer(1000, 60.0, PostgresRequestLog(pg, ACCOUNT))
         client = Client(emulator.url, TEST_KEY, 10, gate=pacer.acquire)
         clients.append(client)
         d = Dispatcher(
@@ -417,7 +424,7 @@ def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
             Recorder(),
             max_in_flight=2,
             lease_seconds=60,
-            pauses=Pauses(PgPauseStore(pg, ACCOUNT), poll_seconds=0.5),
+            pauses=Pauses(FleetPauseStore(pg, ACCOUNT), poll_seconds=0.5),
         )
         made.append(d)
         d.start()
@@ -430,7 +437,7 @@ def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
         client.close()
 
 
-def enqueue(root: Path, queue: Queue, name: str) -> None:
+def enqueue(root: Path, queue: SqliteStore, name: str) -> None:
     src = root / "inbox" / name
     src.write_bytes(product_image(30, 20, "PNG"))
     st = src.stat()

@@ -34,8 +34,8 @@ from bgsyncd.reasons import QUEUE_UNAVAILABLE
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found, Job
-from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
-from bgsyncd.storage.postgres.store import PgQueue
+from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
+from bgsyncd.storage.postgres.store import PostgresStore
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
@@ -260,7 +260,7 @@ def test_a_job_whose_settle_the_database_refuses_pauses_instead_of_being_lost(
     src = tmp_path / "inbox" / "p.png"
     src.write_bytes(product_image(30, 20, "PNG"))
     st = src.stat()
-    pg = PgQueue(app_dsn, "h")
+    pg = PostgresStore(app_dsn, "h")
     queue = pg
     client = Client(emulator.url, TEST_KEY, 10)
     folder = FolderSettings(
@@ -277,7 +277,7 @@ def test_a_job_whose_settle_the_database_refuses_pauses_instead_of_being_lost(
         queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, lambda: client
     )
     worker.revoke = lambda: superuser(pg_server, pg_dsn, f'REVOKE UPDATE ON jobs FROM "{role}"')
-    pacer = Pacer(1000, 60.0, PgRequestLog(pg, account_id(TEST_KEY)))
+    pacer = Pacer(1000, 60.0, PostgresRequestLog(pg, account_id(TEST_KEY)))
     d = Dispatcher(
         queue,
         worker,

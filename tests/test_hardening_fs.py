@@ -23,7 +23,7 @@ from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
@@ -90,7 +90,7 @@ def client(emulator: Emulator) -> Iterator[Client]:
 
 def _worker(
     tmp_path: Path,
-    queue: Queue,
+    queue: SqliteStore,
     client: Client,
     folders: dict[str, FolderSettings],
     clock: FakeClock,
@@ -106,7 +106,7 @@ def _worker(
     return Worker(queue, cache, Recorder(), config, lambda: client, clock=clock)
 
 
-def _enqueue_all(queue: Queue, name: str, inbox: Path) -> int:
+def _enqueue_all(queue: SqliteStore, name: str, inbox: Path) -> int:
     found = []
     for path in inbox.rglob("*"):
         if path.is_file() and not path.is_symlink():
@@ -170,7 +170,7 @@ def test_symlink_swaps_under_every_folder_never_touch_anything_outside(
     before = _snapshot(outside)
     outside_hashes = set(before.values())
     clock = FakeClock(1_000_000.0)
-    queue = Queue(tmp_path / "q.sqlite3", clock=clock)
+    queue = SqliteStore(tmp_path / "q.sqlite3", clock=clock)
     worker = _worker(tmp_path, queue, client, folders, clock)
     for name, f in folders.items():
         assert _enqueue_all(queue, name, f.inbox) == 80
@@ -305,7 +305,7 @@ def test_a_new_queue_adopts_existing_outputs_without_a_request(
     assert (inbox / "d" / "p0.jpg").exists() and (inbox / "d" / "p1.jpg").exists()
     assert not changed.exists()  # processed normally, so deleted after success
     # The claims were recorded: the names stay the adopted inputs' own.
-    queue = Queue.open_readonly(database)
+    queue = SqliteStore.open_readonly(database)
     try:
         job = find_job(queue, "f", "d/p0.jpg")
         assert job is not None and job.state == "done"
@@ -347,7 +347,7 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
     for name, seconds in outs.items():
         (folder.outbox / name).write_bytes(b"x")
         os.utime(folder.outbox / name, ns=(seconds * 10**9, seconds * 10**9))
-    queue = Queue(tmp_path / "new.sqlite3")
+    queue = SqliteStore(tmp_path / "new.sqlite3")
     assert queue.created
     adopter = Adopter(queue, lambda: {"f": folder}, made_ns=10**19)
     found = [_found(folder.inbox, "f", n) for n in sorted(os.listdir(folder.inbox))]
@@ -360,7 +360,7 @@ def test_adoption_wants_every_unsuffixed_output_and_none_older_than_the_input(
     assert queue.enqueue_many([found[0]]) == []
     assert find_job(queue, "f", "nomask.jpg") is None  # the rest is for the caller to queue
     queue.close()
-    assert not Queue(tmp_path / "new.sqlite3").created  # opened again: not new
+    assert not SqliteStore(tmp_path / "new.sqlite3").created  # opened again: not new
 
 
 def test_adoption_wants_outputs_older_than_the_queue(tmp_path: Path) -> None:
@@ -383,7 +383,7 @@ def test_adoption_wants_outputs_older_than_the_queue(tmp_path: Path) -> None:
         out = folder.outbox / name.replace(".jpg", ".png")
         out.write_bytes(b"x")
         os.utime(out, ns=(output_s * 10**9, output_s * 10**9))
-    queue = Queue(tmp_path / "new.sqlite3")
+    queue = SqliteStore(tmp_path / "new.sqlite3")
     adopter = Adopter(queue, lambda: {"f": folder}, made_ns=made_ns)
     rest = adopter.adopt([_found(folder.inbox, "f", n) for n in ("before.jpg", "since.jpg")])
     assert [f.relpath for f in rest] == ["since.jpg"]
@@ -394,7 +394,7 @@ def test_adoption_wants_outputs_older_than_the_queue(tmp_path: Path) -> None:
 
 
 def test_adoption_never_takes_a_name_another_input_owns(tmp_path: Path) -> None:
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     queue.enqueue_many([Found("f", "a.webp", 1, 1, 1)])
     other = find_job(queue, "f", "a.webp")
     assert other is not None

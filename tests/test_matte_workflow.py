@@ -30,7 +30,7 @@ from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import TEST_KEY
 from tests.helpers import open_image, product_image, wait_until
 from tests.hostile import Answer, HostileServer, Request
@@ -150,7 +150,7 @@ class Rig:
 
     root: Path
     worker: Worker
-    queue: Queue
+    queue: SqliteStore
     cache: ResultCache
     folders: dict[str, FolderSettings]
     client: Client
@@ -209,7 +209,7 @@ def rigs() -> Iterator[Callable[..., Rig]]:
             retry_max_seconds=0.05,
             upload=upload,
         )
-        queue = Queue(root / "q.sqlite3")
+        queue = SqliteStore(root / "q.sqlite3")
         cache = ResultCache(cache_root or root / "cache", cache_bytes)
         worker = Worker(queue, cache, recorder or Recorder(), config, lambda: client)
         rig = Rig(root, worker, queue, cache, settings, client)

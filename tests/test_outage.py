@@ -24,7 +24,7 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import (
     TEST_KEY,
     DaemonProcess,
@@ -194,7 +194,7 @@ def test_the_probe_runs_30_s_after_the_pause_then_backs_off_to_5_minutes(
     clock = FakeClock(1_000_000.0)
     checks: list[float] = []
     (tmp_path / "inbox").mkdir()
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     settings = FolderSettings(
         name="f",
         inbox=tmp_path / "inbox",

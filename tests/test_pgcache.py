@@ -18,8 +18,8 @@ import pytest
 
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import ResultStore
-from bgsyncd.storage.postgres.cache import PgResultCache
-from bgsyncd.storage.postgres.store import PgQueue
+from bgsyncd.storage.postgres.cache import PostgresResultCache
+from bgsyncd.storage.postgres.store import PostgresStore
 from tests.helpers import wait_until
 
 
@@ -42,14 +42,14 @@ def make_cache(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[[int], ResultStore]]:
     """Caches of one store (a second one: another daemon, or another host)."""
-    queues: list[PgQueue] = []
+    queues: list[PostgresStore] = []
     if request.param == "postgresql":
         dsn = request.getfixturevalue("pg_dsn")
 
         def make(max_bytes: int) -> ResultStore:
-            queue = PgQueue(dsn, f"h{len(queues)}")
+            queue = PostgresStore(dsn, f"h{len(queues)}")
             queues.append(queue)
-            return PgResultCache(queue, max_bytes)
+            return PostgresResultCache(queue, max_bytes)
     else:
 
         def make(max_bytes: int) -> ResultStore:
@@ -107,8 +107,8 @@ def test_a_key_that_is_not_a_sha256_is_refused(make_cache: Callable[[int], Resul
 
 
 def test_kinds_of_one_content_are_kept_apart_in_the_shared_cache(pg_dsn: str) -> None:
-    with PgQueue(pg_dsn, "h") as queue:
-        cache = PgResultCache(queue, 10_000)
+    with PostgresStore(pg_dsn, "h") as queue:
+        cache = PostgresResultCache(queue, 10_000)
         cutout, matte = _png(b"cut"), _png(b"matte")
         cache.put(_sha("a"), cutout)
         cache.put(_sha("a"), matte, "proxy.matte")
@@ -120,12 +120,12 @@ def test_kinds_of_one_content_are_kept_apart_in_the_shared_cache(pg_dsn: str) ->
 
 
 def test_a_smaller_setting_at_start_evicts_down_to_it(pg_dsn: str) -> None:
-    with PgQueue(pg_dsn, "h") as queue:
-        big = PgResultCache(queue, 100_000)
+    with PostgresStore(pg_dsn, "h") as queue:
+        big = PostgresResultCache(queue, 100_000)
         for name in "abcde":
             big.put(_sha(name), _png(name.encode() * 100))
         one = len(_png(b"a" * 100))
-        small = PgResultCache(queue, one * 2)
+        small = PostgresResultCache(queue, one * 2)
         assert len(small) == 2
         assert small.get(_sha("d")) is not None and small.get(_sha("e")) is not None
 
@@ -133,8 +133,8 @@ def test_a_smaller_setting_at_start_evicts_down_to_it(pg_dsn: str) -> None:
 def test_an_unreachable_database_is_a_miss_and_a_skipped_store_never_an_error(
     pg_server: Any, pg_dsn: str
 ) -> None:
-    with PgQueue(pg_dsn, "h", timeout=1.0) as queue:
-        cache = PgResultCache(queue, 10_000)
+    with PostgresStore(pg_dsn, "h", timeout=1.0) as queue:
+        cache = PostgresResultCache(queue, 10_000)
         cache.put(_sha("a"), _png(b"a"))
         pg_server.stop()
         try:

@@ -11,21 +11,21 @@ import pytest
 from bgsyncd.errors import HostConflict
 from bgsyncd.fleet.hosts import Hosts
 from bgsyncd.storage.contract import Found
-from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
-from bgsyncd.storage.postgres.store import PgQueue
+from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
+from bgsyncd.storage.postgres.store import PostgresStore
 from tests.helpers import wait_until
 
 
-def _later_than(queue: PgQueue, t: float) -> bool:
+def _later_than(queue: PostgresStore, t: float) -> bool:
     return queue.now() > t
 
 
 @pytest.fixture
-def hosts_of(pg_dsn: str) -> Iterator[Callable[[str], PgQueue]]:
-    opened: list[PgQueue] = []
+def hosts_of(pg_dsn: str) -> Iterator[Callable[[str], PostgresStore]]:
+    opened: list[PostgresStore] = []
 
-    def make(host_id: str) -> PgQueue:
-        queue = PgQueue(pg_dsn, host_id=host_id)
+    def make(host_id: str) -> PostgresStore:
+        queue = PostgresStore(pg_dsn, host_id=host_id)
         opened.append(queue)
         return queue
 
@@ -41,14 +41,14 @@ def test_the_account_is_a_hash_never_the_key() -> None:
 
 
 def test_three_hosts_never_start_more_than_the_limit_in_one_window(
-    hosts_of: Callable[[str], PgQueue],
+    hosts_of: Callable[[str], PostgresStore],
 ) -> None:
     account = account_id("k")
-    logs = [PgRequestLog(hosts_of(f"h{i}"), account) for i in range(3)]
+    logs = [PostgresRequestLog(hosts_of(f"h{i}"), account) for i in range(3)]
     started: list[float] = []
     lock = threading.Lock()
 
-    def hammer(log: PgRequestLog) -> None:
+    def hammer(log: PostgresRequestLog) -> None:
         for _ in range(10):
             if log.try_start(limit=5, window=30.0, margin=0.25) == 0.0:
                 with lock:
@@ -65,16 +65,16 @@ def test_three_hosts_never_start_more_than_the_limit_in_one_window(
     assert len(logs[1].since(0.0)) == 5
 
 
-def test_accounts_do_not_share_a_window(hosts_of: Callable[[str], PgQueue]) -> None:
+def test_accounts_do_not_share_a_window(hosts_of: Callable[[str], PostgresStore]) -> None:
     queue = hosts_of("h")
-    a, b = PgRequestLog(queue, account_id("a")), PgRequestLog(queue, account_id("b"))
+    a, b = PostgresRequestLog(queue, account_id("a")), PostgresRequestLog(queue, account_id("b"))
     assert a.try_start(1, 60.0, 0.0) == 0.0
     assert a.try_start(1, 60.0, 0.0) > 0
     assert b.try_start(1, 60.0, 0.0) == 0.0
 
 
 def test_a_second_live_daemon_with_the_same_host_id_is_refused(
-    hosts_of: Callable[[str], PgQueue],
+    hosts_of: Callable[[str], PostgresStore],
 ) -> None:
     first = Hosts(hosts_of("studio-1"), lease_seconds=60)
     first.join(["a"], instance="run-1")
@@ -87,7 +87,7 @@ def test_a_second_live_daemon_with_the_same_host_id_is_refused(
 
 
 def test_a_silent_hosts_claims_are_taken_over_and_it_can_no_longer_write(
-    hosts_of: Callable[[str], PgQueue],
+    hosts_of: Callable[[str], PostgresStore],
 ) -> None:
     dead_q, live_q = hosts_of("dead"), hosts_of("live")
     dead, live = Hosts(dead_q, lease_seconds=0.5), Hosts(live_q, lease_seconds=0.5)
@@ -105,7 +105,7 @@ def test_a_silent_hosts_claims_are_taken_over_and_it_can_no_longer_write(
 
 
 def test_a_heartbeat_renews_the_leases_of_a_running_host(
-    hosts_of: Callable[[str], PgQueue],
+    hosts_of: Callable[[str], PostgresStore],
 ) -> None:
     queue = hosts_of("busy")
     hosts = Hosts(queue, lease_seconds=1.0)

@@ -19,8 +19,8 @@ import pytest
 
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.storage.contract import Found, QueueError
-from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
-from bgsyncd.storage.postgres.store import PgQueue
+from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
+from bgsyncd.storage.postgres.store import PostgresStore
 from tests.helpers import FakeClock, wait_until
 
 
@@ -28,7 +28,7 @@ def _found(relpath: str) -> Found:
     return Found("f", relpath, 10, 1, 7)
 
 
-def _answers(queue: PgQueue) -> bool:
+def _answers(queue: PostgresStore) -> bool:
     try:
         queue.check_writable()
     except QueueUnavailable:
@@ -40,8 +40,8 @@ def _answers(queue: PgQueue) -> bool:
 def test_a_stopped_server_fails_closed_with_queue_unavailable_and_the_pool_recovers(
     pg_server: Any, pg_dsn: str, mode: str
 ) -> None:
-    queue = PgQueue(pg_dsn, "h1", timeout=1.0)
-    log = PgRequestLog(queue, account_id("k"))
+    queue = PostgresStore(pg_dsn, "h1", timeout=1.0)
+    log = PostgresRequestLog(queue, account_id("k"))
     try:
         queue.enqueue_many([_found("a.jpg")])
         # The test server runs with synchronous_commit=off: a crash ("immediate")
@@ -59,7 +59,7 @@ def test_a_stopped_server_fails_closed_with_queue_unavailable_and_the_pool_recov
             with pytest.raises(QueueUnavailable):  # no request may start: fail closed
                 log.try_start(limit=10, window=60.0, margin=0.0)
             with pytest.raises(QueueUnavailable):
-                PgQueue(pg_dsn, "h2", timeout=1.0)
+                PostgresStore(pg_dsn, "h2", timeout=1.0)
             assert queue.lost() is None  # an outage decides nothing
         finally:
             pg_server.start()
@@ -75,8 +75,8 @@ def test_a_stopped_server_fails_closed_with_queue_unavailable_and_the_pool_recov
 def test_a_hung_server_fails_one_call_within_the_bound_then_every_call_at_once(
     pg_server: Any, pg_dsn: str
 ) -> None:
-    queue = PgQueue(pg_dsn, "h1")
-    log = PgRequestLog(queue, account_id("k"))
+    queue = PostgresStore(pg_dsn, "h1")
+    log = PostgresRequestLog(queue, account_id("k"))
     told: list[str] = []
     queue.outage.on_down = told.append
     try:
@@ -115,13 +115,13 @@ def test_the_dsn_password_never_appears_in_an_error_nor_a_log_line(
     # libpq echoes a malformed URI in its error, password and all.
     malformed = f"postgresql://bgsyncd_test:{secret}%zz@127.0.0.1:{pg_server.port}/x"
     with pytest.raises(QueueError) as raised:
-        PgQueue(malformed, "h", timeout=1.0)
+        PostgresStore(malformed, "h", timeout=1.0)
     errors.append(raised.value)
     missing = f"{pg_server.dsn('no_such_database')} password={secret}"
     with pytest.raises((QueueError, QueueUnavailable)) as raised_missing:
-        PgQueue(missing, "h", timeout=1.0)
+        PostgresStore(missing, "h", timeout=1.0)
     errors.append(raised_missing.value)
-    queue = PgQueue(f"{pg_dsn} password={secret}", "h", timeout=1.0)
+    queue = PostgresStore(f"{pg_dsn} password={secret}", "h", timeout=1.0)
     try:
         pg_server.stop()
         try:
@@ -143,27 +143,27 @@ def test_the_dsn_password_never_appears_in_an_error_nor_a_log_line(
 def test_lost_says_deleted_when_the_schema_is_dropped_and_replaced_when_made_anew(
     pg_dsn: str,
 ) -> None:
-    with PgQueue(pg_dsn, "h1") as queue:
+    with PostgresStore(pg_dsn, "h1") as queue:
         assert queue.created and queue.lost() is None
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("DROP SCHEMA public CASCADE")
             conn.execute("CREATE SCHEMA public")
         assert queue.lost() == "deleted"
-        with PgQueue(pg_dsn, "h2") as fresh:
+        with PostgresStore(pg_dsn, "h2") as fresh:
             assert fresh.created and fresh.lost() is None
             assert queue.lost() == "replaced"
 
 
 def test_daemons_starting_at_once_on_an_empty_database_migrate_it_once(pg_dsn: str) -> None:
     start = threading.Barrier(6)
-    opened: list[PgQueue] = []
+    opened: list[PostgresStore] = []
     failures: list[BaseException] = []
     lock = threading.Lock()
 
     def open_one(n: int) -> None:
         start.wait(10)
         try:
-            queue = PgQueue(pg_dsn, f"h{n}")
+            queue = PostgresStore(pg_dsn, f"h{n}")
         except BaseException as exc:
             with lock:
                 failures.append(exc)
@@ -191,7 +191,10 @@ def test_times_at_the_contract_are_the_hosts_clock_even_when_it_disagrees_with_t
 ) -> None:
     # A host whose clock runs a day ahead of the database server's.
     clock = FakeClock(time.time() + 86_400)
-    with PgQueue(pg_dsn, "ahead", clock=clock) as ahead, PgQueue(pg_dsn, "exact") as exact:
+    with (
+        PostgresStore(pg_dsn, "ahead", clock=clock) as ahead,
+        PostgresStore(pg_dsn, "exact") as exact,
+    ):
         ahead.enqueue_many([_found("a.jpg")])
         oldest = ahead.oldest_pending_queued_at()
         assert oldest is not None and abs(oldest - clock.t) < 60
@@ -214,7 +217,7 @@ def test_times_at_the_contract_are_the_hosts_clock_even_when_it_disagrees_with_t
 def test_the_first_probe_after_a_long_outage_answers_without_waiting_out_the_pools_backoff(
     pg_server: Any, pg_dsn: str
 ) -> None:
-    with PgQueue(pg_dsn, "h", timeout=1.0) as queue:
+    with PostgresStore(pg_dsn, "h", timeout=1.0) as queue:
         pg_server.stop()
         try:
             # Long enough that the pool's reconnection backoff has grown past seconds.
@@ -230,6 +233,6 @@ def test_the_first_probe_after_a_long_outage_answers_without_waiting_out_the_poo
 
 def test_a_read_only_view_of_a_database_no_daemon_initialised_says_so(pg_dsn: str) -> None:
     with pytest.raises(QueueError, match="not initialised yet"):
-        PgQueue.open_readonly(pg_dsn)
+        PostgresStore.open_readonly(pg_dsn)
     with psycopg.connect(pg_dsn) as conn:  # and it created nothing
         assert conn.execute("SELECT to_regclass('bgsyncd_schema')").fetchone() == (None,)

@@ -18,7 +18,7 @@ import pytest
 from bgsyncd.storage.contract import STATES, Found, LeaseLost, QueueError
 from bgsyncd.storage.sqlite import schema as queue_sql
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.helpers import FakeClock
 from tests.jobs import find_job, get_job
 
@@ -59,8 +59,8 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def q(db: Path, clock: FakeClock) -> Iterator[Queue]:
-    queue = Queue(db, clock=clock)
+def q(db: Path, clock: FakeClock) -> Iterator[SqliteStore]:
+    queue = SqliteStore(db, clock=clock)
     yield queue
     queue.close()
 
@@ -71,7 +71,7 @@ def found(
     return Found(folder, relpath, size, mtime_ns, inode)
 
 
-def test_opens_in_wal_full_with_foreign_keys_and_creates_parent(q: Queue, db: Path) -> None:
+def test_opens_in_wal_full_with_foreign_keys_and_creates_parent(q: SqliteStore, db: Path) -> None:
     assert db.parent.is_dir()
     conn = q._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -81,15 +81,15 @@ def test_opens_in_wal_full_with_foreign_keys_and_creates_parent(q: Queue, db: Pa
 
 
 def test_newer_schema_is_a_clear_error(db: Path) -> None:
-    with Queue(db) as queue, queue._write() as conn:
+    with SqliteStore(db) as queue, queue._write() as conn:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(QueueError, match="schema version 99"):
-        Queue(db)
+        SqliteStore(db)
     with pytest.raises(QueueError, match="schema version 99"):
-        Queue.open_readonly(db)
+        SqliteStore.open_readonly(db)
 
 
-def test_enqueue_new_files_pending(q: Queue, clock: FakeClock) -> None:
+def test_enqueue_new_files_pending(q: SqliteStore, clock: FakeClock) -> None:
     batch = [found("a.jpg"), found("b/c.png", folder="other")]
     assert q.enqueue_many(batch) == batch
     job = find_job(q, "products", "a.jpg")
@@ -101,7 +101,7 @@ def test_enqueue_new_files_pending(q: Queue, clock: FakeClock) -> None:
     assert get_job(q, 10_000) is None
 
 
-def test_unchanged_skipped_and_changed_requeued(q: Queue, clock: FakeClock) -> None:
+def test_unchanged_skipped_and_changed_requeued(q: SqliteStore, clock: FakeClock) -> None:
     q.enqueue_many([found("a.jpg")])
     assert q.is_unchanged("products", "a.jpg", 100, 1, 7)
     assert not q.is_unchanged("products", "a.jpg", 101, 1, 7)
@@ -126,7 +126,7 @@ def test_unchanged_skipped_and_changed_requeued(q: Queue, clock: FakeClock) -> N
     assert again.last_error is None
 
 
-def test_done_file_with_new_content_is_queued_again(q: Queue) -> None:
+def test_done_file_with_new_content_is_queued_again(q: SqliteStore) -> None:
     q.enqueue_many([found("a.jpg")])
     job = q.claim(60)
     assert job is not None
@@ -135,7 +135,7 @@ def test_done_file_with_new_content_is_queued_again(q: Queue) -> None:
     assert get_job(q, job.id).state == "pending"  # type: ignore[union-attr]
 
 
-def test_in_flight_job_not_disturbed_by_enqueue(q: Queue) -> None:
+def test_in_flight_job_not_disturbed_by_enqueue(q: SqliteStore) -> None:
     q.enqueue_many([found("a.jpg")])
     job = q.claim(60)
     assert job is not None
@@ -145,13 +145,13 @@ def test_in_flight_job_not_disturbed_by_enqueue(q: Queue) -> None:
     assert (now.state, now.size) == ("in_flight", 100)
 
 
-def test_duplicates_in_one_batch_return_once(q: Queue) -> None:
+def test_duplicates_in_one_batch_return_once(q: SqliteStore) -> None:
     queued = q.enqueue_many([found("a.jpg"), found("a.jpg", size=5)])
     assert queued == [found("a.jpg", size=5)]
     assert find_job(q, "products", "a.jpg").size == 5  # type: ignore[union-attr]
 
 
-def test_claim_oldest_first_within_a_folder(q: Queue, clock: FakeClock) -> None:
+def test_claim_oldest_first_within_a_folder(q: SqliteStore, clock: FakeClock) -> None:
     q.enqueue_many([found("late.jpg")])
     clock.advance(-5)  # queued earlier, although enqueued after
     q.enqueue_many([found("early.jpg")])
@@ -162,7 +162,7 @@ def test_claim_oldest_first_within_a_folder(q: Queue, clock: FakeClock) -> None:
     assert q.claim(60) is None
 
 
-def test_claim_sets_lease(q: Queue, clock: FakeClock) -> None:
+def test_claim_sets_lease(q: SqliteStore, clock: FakeClock) -> None:
     q.enqueue_many([found("a.jpg")])
     job = q.claim(30)
     assert job is not None
@@ -171,7 +171,7 @@ def test_claim_sets_lease(q: Queue, clock: FakeClock) -> None:
     assert q.next_ready_at() is None
 
 
-def test_round_robin_does_not_starve_a_small_folder(q: Queue, clock: FakeClock) -> None:
+def test_round_robin_does_not_starve_a_small_folder(q: SqliteStore, clock: FakeClock) -> None:
     q.enqueue_many(found(f"{i:04}.jpg", folder="A") for i in range(1000))
     clock.advance(1)
     q.enqueue_many([found("one.jpg", folder="B")])
@@ -179,7 +179,7 @@ def test_round_robin_does_not_starve_a_small_folder(q: Queue, clock: FakeClock) 
     assert "B" in [job.folder for job in first_two if job is not None]
 
 
-def test_round_robin_cycles_through_folders(q: Queue) -> None:
+def test_round_robin_cycles_through_folders(q: SqliteStore) -> None:
     for folder in ("c", "a", "b"):
         q.enqueue_many(found(f"{i}.jpg", folder=folder) for i in range(3))
     folders = [q.claim(60).folder for _ in range(9)]  # type: ignore[union-attr]
@@ -187,7 +187,7 @@ def test_round_robin_cycles_through_folders(q: Queue) -> None:
     assert q.claim(60) is None
 
 
-def test_retry_wait_promoted_when_due(q: Queue, clock: FakeClock) -> None:
+def test_retry_wait_promoted_when_due(q: SqliteStore, clock: FakeClock) -> None:
     assert q.next_ready_at() is None
     q.enqueue_many([found("a.jpg")])
     assert q.next_ready_at() == clock.t
@@ -209,7 +209,7 @@ def test_retry_wait_promoted_when_due(q: Queue, clock: FakeClock) -> None:
         "retry_wait", clock.t + 60, True)  # fmt: skip
 
 
-def test_complete_quarantine_release(q: Queue) -> None:
+def test_complete_quarantine_release(q: SqliteStore) -> None:
     q.enqueue_many([found("a.jpg"), found("b.jpg"), found("c.jpg")])
     a, b, c = (q.claim(60) for _ in range(3))
     assert a and b and c
@@ -235,14 +235,14 @@ def test_complete_quarantine_release(q: Queue) -> None:
 
 
 def test_recover_after_crash_marks_resend(db: Path, clock: FakeClock) -> None:
-    queue = Queue(db, clock=clock)
+    queue = SqliteStore(db, clock=clock)
     queue.enqueue_many([found("a.jpg"), found("b.jpg")])
     claimed = queue.claim(60)
     assert claimed is not None
     assert not claimed.resend
     queue.close()  # the run dies without finishing
 
-    reopened = Queue(db, clock=clock)
+    reopened = SqliteStore(db, clock=clock)
     assert get_job(reopened, claimed.id).state == "in_flight"  # type: ignore[union-attr]
     assert reopened.recover() == 1
     job = get_job(reopened, claimed.id)
@@ -257,7 +257,7 @@ def test_recover_after_crash_marks_resend(db: Path, clock: FakeClock) -> None:
     reopened.close()
 
 
-def test_claim_output_names(q: Queue, db: Path) -> None:
+def test_claim_output_names(q: SqliteStore, db: Path) -> None:
     q.enqueue_many([found("a.jpg"), found("a.webp")])
     jpg = find_job(q, "products", "a.jpg")
     webp = find_job(q, "products", "a.webp")
@@ -267,12 +267,12 @@ def test_claim_output_names(q: Queue, db: Path) -> None:
     # another folder has its own names
     assert q.claim_output("other", webp.id, ["a.png"]) == "a.png"
     q.close()
-    with Queue(db) as again:  # stable across a restart, and for reprocessing
+    with SqliteStore(db) as again:  # stable across a restart, and for reprocessing
         assert again.claim_output("products", webp.id, ["a.png", "a.webp.png"]) == "a.webp.png"
         assert again.claim_output("products", jpg.id, ["a.png", "a.jpg.png"]) == "a.png"
 
 
-def test_claim_output_reads_an_endless_generator_only_as_far_as_needed(q: Queue) -> None:
+def test_claim_output_reads_an_endless_generator_only_as_far_as_needed(q: SqliteStore) -> None:
     q.enqueue_many([found(f"a{i}.jpg") for i in range(4)])
     ids = [find_job(q, "products", f"a{i}.jpg").id for i in range(4)]  # type: ignore[union-attr]
     taken: list[int] = []
@@ -288,7 +288,7 @@ def test_claim_output_reads_an_endless_generator_only_as_far_as_needed(q: Queue)
     assert taken == [2, 2, 3, 2, 3, 4]
 
 
-def test_forget_deletes_job_and_claims(q: Queue) -> None:
+def test_forget_deletes_job_and_claims(q: SqliteStore) -> None:
     q.enqueue_many([found("a.jpg"), found("b.jpg")])
     a = find_job(q, "products", "a.jpg")
     b = find_job(q, "products", "b.jpg")
@@ -310,7 +310,7 @@ def test_forget_deletes_job_and_claims(q: Queue) -> None:
     assert get_job(q, a.id) is None
 
 
-def test_counts_and_oldest(q: Queue, clock: FakeClock) -> None:
+def test_counts_and_oldest(q: SqliteStore, clock: FakeClock) -> None:
     assert q.counts() == {}
     assert q.oldest_pending_queued_at() is None
     start = clock.t
@@ -335,7 +335,7 @@ def test_counts_and_oldest(q: Queue, clock: FakeClock) -> None:
     assert q.oldest_pending_queued_at() == start + 10
 
 
-def test_quarantined_listing_and_requeue(q: Queue, clock: FakeClock) -> None:
+def test_quarantined_listing_and_requeue(q: SqliteStore, clock: FakeClock) -> None:
     q.enqueue_many([found("a.jpg"), found("b.jpg", folder="other"), found("c.jpg")])
     for _ in range(3):
         job = q.claim(60)
@@ -361,7 +361,7 @@ def test_quarantined_listing_and_requeue(q: Queue, clock: FakeClock) -> None:
     assert [j.relpath for j in q.quarantined("products")] == ["c.jpg"]
 
 
-def test_state_values(q: Queue, db: Path) -> None:
+def test_state_values(q: SqliteStore, db: Path) -> None:
     assert q.get_state("paused") is None
     q.set_state("paused", "insufficient_credits")
     q.set_state("credits", "12")
@@ -369,13 +369,13 @@ def test_state_values(q: Queue, db: Path) -> None:
     assert q.get_state("credits") == "11"
     q.set_state("paused", None)
     assert q.get_state("paused") is None
-    with Queue.open_readonly(db) as view:
+    with SqliteStore.open_readonly(db) as view:
         assert view.get_state("credits") == "11"
 
 
 def test_readonly_before_the_daemon_ever_ran_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "never" / "queue.sqlite3"
-    with Queue.open_readonly(path) as view:
+    with SqliteStore.open_readonly(path) as view:
         assert view.counts() == {}
         assert view.oldest_pending_queued_at() is None
         assert view.get_state("paused") is None
@@ -385,9 +385,9 @@ def test_readonly_before_the_daemon_ever_ran_creates_nothing(tmp_path: Path) -> 
     assert not path.parent.exists()
 
 
-def test_readonly_answers_while_the_daemon_holds_a_write(q: Queue, db: Path) -> None:
+def test_readonly_answers_while_the_daemon_holds_a_write(q: SqliteStore, db: Path) -> None:
     q.enqueue_many([found("a.jpg")])
-    with Queue.open_readonly(db) as view:
+    with SqliteStore.open_readonly(db) as view:
         with q._write():  # the daemon is in the middle of a write transaction
             q.enqueue_many([found("b.jpg")])
             start = time.monotonic()
@@ -410,7 +410,7 @@ def test_request_log_durable_sorted_and_pruned(db: Path) -> None:
         log.record(10_000.0 + i)  # more than an hour later: the old starts go
     assert log.since(0.0)[0] >= 10_000.0
     log.close()
-    with Queue(db) as queue:  # shares the file with the queue
+    with SqliteStore(db) as queue:  # shares the file with the queue
         assert queue.counts() == {}
 
 
@@ -426,7 +426,7 @@ def _bad_plan(name: str, details: list[str]) -> list[str]:
     return bad
 
 
-def test_hot_queries_use_indexes(q: Queue, clock: FakeClock) -> None:
+def test_hot_queries_use_indexes(q: SqliteStore, clock: FakeClock) -> None:
     q.enqueue_many(found(f"{i}.jpg", folder=f"f{i % 7}", size=i) for i in range(20_000))
     for _ in range(3000):
         job = q.claim(60)
@@ -450,14 +450,14 @@ def test_hot_queries_use_indexes(q: Queue, clock: FakeClock) -> None:
     assert _bad_plan("claim", [row[3] for row in scan])
 
 
-def test_enqueue_100k_rows(q: Queue) -> None:
+def test_enqueue_100k_rows(q: SqliteStore) -> None:
     queued = q.enqueue_many(found(f"d{i // 1000}/{i}.jpg", inode=i) for i in range(100_000))
     assert len(queued) == 100_000
     assert q.counts()["products"]["pending"] == 100_000
     assert q.is_unchanged("products", "d99/99999.jpg", 100, 1, 99_999)
 
 
-def test_threads_and_a_reader_never_see_database_locked(q: Queue, db: Path) -> None:
+def test_threads_and_a_reader_never_see_database_locked(q: SqliteStore, db: Path) -> None:
     batches, per_batch = 10, 50
     errors: list[BaseException] = []
     enqueued = threading.Event()
@@ -496,7 +496,7 @@ def test_threads_and_a_reader_never_see_database_locked(q: Queue, db: Path) -> N
 
     @guarded
     def read() -> None:  # the status command: another connection, read-only
-        with Queue.open_readonly(db) as view:
+        with SqliteStore.open_readonly(db) as view:
             while busy():
                 view.counts()
                 view.oldest_pending_queued_at()
@@ -530,8 +530,8 @@ def test_enqueued_rows_survive_sigkill(db: Path) -> None:
         import os, signal
         from pathlib import Path
         from bgsyncd.storage.contract import Found
-        from bgsyncd.storage.sqlite.store import Queue
-        q = Queue(Path({str(db)!r}))
+        from bgsyncd.storage.sqlite.store import SqliteStore
+        q = SqliteStore(Path({str(db)!r}))
         q.enqueue_many(Found("products", f"{{i}}.jpg", 1, 1, i) for i in range(500))
         print("ok", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -544,13 +544,13 @@ def test_enqueued_rows_survive_sigkill(db: Path) -> None:
     assert proc.stdout.strip() == "ok", proc.stderr
     assert proc.returncode == -9
     assert os.path.exists(db)
-    with Queue(db) as queue:
+    with SqliteStore(db) as queue:
         assert queue.counts()["products"]["pending"] == 500
         assert queue.is_unchanged("products", "499.jpg", 1, 1, 499)
 
 
 def test_claim_skips_folders_that_are_not_configured(tmp_path: Path) -> None:
-    q = Queue(tmp_path / "q.sqlite3")
+    q = SqliteStore(tmp_path / "q.sqlite3")
     q.enqueue_many([Found(name, "a.jpg", 1, 1, i) for i, name in enumerate("abcd")])
     allowed = {"b", "d"}
     claimed = [q.claim(60, allowed) for _ in range(3)]

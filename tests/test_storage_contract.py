@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.storage.contract import Found, Job, LeaseLost, QueueError, Store
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.helpers import wait_until
 from tests.jobs import find_job, get_job
 
@@ -46,18 +46,18 @@ def make_store(
     opened: list[Store] = []
     if backend == "postgresql":
         dsn = request.getfixturevalue("pg_dsn")
-        from bgsyncd.storage.postgres.store import PgQueue
+        from bgsyncd.storage.postgres.store import PostgresStore
 
         counter = itertools.count(1)
 
         def make() -> Store:
-            store = PgQueue(dsn, host_id=f"host-{next(counter)}")
+            store = PostgresStore(dsn, host_id=f"host-{next(counter)}")
             opened.append(store)
             return store
     else:
 
         def make() -> Store:
-            store = Queue(tmp_path / "queue.sqlite3")
+            store = SqliteStore(tmp_path / "queue.sqlite3")
             opened.append(store)
             return store
 
@@ -76,11 +76,11 @@ def open_view(
     def view() -> Store:
         store: Store
         if backend == "postgresql":
-            from bgsyncd.storage.postgres.store import PgQueue
+            from bgsyncd.storage.postgres.store import PostgresStore
 
-            store = PgQueue.open_readonly(request.getfixturevalue("pg_dsn"))
+            store = PostgresStore.open_readonly(request.getfixturevalue("pg_dsn"))
         else:
-            store = Queue.open_readonly(tmp_path / "queue.sqlite3")
+            store = SqliteStore.open_readonly(tmp_path / "queue.sqlite3")
         opened.append(store)
         return store
 
@@ -561,9 +561,9 @@ def take_over(backend: str) -> Callable[[Store, Job], Job]:
     def take(taker: Store, job: Job) -> Job:
         if backend == "postgresql":
             from bgsyncd.fleet.hosts import Hosts
-            from bgsyncd.storage.postgres.store import PgQueue
+            from bgsyncd.storage.postgres.store import PostgresStore
 
-            assert isinstance(taker, PgQueue)
+            assert isinstance(taker, PostgresStore)
             hosts = Hosts(taker, lease_seconds=0.2)
             wait_until(lambda: hosts.take_over_expired([job.folder]) == 1, 10, what="expiry")
         else:

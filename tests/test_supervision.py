@@ -144,7 +144,7 @@ CRASHING_DAEMON = textwrap.dedent(
     from pathlib import Path
     from bgsyncd.service.backends import load_settings
     from bgsyncd.service.daemon import Daemon
-    from bgsyncd.storage.sqlite.store import Queue
+    from bgsyncd.storage.sqlite.store import SqliteStore
 
     settings = load_settings(sys.argv[1])
     trigger = Path(settings.folders[0].inbox) / "crash.jpg"
@@ -161,10 +161,10 @@ CRASHING_DAEMON = textwrap.dedent(
         setattr(owner, method, broken)
 
     # The one monkeypatch: a bug in a component, set off by a file's arrival.
-    if target == "Queue":  # bound into the watcher when the daemon is built
-        patch(Queue)
+    if target == "SqliteStore":  # bound into the watcher when the daemon is built
+        patch(SqliteStore)
     daemon = Daemon(settings)
-    if target != "Queue":
+    if target != "SqliteStore":
         patch(getattr(daemon, target))
     sys.exit(daemon.run())
     """
@@ -175,7 +175,7 @@ COMPONENTS = [
     ("queue.enqueue_many", "bgsyncd-ingest"),  # the ingest thread
     ("queue.next_ready_at", "bgsyncd-dispatch"),  # the dispatcher's loop
     ("queue.oldest_pending_queued_at", "MainThread"),  # the main loop's metrics refresh
-    ("Queue.is_unchanged", "bgsyncd-tracker"),  # the watcher's completeness tracker
+    ("SqliteStore.is_unchanged", "bgsyncd-tracker"),  # the watcher's completeness tracker
 ]
 
 

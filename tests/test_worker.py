@@ -23,7 +23,7 @@ from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found, Job
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.conftest import TEST_KEY
 from tests.helpers import product_image, wait_until
 from tests.jobs import get_job
@@ -43,7 +43,7 @@ def close_worker_clients() -> Iterator[None]:
         _clients.pop().close()
 
 
-def make_worker(tmp_path: Path, emu: Emulator, queue: Queue, **folder: object) -> Worker:
+def make_worker(tmp_path: Path, emu: Emulator, queue: SqliteStore, **folder: object) -> Worker:
     settings = FolderSettings(
         name="f",
         inbox=tmp_path / "inbox",
@@ -71,7 +71,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     src = tmp_path / "inbox" / "p.jpg"
     src.write_bytes(product_image())
     st = src.stat()
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue, output="both")
     queue.enqueue_many([Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)])
     job = queue.claim(60)
@@ -137,7 +137,7 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def queue_one(tmp_path: Path, queue: Queue, relpath: str = "p.jpg") -> Job:
+def queue_one(tmp_path: Path, queue: SqliteStore, relpath: str = "p.jpg") -> Job:
     src = tmp_path / "inbox" / relpath
     src.parent.mkdir(parents=True, exist_ok=True)
     src.write_bytes(product_image(80, 60))
@@ -153,7 +153,7 @@ def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_cred
     tmp_path: Path, emulator: Emulator, fault: str
 ) -> None:
     (tmp_path / "inbox").mkdir()
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     with tmpfs(tmp_path / "outbox") as outbox:
         worker = make_worker(tmp_path, emulator, queue)  # cache off: kept in memory
         if fault == "full":
@@ -198,7 +198,7 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
         (tmp_path / "outbox" / "sub").symlink_to(outside, target_is_directory=True)
     # fsops refuses a symlink where a folder should be with ENOTDIR or ELOOP
     refused = [f"[Errno {c}] {os.strerror(c)}" for c in (errno.ENOTDIR, errno.ELOOP)]
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue)  # cache off: kept in memory
     job = queue_one(tmp_path, queue, "sub/deep/p.jpg")
     for attempt in range(1, 5):
@@ -220,7 +220,7 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
     queue.close()
 
 
-def _queued(tmp_path: Path, queue: Queue, name: str, data: bytes) -> Job:
+def _queued(tmp_path: Path, queue: SqliteStore, name: str, data: bytes) -> Job:
     (tmp_path / "inbox").mkdir(exist_ok=True)
     src = tmp_path / "inbox" / name
     src.write_bytes(data)
@@ -235,7 +235,7 @@ def test_a_queued_file_emptied_before_it_is_read_is_left_alone(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     """Truncated to zero bytes (a placeholder again): the job goes, the file stays."""
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue)
     job = _queued(tmp_path, queue, "p.jpg", product_image())
     (tmp_path / "inbox" / "p.jpg").write_bytes(b"")
@@ -249,7 +249,7 @@ def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     """The verdict was on the old bytes: the new version gets its own turn."""
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue)
     worker.config = dataclasses.replace(worker.config, settle_seconds=0.0)  # verdicts final
     job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
@@ -277,7 +277,7 @@ def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
     """The writer's moment falls inside the move (after the version check): the
     file stays in the inbox, nothing is left in the quarantine, and the new
     version gets its own turn (the fuzz test caught an image quarantined so)."""
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue)
     worker.config = dataclasses.replace(worker.config, settle_seconds=0.0)  # verdicts final
     job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
@@ -307,7 +307,7 @@ def test_a_file_rewritten_just_before_its_deletion_after_success_stays_and_is_qu
     """``after_success = "delete"``: a writer's new version landed after the daemon
     checked the version it processed, before the name went. Deleting it would lose
     bytes nobody processed; it stays and gets its own turn."""
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue, after_success="delete")
     first = product_image()
     job = _queued(tmp_path, queue, "p.jpg", first)
@@ -352,7 +352,7 @@ def test_the_version_processed_is_the_one_the_queue_knows(
     own late find (the watcher settles it after the worker) is nothing new: not a
     second request (keep), not a job forgotten as vanished after the input was
     deleted (delete; the fuzz test saw that as a path never queued)."""
-    queue = Queue(tmp_path / "q.sqlite3")
+    queue = SqliteStore(tmp_path / "q.sqlite3")
     worker = make_worker(tmp_path, emulator, queue, after_success=after_success)
     job = _queued(tmp_path, queue, "p.jpg", b"a first, partial version")
     src = tmp_path / "inbox" / "p.jpg"

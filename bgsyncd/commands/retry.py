@@ -19,7 +19,7 @@ from bgsyncd.files import fsops
 from bgsyncd.files.moves import move_to
 from bgsyncd.files.outputs import sidecar_name
 from bgsyncd.service.backends import open_fleet_queue
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 
 # dispatch.IDLE_LOOK_SECONDS; tests/test_cli.py checks the two agree.
 PICKUP_SECONDS = 5.0
@@ -34,7 +34,7 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
         return 1 if paths else 0
     folders = {f.name: f for f in settings.folders}
     wanted = {p.resolve() for p in paths}
-    queue = open_fleet_queue(settings) if fleet else Queue(db)
+    queue = open_fleet_queue(settings) if fleet else SqliteStore(db)
     found: set[Path] = set()
     retried = 0
     failed = 0

@@ -15,7 +15,7 @@ from bgsyncd.config.schema import Settings
 from bgsyncd.dispatch.waiting import Waiting, decode, describe
 from bgsyncd.service.publisher import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
 from bgsyncd.storage.contract import STATES, QueueError, Store
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 
 
 def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
         db = settings.queue.database
         if not db.exists():
             return result
-        queue = Queue.open_readonly(db)
+        queue = SqliteStore.open_readonly(db)
     try:
         for folder, counts in queue.counts().items():
             per = result["folders"].setdefault(folder, dict(empty))
@@ -67,10 +67,10 @@ def _open_fleet(settings: Settings, result: dict[str, Any]) -> Store | None:
 
     require_psycopg()
     from bgsyncd.fleet.hosts import Hosts
-    from bgsyncd.storage.postgres.store import PgQueue
+    from bgsyncd.storage.postgres.store import PostgresStore
 
     try:
-        view = PgQueue.open_readonly(connection_dsn(settings.queue.dsn))
+        view = PostgresStore.open_readonly(connection_dsn(settings.queue.dsn))
     except QueueError as exc:
         if "not initialised" in str(exc):
             return None  # no daemon has run on it yet: zeros, as SPEC §3 says

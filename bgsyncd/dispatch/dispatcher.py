@@ -13,7 +13,7 @@ dispatch resumes when none holds. Other components raise and lift theirs with
 :meth:`Dispatcher.raise_pause` and :meth:`Dispatcher.lift_pause`.
 
 In a fleet (SPEC §8) it gets :class:`~bgsyncd.dispatch.pauses.Pauses` on the fleet's store, a
-pacer on the fleet's request log and a ``PgCreditGuard`` (the fleet's reasons, limit
+pacer on the fleet's request log and a ``FleetCreditGuard`` (the fleet's reasons, limit
 and floor), and looks at the fleet's pause reasons every few seconds.
 """
 

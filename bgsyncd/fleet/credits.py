@@ -1,6 +1,6 @@
 """The credit floor for a fleet: one balance and every host's requests in flight.
 
-:class:`PgCreditGuard` is a :class:`~bgsyncd.dispatch.credits.CreditGuard` whose
+:class:`FleetCreditGuard` is a :class:`~bgsyncd.dispatch.credits.CreditGuard` whose
 count lives in PostgreSQL, per account (a hash of the key): the balance the
 last credit check of *any* host saw, less what every host spent since, and a
 row per image request in flight on any host. A reservation is checked and
@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from bgsyncd.dispatch.credits import CreditGuard, count_at_floor, has_room
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.storage.postgres.db import Connection, fleet_transaction
-from bgsyncd.storage.postgres.store import NOW, PgQueue
+from bgsyncd.storage.postgres.store import NOW, PostgresStore
 
 # A reservation counts while it is this run's, or its host's row was seen within
 # the lease and names the run that made it. (The SQL text splices in only
@@ -46,7 +46,7 @@ _SQL_COUNT = (
 _SQL_DROP_DEAD = f"DELETE FROM credit_reservations r WHERE r.account = %(account)s AND NOT {_LIVE}"  # noqa: S608
 
 
-class PgCreditGuard(CreditGuard):
+class FleetCreditGuard(CreditGuard):
     """The credit guard of one host of a fleet; the count is the fleet's (SPEC §8).
 
     ``instance`` is the token this run gave ``Hosts.join``.
@@ -54,7 +54,7 @@ class PgCreditGuard(CreditGuard):
 
     def __init__(
         self,
-        queue: PgQueue,
+        queue: PostgresStore,
         account: str,
         floor: int,
         check_interval: float,

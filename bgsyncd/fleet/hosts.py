@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from bgsyncd.errors import HostConflict
 from bgsyncd.storage.postgres.db import server_now
-from bgsyncd.storage.postgres.store import NOW, PgQueue
+from bgsyncd.storage.postgres.store import NOW, PostgresStore
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Host:
 class Hosts:
     """The fleet's host rows: heartbeats, lease renewal and takeover."""
 
-    def __init__(self, queue: PgQueue, lease_seconds: float) -> None:
+    def __init__(self, queue: PostgresStore, lease_seconds: float) -> None:
         self._queue = queue
         self._lease = lease_seconds
 

@@ -27,7 +27,7 @@ from bgsyncd.fleet.hosts import Hosts
 from bgsyncd.logs import get_logger
 from bgsyncd.storage.postgres.guard import CALL_SECONDS
 from bgsyncd.storage.postgres.hostlock import HostLock
-from bgsyncd.storage.postgres.store import PgQueue
+from bgsyncd.storage.postgres.store import PostgresStore
 
 log = get_logger("bgsyncd.fleet")
 
@@ -50,7 +50,7 @@ def _agreed(folder: FolderSettings) -> dict[str, Any]:
 
 
 def agree_on_folders(
-    queue: PgQueue, folders: Sequence[FolderSettings], lease_seconds: float
+    queue: PostgresStore, folders: Sequence[FolderSettings], lease_seconds: float
 ) -> None:
     """Refuse folders this host cannot serve beside the fleet's other hosts.
 
@@ -106,7 +106,7 @@ class Membership:
 
     def __init__(
         self,
-        queue: PgQueue,
+        queue: PostgresStore,
         dsn: str,
         lease_seconds: float,
         *,

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from bgsyncd.storage.postgres.db import fleet_transaction
-from bgsyncd.storage.postgres.store import NOW, PgQueue
+from bgsyncd.storage.postgres.store import NOW, PostgresStore
 
 
-class PgPauseStore:
+class FleetPauseStore:
     """The pause reasons held for the fleet of one account (a hash of the key)."""
 
-    def __init__(self, queue: PgQueue, account: str) -> None:
+    def __init__(self, queue: PostgresStore, account: str) -> None:
         self._queue = queue
         self._account = account
 

@@ -38,7 +38,7 @@ from bgsyncd.storage.postgres import dsn as pg_dsn
 from bgsyncd.storage.postgres.dsn import CREDENTIAL_PASSWORD, connection_dsn, require_psycopg
 from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
-from bgsyncd.storage.sqlite.store import Queue
+from bgsyncd.storage.sqlite.store import SqliteStore
 
 if TYPE_CHECKING:
     from bgsyncd.fleet.membership import Membership
@@ -93,7 +93,7 @@ def open_backend(settings: Settings, api_key: str) -> Backend:
         return _open_postgresql(settings, api_key)
     # The database in use until exit, one daemon on it: taken before it is opened.
     lock = DatabaseLock(settings.queue.database)
-    queue = Queue(settings.queue.database)
+    queue = SqliteStore(settings.queue.database)
     request_log = SqliteRequestLog(settings.queue.database)
     return Backend(
         kind="sqlite",
@@ -114,9 +114,9 @@ def open_backend(settings: Settings, api_key: str) -> Backend:
 def open_fleet_queue(settings: Settings) -> Store:
     """The fleet's queue on PostgreSQL for a command beside the daemons (``retry``)."""
     require_psycopg()
-    from bgsyncd.storage.postgres.store import PgQueue
+    from bgsyncd.storage.postgres.store import PostgresStore
 
-    return PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
+    return PostgresStore(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
 
 
 def open_request_log(
@@ -131,11 +131,11 @@ def open_request_log(
         log = SqliteRequestLog(settings.queue.database)
         return log, log.close
     require_psycopg()
-    from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
-    from bgsyncd.storage.postgres.store import PgQueue
+    from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
+    from bgsyncd.storage.postgres.store import PostgresStore
 
-    pg = PgQueue(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
-    return PgRequestLog(pg, account_id(api_key)), pg.close
+    pg = PostgresStore(connection_dsn(settings.queue.dsn), host_id(settings), pool_size=1)
+    return PostgresRequestLog(pg, account_id(api_key)), pg.close
 
 
 def database_secrets(settings: Settings, environ: dict[str, str] | None = None) -> list[str]:
@@ -153,25 +153,25 @@ def database_secrets(settings: Settings, environ: dict[str, str] | None = None) 
 
 def _open_postgresql(settings: Settings, api_key: str) -> Backend:
     require_psycopg()
-    from bgsyncd.fleet.credits import PgCreditGuard
+    from bgsyncd.fleet.credits import FleetCreditGuard
     from bgsyncd.fleet.membership import Membership
-    from bgsyncd.fleet.pauses import PgPauseStore
-    from bgsyncd.storage.postgres.cache import PgResultCache
-    from bgsyncd.storage.postgres.request_log import PgRequestLog, account_id
-    from bgsyncd.storage.postgres.store import PgQueue
+    from bgsyncd.fleet.pauses import FleetPauseStore
+    from bgsyncd.storage.postgres.cache import PostgresResultCache
+    from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
+    from bgsyncd.storage.postgres.store import PostgresStore
 
     q = settings.queue
     dsn = connection_dsn(q.dsn)
     # Pool: the dispatcher, every worker, ingest, the heartbeat and the main loop.
     pool_size = settings.api.max_in_flight + 4
-    pg = PgQueue(dsn, host_id(settings), pool_size=pool_size)
+    pg = PostgresStore(dsn, host_id(settings), pool_size=pool_size)
     closers: list[Callable[[], None]] = [pg.close]
     try:
         account = account_id(api_key)
         fleet = Membership(pg, dsn, q.lease_seconds)
         fleet.join(settings.folders)
         closers.append(fleet.stop)
-        credits = PgCreditGuard(
+        credits = FleetCreditGuard(
             pg,
             account,
             settings.credits.floor,
@@ -179,7 +179,7 @@ def _open_postgresql(settings: Settings, api_key: str) -> Backend:
             instance=fleet.instance,
             lease_seconds=q.lease_seconds,
         )
-        cache = PgResultCache(
+        cache = PostgresResultCache(
             pg,
             q.cache_max_megabytes * 1024 * 1024,
             instance=fleet.instance,
@@ -194,9 +194,9 @@ def _open_postgresql(settings: Settings, api_key: str) -> Backend:
     return Backend(
         kind="postgresql",
         queue=pg,
-        request_log=PgRequestLog(pg, account),
+        request_log=PostgresRequestLog(pg, account),
         credits=credits,
-        pauses=Pauses(PgPauseStore(pg, account)),
+        pauses=Pauses(FleetPauseStore(pg, account)),
         cache=cache,
         claim_lease=q.lease_seconds,
         fleet=fleet,

@@ -11,8 +11,8 @@ one narrow Protocol per thing stored:
 - :class:`ResultStore` — API results by content hash (the cache).
 
 :class:`Store` is what a daemon opens: jobs, claims, state and health on one
-database. Two engines implement it: SQLite (``queue.Queue``, one host) and
-PostgreSQL (``pgqueue.PgQueue``, a fleet, SPEC §8). Neither engine's driver
+database. Two engines implement it: SQLite (``storage.sqlite.store.SqliteStore``, one host) and
+PostgreSQL (``pgqueue.PostgresStore``, a fleet, SPEC §8). Neither engine's driver
 is imported here, so every module may depend on this one.
 """
 

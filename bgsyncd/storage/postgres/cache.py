@@ -66,7 +66,7 @@ RETURNING 1
 """
 
 
-class PgResultCache:
+class PostgresResultCache:
     """A size-bounded store of PNG results in the fleet's database, LRU by last use.
 
     ``max_bytes`` 0 disables it: ``get`` always misses, ``put`` stores nothing,
@@ -241,6 +241,6 @@ def _key(sha256: str, kind: str) -> str:
     return f"{sha256}.{kind}"
 
 
-def _is_a_result_store(cache: PgResultCache) -> ResultStore:
+def _is_a_result_store(cache: PostgresResultCache) -> ResultStore:
     """Checked by mypy: the shared cache keeps the result store's contract."""
     return cache

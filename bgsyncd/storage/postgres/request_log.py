@@ -1,6 +1,6 @@
 """The fleet's shared request log on PostgreSQL (``storage.SharedRequestLog``).
 
-:class:`PgRequestLog` — the sliding-window rate limit for one API account,
+:class:`PostgresRequestLog` — the sliding-window rate limit for one API account,
 across every host: a start is checked and recorded in one transaction under
 one advisory lock per account, timed by the database server's clock, before
 the request is sent. The account is a hash of the key, never the key.
@@ -12,7 +12,7 @@ import hashlib
 
 from bgsyncd.storage.contract import SharedRequestLog
 from bgsyncd.storage.postgres.db import server_now
-from bgsyncd.storage.postgres.store import PgQueue
+from bgsyncd.storage.postgres.store import PostgresStore
 
 
 def account_id(api_key: str) -> str:
@@ -25,10 +25,10 @@ def _lock_key(account: str) -> int:
     return int.from_bytes(bytes.fromhex(account[:16]), "big", signed=True)
 
 
-class PgRequestLog:
+class PostgresRequestLog:
     """Request starts of one account, shared by every host of the fleet."""
 
-    def __init__(self, queue: PgQueue, account: str, keep_seconds: float = 3600.0) -> None:
+    def __init__(self, queue: PostgresStore, account: str, keep_seconds: float = 3600.0) -> None:
         self._queue = queue
         self._account = account
         self._keep = keep_seconds
@@ -73,6 +73,6 @@ class PgRequestLog:
         return [float(r[0]) for r in rows]
 
 
-def _is_a_shared_request_log(log: PgRequestLog) -> SharedRequestLog:
+def _is_a_shared_request_log(log: PostgresRequestLog) -> SharedRequestLog:
     """Checked by mypy: the fleet's request log keeps its contract."""
     return log

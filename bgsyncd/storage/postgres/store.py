@@ -1,10 +1,10 @@
-"""The job queue on PostgreSQL: the storage contract of ``queue.Queue``, for a fleet.
+"""The job store on PostgreSQL: the storage contract (``storage.contract.Store``), for a fleet.
 
 Several hosts on one API key share one database (SPEC §8). The parts live in
 a module each of this folder (``db``: pool, migrations, errors; ``jobs``;
 ``claims``; the result cache in ``cache``; the request log in
 ``request_log``; the fleet's host rows in ``fleet.hosts``) and
-:class:`PgQueue` puts them together as one ``storage.contract.Store``, with the
+:class:`PostgresStore` puts them together as one ``storage.contract.Store``, with the
 named state values here. Only the PostgreSQL backend imports these modules
 (psycopg is the ``postgresql`` extra).
 
@@ -50,7 +50,7 @@ __all__ = [
     "NOW",
     "SCHEMA_VERSION",
     "SQL_UPSERT",
-    "PgQueue",
+    "PostgresStore",
     "migrate",
 ]
 
@@ -71,8 +71,8 @@ _SQL_LACKING = (
 )
 
 
-class PgQueue(PgJobs, PgClaims):
-    """The queue contract of ``queue.Queue`` on PostgreSQL, for host ``host_id``.
+class PostgresStore(PgJobs, PgClaims):
+    """The storage contract on PostgreSQL, for host ``host_id`` of a fleet.
 
     ``timeout``: how long a call waits for a connection before it raises
     ``QueueUnavailable`` (the server is down or unreachable).
@@ -90,7 +90,9 @@ class PgQueue(PgJobs, PgClaims):
         self._open(dsn, host_id, pool_size=pool_size, timeout=timeout, clock=clock)
 
     @classmethod
-    def open_readonly(cls, dsn: str, host_id: str = "status", *, timeout: float = 10.0) -> PgQueue:
+    def open_readonly(
+        cls, dsn: str, host_id: str = "status", *, timeout: float = 10.0
+    ) -> PostgresStore:
         """A read-only view for ``status``: migrates nothing, and every write is refused.
 
         Unlike SQLite's view, a database no daemon has initialised (or one of
@@ -101,7 +103,7 @@ class PgQueue(PgJobs, PgClaims):
         view._open(dsn, host_id, pool_size=1, timeout=timeout, readonly=True)
         return view
 
-    def __enter__(self) -> PgQueue:
+    def __enter__(self) -> PostgresStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -177,6 +179,6 @@ class PgQueue(PgJobs, PgClaims):
                 )
 
 
-def _is_a_store(queue: PgQueue) -> Store:
+def _is_a_store(queue: PostgresStore) -> Store:
     """Checked by mypy: the PostgreSQL queue keeps the whole storage contract."""
     return queue

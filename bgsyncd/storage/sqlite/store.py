@@ -2,7 +2,7 @@
 
 The parts live in a module each of this folder (``db``: connection,
 migrations, transactions; ``jobs``; ``claims``; ``request_log``) and
-:class:`Queue` puts them together as one ``storage.contract.Store``, with the
+:class:`SqliteStore` puts them together as one ``storage.contract.Store``, with the
 named state values here. Its public
 methods speak ``Found``, ``Job``, str, int and float only, so the PostgreSQL
 engine (``storage.postgres.store``) implements the same contract.
@@ -10,7 +10,7 @@ SQLite failures surface as :class:`QueueError`, except those the
 disk caused (full, read-only, I/O error), which are
 :class:`~bgsyncd.errors.QueueUnavailable` with the errno in the message:
 dispatch pauses, and resumes when the database answers
-(:meth:`Queue.check_writable`). :meth:`Queue.lost` tells whether the file at
+(:meth:`SqliteStore.check_writable`). :meth:`SqliteStore.lost` tells whether the file at
 the database's path is still the one opened (see ``faults``).
 
 The contract's names (``Found``, ``Job``, ``QueueError``, ``STATES``) are
@@ -33,13 +33,13 @@ from bgsyncd.storage.sqlite.faults import Identity, identity_of, lost_reason
 from bgsyncd.storage.sqlite.jobs import SqliteJobs
 from bgsyncd.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["Queue"]
+__all__ = ["SqliteStore"]
 
 # Written by check_writable: a write that proves the database answers again.
 _PING_KEY = "queue_ping"
 
 
-class Queue(SqliteJobs, SqliteClaims):
+class SqliteStore(SqliteJobs, SqliteClaims):
     """The job queue; one connection shared by the daemon's threads behind a lock."""
 
     created: bool
@@ -56,7 +56,7 @@ class Queue(SqliteJobs, SqliteClaims):
         self._identity = identity_of(path)
 
     @classmethod
-    def open_readonly(cls, path: Path, clock: Callable[[], float] = time.time) -> Queue:
+    def open_readonly(cls, path: Path, clock: Callable[[], float] = time.time) -> SqliteStore:
         """A read-only view for ``status``, safe beside a running daemon.
 
         Never creates the database: when it does not exist yet (or was never
@@ -91,7 +91,7 @@ class Queue(SqliteJobs, SqliteClaims):
         view.created = False
         return view
 
-    def __enter__(self) -> Queue:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -141,6 +141,6 @@ class Queue(SqliteJobs, SqliteClaims):
                 )
 
 
-def _is_a_store(queue: Queue) -> Store:
+def _is_a_store(queue: SqliteStore) -> Store:
     """Checked by mypy: the SQLite queue keeps the whole storage contract."""
     return queue
