@@ -14,7 +14,7 @@ import pytest
 from bgsyncd.api.client import Client
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.jobs.results import Kind
+from bgsyncd.jobs.outcomes import Transition
 from bgsyncd.storage.contract import Found, QueueError
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import SqliteStore
@@ -277,7 +277,7 @@ def test_a_job_whose_database_write_fails_counts_no_attempt_and_reaches_the_disp
             assert queue.recover() == 1
             again = queue.claim(60)
             assert again is not None and again.id == job.id and again.attempts == 0
-            assert worker.process(again).kind is Kind.DONE
+            assert worker.process(again).transition is Transition.DONE
             assert (tmp_path / "outbox" / "p.png").exists()
         finally:
             queue.close()
@@ -403,7 +403,7 @@ def test_a_charged_job_whose_done_row_cannot_be_written_is_no_job_error_and_neve
             assert queue.recover() == 1  # what the daemon does when the database answers
             again = queue.claim(60)
             assert again is not None and again.resend
-            assert worker.process(again).kind is Kind.DONE
+            assert worker.process(again).transition is Transition.DONE
             assert image_posts(emulator) == 1  # never paid twice
         finally:
             queue.close()

@@ -27,7 +27,7 @@ from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops
 from bgsyncd.inbox.watcher import Watcher
-from bgsyncd.jobs.results import Kind
+from bgsyncd.jobs.outcomes import Transition
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.service.local_faults import LocalFaults
@@ -206,7 +206,7 @@ def test_a_job_short_of_descriptors_is_a_local_fault_pause_not_an_attempt(
             finally:
                 while shortage:
                     shortage.pop().end()
-            assert result.kind is Kind.PAUSED, result
+            assert result.transition is Transition.RELEASE and result.pause is not None, result
             assert [r for r, _ in pauses] == ["output_unwritable"]
             assert "[Errno 24]" in str(pauses[0][1]["error"])
             again = get_job(queue, job.id)
@@ -216,7 +216,7 @@ def test_a_job_short_of_descriptors_is_a_local_fault_pause_not_an_attempt(
         # Descriptors back: done, and a charged answer was kept, so paid for once only.
         job = queue.claim(60)
         assert job is not None
-        assert worker.process(job).kind is Kind.DONE
+        assert worker.process(job).transition is Transition.DONE
         assert (tmp_path / "outbox" / "p.png").exists()
         assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == 1
     finally:

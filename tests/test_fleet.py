@@ -408,7 +408,7 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
     from bgsyncd.api.client import Client
     from bgsyncd.config.schema import FolderSettings
     from bgsyncd.fleet.hosts import Hosts
-    from bgsyncd.jobs.results import Kind
+    from bgsyncd.jobs.outcomes import Transition
     from bgsyncd.jobs.worker import Worker, WorkerConfig
     from bgsyncd.ops.metrics import Recorder
     from bgsyncd.storage.cache import ResultCache
@@ -457,7 +457,7 @@ def test_a_host_that_lost_its_claim_drops_its_result_instead_of_writing_it(
             capsys.readouterr()
             result = worker.process(job)
             taker.join(10)
-        assert result.kind is Kind.RELEASED and result.charged
+        assert result.transition is Transition.RELEASE and result.charged
         assert '"event": "job.lease_lost"' in capsys.readouterr().err
         assert not (tmp_path / "outbox").exists() or not list((tmp_path / "outbox").iterdir())
         taken = b.claim(60)  # the job is b's to do again, pending, marked resend

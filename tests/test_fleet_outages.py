@@ -27,7 +27,7 @@ from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
-from bgsyncd.jobs.results import PauseHook, Result
+from bgsyncd.jobs.outcomes import PauseHook, Result
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.reasons import QUEUE_UNAVAILABLE

@@ -25,7 +25,7 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.emulator.bodies import form_image
-from bgsyncd.jobs.results import Kind, Result
+from bgsyncd.jobs.outcomes import Result, Transition
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.storage.cache import ResultCache
@@ -234,7 +234,7 @@ def test_a_small_file_goes_byte_identical_to_the_alpha_channel(
 ) -> None:
     data = photo(800, 600, dpi=(72, 72))
     rig = rigs(tmp_path, emulator.url)
-    assert rig.drop("f", "small.jpg", data).kind is Kind.DONE
+    assert rig.drop("f", "small.jpg", data).transition is Transition.DONE
     [sent] = image_requests(emulator)
     assert (sent.path, sent.status) == (ALPHA, 200)
     assert (sent.image_sha256, sent.image_size) == (hashlib.sha256(data).hexdigest(), len(data))
@@ -248,7 +248,7 @@ def test_a_large_photo_goes_as_a_1024_pixel_jpeg_without_any_metadata(
     server = MatteServer()
     with HostileServer(server) as api:
         rig = rigs(tmp_path, api.url)
-        assert rig.drop("f", "big.jpg", data).kind is Kind.DONE
+        assert rig.drop("f", "big.jpg", data).transition is Transition.DONE
     [(path, sent)] = server.uploads
     assert path == ALPHA
     assert len(sent) < len(data) / 4
@@ -266,7 +266,7 @@ def test_a_small_image_with_an_exif_rotation_goes_as_a_copy_of_its_stored_pixels
     server = MatteServer()
     with HostileServer(server) as api:
         rig = rigs(tmp_path, api.url)
-        assert rig.drop("f", "turned.jpg", data).kind is Kind.DONE
+        assert rig.drop("f", "turned.jpg", data).transition is Transition.DONE
     [(_path, sent)] = server.uploads
     assert sent != data
     img = open_image(sent)
@@ -281,7 +281,7 @@ def test_the_cutout_has_the_originals_own_rgb_wherever_alpha_is_not_zero(
 ) -> None:
     data = photo(2400, 1800)
     rig = rigs(tmp_path, emulator.url)
-    assert rig.drop("f", "p.jpg", data).kind is Kind.DONE
+    assert rig.drop("f", "p.jpg", data).transition is Transition.DONE
     [sent] = image_requests(emulator)
     assert sent.path == ALPHA and sent.image_size is not None
     assert sent.image_size < len(data)  # a copy went
@@ -298,7 +298,7 @@ def test_outputs_keep_the_orientation_tag_icc_profile_and_dpi_of_the_original(
     icc = srgb_profile()
     data = photo(1800, 1200, orientation=6, icc=icc, dpi=(300, 300), make="Camera Co")
     rig = rigs(tmp_path, emulator.url, folders={"f": {"output": "both"}})
-    assert rig.drop("f", "p.jpg", data).kind is Kind.DONE
+    assert rig.drop("f", "p.jpg", data).transition is Transition.DONE
     cutout, mask = open_image(rig.out("f", "p.png")), open_image(rig.out("f", "p.mask.png"))
     assert cutout.size == mask.size == (1800, 1200)  # stored pixels, as the original
     for out in (cutout, mask):
@@ -319,10 +319,10 @@ def test_a_matte_of_the_wrong_aspect_ratio_is_an_unusable_answer(
     with HostileServer(server) as api:
         rig = rigs(tmp_path, api.url)
         first = rig.drop("f", "p.jpg", data)
-        assert (first.kind, first.charged) == (Kind.RETRY, True)
+        assert (first.transition, first.charged) == (Transition.RETRY, True)
         assert len(rig.cache) == 0  # never cached
         second = rig.again()
-        assert (second.kind, second.reason) == (Kind.QUARANTINED, "rejected_by_api")
+        assert (second.transition, second.reason) == (Transition.QUARANTINE, "rejected_by_api")
     assert len(server.uploads) == 2
     assert not rig.folders["f"].outbox.exists() or not any(rig.folders["f"].outbox.iterdir())
     assert (rig.folders["f"].quarantine / "p.jpg").read_bytes() == data
@@ -335,7 +335,7 @@ def test_a_matte_of_the_right_shape_at_another_scale_is_used(
     server = MatteServer(shape=lambda sent: (sent[0] // 4, sent[1] // 4))  # 256 x 128
     with HostileServer(server) as api:
         rig = rigs(tmp_path, api.url)
-        assert rig.drop("f", "p.jpg", data).kind is Kind.DONE
+        assert rig.drop("f", "p.jpg", data).transition is Transition.DONE
     cutout = open_image(rig.out("f", "p.png"))
     assert cutout.size == (2000, 1000)
     assert same_rgb_where_opaque(cutout, open_image(data))
@@ -351,10 +351,10 @@ def test_a_1_by_1_matte_is_an_unusable_answer_never_cached(
     with HostileServer(server) as api:
         rig = rigs(tmp_path, api.url)
         first = rig.drop("f", "p.jpg", data)
-        assert (first.kind, first.charged) == (Kind.RETRY, True)
+        assert (first.transition, first.charged) == (Transition.RETRY, True)
         assert len(rig.cache) == 0
         second = rig.again()
-        assert (second.kind, second.reason) == (Kind.QUARANTINED, "rejected_by_api")
+        assert (second.transition, second.reason) == (Transition.QUARANTINE, "rejected_by_api")
     assert len(server.uploads) == 2 and len(rig.cache) == 0
 
 
@@ -388,11 +388,11 @@ def test_a_matte_of_89_million_pixels_of_the_right_shape_is_unusable_and_never_c
     with HostileServer(answer) as api:
         rig = rigs(tmp_path, api.url)
         first = rig.drop("f", "p.jpg", photo(1500, 1000))
-        assert (first.kind, first.charged) == (Kind.RETRY, True)
+        assert (first.transition, first.charged) == (Transition.RETRY, True)
         assert open_image(uploads[0]).size == (1024, 683)
         assert len(rig.cache) == 0
         second = rig.again()
-        assert (second.kind, second.reason) == (Kind.QUARANTINED, "rejected_by_api")
+        assert (second.transition, second.reason) == (Transition.QUARANTINE, "rejected_by_api")
     assert len(rig.cache) == 0
 
 
@@ -432,7 +432,7 @@ def test_a_malformed_exif_block_is_ignored_and_the_file_done_at_the_first_attemp
         open_image(data).getexif()
     rig = rigs(tmp_path, emulator.url, folders={"f": {"output": "both"}})
     done = rig.drop("f", name, data)
-    assert done.kind is Kind.DONE
+    assert done.transition is Transition.DONE
     [sent] = image_requests(emulator)  # one request: no retry
     assert (sent.path, sent.image_sha256) == (ALPHA, hashlib.sha256(data).hexdigest())
     cutout = open_image(rig.out("f", "p.png"))
@@ -453,8 +453,8 @@ def test_one_matte_serves_two_folders_with_different_output_settings(
         "print": {"output": "both", "format": "jpeg", "background": "#ffffff"},
     }
     rig = rigs(tmp_path, emulator.url, folders=folders)
-    assert rig.drop("shop", "a.jpg", data).kind is Kind.DONE
-    assert rig.drop("print", "b.jpg", data).kind is Kind.DONE
+    assert rig.drop("shop", "a.jpg", data).transition is Transition.DONE
+    assert rig.drop("print", "b.jpg", data).transition is Transition.DONE
     assert len(image_requests(emulator)) == 1  # ONE request for both
 
     shop = open_image(rig.out("shop", "a.png"))
@@ -484,13 +484,13 @@ def test_a_0_1_cache_entry_serves_original_mode_and_is_never_taken_for_a_matte(
     old.write_bytes(png(Image.new("RGBA", (400, 300), (255, 0, 0, 255))))
 
     proxy = rigs(tmp_path / "proxy", emulator.url, cache_root=tmp_path / "cache")
-    assert proxy.drop("f", "p.jpg", data).kind is Kind.DONE
+    assert proxy.drop("f", "p.jpg", data).transition is Transition.DONE
     assert [r.path for r in image_requests(emulator)] == [ALPHA]  # not served by the 0.1 entry
 
     original = rigs(
         tmp_path / "original", emulator.url, upload="original", cache_root=tmp_path / "cache"
     )
-    assert original.drop("f", "p.jpg", data).kind is Kind.DONE
+    assert original.drop("f", "p.jpg", data).transition is Transition.DONE
     assert len(image_requests(emulator)) == 1  # served by the 0.1 entry: no credit
     out = open_image(original.out("f", "p.png"))
     assert out.getpixel((0, 0)) == (255, 0, 0, 255)
@@ -504,7 +504,7 @@ def test_original_mode_sends_the_file_itself_to_the_cutout_endpoint(
 ) -> None:
     data = photo(3000, 2000)  # over proxy_side: "original" sends it all the same
     rig = rigs(tmp_path, emulator.url, upload="original")
-    assert rig.drop("f", "p.jpg", data).kind is Kind.DONE
+    assert rig.drop("f", "p.jpg", data).transition is Transition.DONE
     [sent] = image_requests(emulator)
     assert (sent.path, sent.image_sha256) == (CUTOUT, hashlib.sha256(data).hexdigest())
     assert open_image(rig.out("f", "p.png")).size == (3000, 2000)
@@ -519,7 +519,7 @@ def test_original_mode_sends_an_oversize_file_as_a_reduced_copy_to_the_alpha_cha
     data = photo(1600, 1200)
     limit = len(data) // 3
     rig = rigs(tmp_path, emulator.url, upload="original", max_upload_bytes=limit)
-    assert rig.drop("f", "p.jpg", data).kind is Kind.DONE
+    assert rig.drop("f", "p.jpg", data).transition is Transition.DONE
     [sent] = image_requests(emulator)
     assert sent.path == ALPHA and sent.image_size is not None
     assert sent.image_size <= limit
@@ -537,9 +537,9 @@ def test_oversize_quarantine_refuses_a_file_over_the_limit_before_sending(
     )
     job = rig.drop("f", "p.jpg", data)
     # A local verdict waits until the file has been quiet for settle_seconds.
-    while job.kind is Kind.RETRY:
+    while job.transition is Transition.DEFER:
         job = rig.again()
-    assert (job.kind, job.reason) == (Kind.QUARANTINED, "too_large")
+    assert (job.transition, job.reason) == (Transition.QUARANTINE, "too_large")
     assert image_requests(emulator) == []
 
 
@@ -550,7 +550,7 @@ def test_original_mode_recognises_a_cutout_the_server_turned_by_the_exif_rotatio
     server = MatteServer(cutout=True, turn=Image.Transpose.ROTATE_270)
     with HostileServer(server) as api:
         rig = rigs(tmp_path, api.url, upload="original")
-        assert rig.drop("f", "p.jpg", data).kind is Kind.DONE
+        assert rig.drop("f", "p.jpg", data).transition is Transition.DONE
     [(path, sent)] = server.uploads
     assert (path, sent) == (CUTOUT, data)
     out = open_image(rig.out("f", "p.png"))
@@ -572,8 +572,8 @@ def test_upload_bytes_counts_the_image_data_sent_by_endpoint(
         return metrics.registry.get_sample_value("bgsyncd_upload_bytes_total", labels)
 
     assert counted("alpha-channel") == counted("image-without-background") == 0
-    assert rig.drop("f", "small.jpg", product_image(200, 150)).kind is Kind.DONE
-    assert rig.drop("f", "big.jpg", photo(2400, 1600)).kind is Kind.DONE
+    assert rig.drop("f", "small.jpg", product_image(200, 150)).transition is Transition.DONE
+    assert rig.drop("f", "big.jpg", photo(2400, 1600)).transition is Transition.DONE
     sizes = [r.image_size for r in image_requests(emulator) if r.image_size is not None]
     assert len(sizes) == 2
     assert counted("alpha-channel") == sum(sizes)
@@ -618,7 +618,7 @@ def test_cmyk_palette_16_bit_and_animated_inputs_become_8_bit_outputs_of_their_s
     server = MatteServer()
     with HostileServer(server) as api:
         rig = rigs(tmp_path, api.url, folders={"f": {"output": "both"}})
-        assert rig.drop("f", "in.img", data).kind is Kind.DONE
+        assert rig.drop("f", "in.img", data).transition is Transition.DONE
     [(path, sent)] = server.uploads
     copy = open_image(sent)
     assert (path, copy.mode, copy.size) == (ALPHA, "RGB", (1024, 731))

@@ -18,7 +18,7 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
-from bgsyncd.jobs.results import Kind
+from bgsyncd.jobs.outcomes import Transition
 from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
@@ -76,7 +76,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     queue.enqueue_many([Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)])
     job = queue.claim(60)
     assert job is not None
-    assert worker.process(job).kind is Kind.DONE
+    assert worker.process(job).transition is Transition.DONE
     assert (tmp_path / "outbox" / "p.png").exists()
     assert (tmp_path / "outbox" / "p.mask.png").exists()
     sent = len([r for r in emulator.requests() if r.path in IMAGE_PATHS])
@@ -86,7 +86,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
     assert queue.recover() == 1
     again = queue.claim(60)
     assert again is not None and again.resend
-    assert worker.process(again).kind is Kind.DONE
+    assert worker.process(again).transition is Transition.DONE
     assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == sent
     done = get_job(queue, job.id)
     assert done is not None and done.state == "done"
@@ -99,7 +99,7 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
         conn.execute("UPDATE jobs SET resend = 1 WHERE id = ?", (job.id,))
     third = queue.claim(60)
     assert third is not None and third.resend
-    assert worker.process(third).kind is Kind.DONE
+    assert worker.process(third).transition is Transition.DONE
     assert len([r for r in emulator.requests() if r.path in IMAGE_PATHS]) == sent + 1
     queue.close()
 
@@ -162,8 +162,8 @@ def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_cred
             subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
         job = queue_one(tmp_path, queue)
         result = worker.process(job)
-        expected = (Kind.PAUSED, "output_unwritable", True)
-        assert (result.kind, result.pause, result.charged) == expected
+        expected = (Transition.RELEASE, "output_unwritable", True)
+        assert (result.transition, result.pause, result.charged) == expected
         code = errno.ENOSPC if fault == "full" else errno.EROFS
         assert f"[Errno {code}]" in str(result.pause_context["error"])
         assert result.pause_context["folder_path"] == str(outbox)
@@ -178,7 +178,7 @@ def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_cred
             subprocess.run(["mount", "-o", "remount,rw", str(outbox)], check=True)
         again = queue.claim(60)
         assert again is not None and not again.resend
-        assert worker.process(again).kind is Kind.DONE
+        assert worker.process(again).transition is Transition.DONE
         assert (outbox / "p.png").exists()
         assert image_posts(emulator) == 1  # the kept result: no second credit
     queue.close()
@@ -203,13 +203,13 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
     job = queue_one(tmp_path, queue, "sub/deep/p.jpg")
     for attempt in range(1, 5):
         result = worker.process(job)
-        assert result.kind is Kind.RETRY
+        assert result.transition is Transition.RETRY
         now = get_job(queue, job.id)
         assert now is not None and now.attempts == attempt and not now.resend
         assert now.last_error is not None and any(r in now.last_error for r in refused)
         job = wait_until(lambda: queue.claim(60), what="the retry")
     result = worker.process(job)
-    assert (result.kind, result.reason) == (Kind.QUARANTINED, "output_refused")
+    assert (result.transition, result.reason) == (Transition.QUARANTINE, "output_refused")
     assert image_posts(emulator) == 1  # one credit, however many retries
     sidecar = json.loads(
         (tmp_path / "quarantine" / "sub" / "deep" / "p.jpg.error.json").read_text()
@@ -239,7 +239,7 @@ def test_a_queued_file_emptied_before_it_is_read_is_left_alone(
     worker = make_worker(tmp_path, emulator, queue)
     job = _queued(tmp_path, queue, "p.jpg", product_image())
     (tmp_path / "inbox" / "p.jpg").write_bytes(b"")
-    assert worker.process(job).kind is Kind.VANISHED
+    assert worker.process(job).transition is Transition.FORGET
     assert (tmp_path / "inbox" / "p.jpg").exists()
     assert queue.counts() == {}
     assert not (tmp_path / "quarantine").exists() or not list((tmp_path / "quarantine").iterdir())
@@ -263,12 +263,12 @@ def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
 
     worker._applier.quarantine = rewrite_first  # type: ignore[method-assign,assignment]
     result = worker.process(job)
-    assert result.kind is not Kind.QUARANTINED
+    assert result.transition is not Transition.QUARANTINE
     assert src.read_bytes() == product_image()
     again = queue.claim(60)
     assert again is not None and again.size == len(product_image()) and again.attempts == 0
     worker._applier.quarantine = real_quarantine  # type: ignore[method-assign]
-    assert worker.process(again).kind is Kind.DONE
+    assert worker.process(again).transition is Transition.DONE
 
 
 def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
@@ -292,13 +292,13 @@ def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
     monkeypatch.setattr(outputs, "write_at", rewrite_meanwhile)
     result = worker.process(job)
     monkeypatch.undo()
-    assert result.kind is not Kind.QUARANTINED
+    assert result.transition is not Transition.QUARANTINE
     assert src.read_bytes() == product_image()
     quarantine = tmp_path / "quarantine"
     assert not quarantine.exists() or not [p for p in quarantine.rglob("*") if p.is_file()]
     again = queue.claim(60)
     assert again is not None and again.size == len(product_image()) and again.attempts == 0
-    assert worker.process(again).kind is Kind.DONE
+    assert worker.process(again).transition is Transition.DONE
 
 
 def test_a_file_rewritten_just_before_its_deletion_after_success_stays_and_is_queued_again(
@@ -334,13 +334,13 @@ def test_a_file_rewritten_just_before_its_deletion_after_success_stays_and_is_qu
 
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(os, "unlink", unlink)
-    assert worker.process(job).kind is Kind.DONE
+    assert worker.process(job).transition is Transition.DONE
     monkeypatch.undo()
     assert wrote
     assert src.read_bytes() == newer
     again = queue.claim(60)
     assert again is not None and again.size == len(newer) and again.attempts == 0
-    assert worker.process(again).kind is Kind.DONE
+    assert worker.process(again).transition is Transition.DONE
     assert not src.exists()  # this version was processed: now it goes
 
 
@@ -359,7 +359,7 @@ def test_the_version_processed_is_the_one_the_queue_knows(
     with open(src, "r+b") as fh:  # in place, before the worker reads it
         fh.write(product_image())
     st = src.stat()
-    assert worker.process(job).kind is Kind.DONE
+    assert worker.process(job).transition is Transition.DONE
     assert src.exists() == (after_success == "keep")
     late = Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)
     assert queue.is_unchanged("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)

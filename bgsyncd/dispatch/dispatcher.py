@@ -33,7 +33,7 @@ from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.dispatch.waiting import Waiting, waiting_for
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
-from bgsyncd.jobs.results import Kind, Result
+from bgsyncd.jobs.outcomes import Result, Transition
 from bgsyncd.jobs.worker import Worker
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
@@ -310,7 +310,7 @@ class Dispatcher:
         return 0.0
 
     def _run_job(self, job: Job) -> None:
-        result = Result(Kind.RELEASED)
+        result = Result(Transition.RELEASE)
         try:
             result = self._worker.process(job, on_pause=self.raise_pause)
         except QueueUnavailable as exc:
@@ -332,7 +332,7 @@ class Dispatcher:
             self._credits.settle(result.charged)
             with self._cond:
                 self._in_flight.pop(job.id, None)
-                if result.kind is Kind.RATE_LIMITED:
+                if result.rate_limited:
                     self._pacer.note_rate_limited(result.retry_after)
                 self._kick_locked()
             self._settled(job, result)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 
 from bgsyncd.errors import BgsyncdError, QueueUnavailable
-from bgsyncd.jobs.results import Result
+from bgsyncd.jobs.outcomes import Result
 from bgsyncd.logs import get_logger
 from bgsyncd.reasons import HOST_REASONS
 from bgsyncd.storage.contract import Found, Job, JobStore

@@ -3,7 +3,7 @@
 :func:`~bgsyncd.jobs.outcomes.decide` says what happened means (pure); the
 :class:`Applier` does it for the worker: the queue transition, the move to
 the quarantine, the metrics, the log line, a pause through the dispatcher's
-hook. It returns the :class:`~bgsyncd.jobs.results.Result` the dispatcher reads.
+hook. It returns the :class:`~bgsyncd.jobs.outcomes.Result` the dispatcher reads.
 A quarantine that cannot be written is decided anew and applied in turn.
 
 Every queue transition is fenced (``storage.JobStore``): one refused because
@@ -27,12 +27,13 @@ from bgsyncd.jobs.outcomes import (
     Context,
     Happening,
     Outcome,
+    PauseHook,
+    Result,
     Transition,
     Vanished,
     WriteFailed,
     decide,
 )
-from bgsyncd.jobs.results import KINDS, Kind, PauseHook, Result
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.contract import Found, Job, LeaseLost, Store
 
@@ -103,13 +104,11 @@ class Applier:
         if out.rate_limited:
             self._recorder.rate_limited()
         getattr(bound, out.level)(out.event, **_loggable(fields, out))
-        kind = Kind.RATE_LIMITED if out.rate_limited else KINDS[out.transition]
-        if out.pause is not None:
-            kind = Kind.PAUSED
         return Result(
-            kind,
+            out.transition,
             charged=out.charged,
             reason=out.reason if out.transition is Transition.QUARANTINE else out.pause,
+            rate_limited=out.rate_limited,
             retry_after=out.wait if out.rate_limited else None,
             settle_in=out.wait if out.transition is Transition.DEFER else None,
             pause=out.pause,

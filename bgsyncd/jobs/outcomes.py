@@ -2,8 +2,10 @@
 
 The worker does things (reads the input, asks the API, writes outputs) and
 reports what happened as one of the ``Happening`` values below; :func:`decide`
-turns it, with the job's history (:class:`Context`), into an :class:`Outcome`;
-the worker applies the outcome in one place. Nothing here touches a file, the
+turns it, with the job's history (:class:`Context`), into an :class:`Outcome`
+whose :class:`Transition` is what becomes of the job; the applier carries it
+out in one place and reports it to the dispatcher as a :class:`Result` (the
+same transition, with what it means for the account). Nothing here touches a file, the
 queue, a clock or a lock, so every credit-spending rule is a unit test.
 
 The rules (SPEC §4, §5), by what happened:
@@ -43,7 +45,7 @@ A retry becomes a quarantine at ``max_attempts`` counted attempts.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from bgsyncd import errors
@@ -396,3 +398,24 @@ def _quarantine(
         finished="quarantined",
         fields={"attempts": ctx.attempts + (1 if counted else 0)},
     )
+
+
+# -- what the dispatcher reads -----------------------------------------------------------
+
+# Called with a pause reason (and context) before the job returns to the queue.
+PauseHook = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """An outcome once carried out, as the dispatcher reads it: the same ``transition``,
+    and what it means for the account (a credit spent, a pause, a 429's wait)."""
+
+    transition: Transition
+    charged: bool = False  # a credit was (or may have been) spent
+    reason: str | None = None  # QUARANTINE: its reason; else the pause's
+    rate_limited: bool = False  # a 429: the pacer waits ``retry_after``
+    retry_after: float | None = None
+    settle_in: float | None = None  # a local verdict, final once the input is quiet this long
+    pause: str | None = None  # dispatch pauses for this reason
+    pause_context: Mapping[str, object] = field(default_factory=dict)  # logged with the pause

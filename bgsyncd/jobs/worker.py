@@ -45,12 +45,14 @@ from bgsyncd.jobs.outcomes import (
     Interrupted,
     LocalVerdict,
     Outcome,
+    PauseHook,
+    Result,
+    Transition,
     Vanished,
     WriteFailed,
     decide,
     quiet_for,
 )
-from bgsyncd.jobs.results import Kind, PauseHook, Result
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.contract import Job, LeaseLost, ResultStore, Store
@@ -111,7 +113,7 @@ class Worker:
         self._applier = Applier(queue, recorder, clock, self._context, self._backoff)
 
     def process(self, job: Job, on_pause: PauseHook | None = None) -> Result:
-        """Process ``job`` (claimed, in flight) to one of the outcomes of ``Kind``.
+        r"""Process ``job`` (claimed, in flight) to one of the ``Transition``\s.
 
         ``on_pause(reason, **context)`` is called before the job goes back to the
         queue when its outcome pauses dispatch, so the dispatcher never claims it
@@ -196,7 +198,7 @@ class Worker:
         if run.sha is not None and run.answer is not None:
             self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
         bound.warning("job.lease_lost", note="another host took the job over; result dropped")
-        return Result(Kind.RELEASED, charged=run.charged)
+        return Result(Transition.RELEASE, charged=run.charged)
 
     # -- doing: each step says what happened ------------------------------------------
 
