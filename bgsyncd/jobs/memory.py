@@ -1,13 +1,15 @@
 """What the worker threads remember between runs of a job, and share.
 
-- Charged results whose outputs could not be written yet (a full disk, a
-  refused folder), by content: the retry or the resume after a pause costs no
-  credit, even with the cache off or when the cache's own write failed.
-- Unusable answers: per job (the second quarantines it) and in a row for the
-  account (the third pauses dispatch). A job's count also survives a restart
-  through its ``last_error`` (see :data:`bgsyncd.jobs.outcomes.UNUSABLE_PREFIX`).
-- Which content is being processed, so two names with the same bytes never
-  both spend a credit.
+- :class:`KeptAnswers`: charged answers whose outputs could not be written yet
+  (a full disk, a refused folder), by content: the retry or the resume after a
+  pause costs no credit, even with the cache off or when the cache's own write
+  failed.
+- :class:`UnusableCount`: unusable answers per job (the second quarantines it)
+  and in a row for the account (the third pauses dispatch). A job's count also
+  survives a restart through its ``last_error`` (see
+  :data:`bgsyncd.jobs.outcomes.UNUSABLE_PREFIX`).
+- :class:`ContentLocks`: which content is being processed, so two names with
+  the same bytes never both spend a credit.
 
 Thread-safe; the decisions themselves stay pure (:mod:`bgsyncd.jobs.outcomes`).
 """
@@ -24,15 +26,19 @@ from bgsyncd.storage.contract import Job
 _FINAL = (Transition.DONE, Transition.QUARANTINE, Transition.FORGET)
 
 
-class History:
-    """The state the worker's decisions need across runs and threads."""
+def is_final(outcome: Outcome) -> bool:
+    """The job ends with ``outcome``: what was remembered for it can go."""
+    return outcome.transition in _FINAL
+
+
+class UnusableCount:
+    """Unusable answers: per job (the second quarantines it) and in a row for the
+    account (the third pauses dispatch); with the job's attempts, what ``decide`` needs."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._busy: dict[str, threading.Event] = {}
-        self._kept: dict[str, bytes] = {}
-        self._unusable_by_job: dict[int, int] = {}
-        self._unusable_streak = 0
+        self._by_job: dict[int, int] = {}
+        self._streak = 0
 
     def context(self, job: Job, max_attempts: int, settle_seconds: float) -> Context:
         """What ``decide`` needs to know about ``job`` besides what happened."""
@@ -42,36 +48,56 @@ class History:
                 attempts=job.attempts,
                 max_attempts=max_attempts,
                 settle_seconds=settle_seconds,
-                earlier_unusable=max(earlier, self._unusable_by_job.get(job.id, 0)),
-                unusable_streak=self._unusable_streak,
+                earlier_unusable=max(earlier, self._by_job.get(job.id, 0)),
+                unusable_streak=self._streak,
             )
 
-    def remember(self, job: Job, outcome: Outcome, sha: str | None, result: bytes | None) -> None:
-        """Count an unusable answer (or end the streak); keep ``result`` while it is not written."""
-        final = outcome.transition in _FINAL
+    def count(self, job: Job, outcome: Outcome) -> None:
+        """Count an unusable answer, or end the account's streak on a usable one."""
         with self._lock:
             if outcome.unusable:
-                self._unusable_streak += 1
-                self._unusable_by_job[job.id] = self._unusable_by_job.get(job.id, 0) + 1
+                self._streak += 1
+                self._by_job[job.id] = self._by_job.get(job.id, 0) + 1
             elif outcome.usable:
-                self._unusable_streak = 0
-            if final:
-                self._unusable_by_job.pop(job.id, None)
-            if sha is not None:
-                if final:
-                    self._kept.pop(sha, None)
-                elif result is not None:
-                    self._kept[sha] = result
+                self._streak = 0
+            if is_final(outcome):
+                self._by_job.pop(job.id, None)
 
-    def keep(self, sha: str, result: bytes) -> None:
-        """Keep a charged ``result`` whose outputs wait for something outside the job."""
-        with self._lock:
-            self._kept[sha] = result
 
-    def kept(self, sha: str) -> bytes | None:
-        """A charged result for this content still waiting for its outputs, if any."""
+class KeptAnswers:
+    """Charged answers whose outputs could not be written yet (a full disk, a refused
+    folder, a lost lease), by content: the retry or the resume costs no credit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str, bytes] = {}
+
+    def keep(self, key: str, answer: bytes) -> None:
+        """Keep a charged ``answer`` whose outputs wait for something outside the job."""
         with self._lock:
-            return self._kept.get(sha)
+            self._kept[key] = answer
+
+    def kept(self, key: str) -> bytes | None:
+        """A charged answer for this content still waiting for its outputs, if any."""
+        with self._lock:
+            return self._kept.get(key)
+
+    def after(self, key: str, outcome: Outcome, answer: bytes) -> None:
+        """The job that got ``answer`` ended (dropped) or will run again (kept)."""
+        with self._lock:
+            if is_final(outcome):
+                self._kept.pop(key, None)
+            else:
+                self._kept[key] = answer
+
+
+class ContentLocks:
+    """Which content is being processed, so two names with the same bytes never
+    both spend a credit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[str, threading.Event] = {}
 
     @contextlib.contextmanager
     def same_content(self, sha: str) -> Iterator[None]:

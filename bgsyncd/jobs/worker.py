@@ -34,7 +34,7 @@ from bgsyncd.files.inputs import Signature, read_input
 from bgsyncd.jobs import delivery, uploads
 from bgsyncd.jobs.applier import Applier
 from bgsyncd.jobs.backoff import compute_backoff
-from bgsyncd.jobs.memory import History
+from bgsyncd.jobs.memory import ContentLocks, KeptAnswers, UnusableCount
 from bgsyncd.jobs.outcomes import (
     NEEDS_REQUEST,
     ApiFailed,
@@ -108,7 +108,9 @@ class Worker:
         self.config = config
         self._client = client
         self._clock = clock
-        self._history = History()
+        self._kept = KeptAnswers()
+        self._unusable = UnusableCount()
+        self._content = ContentLocks()
         self.outage = Outage()  # the account's failures in a row (the dispatcher's probe reads it)
         self._applier = Applier(queue, recorder, clock, self._context, self._backoff)
 
@@ -164,17 +166,15 @@ class Worker:
             # The database, not the job: the dispatcher pauses (queue_unavailable).
             # A charged result waits in memory, so the resume costs no credit.
             if run.sha is not None and run.answer is not None:
-                self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
+                self._kept.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
             raise
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
         outcome = decide(happened, self._context(job, happened))
+        self._unusable.count(job, outcome)
         if run.sha is not None and run.answer is not None:
-            key, kept = uploads.kept_key(run.sha, run.answer.kind), run.answer.data
-            self._history.remember(job, outcome, key, kept)
-        else:
-            self._history.remember(job, outcome, None, None)
+            self._kept.after(uploads.kept_key(run.sha, run.answer.kind), outcome, run.answer.data)
         return self._apply(job, folder, outcome, bound, run, on_pause)
 
     def _apply(
@@ -196,7 +196,7 @@ class Worker:
         was given back: its result is not this run's to write, nor its input to
         move. The answer stays at hand here, in case the job comes back."""
         if run.sha is not None and run.answer is not None:
-            self._history.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
+            self._kept.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
         bound.warning("job.lease_lost", note="another host took the job over; result dropped")
         return Result(Transition.RELEASE, charged=run.charged)
 
@@ -230,7 +230,7 @@ class Worker:
         self._queue.set_sha256(job, sha)
         # One request per content: this host's threads wait on the history, a
         # fleet's hosts on the shared cache's claim (SPEC §8).
-        with self._history.same_content(sha), self._cache.fetching(sha):
+        with self._content.same_content(sha), self._cache.fetching(sha):
             return self._do_content(job, folder, data, info, sig, src, age, run, bound)
 
     def _do_content(
@@ -347,7 +347,7 @@ class Worker:
     def _kept_answer(self, sha: str) -> uploads.Answer | None:
         """An answer for this content that serves the upload setting: kept in memory, or cached."""
         for kind in uploads.kinds_serving(self.config.upload):
-            kept = self._history.kept(uploads.kept_key(sha, kind))
+            kept = self._kept.kept(uploads.kept_key(sha, kind))
             if kept is None:
                 kept = self._cache.get(sha, kind)
             if kept is not None:
@@ -355,7 +355,7 @@ class Worker:
         return None
 
     def _context(self, job: Job, happened: Happening | None = None) -> Context:
-        ctx = self._history.context(job, self.config.max_attempts, self.config.settle_seconds)
+        ctx = self._unusable.context(job, self.config.max_attempts, self.config.settle_seconds)
         if isinstance(happened, ApiFailed):  # counted and read in one step (SPEC §5 outages)
             return replace(ctx, failures_before=self.outage.record(happened.error))
         if isinstance(happened, Finished) and happened.source == "api":
