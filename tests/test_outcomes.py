@@ -84,8 +84,6 @@ R, Q, T, D, L = (
         (errors.MalformedResponse("bad error body", 500), (R, True, False, False, None, None)),
         # UnusableAnswer (a 200): charged, an attempt, retried once, no resend (outcome known)
         (errors.UnusableAnswer("not an image", 200), (R, True, True, False, None, None)),
-        # 0.1's client: a plain MalformedResponse on a 200 is an unusable answer too
-        (errors.MalformedResponse("no image field", 200), (R, True, True, False, None, None)),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else "",
 )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 
-from bgsyncd.errors import ApiError, MalformedResponse, TransientError, Unreachable
+from bgsyncd.errors import ApiError, TransientError, Unreachable, UnusableAnswer
 
 STREAK_LIMIT = 3
 PROBE_FIRST_SECONDS = 30.0
@@ -31,8 +31,7 @@ PROBE_MAX_SECONDS = 300.0
 
 def is_failure(error: ApiError) -> bool:
     """A failure the account's streak counts: 5xx, timeout, connection, malformed (not a 200)."""
-    unusable_200 = isinstance(error, MalformedResponse) and error.status == 200
-    return isinstance(error, TransientError) and not unusable_200
+    return isinstance(error, TransientError) and not isinstance(error, UnusableAnswer)
 
 
 def pauses(error: ApiError, failures_before: int) -> bool:

@@ -290,7 +290,7 @@ def _api_failed(error: errors.ApiError, ctx: Context) -> Outcome:
             http_status=429,
             fields={"retry_after": error.retry_after},
         )
-    if isinstance(error, errors.MalformedResponse) and error.status == 200:  # UnusableAnswer
+    if isinstance(error, errors.UnusableAnswer):
         return _unusable(error, ctx)
     assert isinstance(error, errors.TransientError)  # the last branch of the tree
     unknown = error.outcome_unknown
