@@ -21,11 +21,6 @@ One package, one public surface (import ``from bgsyncd import imaging``):
   stand-in for the vendor's model.
 - :mod:`~bgsyncd.imaging.samples`: the demo's sample pictures, drawn.
 
-0.1's functions, kept while the worker still calls them, are thin wrappers:
-:func:`compose` is :func:`render` of a PNG cut-out, :func:`shrink_to_fit` is
-:func:`make_proxy` from the stored size; :func:`encode_cutout` and
-:func:`encode_mask` re-encode a cut-out with :func:`render`'s own encoders.
-
 Pillow is imported in this package only; everything else speaks this
 package's functions and :data:`Picture`.
 
@@ -64,9 +59,6 @@ from bgsyncd.imaging.cutouts import (
     Rendered,
     check_cutout,
     check_matte,
-    compose,
-    encode_cutout,
-    encode_mask,
     render,
 )
 from bgsyncd.imaging.mattes import border_matte
@@ -79,7 +71,7 @@ from bgsyncd.imaging.plan import (
     same_aspect,
     scaled_size,
 )
-from bgsyncd.imaging.proxies import Proxy, make_proxy, shrink_to_fit
+from bgsyncd.imaging.proxies import Proxy, make_proxy
 
 __all__ = [
     "EXTENSIONS",
@@ -97,11 +89,8 @@ __all__ = [
     "border_matte",
     "check_cutout",
     "check_matte",
-    "compose",
     "decode",
     "displayed_size",
-    "encode_cutout",
-    "encode_mask",
     "full_decode_slot",
     "inspect",
     "make_proxy",
@@ -112,7 +101,6 @@ __all__ = [
     "same_aspect",
     "save",
     "scaled_size",
-    "shrink_to_fit",
     "sniff",
     "to_eight_bit",
     "with_alpha",

@@ -124,8 +124,10 @@ def render(
     a cut-out whose colours and alpha are used, scaled to the original's size
     (turned, and without orientation tag, when the server applied the EXIF
     rotation). Alpha the original already had is multiplied in. ``output`` is
-    "cutout" | "mask" | "both"; ``fmt`` and ``background`` as in
-    :func:`encode_cutout`. Runs inside :func:`~bgsyncd.imaging.full_decode_slot`.
+    "cutout" | "mask" | "both"; ``fmt`` is "png", "webp" or "jpeg";
+    ``background`` "" keeps transparency (PNG, or lossless WebP) and "#rrggbb"
+    composites onto that colour (JPEG, which has no alpha, needs one). Runs
+    inside :func:`~bgsyncd.imaging.full_decode_slot`.
     Raises :class:`UnusableResult` for an undecodable answer, ValueError for a
     bad ``fmt``/``background``.
     """
@@ -165,36 +167,6 @@ def render(
             return Rendered(None, mask, rotated)
         rgb.putalpha(alpha)  # in place: the RGB copy becomes the RGBA cut-out
         return Rendered(_encode(rgb, meta, fmt, background), mask, rotated)
-
-
-def compose(original: bytes, result: bytes, *, result_is_alpha: bool) -> bytes:
-    """0.1's path: the full-size RGBA cut-out as PNG bytes (:func:`render`, PNG, no background)."""
-    out = render(
-        original, result, answer_is_matte=result_is_alpha, output="cutout", fmt="png", background=""
-    )
-    assert out.cutout is not None  # output="cutout" always encodes one
-    return out.cutout
-
-
-def encode_cutout(cutout_png: bytes, fmt: str, background: str) -> bytes:
-    """Encode an RGBA cut-out PNG as ``fmt`` ("png", "webp", "jpeg"), keeping its metadata.
-
-    ``background`` "" keeps transparency (PNG, or lossless WebP); "#rrggbb"
-    composites onto that colour and gives an RGB image. JPEG has no alpha, so
-    it needs a background: ValueError otherwise, or for an unknown format.
-    """
-    with codec.full_decode_slot():
-        src = codec.decode(cutout_png, "cut-out")
-        return _encode(codec.to_eight_bit(src).convert("RGBA"), _Meta.of(src), fmt, background)
-
-
-def encode_mask(cutout_png: bytes) -> bytes:
-    """Return an RGBA cut-out PNG's alpha channel as a grayscale ("L") PNG."""
-    with codec.full_decode_slot():
-        src = codec.decode(cutout_png, "cut-out")
-        # An image without alpha converts to fully opaque, i.e. an all-white mask.
-        mask = codec.to_eight_bit(src).convert("RGBA").getchannel("A")
-        return _encode_mask(mask, _Meta.of(src))
 
 
 def _encode_mask(alpha: Image.Image, meta: _Meta) -> bytes:

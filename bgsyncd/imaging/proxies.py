@@ -57,11 +57,6 @@ def make_proxy(data: bytes, *, side: int | None, max_bytes: int) -> Proxy:
         return _encode(img, target, box, max_bytes)
 
 
-def shrink_to_fit(data: bytes, max_bytes: int) -> bytes:
-    """0.1's reduced copy: :func:`make_proxy` from the stored size; only its bytes."""
-    return make_proxy(data, side=None, max_bytes=max_bytes).data
-
-
 def _encode(
     img: Image.Image,
     target: Size,
