@@ -1,3 +1,3 @@
 """bgsyncd: a hot-folder daemon for the WithoutBG background-removal API."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
