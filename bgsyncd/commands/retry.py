@@ -2,7 +2,7 @@
 
 Runs beside the daemon with its own connection to the queue database. A running
 daemon needs no signal: its dispatcher looks for pending work every
-``dispatch.IDLE_LOOK_SECONDS`` (mirrored here as ``PICKUP_SECONDS``, so this
+``dispatch.dispatcher.IDLE_LOOK_SECONDS`` (mirrored here as ``PICKUP_SECONDS``, so this
 command does not import the HTTP stack).
 """
 

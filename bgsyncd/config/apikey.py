@@ -1,6 +1,6 @@
 """Where the API key comes from: the environment, a key file, or a systemd credential.
 
-Part of loading the configuration (``config.load_settings`` calls it). No
+Part of loading the configuration (``config.loading.load_settings`` calls it). No
 message here ever quotes the key, or the content of a file that should hold it.
 """
 

@@ -1,6 +1,6 @@
 """The folders of a configuration: inboxes that exist, output trees that do not collide.
 
-Part of loading the configuration (``config.load_settings`` calls it); every
+Part of loading the configuration (``config.loading.load_settings`` calls it); every
 problem is a ``ConfigError`` naming the key (``folder[1].outbox``) and the file.
 """
 

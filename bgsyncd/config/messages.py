@@ -1,8 +1,8 @@
 """Configuration errors: every problem one message naming the key and the file.
 
-``config.load_settings`` turns what pydantic and pydantic-settings raise into
+``config.loading.load_settings`` turns what pydantic and pydantic-settings raise into
 one paragraph (``folder[1].format (from BGSYNCD_...): ...``), with a "did you
-mean" for a misspelt key; ``config_rules`` raises the same shape of message
+mean" for a misspelt key; ``rules`` raises the same shape of message
 through ``invalid``.
 """
 

@@ -1,6 +1,6 @@
 """Where the configuration's paths point: the file's folder, the working directory, no symlink.
 
-Part of loading the configuration (``config.load_settings`` calls each step):
+Part of loading the configuration (``config.loading.load_settings`` calls each step):
 relative paths in the file are taken from the file's folder, relative ones
 from the environment from the working directory, and each folder's roots have
 their symlinks resolved.

@@ -1,6 +1,6 @@
 """The configuration's cross-key rules, and the values only a rule can read.
 
-Part of loading the configuration (``config.load_settings`` calls
+Part of loading the configuration (``config.loading.load_settings`` calls
 ``check_rules``); every problem is a ``ConfigError`` naming the key and the
 file. ``parse_listen`` also gives the metrics server its address.
 """

@@ -34,7 +34,7 @@ from bgsyncd.storage.postgres.store import NOW, PostgresStore
 
 # A reservation counts while it is this run's, or its host's row was seen within
 # the lease and names the run that made it. (The SQL text splices in only
-# pgqueue's server clock expression, never input.)
+# the engine's server clock expression, never input.)
 _LIVE = f"""((r.host = %(host)s AND r.instance = %(instance)s)
     OR EXISTS (SELECT 1 FROM hosts h WHERE h.id = r.host AND h.instance = r.instance
                AND h.last_seen > {NOW} - %(lease)s))"""  # noqa: S608

@@ -10,7 +10,7 @@
   claims in its shared folders (the job's own claim, ``JobStore.holds``, is
   confirmed before outputs are written).
 
-Like ``pgqueue``, only the PostgreSQL backend imports this module.
+Like ``storage.postgres.store``, only the PostgreSQL backend imports this module.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The :class:`~bgsyncd.dispatch.pauses.PauseStore` of a fleet: a 401 seen by one h
 written here and every other host's :class:`~bgsyncd.dispatch.pauses.Pauses` picks it
 up at its next poll; a lift deletes the rows for everyone. Only the reasons
 that hold fleet-wide are ever written (``Pauses`` sees to it). Like
-``pgqueue``, only the PostgreSQL backend imports this module.
+``storage.postgres.store``, only the PostgreSQL backend imports this module.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ again, swapped for a symlink) is noticed by ``roots.RootGuard`` within
 ``check_interval`` seconds: ``folder.lost``, its dead watch dropped, and
 while it is down its events and scans are ignored; once a folder is there
 again it is watched anew, ``folder.restored``, and scanned at once.
-``on_folder(name, up)`` is told each change (``bgsyncd_folder_up``; 0.5: ``watchlimits``).
+``on_folder(name, up)`` is told each change (``bgsyncd_folder_up``; 0.5: ``limits``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ one narrow Protocol per thing stored:
 
 :class:`Store` is what a daemon opens: jobs, claims, state and health on one
 database. Two engines implement it: SQLite (``storage.sqlite.store.SqliteStore``, one host) and
-PostgreSQL (``pgqueue.PostgresStore``, a fleet, SPEC §8). Neither engine's driver
+PostgreSQL (``storage.postgres.store.PostgresStore``, a fleet, SPEC §8). Neither engine's driver
 is imported here, so every module may depend on this one.
 """
 

@@ -34,7 +34,7 @@ from bgsyncd.storage.postgres.db import NOW, PgBase
 log = get_logger("bgsyncd.pg_cache")
 
 DEFAULT_KIND = "original.cutout"  # cache.ORIGINAL_CUTOUT: what 0.1 stored
-# pg_advisory_xact_lock key of eviction, beside pg_db.MIGRATION_LOCK.
+# pg_advisory_xact_lock key of eviction, beside db.MIGRATION_LOCK.
 EVICTION_LOCK = 0x62677379_6E630002
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KIND = re.compile(r"[a-z]+\.[a-z]+")
@@ -71,7 +71,7 @@ class PostgresResultCache:
 
     ``max_bytes`` 0 disables it: ``get`` always misses, ``put`` stores nothing,
     and ``fetching`` claims nothing (there would be no answer to wait for).
-    ``instance`` is this daemon's life in the ``hosts`` table (``pghost.Membership``).
+    ``instance`` is this daemon's life in the ``hosts`` table (``fleet.membership.Membership``).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """The PostgreSQL connection pool: migrations, transactions, errors mapped, secrets kept.
 
-Only the ``pg_*`` modules, ``pgqueue`` and ``pgfleet`` import psycopg (the
+Only the modules of this folder (``storage/postgres/``) import psycopg (the
 ``postgresql`` extra); the SQLite backend never loads them. Every time that
 hosts compare is the database server's clock (``clock_timestamp()``): hosts'
 clocks disagree. A time crossing the contract (``retry_later``'s ``at``,
@@ -12,8 +12,8 @@ reached, has shut down, hangs or is out of resources, and a database that
 lost our rights or a table (SPEC §8: the database failing), is
 :class:`~bgsyncd.errors.QueueUnavailable` (fail closed; the pool makes new
 connections when it is back), anything else :class:`~bgsyncd.storage.contract.QueueError`.
-No call waits on the server longer than ``pg_guard.CALL_SECONDS``, and while
-it does not answer the calls fail at once (``pg_guard``).
+No call waits on the server longer than ``guard.CALL_SECONDS``, and while
+it does not answer the calls fail at once (``guard``).
 The DSN's password never reaches a message: libpq echoes a malformed DSN in
 its errors, so every message is scrubbed of it.
 """
@@ -120,7 +120,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # job is conditional on it (storage.JobStore's fencing).
         "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS claim_token TEXT",
         # A content hash whose request is in flight on a host (which life of it:
-        # instance): the others wait for its answer (pg_cache.PgResultCache).
+        # instance): the others wait for its answer (cache.PostgresResultCache).
         """CREATE TABLE IF NOT EXISTS content_claims (
             sha256 TEXT PRIMARY KEY, host TEXT NOT NULL, instance TEXT NOT NULL,
             claimed_at DOUBLE PRECISION NOT NULL)""",

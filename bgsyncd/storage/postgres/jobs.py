@@ -1,8 +1,8 @@
 """The PostgreSQL queue's jobs, shared by the fleet (``storage.JobStore``).
 
-The same life as on SQLite (``sqlite_jobs``), with a host per claim: a job in
+The same life as on SQLite (``storage.sqlite.jobs``), with a host per claim: a job in
 flight has an ``owner`` (the claiming host's ``host_id``) and a lease on the
-server's clock, renewed by the host's heartbeat (``pgfleet.Hosts``). Claims
+server's clock, renewed by the host's heartbeat (``fleet.hosts.Hosts``). Claims
 use ``FOR UPDATE SKIP LOCKED``: two hosts never take one job and never wait
 for each other. The times in a :class:`~bgsyncd.storage.contract.Job` are the server's
 clock; the times a caller passes or gets back (``retry_later``, ``defer``,
@@ -86,7 +86,7 @@ class PgJobs(PgBase):
         """At start: this host's in_flight jobs go back to pending marked resend.
 
         Only this host's (and unowned ones): another host's claims are its own
-        until its lease runs out (``pgfleet.Hosts.take_over_expired``).
+        until its lease runs out (``fleet.hosts.Hosts.take_over_expired``).
         """
         with self.transaction() as conn:
             cur = conn.execute(

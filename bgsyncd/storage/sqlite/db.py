@@ -1,8 +1,8 @@
 """The SQLite connection: opening, migrations, transactions, errors mapped.
 
 SQLite in WAL mode with ``synchronous=FULL``: once a write method returns, the
-change survives kill -9 and power loss. Only the ``sqlite_*`` modules and
-``queue`` import ``sqlite3``. SQLite failures surface as :class:`QueueError`,
+change survives kill -9 and power loss. Only the modules of this folder
+(``storage/sqlite/``) import ``sqlite3``. SQLite failures surface as :class:`QueueError`,
 except those the disk caused (full, read-only, I/O error), which are
 :class:`~bgsyncd.errors.QueueUnavailable` with the errno in the message.
 

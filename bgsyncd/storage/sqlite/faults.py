@@ -1,8 +1,7 @@
 """What a failing queue database means: the disk, or the file gone from under us.
 
-Two questions ``queue.py`` asks when SQLite fails or now and then while the
-daemon runs, answered here without ``sqlite3`` (``queue.py`` stays its only
-importer):
+Two questions the store asks when SQLite fails or now and then while the
+daemon runs, answered here without ``sqlite3``:
 
 - Is this failure the disk's (full, read-only, I/O error, cannot open)? Then
   the queue is *unavailable*, not broken: dispatch pauses ``queue_unavailable``

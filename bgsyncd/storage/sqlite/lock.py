@@ -62,7 +62,8 @@ def database_lost(queue: StoreHealth, lock: DatabaseLock | None) -> str | None:
 
     Another daemon could then open a fresh queue and take the lock beside us:
     exit 1, and systemd restarts this one on whatever is there now. ``lock``
-    is None on PostgreSQL, whose hosts are told apart by the host lock (pghost).
+    is None on PostgreSQL, whose hosts are told apart by the host lock
+    (``storage.postgres.hostlock``).
     """
     if lock is None:
         what = queue.lost()

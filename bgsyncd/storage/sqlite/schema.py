@@ -1,6 +1,6 @@
 """The queue's SQL: the schema's migrations and the statements on the hot path.
 
-Only text lives here: ``queue.py`` alone talks to sqlite3. Each statement the
+Only text lives here: the other modules of this folder talk to sqlite3. Each statement the
 dispatcher, the scanner or ``status`` runs often is a named constant, so the
 test that checks their query plans for table scans checks the real thing.
 """
