@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 TEST_KEY = "test-key-0123456789"
 
@@ -223,8 +223,8 @@ def run_cli(
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
-    """One throwaway PostgreSQL server for the whole run (see tests/pgserver.py)."""
-    from tests.pgserver import PgServer, require_server
+    """One throwaway PostgreSQL server for the whole run (see tests/support/pgserver.py)."""
+    from tests.support.pgserver import PgServer, require_server
 
     server = PgServer(require_server())
     try:

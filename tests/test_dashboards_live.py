@@ -27,7 +27,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 RULES = MONITORING / "alerts.yml"

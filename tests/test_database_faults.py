@@ -17,8 +17,8 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.jobs.results import Kind
 from bgsyncd.storage.sqlite.store import Found, Queue, QueueError, SqliteRequestLog
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
-from tests.helpers import product_image, wait_until
-from tests.mounts import Tmpfs, ext4, tmpfs
+from tests.support.helpers import product_image, wait_until
+from tests.support.mounts import Tmpfs, ext4, tmpfs
 from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
     close_worker_clients,  # noqa: F401
     image_posts,

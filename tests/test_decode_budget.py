@@ -24,7 +24,7 @@ from PIL import Image
 
 from bgsyncd import imaging
 from bgsyncd.imaging import CorruptImage, ImageInfo, UnusableResult, budget
-from tests.helpers import product_image
+from tests.support.helpers import product_image
 
 MB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from tests.conftest import (
     wait_status,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
     close_worker_clients,  # noqa: F401
     make_worker,
@@ -414,7 +414,7 @@ def make_dispatcher(
     from bgsyncd.dispatch.pacer import Pacer
     from bgsyncd.ops.metrics import Recorder
     from bgsyncd.storage.sqlite.store import Queue
-    from tests.pacing import MemoryRequestLog
+    from tests.support.pacing import MemoryRequestLog
 
     (tmp_path / "inbox").mkdir()
     queue = Queue(tmp_path / "q.sqlite3")
@@ -505,7 +505,7 @@ def test_clamped_waits_take_any_number_a_pacer_or_clock_can_give() -> None:
 def test_a_huge_retry_after_never_kills_the_dispatch_thread(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    from tests.helpers import FakeClock
+    from tests.support.helpers import FakeClock
 
     clock = FakeClock(time.time())
     d, queue, client = make_dispatcher(tmp_path, emulator, clock=clock)

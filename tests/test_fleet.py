@@ -21,7 +21,7 @@ import pytest
 from bench.rate import peak
 from bgsyncd.emulator import Emulator
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/alpha-channel", "/v1.0/image-without-background")
 CREDIT_PATH = "/available-credit"

@@ -20,7 +20,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 from tests.test_fleet import db_rows, drop, host_config, outputs
 
 

@@ -44,7 +44,7 @@ from tests.conftest import (
     start_daemon,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 from tests.test_fleet import db_rows, drop, host_config, image_requests, outputs
 
 # SPEC §8: the pause within 10 seconds; the rest is room for a loaded machine.

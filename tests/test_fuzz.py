@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from bgsyncd.emulator import Emulator
 from tests.conftest import DaemonProcess, make_folder, status_json, write_config
-from tests.helpers import exchange, wait_until
+from tests.support.helpers import exchange, wait_until
 
 OPERATIONS = 1200
 RESCAN_SECONDS = 5

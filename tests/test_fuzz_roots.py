@@ -30,7 +30,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from tests.conftest import DaemonProcess, status_json, write_config
-from tests.helpers import exchange, wait_until
+from tests.support.helpers import exchange, wait_until
 from tests.test_fuzz import image_bytes, tree_digest
 
 SEED = int(os.environ.get("BGSYNCD_FUZZ_SEED", "20261206"))

@@ -32,8 +32,8 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import FakeClock, exchange, product_image, wait_until
-from tests.jobs import find_job
+from tests.support.helpers import FakeClock, exchange, product_image, wait_until
+from tests.support.jobs import find_job
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 

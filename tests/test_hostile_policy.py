@@ -1,7 +1,7 @@
 """What a misbehaving API, a failing disk and a slow writer cost (SPEC §4, §5), end to end.
 
 A real ``bgsyncd run`` subprocess against a scriptable loopback server
-(``tests/hostile.py``) or the emulator; the server's request log is the referee
+(``tests/support/hostile.py``) or the emulator; the server's request log is the referee
 for what was spent.
 """
 
@@ -30,8 +30,8 @@ from tests.conftest import (
     wait_status,
     write_config,
 )
-from tests.helpers import noisy_image, product_image, wait_until
-from tests.hostile import Answer, HostileServer, Request
+from tests.support.helpers import noisy_image, product_image, wait_until
+from tests.support.hostile import Answer, HostileServer, Request
 from tests.test_decode_budget import grey_png, tiff_of_blocks
 from tests.test_dispatch import attempts
 from tests.test_worker import fill, tmpfs

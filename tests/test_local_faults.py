@@ -25,8 +25,8 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import FakeClock, product_image, wait_until
-from tests.mounts import tmpfs
+from tests.support.helpers import FakeClock, product_image, wait_until
+from tests.support.mounts import tmpfs
 from tests.test_dispatch import make_dispatcher
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"

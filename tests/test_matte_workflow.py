@@ -3,7 +3,7 @@
 The emulator records what it received (endpoint, sha256, size); where a test must
 look at the bytes themselves, or needs an answer the emulator would never give (a
 matte of the wrong shape, a cut-out the server turned), a small scriptable server
-(tests/hostile.py) decodes the upload and answers. Queue, cache and folders are
+(tests/support/hostile.py) decodes the upload and answers. Queue, cache and folders are
 real files; images are real encoded JPEGs and PNGs, decoded again to check them.
 """
 
@@ -31,8 +31,8 @@ from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
 from tests.conftest import TEST_KEY
-from tests.helpers import open_image, product_image, wait_until
-from tests.hostile import Answer, HostileServer, Request
+from tests.support.helpers import open_image, product_image, wait_until
+from tests.support.hostile import Answer, HostileServer, Request
 
 MB = 1024 * 1024
 ALPHA = "/v1.0/alpha-channel"

@@ -21,7 +21,7 @@ from bgsyncd.api.endpoints import ENDPOINTS
 from bgsyncd.dispatch.pauses import REASONS
 from bgsyncd.ops.metrics import OUTCOMES, Metrics, Recorder
 from bgsyncd.storage.contract import STATES
-from tests.helpers import FakeClock
+from tests.support.helpers import FakeClock
 
 # SPEC section 6, verbatim: name -> (type, label names).
 CONTRACT: dict[str, tuple[str, frozenset[str]]] = {

@@ -16,7 +16,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 from tests.test_operations import FakeSystemd
 
 

@@ -33,7 +33,7 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 
 IMAGE_PATH = "/v1.0/alpha-channel"  # upload = "proxy", the default, sends every input there
 

@@ -36,8 +36,8 @@ from tests.conftest import (
     wait_status,
     write_config,
 )
-from tests.helpers import FakeClock, product_image, wait_until
-from tests.pacing import MemoryRequestLog
+from tests.support.helpers import FakeClock, product_image, wait_until
+from tests.support.pacing import MemoryRequestLog
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 

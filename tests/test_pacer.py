@@ -14,8 +14,8 @@ from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.dispatch.sharedlog import LONGEST_WAIT
 from bgsyncd.errors import QueueUnavailable, Stopped
 from bgsyncd.storage.sqlite.store import QueueError
-from tests.helpers import FakeClock, wait_until
-from tests.pacing import MemoryRequestLog, Waits
+from tests.support.helpers import FakeClock, wait_until
+from tests.support.pacing import MemoryRequestLog, Waits
 
 
 def max_in_window(times: list[float], length: float, closed: bool) -> int:

@@ -11,7 +11,7 @@ import pytest
 from bgsyncd.fleet.hosts import HostConflict, Hosts, PgRequestLog, account_id
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def _later_than(queue: PgQueue, t: float) -> bool:

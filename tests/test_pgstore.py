@@ -21,7 +21,7 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.fleet.hosts import PgRequestLog, account_id
 from bgsyncd.storage.contract import Found, QueueError
 from bgsyncd.storage.postgres.store import PgQueue
-from tests.helpers import FakeClock, wait_until
+from tests.support.helpers import FakeClock, wait_until
 
 
 def _found(relpath: str) -> Found:

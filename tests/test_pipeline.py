@@ -15,7 +15,13 @@ import pytest
 
 from bgsyncd.emulator import Emulator, RecordedRequest
 from tests.conftest import DaemonProcess, make_folder, run_cli, start_daemon, write_config
-from tests.helpers import noisy_image, open_image, product_image, transparent_png, wait_until
+from tests.support.helpers import (
+    noisy_image,
+    open_image,
+    product_image,
+    transparent_png,
+    wait_until,
+)
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 

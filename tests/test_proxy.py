@@ -21,7 +21,7 @@ from bgsyncd import imaging
 from bgsyncd.config.schema import ApiSettings, load_settings
 from bgsyncd.errors import ConfigError
 from bgsyncd.imaging import UploadPlan, plan_upload
-from tests.helpers import noisy_image, open_image, product_image
+from tests.support.helpers import noisy_image, open_image, product_image
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024

@@ -24,8 +24,8 @@ from bgsyncd.storage.sqlite.store import (
     QueueError,
     SqliteRequestLog,
 )
-from tests.helpers import FakeClock
-from tests.jobs import find_job, get_job
+from tests.support.helpers import FakeClock
+from tests.support.jobs import find_job, get_job
 
 
 def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:

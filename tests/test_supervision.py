@@ -27,7 +27,7 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 
 BIG = 6000  # files in the inbox whose start-up scan a signal lands in
 

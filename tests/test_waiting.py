@@ -26,7 +26,7 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 GAUGE = re.compile(r"^bgsyncd_dispatch_next_request_seconds (\S+)$", re.MULTILINE)

@@ -25,7 +25,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from tests.conftest import TEST_KEY, DaemonProcess, make_folder, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 
 
 def _namespaces_work() -> bool:

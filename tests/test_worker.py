@@ -24,8 +24,8 @@ from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Job, Queue
 from tests.conftest import TEST_KEY
-from tests.helpers import product_image, wait_until
-from tests.jobs import get_job
+from tests.support.helpers import product_image, wait_until
+from tests.support.jobs import get_job
 
 # Either image endpoint: "proxy" mode (the default) sends to the alpha channel.
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
