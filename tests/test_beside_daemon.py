@@ -20,7 +20,14 @@ from pathlib import Path
 
 from bgsyncd.emulator import Emulator
 from bgsyncd.storage.sqlite.store import Queue, SqliteRequestLog
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    write_config,
+)
 from tests.support.helpers import product_image, wait_until
 
 # Tight enough that a command and the daemon keeping separate request logs

@@ -18,7 +18,7 @@ from bgsyncd.commands.retry import PICKUP_SECONDS
 from bgsyncd.dispatch.dispatcher import IDLE_LOOK_SECONDS
 from bgsyncd.emulator import Emulator
 from bgsyncd.storage.sqlite.store import Queue
-from tests.conftest import (
+from tests.support.daemons import (
     DaemonProcess,
     make_folder,
     run_cli,

@@ -25,7 +25,7 @@ from bgsyncd.api.client import Client
 from bgsyncd.config.schema import load_settings
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import ConfigError
-from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import noisy_image, product_image, transparent_png, wait_until
 from tests.support.hostile import Answer, HostileServer, Request
 

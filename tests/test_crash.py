@@ -37,7 +37,7 @@ from typing import Any
 
 from bgsyncd.emulator import Emulator, RecordedRequest
 from bgsyncd.files import outputs
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
 from tests.support.helpers import open_image, product_image, transparent_png, wait_until
 
 IMAGE_PATHS = frozenset(

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import product_image, wait_until
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"

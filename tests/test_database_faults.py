@@ -16,7 +16,14 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.jobs.results import Kind
 from bgsyncd.storage.sqlite.store import Found, Queue, QueueError, SqliteRequestLog
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    write_config,
+)
 from tests.support.helpers import product_image, wait_until
 from tests.support.mounts import Tmpfs, ext4, tmpfs
 from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients

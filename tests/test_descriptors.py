@@ -33,7 +33,7 @@ from bgsyncd.ops.metrics import Recorder
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import product_image, wait_until
 from tests.support.jobs import get_job
 

@@ -23,7 +23,7 @@ import pytest
 
 from bench import rate
 from bgsyncd.emulator import Emulator, RecordedRequest
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     free_port,

@@ -20,7 +20,14 @@ import pytest
 
 from bench.rate import peak
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    write_config,
+)
 from tests.support.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/alpha-channel", "/v1.0/image-without-background")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon
 from tests.support.helpers import product_image, wait_until
 from tests.test_fleet import host_config, outputs
 from tests.test_fleet_fencing import CountingEmulator, events

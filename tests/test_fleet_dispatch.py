@@ -37,7 +37,7 @@ from bgsyncd.fleet.pauses import PgPauseStore
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.postgres.store import PgQueue
 from bgsyncd.storage.sqlite.store import Found, Queue
-from tests.conftest import TEST_KEY
+from tests.support.daemons import TEST_KEY
 from tests.support.helpers import FakeClock, at_floor, product_image, wait_until
 from tests.support.pacing import Waits
 from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients

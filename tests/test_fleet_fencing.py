@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon
 from tests.support.helpers import wait_until
 from tests.test_fleet import db_rows, drop, host_config, outputs
 

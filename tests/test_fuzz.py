@@ -28,7 +28,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, status_json, write_config
+from tests.support.daemons import DaemonProcess, make_folder, status_json, write_config
 from tests.support.helpers import exchange, wait_until
 
 OPERATIONS = 1200

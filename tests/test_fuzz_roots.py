@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, status_json, write_config
+from tests.support.daemons import DaemonProcess, status_json, write_config
 from tests.support.helpers import exchange, wait_until
 from tests.test_fuzz import image_bytes, tree_digest
 

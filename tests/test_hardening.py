@@ -9,7 +9,14 @@ import signal
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, status_json, write_config
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    status_json,
+    write_config,
+)
 from tests.support.helpers import product_image, wait_until
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 import bgsyncd.api.client
 from bgsyncd.emulator import Emulator
-from tests.conftest import (
+from tests.support.daemons import (
     DaemonProcess,
     make_folder,
     start_daemon,

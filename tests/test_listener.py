@@ -22,7 +22,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from bgsyncd.ops.server import MetricsServer
-from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import product_image, wait_until
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.files.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
-from tests.conftest import (
+from tests.support.daemons import (
     DaemonProcess,
     make_folder,
     run_cli,

@@ -30,7 +30,7 @@ from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
-from tests.conftest import TEST_KEY
+from tests.support.daemons import TEST_KEY
 from tests.support.helpers import open_image, product_image, wait_until
 from tests.support.hostile import Answer, HostileServer, Request
 

@@ -19,7 +19,7 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from bgsyncd.inbox.watcher import FRESH_DIR_SECONDS
-from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import product_image, wait_until
 from tests.test_watcher import OLD, Env, Sink, write
 

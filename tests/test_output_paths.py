@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, start_daemon, status_json, write_config
+from tests.support.daemons import (
+    DaemonProcess,
+    make_folder,
+    start_daemon,
+    status_json,
+    write_config,
+)
 from tests.support.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")

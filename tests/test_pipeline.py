@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.emulator import Emulator, RecordedRequest
-from tests.conftest import DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.support.daemons import DaemonProcess, make_folder, run_cli, start_daemon, write_config
 from tests.support.helpers import (
     noisy_image,
     open_image,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, start_daemon, status_json, write_config
+from tests.support.daemons import DaemonProcess, start_daemon, status_json, write_config
 from tests.support.helpers import product_image, wait_until
 
 IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     make_folder,

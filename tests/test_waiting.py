@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bgsyncd.dispatch.waiting import Waiting, decode, encode, waiting_for
 from bgsyncd.emulator import Emulator
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     free_port,

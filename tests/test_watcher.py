@@ -25,7 +25,7 @@ from bgsyncd.inbox.roots import Missing, Root, Verdict, judge, look
 from bgsyncd.inbox.scanner import IgnoreRules
 from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.storage.sqlite.store import Found
-from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import exchange, product_image, wait_until
 
 SENTINEL = "zz-sentinel.jpg"

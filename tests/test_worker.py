@@ -23,7 +23,7 @@ from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Job, Queue
-from tests.conftest import TEST_KEY
+from tests.support.daemons import TEST_KEY
 from tests.support.helpers import product_image, wait_until
 from tests.support.jobs import get_job
 
