@@ -34,10 +34,9 @@ from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
 from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import product_image, wait_until
 from tests.support.jobs import get_job
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 
 class Shortage:

@@ -33,22 +33,18 @@ from tests.support.daemons import (
     wait_status,
     write_config,
 )
+from tests.support.emulated import image_requests
 from tests.support.helpers import product_image, wait_until
 from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
     close_worker_clients,  # noqa: F401
     make_worker,
 )
 
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 CREDIT_PATH = "/available-credit"
 WRONG_KEY = "not-a-key-the-emulator-knows-42"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def image_requests(emu: Emulator) -> list[RecordedRequest]:
-    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
 
 
 def peak(requests: Iterable[RecordedRequest], window: float) -> int:

@@ -28,9 +28,9 @@ from tests.support.daemons import (
     start_daemon,
     write_config,
 )
+from tests.support.emulated import image_requests
 from tests.support.helpers import product_image, wait_until
 
-IMAGE_PATHS = ("/v1.0/alpha-channel", "/v1.0/image-without-background")
 CREDIT_PATH = "/available-credit"
 
 
@@ -70,10 +70,6 @@ def drop(inbox: Path, name: str, width: int) -> None:
     tmp = inbox / f".{name}.part"
     tmp.write_bytes(product_image(width, 40))
     tmp.rename(inbox / name)
-
-
-def image_requests(emu: Emulator) -> list[Any]:
-    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
 
 
 def outputs(folder: dict[str, Any]) -> list[str]:

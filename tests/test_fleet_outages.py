@@ -44,8 +44,9 @@ from tests.support.daemons import (
     start_daemon,
     write_config,
 )
+from tests.support.emulated import image_requests
 from tests.support.helpers import product_image, wait_until
-from tests.test_fleet import db_rows, drop, host_config, image_requests, outputs
+from tests.test_fleet import db_rows, drop, host_config, outputs
 
 # SPEC §8: the pause within 10 seconds; the rest is room for a loaded machine.
 PAUSE_SECONDS = 15.0

@@ -32,10 +32,9 @@ from tests.support.daemons import (
     status_json,
     write_config,
 )
+from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import FakeClock, exchange, product_image, wait_until
 from tests.support.jobs import find_job
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 
 class Swapper:

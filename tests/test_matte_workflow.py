@@ -23,7 +23,7 @@ from PIL import Image, ImageChops, ImageCms, ImageDraw
 
 from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
-from bgsyncd.emulator import Emulator, RecordedRequest
+from bgsyncd.emulator import Emulator
 from bgsyncd.emulator.bodies import form_image
 from bgsyncd.jobs.results import Kind, Result
 from bgsyncd.jobs.worker import Worker, WorkerConfig
@@ -31,6 +31,7 @@ from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Queue
 from tests.support.daemons import TEST_KEY
+from tests.support.emulated import image_requests
 from tests.support.helpers import open_image, product_image, wait_until
 from tests.support.hostile import Answer, HostileServer, Request
 
@@ -219,10 +220,6 @@ def rigs() -> Iterator[Callable[..., Rig]]:
     for rig in made:
         rig.client.close()
         rig.queue.close()
-
-
-def image_requests(emu: Emulator) -> list[RecordedRequest]:
-    return [r for r in emu.requests() if r.path in (ALPHA, CUTOUT)]
 
 
 # -- what is sent --------------------------------------------------------------------

@@ -36,10 +36,9 @@ from tests.support.daemons import (
     wait_status,
     write_config,
 )
+from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import FakeClock, product_image, wait_until
 from tests.support.pacing import MemoryRequestLog
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 
 def attempts(config: Path) -> dict[str, int]:

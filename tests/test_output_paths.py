@@ -18,9 +18,8 @@ from tests.support.daemons import (
     status_json,
     write_config,
 )
+from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import product_image, wait_until
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 
 def _image_requests(emu: Emulator) -> int:

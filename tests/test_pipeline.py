@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.emulator import Emulator, RecordedRequest
+from bgsyncd.emulator import Emulator
 from tests.support.daemons import DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.support.emulated import image_requests
 from tests.support.helpers import (
     noisy_image,
     open_image,
@@ -22,12 +23,6 @@ from tests.support.helpers import (
     transparent_png,
     wait_until,
 )
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
-
-
-def image_requests(emu: Emulator) -> list[RecordedRequest]:
-    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
 
 
 def test_nested_mixed_formats_give_mirrored_rgba_outputs(

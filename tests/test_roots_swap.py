@@ -16,9 +16,8 @@ from pathlib import Path
 
 from bgsyncd.emulator import Emulator
 from tests.support.daemons import DaemonProcess, start_daemon, status_json, write_config
+from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import product_image, wait_until
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 
 def _sent(emulator: Emulator) -> list[str | None]:

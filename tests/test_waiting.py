@@ -26,9 +26,9 @@ from tests.support.daemons import (
     status_json,
     write_config,
 )
+from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import product_image, wait_until
 
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 GAUGE = re.compile(r"^bgsyncd_dispatch_next_request_seconds (\S+)$", re.MULTILINE)
 
 

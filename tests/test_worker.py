@@ -24,11 +24,11 @@ from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import Found, Job, Queue
 from tests.support.daemons import TEST_KEY
+from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import product_image, wait_until
 from tests.support.jobs import get_job
 
 # Either image endpoint: "proxy" mode (the default) sends to the alpha channel.
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 
 # Every client a test's worker opened, closed when the test ends (pass or fail).
 _clients: list[Client] = []
