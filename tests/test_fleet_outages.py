@@ -45,8 +45,8 @@ from tests.support.daemons import (
     write_config,
 )
 from tests.support.emulated import image_requests
+from tests.support.fleet import db_rows, drop, host_config, outputs
 from tests.support.helpers import product_image, wait_until
-from tests.test_fleet import db_rows, drop, host_config, outputs
 
 # SPEC §8: the pause within 10 seconds; the rest is room for a loaded machine.
 PAUSE_SECONDS = 15.0

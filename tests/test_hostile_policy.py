@@ -32,7 +32,7 @@ from tests.support.daemons import (
 )
 from tests.support.helpers import noisy_image, product_image, wait_until
 from tests.support.hostile import Answer, HostileServer, Request
-from tests.test_decode_budget import grey_png, tiff_of_blocks
+from tests.support.images import grey_png, tiff_of_blocks
 from tests.test_dispatch import attempts
 from tests.test_worker import fill, tmpfs
 
