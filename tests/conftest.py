@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bgsyncd.api.client import Client
 from bgsyncd.emulator import Emulator
+from bgsyncd.jobs.worker import Worker
+from bgsyncd.storage.sqlite.store import Queue
 from tests.support.daemons import TEST_KEY, DaemonProcess
+from tests.support.workers import WorkerFactory, make_worker
 
 
 @pytest.fixture
@@ -30,6 +35,21 @@ def daemons() -> Iterator[list[DaemonProcess]]:
             d.proc.kill()
             d.proc.wait(10)
         d._log.close()
+
+
+@pytest.fixture
+def worker_factory() -> Iterator[WorkerFactory]:
+    """Makes workers (tests/support/workers.py) and closes their clients when the test ends."""
+    clients: list[Client] = []
+
+    def make(tmp_path: Path, emu: Emulator, queue: Queue, **folder: Any) -> Worker:
+        client = Client(emu.url, TEST_KEY, 10)
+        clients.append(client)
+        return make_worker(tmp_path, client, queue, **folder)
+
+    yield make
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from tests.support.daemons import (
 )
 from tests.support.helpers import FakeClock, product_image, wait_until
 from tests.support.mounts import tmpfs
-from tests.test_dispatch import make_dispatcher
+from tests.support.workers import WorkerFactory, make_dispatcher
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
 EROFS_TEXT = "[Errno 30] Read-only file system"
@@ -209,7 +209,7 @@ def test_a_place_noted_again_during_a_round_is_not_forgotten_by_that_round() -> 
 
 
 def test_a_probe_hung_on_a_dead_mount_never_holds_up_the_main_loop(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
     # A write that never returns (a hard NFS mount whose server is gone) cannot
     # be made real here: the probe's one disk call is stood in for by a gate.
@@ -220,7 +220,7 @@ def test_a_probe_hung_on_a_dead_mount_never_holds_up_the_main_loop(
         calls.append(place)
         gate.wait(30)
 
-    d, queue, client = make_dispatcher(tmp_path, emulator)
+    d, queue, client = make_dispatcher(worker_factory, tmp_path, emulator)
     faults = LocalFaults(queue, lambda: [], lambda: None, OutputProbe(probe=hung_write))
     d.start()
     try:

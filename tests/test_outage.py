@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import sqlite3
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +27,7 @@ from bgsyncd.storage.sqlite.store import Queue
 from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
+    attempts,
     free_port,
     make_folder,
     run_cli,
@@ -39,16 +39,6 @@ from tests.support.daemons import (
 from tests.support.emulated import IMAGE_PATHS
 from tests.support.helpers import FakeClock, product_image, wait_until
 from tests.support.pacing import MemoryRequestLog
-
-
-def attempts(config: Path) -> dict[str, int]:
-    db = config.parent / "state" / "queue.sqlite3"
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT relpath, attempts FROM jobs").fetchall()
-    finally:
-        conn.close()
-    return {rel: n for rel, n in rows}
 
 
 def drop_images(inbox: Path, n: int, seed: int = 0) -> list[str]:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,14 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def attempts(config: Path) -> dict[str, int]:
+    """Each job's counted attempts, read from the daemon's database."""
+    db = config.parent / "state" / "queue.sqlite3"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT folder, relpath, attempts FROM jobs").fetchall()
+    finally:
+        conn.close()
+    return {f"{folder}/{rel}": n for folder, rel, n in rows}
