@@ -1,7 +1,8 @@
-"""Fixtures shared by the end-to-end tests: the emulator and daemon subprocesses."""
+"""Shared fixtures: the emulator, daemon subprocesses, workers, a fake systemd, PostgreSQL."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.jobs.worker import Worker
 from bgsyncd.storage.sqlite.store import Queue
 from tests.support.daemons import TEST_KEY, DaemonProcess
+from tests.support.systemd import FakeSystemd
 from tests.support.workers import WorkerFactory, make_worker
 
 
@@ -50,6 +52,18 @@ def worker_factory() -> Iterator[WorkerFactory]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def fake_systemd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeSystemd]:
+    """A fake systemd on a socket path, then on an abstract address (tests/support/systemd.py)."""
+    if request.param == "path":
+        address = str(tmp_path / "n.sock")
+    else:
+        address = f"@bgsyncd-test-{uuid.uuid4().hex}"
+    fake = FakeSystemd(address)
+    yield fake
+    fake.close()
 
 
 @pytest.fixture(scope="session")

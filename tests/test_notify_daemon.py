@@ -17,7 +17,7 @@ import pytest
 from bgsyncd.emulator import Emulator
 from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import product_image, wait_until
-from tests.test_operations import FakeSystemd
+from tests.support.systemd import FakeSystemd
 
 
 @pytest.fixture

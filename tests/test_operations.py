@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -34,55 +33,12 @@ from tests.support.daemons import (
     write_config,
 )
 from tests.support.helpers import product_image, wait_until
+from tests.support.systemd import FakeSystemd
 
 IMAGE_PATH = "/v1.0/alpha-channel"  # upload = "proxy", the default, sends every input there
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-class FakeSystemd:
-    """A datagram socket where NOTIFY_SOCKET points; a thread notes each message's arrival."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.sock.settimeout(0.1)
-        self._lock = threading.Lock()
-        self._messages: list[tuple[float, dict[str, str]]] = []
-        self.first_wall: dict[str, float] = {}  # key -> wall time of its first arrival
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            with self._lock:
-                self._messages.append((time.monotonic(), fields))
-                for key in fields:
-                    self.first_wall.setdefault(key, time.time())
-
-    def messages(self) -> list[tuple[float, dict[str, str]]]:
-        """(arrival time, fields) of every datagram so far."""
-        with self._lock:
-            return list(self._messages)
-
-    def values(self, key: str) -> list[str]:
-        """Every value sent for ``key``, in order."""
-        return [m[key] for _, m in self.messages() if key in m]
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 class WatchedEmulator(Emulator):
@@ -115,17 +71,6 @@ def drop(inbox: Path, name: str, size: int = 32) -> None:
 
 
 # -- 1. sd_notify --------------------------------------------------------------------
-
-
-@pytest.fixture(params=["path", "abstract"])
-def fake_systemd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeSystemd]:
-    if request.param == "path":
-        address = str(tmp_path / "n.sock")
-    else:
-        address = f"@bgsyncd-test-{uuid.uuid4().hex}"
-    fake = FakeSystemd(address)
-    yield fake
-    fake.close()
 
 
 def notify_env(fake: FakeSystemd) -> dict[str, str]:
