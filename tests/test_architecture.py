@@ -455,3 +455,44 @@ def test_a_library_imported_outside_its_home_is_caught() -> None:
 def test_no_module_is_over_400_lines(module: str) -> None:
     lines = len(_source(module).read_text().splitlines())
     assert lines <= MAX_LINES, f"{module}: {lines} lines"
+
+
+# -- tests share helpers through tests/support/, never through each other ------------------
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The ``tests.test_*`` modules ``source`` imports, wherever the import stands."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found.extend(n for n in names if re.fullmatch(r"tests\.test_\w+", n))
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    files = sorted({*ROOT.glob("tests/**/test_*.py"), *ROOT.glob("tests/**/conftest.py")})
+    assert ROOT / "tests" / "conftest.py" in files, "the test modules are found"
+    imports = {
+        str(f.relative_to(ROOT)): imported_test_modules(f.read_text(encoding="utf-8"))
+        for f in files
+    }
+    assert {f: found for f, found in imports.items() if found} == {}
+
+
+def test_a_test_module_importing_another_is_caught() -> None:
+    source = (
+        "from tests.test_worker import make_worker\nimport tests.test_fleet\n"
+        "from tests import test_fuzz\nfrom tests.support.helpers import wait_until\n"
+        "def f():\n    from tests.test_dispatch import attempts\n"
+    )
+    assert sorted(imported_test_modules(source)) == [
+        "tests.test_dispatch",
+        "tests.test_fleet",
+        "tests.test_fuzz",
+        "tests.test_worker",
+    ]
