@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -37,7 +36,14 @@ from typing import Any
 
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
-from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    free_port,
+    make_folder,
+    run_cli,
+    write_config,
+)
 from tests.support.emulated import ALL_IMAGE_PATHS, image_requests
 from tests.support.helpers import open_image, product_image, transparent_png, wait_until
 
@@ -88,12 +94,6 @@ class WatchedEmulator(Emulator):
     def quiet(self) -> bool:
         """Every admitted image request has finished and been recorded."""
         return self.in_progress() == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def crash_inputs(count: int = 30) -> dict[str, bytes]:

@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ from bgsyncd.emulator import Emulator
 from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
+    free_port,
     make_folder,
     run_cli,
     start_daemon,
@@ -52,13 +52,6 @@ class WatchedEmulator(Emulator):
         super().admit(key, image=image)
         if image:
             self.image_admitted.set()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def fetch(url: str) -> tuple[int, str]:
