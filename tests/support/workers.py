@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,8 +27,18 @@ class WorkerFactory(Protocol):
     def __call__(self, tmp_path: Path, emu: Emulator, queue: Queue, **folder: Any) -> Worker: ...
 
 
-def make_worker(tmp_path: Path, client: Client, queue: Queue, **folder: Any) -> Worker:
-    """A worker for one folder "f" under ``tmp_path`` (inbox, outbox, quarantine, cache)."""
+def make_worker(
+    tmp_path: Path,
+    client: Client | Callable[[], Client],
+    queue: Queue,
+    *,
+    clock: Callable[[], float] | None = None,
+    **folder: Any,
+) -> Worker:
+    """A worker for one folder "f" under ``tmp_path`` (inbox, outbox, quarantine, cache).
+
+    ``client``: the client, or what the worker calls for one each time.
+    """
     settings = FolderSettings(
         name="f",
         inbox=tmp_path / "inbox",
@@ -43,7 +54,11 @@ def make_worker(tmp_path: Path, client: Client, queue: Queue, **folder: Any) -> 
         retry_max_seconds=0.1,
     )
     # cache_max_megabytes = 0: only the outputs on disk can tell the job was done
-    return Worker(queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, lambda: client)
+    cache = ResultCache(tmp_path / "cache", 0)
+    get_client = client if callable(client) else lambda: client
+    if clock is None:
+        return Worker(queue, cache, Recorder(), config, get_client)
+    return Worker(queue, cache, Recorder(), config, get_client, clock)
 
 
 def queue_one(tmp_path: Path, queue: Queue, relpath: str = "p.jpg") -> Job:
