@@ -9,10 +9,7 @@ from typing import Any
 import psycopg
 
 from bgsyncd.emulator import Emulator
-from tests.support.daemons import (
-    DaemonProcess,
-    write_config,
-)
+from tests.support.daemons import DaemonProcess, write_config
 from tests.support.helpers import product_image
 
 
