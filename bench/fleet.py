@@ -1,7 +1,7 @@
 """How much of one key's rate limit a fleet of bgsyncd hosts uses, and how fast it takes over.
 
 One emulator on loopback (latency 1.5 times the pacing interval, window /
-limit), one throwaway PostgreSQL server (tests/pgserver.py: initdb and pg_ctl
+limit), one throwaway PostgreSQL server (tests/support/pgserver.py: initdb and pg_ctl
 of Debian's ``postgresql`` package), and real ``bgsyncd run`` subprocesses:
 
 - one host on SQLite, then one, two and three hosts on PostgreSQL, each fed
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-factor", type=float, default=1.5, help="x pacing interval")
     parser.add_argument("--only-frozen", action="store_true", help="the frozen-host row alone")
     args = parser.parse_args(argv)
-    from tests.pgserver import PgServer, require_server
+    from tests.support.pgserver import PgServer, require_server
 
     if args.only_frozen:
         return main_frozen()
@@ -198,7 +198,7 @@ class Frozen:
 
 def main_frozen() -> int:
     """Run the frozen-host row alone and print it."""
-    from tests.pgserver import PgServer, require_server
+    from tests.support.pgserver import PgServer, require_server
 
     server = PgServer(require_server())
     try:

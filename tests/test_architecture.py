@@ -367,3 +367,44 @@ def test_an_import_against_a_contract_is_caught(
     assert result.returncode == 1, result.stdout
     broken = [row for row in result.stdout.splitlines() if " BROKEN" in row]
     assert len(broken) >= 1 and any(contract in row for row in broken), result.stdout
+
+
+# -- tests share helpers through tests/support/, never through each other ------------------
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The ``tests.test_*`` modules ``source`` imports, wherever the import stands."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found.extend(n for n in names if re.fullmatch(r"tests\.test_\w+", n))
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    files = sorted({*ROOT.glob("tests/**/test_*.py"), *ROOT.glob("tests/**/conftest.py")})
+    assert ROOT / "tests" / "conftest.py" in files, "the test modules are found"
+    imports = {
+        str(f.relative_to(ROOT)): imported_test_modules(f.read_text(encoding="utf-8"))
+        for f in files
+    }
+    assert {f: found for f, found in imports.items() if found} == {}
+
+
+def test_a_test_module_importing_another_is_caught() -> None:
+    source = (
+        "from tests.test_worker import make_worker\nimport tests.test_fleet\n"
+        "from tests import test_fuzz\nfrom tests.support.helpers import wait_until\n"
+        "def f():\n    from tests.test_dispatch import attempts\n"
+    )
+    assert sorted(imported_test_modules(source)) == [
+        "tests.test_dispatch",
+        "tests.test_fleet",
+        "tests.test_fuzz",
+        "tests.test_worker",
+    ]

@@ -21,8 +21,15 @@ from pathlib import Path
 from bgsyncd.emulator import Emulator
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    write_config,
+)
+from tests.support.helpers import product_image, wait_until
 
 # Tight enough that a command and the daemon keeping separate request logs
 # would push the account over its limit.

@@ -18,14 +18,14 @@ from bgsyncd.commands.retry import PICKUP_SECONDS
 from bgsyncd.dispatch.dispatcher import IDLE_LOOK_SECONDS
 from bgsyncd.emulator import Emulator
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import (
+from tests.support.daemons import (
     DaemonProcess,
     make_folder,
     run_cli,
     start_daemon,
     write_config,
 )
-from tests.helpers import open_image, product_image, wait_until
+from tests.support.helpers import open_image, product_image, wait_until
 
 KEY = "emu-key-42"
 
@@ -272,7 +272,7 @@ def test_retry_that_cannot_put_a_file_back_names_the_errno_and_keeps_it_quaranti
     tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
 ) -> None:
     """An inbox that refuses the move (a real read-only mount) is one line, exit 1."""
-    from tests.mounts import tmpfs
+    from tests.support.mounts import tmpfs
 
     with tmpfs(tmp_path / "f" / "inbox", "4m") as inbox:
         folder = make_folder(tmp_path, "f")

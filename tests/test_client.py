@@ -29,7 +29,7 @@ from bgsyncd import __version__, errors
 from bgsyncd.api.client import Client, Credits
 from bgsyncd.api.endpoints import ENDPOINTS
 from bgsyncd.emulator import Emulator
-from tests.helpers import open_image, product_image, transparent_png
+from tests.support.helpers import open_image, product_image, transparent_png
 
 KEY = "sk-test-7f3a9c1e5b2d4a6f8e0c"  # distinctive, so a leak is found by substring
 PNG = transparent_png()

@@ -1,4 +1,4 @@
-"""The client against a hostile API, over real loopback HTTP (tests/hostile.py).
+"""The client against a hostile API, over real loopback HTTP (tests/support/hostile.py).
 
 Whole-request deadlines against a trickle, the answer-size cap against a 500 MB
 body, unusable 200s, redirects never followed, and Retry-After values of every kind.
@@ -25,9 +25,9 @@ from bgsyncd.api.client import Client
 from bgsyncd.emulator import Emulator
 from bgsyncd.errors import ConfigError
 from bgsyncd.service.backends import load_settings
-from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import noisy_image, product_image, transparent_png, wait_until
-from tests.hostile import Answer, HostileServer, Request
+from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.helpers import noisy_image, product_image, transparent_png, wait_until
+from tests.support.hostile import Answer, HostileServer, Request
 
 KEY = "sk-hostile-5e1d2c3b4a"
 PNG = transparent_png()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_folder, run_cli, write_config
+from tests.support.daemons import make_folder, run_cli, write_config
 
 SECRET = "s3cr3t-pw-4711"
 

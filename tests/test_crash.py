@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -35,19 +34,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bgsyncd.emulator import Emulator, RecordedRequest
+from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, write_config
-from tests.helpers import open_image, product_image, transparent_png, wait_until
-
-IMAGE_PATHS = frozenset(
-    {
-        "/v1.0/image-without-background",
-        "/v1.0/image-without-background-base64",
-        "/v1.0/alpha-channel",
-        "/v1.0/alpha-channel-base64",
-    }
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    free_port,
+    make_folder,
+    run_cli,
+    write_config,
 )
+from tests.support.emulated import ALL_IMAGE_PATHS, image_requests
+from tests.support.helpers import open_image, product_image, transparent_png, wait_until
+
 # Statuses ``Emulator.admit`` answers itself: such a request never got under way.
 ADMIT_REFUSALS = frozenset({401, 402, 403, 429})
 MAX_IN_FLIGHT = 3
@@ -87,23 +86,14 @@ class WatchedEmulator(Emulator):
         """Image requests admitted but not yet answered (or dropped) and recorded."""
         with self._count_lock:
             admitted = self._admitted
-        recorded = [r for r in image_requests(self) if r.status not in ADMIT_REFUSALS]
+        recorded = [
+            r for r in image_requests(self, ALL_IMAGE_PATHS) if r.status not in ADMIT_REFUSALS
+        ]
         return admitted - len(recorded)
 
     def quiet(self) -> bool:
         """Every admitted image request has finished and been recorded."""
         return self.in_progress() == 0
-
-
-def image_requests(emu: Emulator) -> list[RecordedRequest]:
-    """Every image request the emulator received, whatever its outcome."""
-    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def crash_inputs(count: int = 30) -> dict[str, bytes]:
@@ -161,7 +151,7 @@ def check_sends(
     emu: Emulator, files: dict[str, bytes], runs: list[DaemonProcess], kills: int
 ) -> tuple[int, int]:
     """The crash bounds of the module docstring; returns (extra requests, resend lines)."""
-    requests = image_requests(emu)
+    requests = image_requests(emu, ALL_IMAGE_PATHS)
     # An upload cut off by a kill mid-body: the emulator could not read its image
     # (so it charged nothing), but it was a request all the same.
     partial = [r for r in requests if r.image_sha256 is None]
@@ -317,7 +307,9 @@ def test_kill9_during_ingest_of_200_files_finds_all_and_sends_none_twice(
             assert out.mode == "RGBA" and out.size == open_image(data).size, rel
         assert temp_files(outbox) == []
         extra, _ = check_sends(emu, files, [first, second], kills=1)
-        per_content = Counter(r.image_sha256 for r in image_requests(emu) if r.image_sha256)
+        per_content = Counter(
+            r.image_sha256 for r in image_requests(emu, ALL_IMAGE_PATHS) if r.image_sha256
+        )
         assert max(per_content.values()) <= 2
         assert extra <= MAX_IN_FLIGHT
         assert second.stop() == 0

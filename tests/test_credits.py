@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from bgsyncd.dispatch.credits import CreditGuard
-from tests.helpers import FakeClock, at_floor
+from tests.support.helpers import FakeClock, at_floor
 
 
 def start_all(guard: CreditGuard) -> int:

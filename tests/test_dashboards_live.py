@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -26,11 +25,17 @@ from typing import Any
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    free_port,
+    make_folder,
+    start_daemon,
+    write_config,
+)
+from tests.support.helpers import product_image, wait_until
+from tests.support.prometheus import MONITORING, RULES
 
-MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
-RULES = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 SCRAPE_SECONDS = 1
 # Grafana's $__rate_interval is at least four scrape intervals; a little more
@@ -51,13 +56,6 @@ LEGITIMATELY_EMPTY: dict[tuple[str, str], str] = {}
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="the prometheus server is not installed"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Prometheus:

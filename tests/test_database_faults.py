@@ -18,15 +18,18 @@ from bgsyncd.jobs.outcomes import Transition
 from bgsyncd.storage.contract import Found, QueueError
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
-from tests.helpers import product_image, wait_until
-from tests.mounts import Tmpfs, ext4, tmpfs
-from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
-    close_worker_clients,  # noqa: F401
-    image_posts,
-    make_worker,
-    queue_one,
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    write_config,
 )
+from tests.support.emulated import image_requests
+from tests.support.helpers import product_image, wait_until
+from tests.support.mounts import Tmpfs, ext4, tmpfs
+from tests.support.workers import WorkerFactory, queue_one
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
 EROFS_TEXT = "[Errno 30] Read-only file system"
@@ -257,14 +260,14 @@ def test_a_full_database_disk_while_running_pauses_queue_unavailable_and_resumes
 
 
 def test_a_job_whose_database_write_fails_counts_no_attempt_and_reaches_the_dispatcher(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
     (tmp_path / "inbox").mkdir()
     with tmpfs(tmp_path / "state", "16m") as fs:
         db = fs.path / "q.sqlite3"
         queue = SqliteStore(db)
         try:
-            worker = make_worker(tmp_path, emulator, queue)
+            worker = worker_factory(tmp_path, emulator, queue)
             job = queue_one(tmp_path, queue)
             # An empty WAL: the next write needs room, and the disk has none.
             queue._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -379,7 +382,10 @@ class _ThenFill(Client):
 
 
 def test_a_charged_job_whose_done_row_cannot_be_written_is_no_job_error_and_never_paid_twice(
-    tmp_path: Path, emulator: Emulator, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    emulator: Emulator,
+    capfd: pytest.CaptureFixture[str],
+    worker_factory: WorkerFactory,
 ) -> None:
     (tmp_path / "inbox").mkdir()
     with tmpfs(tmp_path / "state", "16m") as fs:
@@ -387,7 +393,7 @@ def test_a_charged_job_whose_done_row_cannot_be_written_is_no_job_error_and_neve
         queue = SqliteStore(db)
         client = _ThenFill(emulator.url, fs)
         try:
-            worker = make_worker(tmp_path, emulator, queue)  # the cache is off
+            worker = worker_factory(tmp_path, emulator, queue)  # the cache is off
             worker._client = lambda: client
             job = queue_one(tmp_path, queue)
             queue._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no room kept back
@@ -404,7 +410,7 @@ def test_a_charged_job_whose_done_row_cannot_be_written_is_no_job_error_and_neve
             again = queue.claim(60)
             assert again is not None and again.resend
             assert worker.process(again).transition is Transition.DONE
-            assert image_posts(emulator) == 1  # never paid twice
+            assert len(image_requests(emulator)) == 1  # never paid twice
         finally:
             queue.close()
             client.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import open_image, wait_until
+from tests.support.helpers import open_image, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = {  # input in the inbox -> its cut-out in the outbox

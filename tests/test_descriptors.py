@@ -28,17 +28,14 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.files import fsops
 from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.jobs.outcomes import Transition
-from bgsyncd.jobs.worker import Worker, WorkerConfig
-from bgsyncd.ops.metrics import Recorder
 from bgsyncd.service.local_faults import LocalFaults
-from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import product_image, wait_until
-from tests.jobs import get_job
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.emulated import IMAGE_PATHS
+from tests.support.helpers import product_image, wait_until
+from tests.support.jobs import get_job
+from tests.support.workers import make_worker
 
 
 class Shortage:
@@ -155,23 +152,6 @@ def test_a_file_closed_while_the_watcher_is_short_of_descriptors_is_queued_once_
 # -- the worker: EMFILE pauses, counts no attempt, and costs no second credit --------------
 
 
-def _worker(tmp_path: Path, emu: Emulator, queue: SqliteStore, client: Client) -> Worker:
-    settings = FolderSettings(
-        name="f",
-        inbox=tmp_path / "inbox",
-        outbox=tmp_path / "outbox",
-        quarantine=tmp_path / "quarantine",
-    )
-    config = WorkerConfig(
-        folders={"f": settings},
-        max_upload_bytes=10 * 1024 * 1024,
-        max_attempts=5,
-        retry_base_seconds=0.01,
-        retry_max_seconds=0.1,
-    )
-    return Worker(queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, lambda: client)
-
-
 @pytest.mark.parametrize("when", ["reading the input", "writing the outputs"])
 def test_a_job_short_of_descriptors_is_a_local_fault_pause_not_an_attempt(
     tmp_path: Path, emulator: Emulator, when: str
@@ -189,7 +169,7 @@ def test_a_job_short_of_descriptors_is_a_local_fault_pause_not_an_attempt(
     st = src.stat()
     queue = SqliteStore(tmp_path / "q.sqlite3")
     client = Client(emulator.url, TEST_KEY, 10, observe=after_request)
-    worker = _worker(tmp_path, emulator, queue, client)
+    worker = make_worker(tmp_path, client, queue)
     pauses: list[tuple[str, dict[str, object]]] = []
     try:
         queue.enqueue_many([Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import sqlite3
 import threading
 import time
 import urllib.request
@@ -23,9 +22,10 @@ import pytest
 
 from bench import rate
 from bgsyncd.emulator import Emulator, RecordedRequest
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
+    attempts,
     free_port,
     make_folder,
     run_cli,
@@ -33,22 +33,15 @@ from tests.conftest import (
     wait_status,
     write_config,
 )
-from tests.helpers import product_image, wait_until
-from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
-    close_worker_clients,  # noqa: F401
-    make_worker,
-)
+from tests.support.emulated import image_requests
+from tests.support.helpers import product_image, wait_until
+from tests.support.workers import WorkerFactory, make_dispatcher
 
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 CREDIT_PATH = "/available-credit"
 WRONG_KEY = "not-a-key-the-emulator-knows-42"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def image_requests(emu: Emulator) -> list[RecordedRequest]:
-    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
 
 
 def peak(requests: Iterable[RecordedRequest], window: float) -> int:
@@ -58,17 +51,6 @@ def peak(requests: Iterable[RecordedRequest], window: float) -> int:
 
 def statuses(emu: Emulator) -> list[int]:
     return [r.status for r in emu.requests()]
-
-
-def attempts(config: Path) -> dict[str, int]:
-    """Each job's counted attempts, read from the daemon's database."""
-    db = config.parent / "state" / "queue.sqlite3"
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT folder, relpath, attempts FROM jobs").fetchall()
-    finally:
-        conn.close()
-    return {f"{folder}/{rel}": n for folder, rel, n in rows}
 
 
 def drop_images(inbox: Path, names: Sequence[str], seed: int = 0) -> dict[str, str]:
@@ -406,34 +388,6 @@ def test_each_pause_reason_is_lifted_only_by_its_own_events() -> None:
         assert pauses.first == pauses.held[0]
 
 
-def make_dispatcher(
-    tmp_path: Path, emu: Emulator, floor: int = 0, **pacer: Any
-) -> tuple[Any, Any, Any]:
-    from bgsyncd.api.client import Client
-    from bgsyncd.dispatch.credits import CreditGuard
-    from bgsyncd.dispatch.dispatcher import Dispatcher
-    from bgsyncd.dispatch.pacer import Pacer
-    from bgsyncd.ops.metrics import Recorder
-    from bgsyncd.storage.sqlite.store import SqliteStore
-    from tests.pacing import MemoryRequestLog
-
-    (tmp_path / "inbox").mkdir()
-    queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emu, queue)
-    client = Client(emu.url, TEST_KEY, 10)
-    d = Dispatcher(
-        queue,
-        worker,
-        Pacer(1000, 60.0, MemoryRequestLog(), **pacer),
-        CreditGuard(floor, 600),
-        lambda: client,
-        Recorder(),
-        max_in_flight=2,
-        lease_seconds=60,
-    )
-    return d, queue, client
-
-
 def enqueue_image(tmp_path: Path, queue: Any, name: str = "a.png") -> None:
     from bgsyncd.storage.contract import Found
 
@@ -444,9 +398,9 @@ def enqueue_image(tmp_path: Path, queue: Any, name: str = "a.png") -> None:
 
 
 def test_sighup_and_credit_checks_never_lift_output_unwritable_only_its_probe_does(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
-    d, queue, client = make_dispatcher(tmp_path, emulator)
+    d, queue, client = make_dispatcher(worker_factory, tmp_path, emulator)
     emulator.configure(keys=["another-key-entirely"])
     d.start()
     try:
@@ -475,9 +429,9 @@ def test_sighup_and_credit_checks_never_lift_output_unwritable_only_its_probe_do
 
 
 def test_while_several_pauses_hold_status_shows_the_first_raised(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
-    d, queue, client = make_dispatcher(tmp_path, emulator)
+    d, queue, client = make_dispatcher(worker_factory, tmp_path, emulator)
     d.raise_pause("queue_unavailable")
     d.raise_pause("api_malformed")
     d.raise_pause("queue_unavailable")
@@ -504,12 +458,12 @@ def test_clamped_waits_take_any_number_a_pacer_or_clock_can_give() -> None:
 
 
 def test_a_huge_retry_after_never_kills_the_dispatch_thread(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
-    from tests.helpers import FakeClock
+    from tests.support.helpers import FakeClock
 
     clock = FakeClock(time.time())
-    d, queue, client = make_dispatcher(tmp_path, emulator, clock=clock)
+    d, queue, client = make_dispatcher(worker_factory, tmp_path, emulator, clock=clock)
     d._pacer.note_rate_limited(1e12)  # what a Retry-After of 1e12 did before any cap
     d.start()
     try:
@@ -527,10 +481,11 @@ def test_a_huge_retry_after_never_kills_the_dispatch_thread(
 
 
 def test_a_credit_check_at_the_floor_lifts_api_malformed_but_not_an_account_reason(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
     emulator.configure(credits=5)
-    d, queue, client = make_dispatcher(tmp_path, emulator, floor=5)  # the balance is at it
+    # the balance is at it
+    d, queue, client = make_dispatcher(worker_factory, tmp_path, emulator, floor=5)
     d.raise_pause("api_malformed")
     d.raise_pause("invalid_api_key")
     d.raise_pause("output_unwritable")
@@ -546,13 +501,16 @@ def test_a_credit_check_at_the_floor_lifts_api_malformed_but_not_an_account_reas
 
 
 def test_a_pause_raised_while_a_job_is_being_claimed_starts_nothing(
-    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_factory: WorkerFactory,
 ) -> None:
     """Another job's outcome may pause dispatch between the look at the pauses and the claim.
 
     The race is made certain by raising the pause inside the real claim.
     """
-    d, queue, client = make_dispatcher(tmp_path, emulator)
+    d, queue, client = make_dispatcher(worker_factory, tmp_path, emulator)
     real_claim = queue.claim
     raised = threading.Event()
 

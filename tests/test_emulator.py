@@ -32,7 +32,13 @@ from PIL import Image, ImageCms, ImageDraw
 
 from bgsyncd import imaging
 from bgsyncd.emulator import Emulator, main, matte, parse_multipart
-from tests.helpers import noisy_image, open_image, product_image, transparent_png, wait_until
+from tests.support.helpers import (
+    noisy_image,
+    open_image,
+    product_image,
+    transparent_png,
+    wait_until,
+)
 
 CUTOUT = "/v1.0/image-without-background"
 CUTOUT_B64 = "/v1.0/image-without-background-base64"

@@ -15,71 +15,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from bench.rate import peak
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    start_daemon,
+    write_config,
+)
+from tests.support.emulated import image_requests
+from tests.support.fleet import db_rows, drop, host_config, outputs
+from tests.support.helpers import wait_until
 
-IMAGE_PATHS = ("/v1.0/alpha-channel", "/v1.0/image-without-background")
 CREDIT_PATH = "/available-credit"
 
 
 def test_peak_counts_the_busiest_window() -> None:
     assert peak([0.0, 1.0, 1.9, 2.5], 2.0) == 3
     assert peak([0.0, 1.0, 2.0], 2.0) == 2
-
-
-def host_config(
-    tmp_path: Path,
-    name: str,
-    emu: Emulator,
-    dsn: str,
-    folders: list[dict[str, Any]],
-    *,
-    api: dict[str, Any] | None = None,
-    credits: dict[str, Any] | None = None,
-    lease: float = 3.0,
-    metrics_listen: str = "",
-) -> Path:
-    """The configuration of host ``name`` of the fleet, in its own directory."""
-    home = tmp_path / f"host-{name}"
-    home.mkdir(exist_ok=True)
-    return write_config(
-        home / "config.toml",
-        base_url=emu.url,
-        folders=folders,
-        api=api,
-        credits=credits,
-        queue={"backend": "postgresql", "dsn": dsn, "host_id": name, "lease_seconds": lease},
-        metrics_listen=metrics_listen,
-    )
-
-
-def drop(inbox: Path, name: str, width: int) -> None:
-    """A distinct product image (its width makes it so), written under a temp name and renamed."""
-    tmp = inbox / f".{name}.part"
-    tmp.write_bytes(product_image(width, 40))
-    tmp.rename(inbox / name)
-
-
-def image_requests(emu: Emulator) -> list[Any]:
-    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
-
-
-def outputs(folder: dict[str, Any]) -> list[str]:
-    """The outputs written (a hidden temp file is one being written, not an output)."""
-    outbox = Path(folder["outbox"])
-    if not outbox.exists():
-        return []
-    return sorted(p.name for p in outbox.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def db_rows(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        return list(conn.execute(sql, params).fetchall())
 
 
 # -- one rate limit, one floor ---------------------------------------------------------------

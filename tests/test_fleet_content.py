@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon
-from tests.helpers import product_image, wait_until
-from tests.test_fleet import host_config, outputs
-from tests.test_fleet_fencing import CountingEmulator, events
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon
+from tests.support.fleet import CountingEmulator, events, host_config, outputs
+from tests.support.helpers import product_image, wait_until
 
 
 def drop_all(inboxes: list[Path], names: list[str], data: bytes) -> None:

@@ -39,13 +39,10 @@ from bgsyncd.storage.contract import Found
 from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
 from bgsyncd.storage.postgres.store import PostgresStore
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import TEST_KEY
-from tests.helpers import FakeClock, at_floor, product_image, wait_until
-from tests.pacing import Waits
-from tests.test_worker import (  # close_worker_clients: autouse, closes make_worker's clients
-    close_worker_clients,  # noqa: F401
-    make_worker,
-)
+from tests.support.daemons import TEST_KEY
+from tests.support.helpers import FakeClock, at_floor, product_image, wait_until
+from tests.support.pacing import Waits
+from tests.support.workers import WorkerFactory
 
 ACCOUNT = account_id("fleet-test-key")
 
@@ -398,7 +395,9 @@ def _stored(queue: PostgresStore) -> list[str] | None:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
+def fleet(
+    tmp_path: Path, emulator: Emulator, host: Any, worker_factory: WorkerFactory
+) -> Iterator[Any]:
     """``fleet(name, floor)``: a host's Dispatcher on the fleet's limit, credits and pauses.
 
     The jobs stay in each host's own SQLite queue (the shared job queue is not
@@ -417,7 +416,7 @@ def fleet(tmp_path: Path, emulator: Emulator, host: Any) -> Iterator[Any]:
         clients.append(client)
         d = Dispatcher(
             queue,
-            make_worker(root, emulator, queue),
+            worker_factory(root, emulator, queue),
             pacer,
             guard_of(pg, floor),
             lambda: client,

@@ -11,32 +11,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, start_daemon
-from tests.helpers import wait_until
-from tests.test_fleet import db_rows, drop, host_config, outputs
-
-
-class CountingEmulator(Emulator):
-    """The emulator, counting the image requests it admitted (each one a credit)."""
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self._count_lock = threading.Lock()
-        self.admitted = 0
-
-    def admit(self, key: str | None, *, image: bool) -> None:
-        super().admit(key, image=image)
-        if image:
-            with self._count_lock:
-                self.admitted += 1
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon
+from tests.support.fleet import CountingEmulator, db_rows, drop, events, host_config, outputs
+from tests.support.helpers import wait_until
 
 
 def stays(condition: Any, seconds: float) -> bool:
@@ -47,10 +30,6 @@ def stays(condition: Any, seconds: float) -> bool:
             return False
         time.sleep(0.05)
     return bool(condition())
-
-
-def events(host: DaemonProcess, name: str) -> list[dict[str, Any]]:
-    return [e for e in host.events() if e.get("event") == name]
 
 
 def written(folder: Path) -> dict[str, tuple[int, int]]:

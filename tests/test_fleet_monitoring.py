@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_monitoring import RULES, fires, promtool, series, without_annotations
+from tests.support.prometheus import RULES, fires, promtool, series, without_annotations
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 

@@ -36,7 +36,7 @@ from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found, Job
 from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
 from bgsyncd.storage.postgres.store import PostgresStore
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     free_port,
@@ -44,8 +44,9 @@ from tests.conftest import (
     start_daemon,
     write_config,
 )
-from tests.helpers import product_image, wait_until
-from tests.test_fleet import db_rows, drop, host_config, image_requests, outputs
+from tests.support.emulated import image_requests
+from tests.support.fleet import db_rows, drop, host_config, outputs
+from tests.support.helpers import product_image, wait_until
 
 # SPEC §8: the pause within 10 seconds; the rest is room for a loaded machine.
 PAUSE_SECONDS = 15.0

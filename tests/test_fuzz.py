@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, status_json, write_config
-from tests.helpers import exchange, wait_until
+from tests.support.daemons import DaemonProcess, make_folder, status_json, write_config
+from tests.support.helpers import exchange, wait_until
+from tests.support.images import image_bytes
+from tests.support.trees import tree_digest
 
 OPERATIONS = 1200
 RESCAN_SECONDS = 5
@@ -44,17 +46,6 @@ NAME_PARTS = (
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
 
-def image_bytes(rng: random.Random, fmt: str) -> bytes:
-    w, h = rng.randint(8, 48), rng.randint(8, 48)
-    img = Image.new("RGB", (w, h), (rng.randrange(256), rng.randrange(256), 200))
-    ImageDraw.Draw(img).rectangle((w // 4, h // 4, w // 2, h // 2), fill=(rng.randrange(256), 9, 9))
-    if fmt == "GIF":
-        img = img.convert("P")
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
-
-
 def bomb_png() -> bytes:
     """A tiny PNG whose header claims 30,000 by 30,000 pixels."""
     buf = io.BytesIO()
@@ -62,23 +53,6 @@ def bomb_png() -> bytes:
     data = bytearray(buf.getvalue())
     data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height (CRC now wrong too)
     return bytes(data)
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: file contents by sha256, links by target, folders."""
-    out: dict[str, str] = {}
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        for name in dirs + files:
-            path = Path(folder, name)
-            rel = str(path.relative_to(root))
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = "link:" + os.readlink(path)
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 @dataclass

@@ -29,9 +29,10 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, status_json, write_config
-from tests.helpers import exchange, wait_until
-from tests.test_fuzz import image_bytes, tree_digest
+from tests.support.daemons import DaemonProcess, status_json, write_config
+from tests.support.helpers import exchange, wait_until
+from tests.support.images import image_bytes
+from tests.support.trees import tree_digest
 
 SEED = int(os.environ.get("BGSYNCD_FUZZ_SEED", "20261206"))
 FUZZ_SECONDS = 40.0

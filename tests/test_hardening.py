@@ -9,8 +9,15 @@ import signal
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, run_cli, status_json, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.daemons import (
+    TEST_KEY,
+    DaemonProcess,
+    make_folder,
+    run_cli,
+    status_json,
+    write_config,
+)
+from tests.support.helpers import product_image, wait_until
 
 
 def test_a_name_that_is_not_utf8_is_skipped_and_the_rest_goes_on(

@@ -24,7 +24,7 @@ from bgsyncd.ops.metrics import Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     make_folder,
@@ -33,10 +33,9 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import FakeClock, exchange, product_image, wait_until
-from tests.jobs import find_job
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+from tests.support.emulated import IMAGE_PATHS
+from tests.support.helpers import FakeClock, exchange, product_image, wait_until
+from tests.support.jobs import find_job
 
 
 class Swapper:

@@ -1,7 +1,7 @@
 """What a misbehaving API, a failing disk and a slow writer cost (SPEC §4, §5), end to end.
 
 A real ``bgsyncd run`` subprocess against a scriptable loopback server
-(``tests/hostile.py``) or the emulator; the server's request log is the referee
+(``tests/support/hostile.py``) or the emulator; the server's request log is the referee
 for what was spent.
 """
 
@@ -22,19 +22,19 @@ from PIL import Image
 
 import bgsyncd.api.client
 from bgsyncd.emulator import Emulator
-from tests.conftest import (
+from tests.support.daemons import (
     DaemonProcess,
+    attempts,
     make_folder,
     start_daemon,
     status_json,
     wait_status,
     write_config,
 )
-from tests.helpers import noisy_image, product_image, wait_until
-from tests.hostile import Answer, HostileServer, Request
-from tests.test_decode_budget import grey_png, tiff_of_blocks
-from tests.test_dispatch import attempts
-from tests.test_worker import fill, tmpfs
+from tests.support.helpers import noisy_image, product_image, wait_until
+from tests.support.hostile import Answer, HostileServer, Request
+from tests.support.images import grey_png, tiff_of_blocks
+from tests.support.mounts import tmpfs
 
 IMAGE_PREFIX = "/v1.0/"
 
@@ -178,8 +178,9 @@ def test_a_full_outbox_pauses_output_unwritable_quarantines_nothing_and_sighup_k
     tmp_path: Path, daemons: list[DaemonProcess], emulator: Emulator
 ) -> None:
     folder = make_folder(tmp_path, "f")
-    with tmpfs(Path(folder["outbox"])) as outbox:
-        fill(outbox)
+    with tmpfs(Path(folder["outbox"]), "256k") as fs:
+        outbox = fs.path
+        fs.fill()
         config = write_config(tmp_path / "config.toml", base_url=emulator.url, folders=[folder])
         d = start_daemon(daemons, config)
         (Path(folder["inbox"]) / "a.png").write_bytes(product_image(30, 20, "PNG"))

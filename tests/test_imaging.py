@@ -13,7 +13,7 @@ from PIL import Image, ImageCms, ImageDraw
 
 from bgsyncd import imaging
 from bgsyncd.imaging import CorruptImage, ImageInfo, codec
-from tests.helpers import noisy_image, open_image, product_image, transparent_png
+from tests.support.helpers import noisy_image, open_image, product_image, transparent_png
 
 MB = 1024 * 1024
 

@@ -22,8 +22,8 @@ import pytest
 
 from bgsyncd.emulator import Emulator
 from bgsyncd.ops.server import MetricsServer
-from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.helpers import product_image, wait_until
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -17,7 +17,7 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.files.probe import PROBE_INTERVAL_SECONDS, OutputProbe, probe_write
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.storage.cache import ResultCache
-from tests.conftest import (
+from tests.support.daemons import (
     DaemonProcess,
     make_folder,
     run_cli,
@@ -25,9 +25,9 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import FakeClock, product_image, wait_until
-from tests.mounts import tmpfs
-from tests.test_dispatch import make_dispatcher
+from tests.support.helpers import FakeClock, product_image, wait_until
+from tests.support.mounts import tmpfs
+from tests.support.workers import WorkerFactory, make_dispatcher
 
 ENOSPC_TEXT = "[Errno 28] No space left on device"
 EROFS_TEXT = "[Errno 30] Read-only file system"
@@ -209,7 +209,7 @@ def test_a_place_noted_again_during_a_round_is_not_forgotten_by_that_round() -> 
 
 
 def test_a_probe_hung_on_a_dead_mount_never_holds_up_the_main_loop(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
     # A write that never returns (a hard NFS mount whose server is gone) cannot
     # be made real here: the probe's one disk call is stood in for by a gate.
@@ -220,7 +220,7 @@ def test_a_probe_hung_on_a_dead_mount_never_holds_up_the_main_loop(
         calls.append(place)
         gate.wait(30)
 
-    d, queue, client = make_dispatcher(tmp_path, emulator)
+    d, queue, client = make_dispatcher(worker_factory, tmp_path, emulator)
     faults = LocalFaults(queue, lambda: [], lambda: None, OutputProbe(probe=hung_write))
     d.start()
     try:

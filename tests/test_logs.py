@@ -18,7 +18,7 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from bgsyncd.logs import configure_logging, get_logger
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 KEY = "sk-live-4b1d9e7c2a8f6d3e0b5c"
 

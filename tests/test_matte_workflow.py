@@ -3,7 +3,7 @@
 The emulator records what it received (endpoint, sha256, size); where a test must
 look at the bytes themselves, or needs an answer the emulator would never give (a
 matte of the wrong shape, a cut-out the server turned), a small scriptable server
-(tests/hostile.py) decodes the upload and answers. Queue, cache and folders are
+(tests/support/hostile.py) decodes the upload and answers. Queue, cache and folders are
 real files; images are real encoded JPEGs and PNGs, decoded again to check them.
 """
 
@@ -23,7 +23,7 @@ from PIL import Image, ImageChops, ImageCms, ImageDraw
 
 from bgsyncd.api.client import Client
 from bgsyncd.config.schema import FolderSettings
-from bgsyncd.emulator import Emulator, RecordedRequest
+from bgsyncd.emulator import Emulator
 from bgsyncd.emulator.bodies import form_image
 from bgsyncd.jobs.outcomes import Result, Transition
 from bgsyncd.jobs.worker import Worker, WorkerConfig
@@ -31,9 +31,10 @@ from bgsyncd.ops.metrics import Metrics, Recorder
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import TEST_KEY
-from tests.helpers import open_image, product_image, wait_until
-from tests.hostile import Answer, HostileServer, Request
+from tests.support.daemons import TEST_KEY
+from tests.support.emulated import image_requests
+from tests.support.helpers import open_image, product_image, wait_until
+from tests.support.hostile import Answer, HostileServer, Request
 
 MB = 1024 * 1024
 ALPHA = "/v1.0/alpha-channel"
@@ -220,10 +221,6 @@ def rigs() -> Iterator[Callable[..., Rig]]:
     for rig in made:
         rig.client.close()
         rig.queue.close()
-
-
-def image_requests(emu: Emulator) -> list[RecordedRequest]:
-    return [r for r in emu.requests() if r.path in (ALPHA, CUTOUT)]
 
 
 # -- what is sent --------------------------------------------------------------------

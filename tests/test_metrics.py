@@ -21,29 +21,9 @@ from bgsyncd.api.endpoints import ENDPOINTS
 from bgsyncd.ops.metrics import OUTCOMES, Metrics, Recorder
 from bgsyncd.reasons import REASONS
 from bgsyncd.storage.contract import STATES
-from tests.helpers import FakeClock
+from tests.support.helpers import FakeClock
+from tests.support.prometheus import CONTRACT
 
-# SPEC section 6, verbatim: name -> (type, label names).
-CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
-    "bgsyncd_build_info": ("gauge", frozenset({"version"})),
-    "bgsyncd_files_discovered_total": ("counter", frozenset({"folder"})),
-    "bgsyncd_jobs": ("gauge", frozenset({"state"})),
-    "bgsyncd_jobs_finished_total": ("counter", frozenset({"folder", "outcome"})),
-    "bgsyncd_api_requests_total": ("counter", frozenset({"endpoint", "code"})),
-    "bgsyncd_api_request_duration_seconds": ("histogram", frozenset({"endpoint"})),
-    "bgsyncd_rate_limited_total": ("counter", frozenset()),
-    "bgsyncd_credits_available": ("gauge", frozenset()),
-    "bgsyncd_credits_floor": ("gauge", frozenset()),
-    "bgsyncd_credits_expiry_timestamp_seconds": ("gauge", frozenset()),
-    "bgsyncd_dispatch_paused": ("gauge", frozenset({"reason"})),
-    "bgsyncd_dispatch_next_request_seconds": ("gauge", frozenset()),
-    "bgsyncd_oldest_pending_age_seconds": ("gauge", frozenset()),
-    "bgsyncd_job_duration_seconds": ("histogram", frozenset({"folder"})),
-    "bgsyncd_last_success_timestamp_seconds": ("gauge", frozenset({"folder"})),
-    "bgsyncd_resends_total": ("counter", frozenset()),
-    "bgsyncd_folder_up": ("gauge", frozenset({"folder"})),
-    "bgsyncd_upload_bytes_total": ("counter", frozenset({"endpoint"})),
-}
 FOLDERS = ("products", "catalogue")
 
 

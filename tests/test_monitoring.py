@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,19 +13,20 @@ from typing import Any
 import pytest
 
 from bgsyncd.ops.metrics import Metrics
-from tests.test_metrics import CONTRACT
+from tests.support.prometheus import (
+    CONTRACT,
+    INSTANCE,
+    MONITORING,
+    RULES,
+    fires,
+    promtool,
+    series,
+    without_annotations,
+)
 
-MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
-RULES = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-
-
-def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["promtool", *args], input=stdin, capture_output=True, text=True, check=False, timeout=120
-    )
 
 
 def test_rules_pass_promtool_check() -> None:
@@ -34,40 +34,6 @@ def test_rules_pass_promtool_check() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     assert "WARNING" not in result.stdout + result.stderr
-
-
-def without_annotations(text: str) -> str:
-    """The rules without their annotations, so unit tests compare labels only."""
-    out: list[str] = []
-    skip_deeper_than: int | None = None
-    for line in text.splitlines():
-        indent = len(line) - len(line.lstrip())
-        if skip_deeper_than is not None:
-            if not line.strip() or indent > skip_deeper_than:
-                continue
-            skip_deeper_than = None
-        if line.strip() == "annotations:":
-            skip_deeper_than = indent
-            continue
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-INSTANCE = {"job": "bgsyncd", "instance": "host:9808"}
-
-
-def series(name: str, values: str, **labels: str) -> dict[str, str]:
-    all_labels = {**INSTANCE, **labels}
-    inner = ", ".join(f'{k}="{v}"' for k, v in all_labels.items())
-    return {"series": f"{name}{{{inner}}}", "values": values}
-
-
-def fires(alert: str, at: str, *expected: dict[str, str]) -> dict[str, Any]:
-    return {
-        "eval_time": at,
-        "alertname": alert,
-        "exp_alerts": [{"exp_labels": labels} for labels in expected],
-    }
 
 
 ALERT_TESTS: list[dict[str, Any]] = [

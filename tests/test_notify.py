@@ -12,44 +12,21 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.ops.notify import Notifier
-
-
-class FakeSystemd:
-    """A datagram socket bound where NOTIFY_SOCKET points, as systemd's is."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        bind_to = "\0" + address[1:] if address.startswith("@") else address
-        self.sock.bind(bind_to)
-        self.sock.settimeout(5)
-
-    def receive(self) -> bytes:
-        return self.sock.recv(65536)
-
-    def nothing_waiting(self) -> bool:
-        self.sock.setblocking(False)
-        try:
-            self.sock.recv(65536)
-        except BlockingIOError:
-            return True
-        finally:
-            self.sock.settimeout(5)
-        return False
+from tests.support.systemd import FakeSystemd
 
 
 @pytest.fixture
 def path_socket(tmp_path: Path) -> Iterator[FakeSystemd]:
     fake = FakeSystemd(str(tmp_path / "notify.sock"))
     yield fake
-    fake.sock.close()
+    fake.close()
 
 
 @pytest.fixture
 def abstract_socket() -> Iterator[FakeSystemd]:
     fake = FakeSystemd(f"@bgsyncd-test-{uuid.uuid4().hex}")
     yield fake
-    fake.sock.close()
+    fake.close()
 
 
 def exchange(fake: FakeSystemd) -> None:

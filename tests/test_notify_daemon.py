@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, start_daemon, write_config
-from tests.helpers import product_image, wait_until
-from tests.test_operations import FakeSystemd
+from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
+from tests.support.helpers import product_image, wait_until
+from tests.support.systemd import FakeSystemd
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pathlib import Path
 from bgsyncd.emulator import Emulator
 from bgsyncd.service.once import EXIT_OK, EXIT_PAUSED, Snapshot, Verdict, decide
 from bgsyncd.service.progress import render
-from tests.conftest import TEST_KEY, make_folder, run_cli, write_config
-from tests.helpers import product_image
+from tests.support.daemons import TEST_KEY, make_folder, run_cli, write_config
+from tests.support.helpers import product_image
 
 COLUMNS = 120
 BAR = re.compile(r"^\[[#-]+\] (\d+)/(\d+)(.*)$")

@@ -9,12 +9,10 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -24,65 +22,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
+    free_port,
     make_folder,
     run_cli,
     start_daemon,
     status_json,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
+from tests.support.systemd import FakeSystemd
 
 IMAGE_PATH = "/v1.0/alpha-channel"  # upload = "proxy", the default, sends every input there
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-class FakeSystemd:
-    """A datagram socket where NOTIFY_SOCKET points; a thread notes each message's arrival."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.sock.settimeout(0.1)
-        self._lock = threading.Lock()
-        self._messages: list[tuple[float, dict[str, str]]] = []
-        self.first_wall: dict[str, float] = {}  # key -> wall time of its first arrival
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            with self._lock:
-                self._messages.append((time.monotonic(), fields))
-                for key in fields:
-                    self.first_wall.setdefault(key, time.time())
-
-    def messages(self) -> list[tuple[float, dict[str, str]]]:
-        """(arrival time, fields) of every datagram so far."""
-        with self._lock:
-            return list(self._messages)
-
-    def values(self, key: str) -> list[str]:
-        """Every value sent for ``key``, in order."""
-        return [m[key] for _, m in self.messages() if key in m]
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 class WatchedEmulator(Emulator):
@@ -98,13 +54,6 @@ class WatchedEmulator(Emulator):
             self.image_admitted.set()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def fetch(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=10) as answer:  # loopback only
         return answer.status, answer.read().decode()
@@ -115,17 +64,6 @@ def drop(inbox: Path, name: str, size: int = 32) -> None:
 
 
 # -- 1. sd_notify --------------------------------------------------------------------
-
-
-@pytest.fixture(params=["path", "abstract"])
-def fake_systemd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeSystemd]:
-    if request.param == "path":
-        address = str(tmp_path / "n.sock")
-    else:
-        address = f"@bgsyncd-test-{uuid.uuid4().hex}"
-    fake = FakeSystemd(address)
-    yield fake
-    fake.close()
 
 
 def notify_env(fake: FakeSystemd) -> dict[str, str]:

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import itertools
 import signal
-import sqlite3
 import time
 import urllib.request
 from pathlib import Path
 
 from bgsyncd.api.client import Client
 from bgsyncd.api.outage import PROBE_FIRST_SECONDS, PROBE_MAX_SECONDS, Outage, probe_interval
-from bgsyncd.config.schema import FolderSettings
 from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.emulator import Emulator
-from bgsyncd.jobs.worker import Worker, WorkerConfig
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
+    attempts,
     free_port,
     make_folder,
     run_cli,
@@ -36,20 +33,10 @@ from tests.conftest import (
     wait_status,
     write_config,
 )
-from tests.helpers import FakeClock, product_image, wait_until
-from tests.pacing import MemoryRequestLog
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
-
-
-def attempts(config: Path) -> dict[str, int]:
-    db = config.parent / "state" / "queue.sqlite3"
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT relpath, attempts FROM jobs").fetchall()
-    finally:
-        conn.close()
-    return {rel: n for rel, n in rows}
+from tests.support.emulated import IMAGE_PATHS
+from tests.support.helpers import FakeClock, product_image, wait_until
+from tests.support.pacing import MemoryRequestLog
+from tests.support.workers import make_worker
 
 
 def drop_images(inbox: Path, n: int, seed: int = 0) -> list[str]:
@@ -195,13 +182,6 @@ def test_the_probe_runs_30_s_after_the_pause_then_backs_off_to_5_minutes(
     checks: list[float] = []
     (tmp_path / "inbox").mkdir()
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    settings = FolderSettings(
-        name="f",
-        inbox=tmp_path / "inbox",
-        outbox=tmp_path / "outbox",
-        quarantine=tmp_path / "quarantine",
-    )
-    config = WorkerConfig({"f": settings}, 10 * 1024 * 1024, 5, 0.01, 0.1)
     clients = {
         "down": Client(f"http://127.0.0.1:{free_port()}", TEST_KEY, 5),
         "up": Client(emulator.url, TEST_KEY, 5),
@@ -212,7 +192,7 @@ def test_the_probe_runs_30_s_after_the_pause_then_backs_off_to_5_minutes(
         checks.append(clock())
         return clients[api[0]]
 
-    worker = Worker(queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, client, clock)
+    worker = make_worker(tmp_path, client, queue, clock=clock)
     pacer = Pacer(1000, 60.0, MemoryRequestLog(), clock=clock)
     d = Dispatcher(
         queue,

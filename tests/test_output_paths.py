@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, make_folder, start_daemon, status_json, write_config
-from tests.helpers import product_image, wait_until
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+from tests.support.daemons import (
+    DaemonProcess,
+    make_folder,
+    start_daemon,
+    status_json,
+    write_config,
+)
+from tests.support.emulated import IMAGE_PATHS
+from tests.support.helpers import product_image, wait_until
 
 
 def _image_requests(emu: Emulator) -> int:

@@ -13,8 +13,8 @@ import pytest
 from bgsyncd.dispatch.pacer import LONGEST_WAIT, Pacer
 from bgsyncd.errors import QueueUnavailable, Stopped
 from bgsyncd.storage.contract import QueueError
-from tests.helpers import FakeClock, wait_until
-from tests.pacing import MemoryRequestLog, Waits
+from tests.support.helpers import FakeClock, wait_until
+from tests.support.pacing import MemoryRequestLog, Waits
 
 
 def max_in_window(times: list[float], length: float, closed: bool) -> int:

@@ -20,7 +20,7 @@ from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import ResultStore
 from bgsyncd.storage.postgres.cache import PostgresResultCache
 from bgsyncd.storage.postgres.store import PostgresStore
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def _png(payload: bytes) -> bytes:

@@ -13,7 +13,7 @@ from bgsyncd.fleet.hosts import Hosts
 from bgsyncd.storage.contract import Found
 from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
 from bgsyncd.storage.postgres.store import PostgresStore
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 def _later_than(queue: PostgresStore, t: float) -> bool:

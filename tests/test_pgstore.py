@@ -21,7 +21,7 @@ from bgsyncd.errors import QueueUnavailable
 from bgsyncd.storage.contract import Found, QueueError
 from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
 from bgsyncd.storage.postgres.store import PostgresStore
-from tests.helpers import FakeClock, wait_until
+from tests.support.helpers import FakeClock, wait_until
 
 
 def _found(relpath: str) -> Found:

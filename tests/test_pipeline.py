@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.emulator import Emulator, RecordedRequest
-from tests.conftest import DaemonProcess, make_folder, run_cli, start_daemon, write_config
-from tests.helpers import noisy_image, open_image, product_image, transparent_png, wait_until
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
-
-
-def image_requests(emu: Emulator) -> list[RecordedRequest]:
-    return [r for r in emu.requests() if r.path in IMAGE_PATHS]
+from bgsyncd.emulator import Emulator
+from tests.support.daemons import DaemonProcess, make_folder, run_cli, start_daemon, write_config
+from tests.support.emulated import image_requests
+from tests.support.helpers import (
+    noisy_image,
+    open_image,
+    product_image,
+    transparent_png,
+    wait_until,
+)
 
 
 def test_nested_mixed_formats_give_mirrored_rgba_outputs(

@@ -22,7 +22,7 @@ from bgsyncd.config.schema import ApiSettings
 from bgsyncd.errors import ConfigError
 from bgsyncd.imaging import UploadPlan, plan_upload
 from bgsyncd.service.backends import load_settings
-from tests.helpers import noisy_image, open_image, product_image
+from tests.support.helpers import noisy_image, open_image, product_image
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024

@@ -19,8 +19,8 @@ from bgsyncd.storage.contract import STATES, Found, LeaseLost, QueueError
 from bgsyncd.storage.sqlite import schema as queue_sql
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.helpers import FakeClock
-from tests.jobs import find_job, get_job
+from tests.support.helpers import FakeClock
+from tests.support.jobs import find_job, get_job
 
 
 def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
@@ -529,8 +529,7 @@ def test_enqueued_rows_survive_sigkill(db: Path) -> None:
         f"""
         import os, signal
         from pathlib import Path
-        from bgsyncd.storage.contract import Found
-        from bgsyncd.storage.sqlite.store import SqliteStore
+        from bgsyncd.storage.sqlite.store import Found, Queue
         q = SqliteStore(Path({str(db)!r}))
         q.enqueue_many(Found("products", f"{{i}}.jpg", 1, 1, i) for i in range(500))
         print("ok", flush=True)

@@ -11,7 +11,7 @@ import pytest
 from bgsyncd.config.schema import Settings
 from bgsyncd.service.backends import load_settings
 from bgsyncd.service.reload import restart_needed, watcher_changed, worker_config
-from tests.conftest import make_folder, write_config
+from tests.support.daemons import make_folder, write_config
 
 
 def _settings(tmp_path: Path, name: str = "config.toml", **sections: Any) -> Settings:

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import DaemonProcess, start_daemon, status_json, write_config
-from tests.helpers import product_image, wait_until
-
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
+from tests.support.daemons import DaemonProcess, start_daemon, status_json, write_config
+from tests.support.emulated import IMAGE_PATHS
+from tests.support.helpers import product_image, wait_until
 
 
 def _sent(emulator: Emulator) -> list[str | None]:

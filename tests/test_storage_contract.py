@@ -16,8 +16,8 @@ import pytest
 
 from bgsyncd.storage.contract import Found, Job, LeaseLost, QueueError, Store
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.helpers import wait_until
-from tests.jobs import find_job, get_job
+from tests.support.helpers import wait_until
+from tests.support.jobs import find_job, get_job
 
 
 def _found(

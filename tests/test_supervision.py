@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     make_folder,
@@ -27,7 +27,7 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.helpers import product_image, wait_until
 
 BIG = 6000  # files in the inbox whose start-up scan a signal lands in
 
@@ -39,7 +39,7 @@ def broke_emulator() -> Iterator[Emulator]:
         yield emu
 
 
-def fill(inbox: Path, n: int) -> None:
+def drop_files(inbox: Path, n: int) -> None:
     # Images: they need a request, so a pause keeps them queued (a file that is
     # no image is a local verdict, settled at once whatever the pause: SPEC §4).
     tiny = product_image(8, 8)
@@ -66,7 +66,7 @@ def test_many_quick_sighups_leave_the_last_configuration_watching(
 ) -> None:
     big = make_folder(tmp_path, "big")
     small = make_folder(tmp_path, "small")
-    fill(Path(big["inbox"]), BIG)
+    drop_files(Path(big["inbox"]), BIG)
     config = tmp_path / "c.toml"
     write_config(config, base_url=broke_emulator.url, folders=[small])
     d = start_daemon(daemons, config)
@@ -103,7 +103,7 @@ def test_sigterm_during_a_new_watchers_startup_scan_stops_it_and_exits_0(
 ) -> None:
     small = make_folder(tmp_path, "small")
     big = make_folder(tmp_path, "big")
-    fill(Path(big["inbox"]), BIG * 3)
+    drop_files(Path(big["inbox"]), BIG * 3)
     config = write_config(tmp_path / "c.toml", base_url=broke_emulator.url, folders=[small])
     d = start_daemon(daemons, config)
     write_config(config, base_url=broke_emulator.url, folders=[small, big])
@@ -122,7 +122,7 @@ def test_sigterm_during_the_first_startup_scan_exits_promptly_0(
     tmp_path: Path, broke_emulator: Emulator
 ) -> None:
     big = make_folder(tmp_path, "big")
-    fill(Path(big["inbox"]), BIG * 5)
+    drop_files(Path(big["inbox"]), BIG * 5)
     config = write_config(tmp_path / "c.toml", base_url=broke_emulator.url, folders=[big])
     d = DaemonProcess(config)
     try:
@@ -307,7 +307,7 @@ def test_a_crash_during_the_startup_scan_still_exits_1(tmp_path: Path) -> None:
     with Emulator(keys=[TEST_KEY], credits=0, rate_limit=1000) as emu:
         folder = make_folder(tmp_path, "big")
         inbox = Path(folder["inbox"])
-        fill(inbox, BIG * 3)
+        drop_files(inbox, BIG * 3)
         (inbox / "crash.jpg").write_bytes(b"x")
         config = write_config(tmp_path / "c.toml", base_url=emu.url, folders=[folder])
         script = tmp_path / "crashing.py"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bgsyncd.dispatch.waiting import Waiting, decode, encode, waiting_for
 from bgsyncd.emulator import Emulator
-from tests.conftest import (
+from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     free_port,
@@ -26,9 +26,9 @@ from tests.conftest import (
     status_json,
     write_config,
 )
-from tests.helpers import product_image, wait_until
+from tests.support.emulated import IMAGE_PATHS
+from tests.support.helpers import product_image, wait_until
 
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
 GAUGE = re.compile(r"^bgsyncd_dispatch_next_request_seconds (\S+)$", re.MULTILINE)
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from bgsyncd.emulator import Emulator
-from tests.conftest import TEST_KEY, DaemonProcess, make_folder, write_config
-from tests.helpers import product_image, wait_until
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, write_config
+from tests.support.helpers import product_image, wait_until
 
 
 def _namespaces_work() -> bool:

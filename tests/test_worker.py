@@ -2,77 +2,36 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import json
 import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bgsyncd.api.client import Client
-from bgsyncd.config.schema import FolderSettings
 from bgsyncd.emulator import Emulator
 from bgsyncd.files import outputs
 from bgsyncd.jobs.outcomes import Transition
-from bgsyncd.jobs.worker import Worker, WorkerConfig
-from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import Found, Job
 from bgsyncd.storage.sqlite.store import SqliteStore
-from tests.conftest import TEST_KEY
-from tests.helpers import product_image, wait_until
-from tests.jobs import get_job
-
-# Either image endpoint: "proxy" mode (the default) sends to the alpha channel.
-IMAGE_PATHS = ("/v1.0/image-without-background", "/v1.0/alpha-channel")
-
-# Every client a test's worker opened, closed when the test ends (pass or fail).
-_clients: list[Client] = []
-
-
-@pytest.fixture(autouse=True)
-def close_worker_clients() -> Iterator[None]:
-    """Close every client ``make_worker`` opened (modules importing it import this too)."""
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def make_worker(tmp_path: Path, emu: Emulator, queue: SqliteStore, **folder: object) -> Worker:
-    settings = FolderSettings(
-        name="f",
-        inbox=tmp_path / "inbox",
-        outbox=tmp_path / "outbox",
-        quarantine=tmp_path / "quarantine",
-        **folder,
-    )
-    client = Client(emu.url, TEST_KEY, 10)
-    _clients.append(client)
-    config = WorkerConfig(
-        folders={"f": settings},
-        max_upload_bytes=10 * 1024 * 1024,
-        max_attempts=5,
-        retry_base_seconds=0.01,
-        retry_max_seconds=0.1,
-    )
-    # cache_max_megabytes = 0: only the outputs on disk can tell the job was done
-    return Worker(queue, ResultCache(tmp_path / "cache", 0), Recorder(), config, lambda: client)
+from tests.support.emulated import IMAGE_PATHS, image_requests
+from tests.support.helpers import product_image, wait_until
+from tests.support.jobs import get_job
+from tests.support.mounts import tmpfs
+from tests.support.workers import WorkerFactory, queue_one
 
 
 def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
     (tmp_path / "inbox").mkdir()
     src = tmp_path / "inbox" / "p.jpg"
     src.write_bytes(product_image())
     st = src.stat()
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emulator, queue, output="both")
+    worker = worker_factory(tmp_path, emulator, queue, output="both")
     queue.enqueue_many([Found("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)])
     job = queue.claim(60)
     assert job is not None
@@ -107,57 +66,17 @@ def test_a_recovered_job_whose_outputs_were_written_is_not_sent_again(
 # -- local faults and refused writes (SPEC §4): the worker side ---------------------------------
 
 
-def image_posts(emu: Emulator) -> int:
-    return len([r for r in emu.requests() if r.path in IMAGE_PATHS])
-
-
-@contextlib.contextmanager
-def tmpfs(at: Path, size: str = "256k") -> Iterator[Path]:
-    """A real, small tmpfs mounted at ``at`` (root only)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    at.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(at)], check=True)
-    try:
-        yield at
-    finally:
-        subprocess.run(["umount", "-l", str(at)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Fill the filesystem of ``folder`` to the last byte."""
-    filler = folder / "filler"
-    with filler.open("wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
-
-
-def queue_one(tmp_path: Path, queue: SqliteStore, relpath: str = "p.jpg") -> Job:
-    src = tmp_path / "inbox" / relpath
-    src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_bytes(product_image(80, 60))
-    st = src.stat()
-    # Queued a while ago: a local verdict would be final at once.
-    queue.enqueue_many([Found("f", relpath, st.st_size, st.st_mtime_ns, st.st_ino)])
-    job = wait_until(lambda: queue.claim(60), what="a claimable job")
-    return job
-
-
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_credit(
-    tmp_path: Path, emulator: Emulator, fault: str
+    tmp_path: Path, emulator: Emulator, fault: str, worker_factory: WorkerFactory
 ) -> None:
     (tmp_path / "inbox").mkdir()
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    with tmpfs(tmp_path / "outbox") as outbox:
-        worker = make_worker(tmp_path, emulator, queue)  # cache off: kept in memory
+    with tmpfs(tmp_path / "outbox", "256k") as fs:
+        outbox = fs.path
+        worker = worker_factory(tmp_path, emulator, queue)  # cache off: kept in memory
         if fault == "full":
-            filler = fill(outbox)
+            fs.fill()
         else:
             subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
         job = queue_one(tmp_path, queue)
@@ -171,22 +90,22 @@ def test_an_unwritable_outbox_pauses_counts_nothing_and_the_resume_costs_no_cred
         assert after is not None and (after.state, after.attempts) == ("pending", 0)
         assert not (tmp_path / "quarantine").exists()
         assert (tmp_path / "inbox" / "p.jpg").exists()
-        assert image_posts(emulator) == 1
+        assert len(image_requests(emulator)) == 1
         if fault == "full":
-            filler.unlink()
+            fs.free()
         else:
             subprocess.run(["mount", "-o", "remount,rw", str(outbox)], check=True)
         again = queue.claim(60)
         assert again is not None and not again.resend
         assert worker.process(again).transition is Transition.DONE
         assert (outbox / "p.png").exists()
-        assert image_posts(emulator) == 1  # the kept result: no second credit
+        assert len(image_requests(emulator)) == 1  # the kept result: no second credit
     queue.close()
 
 
 @pytest.mark.parametrize("swap", ["file", "symlink"])
 def test_a_refused_output_folder_is_retried_without_resending_then_output_refused(
-    tmp_path: Path, emulator: Emulator, swap: str
+    tmp_path: Path, emulator: Emulator, swap: str, worker_factory: WorkerFactory
 ) -> None:
     (tmp_path / "inbox").mkdir()
     (tmp_path / "outbox").mkdir()
@@ -199,7 +118,7 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
     # fsops refuses a symlink where a folder should be with ENOTDIR or ELOOP
     refused = [f"[Errno {c}] {os.strerror(c)}" for c in (errno.ENOTDIR, errno.ELOOP)]
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emulator, queue)  # cache off: kept in memory
+    worker = worker_factory(tmp_path, emulator, queue)  # cache off: kept in memory
     job = queue_one(tmp_path, queue, "sub/deep/p.jpg")
     for attempt in range(1, 5):
         result = worker.process(job)
@@ -210,7 +129,7 @@ def test_a_refused_output_folder_is_retried_without_resending_then_output_refuse
         job = wait_until(lambda: queue.claim(60), what="the retry")
     result = worker.process(job)
     assert (result.transition, result.reason) == (Transition.QUARANTINE, "output_refused")
-    assert image_posts(emulator) == 1  # one credit, however many retries
+    assert len(image_requests(emulator)) == 1  # one credit, however many retries
     sidecar = json.loads(
         (tmp_path / "quarantine" / "sub" / "deep" / "p.jpg.error.json").read_text()
     )
@@ -232,11 +151,11 @@ def _queued(tmp_path: Path, queue: SqliteStore, name: str, data: bytes) -> Job:
 
 
 def test_a_queued_file_emptied_before_it_is_read_is_left_alone(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
     """Truncated to zero bytes (a placeholder again): the job goes, the file stays."""
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emulator, queue)
+    worker = worker_factory(tmp_path, emulator, queue)
     job = _queued(tmp_path, queue, "p.jpg", product_image())
     (tmp_path / "inbox" / "p.jpg").write_bytes(b"")
     assert worker.process(job).transition is Transition.FORGET
@@ -246,11 +165,11 @@ def test_a_queued_file_emptied_before_it_is_read_is_left_alone(
 
 
 def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
-    tmp_path: Path, emulator: Emulator
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
 ) -> None:
     """The verdict was on the old bytes: the new version gets its own turn."""
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emulator, queue)
+    worker = worker_factory(tmp_path, emulator, queue)
     worker.config = dataclasses.replace(worker.config, settle_seconds=0.0)  # verdicts final
     job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
     src = tmp_path / "inbox" / "p.jpg"
@@ -272,13 +191,16 @@ def test_a_file_rewritten_while_judged_is_queued_again_not_quarantined(
 
 
 def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
-    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_factory: WorkerFactory,
 ) -> None:
     """The writer's moment falls inside the move (after the version check): the
     file stays in the inbox, nothing is left in the quarantine, and the new
     version gets its own turn (the fuzz test caught an image quarantined so)."""
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emulator, queue)
+    worker = worker_factory(tmp_path, emulator, queue)
     worker.config = dataclasses.replace(worker.config, settle_seconds=0.0)  # verdicts final
     job = _queued(tmp_path, queue, "p.jpg", b"not an image yet")
     src = tmp_path / "inbox" / "p.jpg"
@@ -302,13 +224,16 @@ def test_a_file_rewritten_while_it_is_moved_to_the_quarantine_is_queued_again(
 
 
 def test_a_file_rewritten_just_before_its_deletion_after_success_stays_and_is_queued_again(
-    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_factory: WorkerFactory,
 ) -> None:
     """``after_success = "delete"``: a writer's new version landed after the daemon
     checked the version it processed, before the name went. Deleting it would lose
     bytes nobody processed; it stays and gets its own turn."""
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emulator, queue, after_success="delete")
+    worker = worker_factory(tmp_path, emulator, queue, after_success="delete")
     first = product_image()
     job = _queued(tmp_path, queue, "p.jpg", first)
     src = tmp_path / "inbox" / "p.jpg"
@@ -346,14 +271,14 @@ def test_a_file_rewritten_just_before_its_deletion_after_success_stays_and_is_qu
 
 @pytest.mark.parametrize("after_success", ["keep", "delete"])
 def test_the_version_processed_is_the_one_the_queue_knows(
-    tmp_path: Path, emulator: Emulator, after_success: str
+    tmp_path: Path, emulator: Emulator, after_success: str, worker_factory: WorkerFactory
 ) -> None:
     """Rewritten between queueing and reading: the version read is the one done. Its
     own late find (the watcher settles it after the worker) is nothing new: not a
     second request (keep), not a job forgotten as vanished after the input was
     deleted (delete; the fuzz test saw that as a path never queued)."""
     queue = SqliteStore(tmp_path / "q.sqlite3")
-    worker = make_worker(tmp_path, emulator, queue, after_success=after_success)
+    worker = worker_factory(tmp_path, emulator, queue, after_success=after_success)
     job = _queued(tmp_path, queue, "p.jpg", b"a first, partial version")
     src = tmp_path / "inbox" / "p.jpg"
     with open(src, "r+b") as fh:  # in place, before the worker reads it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from tests.helpers import FakeClock
+from tests.support.helpers import FakeClock
 
 MAX_FAKE_WAITS = 2_000
 

@@ -1,0 +1,18 @@
+"""What the emulator received: the image requests among its recorded requests."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from bgsyncd.api.endpoints import AVAILABLE_CREDIT, ENDPOINTS, UPLOAD_ENDPOINTS
+from bgsyncd.emulator import Emulator, RecordedRequest
+
+# The paths the worker uploads to ("proxy" mode, the default, sends to the alpha channel).
+IMAGE_PATHS = tuple(f"/v1.0/{e}" for e in UPLOAD_ENDPOINTS)
+# Every image path the emulator serves, the base64 ones included.
+ALL_IMAGE_PATHS = frozenset(f"/v1.0/{e}" for e in ENDPOINTS if e != AVAILABLE_CREDIT)
+
+
+def image_requests(emu: Emulator, paths: Collection[str] = IMAGE_PATHS) -> list[RecordedRequest]:
+    """Every request to ``paths`` the emulator received, whatever its outcome, in order."""
+    return [r for r in emu.requests() if r.path in paths]
