@@ -1,3 +1,1 @@
-"""The configuration: its schema, where it is read from, the rules no single field can check, the
-folders it names.
-"""
+"""The configuration: its schema, its loading, the rules across keys, the folders it names."""

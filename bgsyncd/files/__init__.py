@@ -1,3 +1,1 @@
-"""Files under the configured folders: reached through descriptors only, read, written
-atomically, moved, named.
-"""
+"""Files under the configured folders, by descriptor only: read, written atomically, moved."""

@@ -1,3 +1,1 @@
-"""Several hosts on one PostgreSQL database: the hosts, this host's membership, the fleet's credits
-and pauses.
-"""
+"""Several hosts on one PostgreSQL database: the hosts, membership, fleet credits and pauses."""

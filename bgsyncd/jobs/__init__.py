@@ -1,3 +1,1 @@
-"""One claimed job, from its input file to its outputs: what happened, what it means, carrying it
-out.
-"""
+"""One claimed job from its input to its outputs: what happened, what it means, carrying it out."""

@@ -1,3 +1,1 @@
-"""The daemon: choosing the backend, wiring the parts, the loop, signals, reloads, supervision,
-`once`.
-"""
+"""The daemon: choosing the backend, wiring the parts, the loop, signals, reloads, `once`."""

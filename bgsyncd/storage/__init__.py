@@ -1,3 +1,1 @@
-"""What bgsyncd keeps: the contract every engine keeps, the local result cache, one folder per
-engine.
-"""
+"""What bgsyncd keeps: the contract every engine keeps, the local result cache, the engines."""
