@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 PACKAGE = ROOT / "bgsyncd"
 MAX_LINES = 600
 

@@ -30,13 +30,13 @@ from bgsyncd.config.schema import (
 )
 from bgsyncd.errors import ConfigError
 from bgsyncd.service.backends import load_settings
+from tests.support.paths import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-secret-123"
 FOLDER = '[[folder]]\ninbox = "in"\noutbox = "out"\nquarantine = "q"\n'
 

@@ -26,9 +26,9 @@ from bgsyncd import imaging
 from bgsyncd.imaging import CorruptImage, ImageInfo, UnusableResult, budget
 from tests.support.helpers import product_image
 from tests.support.images import chunk, grey_png, tiff, tiff_of_blocks
+from tests.support.paths import ROOT
 
 MB = 1024 * 1024
-REPO = Path(__file__).resolve().parent.parent
 
 # -- files built by hand ---------------------------------------------------------------
 
@@ -92,7 +92,7 @@ def measured(tmp_path: Path, data: bytes, *args: str) -> tuple[str, float]:
     path.write_bytes(data)
     done = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(path), *args],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

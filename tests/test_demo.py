@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.helpers import open_image, wait_until
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = {  # input in the inbox -> its cut-out in the outbox
     "product.jpg": "product.png",
     "portrait.png": "portrait.png",

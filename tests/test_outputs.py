@@ -21,6 +21,7 @@ import pytest
 
 from bgsyncd.errors import is_refused
 from bgsyncd.files import moves, names, outputs
+from tests.support.paths import ROOT
 
 SIDECAR = {
     "path": "sub/photo.jpg",
@@ -154,7 +155,7 @@ def test_write_atomic_failing_mid_write_leaves_old_file_and_no_temp(tmp_path: Pa
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
     )
     assert proc.stderr.strip().startswith("failed:"), proc.stderr
     assert target.read_bytes() == b"old content"

@@ -23,8 +23,8 @@ from bgsyncd.errors import ConfigError
 from bgsyncd.imaging import UploadPlan, plan_upload
 from bgsyncd.service.backends import load_settings
 from tests.support.helpers import noisy_image, open_image, product_image
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 
 

@@ -21,6 +21,7 @@ from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.support.helpers import FakeClock
 from tests.support.jobs import find_job, get_job
+from tests.support.paths import ROOT
 
 
 def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
@@ -538,7 +539,7 @@ def test_enqueued_rows_survive_sigkill(db: Path) -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-c", child], check=False, capture_output=True, text=True, timeout=60,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )  # fmt: skip
     assert proc.stdout.strip() == "ok", proc.stderr
     assert proc.returncode == -9

@@ -28,6 +28,7 @@ from tests.support.daemons import (
     write_config,
 )
 from tests.support.helpers import product_image, wait_until
+from tests.support.paths import ROOT
 
 BIG = 6000  # files in the inbox whose start-up scan a signal lands in
 
@@ -245,7 +246,7 @@ def test_a_crashed_component_logs_daemon_crashed_turns_healthz_503_and_exits_1(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**_env(), "BGSYNCD_API_KEY": TEST_KEY},
-                cwd=Path(__file__).resolve().parent.parent,
+                cwd=ROOT,
             )
             poller = HealthPoller(f"http://127.0.0.1:{port}/healthz")
             try:

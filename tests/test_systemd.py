@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+from tests.support.paths import ROOT
+
+SYSTEMD = ROOT / "systemd"
 UNITS = ("bgsyncd.service", "bgsyncd@.service")
 INSTALLED = "/opt/bgsyncd/bin/bgsyncd"
 
