@@ -530,7 +530,8 @@ def test_enqueued_rows_survive_sigkill(db: Path) -> None:
         f"""
         import os, signal
         from pathlib import Path
-        from bgsyncd.storage.sqlite.store import Found, Queue
+        from bgsyncd.storage.contract import Found
+        from bgsyncd.storage.sqlite.store import SqliteStore
         q = SqliteStore(Path({str(db)!r}))
         q.enqueue_many(Found("products", f"{{i}}.jpg", 1, 1, i) for i in range(500))
         print("ok", flush=True)
