@@ -30,30 +30,12 @@ from tests.support.daemons import (
     write_config,
 )
 from tests.support.helpers import product_image, wait_until
+from tests.support.journals import deleted_journals, journals_open
 
 # Tight enough that a command and the daemon keeping separate request logs
 # would push the account over its limit.
 LIMIT = 6
 WINDOW = 3.0
-JOURNALS = ("-wal", "-shm")
-
-
-def _journals_open(pid: int, database: Path) -> list[str]:
-    """What ``pid`` holds open of the database's WAL and shared memory, as /proc names it."""
-    names = []
-    fds = Path(f"/proc/{pid}/fd")
-    for fd in fds.iterdir():
-        try:
-            target = os.readlink(fd)
-        except FileNotFoundError:
-            continue  # closed while we looked
-        if target.startswith(str(database)) and any(j in target for j in JOURNALS):
-            names.append(target)
-    return names
-
-
-def _deleted(pid: int, database: Path) -> list[str]:
-    return [name for name in _journals_open(pid, database) if name.endswith("(deleted)")]
 
 
 def _credits(config: Path) -> None:
@@ -91,16 +73,16 @@ def test_credits_retry_and_status_beside_a_daemon_leave_its_database_alone(
         (inbox / "p.jpg").write_bytes(product_image())
         wait_until((quarantine / "p.jpg").exists, 60, what="p.jpg quarantined")
         emu.configure(max_bytes=10 * 1024 * 1024)
-        assert any(n.endswith("-wal") for n in _journals_open(pid, database))
+        assert any(n.endswith("-wal") for n in journals_open(pid, database))
 
         for _ in range(3):
             _credits(config)
             assert _status(config)["quarantined"] == 1
-            assert _deleted(pid, database) == []
+            assert deleted_journals(pid, database) == []
 
         retried = run_cli("retry", "--config", str(config), str(quarantine / "p.jpg"))
         assert retried.returncode == 0, retried.stderr
-        assert _deleted(pid, database) == []
+        assert deleted_journals(pid, database) == []
         # The daemon sees what retry wrote: it takes the file and finishes it.
         wait_until((outbox / "p.png").exists, 60, what="the retried file's output")
         wait_until(lambda: _status(config)["done"] == 1, 30, what="status shows it done")
@@ -110,9 +92,9 @@ def test_credits_retry_and_status_beside_a_daemon_leave_its_database_alone(
             (inbox / f"n{i}.jpg").write_bytes(product_image(64 + i, 48))
         for _ in range(3):
             _credits(config)
-            assert _deleted(pid, database) == []
+            assert deleted_journals(pid, database) == []
         wait_until(lambda: _status(config)["done"] == 9, 90, what="status shows all nine done")
-        assert _deleted(pid, database) == []
+        assert deleted_journals(pid, database) == []
         assert d.stop() == 0, d.output()
         statuses = [r.status for r in emu.requests()]
     assert statuses.count(429) == 0, statuses
@@ -144,7 +126,7 @@ def test_a_second_connection_in_the_daemons_process_keeps_its_locks(tmp_path: Pa
         queue.set_state("daemon", "1")
         subprocess.run([sys.executable, "-c", _COMMAND, str(database)], check=True, timeout=60)
         assert Path(f"{database}-wal").exists()
-        assert _deleted(os.getpid(), database) == []
+        assert deleted_journals(os.getpid(), database) == []
         queue.set_state("daemon", "2")
         log.record(1.0)
         assert queue.get_state("command") == "was here"  # what a command writes, seen at once

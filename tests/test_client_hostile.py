@@ -26,11 +26,10 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.errors import ConfigError
 from bgsyncd.service.backends import load_settings
 from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
-from tests.support.helpers import noisy_image, product_image, transparent_png, wait_until
-from tests.support.hostile import Answer, HostileServer, Request
+from tests.support.helpers import noisy_image, product_image, wait_until
+from tests.support.hostile import PNG, Answer, HostileServer, Request
 
 KEY = "sk-hostile-5e1d2c3b4a"
-PNG = transparent_png()
 BIG = 500 * 1024 * 1024  # never stored: generated as the server sends it
 MARGIN = 0.75  # seconds a deadline may be overshot by (thread wake-ups on a busy box)
 

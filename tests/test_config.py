@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,30 +29,16 @@ from bgsyncd.config.schema import (
 )
 from bgsyncd.errors import ConfigError
 from bgsyncd.service.backends import load_settings
+from tests.support.configs import FOLDER, SECRET
 from tests.support.paths import ROOT
+
+# No BGSYNCD_* variable of the runner's leaks into any test here (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-SECRET = "sk-secret-123"
-FOLDER = '[[folder]]\ninbox = "in"\noutbox = "out"\nquarantine = "q"\n'
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No BGSYNCD_* or credential variable from the test runner leaks in."""
-    for name in list(os.environ):
-        if name.upper().startswith("BGSYNCD_") or name == "CREDENTIALS_DIRECTORY":
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Iterator[Path]:
-    """A config file path in a folder that already holds an inbox ``in``."""
-    (tmp_path / "in").mkdir()
-    yield tmp_path / "bgsyncd.toml"
 
 
 def load(path: Path, text: str, **kw: bool) -> Settings:

@@ -28,11 +28,8 @@ from tests.support.daemons import (
 )
 from tests.support.emulated import image_requests
 from tests.support.helpers import product_image, wait_until
-from tests.support.mounts import Tmpfs, ext4, tmpfs
+from tests.support.mounts import ENOSPC_TEXT, EROFS_TEXT, Tmpfs, ext4, tmpfs
 from tests.support.workers import WorkerFactory, queue_one
-
-ENOSPC_TEXT = "[Errno 28] No space left on device"
-EROFS_TEXT = "[Errno 30] Read-only file system"
 
 
 def _batch(n: int, prefix: str = "a") -> list[Found]:

@@ -13,14 +13,13 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import rate
 from bgsyncd.emulator import Emulator, RecordedRequest
 from tests.support.daemons import (
     TEST_KEY,
@@ -33,20 +32,14 @@ from tests.support.daemons import (
     wait_status,
     write_config,
 )
-from tests.support.emulated import image_requests
+from tests.support.emulated import CREDIT_PATH, image_requests, peak
 from tests.support.helpers import product_image, wait_until
 from tests.support.workers import WorkerFactory, make_dispatcher
 
-CREDIT_PATH = "/available-credit"
 WRONG_KEY = "not-a-key-the-emulator-knows-42"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def peak(requests: Iterable[RecordedRequest], window: float) -> int:
-    """Most requests starting in any window ``[s, s + window)``: a sliding check over all."""
-    return rate.peak((r.started for r in requests), window)
 
 
 def statuses(emu: Emulator) -> list[int]:

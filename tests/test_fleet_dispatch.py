@@ -40,6 +40,7 @@ from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
 from bgsyncd.storage.postgres.store import PostgresStore
 from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.support.daemons import TEST_KEY
+from tests.support.fleet import peak
 from tests.support.helpers import FakeClock, at_floor, product_image, wait_until
 from tests.support.pacing import Waits
 from tests.support.workers import WorkerFactory
@@ -61,17 +62,6 @@ def host(pg_dsn: str) -> Iterator[Any]:
     yield make
     for queue in opened:
         queue.close()
-
-
-def peak(times: list[float], window: float) -> int:
-    """Most starts in any window ``[s, s + window]``: a sliding check over all of them."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, s in enumerate(times):
-        while j < len(times) and times[j] <= s + window:
-            j += 1
-        best = max(best, j - i)
-    return best
 
 
 def test_peak_sees_a_violation() -> None:

@@ -12,8 +12,6 @@ import select
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,12 +22,10 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.ops.server import MetricsServer
 from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import product_image, wait_until
+from tests.support.listener import CAP, IDLE_SECONDS, healthz
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-CAP = 64  # SPEC §6, verbatim
-IDLE_SECONDS = 10.0  # SPEC §6, verbatim
 
 
 def _app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -43,17 +39,6 @@ def server() -> Iterator[MetricsServer]:
     s.start("127.0.0.1", 0)
     yield s
     s.stop()
-
-
-def healthz(port: int, timeout: float = 2.0) -> int | None:
-    """The status of GET /healthz, or None when the connection was refused or dropped."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (OSError, urllib.error.URLError):
-        return None
 
 
 def closed_by_server(sock: socket.socket, within: float) -> float | None:

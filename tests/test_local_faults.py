@@ -26,11 +26,8 @@ from tests.support.daemons import (
     write_config,
 )
 from tests.support.helpers import FakeClock, product_image, wait_until
-from tests.support.mounts import tmpfs
+from tests.support.mounts import ENOSPC_TEXT, EROFS_TEXT, tmpfs
 from tests.support.workers import WorkerFactory, make_dispatcher
-
-ENOSPC_TEXT = "[Errno 28] No space left on device"
-EROFS_TEXT = "[Errno 30] Read-only file system"
 
 
 def _leftovers(folder: Path) -> list[str]:

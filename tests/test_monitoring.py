@@ -6,25 +6,23 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bgsyncd.ops.metrics import Metrics
 from tests.support.prometheus import (
     CONTRACT,
     INSTANCE,
-    MONITORING,
     RULES,
+    dashboard,
+    expressions,
     fires,
+    panels,
     promtool,
     series,
     without_annotations,
 )
-
-DASHBOARD = MONITORING / "grafana-dashboard.json"
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 
@@ -191,57 +189,10 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture
-def exposition() -> str:
-    """A real scrape of a Metrics instance with something in every metric."""
-    m = Metrics("127.0.0.1:0", ["products", "catalogue"], "1.2.3", clock=lambda: 1_700_000_000.0)
-    m.start()
-    try:
-        m.file_discovered("products")
-        m.job_finished("products", "success", 2.5)
-        m.job_finished("catalogue", "quarantined", None)
-        m.api_request("image-without-background", "200", 1.2)
-        m.api_request("available-credit", "error", 0.05)
-        m.rate_limited()
-        m.resend()
-        m.credits(120, 1_800_000_000.0)
-        m.credits_floor(10)
-        m.paused("credit_floor")
-        m.jobs({"pending": 4, "in_flight": 2}, 30.0)
-        m.folder_up("products", True)
-        m.heartbeat()
-        with urllib.request.urlopen(f"http://127.0.0.1:{m.port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-    finally:
-        m.stop()
-
-
 def test_exposition_passes_promtool_check_metrics(exposition: str) -> None:
     result = promtool("check", "metrics", stdin=exposition)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
-
-
-def dashboard() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    return data
-
-
-def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for p in d["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))
-    return out
-
-
-def expressions(d: dict[str, Any]) -> list[str]:
-    exprs = [t["expr"] for p in panels(d) for t in p.get("targets", [])]
-    for var in d["templating"]["list"]:
-        if var["type"] == "query":
-            query = var["query"]
-            exprs.append(query["query"] if isinstance(query, dict) else query)
-    return exprs
 
 
 def test_dashboard_uses_only_contract_metrics(exposition: str) -> None:

@@ -21,10 +21,9 @@ from bgsyncd.emulator import Emulator
 from bgsyncd.inbox.watcher import FRESH_DIR_SECONDS
 from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import product_image, wait_until
-from tests.support.watching import OLD, Env, Sink, write
+from tests.support.watching import OLD, RESCAN, Env, Sink, write
 
 SETTLE = 10.0  # what a file found without its close waits: emitted sooner, it was an event
-RESCAN = 3600.0  # the periodic rescan never runs in these tests
 
 
 def _past_fresh() -> None:

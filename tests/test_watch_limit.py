@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,23 +25,10 @@ import pytest
 from bgsyncd.emulator import Emulator
 from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, write_config
 from tests.support.helpers import product_image, wait_until
-
-
-def _namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = "echo 3 > /proc/sys/user/max_inotify_watches"
-    result = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "sh", "-c", probe],
-        capture_output=True,
-        check=False,
-        timeout=30,
-    )
-    return result.returncode == 0
-
+from tests.support.namespaces import namespaces_work
 
 pytestmark = pytest.mark.skipif(
-    not _namespaces_work(), reason="needs user namespaces (unshare --user) to set a watch limit"
+    not namespaces_work(), reason="needs user namespaces (unshare --user) to set a watch limit"
 )
 
 

@@ -27,7 +27,7 @@ from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.storage.contract import Found
 from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
 from tests.support.helpers import exchange, product_image, wait_until
-from tests.support.watching import OLD, SENTINEL, Env, Sink, write
+from tests.support.watching import LOST_WITHIN, OLD, SENTINEL, Env, Sink, write
 
 
 class PendingPeak:
@@ -597,8 +597,6 @@ def test_ignore_rules(rel: str, ignored: bool) -> None:
 
 
 # -- inboxes that disappear or are replaced (SPEC section 4) ------------------------------
-
-LOST_WITHIN = 10.0  # SPEC: a lost or restored inbox is noticed within 10 seconds
 
 
 class Folders:
