@@ -12,15 +12,10 @@ index rows.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
-from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
@@ -104,40 +99,3 @@ def test_credits_retry_and_status_beside_a_daemon_leave_its_database_alone(
         assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 9
     finally:
         conn.close()
-
-
-# What a command does: open, read, write and close its own connection.
-_COMMAND = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("INSERT INTO state (key, value) VALUES ('command', 'was here')")
-conn.close()
-"""
-
-
-def test_a_second_connection_in_the_daemons_process_keeps_its_locks(tmp_path: Path) -> None:
-    # The daemon opens the file twice (queue, then request log). Had the second
-    # open touched the file by hand, the command closing afterwards would find
-    # no other user, checkpoint and delete the WAL the daemon still writes to.
-    database = tmp_path / "queue.sqlite3"
-    queue = SqliteStore(database)
-    log = SqliteRequestLog(database)
-    try:
-        queue.set_state("daemon", "1")
-        subprocess.run([sys.executable, "-c", _COMMAND, str(database)], check=True, timeout=60)
-        assert Path(f"{database}-wal").exists()
-        assert deleted_journals(os.getpid(), database) == []
-        queue.set_state("daemon", "2")
-        log.record(1.0)
-        assert queue.get_state("command") == "was here"  # what a command writes, seen at once
-        other = sqlite3.connect(database)  # and what the daemon writes, seen by the others
-        try:
-            assert other.execute("SELECT value FROM state WHERE key = 'daemon'").fetchone() == (
-                "2",
-            )
-            assert other.execute("SELECT count(*) FROM request_log").fetchone() == (1,)
-        finally:
-            other.close()
-    finally:
-        log.close()
-        queue.close()
