@@ -34,11 +34,6 @@ from tests.support.helpers import wait_until
 CREDIT_PATH = "/available-credit"
 
 
-def test_peak_counts_the_busiest_window() -> None:
-    assert peak([0.0, 1.0, 1.9, 2.5], 2.0) == 3
-    assert peak([0.0, 1.0, 2.0], 2.0) == 2
-
-
 # -- one rate limit, one floor ---------------------------------------------------------------
 
 
@@ -434,21 +429,6 @@ def test_a_credit_check_from_the_command_line_is_recorded_in_the_fleets_log(
         assert json.loads(result.stdout)["available_credits"] == 77
     assert len(db_rows(pg_dsn, "SELECT t FROM request_log")) == 1
     assert not (tmp_path / "host-cli" / "state").exists()  # no SQLite file made beside it
-
-
-def test_the_credential_db_password_reaches_libpq_and_nothing_else(tmp_path: Path) -> None:
-    from psycopg.conninfo import conninfo_to_dict
-
-    from bgsyncd.storage.postgres.dsn import connection_dsn
-
-    dsn = "host=db.internal user=bgsyncd dbname=bgsyncd"
-    (tmp_path / "db_password").write_text("pw-from-credential\n")
-    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    assert conninfo_to_dict(connection_dsn(dsn, env))["password"] == "pw-from-credential"
-    # libpq's own sources win, and without a credential the DSN is as written.
-    assert connection_dsn(dsn, {**env, "PGPASSWORD": "x"}) == dsn
-    assert connection_dsn(dsn, {}) == dsn
-    assert connection_dsn(dsn, {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}) == dsn
 
 
 def test_a_folder_not_shared_cannot_take_a_name_another_host_uses(
