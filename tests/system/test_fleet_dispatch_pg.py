@@ -64,11 +64,6 @@ def host(pg_dsn: str) -> Iterator[Any]:
         queue.close()
 
 
-def test_peak_sees_a_violation() -> None:
-    assert peak([0.0, 1.0, 2.0, 2.5], 2.0) == 3
-    assert peak([0.0, 1.0, 2.5], 2.0) == 2
-
-
 # -- one rate limit ------------------------------------------------------------------------
 
 
