@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bgsyncd.emulator import Emulator
 from bgsyncd.inbox.watcher import FRESH_DIR_SECONDS
-from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
-from tests.support.helpers import product_image, wait_until
+from tests.support.helpers import wait_until
 from tests.support.watching import OLD, RESCAN, Env, Sink, write
 
 SETTLE = 10.0  # what a file found without its close waits: emitted sooner, it was an event
@@ -140,32 +138,6 @@ def test_a_symlink_in_a_folder_moved_in_is_never_followed(moved: Env) -> None:
     moved.sentinel(sink)
     # a.jpg may come twice (its walk's event and the scan racing): the store keeps one.
     assert set(sink.names()) == {"shoot/a.jpg", "shoot/later.jpg", "zz-sentinel.jpg"}
-
-
-def test_the_daemon_processes_an_image_written_into_a_folder_moved_in_long_before_the_rescan(
-    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
-) -> None:
-    folder = make_folder(tmp_path, "products")
-    inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
-    config = write_config(
-        tmp_path / "bgsyncd.toml",
-        base_url=emulator.url,
-        folders=[folder],
-        queue={"rescan_interval_seconds": RESCAN},
-    )
-    daemon = start_daemon(daemons, config)
-    shoot = tmp_path / "outside" / "shoot"
-    (shoot / "sub").mkdir(parents=True)
-    (shoot / "first.jpg").write_bytes(product_image(40, 30))
-    shoot.rename(inbox / "shoot")
-    wait_until((outbox / "shoot" / "first.png").exists, 30.0, what="first.png")
-    (inbox / "shoot" / "later.jpg").write_bytes(product_image(41, 31))
-    (inbox / "shoot" / "sub" / "later.jpg").write_bytes(product_image(42, 32))
-    # Seen by their closes: nothing else would find them before the hour's rescan.
-    wait_until((outbox / "shoot" / "later.png").exists, 30.0, what="shoot/later.png")
-    wait_until((outbox / "shoot" / "sub" / "later.png").exists, 30.0, what="sub/later.png")
-    assert daemon.proc.poll() is None
-    assert daemon.stop() == 0
 
 
 def test_a_folder_moved_in_where_one_was_moved_out_is_watched(moved: Env) -> None:
