@@ -14,12 +14,10 @@ import subprocess
 import sys
 import termios
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from bgsyncd.emulator import Emulator
-from bgsyncd.service.once import EXIT_OK, EXIT_PAUSED, Snapshot, Verdict, decide
-from bgsyncd.service.progress import render
 from tests.support.daemons import TEST_KEY, make_folder, run_cli, write_config
 from tests.support.helpers import product_image
 
@@ -217,46 +215,6 @@ def test_once_without_a_terminal_prints_one_summary_line_and_no_bar(tmp_path: Pa
         assert result.stdout.splitlines() == ["once: 2/2 files finished"]
         assert "\r" not in result.stderr and "\x1b" not in result.stderr
         assert all(line.startswith("{") for line in result.stderr.splitlines())
-
-
-def test_the_bar_fits_the_terminal_and_says_what_it_waits_for() -> None:
-    line = render(3, 7, "rate limit: next request in 12 s", columns=40)
-    assert line == "[##########--------------] 3/7  rate li"
-    assert len(line) == 39  # a full-width line would wrap, and the redraw would tear it
-    assert render(0, 0, "", columns=80) == "[------------------------] 0/0"
-
-
-def test_once_decisions() -> None:
-    base = Snapshot(
-        open_jobs=2,
-        in_flight=0,
-        intake_busy=False,
-        ready_in=0.0,
-        rate_wait=12.2,
-        paused=None,
-        paused_for=0.0,
-        next_check_in=600.0,
-    )
-    assert decide(base) == Verdict(False, waiting="rate limit: next request in 13 s")
-    soon = replace(base, ready_in=30.0, rate_wait=0.0)
-    assert decide(soon) == Verdict(False, waiting="waiting for a retry in 30 s")
-    assert decide(replace(soon, ready_in=61.0)) == Verdict(True, EXIT_OK)
-    assert decide(replace(base, open_jobs=0, ready_in=None)) == Verdict(True, EXIT_OK)
-    # Claimed between the looks (the queue says in flight, the dispatcher not yet):
-    # the run is not over (it once ended "1/2 files finished", exit 0).
-    assert decide(replace(base, open_jobs=1, ready_in=None)) == Verdict(False)
-    account = replace(base, paused="invalid_api_key")
-    assert decide(account) == Verdict(True, EXIT_PAUSED, "paused: invalid_api_key")
-    check_soon = replace(account, next_check_in=20.0, paused_for=10.0)
-    assert decide(check_soon) == Verdict(
-        False, waiting="paused: invalid_api_key; next credit check in 20 s, giving up in 50 s"
-    )
-    disk = replace(base, paused="output_unwritable", paused_for=59.0)
-    assert not decide(disk).over
-    assert decide(replace(disk, paused_for=60.0)) == Verdict(
-        True, EXIT_PAUSED, "paused: output_unwritable"
-    )
-    assert not decide(replace(account, in_flight=1)).over  # its answer may still come
 
 
 def test_once_interrupted_by_ctrl_c_leaves_a_clean_screen_and_exits_1(tmp_path: Path) -> None:
