@@ -34,12 +34,6 @@ def hosts_of(pg_dsn: str) -> Iterator[Callable[[str], PostgresStore]]:
         queue.close()
 
 
-def test_the_account_is_a_hash_never_the_key() -> None:
-    key = "sk-very-secret-key"
-    assert key not in account_id(key) and len(account_id(key)) == 32
-    assert account_id(key) != account_id(key + "x")
-
-
 def test_three_hosts_never_start_more_than_the_limit_in_one_window(
     hosts_of: Callable[[str], PostgresStore],
 ) -> None:
