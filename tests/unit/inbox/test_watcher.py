@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,14 +18,12 @@ import watchdog.events
 from watchdog.events import FileModifiedEvent, FileSystemEvent
 
 from bgsyncd.config.schema import FolderSettings
-from bgsyncd.emulator import Emulator
 from bgsyncd.inbox.openfiles import OpenForWriting
 from bgsyncd.inbox.roots import Missing, Root, Verdict, judge, look
 from bgsyncd.inbox.scanner import IgnoreRules
 from bgsyncd.inbox.watcher import Watcher
 from bgsyncd.storage.contract import Found
-from tests.support.daemons import DaemonProcess, make_folder, start_daemon, write_config
-from tests.support.helpers import exchange, product_image, wait_until
+from tests.support.helpers import exchange, wait_until
 from tests.support.watching import LOST_WITHIN, OLD, SENTINEL, Env, Sink, write
 
 
@@ -749,47 +746,6 @@ def test_an_inbox_unmounted_and_mounted_again_is_lost_and_restored(env: Env, pol
     finally:
         while os.path.ismount(env.inbox):
             _umount(env.inbox)
-
-
-def _folder_up(port: int, folder: str) -> float | None:
-    """``bgsyncd_folder_up{folder=...}`` from a real scrape of the daemon, None if absent."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode("utf-8")
-    for line in text.splitlines():
-        if line.startswith(f'bgsyncd_folder_up{{folder="{folder}"}} '):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-@pytest.mark.parametrize("polling", [False, True])
-def test_daemon_processes_a_file_dropped_into_a_remade_inbox_long_before_the_rescan(
-    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess], polling: bool
-) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    folder = make_folder(tmp_path, "products", polling=polling)
-    inbox, outbox = Path(folder["inbox"]), Path(folder["outbox"])
-    config = write_config(
-        tmp_path / "bgsyncd.toml",
-        base_url=emulator.url,
-        folders=[folder],
-        queue={"rescan_interval_seconds": 300},
-        metrics_listen=f"127.0.0.1:{port}",
-    )
-    daemon = start_daemon(daemons, config)
-    wait_until(lambda: _folder_up(port, "products") == 1, 5.0, what="folder_up 1 at start")
-    shutil.rmtree(inbox)
-    wait_until(lambda: daemon.saw("folder.lost", folder="products"), LOST_WITHIN)
-    assert _folder_up(port, "products") == 0
-    inbox.mkdir()
-    wait_until(lambda: daemon.saw("folder.restored", folder="products"), LOST_WITHIN)
-    assert _folder_up(port, "products") == 1
-    (inbox / "after.jpg").write_bytes(product_image())
-    # Processed through the new watch: well before the 300 s rescan.
-    wait_until((outbox / "after.png").exists, 20.0, what="after.png in the outbox")
-    assert daemon.proc.poll() is None
-    assert daemon.stop() == 0
 
 
 # -- the decision, alone ------------------------------------------------------------------
