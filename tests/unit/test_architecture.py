@@ -374,7 +374,7 @@ def test_an_import_against_a_contract_is_caught(
 
 
 def imported_test_modules(source: str) -> list[str]:
-    """The ``tests.test_*`` modules ``source`` imports, wherever the import stands."""
+    """The test modules (``tests[.*].test_*``) ``source`` imports, wherever the import stands."""
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -383,7 +383,7 @@ def imported_test_modules(source: str) -> list[str]:
             names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
         else:
             continue
-        found.extend(n for n in names if re.fullmatch(r"tests\.test_\w+", n))
+        found.extend(n for n in names if re.fullmatch(r"tests(\.\w+)*\.test_\w+", n))
     return found
 
 
@@ -402,10 +402,13 @@ def test_a_test_module_importing_another_is_caught() -> None:
         "from tests.test_worker import make_worker\nimport tests.test_fleet\n"
         "from tests import test_fuzz\nfrom tests.support.helpers import wait_until\n"
         "def f():\n    from tests.test_dispatch import attempts\n"
+        "from tests.unit.jobs.test_worker import queue_one\nfrom tests.system import test_crash\n"
     )
     assert sorted(imported_test_modules(source)) == [
+        "tests.system.test_crash",
         "tests.test_dispatch",
         "tests.test_fleet",
         "tests.test_fuzz",
         "tests.test_worker",
+        "tests.unit.jobs.test_worker",
     ]
