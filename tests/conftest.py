@@ -21,6 +21,15 @@ from tests.support.daemons import TEST_KEY, DaemonProcess
 from tests.support.systemd import FakeSystemd
 from tests.support.workers import WorkerFactory, make_worker
 
+SYSTEM = Path(__file__).resolve().parent / "system"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/system/ ``system``: ``-m "not system"`` is the fast unit run."""
+    for item in items:
+        if SYSTEM in item.path.parents:
+            item.add_marker(pytest.mark.system)
+
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
