@@ -541,7 +541,7 @@ def test_a_wait_longer_than_a_condition_can_take_is_cut_into_pieces() -> None:
     assert waits.timeouts and max(waits.timeouts) <= LONGEST_WAIT
 
 
-# -- a shared log decides (the fleet's; on PostgreSQL in tests/test_fleet_dispatch.py) ----
+# -- a shared log decides (the fleet's; on PostgreSQL in tests/system/test_fleet_dispatch_pg.py) --
 
 
 class ScriptedSharedLog:
