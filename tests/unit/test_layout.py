@@ -40,16 +40,16 @@ def _annotations(node: ast.AST) -> set[int]:
     return inside
 
 
+def _word(e: ast.expr) -> object:
+    """A command line's word as written: ``sys.executable`` as ``<python>``, else the literal."""
+    if isinstance(e, ast.Attribute) and e.attr == "executable":
+        return "<python>"
+    return e.value if isinstance(e, ast.Constant) else None
+
+
 def _starts_bgsyncd(elts: list[ast.expr]) -> bool:
     """``[..., sys.executable, "-m", "bgsyncd", ...]``."""
-    words = [
-        "<python>"
-        if isinstance(e, ast.Attribute) and e.attr == "executable"
-        else e.value
-        if isinstance(e, ast.Constant)
-        else None
-        for e in elts
-    ]
+    words = [_word(e) for e in elts]
     return any(words[i : i + 3] == ["<python>", "-m", "bgsyncd"] for i in range(len(words)))
 
 
