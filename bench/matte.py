@@ -4,7 +4,7 @@ Run from the repository root (see bench/README.md)::
 
     .venv/bin/python -m bench.matte [--width 2000] [--height 1500] [--runs 3]
 
-This was an assertion in tests/test_emulator.py (a 2000x1500 JPEG cut out
+This was an assertion in tests/unit/emulator/test_emulator.py (a 2000x1500 JPEG cut out
 "well under a second"); timings on a shared machine do not belong in the suite.
 The figure is the best of ``--runs`` (decode, matte, PNG encode) in process,
 so a busy neighbour cannot fail it. Exit status 1 on a miss.

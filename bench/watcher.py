@@ -4,7 +4,7 @@ Run from the repository root (see bench/README.md)::
 
     .venv/bin/python -m bench.watcher [--files 10000] [--idle 5]
 
-These were assertions in tests/test_watcher.py (>= 2,000 files/s; < 0.05 s of
+These were assertions in tests/unit/inbox/test_watcher.py (>= 2,000 files/s; < 0.05 s of
 CPU per second idle); timings on a shared machine do not belong in the suite.
 The scan: ``--files`` old files in 50 folders, one ``Watcher.start`` (the
 start-up scan is blocking), files/s = files / the time ``start`` took. Idle:

@@ -1,7 +1,10 @@
-"""Shared fixtures: the emulator, daemon subprocesses, workers, a fake systemd, PostgreSQL."""
+"""Shared fixtures: the emulator, daemon subprocesses, workers, a fake systemd, PostgreSQL,
+a clean environment and a config path (config tests), a metrics scrape (monitoring tests)."""
 
 from __future__ import annotations
 
+import os
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +15,20 @@ import pytest
 from bgsyncd.api.client import Client
 from bgsyncd.emulator import Emulator
 from bgsyncd.jobs.worker import Worker
+from bgsyncd.ops.metrics import Metrics
 from bgsyncd.storage.sqlite.store import SqliteStore
 from tests.support.daemons import TEST_KEY, DaemonProcess
 from tests.support.systemd import FakeSystemd
 from tests.support.workers import WorkerFactory, make_worker
+
+SYSTEM = Path(__file__).resolve().parent / "system"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/system/ ``system``: ``-m "not system"`` is the fast unit run."""
+    for item in items:
+        if SYSTEM in item.path.parents:
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture
@@ -84,3 +97,46 @@ def pg_dsn(pg_server: Any) -> str:
     """A fresh, empty database on the test server."""
     dsn: str = pg_server.create_database()
     return dsn
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BGSYNCD_* or credential variable from the test runner leaks in.
+
+    The config tests use it for every test (``pytestmark``), as an autouse fixture of theirs did.
+    """
+    for name in list(os.environ):
+        if name.upper().startswith("BGSYNCD_") or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Iterator[Path]:
+    """A config file path in a folder that already holds an inbox ``in``."""
+    (tmp_path / "in").mkdir()
+    yield tmp_path / "bgsyncd.toml"
+
+
+@pytest.fixture
+def exposition() -> str:
+    """A real scrape of a Metrics instance with something in every metric."""
+    m = Metrics("127.0.0.1:0", ["products", "catalogue"], "1.2.3", clock=lambda: 1_700_000_000.0)
+    m.start()
+    try:
+        m.file_discovered("products")
+        m.job_finished("products", "success", 2.5)
+        m.job_finished("catalogue", "quarantined", None)
+        m.api_request("image-without-background", "200", 1.2)
+        m.api_request("available-credit", "error", 0.05)
+        m.rate_limited()
+        m.resend()
+        m.credits(120, 1_800_000_000.0)
+        m.credits_floor(10)
+        m.paused("credit_floor")
+        m.jobs({"pending": 4, "in_flight": 2}, 30.0)
+        m.folder_up("products", True)
+        m.heartbeat()
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+    finally:
+        m.stop()

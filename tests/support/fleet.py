@@ -76,3 +76,14 @@ class CountingEmulator(Emulator):
 
 def events(host: DaemonProcess, name: str) -> list[dict[str, Any]]:
     return [e for e in host.events() if e.get("event") == name]
+
+
+def peak(times: list[float], window: float) -> int:
+    """Most starts in any window ``[s, s + window]``: a sliding check over all of them."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, s in enumerate(times):
+        while j < len(times) and times[j] <= s + window:
+            j += 1
+        best = max(best, j - i)
+    return best

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support.helpers import transparent_png
+
 _CHUNK = 64 * 1024
+PNG = transparent_png()  # the image a hostile server answers with when it answers well
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,9 @@ def ext4(path: Path, size: str = "32M") -> Iterator[Ext4]:
     finally:
         # The loop device is released with the last user (autoclear).
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+ENOSPC_TEXT = "[Errno 28] No space left on device"
+
+
+EROFS_TEXT = "[Errno 30] Read-only file system"

@@ -1,13 +1,16 @@
-"""promtool over monitoring/alerts.yml, and the metrics contract the rules are checked against."""
+"""promtool over monitoring/alerts.yml, the metrics contract the rules are checked against,
+and the Grafana dashboard's panels and expressions."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 RULES = MONITORING / "alerts.yml"
+DASHBOARD = MONITORING / "grafana-dashboard.json"
 INSTANCE = {"job": "bgsyncd", "instance": "host:9808"}
 
 
@@ -69,3 +72,25 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "bgsyncd_folder_up": ("gauge", frozenset({"folder"})),
     "bgsyncd_upload_bytes_total": ("counter", frozenset({"endpoint"})),
 }
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for p in d["panels"]:
+        out.append(p)
+        out.extend(p.get("panels", []))
+    return out
+
+
+def expressions(d: dict[str, Any]) -> list[str]:
+    exprs = [t["expr"] for p in panels(d) for t in p.get("targets", [])]
+    for var in d["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]
+            exprs.append(query["query"] if isinstance(query, dict) else query)
+    return exprs

@@ -104,3 +104,9 @@ def write(path: Path, data: bytes = b"x" * 1000, mtime: float | None = None) -> 
 
 
 SENTINEL = "zz-sentinel.jpg"
+
+
+RESCAN = 3600.0  # the periodic rescan never runs in these tests
+
+
+LOST_WITHIN = 10.0  # SPEC: a lost or restored inbox is noticed within 10 seconds
