@@ -21,7 +21,7 @@ from bgsyncd.files.outputs import sidecar_name
 from bgsyncd.service.backends import open_fleet_queue
 from bgsyncd.storage.sqlite.store import SqliteStore
 
-# dispatch.IDLE_LOOK_SECONDS; tests/test_cli.py checks the two agree.
+# dispatch.dispatcher.IDLE_LOOK_SECONDS; tests/system/test_cli.py checks the two agree.
 PICKUP_SECONDS = 5.0
 
 
