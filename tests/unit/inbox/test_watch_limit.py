@@ -1,13 +1,6 @@
-"""An inbox that inotify cannot watch is polled instead (SPEC §6), under a real watch limit.
-
-The limit is real, and lowered for the daemon alone: the daemon runs in a user
-namespace of its own (``unshare --user --map-root-user``), where it writes its
-namespace's ``/proc/sys/user/max_inotify_watches`` before it starts. The kernel
-charges every inotify watch to its user in each namespace up the chain, so the
-lowered value binds that daemon and nothing else; the machine's
-``fs.inotify.max_user_watches`` is never written, and the other tests running on
-this machine at the same time are not touched.
-"""
+"""The watch probe bgsyncd asks on watchdog 6 (``inbox.limits.watch_available``), under a
+real watch limit set in a user namespace of its own (the daemon runs are in
+``tests/system/test_watch_limit_daemon.py``)."""
 
 from __future__ import annotations
 
