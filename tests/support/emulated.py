@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable
+from typing import Any
 
 from bench import rate
 from bgsyncd.api.endpoints import AVAILABLE_CREDIT, ENDPOINTS, UPLOAD_ENDPOINTS
@@ -23,3 +25,16 @@ def image_requests(emu: Emulator, paths: Collection[str] = IMAGE_PATHS) -> list[
 def peak(requests: Iterable[RecordedRequest], window: float) -> int:
     """Most requests starting in any window ``[s, s + window)``: a sliding check over all."""
     return rate.peak((r.started for r in requests), window)
+
+
+class AdmittingEmulator(Emulator):
+    """The emulator, noting when an image request has been admitted (before its latency)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.image_admitted = threading.Event()
+
+    def admit(self, key: str | None, *, image: bool) -> None:
+        super().admit(key, image=image)
+        if image:
+            self.image_admitted.set()

@@ -10,13 +10,11 @@ import secrets
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +30,7 @@ from tests.support.daemons import (
     status_json,
     write_config,
 )
+from tests.support.emulated import AdmittingEmulator
 from tests.support.helpers import product_image, wait_until
 from tests.support.systemd import FakeSystemd
 
@@ -39,19 +38,6 @@ IMAGE_PATH = "/v1.0/alpha-channel"  # upload = "proxy", the default, sends every
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-class WatchedEmulator(Emulator):
-    """The emulator, noting when an image request has been admitted (before its latency)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.image_admitted = threading.Event()
-
-    def admit(self, key: str | None, *, image: bool) -> None:
-        super().admit(key, image=image)
-        if image:
-            self.image_admitted.set()
 
 
 def fetch(url: str) -> tuple[int, str]:
@@ -203,14 +189,14 @@ def test_sighup_removing_a_folder_keeps_its_jobs_and_does_not_spin(
 
 
 @pytest.fixture
-def slow_emulator() -> Iterator[WatchedEmulator]:
-    emu = WatchedEmulator(keys=["test-key-0123456789"], credits=10_000, rate_limit=1000, seed=3)
+def slow_emulator() -> Iterator[AdmittingEmulator]:
+    emu = AdmittingEmulator(keys=["test-key-0123456789"], credits=10_000, rate_limit=1000, seed=3)
     with emu:
         yield emu
 
 
 def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
-    tmp_path: Path, slow_emulator: WatchedEmulator, daemons: list[DaemonProcess]
+    tmp_path: Path, slow_emulator: AdmittingEmulator, daemons: list[DaemonProcess]
 ) -> None:
     emu = slow_emulator
     folder = make_folder(tmp_path, "drain")
@@ -235,7 +221,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
 
 
 def test_second_sigterm_exits_at_once_and_the_job_is_sent_again(
-    tmp_path: Path, slow_emulator: WatchedEmulator, daemons: list[DaemonProcess]
+    tmp_path: Path, slow_emulator: AdmittingEmulator, daemons: list[DaemonProcess]
 ) -> None:
     emu = slow_emulator
     folder = make_folder(tmp_path, "hurry")

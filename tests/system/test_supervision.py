@@ -27,6 +27,7 @@ from tests.support.daemons import (
     status_json,
     write_config,
 )
+from tests.support.emulated import AdmittingEmulator
 from tests.support.helpers import product_image, wait_until
 from tests.support.paths import ROOT
 
@@ -178,19 +179,6 @@ COMPONENTS = [
     ("queue.oldest_pending_queued_at", "MainThread"),  # the main loop's metrics refresh
     ("SqliteStore.is_unchanged", "bgsyncd-tracker"),  # the watcher's completeness tracker
 ]
-
-
-class AdmittingEmulator(Emulator):
-    """The emulator, noting when an image request has been admitted (before its latency)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.image_admitted = threading.Event()
-
-    def admit(self, key: str | None, *, image: bool) -> None:
-        super().admit(key, image=image)
-        if image:
-            self.image_admitted.set()
 
 
 class HealthPoller:
