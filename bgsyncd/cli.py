@@ -11,16 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bgsyncd import __version__
 from bgsyncd.config.loading import render_settings
 from bgsyncd.config.schema import Settings
 from bgsyncd.errors import BgsyncdError, ConfigError
 from bgsyncd.service.backends import load_settings
-
-if TYPE_CHECKING:
-    pass
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

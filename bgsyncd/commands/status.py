@@ -29,17 +29,15 @@ def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]
         "oldest_pending_seconds": None,
         "waiting": Waiting().as_json(),
     }
+    queue: Store | None
     if settings.queue.backend == "postgresql":
         result["hosts"] = []
-        fleet = _open_fleet(settings, result)
-        if fleet is None:
-            return result
-        queue: Store = fleet
+        queue = _open_fleet(settings, result)
     else:
         db = settings.queue.database
-        if not db.exists():
-            return result
-        queue = SqliteStore.open_readonly(db)
+        queue = SqliteStore.open_readonly(db) if db.exists() else None
+    if queue is None:
+        return result  # no daemon has made the store yet: zeros, as SPEC §3 says
     try:
         for folder, counts in queue.counts().items():
             per = result["folders"].setdefault(folder, dict(empty))

@@ -77,9 +77,12 @@ class _Entry:
 class Tracker:
     """Files in progress, keyed by path; its thread emits each when complete.
 
-    The thread sleeps on a Condition until the next deadline; observers and scans
-    add or update entries from their threads. ``on_dropped`` is called (under the
-    lock: it must only flag) when files left out for lack of room are to be found."""
+    Memory is O(files in progress), at most ``max_entries`` of them. The
+    thread sleeps on a Condition until the next deadline; observers and scans
+    add or update entries from their threads. ``on_dropped`` is called (under
+    the tracker's lock: it must only flag) when files left out for lack of
+    room should be looked for again.
+    """
 
     def __init__(
         self,

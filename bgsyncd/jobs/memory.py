@@ -82,8 +82,8 @@ class KeptAnswers:
         with self._lock:
             return self._kept.get(key)
 
-    def after(self, key: str, outcome: Outcome, answer: bytes) -> None:
-        """The job that got ``answer`` ended (dropped) or will run again (kept)."""
+    def after(self, key: str, answer: bytes, outcome: Outcome) -> None:
+        """The job that got ``answer`` ended with ``outcome`` (dropped) or will run again (kept)."""
         with self._lock:
             if is_final(outcome):
                 self._kept.pop(key, None)

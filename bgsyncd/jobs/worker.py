@@ -89,6 +89,12 @@ class _Run:
     folder: str = ""  # where the write that may fail goes
     during: str = "writing the outputs"
 
+    def kept(self) -> tuple[str, bytes] | None:
+        """(key, data) of the answer this run got, to keep while its outputs wait; or None."""
+        if self.sha is None or self.answer is None:
+            return None
+        return uploads.kept_key(self.sha, self.answer.kind), self.answer.data
+
 
 class Worker:
     """Turns a claimed job into outputs; safe to call from several threads."""
@@ -165,16 +171,16 @@ class Worker:
         except QueueUnavailable:
             # The database, not the job: the dispatcher pauses (queue_unavailable).
             # A charged result waits in memory, so the resume costs no credit.
-            if run.sha is not None and run.answer is not None:
-                self._kept.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
+            if (kept := run.kept()) is not None:
+                self._kept.keep(*kept)
             raise
         except Exception as exc:  # a bug must not take the daemon down, nor loop forever
             bound.exception("job.error", error=describe(exc))
             happened = Crashed(exc, charged=run.charged)
         outcome = decide(happened, self._context(job, happened))
         self._unusable.count(job, outcome)
-        if run.sha is not None and run.answer is not None:
-            self._kept.after(uploads.kept_key(run.sha, run.answer.kind), outcome, run.answer.data)
+        if (kept := run.kept()) is not None:
+            self._kept.after(*kept, outcome)
         return self._apply(job, folder, outcome, bound, run, on_pause)
 
     def _apply(
@@ -195,8 +201,8 @@ class Worker:
         """Another host took the job over (this one was silent past the lease), or it
         was given back: its result is not this run's to write, nor its input to
         move. The answer stays at hand here, in case the job comes back."""
-        if run.sha is not None and run.answer is not None:
-            self._kept.keep(uploads.kept_key(run.sha, run.answer.kind), run.answer.data)
+        if (kept := run.kept()) is not None:
+            self._kept.keep(*kept)
         bound.warning("job.lease_lost", note="another host took the job over; result dropped")
         return Result(Transition.RELEASE, charged=run.charged)
 

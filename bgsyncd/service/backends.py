@@ -34,8 +34,12 @@ from bgsyncd.dispatch.credits import CreditGuard
 from bgsyncd.dispatch.pauses import Pauses
 from bgsyncd.storage.cache import ResultCache
 from bgsyncd.storage.contract import RequestLog, ResultStore, SharedRequestLog, Store
-from bgsyncd.storage.postgres import dsn as pg_dsn
-from bgsyncd.storage.postgres.dsn import CREDENTIAL_PASSWORD, connection_dsn, require_psycopg
+from bgsyncd.storage.postgres.dsn import (
+    CREDENTIAL_PASSWORD,
+    carries_password,
+    connection_dsn,
+    require_psycopg,
+)
 from bgsyncd.storage.sqlite.lock import DatabaseLock, database_lost
 from bgsyncd.storage.sqlite.request_log import SqliteRequestLog
 from bgsyncd.storage.sqlite.store import SqliteStore
@@ -83,7 +87,7 @@ def load_settings(
     """The configuration (:func:`bgsyncd.config.loading.load_settings`), ``queue.dsn``
     read by libpq through the PostgreSQL engine (psycopg loaded only when it is named)."""
     return loading.load_settings(
-        path, read_dsn=pg_dsn.read, create_folders=create_folders, check_folders=check_folders
+        path, read_dsn=carries_password, create_folders=create_folders, check_folders=check_folders
     )
 
 

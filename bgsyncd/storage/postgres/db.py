@@ -392,9 +392,7 @@ class PgBase:
     def now(self) -> float:
         """The database server's clock, in Unix seconds."""
         with self.transaction() as conn:
-            row = conn.execute(f"SELECT {NOW}").fetchone()
-        assert row is not None
-        return float(row[0])
+            return server_now(conn)
 
 
 @contextmanager

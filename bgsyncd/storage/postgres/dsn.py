@@ -2,7 +2,7 @@
 
 Whether a DSN carries a password is libpq's answer, not a pattern's: a URI may
 spell the key ``pass%77ord``, and libpq decodes it. The configuration's rules
-get :func:`read` handed in by the backend choice. psycopg is imported inside
+get :func:`carries_password` handed in by the backend choice. psycopg is imported inside
 the functions, and only once a PostgreSQL configuration asks: the SQLite
 backend never loads it.
 """
@@ -25,21 +25,14 @@ class UnreadableDsn(ValueError):
     """libpq cannot parse the DSN (its own message is not kept: it may quote a password)."""
 
 
-def read(dsn: str) -> bool:
-    """The configuration's ``DsnReader``: does libpq read a password from ``dsn``?
+def carries_password(dsn: str) -> bool:
+    """The DSN, as libpq reads it, sets a password (even an empty one): the
+    configuration's ``DsnReader``.
 
     Raises :class:`~bgsyncd.errors.ConfigError` when the PostgreSQL extra is
     missing and :class:`UnreadableDsn` when libpq cannot parse ``dsn``.
     """
     require_psycopg()
-    return carries_password(dsn)
-
-
-def carries_password(dsn: str) -> bool:
-    """The DSN, as libpq reads it, sets a password (even an empty one).
-
-    Raises :class:`UnreadableDsn` when libpq cannot parse it at all.
-    """
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 

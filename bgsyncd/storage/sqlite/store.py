@@ -2,16 +2,15 @@
 
 The parts live in a module each of this folder (``db``: connection,
 migrations, transactions; ``jobs``; ``claims``; ``request_log``) and
-:class:`SqliteStore` puts them together as one ``storage.contract.Store``, with the
-named state values here. Its public
-methods speak ``Found``, ``Job``, str, int and float only, so the PostgreSQL
-engine (``storage.postgres.store``) implements the same contract.
-SQLite failures surface as :class:`QueueError`, except those the
-disk caused (full, read-only, I/O error), which are
+:class:`SqliteStore` puts them together as one ``storage.contract.Store``,
+with the named state values here. Its public methods speak ``Found``, ``Job``,
+str, int and float only, so the PostgreSQL engine (``storage.postgres.store``)
+implements the same contract. SQLite failures surface as :class:`QueueError`,
+except those the disk caused (full, read-only, I/O error), which are
 :class:`~bgsyncd.errors.QueueUnavailable` with the errno in the message:
 dispatch pauses, and resumes when the database answers
-(:meth:`SqliteStore.check_writable`). :meth:`SqliteStore.lost` tells whether the file at
-the database's path is still the one opened (see ``faults``).
+(:meth:`SqliteStore.check_writable`). :meth:`SqliteStore.lost` tells whether
+the file at the database's path is still the one opened (see ``faults``).
 
 The contract's names (``Found``, ``Job``, ``QueueError``, ``STATES``) are
 imported from ``storage.contract``, never through an engine.
