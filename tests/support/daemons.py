@@ -206,3 +206,11 @@ def attempts(config: Path) -> dict[str, int]:
     finally:
         conn.close()
     return {f"{folder}/{rel}": n for folder, rel, n in rows}
+
+
+def outputs(folder: dict[str, Any]) -> list[str]:
+    """The outputs written (a hidden temp file is one being written, not an output)."""
+    outbox = Path(folder["outbox"])
+    if not outbox.exists():
+        return []
+    return sorted(p.name for p in outbox.rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -46,14 +46,6 @@ def drop(inbox: Path, name: str, width: int) -> None:
     tmp.rename(inbox / name)
 
 
-def outputs(folder: dict[str, Any]) -> list[str]:
-    """The outputs written (a hidden temp file is one being written, not an output)."""
-    outbox = Path(folder["outbox"])
-    if not outbox.exists():
-        return []
-    return sorted(p.name for p in outbox.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 def db_rows(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
         return list(conn.execute(sql, params).fetchall())

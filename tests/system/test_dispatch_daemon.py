@@ -24,6 +24,7 @@ from tests.support.daemons import (
     attempts,
     free_port,
     make_folder,
+    outputs,
     run_cli,
     start_daemon,
     wait_status,
@@ -50,10 +51,6 @@ def drop_images(inbox: Path, names: Sequence[str], seed: int = 0) -> dict[str, s
         (inbox / name).write_bytes(data)
         shas[hashlib.sha256(data).hexdigest()] = name
     return shas
-
-
-def outputs(folder: dict[str, Any]) -> list[str]:
-    return sorted(p.name for p in Path(folder["outbox"]).rglob("*") if p.is_file())
 
 
 def quarantined(folder: dict[str, Any]) -> list[str]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon
-from tests.support.fleet import CountingEmulator, events, host_config, outputs
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, outputs, start_daemon
+from tests.support.fleet import CountingEmulator, events, host_config
 from tests.support.helpers import product_image, wait_until
 
 

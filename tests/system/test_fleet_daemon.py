@@ -23,12 +23,13 @@ from tests.support.daemons import (
     TEST_KEY,
     DaemonProcess,
     make_folder,
+    outputs,
     run_cli,
     start_daemon,
     write_config,
 )
 from tests.support.emulated import image_requests
-from tests.support.fleet import db_rows, drop, host_config, outputs
+from tests.support.fleet import db_rows, drop, host_config
 from tests.support.helpers import wait_until
 
 CREDIT_PATH = "/available-credit"

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, start_daemon
-from tests.support.fleet import CountingEmulator, db_rows, drop, events, host_config, outputs
+from tests.support.daemons import TEST_KEY, DaemonProcess, make_folder, outputs, start_daemon
+from tests.support.fleet import CountingEmulator, db_rows, drop, events, host_config
 from tests.support.helpers import wait_until
 
 

@@ -41,11 +41,12 @@ from tests.support.daemons import (
     DaemonProcess,
     free_port,
     make_folder,
+    outputs,
     start_daemon,
     write_config,
 )
 from tests.support.emulated import image_requests
-from tests.support.fleet import db_rows, drop, host_config, outputs
+from tests.support.fleet import db_rows, drop, host_config
 from tests.support.helpers import product_image, wait_until
 
 # SPEC §8: the pause within 10 seconds; the rest is room for a loaded machine.

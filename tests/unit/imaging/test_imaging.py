@@ -172,10 +172,12 @@ def test_a_reduced_copy_raises_when_nothing_can_fit() -> None:
 # render: a cut-out from the original and an answer
 
 
-def _cutout(original: bytes, answer: bytes, *, matte: bool) -> bytes:
-    """The full-size RGBA cut-out as PNG, no background."""
+def _cutout(
+    original: bytes, answer: bytes, *, matte: bool = True, fmt: str = "png", background: str = ""
+) -> bytes:
+    """``render``'s cut-out of ``original`` with ``answer`` (PNG with alpha by default)."""
     out = imaging.render(
-        original, answer, answer_is_matte=matte, output="cutout", fmt="png", background=""
+        original, answer, answer_is_matte=matte, output="cutout", fmt=fmt, background=background
     )
     assert out.cutout is not None
     return out.cutout
@@ -247,16 +249,7 @@ def _opaque(cutout: bytes) -> bytes:
 
 
 def _reencode(cutout: bytes, fmt: str, background: str) -> bytes:
-    out = imaging.render(
-        cutout,
-        _opaque(cutout),
-        answer_is_matte=True,
-        output="cutout",
-        fmt=fmt,
-        background=background,
-    )
-    assert out.cutout is not None
-    return out.cutout
+    return _cutout(cutout, _opaque(cutout), fmt=fmt, background=background)
 
 
 def _mask(cutout: bytes) -> bytes:
@@ -448,16 +441,8 @@ def test_an_8_bit_rgb_input_reaches_the_cutout_exactly_where_alpha_is_above_zero
 
 def test_a_jpeg_input_reaches_the_cutout_as_its_own_decoded_pixels() -> None:
     data = product_image(400, 300, fmt="JPEG", quality=80)
-    out = imaging.render(
-        data,
-        _encode(Image.new("L", (200, 150), 200)),
-        answer_is_matte=True,
-        output="cutout",
-        fmt="png",
-        background="",
-    )
-    assert out.cutout is not None
-    cut = open_image(out.cutout)
+    made = _cutout(data, _encode(Image.new("L", (200, 150), 200)))
+    cut = open_image(made)
     assert cut.convert("RGB").tobytes() == open_image(data).convert("RGB").tobytes()
     assert set(cut.getchannel("A").tobytes()) == {200}
 
@@ -536,16 +521,8 @@ def test_render_brings_every_mode_to_8_bit_rgba(
     image: Image.Image, expected: tuple[int, ...]
 ) -> None:
     fmt = "JPEG" if image.mode == "CMYK" else "TIFF" if image.mode == "I;16" else "PNG"
-    out = imaging.render(
-        _encode(image, fmt),
-        _encode(Image.new("L", (40, 20), 255)),
-        answer_is_matte=True,
-        output="cutout",
-        fmt="png",
-        background="",
-    )
-    assert out.cutout is not None
-    cut = open_image(out.cutout)
+    made = _cutout(_encode(image, fmt), _encode(Image.new("L", (40, 20), 255)))
+    cut = open_image(made)
     assert (cut.mode, cut.size) == ("RGBA", (40, 20))
     assert cut.getpixel((20, 10)) == pytest.approx(expected, abs=3)
 
@@ -554,16 +531,8 @@ def test_render_uses_the_first_frame_of_an_animated_input() -> None:
     frames = [Image.new("RGB", (30, 20), c).convert("P") for c in ((255, 0, 0), (0, 255, 0))]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
-    out = imaging.render(
-        buf.getvalue(),
-        _encode(Image.new("L", (30, 20), 255)),
-        answer_is_matte=True,
-        output="cutout",
-        fmt="png",
-        background="",
-    )
-    assert out.cutout is not None
-    assert open_image(out.cutout).getpixel((5, 5)) == (255, 0, 0, 255)
+    made = _cutout(buf.getvalue(), _encode(Image.new("L", (30, 20), 255)))
+    assert open_image(made).getpixel((5, 5)) == (255, 0, 0, 255)
 
 
 # render: the metadata the outputs keep
@@ -625,16 +594,8 @@ def test_a_grey_or_cmyk_profile_is_not_put_on_rgb_outputs() -> None:
     grey = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
     assert grey[16:20] != b"RGB "
     original = product_image(60, 40, fmt="PNG", icc_profile=grey)
-    out = imaging.render(
-        original,
-        _encode(Image.new("L", (60, 40), 255)),
-        answer_is_matte=True,
-        output="cutout",
-        fmt="png",
-        background="",
-    )
-    assert out.cutout is not None
-    assert "icc_profile" not in open_image(out.cutout).info
+    made = _cutout(original, _encode(Image.new("L", (60, 40), 255)))
+    assert "icc_profile" not in open_image(made).info
 
 
 # "original" mode: a cut-out answer, and a server that applied the EXIF rotation
