@@ -17,9 +17,15 @@ from bgsyncd.files import rootfd
 
 
 def output_trees(folder: FolderSettings) -> list[tuple[str, Path]]:
-    """The folders bgsyncd writes into for ``folder``, by key: outbox, quarantine, done."""
+    """The folders bgsyncd writes into for ``folder``, by key: outbox, quarantine, done, renditions.
+
+    A rendition's outbox is checked and created like any output tree (SPEC §9).
+    """
     trees = [("outbox", folder.outbox), ("quarantine", folder.quarantine)]
-    return trees if folder.done is None else [*trees, ("done", folder.done)]
+    if folder.done is not None:
+        trees.append(("done", folder.done))
+    trees.extend((f"rendition[{j}].outbox", r.outbox) for j, r in enumerate(folder.rendition))
+    return trees
 
 
 def check_folders(folders: Sequence[FolderSettings], file: Path) -> None:

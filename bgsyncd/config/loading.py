@@ -138,8 +138,14 @@ def render_settings(settings: Settings) -> str:
         model: BaseModel = getattr(settings, section)
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in model.model_dump().items())
     for folder in settings.folder:
+        # The effective finishing: a preset's keys are filled in, a rendition's
+        # unset keys are its folder's.
         lines.append("\n[[folder]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in folder.model_dump().items())
+        own = folder.model_dump(exclude={"rendition"})
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in own.items())
+        for rendition in folder.rendition:
+            lines.append("\n[[folder.rendition]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in rendition.model_dump().items())
     return "\n".join(lines) + "\n"
 
 

@@ -116,6 +116,8 @@ def _known_keys(
     if len(loc) <= 1:
         return TOP_LEVEL
     model = tables.get(str(loc[0]))
+    if model is not None and "rendition" in loc[:-1]:
+        model = tables.get("rendition")
     return tuple(model.model_fields) if model else ()
 
 

@@ -31,14 +31,18 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         table = out.get(section)
         if isinstance(table, dict):
             out[section] = {k: fix(v) if k in keys else v for k, v in table.items()}
+
+    def fix_folder(table: Any) -> Any:
+        if not isinstance(table, dict):
+            return table
+        fixed = {k: fix(v) if k in _FOLDER_PATH_KEYS else v for k, v in table.items()}
+        if isinstance(fixed.get("rendition"), list):
+            fixed["rendition"] = [fix_folder(r) for r in fixed["rendition"]]
+        return fixed
+
     folders = out.get("folder")
     if isinstance(folders, list):
-        out["folder"] = [
-            {k: fix(v) if k in _FOLDER_PATH_KEYS else v for k, v in f.items()}
-            if isinstance(f, dict)
-            else f
-            for f in folders
-        ]
+        out["folder"] = [fix_folder(f) for f in folders]
     return out
 
 
@@ -73,7 +77,14 @@ def with_resolved_roots(settings: Settings) -> Settings:
     """
     keys = _FOLDER_PATH_KEYS
     folders = tuple(
-        f.model_copy(update={k: getattr(f, k).resolve() for k in keys if getattr(f, k) is not None})
+        f.model_copy(
+            update={
+                **{k: getattr(f, k).resolve() for k in keys if getattr(f, k) is not None},
+                "rendition": tuple(
+                    r.model_copy(update={"outbox": r.outbox.resolve()}) for r in f.rendition
+                ),
+            }
+        )
         for f in settings.folder
     )
     queue = settings.queue.model_copy(update={"database": settings.queue.database.resolve()})

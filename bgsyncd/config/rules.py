@@ -60,6 +60,13 @@ def check_rules(
             raise invalid(
                 file, f"{key}.background", 'format = "jpeg" needs a background colour ("#rrggbb")'
             )
+        for j, r in enumerate(f.rendition):
+            if r.format == "jpeg" and not r.background:
+                raise invalid(
+                    file,
+                    f"{key}.rendition[{j}].background",
+                    'format = "jpeg" needs a background colour ("#rrggbb")',
+                )
         if f.after_success == "move" and f.done is None:
             raise invalid(file, f"{key}.done", 'after_success = "move" needs a done folder')
     if check_folders:

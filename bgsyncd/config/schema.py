@@ -23,6 +23,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -31,6 +32,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from bgsyncd.config import finishing
 
 # The configuration's names: its tables and the environment's prefix.
 ENV_PREFIX = "BGSYNCD_"
@@ -57,7 +60,27 @@ def _colour(value: str) -> str:
     return value
 
 
+def _margin(value: str) -> str:
+    finishing.parse_margin(value)
+    return value
+
+
+def _canvas(value: str) -> str:
+    finishing.parse_canvas(value)
+    return value
+
+
+def _template(value: str) -> str:
+    finishing.check_template(value)
+    return value
+
+
 FolderPath = Annotated[Path, BeforeValidator(_not_empty)]
+Colour = Annotated[str, AfterValidator(_colour)]
+MarginText = Annotated[str, AfterValidator(_margin)]
+CanvasText = Annotated[str, AfterValidator(_canvas)]
+Template = Annotated[str, AfterValidator(_template)]
+Preset = Literal["", "amazon", "shopify"]
 
 
 class _Section(BaseModel):
@@ -121,6 +144,36 @@ class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class RenditionSettings(_Section):
+    """One ``[[folder.rendition]]``: more outputs from the same matte, in their own tree.
+
+    Keys it does not set are its folder's (filled in by ``FolderSettings``),
+    after its own preset's.
+    """
+
+    outbox: FolderPath
+    preset: Preset = ""
+    output: Literal["cutout", "mask", "both"] = "cutout"
+    format: Literal["png", "webp", "jpeg"] = "png"
+    background: Colour = ""
+    name_template: Template = "{stem}"
+    crop: bool = False
+    margin: MarginText = "0"
+    canvas: CanvasText = ""
+    align: Literal["center", "bottom"] = "center"
+    max_side: NonNegativeInt = 0
+    shadow: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return finishing.with_preset(data) if isinstance(data, dict) else data
+
+    def finishing(self, edges: str) -> finishing.Finishing:
+        """This rendition's finishing, with its folder's ``edges``."""
+        return _finishing(self, edges)
+
+
 class FolderSettings(_Section):
     """One ``[[folder]]``: an inbox and where its results go."""
 
@@ -130,7 +183,7 @@ class FolderSettings(_Section):
     quarantine: FolderPath
     output: Literal["cutout", "mask", "both"] = "cutout"
     format: Literal["png", "webp", "jpeg"] = "png"
-    background: Annotated[str, AfterValidator(_colour)] = ""
+    background: Colour = ""
     oversize: Literal["shrink", "quarantine"] = "shrink"
     after_success: Literal["keep", "delete", "move"] = "keep"
     done: Annotated[Path | None, BeforeValidator(_empty_is_none)] = None
@@ -138,6 +191,54 @@ class FolderSettings(_Section):
     polling: bool = False
     shared: bool = False  # served by every host of the fleet configuring this name
     ignore: tuple[str, ...] = ()
+    # SPEC §9, finishing: everything made from one matte.
+    name_template: Template = "{stem}"
+    edges: Literal["refine", "resize"] = "refine"
+    preset: Preset = ""
+    crop: bool = False
+    margin: MarginText = "0"
+    canvas: CanvasText = ""
+    align: Literal["center", "bottom"] = "center"
+    max_side: NonNegativeInt = 0
+    shadow: bool = False
+    rendition: tuple[RenditionSettings, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_and_inheritance(cls, data: Any) -> Any:
+        """Fill in the folder's preset, then each rendition's unset keys from the folder."""
+        if not isinstance(data, dict):
+            return data
+        table = finishing.with_preset(data)
+        renditions = table.get("rendition")
+        if isinstance(renditions, list):
+            inherited = {k: table[k] for k in finishing.RENDITION_KEYS if k in table}
+            inherited.pop("preset", None)
+            table["rendition"] = [
+                {**inherited, **finishing.with_preset(r)} if isinstance(r, dict) else r
+                for r in renditions
+            ]
+        return table
+
+    def finishing(self) -> finishing.Finishing:
+        """The folder's own outputs' finishing."""
+        return _finishing(self, self.edges)
+
+
+def _finishing(table: FolderSettings | RenditionSettings, edges: str) -> finishing.Finishing:
+    return finishing.Finishing(
+        output=table.output,
+        format=table.format,
+        background=table.background,
+        name_template=table.name_template,
+        edges=edges,
+        crop=table.crop,
+        margin=finishing.parse_margin(table.margin),
+        canvas=finishing.parse_canvas(table.canvas),
+        align=table.align,
+        max_side=table.max_side,
+        shadow=table.shadow,
+    )
 
 
 # Each top-level key's model: the keys a misspelt one may have meant.
@@ -148,6 +249,7 @@ TABLES: dict[str, type[BaseModel]] = {
     "metrics": MetricsSettings,
     "logging": LoggingSettings,
     "folder": FolderSettings,
+    "rendition": RenditionSettings,  # [[folder.rendition]], for "did you mean"
 }
 
 

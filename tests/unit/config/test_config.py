@@ -24,6 +24,7 @@ from bgsyncd.config.schema import (
     LoggingSettings,
     MetricsSettings,
     QueueSettings,
+    RenditionSettings,
     Settings,
 )
 from bgsyncd.errors import ConfigError
@@ -110,7 +111,12 @@ def test_the_example_file_names_every_setting() -> None:
     }
     for section, model in models.items():
         assert set(raw[section]) == set(model.model_fields), section
-    assert set(raw["folder"][0]) == set(FolderSettings.model_fields)
+    # Renditions are shown commented out (the example has none), with every key named.
+    assert set(raw["folder"][0]) == set(FolderSettings.model_fields) - {"rendition"}
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    shown = text[text.index("# [[folder.rendition]]") :]
+    for key in RenditionSettings.model_fields:
+        assert key in shown, key
 
 
 def test_relative_paths_are_relative_to_the_config_file(
