@@ -86,7 +86,13 @@ class DaemonProcess:
         self.config = config
         self.log_path = config.parent / f"daemon-{os.getpid()}-{id(self)}.log"
         self._log = self.log_path.open("wb")
-        full_env = {**os.environ, "BGSYNCD_API_KEY": TEST_KEY, **(env or {})}
+        # faulthandler: a daemon that will not stop dumps its threads on SIGABRT (stop()).
+        full_env = {
+            **os.environ,
+            "BGSYNCD_API_KEY": TEST_KEY,
+            "PYTHONFAULTHANDLER": "1",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bgsyncd", command, "--config", str(config)],
             stdout=self._log,
@@ -131,8 +137,15 @@ class DaemonProcess:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(5)
+            # Hung: ask for every thread's stack (faulthandler), show it, then kill.
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                code = self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait(5)
+            print(f"daemon did not stop within {timeout} s; its log ends:")
+            print(self.output()[-20000:])
         self._log.close()
         return code
 
