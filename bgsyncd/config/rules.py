@@ -60,6 +60,15 @@ def check_rules(
             raise invalid(
                 file, f"{key}.background", 'format = "jpeg" needs a background colour ("#rrggbb")'
             )
+        templates = [(f"{key}.name_template", f.name_template)] + [
+            (f"{key}.rendition[{j}].name_template", r.name_template)
+            for j, r in enumerate(f.rendition)
+        ]
+        for template_key, template in templates:
+            if "{folder}" in template and ("/" in f.name or "\0" in f.name):
+                raise invalid(
+                    file, template_key, f"uses {{folder}}, and the folder's name {f.name!r} has a /"
+                )
         for j, r in enumerate(f.rendition):
             if r.format == "jpeg" and not r.background:
                 raise invalid(

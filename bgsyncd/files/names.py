@@ -60,25 +60,35 @@ def fit_name(base: str, rest: str, relpath: str, numbered: str = "", keep: int =
     return cut_utf8(base, room) + path_tag(relpath) + numbered + rest
 
 
-def output_candidates(relpath: str, ext: str) -> Iterator[str]:
+def output_candidates(
+    relpath: str, ext: str, template: str = "{stem}", folder: str = ""
+) -> Iterator[str]:
     """Output names for input ``relpath`` in order of preference (endless).
 
     ``dir/a.jpg`` -> ``dir/a.png``, ``dir/a.jpg.png``, ``dir/a.jpg~2.png``,
     ``dir/a.jpg~3.png``... The queue claims the first one no other input owns.
-    Each name fits in 255 bytes (see the module's rule).
+    ``template`` (``name_template``, checked by the configuration) makes the
+    stem from ``{stem}``, ``{ext}`` (the input's, no dot) and ``{folder}``; the
+    later candidates fill ``{stem}`` with the input's whole name. Each name
+    fits in 255 bytes (see the module's rule), applied after templating.
     """
-    folder, name = posixpath.split(relpath)
-    stem = PurePosixPath(name).stem
+    parent, name = posixpath.split(relpath)
+    pure = PurePosixPath(name)
+    stem, own_ext = pure.stem, pure.suffix[1:]
+
+    def base(of: str) -> str:
+        return template.format(stem=of, ext=own_ext, folder=folder)
+
     rest = f".{ext}"
-    first = fit_name(stem, rest, relpath)
-    yield posixpath.join(folder, first)
-    whole = fit_name(name, rest, relpath)
+    first = fit_name(base(stem), rest, relpath)
+    yield posixpath.join(parent, first)
+    whole = fit_name(base(name), rest, relpath)
     # A name without extension (or two names cut to one) would repeat the first.
     if whole != first:
-        yield posixpath.join(folder, whole)
+        yield posixpath.join(parent, whole)
     n = 2
     while True:
-        yield posixpath.join(folder, fit_name(name, rest, relpath, f"~{n}"))
+        yield posixpath.join(parent, fit_name(base(name), rest, relpath, f"~{n}"))
         n += 1
 
 

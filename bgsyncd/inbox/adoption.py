@@ -29,7 +29,7 @@ log = get_logger("bgsyncd.adoption")
 def expected_outputs(folder: FolderSettings, relpath: str) -> list[str]:
     """The unsuffixed output names of input ``relpath`` under ``folder``'s settings."""
     ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
-    primary = next(outputs.output_candidates(relpath, ext))
+    primary = next(outputs.output_candidates(relpath, ext, folder.name_template, folder.name))
     if folder.output == "both":
         return [primary, next(outputs.mask_candidates(primary, relpath))]
     return [primary]

@@ -9,6 +9,7 @@ A write that fails raises ``OSError``; the worker reports it (``WriteFailed``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from bgsyncd import imaging
@@ -20,9 +21,7 @@ from bgsyncd.storage.contract import Found, Job, Store
 
 def claim_names(queue: Store, job: Job, folder: FolderSettings) -> None:
     """Claim the output names now, so that no credit is spent on a name that cannot be had."""
-    primary = queue.claim_output(
-        job.folder, job.id, outputs.output_candidates(job.relpath, _extension(folder))
-    )
+    primary = queue.claim_output(job.folder, job.id, _candidates(job, folder))
     if folder.output == "both":
         mask = outputs.mask_candidates(primary, job.relpath)
         queue.claim_output(job.folder, job.id, mask)
@@ -32,9 +31,7 @@ def write_outputs(
     queue: Store, job: Job, folder: FolderSettings, rendered: imaging.Rendered
 ) -> list[str]:
     """Write what ``folder`` asks for under its claimed names; the names written."""
-    primary = queue.claim_output(
-        job.folder, job.id, outputs.output_candidates(job.relpath, _extension(folder))
-    )
+    primary = queue.claim_output(job.folder, job.id, _candidates(job, folder))
     if folder.output == "mask":
         assert rendered.mask is not None  # render made what the folder asks for
         outputs.write_file(folder.outbox, primary, rendered.mask)
@@ -99,6 +96,7 @@ def after_success_target(folder: FolderSettings) -> tuple[str, str]:
     return str(folder.inbox), "deleting the input"
 
 
-def _extension(folder: FolderSettings) -> str:
-    """The primary output's extension: a mask is always a PNG."""
-    return "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
+def _candidates(job: Job, folder: FolderSettings) -> Iterator[str]:
+    """The primary output's names, in order (SPEC §4, after ``name_template``)."""
+    ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
+    return outputs.output_candidates(job.relpath, ext, folder.name_template, folder.name)

@@ -181,3 +181,9 @@ def test_a_rendition_s_outbox_is_created_and_checked_like_every_output_tree(cfg:
     assert "folder[0].rendition[0].outbox" in same and "collide" in same
     two = FOLDER + '[[folder.rendition]]\noutbox = "r"\n[[folder.rendition]]\noutbox = "r/x"\n'
     assert "folder[0].rendition[1].outbox" in error(cfg, two)
+
+
+def test_a_template_using_a_folder_name_with_a_slash_is_refused(cfg: Path) -> None:
+    text = FOLDER + 'name = "a/b"\nname_template = "{folder}-{stem}"\n'
+    assert "folder[0].name_template: uses {folder}" in error(cfg, text)
+    load(cfg, FOLDER + 'name = "a/b"\n')  # harmless without {folder}
