@@ -60,6 +60,7 @@ from bgsyncd.imaging.cutouts import (
     check_cutout,
     check_matte,
     render,
+    render_all,
 )
 from bgsyncd.imaging.mattes import border_matte
 from bgsyncd.imaging.plan import (
@@ -96,6 +97,7 @@ __all__ = [
     "make_proxy",
     "plan_upload",
     "render",
+    "render_all",
     "rgb_and_alpha",
     "rotated_by_server",
     "same_aspect",

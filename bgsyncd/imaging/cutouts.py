@@ -11,10 +11,12 @@ metadata. The mask is the alpha as a grayscale PNG.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageChops
 
+from bgsyncd.config.finishing import Finishing
 from bgsyncd.imaging import codec, plan
 from bgsyncd.imaging.codec import ImageInfo, UnusableResult
 from bgsyncd.imaging.plan import Size
@@ -116,20 +118,42 @@ def render(
     output: str,
     fmt: str,
     background: str,
+    edges: str = "resize",
 ) -> Rendered:
-    """Make one folder's outputs from the original and a checked API answer.
+    """One tree's outputs with no geometry: :func:`render_all` for a single :class:`Finishing`."""
+    finishing = Finishing(output=output, format=fmt, background=background, edges=edges)
+    (rendered,) = render_all(
+        original, answer, answer_is_matte=answer_is_matte, edges=edges, finishings=[finishing]
+    )
+    return rendered
 
-    ``answer_is_matte``: the matte is scaled to the original's size (Lanczos)
-    and becomes the alpha of the original's own pixels. Otherwise the answer is
-    a cut-out whose colours and alpha are used, scaled to the original's size
-    (turned, and without orientation tag, when the server applied the EXIF
-    rotation). Alpha the original already had is multiplied in. ``output`` is
-    "cutout" | "mask" | "both"; ``fmt`` is "png", "webp" or "jpeg";
-    ``background`` "" keeps transparency (PNG, or lossless WebP) and "#rrggbb"
-    composites onto that colour (JPEG, which has no alpha, needs one). Runs
-    inside :func:`~bgsyncd.imaging.full_decode_slot`.
+
+def render_all(
+    original: bytes,
+    answer: bytes,
+    *,
+    answer_is_matte: bool,
+    edges: str,
+    finishings: Sequence[Finishing],
+) -> list[Rendered]:
+    """Make the outputs of each of ``finishings`` from the original and a checked API answer.
+
+    The original is decoded and the matte brought to its size once; each
+    finishing (a folder's own outputs, then each rendition's) is made from
+    them in turn (SPEC §9).
+
+    ``answer_is_matte``: the matte is brought to the original's size
+    (``edges``: "resize" scales it, Lanczos; "refine" follows the original's
+    own edges) and becomes the alpha of the original's own pixels. Otherwise
+    the answer is a cut-out whose colours and alpha are used, scaled to the
+    original's size (turned, and without orientation tag, when the server
+    applied the EXIF rotation). Alpha the original already had is multiplied
+    in. A finishing's ``output`` is "cutout" | "mask" | "both"; its ``format``
+    "png", "webp" or "jpeg"; its ``background`` "" keeps transparency (PNG, or
+    lossless WebP) and "#rrggbb" composites onto that colour (JPEG, which has
+    no alpha, needs one). Runs inside :func:`~bgsyncd.imaging.full_decode_slot`.
     Raises :class:`UnusableResult` for an undecodable answer, ValueError for a
-    bad ``fmt``/``background``.
+    bad format or background.
     """
     with codec.full_decode_slot():
         orig = codec.decode(original, "original image")
@@ -160,13 +184,34 @@ def render(
         if own_alpha is not None:
             alpha = ImageChops.multiply(own_alpha, alpha)
             del own_alpha
-        mask = None
-        if output in ("mask", "both"):
-            mask = _encode_mask(alpha, meta)
-        if output == "mask":
-            return Rendered(None, mask, rotated)
-        rgb.putalpha(alpha)  # in place: the RGB copy becomes the RGBA cut-out
-        return Rendered(_encode(rgb, meta, fmt, background), mask, rotated)
+        made = []
+        for i, finishing in enumerate(finishings):
+            last = i == len(finishings) - 1
+            made.append(_finish(rgb, alpha, meta, finishing, rotated, reuse=last))
+        return made
+
+
+def _finish(
+    rgb: Image.Image,
+    alpha: Image.Image,
+    meta: _Meta,
+    finishing: Finishing,
+    rotated: bool,
+    *,
+    reuse: bool,
+) -> Rendered:
+    """One finishing's outputs from the full-size colours and alpha.
+
+    ``reuse``: ``rgb`` is not needed afterwards and becomes the cut-out in place.
+    """
+    mask = None
+    if finishing.output in ("mask", "both"):
+        mask = _encode_mask(alpha, meta)
+    if finishing.output == "mask":
+        return Rendered(None, mask, rotated)
+    cutout = rgb if reuse else rgb.copy()
+    cutout.putalpha(alpha)  # in place: the RGB copy becomes the RGBA cut-out
+    return Rendered(_encode(cutout, meta, finishing.format, finishing.background), mask, rotated)
 
 
 def _encode_mask(alpha: Image.Image, meta: _Meta) -> bytes:

@@ -324,13 +324,12 @@ class Worker:
         if run.answer is None:
             run.answer = answer
         try:
-            rendered = imaging.render(
+            (rendered,) = imaging.render_all(
                 data,
                 answer.data,
                 answer_is_matte=answer.matte,
-                output=folder.output,
-                fmt=folder.format,
-                background=folder.background,
+                edges=folder.edges,
+                finishings=[folder.finishing()],
             )
         except imaging.UnusableResult as exc:
             if source != "api":
