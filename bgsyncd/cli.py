@@ -45,9 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("once", parents=[common], help="process what can be sent now, then exit")
     status = sub.add_parser("status", parents=[common], help="jobs by state, pause, credits")
     status.add_argument("--json", action="store_true", help="one JSON object")
-    retry = sub.add_parser("retry", parents=[common], help="put quarantined files back")
+    retry = sub.add_parser(
+        "retry", parents=[common], help="put quarantined files back; make done ones anew"
+    )
     retry.add_argument("--all", action="store_true", help="every quarantined file")
-    retry.add_argument("paths", nargs="*", metavar="PATH", help="quarantined files")
+    retry.add_argument(
+        "paths", nargs="*", metavar="PATH", help="quarantined files, or done inputs to make anew"
+    )
     credits = sub.add_parser("credits", parents=[common], help="ask the API for credits")
     credits.add_argument("--json", action="store_true", help="one JSON object")
     sub.add_parser("check-config", parents=[common], help="validate and print the settings")

@@ -1,5 +1,10 @@
 """``bgsyncd retry``: put quarantined files back into their inboxes and queue them again.
 
+A PATH may also be a done input still in its inbox: it is queued again and
+its outputs, the folder's own and each rendition's, are made anew under the
+settings in force (a rendition added since, a changed format...), from the
+result cache when it holds the answer, so with no credit (SPEC §9).
+
 Runs beside the daemon with its own connection to the queue database. A running
 daemon needs no signal: its dispatcher looks for pending work every
 ``dispatch.dispatcher.IDLE_LOOK_SECONDS`` (mirrored here as ``PICKUP_SECONDS``, so this
@@ -66,16 +71,39 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
             queue.requeue(job.id)
             retried += 1
             print(f"queued again: {folder.name}/{job.relpath}")
+        for path in sorted(wanted - found):
+            done = _done_input(settings, path)
+            if done is not None and queue.requeue_done(*done):
+                found.add(path)
+                retried += 1
+                print(f"queued again, to be made anew: {done[0]}/{done[1]}")
     finally:
         queue.close()
     missing = wanted - found
     for path in sorted(missing):
-        print(f"bgsyncd: {path} is not a quarantined file", file=sys.stderr)
+        print(f"bgsyncd: {path} is neither a quarantined file nor a done one", file=sys.stderr)
     print(
         f"{retried} file(s) queued again; a running daemon takes them within "
         f"{PICKUP_SECONDS:g} s (its dispatcher looks for work that often)"
     )
     return 1 if missing or failed else 0
+
+
+def _done_input(settings: Settings, path: Path) -> tuple[str, str] | None:
+    """(folder, relpath) of ``path`` (resolved) as an input file in a configured inbox; or None."""
+    for folder in settings.folders:
+        try:
+            rel = path.relative_to(folder.inbox.resolve())
+        except ValueError:
+            continue
+        relpath = rel.as_posix()
+        try:
+            there = relpath != "." and fsops.regular_stat(folder.inbox, relpath) is not None
+        except OSError:  # the disk's answer: not an input that can be made anew now
+            there = False
+        if there:
+            return folder.name, relpath
+    return None
 
 
 def _put_back(quarantine: Path, qrel: str, inbox: Path, relpath: str) -> bool:

@@ -7,7 +7,10 @@ written before the queue was made count: those written since are the
 daemon's own, and prove nothing of the version found now. Such an input is
 recorded as done without a request (``job.adopted``), its output names
 claimed so they stay stable, and ``after_success`` is not applied. Only the
-unsuffixed names are looked for (SPEC §4). Adoption happens as files are
+unsuffixed names are looked for (SPEC §4). A folder with renditions needs
+each rendition's outputs in its tree too (a job is done once all its outputs
+exist, SPEC §9); only the folder's own names are claimed then, a rendition's
+are claimed when the job is made anew (``retry``). Adoption happens as files are
 found, before they are queued: it costs no request, so it goes on while
 dispatch is paused or the rate window is full.
 """
@@ -18,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from bgsyncd import imaging
-from bgsyncd.config.schema import FolderSettings
+from bgsyncd.config.schema import FolderSettings, RenditionSettings
 from bgsyncd.files import outputs
 from bgsyncd.logs import get_logger
 from bgsyncd.storage.contract import Found, Store
@@ -28,9 +31,17 @@ log = get_logger("bgsyncd.adoption")
 
 def expected_outputs(folder: FolderSettings, relpath: str) -> list[str]:
     """The unsuffixed output names of input ``relpath`` under ``folder``'s settings."""
-    ext = "png" if folder.output == "mask" else imaging.EXTENSIONS[folder.format]
-    primary = next(outputs.output_candidates(relpath, ext, folder.name_template, folder.name))
-    if folder.output == "both":
+    return _expected(folder, folder, relpath)
+
+
+def _expected(
+    folder: FolderSettings, tree: FolderSettings | RenditionSettings, relpath: str
+) -> list[str]:
+    """The unsuffixed names of ``relpath``'s outputs in one tree (the folder's own or a
+    rendition's)."""
+    ext = "png" if tree.output == "mask" else imaging.EXTENSIONS[tree.format]
+    primary = next(outputs.output_candidates(relpath, ext, tree.name_template, folder.name))
+    if tree.output == "both":
         return [primary, next(outputs.mask_candidates(primary, relpath))]
     return [primary]
 
@@ -68,6 +79,10 @@ class Adopter:
         names = expected_outputs(folder, f.relpath)
         if not outputs.outputs_newer_than(folder.outbox, names, f.mtime_ns, self._made_ns):
             return False
+        for r in folder.rendition:
+            made = _expected(folder, r, f.relpath)
+            if not outputs.outputs_newer_than(r.outbox, made, f.mtime_ns, self._made_ns):
+                return False
         if not self._queue.adopt(f, names):
             return False
         log.info("job.adopted", folder=f.folder, path=f.relpath, outputs=names)

@@ -81,9 +81,14 @@ class Transition(enum.Enum):
 
 @dataclass(frozen=True)
 class Finished:
-    """The outputs were written; ``source`` is ``api``, ``cache`` or ``outputs``."""
+    """The outputs were written; ``source`` is ``api``, ``cache`` or ``outputs``.
+
+    ``outputs``: every one of them, the folder's own and each rendition's (as
+    ``jobs.delivery.Tree.output`` records them), for ``job.done``.
+    """
 
     source: str
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,7 @@ def decide(what: Happening, ctx: Context) -> Outcome:
             charged=what.source == "api",
             usable=what.source == "api",
             finished="success" if what.source == "api" else "cached",
-            fields={"source": what.source},
+            fields={"source": what.source, "outputs": list(what.outputs)},
         )
     if isinstance(what, ApiFailed):
         return _api_failed(what.error, ctx)

@@ -260,10 +260,11 @@ class Worker:
             # marked done: they are there and newer than the input. Never send
             # such a job again (the cache usually answers first; not when it is
             # off or the entry was evicted).
-            self._queue.complete(job, self._queue.claimed_outputs(job.id))
+            written = delivery.claimed_outputs(self._queue, job, folder)
+            self._queue.complete(job, written)
             run.folder, run.during = delivery.after_success_target(folder)
             delivery.after_success(self._queue, job, folder, sig, bound)
-            return Finished("outputs")
+            return Finished("outputs", tuple(written))
         config = self.config
         too_big = len(data) > config.max_upload_bytes and folder.oversize == "quarantine"
         if run.free_only and not too_big:  # (a file too big is refused before any decode)
@@ -314,40 +315,46 @@ class Worker:
         source: str,
         bound: Any,
     ) -> Happening:
-        """Make this folder's outputs from the original and the answer, write them, mark
-        the job done, then deal with the input.
+        """Make this folder's outputs, its own and each rendition's, from the original and
+        the answer, write them tree by tree, mark the job done, then deal with the input.
 
-        If the input changed after it was read (a writer came back), it is
-        neither deleted nor moved but queued again: its new content must not
-        be lost, and it gets its own turn.
+        The input is dealt with only once every tree's outputs are written
+        (SPEC §9); a write that fails in any tree is a ``WriteFailed`` naming
+        that tree's outbox. If the input changed after it was read (a writer
+        came back), it is neither deleted nor moved but queued again: its new
+        content must not be lost, and it gets its own turn.
         """
         if run.answer is None:
             run.answer = answer
+        trees = delivery.trees(folder)
         try:
-            (rendered,) = imaging.render_all(
+            renders = imaging.render_all(
                 data,
                 answer.data,
                 answer_is_matte=answer.matte,
                 edges=folder.edges,
-                finishings=[folder.finishing()],
+                finishings=[tree.finishing for tree in trees],
             )
         except imaging.UnusableResult as exc:
             if source != "api":
                 raise  # a kept answer was checked when it came: this is a bug
             return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
-        if rendered.rotated_by_server:
+        if renders[0].rotated_by_server:
             bound.info("job.rotated_by_server", note="outputs carry no orientation tag")
         if not self._queue.holds(job):  # confirmed before anything is written
             raise LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")
+        written: list[str] = []
         try:
-            run.folder, run.during = str(folder.outbox), "writing the outputs"
-            written = delivery.write_outputs(self._queue, job, folder, rendered)
+            run.during = "writing the outputs"
+            for tree, rendered in zip(trees, renders, strict=True):
+                run.folder = str(tree.outbox)
+                written += delivery.write_tree(self._queue, job, folder, tree, rendered)
             self._queue.complete(job, written)
             run.folder, run.during = delivery.after_success_target(folder)
             delivery.after_success(self._queue, job, folder, sig, bound)
         except OSError as exc:
             return WriteFailed(exc, run.folder, run.during, charged=run.charged)
-        return Finished(source)
+        return Finished(source, tuple(written))
 
     def _kept_answer(self, sha: str) -> uploads.Answer | None:
         """An answer for this content that serves the upload setting: kept in memory, or cached."""

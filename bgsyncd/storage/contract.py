@@ -135,6 +135,11 @@ class JobStore(Protocol):
     def quarantined(self, folder: str | None = None) -> list[Job]: ...
     def retry_waiting(self) -> list[Job]: ...
     def requeue(self, job_id: int) -> bool: ...
+    def requeue_done(self, folder: str, relpath: str) -> bool: ...
+
+
+# The tree of a folder's own outputs (``OutputClaims``); a rendition's is its outbox path.
+OWN_TREE = ""
 
 
 class OutputClaims(Protocol):
@@ -143,11 +148,22 @@ class OutputClaims(Protocol):
     A name is claimed with every folder on its way (``names.first_free_output``):
     no file where another output's folder, or an inbox folder holding inputs,
     stands, and no output inside another's file name.
+
+    Names are claimed per tree (SPEC §9): ``tree`` is ``OWN_TREE`` ("") for the
+    folder's own outbox (every claim made before renditions existed is one of
+    these) and a rendition's resolved outbox path for its tree. The path, not
+    the rendition's place in the list: it stays the same across restarts and
+    across edits that add, remove or reorder renditions, and a rendition moved
+    to another outbox starts an empty tree there, as it should (the names it
+    claimed were names in the old folder). An adoption claims the folder's own
+    tree.
     """
 
     def adopt(self, found: Found, outputs: Sequence[str]) -> bool: ...
-    def claimed_outputs(self, job_id: int) -> list[str]: ...
-    def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str: ...
+    def claimed_outputs(self, job_id: int, tree: str = ...) -> list[str]: ...
+    def claim_output(
+        self, folder: str, job_id: int, candidates: Iterable[str], tree: str = ...
+    ) -> str: ...
 
 
 class StateStore(Protocol):

@@ -58,8 +58,12 @@ def write_config(
         lines.append("")
     for folder in folders:
         lines.append("[[folder]]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in folder.items())
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in folder.items() if k != "rendition")
         lines.append("")
+        for rendition in folder.get("rendition", ()):  # [[folder.rendition]] tables
+            lines.append("[[folder.rendition]]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in rendition.items())
+            lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 

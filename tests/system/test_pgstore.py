@@ -19,6 +19,7 @@ import pytest
 
 from bgsyncd.errors import QueueUnavailable
 from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.postgres.db import MIGRATIONS, SCHEMA_VERSION
 from bgsyncd.storage.postgres.request_log import PostgresRequestLog, account_id
 from bgsyncd.storage.postgres.store import PostgresStore
 from tests.support.helpers import FakeClock, wait_until
@@ -236,3 +237,37 @@ def test_a_read_only_view_of_a_database_no_daemon_initialised_says_so(pg_dsn: st
         PostgresStore.open_readonly(pg_dsn)
     with psycopg.connect(pg_dsn) as conn:  # and it created nothing
         assert conn.execute("SELECT to_regclass('bgsyncd_schema')").fetchone() == (None,)
+
+
+def test_a_database_of_schema_4_keeps_its_claims_as_the_folders_own_tree(pg_dsn: str) -> None:
+    # A queue written before renditions: its claims are the folder's own outbox's.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE bgsyncd_schema (version INTEGER NOT NULL, database_id TEXT NOT NULL)"
+        )
+        for statement in (s for migration in MIGRATIONS[:4] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO bgsyncd_schema VALUES (4, 'old')")
+        row = conn.execute(
+            "INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen,"
+            " queued_at, updated_at) VALUES ('f', 'a.jpg', 1, 1, 1, 'done', 0, 0, 0) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        old = int(row[0])
+        conn.execute(
+            "INSERT INTO output_claims (folder, outpath, job_id) VALUES ('f', 'a.png', %s)", (old,)
+        )
+    queue = PostgresStore(pg_dsn, host_id="h")
+    try:
+        queue.enqueue_many([_found("a.webp")])
+        webp = queue.claim(60)
+        assert webp is not None and webp.relpath == "a.webp"
+        assert queue.claimed_outputs(old) == ["a.png"]
+        assert queue.claimed_outputs(old, "/srv/amazon") == []
+        # The old name is still a.jpg's in the folder's own tree, free in a rendition's.
+        assert queue.claim_output("f", webp.id, iter(["a.png", "a.webp.png"])) == "a.webp.png"
+        assert queue.claim_output("f", webp.id, iter(["a.png"]), "/srv/amazon") == "a.png"
+    finally:
+        queue.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM bgsyncd_schema").fetchone() == (SCHEMA_VERSION,)

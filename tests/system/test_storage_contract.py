@@ -237,6 +237,31 @@ def test_output_names_are_claimed_once_and_stay_their_owners(store: Store) -> No
         store.claim_output("f", 10**9, iter([]))
 
 
+def test_output_names_are_claimed_per_tree(store: Store) -> None:
+    # A folder's own outbox and each rendition's are trees of their own (SPEC §9).
+    amazon, web = "/srv/amazon", "/srv/web"
+    store.enqueue_many([_found("a.jpg"), _found("a.webp"), _found("q.jpg")])
+    a, b, q = _claimed(store), _claimed(store), _claimed(store)
+    assert store.claim_output("f", a.id, iter(["a.png", "a.jpg.png"])) == "a.png"
+    assert store.claim_output("f", b.id, iter(["a.png", "a.webp.png"])) == "a.webp.png"
+    # b claims first in the rendition's tree: a.png is b's there, a's at home.
+    assert store.claim_output("f", b.id, iter(["a.png", "a.webp.png"]), amazon) == "a.png"
+    assert store.claim_output("f", a.id, iter(["a.png", "a.jpg.png"]), amazon) == "a.jpg.png"
+    assert store.claim_output("f", a.id, iter(["a.png"]), web) == "a.png"
+    # An output folder in one tree takes no file name in another.
+    assert store.claim_output("f", q.id, iter(["q/q.png"]), web) == "q/q.png"
+    assert store.claim_output("f", q.id, iter(["q", "q.png"]), amazon) == "q"
+    assert store.claimed_outputs(a.id) == ["a.png"]
+    assert store.claimed_outputs(a.id, amazon) == ["a.jpg.png"]
+    assert store.claimed_outputs(a.id, web) == ["a.png"]
+    assert store.claimed_outputs(b.id, web) == []
+    # Each tree's names stay their owners' (the same answer again), and go with the job.
+    assert store.claim_output("f", b.id, iter(["a.png", "a.webp.png"]), amazon) == "a.png"
+    store.forget(a)
+    assert store.claimed_outputs(a.id, amazon) == []
+    assert store.claim_output("f", q.id, iter(["a.jpg.png"]), amazon) == "a.jpg.png"
+
+
 def test_an_inbox_folder_keeps_its_name_from_an_output_file(store: Store) -> None:
     # `a.png/` in the inbox is the folder `a.png/` in the outbox: a.jpg's
     # output cannot be the file `a.png`, whichever input is claimed first.

@@ -14,18 +14,21 @@ import json
 from collections.abc import Iterable, Sequence
 
 from bgsyncd.files.names import first_free_output
-from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.contract import OWN_TREE, Found, QueueError
 from bgsyncd.storage.postgres.db import NOW, PgBase
 
-# pg_advisory_xact_lock(class, hashtext(folder)): one claimant per folder at a time.
+# pg_advisory_xact_lock(class, hashtext(folder)): one claimant per folder (all its
+# trees) at a time.
 CLAIM_LOCK_CLASS = 0x6267737A
 _SQL_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
-_SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = %s AND outpath = %s"
-# Something inside the folder a path would be: another output, or an input in an
-# inbox folder of that name. Compared bytewise (COLLATE "C", indexed so): '0'
-# follows '/', whatever the database's collation says.
+_SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = %s AND tree = %s AND outpath = %s"
+_SQL_CLAIM = "INSERT INTO output_claims (folder, tree, outpath, job_id) VALUES (%s, %s, %s, %s)"
+# Something inside the folder a path would be: another output of the tree, or an
+# input in an inbox folder of that name (every tree mirrors the inbox). Compared
+# bytewise (COLLATE "C", indexed so): '0' follows '/', whatever the database's
+# collation says.
 _SQL_INSIDE = """
-SELECT EXISTS (SELECT 1 FROM output_claims WHERE folder = %(folder)s
+SELECT EXISTS (SELECT 1 FROM output_claims WHERE folder = %(folder)s AND tree = %(tree)s
                AND outpath COLLATE "C" >= %(low)s AND outpath COLLATE "C" < %(high)s)
     OR EXISTS (SELECT 1 FROM jobs WHERE folder = %(folder)s
                AND relpath COLLATE "C" >= %(low)s AND relpath COLLATE "C" < %(high)s)
@@ -64,9 +67,9 @@ class PgClaims(PgBase):
                     return False
                 for outpath in outputs:
                     claimed = conn.execute(
-                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (%s, %s, %s)"
-                        " ON CONFLICT (folder, outpath) DO NOTHING RETURNING job_id",
-                        (found.folder, outpath, row[0]),
+                        _SQL_CLAIM + " ON CONFLICT (folder, tree, outpath) DO NOTHING"
+                        " RETURNING job_id",
+                        (found.folder, OWN_TREE, outpath, row[0]),
                     ).fetchone()
                     if claimed is None:
                         raise _NotAdopted
@@ -74,16 +77,19 @@ class PgClaims(PgBase):
             return False
         return True
 
-    def claimed_outputs(self, job_id: int) -> list[str]:
-        """The output paths (relative to the outbox) this job has claimed."""
+    def claimed_outputs(self, job_id: int, tree: str = OWN_TREE) -> list[str]:
+        """The output paths (relative to the tree's outbox) this job has claimed in ``tree``."""
         with self.transaction() as conn:
             rows = conn.execute(
-                "SELECT outpath FROM output_claims WHERE job_id = %s", (job_id,)
+                "SELECT outpath FROM output_claims WHERE job_id = %s AND tree = %s", (job_id, tree)
             ).fetchall()
         return sorted(row[0] for row in rows)
 
-    def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str:
-        """Return the first candidate output path that is this job's or free, claiming it.
+    def claim_output(
+        self, folder: str, job_id: int, candidates: Iterable[str], tree: str = OWN_TREE
+    ) -> str:
+        """Return the first candidate output path in ``tree`` that is this job's or free,
+        claiming it.
 
         ``candidates`` is in preference order and may be endless; it is read
         only up to the answer.
@@ -92,11 +98,11 @@ class PgClaims(PgBase):
             conn.execute(_SQL_LOCK, (CLAIM_LOCK_CLASS, folder))
 
             def owner_of(outpath: str) -> int | None:
-                row = conn.execute(_SQL_OWNER, (folder, outpath)).fetchone()
+                row = conn.execute(_SQL_OWNER, (folder, tree, outpath)).fetchone()
                 return None if row is None else int(row[0])
 
             def holds_inside(path: str) -> bool:
-                bounds = {"folder": folder, "low": path + "/", "high": path + "0"}
+                bounds = {"folder": folder, "tree": tree, "low": path + "/", "high": path + "0"}
                 row = conn.execute(_SQL_INSIDE, bounds).fetchone()
                 return bool(row and row[0])
 
@@ -104,9 +110,7 @@ class PgClaims(PgBase):
             if found is not None:
                 outpath, new = found
                 if new:
-                    conn.execute(
-                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (%s, %s, %s)",
-                        (folder, outpath, job_id),
-                    )
+                    conn.execute(_SQL_CLAIM, (folder, tree, outpath, job_id))
                 return outpath
-        raise QueueError(f"no free output name for job {job_id} in {folder}")
+        where = folder if tree == OWN_TREE else f"{folder} ({tree})"
+        raise QueueError(f"no free output name for job {job_id} in {where}")

@@ -125,6 +125,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             sha256 TEXT PRIMARY KEY, host TEXT NOT NULL, instance TEXT NOT NULL,
             claimed_at DOUBLE PRECISION NOT NULL)""",
     ),
+    # 5: output names claimed per tree (SPEC §9 renditions): '' is the folder's own
+    # outbox (every older claim), a rendition's resolved outbox path its tree.
+    (
+        "ALTER TABLE output_claims ADD COLUMN IF NOT EXISTS tree TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE output_claims DROP CONSTRAINT IF EXISTS output_claims_pkey",
+        "ALTER TABLE output_claims ADD PRIMARY KEY (folder, tree, outpath)",
+        "DROP INDEX IF EXISTS output_claims_by_path_bytes",
+        "CREATE INDEX output_claims_by_path_bytes"
+        ' ON output_claims (folder, tree, outpath COLLATE "C")',
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.

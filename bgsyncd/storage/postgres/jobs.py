@@ -307,6 +307,20 @@ class PgJobs(PgBase):
             )
             return cur.rowcount == 1
 
+    def requeue_done(self, folder: str, relpath: str) -> bool:
+        """Put the done job of this input back to pending, to be made again (``retry`` after
+        the settings changed: the outputs are remade, from the cache when it has the
+        answer); False if the path has no done job. Its claimed names stay its own."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,"
+                " http_status = NULL, reason = NULL, resend = FALSE, next_attempt_at = NULL,"
+                f" queued_at = {NOW}, updated_at = {NOW}"
+                " WHERE folder = %s AND relpath = %s AND state = 'done'",
+                (folder, relpath),
+            )
+            return cur.rowcount == 1
+
 
 def _lost(job: Job) -> LeaseLost:
     return LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")

@@ -11,9 +11,10 @@ import json
 from collections.abc import Iterable, Sequence
 
 from bgsyncd.files.names import first_free_output
-from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.storage.contract import OWN_TREE, Found, QueueError
 from bgsyncd.storage.sqlite.db import SqliteBase
 from bgsyncd.storage.sqlite.schema import (
+    SQL_CLAIM,
     SQL_CLAIMED_BY,
     SQL_INPUT_INSIDE,
     SQL_OUTPUT_INSIDE,
@@ -55,24 +56,25 @@ class SqliteClaims(SqliteBase):
                 if not cur.rowcount:
                     return False
                 for outpath in outputs:
-                    if conn.execute(SQL_OWNER, (found.folder, outpath)).fetchone() is not None:
+                    owner = conn.execute(SQL_OWNER, (found.folder, OWN_TREE, outpath))
+                    if owner.fetchone() is not None:
                         raise _NotAdopted
-                    conn.execute(
-                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (?, ?, ?)",
-                        (found.folder, outpath, cur.lastrowid),
-                    )
+                    conn.execute(SQL_CLAIM, (found.folder, OWN_TREE, outpath, cur.lastrowid))
         except _NotAdopted:
             return False
         return True
 
-    def claimed_outputs(self, job_id: int) -> list[str]:
-        """The output paths (relative to the outbox) this job has claimed."""
+    def claimed_outputs(self, job_id: int, tree: str = OWN_TREE) -> list[str]:
+        """The output paths (relative to the tree's outbox) this job has claimed in ``tree``."""
         with self._read() as conn:
-            rows = conn.execute(SQL_CLAIMED_BY, (job_id,)).fetchall()
+            rows = conn.execute(SQL_CLAIMED_BY, (job_id, tree)).fetchall()
         return sorted(row[0] for row in rows)
 
-    def claim_output(self, folder: str, job_id: int, candidates: Iterable[str]) -> str:
-        """Return the first candidate output path that is this job's or free, claiming it.
+    def claim_output(
+        self, folder: str, job_id: int, candidates: Iterable[str], tree: str = OWN_TREE
+    ) -> str:
+        """Return the first candidate output path in ``tree`` that is this job's or free,
+        claiming it.
 
         ``candidates`` is in preference order and may be endless; it is read
         only up to the answer. A name this job owns stays its own across restarts.
@@ -80,23 +82,22 @@ class SqliteClaims(SqliteBase):
         with self._write() as conn:
 
             def owner_of(outpath: str) -> int | None:
-                row = conn.execute(SQL_OWNER, (folder, outpath)).fetchone()
+                row = conn.execute(SQL_OWNER, (folder, tree, outpath)).fetchone()
                 return None if row is None else int(row[0])
 
             def holds_inside(path: str) -> bool:
-                bounds = (folder, path + "/", path + "0")
-                return any(
-                    conn.execute(sql, bounds).fetchone() is not None
-                    for sql in (SQL_OUTPUT_INSIDE, SQL_INPUT_INSIDE)
+                low, high = path + "/", path + "0"
+                return (
+                    conn.execute(SQL_OUTPUT_INSIDE, (folder, tree, low, high)).fetchone()
+                    is not None
+                    or conn.execute(SQL_INPUT_INSIDE, (folder, low, high)).fetchone() is not None
                 )
 
             found = first_free_output(candidates, job_id, owner_of, holds_inside)
             if found is not None:
                 outpath, new = found
                 if new:
-                    conn.execute(
-                        "INSERT INTO output_claims (folder, outpath, job_id) VALUES (?, ?, ?)",
-                        (folder, outpath, job_id),
-                    )
+                    conn.execute(SQL_CLAIM, (folder, tree, outpath, job_id))
                 return outpath
-        raise QueueError(f"no free output name for job {job_id} in {folder}")
+        where = folder if tree == OWN_TREE else f"{folder} ({tree})"
+        raise QueueError(f"no free output name for job {job_id} in {where}")

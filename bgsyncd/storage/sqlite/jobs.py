@@ -313,6 +313,21 @@ class SqliteJobs(SqliteBase):
             )
             return cur.rowcount == 1
 
+    def requeue_done(self, folder: str, relpath: str) -> bool:
+        """Put the done job of this input back to pending, to be made again (``retry`` after
+        the settings changed: the outputs are remade, from the cache when it has the
+        answer); False if the path has no done job. Its claimed names stay its own."""
+        with self._write() as conn:
+            now = self._clock()
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,"
+                " http_status = NULL, reason = NULL, resend = 0, next_attempt_at = NULL,"
+                " queued_at = ?, updated_at = ?"
+                " WHERE folder = ? AND relpath = ? AND state = 'done'",
+                (now, now, folder, relpath),
+            )
+            return cur.rowcount == 1
+
 
 def _lost(job: Job) -> LeaseLost:
     return LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")

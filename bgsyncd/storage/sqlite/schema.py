@@ -41,6 +41,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: the token of the claim that holds a job in flight (storage.JobStore's fencing).
     ("ALTER TABLE jobs ADD COLUMN claim_token TEXT",),
+    # 3: output names claimed per tree (SPEC §9 renditions): '' is the folder's own
+    # outbox (every older claim), a rendition's resolved outbox path its tree. The
+    # key changes, so the table is made anew (SQLite cannot alter a primary key).
+    (
+        """CREATE TABLE output_claims_3 (
+            folder TEXT NOT NULL, tree TEXT NOT NULL DEFAULT '', outpath TEXT NOT NULL,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            PRIMARY KEY (folder, tree, outpath)) WITHOUT ROWID""",
+        "INSERT INTO output_claims_3 (folder, tree, outpath, job_id)"
+        " SELECT folder, '', outpath, job_id FROM output_claims",
+        "DROP TABLE output_claims",
+        "ALTER TABLE output_claims_3 RENAME TO output_claims",
+        "CREATE INDEX output_claims_by_job ON output_claims (job_id, tree)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -87,13 +101,16 @@ SQL_QUARANTINED_IN = (
     f"SELECT {COLUMNS} FROM jobs WHERE state = 'quarantined' AND folder = ?"  # noqa: S608
     " ORDER BY queued_at, id"
 )
-SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = ? AND outpath = ?"
-SQL_CLAIMED_BY = "SELECT outpath FROM output_claims WHERE job_id = ?"
-# Something inside the folder a path would be (`a.png/...`): another output, or an
-# input in an inbox folder of that name. ? ? ? is (folder, path + "/", path + "0"):
-# '0' follows '/', and text compares bytewise here (BINARY).
+SQL_OWNER = "SELECT job_id FROM output_claims WHERE folder = ? AND tree = ? AND outpath = ?"
+SQL_CLAIMED_BY = "SELECT outpath FROM output_claims WHERE job_id = ? AND tree = ?"
+SQL_CLAIM = "INSERT INTO output_claims (folder, tree, outpath, job_id) VALUES (?, ?, ?, ?)"
+# Something inside the folder a path would be (`a.png/...`): another output of the
+# tree, or an input in an inbox folder of that name (every tree mirrors the inbox).
+# ? ? ? ? is (folder, tree, path + "/", path + "0"); for inputs (folder, path + "/",
+# path + "0"): '0' follows '/', and text compares bytewise here (BINARY).
 SQL_OUTPUT_INSIDE = (
-    "SELECT 1 FROM output_claims WHERE folder = ? AND outpath >= ? AND outpath < ? LIMIT 1"
+    "SELECT 1 FROM output_claims WHERE folder = ? AND tree = ? AND outpath >= ? AND outpath < ?"
+    " LIMIT 1"
 )
 SQL_INPUT_INSIDE = "SELECT 1 FROM jobs WHERE folder = ? AND relpath >= ? AND relpath < ? LIMIT 1"
 SQL_SINCE = "SELECT t FROM request_log WHERE t >= ? ORDER BY t"

@@ -273,6 +273,34 @@ def test_adoption_wants_outputs_older_than_the_queue(tmp_path: Path) -> None:
     queue.close()
 
 
+def test_adoption_wants_every_renditions_outputs_too(tmp_path: Path) -> None:
+    web = {"outbox": tmp_path / "web", "format": "webp", "name_template": "{stem}-web"}
+    folder = FolderSettings.model_validate(
+        {
+            "name": "f",
+            "inbox": tmp_path / "in",
+            "outbox": tmp_path / "out",
+            "quarantine": tmp_path / "q",
+            "rendition": [web],
+        }
+    )
+    for path in (folder.inbox, folder.outbox, tmp_path / "web"):
+        path.mkdir()
+    for name in ("all.jpg", "own.jpg"):
+        (folder.inbox / name).write_bytes(product_image())
+        os.utime(folder.inbox / name, ns=(5 * 10**9, 5 * 10**9))
+    for out in ("out/all.png", "web/all-web.webp", "out/own.png"):
+        (tmp_path / out).write_bytes(b"x")
+        os.utime(tmp_path / out, ns=(6 * 10**9, 6 * 10**9))
+    queue = SqliteStore(tmp_path / "new.sqlite3")
+    adopter = Adopter(queue, lambda: {"f": folder}, made_ns=10**19)
+    rest = adopter.adopt([_found(folder.inbox, "f", n) for n in ("all.jpg", "own.jpg")])
+    assert [f.relpath for f in rest] == ["own.jpg"]  # its rendition is missing: made as usual
+    job = find_job(queue, "f", "all.jpg")
+    assert job is not None and job.state == "done"
+    queue.close()
+
+
 def test_adoption_never_takes_a_name_another_input_owns(tmp_path: Path) -> None:
     queue = SqliteStore(tmp_path / "q.sqlite3")
     queue.enqueue_many([Found("f", "a.webp", 1, 1, 1)])

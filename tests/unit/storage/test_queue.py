@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -41,9 +42,9 @@ def query_plans() -> dict[str, tuple[str, tuple[object, ...]]]:
         "recover": (queue_sql.SQL_RECOVER, (0.0,)),
         "quarantined": (queue_sql.SQL_QUARANTINED, ()),
         "quarantined_in": (queue_sql.SQL_QUARANTINED_IN, ("f",)),
-        "owner": (queue_sql.SQL_OWNER, ("f", "a.png")),
-        "claimed_by": (queue_sql.SQL_CLAIMED_BY, (1,)),
-        "output_inside": (queue_sql.SQL_OUTPUT_INSIDE, ("f", "a.png/", "a.png0")),
+        "owner": (queue_sql.SQL_OWNER, ("f", "", "a.png")),
+        "claimed_by": (queue_sql.SQL_CLAIMED_BY, (1, "")),
+        "output_inside": (queue_sql.SQL_OUTPUT_INSIDE, ("f", "", "a.png/", "a.png0")),
         "input_inside": (queue_sql.SQL_INPUT_INSIDE, ("f", "a.png/", "a.png0")),
         "since": (queue_sql.SQL_SINCE, (0.0,)),
     }
@@ -271,6 +272,37 @@ def test_claim_output_names(q: SqliteStore, db: Path) -> None:
     with SqliteStore(db) as again:  # stable across a restart, and for reprocessing
         assert again.claim_output("products", webp.id, ["a.png", "a.webp.png"]) == "a.webp.png"
         assert again.claim_output("products", jpg.id, ["a.png", "a.jpg.png"]) == "a.png"
+
+
+def test_a_database_of_schema_2_keeps_its_claims_as_the_folders_own_tree(db: Path) -> None:
+    # A queue written before renditions: its claims are the folder's own outbox's.
+    db.parent.mkdir(parents=True)
+    old = sqlite3.connect(db)
+    for statement in (*queue_sql.MIGRATIONS[0], *queue_sql.MIGRATIONS[1]):
+        old.execute(statement)
+    old.execute(
+        "INSERT INTO jobs (id, folder, relpath, size, mtime_ns, inode, state, first_seen,"
+        " queued_at, updated_at, outputs) VALUES (1, 'products', 'a.jpg', 1, 1, 1, 'done',"
+        " 0, 0, 0, '[\"a.png\"]')"
+    )
+    old.execute(
+        "INSERT INTO output_claims (folder, outpath, job_id) VALUES ('products', 'a.png', 1)"
+    )
+    old.execute("PRAGMA user_version = 2")
+    old.commit()
+    old.close()
+    with SqliteStore(db) as q:
+        q.enqueue_many([found("a.webp")])
+        webp = find_job(q, "products", "a.webp")
+        assert webp is not None
+        assert q.claimed_outputs(1) == ["a.png"]
+        assert q.claimed_outputs(1, "/srv/amazon") == []
+        # The old name is still a.jpg's in the folder's own tree, free in a rendition's.
+        assert q.claim_output("products", webp.id, ["a.png", "a.webp.png"]) == "a.webp.png"
+        assert q.claim_output("products", webp.id, ["a.png"], "/srv/amazon") == "a.png"
+    version = sqlite3.connect(db)
+    assert version.execute("PRAGMA user_version").fetchone()[0] == queue_sql.SCHEMA_VERSION
+    version.close()
 
 
 def test_claim_output_reads_an_endless_generator_only_as_far_as_needed(q: SqliteStore) -> None:
