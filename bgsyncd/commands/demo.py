@@ -26,7 +26,7 @@ DEMO_METRICS_PORT = 9808
 def run_demo(root: Path) -> int:
     """Set up ``root`` and run the daemon on it until Ctrl-C."""
     root = root.resolve()
-    for name in ("inbox", "outbox", "quarantine", "state"):
+    for name in ("inbox", "outbox", "marketplace", "quarantine", "state"):
         (root / name).mkdir(parents=True, exist_ok=True)
     _write_samples(root / "inbox", root / "quarantine")
     key = "demo-" + secrets.token_hex(8)
@@ -48,6 +48,7 @@ bgsyncd demo
   emulator (a local WithoutBG-compatible API): {emulator.url}
   inbox:       {root / "inbox"}      <- drop more images here
   outbox:      {root / "outbox"}     <- transparent cut-outs appear here
+  marketplace: {root / "marketplace"} <- the same, 2000x2000 JPEGs on white (preset amazon)
   quarantine:  {root / "quarantine"} <- files that cannot be processed, with the reason
   metrics:     http://{listen}/metrics
   status:      {_bgsyncd_command()} status --config {shlex.quote(str(config))}
@@ -86,6 +87,12 @@ name = "demo"
 inbox = "inbox"
 outbox = "outbox"
 quarantine = "quarantine"
+
+# A rendition: more outputs from the same matte, no extra credit (README,
+# "Making product photos").
+[[folder.rendition]]
+outbox = "marketplace"
+preset = "amazon"
 """
 
 

@@ -96,7 +96,7 @@ def run_and_check(demos: list[Demo], argv: list[str], root: Path, workdir: Path)
     )
     assert demo.proc.poll() is None, demo.output()
     banner = demo.stdout()
-    for name in ("inbox", "outbox", "quarantine"):
+    for name in ("inbox", "outbox", "marketplace", "quarantine"):
         assert str(root / name) in banner, banner
     match = re.search(r"metrics:\s+(http://127\.0\.0\.1:(\d+))/metrics", banner)
     assert match, banner
@@ -118,6 +118,16 @@ def run_and_check(demos: list[Demo], argv: list[str], root: Path, workdir: Path)
         assert result.size == source.size, out
     files = sorted(str(p.relative_to(outbox)) for p in outbox.rglob("*") if p.is_file())
     assert files == sorted(SAMPLES.values())
+    # The rendition: the same inputs as JPEGs on white in their own tree (preset amazon).
+    marketplace = root / "marketplace"
+    wait_until(
+        lambda: all((marketplace / out).with_suffix(".jpg").exists() for out in SAMPLES.values()),
+        20,
+        what="the demo's marketplace rendition",
+    )
+    for out in SAMPLES.values():
+        shot = open_image((marketplace / out).with_suffix(".jpg").read_bytes())
+        assert shot.format == "JPEG" and shot.mode == "RGB", out
     assert (quarantine / TEXT_SAMPLE).read_bytes() == b"this is text, not a JPEG\n"
     sidecar = json.loads((quarantine / f"{TEXT_SAMPLE}.error.json").read_text())
     assert (sidecar["reason"], sidecar["path"]) == ("unsupported_media", TEXT_SAMPLE)
