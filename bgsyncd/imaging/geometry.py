@@ -178,11 +178,13 @@ def arrange(piece: Image.Image, layout: Layout) -> Image.Image:
     return out
 
 
-def shadow(alpha: Image.Image) -> Image.Image | None:
-    """The shadow's alpha ("L") for a finished ``alpha``; None when it has no subject.
+def shadow(alpha: Image.Image) -> tuple[Image.Image, Box] | None:
+    """The shadow's alpha ("L") for a finished ``alpha``, and the box of ``alpha`` it covers.
 
     The matte blurred by :data:`SHADOW_BLUR` of the subject's longer side, moved
-    down by :data:`SHADOW_DROP` of it, at :data:`SHADOW_OPACITY`.
+    down by :data:`SHADOW_DROP` of it, at :data:`SHADOW_OPACITY`; only the part
+    that can be above 0 (the subject and three standard deviations around it).
+    None when ``alpha`` has no subject.
     """
     box = subject_box(alpha)
     if box is None:
@@ -190,30 +192,31 @@ def shadow(alpha: Image.Image) -> Image.Image | None:
     side = max(box[2] - box[0], box[3] - box[1])
     radius = SHADOW_BLUR * side
     drop = round(SHADOW_DROP * side)
-    # Only the subject and three standard deviations around it can cast anything.
     pad = math.ceil(3 * radius) + 1
     width, height = alpha.size
-    area = (
-        max(0, box[0] - pad),
-        max(0, box[1] - pad),
-        min(width, box[2] + pad),
-        min(height, box[3] + pad),
-    )
-    blurred = alpha.crop(area).filter(ImageFilter.GaussianBlur(radius))
-    out = Image.new("L", alpha.size, 0)
-    out.paste(blurred.point(_SHADOW_LUT), (area[0], area[1] + drop))
-    return out
+    left, top = max(0, box[0] - pad), max(0, box[1] - pad)
+    right, bottom = min(width, box[2] + pad), min(height, box[3] + pad)
+    blurred = alpha.crop((left, top, right, bottom)).filter(ImageFilter.GaussianBlur(radius))
+    # Moved down: what falls below the picture is cut off.
+    covered = (left, top + drop, right, min(height, bottom + drop))
+    if covered[3] <= covered[1]:
+        return None
+    blurred = blurred.crop((0, 0, right - left, covered[3] - covered[1]))
+    return blurred.point(_SHADOW_LUT), covered
 
 
 def with_shadow(cutout: Image.Image) -> Image.Image:
-    """An RGBA ``cutout`` over its black soft shadow (:func:`shadow`); as it is without a subject.
+    """An RGBA ``cutout`` over its black soft shadow (:func:`shadow`), changed in place.
 
     Composited onto a background afterwards, the shadow lies under the
-    subject and on top of the background.
+    subject and on top of the background. Only the shadow's box is
+    composited: outside it the cut-out is as it was.
     """
     cast = shadow(cutout.getchannel("A"))
     if cast is None:
         return cutout
-    layer = Image.new("RGBA", cutout.size, 0)
-    layer.putalpha(cast)
-    return Image.alpha_composite(layer, cutout)
+    alpha, box = cast
+    layer = Image.new("RGBA", alpha.size, 0)
+    layer.putalpha(alpha)
+    cutout.paste(Image.alpha_composite(layer, cutout.crop(box)), box[:2])
+    return cutout

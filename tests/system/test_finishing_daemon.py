@@ -23,10 +23,12 @@ from tests.support.daemons import (
 from tests.support.helpers import open_image, wait_until
 
 
-def _product(size: tuple[int, int], box: tuple[int, int, int, int]) -> bytes:
-    """A red box on a light studio background, as a PNG."""
+def _product(size: tuple[int, int], box: tuple[int, int, int, int] | None) -> bytes:
+    """A red box (None: nothing) on a light studio background, as a PNG."""
     img = Image.new("RGB", size, (235, 235, 230))
-    ImageDraw.Draw(img).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(200, 20, 20))
+    if box is not None:
+        inclusive = (box[0], box[1], box[2] - 1, box[3] - 1)
+        ImageDraw.Draw(img).rectangle(inclusive, fill=(200, 20, 20))
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
@@ -73,3 +75,17 @@ def test_the_amazon_preset_makes_a_2000_square_jpeg_on_white_with_the_subject_at
     left, top, right, bottom = red
     assert 1700 * 0.95 <= right - left <= 1700
     assert abs((left + right) / 2 - 1000) <= 2 and abs((top + bottom) / 2 - 1000) <= 2
+
+
+def test_a_crop_that_finds_no_subject_keeps_the_image_whole_and_logs_it(
+    tmp_path: Path, emulator: Emulator, daemons: list[DaemonProcess]
+) -> None:
+    folder = make_folder(tmp_path, "plain", crop=True, margin="10px")
+    config = write_config(tmp_path / "c.toml", base_url=emulator.url, folders=[folder])
+    d = start_daemon(daemons, config)
+    # One flat colour: the emulator's matte is 0 everywhere.
+    (Path(folder["inbox"]) / "wall.png").write_bytes(_product((120, 80), None))
+    wait_until(lambda: outputs(folder) == ["wall.png"], 60, what="the output")
+    out = open_image((Path(folder["outbox"]) / "wall.png").read_bytes())
+    assert out.size == (140, 100)  # whole, with its margin
+    assert d.saw("finish.no_subject", path="wall.png"), d.output()
