@@ -17,6 +17,9 @@ One package, one public surface (import ``from bgsyncd import imaging``):
 - :mod:`~bgsyncd.imaging.proxies`: :func:`make_proxy`, the copy that is sent.
 - :mod:`~bgsyncd.imaging.cutouts`: :func:`check_matte` / :func:`check_cutout`
   on an answer, :func:`render` of a folder's outputs.
+- :mod:`~bgsyncd.imaging.geometry`: a finishing's crop, margin, canvas, align
+  and max_side (:func:`~bgsyncd.imaging.geometry.plan`, applied alike to the
+  cut-out and the mask) and its soft shadow (SPEC §9).
 - :mod:`~bgsyncd.imaging.mattes`: :func:`border_matte`, the emulator's local
   stand-in for the vendor's model.
 - :mod:`~bgsyncd.imaging.samples`: the demo's sample pictures, drawn.
@@ -27,7 +30,10 @@ package's functions and :data:`Picture`.
 Geometry: pixels are kept as stored. EXIF orientation is never applied: the
 proxy is made from the stored pixels, the matte lines up with them, and the
 outputs carry the original's Orientation tag so viewers show them as they show
-the original. Animated GIFs, WebPs and multi-page TIFFs give their first frame.
+the original. A finishing with a geometry or a shadow is the exception: its
+outputs are turned upright first (a canvas, ``align`` and "down" are what the
+viewer sees) and carry no orientation tag. Animated GIFs, WebPs and
+multi-page TIFFs give their first frame.
 
 Memory: every full-size decode (the outputs, the proxy or :func:`inspect` of
 a non-JPEG, a matte answer) happens inside :func:`full_decode_slot`, one

@@ -3,9 +3,11 @@
 A matte (``"proxy"`` mode, or the shrink path) is scaled to the original's
 size and becomes the alpha of the original's untouched pixels, so an 8-bit
 RGB input's colour values reach a PNG cut-out exactly. A cut-out
-(``"original"`` mode) gives its own colours and alpha, as in 0.1. Outputs keep
-the original's EXIF orientation, its RGB ICC profile and DPI; no other
-metadata. The mask is the alpha as a grayscale PNG.
+(``"original"`` mode) gives its own colours and alpha, as in 0.1. Each
+finishing then gets its geometry and shadow (:mod:`~bgsyncd.imaging.geometry`)
+and its background. Outputs keep the original's EXIF orientation (none where a
+geometry or shadow turned them upright), its RGB ICC profile and DPI; no other
+metadata. The mask is the alpha as a grayscale PNG, with the cut-out's geometry.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageChops
 
 from bgsyncd.config.finishing import Finishing
-from bgsyncd.imaging import codec, plan
+from bgsyncd.imaging import codec, geometry, plan
 from bgsyncd.imaging.codec import ImageInfo, UnusableResult
 from bgsyncd.imaging.plan import Size
 
@@ -31,15 +33,7 @@ _QUALITY = 90
 _PNG_LEVEL = 1
 _HEX = frozenset("0123456789abcdefABCDEF")
 # EXIF orientation -> the transpose that applies it (what a viewer does).
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+_TRANSPOSE = geometry.TRANSPOSE
 
 
 @dataclass(frozen=True)
@@ -52,6 +46,8 @@ class Rendered:
     """The alpha as a grayscale PNG; None with ``output = "cutout"``."""
     rotated_by_server: bool = False
     """A cut-out answer came turned by the EXIF rotation: outputs carry no orientation tag."""
+    no_subject: bool = False
+    """``crop`` found no pixel of the subject: the outputs are the whole image (SPEC §9)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +57,8 @@ class _Meta:
     exif: bytes
     icc: bytes | None
     dpi: tuple[float, float] | None
+    orientation: int = 1
+    """The stored pixels' EXIF orientation (``exif`` says it to viewers)."""
 
     @classmethod
     def of(cls, img: Image.Image) -> _Meta:
@@ -72,7 +70,8 @@ class _Meta:
         kept = None
         if isinstance(dpi, tuple) and len(dpi) == 2 and all(float(d) > 0 for d in dpi):
             kept = (float(dpi[0]), float(dpi[1]))
-        return cls(codec.orientation_exif(codec.orientation(img)), icc, kept)
+        turn = codec.orientation(img)
+        return cls(codec.orientation_exif(turn), icc, kept, turn)
 
 
 def check_matte(answer: bytes, sent: Size) -> Size:
@@ -200,18 +199,30 @@ def _finish(
     *,
     reuse: bool,
 ) -> Rendered:
-    """One finishing's outputs from the full-size colours and alpha.
+    """One finishing's outputs from the full-size colours and alpha (stored orientation).
 
+    Geometry first (:mod:`~bgsyncd.imaging.geometry`: the mask gets the same),
+    then the shadow, then the background as the cut-out is encoded.
     ``reuse``: ``rgb`` is not needed afterwards and becomes the cut-out in place.
     """
+    # A cut-out turned by the server is upright already.
+    layout = geometry.plan(alpha, finishing, 1 if rotated else meta.orientation)
+    if layout.turn != 1:
+        meta = dataclasses.replace(meta, exif=b"", orientation=1)
     mask = None
     if finishing.output in ("mask", "both"):
-        mask = _encode_mask(alpha, meta)
+        mask = _encode_mask(geometry.arrange(geometry.crop(alpha, layout), layout), meta)
     if finishing.output == "mask":
-        return Rendered(None, mask, rotated)
-    cutout = rgb if reuse else rgb.copy()
-    cutout.putalpha(alpha)  # in place: the RGB copy becomes the RGBA cut-out
-    return Rendered(_encode(cutout, meta, finishing.format, finishing.background), mask, rotated)
+        return Rendered(None, mask, rotated, layout.no_subject)
+    cutout = geometry.crop(rgb, layout)
+    if cutout is rgb and not reuse:
+        cutout = rgb.copy()
+    cutout.putalpha(geometry.crop(alpha, layout))  # in place: the RGB piece becomes RGBA
+    cutout = geometry.arrange(cutout, layout)
+    if finishing.shadow:
+        cutout = geometry.with_shadow(cutout)
+    encoded = _encode(cutout, meta, finishing.format, finishing.background)
+    return Rendered(encoded, mask, rotated, layout.no_subject)
 
 
 def _encode_mask(alpha: Image.Image, meta: _Meta) -> bytes:
