@@ -341,7 +341,7 @@ class Worker:
             return ApiFailed(UnusableAnswer(f"unusable result: {exc}", 200))
         if renders[0].rotated_by_server:
             bound.info("job.rotated_by_server", note="outputs carry no orientation tag")
-        if rendered.no_subject:
+        if any(r.no_subject for r in renders):
             bound.info("finish.no_subject", note="crop found no subject: the image is kept whole")
         if not self._queue.holds(job):  # confirmed before anything is written
             raise LeaseLost(f"job {job.id} ({job.relpath}) is no longer held by this claim")
