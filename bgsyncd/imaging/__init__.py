@@ -18,7 +18,8 @@ One package, one public surface (import ``from bgsyncd import imaging``):
 - :mod:`~bgsyncd.imaging.cutouts`: :func:`check_matte` / :func:`check_cutout`
   on an answer, :func:`render` of a folder's outputs.
 - :mod:`~bgsyncd.imaging.mattes`: :func:`border_matte`, the emulator's local
-  stand-in for the vendor's model.
+  stand-in for the vendor's model; :mod:`~bgsyncd.imaging.regions` (no
+  Pillow): its flood fill by runs and its grid filling.
 - :mod:`~bgsyncd.imaging.samples`: the demo's sample pictures, drawn.
 
 Pillow is imported in this package only; everything else speaks this
