@@ -5,7 +5,7 @@ every image fact: what is an image (:func:`bgsyncd.imaging.sniff`: a "BM"
 text file is not a BMP, BigTIFF is a TIFF), the decompression-bomb limit
 (:data:`bgsyncd.imaging.MAX_PIXELS`), 16-bit to 8-bit, and what counts as an
 image's own transparency. The matte itself is
-:func:`bgsyncd.imaging.border_matte`, a studio matte from the border colours.
+:func:`bgsyncd.imaging.border_matte`, a studio matte from the border inwards.
 
 What stays here is what the vendor's API answers: an upload it cannot decode
 is a 415 "Unsupported media type"; the cut-out endpoints answer an RGBA PNG of

@@ -21,7 +21,8 @@ One package, one public surface (import ``from bgsyncd import imaging``):
   and max_side (:func:`~bgsyncd.imaging.geometry.plan`, applied alike to the
   cut-out and the mask) and its soft shadow (SPEC §9).
 - :mod:`~bgsyncd.imaging.mattes`: :func:`border_matte`, the emulator's local
-  stand-in for the vendor's model.
+  stand-in for the vendor's model; :mod:`~bgsyncd.imaging.regions` (no
+  Pillow): its flood fill by runs and its grid filling.
 - :mod:`~bgsyncd.imaging.samples`: the demo's sample pictures, drawn.
 
 Pillow is imported in this package only; everything else speaks this
