@@ -43,8 +43,10 @@ Ints = NDArray[np.intp]
 
 GRID_SIDE = 1024
 """The longest side of the grid the filters run on; a larger matte is scaled down to it."""
-STRIP_ROWS = 256
-"""Full-size rows handled at a time: a 6000-pixel-wide strip is 4.6 MB of RGB."""
+STRIP_ROWS = 64
+"""Full-size rows handled at a time: at most 384,000 pixels of a 6000-pixel-wide photo."""
+BAND_ROWS = 128
+"""Grid rows filtered at a time (plus what the filters reach around them)."""
 RADIUS = 1
 """The guided filter's window radius, in grid pixels (3 x 3: about 18 x 18 at full size)."""
 EPS = 1e-4
@@ -72,12 +74,12 @@ def refine(rgb: Image.Image, matte: Image.Image, *, strip_rows: int = STRIP_ROWS
     else:
         full_alpha = matte if matte.size == size else matte.resize(size, _LANCZOS)
         grid_matte = full_alpha.resize(_grid(size), _BOX)
-    guide = _unit(np.asarray(rgb.resize(grid_matte.size, _BOX)))
-    p = _unit(np.asarray(grid_matte))
-    model = _guided_model(guide, p) if guided else None
-    lo, hi = _footprint(grid_matte)
-    colours = _fusion(guide, p)
+    guide = np.asarray(rgb.resize(grid_matte.size, _BOX))
+    p = np.asarray(grid_matte)
+    model = _in_bands(_guided_model, guide, p, 2 * RADIUS) if guided else None
+    colours = _in_bands(_fusion, guide, p, sum(s // 2 for s in FUSION_SIZES))
     del guide, p
+    lo, hi = _footprint(grid_matte)
     out = full_alpha if full_alpha is not None else Image.new("L", size, 0)
     xs = _Axis.of(size[0], grid_matte.width)
     ys = _Axis.of(size[1], grid_matte.height)
@@ -144,30 +146,54 @@ def _unit(pixels: NDArray[Any]) -> Floats:
 
 def _box(x: Floats, size: int) -> Floats:
     """The mean over a ``size`` x ``size`` window (clipped at the borders) of each pixel."""
+    if x.ndim == 3:  # channel by channel: a third of the temporary memory
+        out = np.empty_like(x)
+        for c in range(x.shape[2]):
+            out[..., c] = _box(x[..., c], size)
+        return out
     r = size // 2
-    out = x
+    total = x
     for axis in (0, 1):
-        n = out.shape[axis]
+        n = total.shape[axis]
         idx = np.arange(n)
         start, stop = np.clip(idx - r, 0, n), np.clip(idx + r + 1, 0, n)
-        shape = [1] * out.ndim
-        shape[axis] = n
-        count = (stop - start).astype(np.float32).reshape(shape)
+        count = (stop - start).astype(np.float32)
         if size <= 9:  # a few shifted sums: exact enough for the filter's variances
-            pad = [(0, 0)] * out.ndim
+            pad = [(0, 0), (0, 0)]
             pad[axis] = (r, r)
-            padded = np.pad(out, pad)
+            padded = np.pad(total, pad)
             total = np.take(padded, idx, axis=axis)
             for k in range(1, size):
                 total += np.take(padded, idx + k, axis=axis)
-            del padded
         else:
-            zero = np.zeros_like(np.take(out, [0], axis=axis))
-            sums = np.concatenate([zero, np.cumsum(out, axis=axis)], axis=axis)
-            total = np.take(sums, stop, axis=axis) - np.take(sums, start, axis=axis)
-            del sums
-        out = total / count
-    return out.astype(np.float32, copy=False)
+            pad = [(0, 0), (0, 0)]
+            pad[axis] = (1, 0)
+            padded = np.cumsum(np.pad(total, pad), axis=axis)
+            total = np.take(padded, stop, axis=axis)
+            total -= np.take(padded, start, axis=axis)
+        del padded
+        total /= count[:, None] if axis == 0 else count
+    return total
+
+
+def _in_bands(fn: Any, guide: Bytes, p: Bytes, reach: int) -> NDArray[Any]:
+    """``fn(guide, p)`` in 0..1 over bands of :data:`BAND_ROWS` grid rows, for its memory.
+
+    ``fn`` reads ``reach`` rows around each row at most: each band is computed
+    with that much more on either side, which is then dropped.
+    """
+    height = p.shape[0]
+    out: NDArray[Any] | None = None
+    for top in range(0, height, BAND_ROWS):
+        bottom = min(height, top + BAND_ROWS)
+        first, last = max(0, top - reach), min(height, bottom + reach)
+        part: NDArray[Any] = fn(_unit(guide[first:last]), _unit(p[first:last]))
+        if out is None:
+            out = np.empty((height, *part.shape[1:]), part.dtype)
+        out[top:bottom] = part[top - first : bottom - first]
+        del part
+    assert out is not None
+    return out
 
 
 def _guided_model(guide: Floats, p: Floats) -> Floats:
@@ -234,19 +260,23 @@ def _spread(a: Bytes, pick: Any, reach: int) -> Bytes:
     return out
 
 
-def _fusion(guide: Floats, p: Floats) -> Floats:
-    """Blur-fusion's local foreground and background colours (6 channels) on the grid."""
+def _fusion(guide: Floats, p: Floats) -> Bytes:
+    """Blur-fusion's local foreground and background colours (6 channels, 0..255) on the grid."""
     a = p[..., None]
     fg, bg = guide, guide
     local = np.empty((*p.shape, 6), np.float32)
     for size in FUSION_SIZES:
         blurred_a = _box(a, size)
-        local[..., :3] = _box(fg * a, size) / (blurred_a + _TINY)
-        local[..., 3:] = _box(bg * (1 - a), size) / (1 - blurred_a + _TINY)
+        local[..., :3] = _box(fg * a, size)
+        local[..., :3] /= blurred_a + _TINY
+        local[..., 3:] = _box(bg * (1 - a), size)
+        local[..., 3:] /= 1 - blurred_a + _TINY
+        del blurred_a
         fg = _estimate(guide, a, local)
         bg = local[..., 3:].copy()
     np.clip(local, 0.0, 1.0, out=local)
-    return local
+    local *= 255
+    return np.rint(local, out=local).astype(np.uint8)  # 8 bits are all a colour needs
 
 
 def _estimate(colour: Floats, a: Floats, local: Floats) -> Floats:
@@ -257,20 +287,22 @@ def _estimate(colour: Floats, a: Floats, local: Floats) -> Floats:
     return out
 
 
-def _sample(field: Floats, rows: _Axis, cols: _Axis, ys: Ints, xs: Ints) -> Floats:
+def _sample(field: NDArray[Any], rows: _Axis, cols: _Axis, ys: Ints, xs: Ints) -> Floats:
     """``field`` (grid, channels) interpolated bilinearly at the strip's pixels (ys, xs)."""
     width = field.shape[1]
     flat = field.reshape(-1, field.shape[2])
     y0, y1, wy = rows.lo[ys] * width, rows.hi[ys] * width, rows.w[ys][:, None]
     x0, x1, wx = cols.lo[xs], cols.hi[xs], cols.w[xs][:, None]
     # np.take of a flat index: ten times faster than field[y, x]
-    top: Floats = np.take(flat, y0 + x0, axis=0)
-    right: Floats = np.take(flat, y0 + x1, axis=0)
+    top = np.take(flat, y0 + x0, axis=0).astype(np.float32)
+    right = np.take(flat, y0 + x1, axis=0).astype(np.float32)
     top += (right - top) * wx
-    bottom, right = np.take(flat, y1 + x0, axis=0), np.take(flat, y1 + x1, axis=0)
+    bottom = np.take(flat, y1 + x0, axis=0).astype(np.float32)
+    right = np.take(flat, y1 + x1, axis=0).astype(np.float32)
     bottom += (right - bottom) * wx
     top += (bottom - top) * wy
-    return top
+    out: Floats = top
+    return out
 
 
 def _strip_alpha(
@@ -290,12 +322,14 @@ def _strip_alpha(
     return alpha
 
 
-def _decontaminate(strip: Bytes, alpha: Bytes, local: Floats, rows: _Axis, cols: _Axis) -> bool:
+def _decontaminate(strip: Bytes, alpha: Bytes, local: Bytes, rows: _Axis, cols: _Axis) -> bool:
     """Give the strip's pixels with 0 < alpha < 255 their foreground colour; False if none."""
     ys, xs = np.nonzero((alpha != 0) & (alpha != 255))
     if not ys.size:
         return False
     a = _unit(alpha[ys, xs])[:, None]
-    colours = _estimate(_unit(strip[ys, xs]), a, _sample(local, rows, cols, ys, xs))
+    colours = _estimate(
+        _unit(strip[ys, xs]), a, _sample(local, rows, cols, ys, xs) * np.float32(1 / 255)
+    )
     strip[ys, xs] = np.rint(colours * 255).astype(np.uint8)
     return True
