@@ -64,8 +64,12 @@ def test_where_the_whole_footprint_is_certain_the_matte_is_kept() -> None:
     alpha = edges.refine(photo.copy(), matte)
     # Grid pixels within 4 of a pixel's position: wider than the footprint (2 + 1 + 1).
     spread = 9
-    all_zero = matte.filter(ImageFilter.MaxFilter(spread)).resize(photo.size, Image.NEAREST)
-    all_full = matte.filter(ImageFilter.MinFilter(spread)).resize(photo.size, Image.NEAREST)
+    all_zero = matte.filter(ImageFilter.MaxFilter(spread)).resize(
+        photo.size, Image.Resampling.NEAREST
+    )
+    all_full = matte.filter(ImageFilter.MinFilter(spread)).resize(
+        photo.size, Image.Resampling.NEAREST
+    )
     zero = all_zero.point(lambda v: 255 if v == 0 else 0)
     full = all_full.point(lambda v: 255 if v == 255 else 0)
     assert ImageStat.Stat(zero).mean[0] > 60 and ImageStat.Stat(full).mean[0] > 20  # not vacuous
