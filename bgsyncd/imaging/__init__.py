@@ -17,6 +17,9 @@ One package, one public surface (import ``from bgsyncd import imaging``):
 - :mod:`~bgsyncd.imaging.proxies`: :func:`make_proxy`, the copy that is sent.
 - :mod:`~bgsyncd.imaging.cutouts`: :func:`check_matte` / :func:`check_cutout`
   on an answer, :func:`render` of a folder's outputs.
+- :mod:`~bgsyncd.imaging.edges`: :func:`~bgsyncd.imaging.edges.refine`, the
+  matte brought to full size along the photo's edges, edge colours cleaned
+  (``edges = "refine"``; numpy lives here).
 - :mod:`~bgsyncd.imaging.mattes`: :func:`border_matte`, the emulator's local
   stand-in for the vendor's model.
 - :mod:`~bgsyncd.imaging.samples`: the demo's sample pictures, drawn.
