@@ -17,6 +17,9 @@ One package, one public surface (import ``from bgsyncd import imaging``):
 - :mod:`~bgsyncd.imaging.proxies`: :func:`make_proxy`, the copy that is sent.
 - :mod:`~bgsyncd.imaging.cutouts`: :func:`check_matte` / :func:`check_cutout`
   on an answer, :func:`render` of a folder's outputs.
+- :mod:`~bgsyncd.imaging.edges`: :func:`~bgsyncd.imaging.edges.refine`, the
+  matte brought to full size along the photo's edges, edge colours cleaned
+  (``edges = "refine"``; numpy lives here).
 - :mod:`~bgsyncd.imaging.geometry`: a finishing's crop, margin, canvas, align
   and max_side (:func:`~bgsyncd.imaging.geometry.plan`, applied alike to the
   cut-out and the mask) and its soft shadow (SPEC §9).

@@ -1,8 +1,11 @@
 """The outputs: an API answer checked, applied to the original's own pixels, encoded.
 
-A matte (``"proxy"`` mode, or the shrink path) is scaled to the original's
-size and becomes the alpha of the original's untouched pixels, so an 8-bit
-RGB input's colour values reach a PNG cut-out exactly. A cut-out
+A matte (``"proxy"`` mode, or the shrink path) is brought to the original's
+size and becomes the alpha of the original's own pixels: ``edges =
+"refine"`` along the photo's edges, with edge colours cleaned
+(:mod:`~bgsyncd.imaging.edges`), ``"resize"`` scaled alone. An 8-bit RGB
+input's colour values reach a PNG cut-out exactly wherever it is opaque (with
+``"resize"``, wherever alpha is above 0). A cut-out
 (``"original"`` mode) gives its own colours and alpha, as in 0.1. Each
 finishing then gets its geometry and shadow (:mod:`~bgsyncd.imaging.geometry`)
 and its background. Outputs keep the original's EXIF orientation (none where a
@@ -20,6 +23,7 @@ from PIL import Image, ImageChops
 
 from bgsyncd.config.finishing import Finishing
 from bgsyncd.imaging import codec, geometry, plan
+from bgsyncd.imaging import edges as edge_refiner
 from bgsyncd.imaging.codec import ImageInfo, UnusableResult
 from bgsyncd.imaging.plan import Size
 
@@ -178,7 +182,9 @@ def render_all(
             )
             del colours, theirs
         del res
-        if alpha.size != rgb.size:
+        if answer_is_matte and edges == "refine":
+            alpha = edge_refiner.refine(rgb, alpha)  # cleans rgb's edge colours in place
+        elif alpha.size != rgb.size:
             alpha = alpha.resize(rgb.size, Image.Resampling.LANCZOS)
         if own_alpha is not None:
             alpha = ImageChops.multiply(own_alpha, alpha)

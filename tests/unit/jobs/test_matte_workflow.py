@@ -96,9 +96,16 @@ def alpha_of(data: bytes) -> Image.Image:
     return open_image(data).getchannel("A")
 
 
-def same_rgb_where_opaque(cutout: Image.Image, original: Image.Image) -> bool:
-    """True when every pixel with alpha > 0 has exactly the original's RGB."""
-    shown = cutout.getchannel("A").point(lambda a: 255 if a > 0 else 0)
+def same_rgb_where_opaque(
+    cutout: Image.Image, original: Image.Image, edges: str = "refine"
+) -> bool:
+    """True when every opaque pixel has exactly the original's RGB (SPEC §5).
+
+    Opaque: alpha 255 with ``edges = "refine"`` (edge pixels get their
+    foreground colour); alpha above 0 with ``"resize"``.
+    """
+    least = 255 if edges == "refine" else 1
+    shown = cutout.getchannel("A").point(lambda a: 255 if a >= least else 0)
     diff = ImageChops.difference(cutout.convert("RGB"), original.convert("RGB"))
     masked = ImageChops.multiply(diff, Image.merge("RGB", (shown,) * 3))
     return masked.getbbox() is None
@@ -273,11 +280,12 @@ def test_a_small_image_with_an_exif_rotation_goes_as_a_copy_of_its_stored_pixels
     assert out.size == (600, 400) and out.getexif().get(ORIENTATION) == 6
 
 
-def test_the_cutout_has_the_originals_own_rgb_wherever_alpha_is_not_zero(
-    tmp_path: Path, emulator: Emulator, rigs: Callable[..., Rig]
+@pytest.mark.parametrize("edges", ["refine", "resize"])
+def test_the_cutout_has_the_originals_own_rgb_wherever_it_is_opaque(
+    tmp_path: Path, emulator: Emulator, rigs: Callable[..., Rig], edges: str
 ) -> None:
     data = photo(2400, 1800)
-    rig = rigs(tmp_path, emulator.url)
+    rig = rigs(tmp_path, emulator.url, folders={"f": {"edges": edges}})
     assert rig.drop("f", "p.jpg", data).transition is Transition.DONE
     [sent] = image_requests(emulator)
     assert sent.path == ALPHA and sent.image_size is not None
@@ -286,7 +294,7 @@ def test_the_cutout_has_the_originals_own_rgb_wherever_alpha_is_not_zero(
     assert (cutout.mode, cutout.size) == ("RGBA", (2400, 1800))
     low, high = cutout.getchannel("A").getextrema()
     assert (low, high) == (0, 255)  # a real matte: some background removed, the object kept
-    assert same_rgb_where_opaque(cutout, open_image(data))
+    assert same_rgb_where_opaque(cutout, open_image(data), edges)
 
 
 def test_outputs_keep_the_orientation_tag_icc_profile_and_dpi_of_the_original(
