@@ -72,6 +72,7 @@ from bgsyncd.imaging.cutouts import (
     render,
     render_all,
 )
+from bgsyncd.imaging.heap import return_large_blocks
 from bgsyncd.imaging.mattes import border_matte
 from bgsyncd.imaging.plan import (
     Size,
@@ -108,6 +109,7 @@ __all__ = [
     "plan_upload",
     "render",
     "render_all",
+    "return_large_blocks",
     "rgb_and_alpha",
     "rotated_by_server",
     "same_aspect",

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from bgsyncd import __version__
+from bgsyncd import __version__, imaging
 from bgsyncd.api.client import Client
 from bgsyncd.config.layout import output_trees
 from bgsyncd.config.loading import require_api_key
@@ -225,6 +225,8 @@ class Daemon:
         """
         self.signals.install()
         self.supervisor.install()
+        # Freed pixel buffers leave the process (imaging.heap): the memory budget.
+        imaging.return_large_blocks()
         self.metrics.start()
         if self.fleet is not None:
             self.fleet.beat()  # the fleet's size, and claims that expired while we were away
