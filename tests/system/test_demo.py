@@ -128,6 +128,8 @@ def run_and_check(demos: list[Demo], argv: list[str], root: Path, workdir: Path)
     for out in SAMPLES.values():
         shot = open_image((marketplace / out).with_suffix(".jpg").read_bytes())
         assert shot.format == "JPEG" and shot.mode == "RGB", out
+        assert shot.size == (2000, 2000), out  # the amazon preset's canvas
+        assert shot.getpixel((3, 3)) == (255, 255, 255), out  # on white
     assert (quarantine / TEXT_SAMPLE).read_bytes() == b"this is text, not a JPEG\n"
     sidecar = json.loads((quarantine / f"{TEXT_SAMPLE}.error.json").read_text())
     assert (sidecar["reason"], sidecar["path"]) == ("unsupported_media", TEXT_SAMPLE)

@@ -290,3 +290,32 @@ def test_the_version_processed_is_the_one_the_queue_knows(
     assert queue.is_unchanged("f", "p.jpg", st.st_size, st.st_mtime_ns, st.st_ino)
     assert queue.enqueue_many([late]) == []
     assert queue.claim(60) is None
+
+
+def test_a_refused_rendition_folder_is_retried_without_resending_then_output_refused(
+    tmp_path: Path, emulator: Emulator, worker_factory: WorkerFactory
+) -> None:
+    # SPEC §9: a rendition that cannot be written is a refused write like any output.
+    (tmp_path / "inbox").mkdir()
+    rendition = tmp_path / "rendition"
+    rendition.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (rendition / "sub").symlink_to(outside, target_is_directory=True)
+    queue = SqliteStore(tmp_path / "q.sqlite3")
+    worker = worker_factory(
+        tmp_path, emulator, queue, rendition=[{"outbox": rendition, "format": "webp"}]
+    )
+    job = queue_one(tmp_path, queue, "sub/p.jpg")
+    for attempt in range(1, 5):
+        result = worker.process(job)
+        assert result.transition is Transition.RETRY
+        now = get_job(queue, job.id)
+        assert now is not None and now.attempts == attempt and not now.resend
+        job = wait_until(lambda: queue.claim(60), what="the retry")
+    result = worker.process(job)
+    assert (result.transition, result.reason) == (Transition.QUARANTINE, "output_refused")
+    assert len(image_requests(emulator)) == 1  # one credit, however many retries
+    assert list(outside.iterdir()) == []  # nothing written through the symlink
+    assert (tmp_path / "quarantine" / "sub" / "p.jpg").exists()
+    queue.close()
