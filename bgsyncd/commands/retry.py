@@ -13,16 +13,13 @@ command does not import the HTTP stack).
 
 from __future__ import annotations
 
-import posixpath
 import sys
-from contextlib import suppress
 from pathlib import Path
 
 from bgsyncd.config.schema import Settings
 from bgsyncd.errors import describe_os_error
 from bgsyncd.files import fsops
-from bgsyncd.files.moves import move_to
-from bgsyncd.files.outputs import sidecar_name
+from bgsyncd.inbox.returns import quarantined_at, return_quarantined
 from bgsyncd.service.backends import open_fleet_queue
 from bgsyncd.storage.sqlite.store import SqliteStore
 
@@ -48,16 +45,14 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
             folder = folders.get(job.folder)
             if folder is None:
                 continue
-            # Where the file went: its own name, or `photo~2.jpg` beside an older one.
-            qrel = job.outputs[0] if job.outputs else job.relpath
-            where = folder.quarantine / qrel
+            where = folder.quarantine / quarantined_at(job)
             inbox_path = folder.inbox / job.relpath
             matches = {where.resolve(), inbox_path.resolve()} & wanted
             if not everything and not matches:
                 continue
             found |= matches
             try:
-                if not _put_back(folder.quarantine, qrel, folder.inbox, job.relpath):
+                if not return_quarantined(folder, job, queue):
                     print(f"bgsyncd: {where} is gone; skipped", file=sys.stderr)
                     continue
             except OSError as exc:  # the disk's answer, not a bug: the file stays where it is
@@ -68,7 +63,6 @@ def retry(settings: Settings, paths: list[Path], *, everything: bool) -> int:
                     file=sys.stderr,
                 )
                 continue
-            queue.requeue(job.id)
             retried += 1
             print(f"queued again: {folder.name}/{job.relpath}")
         for path in sorted(wanted - found):
@@ -104,19 +98,3 @@ def _done_input(settings: Settings, path: Path) -> tuple[str, str] | None:
         if there:
             return folder.name, relpath
     return None
-
-
-def _put_back(quarantine: Path, qrel: str, inbox: Path, relpath: str) -> bool:
-    """Move a quarantined file back (its sidecar removed); False when it is nowhere.
-
-    Through directory descriptors, like every operation under the folders.
-    """
-    if fsops.regular_stat(quarantine, qrel) is not None:
-        side = posixpath.join(
-            posixpath.dirname(qrel), sidecar_name(posixpath.basename(qrel), relpath)
-        )
-        move_to(quarantine, qrel, inbox, relpath)
-        with suppress(FileNotFoundError):
-            fsops.unlink(quarantine, side)
-        return True
-    return fsops.regular_stat(inbox, relpath) is not None

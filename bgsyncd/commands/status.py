@@ -12,52 +12,34 @@ import time
 from typing import Any
 
 from bgsyncd.config.schema import Settings
-from bgsyncd.dispatch.waiting import Waiting, decode, describe
-from bgsyncd.service.publisher import STATE_CREDITS, STATE_PAUSED, STATE_WAITING
+from bgsyncd.dispatch.status import status_of
+from bgsyncd.dispatch.waiting import describe
 from bgsyncd.storage.contract import STATES, QueueError, Store
 from bgsyncd.storage.sqlite.store import SqliteStore
 
 
 def collect_status(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
-    """The ``status --json`` object of SPEC §3."""
-    empty = dict.fromkeys(STATES, 0)
-    result: dict[str, Any] = {
-        "jobs": dict(empty),
-        "folders": {f.name: dict(empty) for f in settings.folders},
-        "paused": None,
-        "credits": None,
-        "oldest_pending_seconds": None,
-        "waiting": Waiting().as_json(),
-    }
+    """The ``status --json`` object of SPEC §3 (:func:`bgsyncd.dispatch.status.status_of`)."""
+    names = [f.name for f in settings.folders]
     queue: Store | None
+    hosts: list[dict[str, Any]] | None = None
     if settings.queue.backend == "postgresql":
-        result["hosts"] = []
-        queue = _open_fleet(settings, result)
+        hosts = []
+        queue = _open_fleet(settings, hosts)
     else:
         db = settings.queue.database
         queue = SqliteStore.open_readonly(db) if db.exists() else None
     if queue is None:
-        return result  # no daemon has made the store yet: zeros, as SPEC §3 says
+        # no daemon has made the store yet: zeros, as SPEC §3 says
+        return status_of(None, names, clock, hosts)
     try:
-        for folder, counts in queue.counts().items():
-            per = result["folders"].setdefault(folder, dict(empty))
-            for state, n in counts.items():
-                per[state] = n
-                result["jobs"][state] += n
-        oldest = queue.oldest_pending_queued_at()
-        if oldest is not None:
-            result["oldest_pending_seconds"] = round(max(0.0, clock() - oldest), 3)
-        result["paused"] = queue.get_state(STATE_PAUSED)
-        credits = queue.get_state(STATE_CREDITS)
-        result["credits"] = int(credits) if credits not in (None, "") else None
-        result["waiting"] = decode(queue.get_state(STATE_WAITING), clock()).as_json()
+        return status_of(queue, names, clock, hosts)
     finally:
         queue.close()
-    return result
 
 
-def _open_fleet(settings: Settings, result: dict[str, Any]) -> Store | None:
-    """The fleet's database, read-only, with its hosts in ``result``; None before any daemon ran.
+def _open_fleet(settings: Settings, hosts: list[dict[str, Any]]) -> Store | None:
+    """The fleet's database, read-only, its hosts put in ``hosts``; None before any daemon ran.
 
     PostgreSQL is imported here only (the SQLite path never loads psycopg).
     """
@@ -74,13 +56,13 @@ def _open_fleet(settings: Settings, result: dict[str, Any]) -> Store | None:
             return None  # no daemon has run on it yet: zeros, as SPEC §3 says
         raise
     try:
-        hosts = Hosts(view, settings.queue.lease_seconds).listed()
+        listed = Hosts(view, settings.queue.lease_seconds).listed()
     except BaseException:
         view.close()
         raise
-    result["hosts"] = [
+    hosts[:] = [
         {"id": h.id, "folders": list(h.folders), "last_seen": h.last_seen, "in_flight": h.in_flight}
-        for h in hosts
+        for h in listed
     ]
     return view
 

@@ -24,6 +24,8 @@ CREDENTIAL = "$CREDENTIALS_DIRECTORY/api_key"
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
 _MAX_KEY_BYTES = 4096
 _KEY_SHAPE = "does not hold an API key: expected one line of printable ASCII without spaces"
+PAGE_CREDENTIAL = "$CREDENTIALS_DIRECTORY/page_token"
+_TOKEN_SHAPE = "does not hold a token: expected one line of printable ASCII without spaces"  # noqa: S105 (a message)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,20 @@ def resolve_api_key(key_file: str, env: Mapping[str, str], file: Path) -> ApiKey
     return ApiKey(None, "")
 
 
-def _read_key_file(path: Path, key: str, prefix: str) -> ApiKey:
+def resolve_page_token(token_file: str, env: Mapping[str, str], file: Path) -> ApiKey:
+    """The status page's token (SPEC §11): ``metrics.page_token_file``, else the systemd
+    credential ``page_token``; read, checked and kept secret like the API key."""
+    if token_file:
+        prefix = f"{file}: invalid configuration: "
+        return _read_key_file(Path(token_file), "metrics.page_token_file", prefix, _TOKEN_SHAPE)
+    if env.get("CREDENTIALS_DIRECTORY"):
+        path = Path(env["CREDENTIALS_DIRECTORY"]) / "page_token"
+        if os.path.lexists(path):
+            return _read_key_file(path, PAGE_CREDENTIAL, "", _TOKEN_SHAPE)
+    return ApiKey(None, "")
+
+
+def _read_key_file(path: Path, key: str, prefix: str, shape: str = _KEY_SHAPE) -> ApiKey:
     def fail(message: str) -> ConfigError:
         return ConfigError(f"{prefix}{key}: {message}")
 
@@ -76,7 +91,7 @@ def _read_key_file(path: Path, key: str, prefix: str) -> ApiKey:
     if not text:
         raise fail(f"{path} is empty")
     if len(data) > _MAX_KEY_BYTES or not _KEY_TEXT.fullmatch(text):
-        raise fail(f"{path} {_KEY_SHAPE}")
+        raise fail(f"{path} {shape}")
     warnings = []
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         warnings.append(

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from bgsyncd.config import layout
-from bgsyncd.config.apikey import KEY_ENV, resolve_api_key
+from bgsyncd.config.apikey import KEY_ENV, resolve_api_key, resolve_page_token
 from bgsyncd.config.messages import check_top_level, explain, explain_env
 from bgsyncd.config.paths import resolve_paths, with_env_paths_resolved, with_resolved_roots
 from bgsyncd.config.rules import DsnReader, check_rules
@@ -77,12 +77,15 @@ def load_settings(
         layout.create_folders(settings.folder, file)
     settings = with_resolved_roots(settings)
     key = resolve_api_key(settings.api.key_file, env, file)
+    token = resolve_page_token(settings.metrics.page_token_file, env, file)
     return settings.model_copy(
         update={
             "api_key": key.value,
             "api_key_source": key.source,
+            "page_token": token.value,
+            "page_token_source": token.source,
             "config_path": file.absolute(),
-            "warnings": key.warnings,
+            "warnings": key.warnings + token.warnings,
         }
     )
 
@@ -132,6 +135,8 @@ def render_settings(settings: Settings) -> str:
         lines.append(f"# api key: ******** (from {settings.api_key_source})")
     else:
         lines.append(f"# api key: not set ({KEY_ENV}, api.key_file or credential api_key)")
+    if settings.page_token is not None:
+        lines.append(f"# page token: ******** (from {settings.page_token_source})")
     lines.extend(f"# warning: {w}" for w in settings.warnings)
     for section in SECTIONS:
         lines.append(f"\n[{section}]")

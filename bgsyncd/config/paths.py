@@ -14,7 +14,7 @@ from typing import Any
 
 from bgsyncd.config.schema import Settings
 
-_PATH_KEYS = {"api": ("key_file",), "queue": ("database",)}
+_PATH_KEYS = {"api": ("key_file",), "queue": ("database",), "metrics": ("page_token_file",)}
 _FOLDER_PATH_KEYS = ("inbox", "outbox", "quarantine", "done")
 
 
@@ -61,10 +61,13 @@ def with_env_paths_resolved(settings: Settings) -> Settings:
     api = settings.api
     if api.key_file.strip():
         api = api.model_copy(update={"key_file": absolute(api.key_file)})
+    metrics = settings.metrics
+    if metrics.page_token_file.strip():
+        metrics = metrics.model_copy(update={"page_token_file": absolute(metrics.page_token_file)})
     queue = settings.queue.model_copy(
         update={"database": Path(absolute(str(settings.queue.database)))}
     )
-    return settings.model_copy(update={"api": api, "queue": queue})
+    return settings.model_copy(update={"api": api, "queue": queue, "metrics": metrics})
 
 
 def with_resolved_roots(settings: Settings) -> Settings:

@@ -132,9 +132,11 @@ class QueueSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    """``[metrics]``: the Prometheus endpoint ("" disables it)."""
+    """``[metrics]``: the Prometheus endpoint ("" disables it) and the status page (SPEC §11)."""
 
     listen: str = "127.0.0.1:9808"
+    page: bool = True
+    page_token_file: str = ""
 
 
 class LoggingSettings(_Section):
@@ -288,6 +290,8 @@ class Settings(BaseSettings):
     # Filled by load_settings, never from the file or the environment.
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     api_key_source: str = Field(default="", exclude=True)
+    page_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    page_token_source: str = Field(default="", exclude=True)
     config_path: Path = Field(default=DEFAULT_CONFIG_PATH, exclude=True)
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
 

@@ -154,6 +154,18 @@ class Pacer:
         with self._cond:
             return self._delay(self._clock())
 
+    def in_window(self) -> int:
+        """Request starts in the current window (the status page's "requests in the window").
+
+        With a shared log: the fleet's, as the database has them.
+        """
+        if self._shared is not None:
+            return len(self._shared.since(self._clock() - self._window))
+        with self._cond:
+            now = self._clock()
+            self._normalise(now)
+            return sum(1 for t in self._starts if t > now - self._window)
+
     def acquire(self) -> float:
         """Block until a start is allowed, record it and return its time.
 

@@ -27,6 +27,8 @@ One package, one public surface (import ``from bgsyncd import imaging``):
   stand-in for the vendor's model; :mod:`~bgsyncd.imaging.regions` (no
   Pillow): its flood fill by runs and its grid filling.
 - :mod:`~bgsyncd.imaging.samples`: the demo's sample pictures, drawn.
+- :mod:`~bgsyncd.imaging.thumbs`: :func:`make_thumbnail`, the status page's
+  small pictures (at most 256 pixels, a JPEG decoded at reduced scale).
 
 Pillow is imported in this package only; everything else speaks this
 package's functions and :data:`Picture`.
@@ -84,12 +86,14 @@ from bgsyncd.imaging.plan import (
     scaled_size,
 )
 from bgsyncd.imaging.proxies import Proxy, make_proxy
+from bgsyncd.imaging.thumbs import THUMB_SIDE, make_thumbnail
 
 __all__ = [
     "EXTENSIONS",
     "MAX_PIXELS",
     "MIME_TYPES",
     "SNIFF_BYTES",
+    "THUMB_SIDE",
     "CorruptImage",
     "ImageInfo",
     "Picture",
@@ -106,6 +110,7 @@ __all__ = [
     "full_decode_slot",
     "inspect",
     "make_proxy",
+    "make_thumbnail",
     "plan_upload",
     "render",
     "render_all",

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +27,9 @@ from bgsyncd.logs import get_logger
 from bgsyncd.ops.server import MetricsServer
 from bgsyncd.reasons import REASONS
 from bgsyncd.storage.contract import STATES
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 OUTCOMES = ("success", "cached", "quarantined")
 # An API call takes from a tenth of a second to the 120 s default timeout.
@@ -389,6 +392,10 @@ class Metrics(Recorder):
     def port(self) -> int | None:
         """The bound port once started (useful with port 0), else None."""
         return self._server.port
+
+    def serve_page(self, app: WSGIApplication) -> None:
+        """Serve the status page (``bgsyncd.web``) on every other path of the listener."""
+        self._server.page = app
 
     def start(self) -> None:
         """Serve /metrics and /healthz in a daemon thread; nothing when listen is ''."""

@@ -1,4 +1,4 @@
-"""The small HTTP server for /metrics and /healthz, in a daemon thread.
+"""The small HTTP server for /metrics, /healthz and the status page, in a daemon thread.
 
 It serves the metrics through a WSGI app it is given (prometheus_client's, made
 by :mod:`bgsyncd.ops.metrics`, which alone imports that library) and answers
@@ -50,6 +50,9 @@ class MetricsServer:
         self._healthy = healthy
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # The status page (bgsyncd.web), handed in by the service: every path
+        # but /metrics and /healthz goes to it when set.
+        self.page: WSGIApplication | None = None
 
     @property
     def port(self) -> int | None:
@@ -88,6 +91,8 @@ class MetricsServer:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
             return self._metrics_app(environ, start_response)
+        if path != "/healthz" and self.page is not None:
+            return self.page(environ, start_response)
         if path == "/healthz":
             ok = self._healthy()
             status = "200 OK" if ok else "503 Service Unavailable"

@@ -37,11 +37,13 @@ from bgsyncd.reasons import QUEUE_UNAVAILABLE
 from bgsyncd.service.backends import database_secrets, load_settings, open_backend
 from bgsyncd.service.local_faults import LocalFaults
 from bgsyncd.service.once import EXIT_OK, OnceRun
+from bgsyncd.service.page import open_page
 from bgsyncd.service.publisher import REFRESH_SECONDS, Publisher
 from bgsyncd.service.reload import restart_needed, watcher_changed, worker_config
 from bgsyncd.service.signals import Signals
 from bgsyncd.service.supervisor import Supervisor
 from bgsyncd.storage.contract import Found, QueueError
+from bgsyncd.web.view import Live
 
 log = get_logger("bgsyncd.daemon")
 
@@ -152,6 +154,20 @@ class Daemon:
                 QUEUE_UNAVAILABLE, error=str(exc)
             ),
         )
+        self._inbox_up: dict[str, bool] = {}  # the watcher's word on each inbox, for the page
+        self.page = open_page(
+            settings,
+            Live(
+                self.queue,
+                lambda: self.settings,
+                hosts=self._fleet_hosts,
+                folder_up=self._inbox_up.get,
+                in_window=self.pacer.in_window,
+                on_requeued=self._wake_dispatch,
+            ),
+        )
+        if self.page is not None:
+            self.metrics.serve_page(self.page)
         # Counted before the start-up scan: the jobs a run of `once` starts with.
         self._once = self._make_once() if once else None
         self.watchers = WatcherSwap(self._make_watcher(settings), self._make_watcher)
@@ -176,7 +192,7 @@ class Daemon:
             self.queue.is_unchanged,
             settings.queue.settle_seconds,
             settings.queue.rescan_interval_seconds,
-            on_folder=self.metrics.folder_up,
+            on_folder=self._folder_up,
         )
 
     def _make_once(self) -> OnceRun:
@@ -193,6 +209,20 @@ class Daemon:
     def watcher(self) -> Watcher:
         """The watcher in force (a reload may replace it)."""
         return self.watchers.watcher
+
+    def _folder_up(self, folder: str, up: float) -> None:
+        self._inbox_up[folder] = bool(up)
+        self.metrics.folder_up(folder, up)
+
+    def _fleet_hosts(self) -> list[dict[str, object]] | None:
+        """The fleet's hosts as ``status --json`` lists them; None on SQLite."""
+        if self.fleet is None:
+            return None
+        return [
+            {"id": h.id, "folders": list(h.folders), "last_seen": h.last_seen, "in_flight": n}
+            for h in self.fleet.hosts.listed()
+            for n in [h.in_flight]
+        ]
 
     def _wake_dispatch(self) -> None:
         self.publisher.dirty.set()
@@ -228,6 +258,8 @@ class Daemon:
         # Freed pixel buffers leave the process (imaging.heap): the memory budget.
         imaging.return_large_blocks()
         self.metrics.start()
+        if self.page is not None and self.metrics.port is not None:
+            self.page.guard.port = self.metrics.port  # the port bound (0 in the file: any)
         if self.fleet is not None:
             self.fleet.beat()  # the fleet's size, and claims that expired while we were away
             self.fleet.start()

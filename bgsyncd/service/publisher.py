@@ -17,17 +17,18 @@ import time
 from collections.abc import Callable
 
 from bgsyncd.dispatch.credits import CreditGuard
+from bgsyncd.dispatch.status import (
+    STATE_CREDITS,
+    STATE_PAUSED,
+    STATE_PAUSED_SINCE,
+    STATE_WAITING,
+)
 from bgsyncd.dispatch.waiting import Waiting, encode
 from bgsyncd.ops.metrics import Recorder
 from bgsyncd.ops.notify import Notifier
 from bgsyncd.storage.contract import STATES, Store
 
 REFRESH_SECONDS = 5.0
-
-# Keys of the store's named state that the daemon keeps for `bgsyncd status`.
-STATE_PAUSED = "paused"
-STATE_CREDITS = "credits"
-STATE_WAITING = "waiting"  # what the next request waits for: see bgsyncd.dispatch.waiting
 
 
 class Publisher:
@@ -88,6 +89,11 @@ class Publisher:
         if available is not None:
             # The local count moves with every success, not only at a check.
             self._metrics.credits(available, self._credits.expires_at)
+        if paused != self._published.get(STATE_PAUSED, ""):
+            # When this pause began, for the status page (a restart keeps a held pause's time).
+            since = None if paused is None else str(round(time.time(), 3))
+            if paused is None or self._queue.get_state(STATE_PAUSED) != paused:
+                self._publish(STATE_PAUSED_SINCE, since)
         self._publish(STATE_PAUSED, paused)
         waiting = self._waiting()
         self._metrics.next_request(waiting.gauge)

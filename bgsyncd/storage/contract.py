@@ -77,6 +77,14 @@ class Job:
     claim_token: str | None = None  # the claim that took it in flight (``JobStore.claim``)
 
 
+@dataclass(frozen=True)
+class Recent:
+    """A job as the status page lists it: ``at`` is when its state last changed."""
+
+    job: Job
+    at: float  # unix seconds, this host's clock
+
+
 # The columns a Job is read from, in both engines' ``jobs`` table (SELECT {COLUMNS}).
 COLUMNS = (
     "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
@@ -136,6 +144,10 @@ class JobStore(Protocol):
     def retry_waiting(self) -> list[Job]: ...
     def requeue(self, job_id: int) -> bool: ...
     def requeue_done(self, folder: str, relpath: str) -> bool: ...
+    # the status page (SPEC §11); times are this host's clock
+    def recent(self, limit: int) -> list[Recent]: ...
+    def done_since(self, t: float) -> dict[str, int]: ...
+    def last_done(self) -> dict[str, float]: ...
 
 
 # The tree of a folder's own outputs (``OutputClaims``); a rendition's is its outbox path.

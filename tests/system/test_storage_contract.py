@@ -702,3 +702,29 @@ def test_a_job_is_claimed_by_its_path_only_when_it_may_start_now(store: Store) -
     assert store.counts()["f"] == {
         "pending": 0, "in_flight": 1, "retry_wait": 1, "done": 1, "quarantined": 0,
     }  # fmt: skip
+
+
+def test_the_status_pages_reads_list_recent_jobs_newest_first_and_count_done_ones(
+    store: Store,
+) -> None:
+    """recent, done_since and last_done (SPEC §11), on this host's clock in both engines."""
+    before = time.time() - 1.0
+    store.enqueue_many([_found("a.jpg"), _found("b.jpg"), _found("c.jpg", folder="g")])
+    first = _claimed(store)
+    store.complete(first, ["a.png"])
+    second = _claimed(store)
+    store.quarantine(second, "corrupt_image", "broken", None, location=second.relpath)
+    after = time.time() + 1.0
+
+    recent = store.recent(10)
+    assert [r.job.id for r in recent][:2] == [second.id, first.id]
+    assert {r.job.relpath for r in recent} == {"a.jpg", "b.jpg", "c.jpg"}
+    assert recent[0].job.state == "quarantined" and recent[1].job.state == "done"
+    assert all(before <= r.at <= after for r in recent)
+    assert len(store.recent(1)) == 1
+
+    assert store.done_since(before) == {first.folder: 1}
+    assert store.done_since(after) == {}
+    done_at = store.last_done()
+    assert set(done_at) == {first.folder}
+    assert before <= done_at[first.folder] <= after

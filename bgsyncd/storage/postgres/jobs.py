@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, job_of
+from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, Recent, job_of
 from bgsyncd.storage.postgres.db import NOW, PgBase
 
 SQL_UPSERT = f"""
@@ -285,6 +285,37 @@ class PgJobs(PgBase):
                 {"f": folder},
             ).fetchall()
         return [job_of(row) for row in rows]
+
+    def recent(self, limit: int) -> list[Recent]:
+        """The ``limit`` jobs whose state changed last, newest first (the status page)."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS}, updated_at - {NOW} FROM jobs"
+                " ORDER BY updated_at DESC, id DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        now = self._clock()
+        return [Recent(job_of(row), now + float(row[-1])) for row in rows]
+
+    def done_since(self, t: float) -> dict[str, int]:
+        """Jobs done at ``t`` (this host's clock) or later, per folder."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT folder, COUNT(*) FROM jobs WHERE state = 'done'"
+                f" AND updated_at >= {NOW} + %s GROUP BY folder",
+                (t - self._clock(),),
+            ).fetchall()
+        return {folder: int(n) for folder, n in rows}
+
+    def last_done(self) -> dict[str, float]:
+        """When each folder's last job was done (this host's clock)."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT folder, MAX(updated_at) - {NOW} FROM jobs WHERE state = 'done'"
+                " GROUP BY folder"
+            ).fetchall()
+        now = self._clock()
+        return {folder: now + float(at) for folder, at in rows}
 
     def retry_waiting(self) -> list[Job]:
         """Jobs waiting on a retry, soonest first (``once`` lists those it leaves)."""

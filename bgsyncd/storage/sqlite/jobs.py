@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, job_of
+from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, Recent, job_of
 from bgsyncd.storage.sqlite.db import SqliteBase
 from bgsyncd.storage.sqlite.schema import (
     SQL_ANY_PENDING,
@@ -290,6 +290,34 @@ class SqliteJobs(SqliteBase):
             else:
                 rows = conn.execute(SQL_QUARANTINED_IN, (folder,)).fetchall()
         return [job_of(row) for row in rows]
+
+    def recent(self, limit: int) -> list[Recent]:
+        """The ``limit`` jobs whose state changed last, newest first (the status page)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS}, updated_at FROM jobs"  # noqa: S608 (our constants)
+                " ORDER BY updated_at DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Recent(job_of(row), float(row[-1])) for row in rows]
+
+    def done_since(self, t: float) -> dict[str, int]:
+        """Jobs done at ``t`` or later, per folder (the status page's "done today")."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT folder, COUNT(*) FROM jobs WHERE state = 'done' AND updated_at >= ?"
+                " GROUP BY folder",
+                (t,),
+            ).fetchall()
+        return {folder: int(n) for folder, n in rows}
+
+    def last_done(self) -> dict[str, float]:
+        """When each folder's last job was done."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT folder, MAX(updated_at) FROM jobs WHERE state = 'done' GROUP BY folder"
+            ).fetchall()
+        return {folder: float(at) for folder, at in rows}
 
     def retry_waiting(self) -> list[Job]:
         """Jobs waiting on a retry, soonest first (``once`` lists those it leaves)."""

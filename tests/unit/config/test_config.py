@@ -465,3 +465,27 @@ def test_the_rendering_is_toml_that_loads_to_the_same_settings(
     again.write_text(rendered)
     second = load_settings(again)
     assert second.model_dump() == first.model_dump()
+
+
+def test_the_page_token_comes_from_its_file_or_the_credential_and_is_never_shown(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "page-token-123"
+    s = load(cfg, "")
+    assert s.metrics.page is True and s.page_token is None
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    s = load(cfg, '[metrics]\npage_token_file = "token"\n')
+    assert s.page_token is not None and s.page_token.get_secret_value() == token
+    assert s.page_token_source == "metrics.page_token_file"
+    shown = render_settings(s)
+    assert token not in shown and token not in repr(s) and "page token: ********" in shown
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "page_token").write_text(token)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    s = load(cfg, "")
+    assert s.page_token is not None and s.page_token_source == "$CREDENTIALS_DIRECTORY/page_token"
+    (tmp_path / "token").write_text("two words\n")
+    message = error(cfg, '[metrics]\npage_token_file = "token"\n')
+    assert "metrics.page_token_file: " in message and "two words" not in message
