@@ -1,7 +1,9 @@
-"""Where the API key comes from: the environment, a key file, or a systemd credential.
+"""Where the API key comes from: the environment, a key file, or a systemd credential;
+and the webhook signing secret: ``hooks.secret_file`` or the credential (SPEC §10).
 
 Part of loading the configuration (``config.loading.load_settings`` calls it). No
-message here ever quotes the key, or the content of a file that should hold it.
+message here ever quotes the key or the secret, or the content of a file that
+should hold one.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from bgsyncd.errors import ConfigError, describe_os_error
 
 KEY_ENV = "BGSYNCD_API_KEY"
 CREDENTIAL = "$CREDENTIALS_DIRECTORY/api_key"
+SECRET_CREDENTIAL = "$CREDENTIALS_DIRECTORY/webhook_secret"
 # An HTTP header value: a key with spaces or control characters would make the
 # HTTP library raise an error that quotes it, so such a key is refused here.
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
 _MAX_KEY_BYTES = 4096
 _KEY_SHAPE = "does not hold an API key: expected one line of printable ASCII without spaces"
+_SECRET_SHAPE = "does not hold a secret: expected one line of printable ASCII without spaces"
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,19 @@ def resolve_api_key(key_file: str, env: Mapping[str, str], file: Path) -> ApiKey
     return ApiKey(None, "")
 
 
-def _read_key_file(path: Path, key: str, prefix: str) -> ApiKey:
+def resolve_webhook_secret(secret_file: str, env: Mapping[str, str], file: Path) -> ApiKey:
+    """``hooks.secret_file``, else the systemd credential ``webhook_secret``, else none."""
+    if secret_file:
+        prefix = f"{file}: invalid configuration: "
+        return _read_key_file(Path(secret_file), "hooks.secret_file", prefix, _SECRET_SHAPE)
+    if env.get("CREDENTIALS_DIRECTORY"):
+        path = Path(env["CREDENTIALS_DIRECTORY"]) / "webhook_secret"
+        if os.path.lexists(path):
+            return _read_key_file(path, SECRET_CREDENTIAL, "", _SECRET_SHAPE)
+    return ApiKey(None, "")
+
+
+def _read_key_file(path: Path, key: str, prefix: str, shape: str = _KEY_SHAPE) -> ApiKey:
     def fail(message: str) -> ConfigError:
         return ConfigError(f"{prefix}{key}: {message}")
 
@@ -76,7 +92,7 @@ def _read_key_file(path: Path, key: str, prefix: str) -> ApiKey:
     if not text:
         raise fail(f"{path} is empty")
     if len(data) > _MAX_KEY_BYTES or not _KEY_TEXT.fullmatch(text):
-        raise fail(f"{path} {_KEY_SHAPE}")
+        raise fail(f"{path} {shape}")
     warnings = []
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         warnings.append(
