@@ -23,7 +23,6 @@ DONE = "done"
 QUARANTINED = "quarantined"
 COMMAND = "command"
 WEBHOOK = "webhook"
-KINDS = (COMMAND, WEBHOOK)
 
 
 def new_event_id() -> str:
