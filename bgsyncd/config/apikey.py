@@ -21,7 +21,7 @@ from bgsyncd.errors import ConfigError, describe_os_error
 
 KEY_ENV = "BGSYNCD_API_KEY"
 CREDENTIAL = "$CREDENTIALS_DIRECTORY/api_key"
-SECRET_CREDENTIAL = "$CREDENTIALS_DIRECTORY/webhook_secret"
+SECRET_CREDENTIAL = "$CREDENTIALS_DIRECTORY/webhook_secret"  # noqa: S105 (a place)
 # An HTTP header value: a key with spaces or control characters would make the
 # HTTP library raise an error that quotes it, so such a key is refused here.
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")

@@ -77,7 +77,7 @@ def run_command(
     deadline = began + timeout
     # /proc/self/fd/N is resolved by the child, before exec, to the folder the
     # descriptor holds: no path is looked up again, so no symlink is followed.
-    proc = subprocess.Popen(  # noqa: S603 (an argv from the configuration, never a shell)
+    proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

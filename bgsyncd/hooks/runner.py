@@ -15,7 +15,6 @@ receiver drop the repeat). Time is injected (``clock``, ``rng``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -197,7 +196,9 @@ class HookRunner:
             if self._stopping.is_set() and delivery.result != "ok":
                 return  # killed by the stop, not failed: it runs again at the next start
             self._settle(hook, delivery, config, bound)
-        except BgsyncdError as exc:  # the store could not be told: the lease runs out, it runs again
+        except (
+            BgsyncdError
+        ) as exc:  # the store could not be told: the lease runs out, it runs again
             log.warning("hooks.store_error", error=str(exc), event_id=hook.event.event_id)
         finally:
             with self._lock:
@@ -282,7 +283,9 @@ class HookRunner:
                 return
         commands.kill_group(pgid)  # started as the daemon stops: it runs at the next start
 
-    def _settle(self, hook: PendingHook, delivery: Delivery, config: HookConfig, bound: Any) -> None:
+    def _settle(
+        self, hook: PendingHook, delivery: Delivery, config: HookConfig, bound: Any
+    ) -> None:
         kind, folder = hook.event.kind, hook.event.folder
         if delivery.result == "dropped":
             self._store.drop_hook(hook)

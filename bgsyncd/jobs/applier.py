@@ -3,7 +3,8 @@
 :func:`~bgsyncd.jobs.outcomes.decide` says what happened means (pure); the
 :class:`Applier` does it for the worker: the queue transition, the move to
 the quarantine, the metrics, the log line, a pause through the dispatcher's
-hook, the hooks (SPEC §10) recorded with the quarantine. It returns the :class:`~bgsyncd.jobs.outcomes.Result` the dispatcher reads.
+hook, the hooks (SPEC §10) recorded with the quarantine. It returns the
+:class:`~bgsyncd.jobs.outcomes.Result` the dispatcher reads.
 A quarantine that cannot be written is decided anew and applied in turn.
 
 Every queue transition is fenced (``storage.JobStore``): one refused because

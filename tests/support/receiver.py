@@ -26,6 +26,7 @@ class Receiver:
     answer: Callable[[int], int | tuple[int, dict[str, str]]] = lambda n: 200
     calls: list[Call] = field(default_factory=list)
     server: http.server.ThreadingHTTPServer | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
@@ -36,9 +37,9 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with threading.Lock():
+                with receiver.lock:
                     n = len(receiver.calls)
                     receiver.calls.append(Call(self.path, dict(self.headers.items()), body))
                 got = receiver.answer(n)
@@ -49,7 +50,7 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -74,7 +74,9 @@ def test_done_and_quarantine_hooks_get_the_event_and_a_hostile_name_runs_nothing
     assert done["env"]["BGSYNCD_INPUT"] == str(inbox / "a.jpg") == done["stdin"]["input"]
     assert done["env"]["BGSYNCD_OUTPUTS"] == str(Path(folder["outbox"]) / "a.png")
     assert done["env"]["BGSYNCD_EVENT_ID"] == done["stdin"]["event_id"]
-    assert done["env"]["BGSYNCD_SHA256"] == hashlib.sha256((inbox / "a.jpg").read_bytes()).hexdigest()
+    assert (
+        done["env"]["BGSYNCD_SHA256"] == hashlib.sha256((inbox / "a.jpg").read_bytes()).hexdigest()
+    )
     bad = got["bad.jpg"][0]
     assert bad["env"]["BGSYNCD_EVENT"] == "quarantined"
     assert bad["env"]["BGSYNCD_REASON"] == "unsupported_media"
@@ -164,5 +166,7 @@ def test_a_hook_that_hangs_is_killed_and_a_failing_hook_never_stops_the_files(
         )
 
     wait_until(lambda: failed("hangs") == 3 and failed("fails") == 3, 30, what="hook.failed")
-    timeouts = [e for e in daemon.events() if e.get("event") == "hook.failed" and e["folder"] == "hangs"]
+    timeouts = [
+        e for e in daemon.events() if e.get("event") == "hook.failed" and e["folder"] == "hangs"
+    ]
     assert all(e["result"] == "timeout" for e in timeouts)

@@ -177,9 +177,13 @@ ALERT_TESTS.append(
     {  # a folder whose command hooks always fail; webhooks that fail now and then do not count
         "interval": "1m",
         "input_series": [
-            series("bgsyncd_hooks_total", "0+1x19", folder="products", kind="command", result="failed"),
+            series(
+                "bgsyncd_hooks_total", "0+1x19", folder="products", kind="command", result="failed"
+            ),
             series("bgsyncd_hooks_total", "0x19", folder="products", kind="command", result="ok"),
-            series("bgsyncd_hooks_total", "0+1x19", folder="products", kind="webhook", result="timeout"),
+            series(
+                "bgsyncd_hooks_total", "0+1x19", folder="products", kind="webhook", result="timeout"
+            ),
             series("bgsyncd_hooks_total", "0+1x19", folder="products", kind="webhook", result="ok"),
         ],
         "alert_rule_test": [
