@@ -27,7 +27,7 @@ SECRET_CREDENTIAL = "$CREDENTIALS_DIRECTORY/webhook_secret"  # noqa: S105 (a pla
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
 _MAX_KEY_BYTES = 4096
 _KEY_SHAPE = "does not hold an API key: expected one line of printable ASCII without spaces"
-_SECRET_SHAPE = "does not hold a secret: expected one line of printable ASCII without spaces"
+_SIGNING_SHAPE = "does not hold a secret: expected one line of printable ASCII without spaces"
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,11 @@ def resolve_webhook_secret(secret_file: str, env: Mapping[str, str], file: Path)
     """``hooks.secret_file``, else the systemd credential ``webhook_secret``, else none."""
     if secret_file:
         prefix = f"{file}: invalid configuration: "
-        return _read_key_file(Path(secret_file), "hooks.secret_file", prefix, _SECRET_SHAPE)
+        return _read_key_file(Path(secret_file), "hooks.secret_file", prefix, _SIGNING_SHAPE)
     if env.get("CREDENTIALS_DIRECTORY"):
         path = Path(env["CREDENTIALS_DIRECTORY"]) / "webhook_secret"
         if os.path.lexists(path):
-            return _read_key_file(path, SECRET_CREDENTIAL, "", _SECRET_SHAPE)
+            return _read_key_file(path, SECRET_CREDENTIAL, "", _SIGNING_SHAPE)
     return ApiKey(None, "")
 
 
