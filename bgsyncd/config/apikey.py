@@ -1,7 +1,9 @@
-"""Where the API key comes from: the environment, a key file, or a systemd credential.
+"""Where the API key comes from: the environment, a key file, or a systemd credential;
+and the webhook signing secret: ``hooks.secret_file`` or the credential (SPEC §10).
 
 Part of loading the configuration (``config.loading.load_settings`` calls it). No
-message here ever quotes the key, or the content of a file that should hold it.
+message here ever quotes the key or the secret, or the content of a file that
+should hold one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from bgsyncd.errors import ConfigError, describe_os_error
 
 KEY_ENV = "BGSYNCD_API_KEY"
 CREDENTIAL = "$CREDENTIALS_DIRECTORY/api_key"
+SECRET_CREDENTIAL = "$CREDENTIALS_DIRECTORY/webhook_secret"  # noqa: S105 (a place)
 # An HTTP header value: a key with spaces or control characters would make the
 # HTTP library raise an error that quotes it, so such a key is refused here.
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
@@ -26,6 +29,7 @@ _MAX_KEY_BYTES = 4096
 _KEY_SHAPE = "does not hold an API key: expected one line of printable ASCII without spaces"
 PAGE_CREDENTIAL = "$CREDENTIALS_DIRECTORY/page_token"
 _TOKEN_SHAPE = "does not hold a token: expected one line of printable ASCII without spaces"  # noqa: S105 (a message)
+_SIGNING_SHAPE = "does not hold a secret: expected one line of printable ASCII without spaces"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,18 @@ def resolve_page_token(token_file: str, env: Mapping[str, str], file: Path) -> A
         path = Path(env["CREDENTIALS_DIRECTORY"]) / "page_token"
         if os.path.lexists(path):
             return _read_key_file(path, PAGE_CREDENTIAL, "", _TOKEN_SHAPE)
+    return ApiKey(None, "")
+
+
+def resolve_webhook_secret(secret_file: str, env: Mapping[str, str], file: Path) -> ApiKey:
+    """``hooks.secret_file``, else the systemd credential ``webhook_secret``, else none."""
+    if secret_file:
+        prefix = f"{file}: invalid configuration: "
+        return _read_key_file(Path(secret_file), "hooks.secret_file", prefix, _SIGNING_SHAPE)
+    if env.get("CREDENTIALS_DIRECTORY"):
+        path = Path(env["CREDENTIALS_DIRECTORY"]) / "webhook_secret"
+        if os.path.lexists(path):
+            return _read_key_file(path, SECRET_CREDENTIAL, "", _SIGNING_SHAPE)
     return ApiKey(None, "")
 
 

@@ -22,7 +22,12 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from bgsyncd.config import layout
-from bgsyncd.config.apikey import KEY_ENV, resolve_api_key, resolve_page_token
+from bgsyncd.config.apikey import (
+    KEY_ENV,
+    resolve_api_key,
+    resolve_page_token,
+    resolve_webhook_secret,
+)
 from bgsyncd.config.messages import check_top_level, explain, explain_env
 from bgsyncd.config.paths import resolve_paths, with_env_paths_resolved, with_resolved_roots
 from bgsyncd.config.rules import DsnReader, check_rules
@@ -72,6 +77,10 @@ def load_settings(
     except SettingsError as exc:
         raise ConfigError(explain_env(exc, file)) from None
     settings = with_env_paths_resolved(_with_folder_names(settings))
+    secret = resolve_webhook_secret(settings.hooks.secret_file, env, file)
+    settings = settings.model_copy(
+        update={"webhook_secret": secret.value, "webhook_secret_source": secret.source}
+    )
     check_rules(settings, file, read_dsn=read_dsn, check_folders=check_folders)
     if create_folders:
         layout.create_folders(settings.folder, file)
@@ -85,7 +94,7 @@ def load_settings(
             "page_token": token.value,
             "page_token_source": token.source,
             "config_path": file.absolute(),
-            "warnings": key.warnings + token.warnings,
+            "warnings": key.warnings + token.warnings + secret.warnings,
         }
     )
 
@@ -137,6 +146,8 @@ def render_settings(settings: Settings) -> str:
         lines.append(f"# api key: not set ({KEY_ENV}, api.key_file or credential api_key)")
     if settings.page_token is not None:
         lines.append(f"# page token: ******** (from {settings.page_token_source})")
+    if settings.webhook_secret is not None:
+        lines.append(f"# webhook secret: ******** (from {settings.webhook_secret_source})")
     lines.extend(f"# warning: {w}" for w in settings.warnings)
     for section in SECTIONS:
         lines.append(f"\n[{section}]")

@@ -7,13 +7,15 @@ file. ``parse_listen`` also gives the metrics server its address.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 from bgsyncd.config import layout
 from bgsyncd.config.messages import invalid
-from bgsyncd.config.schema import Settings
+from bgsyncd.config.schema import FolderSettings, Settings
 
 # A smaller answer cap would refuse an ordinary 1024-pixel matte.
 MIN_RESPONSE_BYTES = 1024 * 1024
@@ -78,8 +80,43 @@ def check_rules(
                 )
         if f.after_success == "move" and f.done is None:
             raise invalid(file, f"{key}.done", 'after_success = "move" needs a done folder')
+        _check_hooks(f, key, settings.webhook_secret is not None, file)
     if check_folders:
         layout.check_folders(settings.folder, file)
+
+
+def _check_hooks(f: FolderSettings, key: str, has_secret: bool, file: Path) -> None:
+    """SPEC §10: a command to run, and a webhook URL that is signed where it can be read."""
+    for name, argv in (("on_done", f.on_done), ("on_quarantine", f.on_quarantine)):
+        if argv and not argv[0].strip():
+            raise invalid(file, f"{key}.{name}", "the command (the list's first item) is empty")
+    if not f.webhook:
+        return
+    try:
+        url = urllib.parse.urlsplit(f.webhook)
+        host = url.hostname
+    except ValueError:
+        host = None
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not host:
+        raise invalid(file, f"{key}.webhook", "expected an http:// or https:// URL with a host")
+    if url.scheme == "http" and not has_secret and not is_loopback(host):
+        raise invalid(
+            file,
+            f"{key}.webhook",
+            f"an http:// URL to {host}, which is not loopback, needs a signing secret:"
+            " set hooks.secret_file or pass the systemd credential webhook_secret, or use https://",
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_backend(settings: Settings, file: Path, read_dsn: DsnReader) -> None:

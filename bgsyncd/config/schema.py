@@ -37,7 +37,7 @@ from bgsyncd.config import finishing
 
 # The configuration's names: its tables and the environment's prefix.
 ENV_PREFIX = "BGSYNCD_"
-SECTIONS = ("api", "credits", "queue", "metrics", "logging")
+SECTIONS = ("api", "credits", "queue", "metrics", "hooks", "logging")
 TOP_LEVEL = (*SECTIONS, "folder")
 
 DEFAULT_CONFIG_PATH = Path("/etc/bgsyncd/config.toml")
@@ -139,6 +139,19 @@ class MetricsSettings(_Section):
     page_token_file: str = ""
 
 
+class HooksSettings(_Section):
+    """``[hooks]``: telling other systems when a file is done (SPEC §10)."""
+
+    timeout_seconds: PositiveFloat = 60.0
+    max_running: PositiveInt = 2
+    max_attempts: PositiveInt = 5
+    secret_file: str = ""  # "" : the systemd credential webhook_secret, if any
+    # Not in the product contract: the backoff between failed tries, doubling
+    # from retry_base_seconds with jitter, at most retry_max_seconds apart.
+    retry_base_seconds: PositiveFloat = 5.0
+    retry_max_seconds: PositiveFloat = 300.0
+
+
 class LoggingSettings(_Section):
     """``[logging]``: JSON lines for machines, console for people."""
 
@@ -204,6 +217,10 @@ class FolderSettings(_Section):
     max_side: NonNegativeInt = 0
     shadow: bool = False
     rendition: tuple[RenditionSettings, ...] = ()
+    # SPEC §10, hooks: argv lists (never a shell) and a URL.
+    on_done: tuple[str, ...] = ()
+    on_quarantine: tuple[str, ...] = ()
+    webhook: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -249,6 +266,7 @@ TABLES: dict[str, type[BaseModel]] = {
     "credits": CreditSettings,
     "queue": QueueSettings,
     "metrics": MetricsSettings,
+    "hooks": HooksSettings,
     "logging": LoggingSettings,
     "folder": FolderSettings,
     "rendition": RenditionSettings,  # [[folder.rendition]], for "did you mean"
@@ -256,7 +274,7 @@ TABLES: dict[str, type[BaseModel]] = {
 
 
 class _SectionsFromEnv(EnvSettingsSource):
-    """The environment, limited to the five sections ([[folder]] is file-only).
+    """The environment, limited to the six sections ([[folder]] is file-only).
 
     Without this filter ``BGSYNCD_API_KEY`` would land in the ``api_key`` field,
     ``BGSYNCD_WARNINGS`` in ``warnings`` and ``BGSYNCD_FOLDER`` in the folders.
@@ -285,6 +303,7 @@ class Settings(BaseSettings):
     credits: CreditSettings = CreditSettings()
     queue: QueueSettings = QueueSettings()
     metrics: MetricsSettings = MetricsSettings()
+    hooks: HooksSettings = HooksSettings()
     logging: LoggingSettings = LoggingSettings()
     folder: tuple[FolderSettings, ...] = ()
     # Filled by load_settings, never from the file or the environment.
@@ -292,6 +311,8 @@ class Settings(BaseSettings):
     api_key_source: str = Field(default="", exclude=True)
     page_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
     page_token_source: str = Field(default="", exclude=True)
+    webhook_secret: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    webhook_secret_source: str = Field(default="", exclude=True)
     config_path: Path = Field(default=DEFAULT_CONFIG_PATH, exclude=True)
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
 

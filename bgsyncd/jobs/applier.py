@@ -3,7 +3,8 @@
 :func:`~bgsyncd.jobs.outcomes.decide` says what happened means (pure); the
 :class:`Applier` does it for the worker: the queue transition, the move to
 the quarantine, the metrics, the log line, a pause through the dispatcher's
-hook. It returns the :class:`~bgsyncd.jobs.outcomes.Result` the dispatcher reads.
+hook, the hooks (SPEC §10) recorded with the quarantine. It returns the
+:class:`~bgsyncd.jobs.outcomes.Result` the dispatcher reads.
 A quarantine that cannot be written is decided anew and applied in turn.
 
 Every queue transition is fenced (``storage.JobStore``): one refused because
@@ -22,6 +23,7 @@ from typing import Any
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.files import moves
 from bgsyncd.files.inputs import Signature, signature_of
+from bgsyncd.hooks import events as hook_events
 from bgsyncd.jobs.outcomes import (
     Changed,
     Context,
@@ -156,7 +158,10 @@ class Applier:
                 return Vanished("quarantine")
             except OSError as exc:
                 return WriteFailed(exc, str(folder.quarantine), "quarantine")
-        self._queue.quarantine(job, reason, message, status, location)
+        hooks = hook_events.quarantine_hooks(
+            job, folder, reason, message or "", location, hook_events.new_event_id()
+        )
+        self._queue.quarantine(job, reason, message, status, location, hooks)
         return None
 
 

@@ -31,6 +31,7 @@ from bgsyncd.api.outage import Outage
 from bgsyncd.config.schema import FolderSettings
 from bgsyncd.errors import ApiError, QueueUnavailable, Stopped, UnusableAnswer, describe
 from bgsyncd.files.inputs import Signature, read_input
+from bgsyncd.hooks import events as hook_events
 from bgsyncd.jobs import delivery, uploads
 from bgsyncd.jobs.applier import Applier
 from bgsyncd.jobs.backoff import compute_backoff
@@ -55,7 +56,7 @@ from bgsyncd.jobs.outcomes import (
 )
 from bgsyncd.logs import get_logger
 from bgsyncd.ops.metrics import Recorder
-from bgsyncd.storage.contract import Job, LeaseLost, ResultStore, Store
+from bgsyncd.storage.contract import HookEvent, Job, LeaseLost, ResultStore, Store
 
 log = get_logger("bgsyncd.worker")
 
@@ -192,6 +193,8 @@ class Worker:
         run: _Run,
         on_pause: PauseHook | None,
     ) -> Result:
+        if run.sha is not None:  # for the hooks' events (SPEC §10)
+            job = replace(job, sha256=run.sha)
         try:
             return self._applier.apply(job, folder, outcome, bound, run.read, on_pause)
         except LeaseLost:
@@ -261,7 +264,7 @@ class Worker:
             # such a job again (the cache usually answers first; not when it is
             # off or the entry was evicted).
             written = delivery.claimed_outputs(self._queue, job, folder)
-            self._queue.complete(job, written)
+            self._queue.complete(job, written, _done_hooks(job, folder, written, run))
             run.folder, run.during = delivery.after_success_target(folder)
             delivery.after_success(self._queue, job, folder, sig, bound)
             return Finished("outputs", tuple(written))
@@ -351,7 +354,7 @@ class Worker:
             for tree, rendered in zip(trees, renders, strict=True):
                 run.folder = str(tree.outbox)
                 written += delivery.write_tree(self._queue, job, folder, tree, rendered)
-            self._queue.complete(job, written)
+            self._queue.complete(job, written, _done_hooks(job, folder, written, run))
             run.folder, run.during = delivery.after_success_target(folder)
             delivery.after_success(self._queue, job, folder, sig, bound)
         except OSError as exc:
@@ -380,3 +383,9 @@ class Worker:
         """Seconds before ``attempt`` (counted from 1), under the settings in force."""
         config = self.config
         return compute_backoff(attempt, config.retry_base_seconds, config.retry_max_seconds)
+
+
+def _done_hooks(job: Job, folder: FolderSettings, written: list[str], run: _Run) -> list[HookEvent]:
+    """The hooks recorded with the job's ``done`` (SPEC §10), one event id for them all."""
+    job = replace(job, sha256=run.sha or job.sha256)
+    return hook_events.done_hooks(job, folder, written, hook_events.new_event_id())

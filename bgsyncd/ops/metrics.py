@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 OUTCOMES = ("success", "cached", "quarantined")
+# bgsyncd_hooks_total: kinds of hook and results of one try (SPEC §10).
+HOOK_KINDS = ("command", "webhook")
+HOOK_RESULTS = ("ok", "failed", "timeout")
 # An API call takes from a tenth of a second to the 120 s default timeout.
 API_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 90.0, 120.0)
 # Queued -> written includes waiting for the rate limit: seconds to most of a day.
@@ -101,6 +104,12 @@ class Recorder:
 
     def fleet_hosts(self, hosts: int) -> None:
         """PostgreSQL: the fleet's hosts seen within ``lease_seconds``."""
+
+    def hook_finished(self, folder: str, kind: str, result: str) -> None:
+        """One try of a hook (kind command | webhook) ended: ok, failed or timeout."""
+
+    def hooks_pending(self, pending: int) -> None:
+        """Hooks recorded and not yet delivered or dropped."""
 
 
 F = TypeVar("F", bound=Callable[..., None])
@@ -255,6 +264,17 @@ class Metrics(Recorder):
             "Seconds until the next request may start (0: now; NaN: paused until lifted).",
             registry=r,
         )
+        self._hooks = Counter(
+            "bgsyncd_hooks",
+            "Tries of hooks (SPEC section 10), by folder, kind and result.",
+            ["folder", "kind", "result"],
+            registry=r,
+        )
+        self._hooks_pending = Gauge(
+            "bgsyncd_hooks_pending",
+            "Hooks recorded and not yet delivered or dropped.",
+            registry=r,
+        )
         self._folder_up = Gauge(
             "bgsyncd_folder_up",
             "1 while the folder's inbox is there and watched; 0.5 while it is polled"
@@ -273,6 +293,9 @@ class Metrics(Recorder):
             self._finished.labels(folder=folder, outcome=outcome)
         self._job_duration.labels(folder=folder)
         self._last_success.labels(folder=folder)
+        for kind in HOOK_KINDS:
+            for result in HOOK_RESULTS:
+                self._hooks.labels(folder=folder, kind=kind, result=result)
         # 0 until the watcher reports it watched; a reload's call keeps the value.
         with self._folders_lock:
             self._retired.discard(folder)
@@ -295,6 +318,16 @@ class Metrics(Recorder):
         """The fleet has ``hosts`` hosts seen within ``lease_seconds``."""
         if self._fleet_hosts is not None:
             self._fleet_hosts.set(hosts)
+
+    @_guarded
+    def hook_finished(self, folder: str, kind: str, result: str) -> None:
+        """Count one try of a hook."""
+        self._hooks.labels(folder=folder, kind=kind, result=result).inc()
+
+    @_guarded
+    def hooks_pending(self, pending: int) -> None:
+        """Set the hooks waiting to be delivered."""
+        self._hooks_pending.set(float(pending))
 
     @_guarded
     def folder_up(self, folder: str, up: float) -> None:

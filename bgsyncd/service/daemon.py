@@ -1,10 +1,11 @@
 """The daemon: wires the components together and owns the main loop.
 
 Start order: settings, logging, queue (give back leases of a crashed run),
-stale temp files, cache, pacer, credits, metrics, client, worker, dispatcher,
-ingest, watcher (start-up scan), READY=1. Stop order (SIGTERM/SIGINT): stop intake
+stale temp files, cache, pacer, credits, metrics, client, worker, hooks,
+dispatcher, ingest, watcher (start-up scan), READY=1. Stop order (SIGTERM/SIGINT): stop intake
 (watcher), stop claiming, let jobs in flight finish up to ``timeout_seconds``,
-give the rest back to the queue, close client and database, exit 0. Signal
+give the rest back to the queue, stop the hooks (commands killed, run again at
+the next start), close client and database, exit 0. Signal
 handlers only set flags: the main loop does the work.
 """
 
@@ -25,6 +26,7 @@ from bgsyncd.dispatch.dispatcher import Dispatcher
 from bgsyncd.dispatch.pacer import Pacer
 from bgsyncd.errors import BgsyncdError, ConfigError, QueueUnavailable
 from bgsyncd.files import outputs
+from bgsyncd.hooks.runner import HookRunner, hook_config
 from bgsyncd.inbox.adoption import Adopter
 from bgsyncd.inbox.ingest import Ingest
 from bgsyncd.inbox.swap import WatcherSwap
@@ -118,6 +120,10 @@ class Daemon:
             worker_config(settings),
             lambda: self.client,
         )
+        # Hooks (SPEC §10): recorded by the worker with each job's end, delivered
+        # by their own threads from the store, never in the pipeline's way.
+        self._hook_config = hook_config(settings)
+        self.hooks = HookRunner(self.queue, self.metrics, lambda: self._hook_config)
         self.dispatcher = Dispatcher(
             self.queue,
             self.worker,
@@ -232,6 +238,7 @@ class Daemon:
         """A job or a pause changed (dispatch's threads, the probe's): publish it now."""
         self.publisher.dirty.set()
         self.signals.wake.set()
+        self.hooks.wake()  # a job just done or quarantined may have hooks
 
     def _on_conflict(self, message: str) -> None:
         """Another daemon took this host_id while the database was away: stop (exit 1)."""
@@ -266,6 +273,7 @@ class Daemon:
         self.ingest.start()
         self.watchers.start()
         self.dispatcher.start()
+        self.hooks.start()
         try:
             try:
                 seen = self.watchers.start_first(self.signals.stop, self.signals.wake)
@@ -371,6 +379,7 @@ class Daemon:
             self.metrics.retire_folder(name)
         self.credits.set_check_interval(new.credits.check_interval_seconds)
         self.worker.config = worker_config(new)
+        self._hook_config = hook_config(new)
         if watcher_changed(old, new):
             self.watchers.request(new, self._reloads)
         else:
@@ -396,6 +405,7 @@ class Daemon:
             self.stuck = True
             log.warning("daemon.returned_jobs", jobs=len(left))
         self.ingest.stop()
+        self.hooks.stop()  # a command killed here runs again at the next start
         try:
             self.publisher.refresh()
         except QueueUnavailable as exc:  # stopping is not a failure: the next start recovers

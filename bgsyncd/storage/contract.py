@@ -8,9 +8,10 @@ one narrow Protocol per thing stored:
 - :class:`StateStore` — small named values (pause reason, last credits...);
 - :class:`StoreHealth` — is the store still there and writable;
 - :class:`RequestLog` / :class:`SharedRequestLog` — request starts for the pacer;
-- :class:`ResultStore` — API results by content hash (the cache).
+- :class:`ResultStore` — API results by content hash (the cache);
+- :class:`HookQueue` — hooks waiting to be delivered (SPEC §10).
 
-:class:`Store` is what a daemon opens: jobs, claims, state and health on one
+:class:`Store` is what a daemon opens: jobs, claims, state, hooks and health on one
 database. Two engines implement it: SQLite (``storage.sqlite.store.SqliteStore``, one host) and
 PostgreSQL (``storage.postgres.store.PostgresStore``, a fleet, SPEC §8). Neither engine's driver
 is imported here, so every module may depend on this one.
@@ -85,6 +86,31 @@ class Recent:
     at: float  # unix seconds, this host's clock
 
 
+@dataclass(frozen=True)
+class HookEvent:
+    """A hook to deliver, recorded with its job's transition (SPEC §10).
+
+    ``event_id`` is the event's, the same for every kind of one event and for
+    every try; ``kind`` is ``command`` or ``webhook``; ``payload`` is the
+    event as one JSON object (text), what the command reads and the webhook gets.
+    """
+
+    event_id: str
+    folder: str
+    kind: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class PendingHook:
+    """A recorded hook as claimed for a try: ``attempts`` tries failed before this one."""
+
+    id: int
+    event: HookEvent
+    attempts: int
+    claim_token: str
+
+
 # The columns a Job is read from, in both engines' ``jobs`` table (SELECT {COLUMNS}).
 COLUMNS = (
     "id, folder, relpath, size, mtime_ns, inode, sha256, state, attempts, first_seen,"
@@ -112,6 +138,10 @@ class JobStore(Protocol):
     as claimed and is made only while that claim still holds it (in flight,
     same token); otherwise nothing changes and :class:`LeaseLost` is raised.
     ``holds`` asks the same question without changing anything.
+
+    ``complete`` and ``quarantine`` record their ``hooks`` in the same
+    transaction as the transition (SPEC §10): a job is never done without
+    its hooks, and a refused change records none.
     """
 
     def is_unchanged(
@@ -126,7 +156,9 @@ class JobStore(Protocol):
     def next_ready_at(self, folders: Collection[str] | None = None) -> float | None: ...
     def record_version(self, job: Job, size: int, mtime_ns: int, inode: int) -> None: ...
     def set_sha256(self, job: Job, sha256: str) -> None: ...
-    def complete(self, job: Job, outputs: Sequence[str]) -> None: ...
+    def complete(
+        self, job: Job, outputs: Sequence[str], hooks: Sequence[HookEvent] = ()
+    ) -> None: ...
     def quarantine(
         self,
         job: Job,
@@ -134,6 +166,7 @@ class JobStore(Protocol):
         message: str,
         http_status: int | None,
         location: str | None = None,
+        hooks: Sequence[HookEvent] = (),
     ) -> None: ...
     def retry_later(self, job: Job, at: float, error: str, *, resend: bool = False) -> int: ...
     def release(self, job: Job, *, resend: bool = False) -> None: ...
@@ -178,6 +211,27 @@ class OutputClaims(Protocol):
     ) -> str: ...
 
 
+class HookQueue(Protocol):
+    """Hooks waiting to be delivered, at least once (SPEC §10).
+
+    ``claim_hooks`` hands out up to ``limit`` hooks that are due and not
+    claimed, each under a fresh token and a lease of ``lease_seconds``: no
+    other claimer (thread or host) gets it meanwhile, and one whose claimer
+    died is due again when the lease runs out (or at once after
+    ``release_hooks``, which a daemon calls at start for its own claims).
+    ``hook_delivered`` deletes it; ``hook_failed`` counts a failed try and
+    makes it due again at ``at`` (this host's clock); ``drop_hook`` deletes
+    it undelivered. Each acts only while the token still holds the hook.
+    """
+
+    def claim_hooks(self, limit: int, lease_seconds: float) -> list[PendingHook]: ...
+    def hook_delivered(self, hook: PendingHook) -> None: ...
+    def hook_failed(self, hook: PendingHook, at: float) -> None: ...
+    def drop_hook(self, hook: PendingHook) -> None: ...
+    def release_hooks(self) -> int: ...
+    def hooks_pending(self) -> int: ...
+
+
 class StateStore(Protocol):
     """Small named values the daemon keeps across restarts (shared by a fleet)."""
 
@@ -195,7 +249,7 @@ class StoreHealth(Protocol):
     def close(self) -> None: ...
 
 
-class Store(JobStore, OutputClaims, StateStore, StoreHealth, Protocol):
+class Store(JobStore, OutputClaims, HookQueue, StateStore, StoreHealth, Protocol):
     """Everything a daemon keeps in its queue database."""
 
 

@@ -36,6 +36,7 @@ def write_config(
     credits: dict[str, Any] | None = None,
     queue: dict[str, Any] | None = None,
     metrics_listen: str = "",
+    hooks: dict[str, Any] | None = None,
 ) -> Path:
     """Write a TOML configuration for a test daemon."""
     sections: dict[str, dict[str, Any]] = {
@@ -49,6 +50,7 @@ def write_config(
             **(queue or {}),
         },
         "metrics": {"listen": metrics_listen},
+        "hooks": {"retry_base_seconds": 0.2, "retry_max_seconds": 1.0, **(hooks or {})},
         "logging": {"format": "json", "level": "debug"},
     }
     lines = []

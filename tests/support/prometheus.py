@@ -71,6 +71,8 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "bgsyncd_resends_total": ("counter", frozenset()),
     "bgsyncd_folder_up": ("gauge", frozenset({"folder"})),
     "bgsyncd_upload_bytes_total": ("counter", frozenset({"endpoint"})),
+    "bgsyncd_hooks_total": ("counter", frozenset({"folder", "kind", "result"})),
+    "bgsyncd_hooks_pending": ("gauge", frozenset()),
 }
 
 

@@ -173,6 +173,31 @@ ALERT_TESTS.append(
 )
 
 
+ALERT_TESTS.append(
+    {  # a folder whose command hooks always fail; webhooks that fail now and then do not count
+        "interval": "1m",
+        "input_series": [
+            series(
+                "bgsyncd_hooks_total", "0+1x19", folder="products", kind="command", result="failed"
+            ),
+            series("bgsyncd_hooks_total", "0x19", folder="products", kind="command", result="ok"),
+            series(
+                "bgsyncd_hooks_total", "0+1x19", folder="products", kind="webhook", result="timeout"
+            ),
+            series("bgsyncd_hooks_total", "0+1x19", folder="products", kind="webhook", result="ok"),
+        ],
+        "alert_rule_test": [
+            fires("BgsyncdHooksFailing", "5m"),  # pending for 10 minutes first
+            fires(
+                "BgsyncdHooksFailing",
+                "15m",
+                {**INSTANCE, "folder": "products", "kind": "command", "severity": "warning"},
+            ),
+        ],
+    }
+)
+
+
 def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
     rules = tmp_path / "alerts.yml"
     rules.write_text(without_annotations(RULES.read_text(encoding="utf-8")), encoding="utf-8")

@@ -135,6 +135,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX output_claims_by_path_bytes"
         ' ON output_claims (folder, tree, outpath COLLATE "C")',
     ),
+    # 6: hooks waiting to be delivered (SPEC §10), written with their job's
+    # transition; any host delivers them. ``next_at`` (the server's clock) is
+    # when one is due: a claim moves it to the end of its lease, so a host
+    # that dies leaves it due again; ``owner`` gives a restarted host its own back.
+    (
+        """CREATE TABLE IF NOT EXISTS hooks (
+            id BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL, folder TEXT NOT NULL, kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at DOUBLE PRECISION NOT NULL, claim_token TEXT, owner TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (event_id, kind))""",
+        "CREATE INDEX IF NOT EXISTS hooks_by_next ON hooks (next_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.

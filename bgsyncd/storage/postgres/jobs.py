@@ -22,8 +22,18 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, Recent, job_of
+from bgsyncd.storage.contract import (
+    COLUMNS,
+    STATES,
+    Found,
+    HookEvent,
+    Job,
+    LeaseLost,
+    Recent,
+    job_of,
+)
 from bgsyncd.storage.postgres.db import NOW, PgBase
+from bgsyncd.storage.postgres.hooks import insert_hooks
 
 SQL_UPSERT = f"""
 INSERT INTO jobs (folder, relpath, size, mtime_ns, inode, state, first_seen, queued_at,
@@ -194,13 +204,14 @@ class PgJobs(PgBase):
         """Record the content hash of a claimed job's input."""
         self._change(job, "sha256 = %s", sha256)
 
-    def complete(self, job: Job, outputs: Sequence[str]) -> None:
-        """Mark a claimed job done with the outputs it wrote."""
+    def complete(self, job: Job, outputs: Sequence[str], hooks: Sequence[HookEvent] = ()) -> None:
+        """Mark a claimed job done with the outputs it wrote, and record its hooks."""
         self._change(
             job,
             f"state = 'done', outputs = %s, {_UNCLAIMED}, resend = FALSE,"
             " next_attempt_at = NULL, last_error = NULL, http_status = NULL, reason = NULL",
             json.dumps(list(outputs)),
+            hooks=hooks,
         )
 
     def quarantine(
@@ -210,13 +221,15 @@ class PgJobs(PgBase):
         message: str,
         http_status: int | None,
         location: str | None = None,
+        hooks: Sequence[HookEvent] = (),
     ) -> None:
-        """Mark a job quarantined, keeping why and where the file went."""
+        """Mark a job quarantined, keeping why and where the file went; record its hooks."""
         self._change(
             job,
             "state = 'quarantined', reason = %s, last_error = %s, http_status = %s,"
             f" {_UNCLAIMED}, resend = FALSE, next_attempt_at = NULL, outputs = %s",
             reason, message, http_status, json.dumps([location] if location else []),
+            hooks=hooks,
         )  # fmt: skip
 
     def retry_later(self, job: Job, at: float, error: str, *, resend: bool = False) -> int:
@@ -241,15 +254,19 @@ class PgJobs(PgBase):
             note,
         )
 
-    def _change(self, job: Job, assignments: str, *params: object) -> int:
-        """Update a claimed job while ``job``'s claim still holds it (else LeaseLost);
-        return its attempts."""
+    def _change(
+        self, job: Job, assignments: str, *params: object, hooks: Sequence[HookEvent] = ()
+    ) -> int:
+        """Update a claimed job while ``job``'s claim still holds it (else LeaseLost),
+        recording ``hooks`` in the same transaction; return its attempts."""
         with self.transaction() as conn:
             row = conn.execute(
                 f"UPDATE jobs SET {assignments}, updated_at = {NOW}"
                 " WHERE id = %s AND state = 'in_flight' AND claim_token = %s RETURNING attempts",
                 (*params, job.id, job.claim_token),
             ).fetchone()
+            if row is not None:
+                insert_hooks(conn, hooks)
         if row is None:
             raise _lost(job)
         return int(row[0])

@@ -42,6 +42,7 @@ from bgsyncd.storage.contract import Store
 from bgsyncd.storage.postgres.claims import PgClaims
 from bgsyncd.storage.postgres.db import MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA_VERSION, migrate
 from bgsyncd.storage.postgres.guard import LIVENESS_SECONDS
+from bgsyncd.storage.postgres.hooks import PgHooks
 from bgsyncd.storage.postgres.jobs import SQL_UPSERT, PgJobs
 
 __all__ = [
@@ -71,7 +72,7 @@ _SQL_LACKING = (
 )
 
 
-class PostgresStore(PgJobs, PgClaims):
+class PostgresStore(PgJobs, PgClaims, PgHooks):
     """The storage contract on PostgreSQL, for host ``host_id`` of a fleet.
 
     ``timeout``: how long a call waits for a connection before it raises

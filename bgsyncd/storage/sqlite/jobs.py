@@ -19,8 +19,18 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from bgsyncd.storage.contract import COLUMNS, STATES, Found, Job, LeaseLost, Recent, job_of
+from bgsyncd.storage.contract import (
+    COLUMNS,
+    STATES,
+    Found,
+    HookEvent,
+    Job,
+    LeaseLost,
+    Recent,
+    job_of,
+)
 from bgsyncd.storage.sqlite.db import SqliteBase
+from bgsyncd.storage.sqlite.hooks import insert_hooks
 from bgsyncd.storage.sqlite.schema import (
     SQL_ANY_PENDING,
     SQL_ANY_PENDING_IN,
@@ -186,14 +196,16 @@ class SqliteJobs(SqliteBase):
         """Record the content hash of a claimed job's input."""
         self._change(job, "sha256 = ?", sha256)
 
-    def complete(self, job: Job, outputs: Sequence[str]) -> None:
-        """Mark a claimed job done with the outputs it wrote."""
-        self._change(
-            job,
-            "state = 'done', outputs = ?, lease_until = NULL, claim_token = NULL, resend = 0,"
-            " next_attempt_at = NULL, last_error = NULL, http_status = NULL, reason = NULL",
-            json.dumps(list(outputs)),
-        )
+    def complete(self, job: Job, outputs: Sequence[str], hooks: Sequence[HookEvent] = ()) -> None:
+        """Mark a claimed job done with the outputs it wrote, and record its hooks."""
+        with self._write() as conn:
+            self._change(
+                job,
+                "state = 'done', outputs = ?, lease_until = NULL, claim_token = NULL, resend = 0,"
+                " next_attempt_at = NULL, last_error = NULL, http_status = NULL, reason = NULL",
+                json.dumps(list(outputs)),
+            )
+            insert_hooks(conn, hooks, self._clock())
 
     def quarantine(
         self,
@@ -202,20 +214,23 @@ class SqliteJobs(SqliteBase):
         message: str,
         http_status: int | None,
         location: str | None = None,
+        hooks: Sequence[HookEvent] = (),
     ) -> None:
-        """Mark a job quarantined, keeping why and where the file went.
+        """Mark a job quarantined, keeping why and where the file went; record its hooks.
 
         ``location`` (the file's path relative to the quarantine folder, which
         may carry a ``~2`` suffix) is kept in ``outputs``: a quarantined job
         has no other outputs, and ``retry`` needs to find the right file.
         """
-        self._change(
-            job,
-            "state = 'quarantined', reason = ?, last_error = ?, http_status = ?,"
-            " lease_until = NULL, claim_token = NULL, resend = 0, next_attempt_at = NULL,"
-            " outputs = ?",
-            reason, message, http_status, json.dumps([location] if location else []),
-        )  # fmt: skip
+        with self._write() as conn:
+            self._change(
+                job,
+                "state = 'quarantined', reason = ?, last_error = ?, http_status = ?,"
+                " lease_until = NULL, claim_token = NULL, resend = 0, next_attempt_at = NULL,"
+                " outputs = ?",
+                reason, message, http_status, json.dumps([location] if location else []),
+            )  # fmt: skip
+            insert_hooks(conn, hooks, self._clock())
 
     def retry_later(self, job: Job, at: float, error: str, *, resend: bool = False) -> int:
         """Count a failed attempt and wait until ``at``; return the attempts so far.

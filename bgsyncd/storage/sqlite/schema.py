@@ -55,6 +55,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE output_claims_3 RENAME TO output_claims",
         "CREATE INDEX output_claims_by_job ON output_claims (job_id, tree)",
     ),
+    # 4: hooks waiting to be delivered (SPEC §10), written with their job's
+    # transition. ``next_at`` is when one is due: a claim moves it to the end
+    # of its lease, so a claimer that dies leaves it due again.
+    (
+        """CREATE TABLE hooks (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL, folder TEXT NOT NULL, kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL, claim_token TEXT, created_at REAL NOT NULL,
+            UNIQUE (event_id, kind))""",
+        "CREATE INDEX hooks_by_next ON hooks (next_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,7 +1,7 @@
 """The durable job queue on SQLite: one host's jobs, output claims, request log, state.
 
 The parts live in a module each of this folder (``db``: connection,
-migrations, transactions; ``jobs``; ``claims``; ``request_log``) and
+migrations, transactions; ``jobs``; ``claims``; ``hooks``; ``request_log``) and
 :class:`SqliteStore` puts them together as one ``storage.contract.Store``,
 with the named state values here. Its public methods speak ``Found``, ``Job``,
 str, int and float only, so the PostgreSQL engine (``storage.postgres.store``)
@@ -29,6 +29,7 @@ from bgsyncd.storage.contract import QueueError, Store
 from bgsyncd.storage.sqlite.claims import SqliteClaims
 from bgsyncd.storage.sqlite.db import check_version, connect
 from bgsyncd.storage.sqlite.faults import Identity, identity_of, lost_reason
+from bgsyncd.storage.sqlite.hooks import SqliteHooks
 from bgsyncd.storage.sqlite.jobs import SqliteJobs
 from bgsyncd.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -38,7 +39,7 @@ __all__ = ["SqliteStore"]
 _PING_KEY = "queue_ping"
 
 
-class SqliteStore(SqliteJobs, SqliteClaims):
+class SqliteStore(SqliteJobs, SqliteClaims, SqliteHooks):
     """The job queue; one connection shared by the daemon's threads behind a lock."""
 
     created: bool

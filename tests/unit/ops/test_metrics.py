@@ -326,3 +326,12 @@ def test_the_null_recorder_keeps_nothing() -> None:
     r.heartbeat()
     r.add_folder("g")
     assert vars(r) == {}
+
+
+def test_hook_tries_are_counted_by_folder_kind_and_result(metrics: Metrics) -> None:
+    labels = {"folder": "products", "kind": "webhook", "result": "failed"}
+    assert value(metrics, "bgsyncd_hooks_total", **labels) == 0  # there from the start
+    metrics.hook_finished("products", "webhook", "failed")
+    metrics.hooks_pending(3)
+    assert value(metrics, "bgsyncd_hooks_total", **labels) == 1
+    assert value(metrics, "bgsyncd_hooks_pending") == 3
