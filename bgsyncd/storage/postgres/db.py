@@ -150,6 +150,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (event_id, kind))""",
         "CREATE INDEX IF NOT EXISTS hooks_by_next ON hooks (next_at)",
     ),
+    # 7: the status page's recent jobs (newest change first) without a scan of the table.
+    ("CREATE INDEX IF NOT EXISTS jobs_by_updated ON jobs (updated_at)",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock keys: fixed, and far from hashtext() values of account hashes.

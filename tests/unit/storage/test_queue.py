@@ -594,3 +594,14 @@ def test_claim_skips_folders_that_are_not_configured(tmp_path: Path) -> None:
     assert q.next_ready_at({"a"}) is not None
     assert q.claim(60) is not None  # without a filter, the rest are there
     q.close()
+
+
+def test_the_status_page_s_recent_jobs_read_an_index_not_the_table(q: SqliteStore) -> None:
+    q.enqueue_many(found(f"{i}.jpg", inode=i) for i in range(2000))
+    q._conn.execute("ANALYZE")
+    plan = q._conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs ORDER BY updated_at DESC, id DESC LIMIT 50"
+    ).fetchall()
+    details = " ".join(str(row[3]) for row in plan)
+    assert "jobs_by_updated" in details and "TEMP B-TREE" not in details, details
+    assert [r.job.relpath for r in q.recent(3)] == ["1999.jpg", "1998.jpg", "1997.jpg"]
