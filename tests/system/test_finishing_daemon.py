@@ -70,11 +70,14 @@ def test_the_amazon_preset_makes_a_2000_square_jpeg_on_white_with_the_subject_at
     assert abs((top + bottom) / 2 - 1000) <= 2 and abs((bottom - top) - 1700 * 2 / 3) <= 12
     # The red product itself, centred on white; the crop box holds the matte's soft edge
     # too (a few pixels of the photo, scaled with it).
+    # The emulator's matte feathers the edge by about a pixel of the photo, not always
+    # alike on every side: the red may sit off centre by up to one photo pixel, scaled.
+    scale = 1700 / 300
     red = out.convert("HSV").getchannel("S").point(lambda s: 255 if s > 128 else 0).getbbox()
     assert red is not None
     left, top, right, bottom = red
     assert 1700 * 0.95 <= right - left <= 1700
-    assert abs((left + right) / 2 - 1000) <= 2 and abs((top + bottom) / 2 - 1000) <= 2
+    assert abs((left + right) / 2 - 1000) <= scale and abs((top + bottom) / 2 - 1000) <= scale
 
 
 def test_a_crop_that_finds_no_subject_keeps_the_image_whole_and_logs_it(
