@@ -87,6 +87,14 @@ class Delivery:
     detail: str = ""
 
 
+def _fault(exc: Exception, secret: bytes | None) -> str:
+    """A try's unexpected error for the log, the secret never in it."""
+    text = f"{type(exc).__name__}: {exc}"
+    if secret:
+        text = text.replace(secret.decode("utf-8", errors="replace"), "********")
+    return text
+
+
 class HookRunner:
     """Delivers recorded hooks beside the pipeline; ``start()``, then ``stop()``."""
 
@@ -196,7 +204,10 @@ class HookRunner:
                 path=event.get("relpath"),
                 attempt=hook.attempts + 1,
             )
-            delivery = self._deliver(hook, event, config, bound)
+            try:
+                delivery = self._deliver(hook, event, config, bound)
+            except Exception as exc:
+                delivery = Delivery("failed", _fault(exc, config.secret))
             if self._stopping.is_set() and delivery.result != "ok":
                 return  # killed by the stop, not failed: it runs again at the next start
             self._settle(hook, delivery, config, bound)

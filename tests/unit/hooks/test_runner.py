@@ -165,3 +165,21 @@ def test_a_hook_of_a_folder_not_configured_here_is_left_never_dropped(tmp_path: 
     clock.now += 10 + 30
     (hook,) = store.claim_hooks(5, 600, ["f"])
     assert hook.attempts == 0
+
+
+def test_a_try_that_raises_is_a_failed_try_counted_then_dropped(tmp_path: Path) -> None:
+    # An argv with a NUL (refused at load; here as if it slipped through) makes
+    # Popen raise ValueError: a failed try, counted, never a dead thread.
+    clock = Clock()
+    folder = _folder(tmp_path, ["/bin/echo", "a\0b"])
+    store = SqliteStore(tmp_path / "q.sqlite3", clock=clock)
+    _done(store, folder, ["a.jpg"])
+    recorder = Counted()
+    config = HookConfig({"f": folder}, max_attempts=2, retry_base=5.0)
+    runner = HookRunner(store, recorder, lambda: config, clock=clock, rng=lambda: 0.0)
+    for _ in range(2):
+        assert runner.step() == 1
+        wait_until(lambda: runner.running() == 0, 20, what="the try over")
+        clock.now += 5
+    assert recorder.tries == [("f", "command", "failed")] * 2
+    assert store.hooks_pending() == 0
