@@ -5,7 +5,7 @@ body, the event's name and id and the secret, and gets back what the answer
 means. The body is signed ``X-Bgsyncd-Signature: sha256=<hex HMAC-SHA256>``
 when a secret is set. A 2xx is success; a redirect is never followed (it
 is a failure, its target is not called); any other status, a refused
-connection or a timeout is a failure. The whole call, connect to the
+connection, a timeout or a URL httpx cannot use is a failure. The whole call, connect to the
 answer's headers, ends within ``timeout`` (the deadline sockets of
 :mod:`.deadline`); the answer's body is never read. No message here quotes
 the secret or the signature.
@@ -85,6 +85,8 @@ class WebhookSender:
             return WebhookAnswer(False, None, f"no answer within {timeout:g} s", timed_out=True)
         except httpx.HTTPError as exc:
             return WebhookAnswer(False, None, f"{type(exc).__name__}: {exc}")
+        except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA's UnicodeError too
+            return WebhookAnswer(False, None, f"cannot call this URL: {type(exc).__name__}: {exc}")
         if 200 <= status < 300:
             return WebhookAnswer(True, status)
         if 300 <= status < 400:

@@ -90,16 +90,18 @@ def _check_hooks(f: FolderSettings, key: str, has_secret: bool, file: Path) -> N
     for name, argv in (("on_done", f.on_done), ("on_quarantine", f.on_quarantine)):
         if argv and not argv[0].strip():
             raise invalid(file, f"{key}.{name}", "the command (the list's first item) is empty")
+        if any("\0" in arg for arg in argv):
+            raise invalid(file, f"{key}.{name}", "an item holds a NUL character (\\u0000)")
     if not f.webhook:
         return
-    try:
-        url = urllib.parse.urlsplit(f.webhook)
-        host = url.hostname
-    except ValueError:
-        host = None
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not host:
-        raise invalid(file, f"{key}.webhook", "expected an http:// or https:// URL with a host")
+    url, host = _webhook_host(f.webhook)
+    if url is None or host is None:
+        raise invalid(
+            file,
+            f"{key}.webhook",
+            "expected an http:// or https:// URL with a valid host and port"
+            " (no spaces or control characters; an international name is fine)",
+        )
     if url.scheme == "http" and not has_secret and not is_loopback(host):
         raise invalid(
             file,
@@ -107,6 +109,53 @@ def _check_hooks(f: FolderSettings, key: str, has_secret: bool, file: Path) -> N
             f"an http:// URL to {host}, which is not loopback, needs a signing secret:"
             " set hooks.secret_file or pass the systemd credential webhook_secret, or use https://",
         )
+
+
+def _webhook_host(
+    webhook: str,
+) -> tuple[urllib.parse.SplitResult, str] | tuple[None, None]:
+    """The URL and its host, when the webhook client can call it; else (None, None).
+
+    Parsed without httpx (which only ``api/`` imports), as strictly as it will be:
+    no whitespace or control character, a valid port, an IP address or a name of
+    labels of 1 to 63 characters (an ``xn--`` label must be valid Punycode).
+    """
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in webhook):
+        return None, None
+    try:
+        url = urllib.parse.urlsplit(webhook)
+        host = url.hostname
+        _ = url.port
+    except ValueError:
+        return None, None
+    if url.scheme not in ("http", "https") or not host:
+        return None, None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return url, host
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None, None
+    labels = ascii_host.removesuffix(".").split(".")
+    if len(ascii_host) > 253 or not all(_label_ok(label) for label in labels):
+        return None, None
+    return url, host
+
+
+def _label_ok(label: str) -> bool:
+    """One DNS label of a host name as the webhook client takes it."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", label):
+        return False
+    if label[:4].lower() != "xn--":
+        return True
+    try:
+        return bool(label[4:].encode("ascii").decode("punycode"))
+    except UnicodeError:
+        return False
 
 
 def is_loopback(host: str) -> bool:

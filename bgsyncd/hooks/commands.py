@@ -7,20 +7,22 @@ following any symlink (``files.rootfd``), a small environment (the
 credentials), and the event as one JSON object on stdin. Its standard output
 and error, together, are kept up to :data:`OUTPUT_LIMIT` bytes for the log and
 the rest read and dropped, so a chatty command never blocks. Past the deadline
-the whole process group is killed (``SIGKILL``), grandchildren included.
+the whole process group is killed (``SIGKILL``), grandchildren included. The
+output is read in the calling thread against the deadline: a process that
+left the group (``setsid``) still holding it never keeps the hook past its
+deadline; the command then counts with its exit status if it exited.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
 
 OUTPUT_LIMIT = 4096
 # The daemon's variables a command inherits: enough to find programs and speak
@@ -28,6 +30,7 @@ OUTPUT_LIMIT = 4096
 # CREDENTIALS_DIRECTORY) or talk to systemd for the daemon (NOTIFY_SOCKET).
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR")
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_TICK = 0.1  # seconds between looks at the deadline while nothing is read
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,11 @@ def run_command(
     if started is not None:
         started(proc.pid)
     kept = bytearray()
-    more = threading.Event()
-    writer = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
-    reader = threading.Thread(target=_drain, args=(proc.stdout, kept, more), daemon=True)
-    writer.start()
-    reader.start()
+    try:
+        more, ended = _exchange(proc, stdin, kept, deadline)
+    finally:
+        proc.stdin.close()  # nothing buffered: written with os.write, in this thread
+        proc.stdout.close()
     returncode: int | None
     try:
         returncode = proc.wait(max(0.0, deadline - time.monotonic()))
@@ -103,37 +106,62 @@ def run_command(
         returncode = None
         kill_group(proc.pid)
         proc.wait()
-    # A grandchild may still hold the output open: it gets what is left of the time.
-    reader.join(max(0.0, deadline - time.monotonic()))
-    if reader.is_alive():
+    if not ended:  # the rest of its group held the output to the deadline
         kill_group(proc.pid)
-        reader.join(5.0)
-    writer.join(1.0)
-    with contextlib.suppress(OSError):
-        proc.stdout.close()
-    return CommandResult(returncode, bytes(kept), more.is_set(), time.monotonic() - began)
+    return CommandResult(returncode, bytes(kept), more, time.monotonic() - began)
+
+
+def _exchange(
+    proc: subprocess.Popen[bytes], data: bytes, kept: bytearray, deadline: float
+) -> tuple[bool, bool]:
+    """Feed ``data`` to the command's stdin and read its output, in this thread, until
+    the output ends (every holder closed it) or the deadline passes; whether output
+    was dropped, and whether it ended. A process that escaped the group may hold the
+    output past the command's exit: it gets what is left of the time, never more (the
+    descriptors are read with ``os.read`` here: nothing another thread holds)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    out, inp = proc.stdout.fileno(), proc.stdin.fileno()
+    os.set_blocking(out, False)
+    os.set_blocking(inp, False)
+    poller = select.poll()
+    poller.register(out, select.POLLIN)
+    pending = memoryview(data)
+    if pending:
+        poller.register(inp, select.POLLOUT)
+    else:
+        proc.stdin.close()
+    more = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return more, False
+        for fd, _ in poller.poll(min(left, _TICK) * 1000):
+            if fd == inp:
+                try:
+                    pending = pending[os.write(inp, pending) :]
+                except BlockingIOError:
+                    continue
+                except OSError:  # it exited or closed its stdin: it does not want it
+                    pending = pending[:0]
+                if not pending:
+                    poller.unregister(inp)
+                    proc.stdin.close()
+                continue
+            try:
+                chunk = os.read(out, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return more, True
+            if not chunk:
+                return more, True  # every holder closed it
+            room = OUTPUT_LIMIT - len(kept)
+            if room > 0:
+                kept += chunk[:room]
+            more = more or len(chunk) > room
 
 
 def kill_group(pgid: int) -> None:
     """SIGKILL every process of the group ``pgid`` (the command's session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-
-
-def _feed(pipe: IO[bytes], data: bytes) -> None:
-    """Write the event to the command's stdin; a command that does not read it is fine."""
-    with contextlib.suppress(OSError):
-        pipe.write(data)
-    with contextlib.suppress(OSError):
-        pipe.close()
-
-
-def _drain(pipe: IO[bytes], kept: bytearray, more: threading.Event) -> None:
-    """Keep the first OUTPUT_LIMIT bytes of the output, read and drop the rest."""
-    with contextlib.suppress(OSError, ValueError):
-        while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
-            room = OUTPUT_LIMIT - len(kept)
-            if room > 0:
-                kept += chunk[:room]
-            if len(chunk) > room:
-                more.set()

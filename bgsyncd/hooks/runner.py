@@ -1,7 +1,10 @@
 """The hook runner: recorded hooks delivered, at least once, never in the pipeline's way.
 
-One thread (``bgsyncd-hooks``) claims due hooks from the store
-(``storage.HookQueue``) while fewer than ``hooks.max_running`` run, and runs
+One thread (``bgsyncd-hooks``) claims due hooks of the configured folders
+from the store (``storage.HookQueue``; a fleet's other hosts' folders are
+theirs, and a folder removed from the configuration keeps its hooks pending,
+as it keeps its jobs, until it is configured again) while fewer than
+``hooks.max_running`` run, and runs
 each on a thread of its own (``bgsyncd-hook``): the folder's command
 (:mod:`.commands`) or its webhook (``api.webhook``), as the folder's settings
 say now. A hook that succeeds is deleted; one that fails is tried again after
@@ -77,10 +80,19 @@ def backoff(failed: int, base: float, cap: float, rng: Callable[[], float]) -> f
 
 @dataclass(frozen=True)
 class Delivery:
-    """How one try went: ``result`` ok | failed | timeout, or ``dropped`` (nothing to run)."""
+    """How one try went: ``result`` ok | failed | timeout, ``dropped`` (nothing to run),
+    or ``left`` (the folder is not configured here: another host's, or a reload's)."""
 
     result: str
     detail: str = ""
+
+
+def _fault(exc: Exception, secret: bytes | None) -> str:
+    """A try's unexpected error for the log, the secret never in it."""
+    text = f"{type(exc).__name__}: {exc}"
+    if secret:
+        text = text.replace(secret.decode("utf-8", errors="replace"), "********")
+    return text
 
 
 class HookRunner:
@@ -145,7 +157,7 @@ class HookRunner:
         started = 0
         if free > 0 and not self._stopping.is_set():
             lease = config.timeout + LEASE_MARGIN_SECONDS
-            for hook in self._store.claim_hooks(free, lease):
+            for hook in self._store.claim_hooks(free, lease, config.folders.keys()):
                 thread = threading.Thread(
                     target=self._run, args=(hook,), name="bgsyncd-hook", daemon=True
                 )
@@ -192,7 +204,10 @@ class HookRunner:
                 path=event.get("relpath"),
                 attempt=hook.attempts + 1,
             )
-            delivery = self._deliver(hook, event, config, bound)
+            try:
+                delivery = self._deliver(hook, event, config, bound)
+            except Exception as exc:
+                delivery = Delivery("failed", _fault(exc, config.secret))
             if self._stopping.is_set() and delivery.result != "ok":
                 return  # killed by the stop, not failed: it runs again at the next start
             self._settle(hook, delivery, config, bound)
@@ -210,7 +225,10 @@ class HookRunner:
     ) -> Delivery:
         folder = config.folders.get(hook.event.folder)
         if folder is None:
-            return Delivery("dropped", "the folder is no longer configured")
+            # A reload removed it after the claim: left under the claim, due again when
+            # the lease runs out, for this host if the folder comes back or for
+            # another that serves it. Never dropped: it is not this host's to drop.
+            return Delivery("left", "the folder is not configured here")
         if hook.event.kind == events.WEBHOOK:
             if not folder.webhook:
                 return Delivery("dropped", "the folder no longer has a webhook")
@@ -287,6 +305,9 @@ class HookRunner:
         self, hook: PendingHook, delivery: Delivery, config: HookConfig, bound: Any
     ) -> None:
         kind, folder = hook.event.kind, hook.event.folder
+        if delivery.result == "left":
+            bound.warning("hook.left", why=delivery.detail)
+            return
         if delivery.result == "dropped":
             self._store.drop_hook(hook)
             bound.warning("hook.dropped", why=delivery.detail)

@@ -214,7 +214,8 @@ class OutputClaims(Protocol):
 class HookQueue(Protocol):
     """Hooks waiting to be delivered, at least once (SPEC §10).
 
-    ``claim_hooks`` hands out up to ``limit`` hooks that are due and not
+    ``claim_hooks`` hands out up to ``limit`` hooks of ``folders`` (the
+    folders the claimer serves: never another host's) that are due and not
     claimed, each under a fresh token and a lease of ``lease_seconds``: no
     other claimer (thread or host) gets it meanwhile, and one whose claimer
     died is due again when the lease runs out (or at once after
@@ -224,7 +225,9 @@ class HookQueue(Protocol):
     it undelivered. Each acts only while the token still holds the hook.
     """
 
-    def claim_hooks(self, limit: int, lease_seconds: float) -> list[PendingHook]: ...
+    def claim_hooks(
+        self, limit: int, lease_seconds: float, folders: Collection[str]
+    ) -> list[PendingHook]: ...
     def hook_delivered(self, hook: PendingHook) -> None: ...
     def hook_failed(self, hook: PendingHook, at: float) -> None: ...
     def drop_hook(self, hook: PendingHook) -> None: ...

@@ -52,15 +52,15 @@ def test_hooks_come_with_the_transition_and_go_once_delivered(
         store.complete(a, ["a.png"], [_hook("e-lost")])
     assert store.hooks_pending() == 3
     other = make_store()  # another host (or handle) on the same database
-    first = store.claim_hooks(2, 60)
+    first = store.claim_hooks(2, 60, ["f"])
     assert [h.event.event_id for h in first] == ["e-a", "e-a"]
-    rest = other.claim_hooks(5, 60)
+    rest = other.claim_hooks(5, 60, ["f"])
     assert [h.event.event_id for h in rest] == ["e-b"]  # never one already claimed
-    assert store.claim_hooks(5, 60) == [] and other.claim_hooks(5, 60) == []
+    assert store.claim_hooks(5, 60, ["f"]) == [] and other.claim_hooks(5, 60, ["f"]) == []
     for hook in first:
         store.hook_delivered(hook)
     other.hook_failed(rest[0], at=0.0)  # due again at once, one try counted
-    (again,) = store.claim_hooks(5, 60)
+    (again,) = store.claim_hooks(5, 60, ["f"])
     assert again.event.event_id == "e-b" and again.attempts == 1
     other.hook_delivered(rest[0])  # a stale claim changes nothing
     assert store.hooks_pending() == 1
@@ -76,8 +76,25 @@ def test_a_dead_claimers_hooks_are_given_back_at_its_start(
     job = store.claim(60)
     assert job is not None
     store.complete(job, [], [_hook("e-1")])
-    assert len(store.claim_hooks(5, 600)) == 1  # then this process dies
-    assert store.claim_hooks(5, 600) == []
+    assert len(store.claim_hooks(5, 600, ["f"])) == 1  # then this process dies
+    assert store.claim_hooks(5, 600, ["f"]) == []
     assert store.release_hooks() == 1
-    (hook,) = store.claim_hooks(5, 600)
+    (hook,) = store.claim_hooks(5, 600, ["f"])
     assert hook.event.event_id == "e-1"
+
+
+def test_a_host_claims_only_the_hooks_of_the_folders_it_serves(
+    make_store: Callable[[], Store],
+) -> None:
+    # Host A serves its private folder "a"; host B serves "b" only. A hook of "a"
+    # taken by B would be dropped there (no such folder) or run on the wrong machine.
+    a_host = make_store()
+    b_host = make_store()
+    a_host.enqueue_many([Found("a", "x.jpg", 1, 1, 1)])
+    job = a_host.claim(60, ["a"])
+    assert job is not None
+    a_host.complete(job, ["x.png"], [HookEvent("e-a", "a", "command", '{"event": "done"}')])
+    assert b_host.claim_hooks(5, 60, ["b"]) == []
+    assert b_host.claim_hooks(5, 60, []) == []
+    (hook,) = a_host.claim_hooks(5, 60, ["b", "a"])
+    assert hook.event.event_id == "e-a"

@@ -2,7 +2,8 @@
 
 A hook's row is written by ``storage.postgres.jobs`` in the transaction that
 marks its job done or quarantined (:func:`insert_hooks`), and deleted once
-delivered, by whichever host claims it. Claims take ``FOR UPDATE SKIP
+delivered, by whichever host claims it, among the hosts that serve its folder
+(a host claims only its configured folders' hooks). Claims take ``FOR UPDATE SKIP
 LOCKED`` and move ``next_at`` (the server's clock) to the end of the lease:
 two hosts never run one hook at once, and a hook whose host died is due
 again when its lease runs out, or at once when that host starts again
@@ -12,7 +13,7 @@ again when its lease runs out, or at once when that host starts again
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from bgsyncd.storage.contract import HookEvent, PendingHook
@@ -33,15 +34,21 @@ def insert_hooks(conn: Connection, hooks: Sequence[HookEvent]) -> None:
 class PgHooks(PgBase):
     """The ``hooks`` table."""
 
-    def claim_hooks(self, limit: int, lease_seconds: float) -> list[PendingHook]:
-        """Up to ``limit`` due hooks, oldest first, each under a fresh token and lease."""
-        if limit <= 0:
+    def claim_hooks(
+        self, limit: int, lease_seconds: float, folders: Collection[str]
+    ) -> list[PendingHook]:
+        """Up to ``limit`` due hooks of ``folders`` (the ones this host serves), oldest
+        first, each under a fresh token and lease. Another host's folders are never
+        taken: their hooks wait for a host that serves them."""
+        names = list(folders)
+        if limit <= 0 or not names:
             return []
         with self.transaction() as conn:
             rows: list[Any] = conn.execute(
                 "SELECT id, event_id, folder, kind, payload, attempts FROM hooks"
-                f" WHERE next_at <= {NOW} ORDER BY next_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (limit,),
+                f" WHERE next_at <= {NOW} AND folder = ANY(%s)"
+                " ORDER BY next_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (names, limit),
             ).fetchall()
             claimed = []
             for hook_id, event_id, folder, kind, payload, attempts in rows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from bgsyncd.storage.contract import HookEvent, PendingHook
 from bgsyncd.storage.sqlite.db import SqliteBase
@@ -32,16 +32,22 @@ def insert_hooks(conn: sqlite3.Connection, hooks: Sequence[HookEvent], now: floa
 class SqliteHooks(SqliteBase):
     """The ``hooks`` table."""
 
-    def claim_hooks(self, limit: int, lease_seconds: float) -> list[PendingHook]:
-        """Up to ``limit`` due hooks, oldest first, each under a fresh token and lease."""
-        if limit <= 0:
+    def claim_hooks(
+        self, limit: int, lease_seconds: float, folders: Collection[str]
+    ) -> list[PendingHook]:
+        """Up to ``limit`` due hooks of ``folders`` (the configured ones), oldest first,
+        each under a fresh token and lease. A folder removed from the configuration
+        keeps its hooks for a later configuration, as it keeps its jobs."""
+        names = list(folders)
+        if limit <= 0 or not names:
             return []
+        marks = ", ".join("?" * len(names))
         with self._write() as conn:
             now = self._clock()
             rows = conn.execute(
-                "SELECT id, event_id, folder, kind, payload, attempts FROM hooks"
-                " WHERE next_at <= ? ORDER BY next_at, id LIMIT ?",
-                (now, limit),
+                "SELECT id, event_id, folder, kind, payload, attempts FROM hooks"  # noqa: S608
+                f" WHERE next_at <= ? AND folder IN ({marks}) ORDER BY next_at, id LIMIT ?",
+                (now, *names, limit),
             ).fetchall()
             claimed = []
             for hook_id, event_id, folder, kind, payload, attempts in rows:

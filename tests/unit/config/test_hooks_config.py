@@ -69,3 +69,27 @@ def test_the_hooks_section_has_the_spec_defaults_and_env_overrides(
     assert s.hooks.secret_file == ""
     monkeypatch.setenv("BGSYNCD_HOOKS__MAX_RUNNING", "4")
     assert load_settings(_config(tmp_path, "")).hooks.max_running == 4
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:808O/hook", "http://localhost:99999/", "https://xn--/",
+     "https://" + "a" * 300 + ".com/", "https://a b.example/", "http://127.0.0.1/\r\nX: y",
+     "https://a..b/", "https://a\x00b/"],
+)  # fmt: skip
+def test_a_webhook_url_that_cannot_be_called_is_refused_at_load(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"folder\[0\]\.webhook"):
+        load_settings(_config(tmp_path, url))
+
+
+@pytest.mark.parametrize("key", ["on_done", "on_quarantine"])
+def test_a_nul_in_a_command_is_refused_at_load_naming_the_key(tmp_path: Path, key: str) -> None:
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[[folder]]\ninbox = 'in'\noutbox = 'out'\nquarantine = 'q'\n"
+        f'{key} = ["/bin/echo", "a\\u0000b"]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=rf"folder\[0\]\.{key}.*NUL"):
+        load_settings(path)

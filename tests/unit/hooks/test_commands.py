@@ -118,3 +118,21 @@ def test_a_command_that_cannot_start_raises(folder: tuple[Path, int]) -> None:
     _, fd = folder
     with pytest.raises(OSError):
         run_command(["/nonexistent/hook"], stdin=b"", env={}, cwd_fd=fd, timeout=5)
+
+
+def test_a_process_that_escapes_the_group_holding_the_output_never_hangs_the_hook(
+    folder: tuple[Path, int],
+) -> None:
+    where, fd = folder
+    # setsid: a session of its own, out of reach of the group kill, holding stdout.
+    script = "setsid sleep 30 & echo $! > escaped; echo hi; exit 3"
+    began = time.monotonic()
+    try:
+        result = run_command(["sh", "-c", script], stdin=b"{}",
+                             env={"PATH": os.environ["PATH"]}, cwd_fd=fd, timeout=2.0)  # fmt: skip
+        took = time.monotonic() - began
+    finally:
+        wait_until((where / "escaped").exists, 10, what="the pid written")
+        os.kill(int((where / "escaped").read_text()), 9)
+    assert took < 2.0 + 2.0
+    assert result.returncode == 3 and result.output == b"hi\n"  # it exited: its status counts

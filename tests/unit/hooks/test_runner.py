@@ -135,10 +135,51 @@ def test_a_killed_runs_claims_are_given_back_at_start(tmp_path: Path) -> None:
     folder = _folder(tmp_path, ["true"])
     store = SqliteStore(tmp_path / "q.sqlite3")
     _done(store, folder, ["a.jpg"])
-    (claimed,) = store.claim_hooks(5, 600)  # a run that died with this claim
-    assert store.claim_hooks(5, 600) == []
+    (claimed,) = store.claim_hooks(5, 600, ["f"])  # a run that died with this claim
+    assert store.claim_hooks(5, 600, ["f"]) == []
     runner = HookRunner(store, Counted(), lambda: HookConfig({"f": folder}))
     runner.start()  # gives it back, then delivers it
     wait_until(lambda: store.hooks_pending() == 0, 20, what="delivered after the restart")
     runner.stop()
     assert json.loads(claimed.event.payload)["relpath"] == "a.jpg"
+
+
+def test_a_hook_of_a_folder_not_configured_here_is_left_never_dropped(tmp_path: Path) -> None:
+    clock = Clock()
+    folder = _folder(tmp_path, ["true"])
+    store = SqliteStore(tmp_path / "q.sqlite3", clock=clock)
+    _done(store, folder, ["a.jpg"])
+    recorder = Counted()
+    # Not configured at all: never claimed.
+    runner = HookRunner(store, recorder, lambda: HookConfig({}), clock=clock)
+    assert runner.step() == 0
+    assert store.hooks_pending() == 1
+    # Configured when claimed, removed by a reload before it runs: left under its
+    # claim (due again when the lease runs out), not dropped.
+    configs = iter([HookConfig({"f": folder}, timeout=10), HookConfig({})])
+    runner = HookRunner(store, recorder, lambda: next(configs), clock=clock)
+    assert runner.step() == 1
+    wait_until(lambda: runner.running() == 0, 20, what="the try over")
+    assert store.hooks_pending() == 1 and recorder.tries == []
+    assert store.claim_hooks(5, 600, ["f"]) == []  # still under its lease
+    clock.now += 10 + 30
+    (hook,) = store.claim_hooks(5, 600, ["f"])
+    assert hook.attempts == 0
+
+
+def test_a_try_that_raises_is_a_failed_try_counted_then_dropped(tmp_path: Path) -> None:
+    # An argv with a NUL (refused at load; here as if it slipped through) makes
+    # Popen raise ValueError: a failed try, counted, never a dead thread.
+    clock = Clock()
+    folder = _folder(tmp_path, ["/bin/echo", "a\0b"])
+    store = SqliteStore(tmp_path / "q.sqlite3", clock=clock)
+    _done(store, folder, ["a.jpg"])
+    recorder = Counted()
+    config = HookConfig({"f": folder}, max_attempts=2, retry_base=5.0)
+    runner = HookRunner(store, recorder, lambda: config, clock=clock, rng=lambda: 0.0)
+    for _ in range(2):
+        assert runner.step() == 1
+        wait_until(lambda: runner.running() == 0, 20, what="the try over")
+        clock.now += 5
+    assert recorder.tries == [("f", "command", "failed")] * 2
+    assert store.hooks_pending() == 0

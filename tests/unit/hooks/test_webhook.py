@@ -80,3 +80,15 @@ def test_a_refused_connection_is_a_failure(sender: WebhookSender) -> None:
     answer = sender.post(url, b"{}", event="done", event_id="e", secret=b"k", timeout=5)
     assert not answer.ok and answer.status is None
     assert "k" not in answer.detail.split()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost:808O/hook", "http://xn--/", "http://" + "a" * 300 + ".com/",
+            "http://127.0.0.1:8/\r\nX: y"],
+)  # fmt: skip
+def test_a_url_httpx_cannot_use_is_a_failure_never_an_exception(
+    sender: WebhookSender, url: str
+) -> None:
+    answer = sender.post(url, b"{}", event="done", event_id="e", secret=b"s3cr3t", timeout=2)
+    assert not answer.ok and answer.status is None and answer.detail
+    assert "s3cr3t" not in answer.detail
