@@ -15,10 +15,13 @@ gets ``503`` at once, never a queue), a request body is at most
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -52,9 +55,11 @@ HEADERS = [
 ]
 MAX_RENDERS = 4  # pages, parts and thumbnails being made at once
 MAX_BODY = 4096  # a POST's body: a form of a few fields
+MAX_FIELDS = 10  # ... and at most this many
 MAX_SOURCE_BYTES = 64 * 1024 * 1024  # a thumbnail's source read at most
 _STATIC = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
 _WARN_EVERY_SECONDS = 60.0
+_JOB_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits, short enough for int() and a SQLite id
 
 Answer = tuple[str, list[tuple[str, str]], bytes]
 
@@ -79,9 +84,29 @@ class PageApp:
             _log.warning("page.off", reason=off)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        status, headers, body = self._answer(environ)
+        try:
+            status, headers, body = self._answer(environ)
+        except Refused as refused:
+            status, headers, body = refused.answer
+        except Exception as exc:  # a bug: logged, a 500, never a traceback
+            self._log_error(environ, exc)
+            status, headers, body = _text("500 Internal Server Error", "internal error\n")
         start_response(status, [*HEADERS, *headers])
         return [body]
+
+    @staticmethod
+    def _log_error(environ: WSGIEnvironment, exc: Exception) -> None:
+        """``page.error``: the request's method and path, the error's type and where it was
+        raised; never its message or the request's headers (a token or cookie may be in them)."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}"
+        _log.error(
+            "page.error",
+            method=str(environ.get("REQUEST_METHOD", ""))[:10],
+            path=str(environ.get("PATH_INFO", ""))[:100],
+            error=type(exc).__name__,
+            at=where if frames else "",
+        )
 
     # -- routing -------------------------------------------------------------------
 
@@ -160,8 +185,6 @@ class PageApp:
         if not self.guard.same_origin(environ):
             return _text("403 Forbidden", "cross-origin login refused\n")
         form = _form(environ)
-        if form is None:
-            return _text("413 Content Too Large", "too large\n")
         verdict = self.guard.check_token(form.get("token", ""), time.monotonic())
         if verdict is None:
             return _text("429 Too Many Requests", "too many wrong tokens; wait a minute\n")
@@ -186,8 +209,6 @@ class PageApp:
         if not self.guard.csrf_ok(environ, sid):
             return _text("403 Forbidden", "missing or wrong CSRF token\n")
         form = _form(environ)
-        if form is None:
-            return _text("413 Content Too Large", "too large\n")
         everything = form.get("all") == "1"
         wanted = form.get("job", "")
         retried, failed = 0, []
@@ -211,7 +232,7 @@ class PageApp:
 
     def _thumb(self, rest: str) -> Answer:
         job_id, _, kind = rest.partition("/")
-        if kind not in ("before", "after") or not job_id.isdigit():
+        if kind not in ("before", "after") or not _JOB_ID.fullmatch(job_id):
             return _text("404 Not Found", "not found\n")
         # Only a job the page lists: a file bgsyncd knows, never a path from the request.
         recent = {r.job.id: r for r in self.live.queue.recent(RECENT_JOBS)}
@@ -256,16 +277,28 @@ class PageApp:
         return None
 
 
-def _form(environ: WSGIEnvironment) -> dict[str, str] | None:
-    """A POST's url-encoded fields (first value of each); None when the body is too large."""
+class Refused(Exception):
+    """A request the page answers with ``answer`` (a 4xx) wherever it was found wanting."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer[0])
+        self.answer = answer
+
+
+def _form(environ: WSGIEnvironment) -> dict[str, str]:
+    """A POST's url-encoded fields (first value of each); :class:`Refused` for a body too
+    large (413) or of too many fields (400)."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
     if length > MAX_BODY:
-        return None
+        raise Refused(_text("413 Content Too Large", "too large\n"))
     body = environ["wsgi.input"].read(length) if length > 0 else b""
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=MAX_FIELDS)
+    except ValueError:
+        raise Refused(_text("400 Bad Request", "too many fields\n")) from None
     return {k: v[0] for k, v in fields.items()}
 
 

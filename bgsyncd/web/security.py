@@ -46,6 +46,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison of any text a request sent (``compare_digest`` on
+    ``str`` refuses non-ASCII with a TypeError; bytes it compares)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
 class Guard:
     """The page's checks for one listener (``host``:``port``), with or without a token."""
 
@@ -117,7 +123,7 @@ class Guard:
         if morsel is None:
             return None
         sid, _, mac = morsel.value.partition(".")
-        if not sid or not hmac.compare_digest(mac, self._sign("session:" + sid)):
+        if not sid or not _same(mac, self._sign("session:" + sid)):
             return None
         return sid
 
@@ -127,7 +133,7 @@ class Guard:
 
     def csrf_ok(self, environ: WSGIEnvironment, sid: str) -> bool:
         """True when the request carries ``sid``'s CSRF token."""
-        return hmac.compare_digest(environ.get(CSRF_HEADER, ""), self.csrf_token(sid))
+        return _same(environ.get(CSRF_HEADER, ""), self.csrf_token(sid))
 
     @staticmethod
     def cookie_header(value: str, environ: WSGIEnvironment) -> tuple[str, str]:

@@ -228,3 +228,56 @@ def test_requests_are_bounded_a_large_body_and_too_many_at_once_are_refused(
         assert app._slots.acquire(blocking=False)
     busy = call(app, "/")
     assert busy.code == 503 and busy.headers["Retry-After"] == "1"
+
+
+def _has_security_headers(answer: Answer) -> bool:
+    return (
+        "script-src 'self'" in answer.headers.get("Content-Security-Policy", "")
+        and answer.headers.get("X-Content-Type-Options") == "nosniff"
+        and answer.headers.get("Referrer-Policy") == "no-referrer"
+    )
+
+
+def test_malformed_requests_get_a_clear_answer_never_a_crash(
+    setup: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, store, _ = setup
+    job_id = quarantine(store, root, "a.jpg", product_image(60, 40))
+    app = make_app(setup)
+    cookie, csrf = session(app)
+    origin = f"http://{HOST}"
+    form = f"job={job_id}".encode()
+    many = b"&".join(b"a%d=1" % i for i in range(11)) + b"&" + form
+    answers = {
+        "non-ASCII CSRF token": (
+            call(app, "/retry", "POST", form, cookie=cookie, origin=origin, x_csrf_token="\xe9"),
+            403,
+        ),
+        "non-ASCII cookie": (call(app, "/api/status", cookie=f"{COOKIE}=a.\xe9"), 200),
+        "too many fields": (
+            call(app, "/retry", "POST", many, cookie=cookie, origin=origin, x_csrf_token=csrf),
+            400,
+        ),
+        "a 5000-digit id": (call(app, "/thumb/" + "9" * 5000 + "/before", cookie=cookie), 404),
+        "a non-ASCII digit": (call(app, f"/thumb/\u0660{job_id}/before", cookie=cookie), 404),
+    }
+    for what, (answer, code) in answers.items():
+        assert answer.code == code, what
+        assert _has_security_headers(answer), what
+    assert store.quarantined() != []  # none of them did anything
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_a_logged_500_with_the_security_headers(
+    setup: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken_hosts() -> None:
+        raise RuntimeError("the fleet table is gone; token=s3cret")
+
+    app = make_app(setup, hosts=broken_hosts)
+    answer = call(app, "/api/status", cookie="x=s3cret")
+    assert answer.code == 500 and _has_security_headers(answer)
+    assert "s3cret" not in answer.text
+    logged = capsys.readouterr()
+    assert "page.error" in logged.err and "RuntimeError" in logged.err
+    assert "Traceback" not in logged.err and "s3cret" not in logged.err + logged.out
