@@ -99,13 +99,14 @@ class PageApp:
         """``page.error``: the request's method and path, the error's type and where it was
         raised; never its message or the request's headers (a token or cookie may be in them)."""
         frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}"
+        last = frames[-1] if frames else None
+        where = f"{Path(last.filename).name}:{last.lineno} {last.name}" if last else ""
         _log.error(
             "page.error",
             method=str(environ.get("REQUEST_METHOD", ""))[:10],
             path=str(environ.get("PATH_INFO", ""))[:100],
             error=type(exc).__name__,
-            at=where if frames else "",
+            at=where,
         )
 
     # -- routing -------------------------------------------------------------------
