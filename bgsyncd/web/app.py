@@ -186,7 +186,8 @@ class PageApp:
         if not self.guard.same_origin(environ):
             return _text("403 Forbidden", "cross-origin login refused\n")
         form = _form(environ)
-        verdict = self.guard.check_token(form.get("token", ""), time.monotonic())
+        client = str(environ.get("REMOTE_ADDR", ""))
+        verdict = self.guard.check_token(form.get("token", ""), time.monotonic(), client)
         if verdict is None:
             return _text("429 Too Many Requests", "too many wrong tokens; wait a minute\n")
         if not verdict:

@@ -19,7 +19,7 @@ from bgsyncd.storage.contract import Found, Store
 from bgsyncd.storage.sqlite.store import SqliteStore
 from bgsyncd.web import app as web_app
 from bgsyncd.web.app import PageApp
-from bgsyncd.web.security import COOKIE, Guard
+from bgsyncd.web.security import COOKIE, LOGIN_FAILURES_PER_MINUTE, MAX_CLIENTS, Guard
 from bgsyncd.web.thumbcache import ThumbCache
 from bgsyncd.web.view import Live
 from tests.support.helpers import product_image
@@ -38,13 +38,21 @@ class Answer:
         self.text = body.decode("utf-8", "replace")
 
 
-def call(app: PageApp, path: str, method: str = "GET", body: bytes = b"", **headers: str) -> Answer:
+def call(
+    app: PageApp,
+    path: str,
+    method: str = "GET",
+    body: bytes = b"",
+    remote_addr: str = "127.0.0.1",
+    **headers: str,
+) -> Answer:
     environ: dict[str, Any] = {
         "PATH_INFO": path,
         "REQUEST_METHOD": method,
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
         "HTTP_HOST": HOST,
+        "REMOTE_ADDR": remote_addr,
     }
     environ.update({f"HTTP_{k.upper()}": v for k, v in headers.items()})
     got: list[Any] = []
@@ -281,3 +289,37 @@ def test_an_unexpected_error_is_a_logged_500_with_the_security_headers(
     logged = capsys.readouterr()
     assert "page.error" in logged.err and "RuntimeError" in logged.err
     assert "Traceback" not in logged.err and "s3cret" not in logged.err + logged.out
+
+
+def test_wrong_tokens_from_one_address_do_not_lock_out_another(setup: Any) -> None:
+    app = make_app(setup, host="0.0.0.0", token="s3cret-token")
+    h = {"host": "bg.example:443", "origin": "https://bg.example:443"}
+    attacker, user = "203.0.113.9", "198.51.100.7"
+    for _ in range(LOGIN_FAILURES_PER_MINUTE):
+        assert call(app, "/login", "POST", b"token=guess", attacker, **h).code == 403
+    assert call(app, "/login", "POST", b"token=guess", attacker, **h).code == 429
+    # The attacker stays refused, even with the right token (else 429 would not slow guessing).
+    assert call(app, "/login", "POST", b"token=s3cret-token", attacker, **h).code == 429
+    ok = call(app, "/login", "POST", b"token=s3cret-token", user, **h)
+    assert ok.code == 303 and ok.cookies
+
+
+def test_the_login_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    guard = Guard("0.0.0.0", 9808, "s3cret-token")
+    for i in range(MAX_CLIENTS * 2):
+        assert guard.check_token("guess", 1000.0 + i / 1000, f"10.0.{i // 256}.{i % 256}") is False
+    assert guard.clients_remembered() <= MAX_CLIENTS
+    # A minute on, every failure has expired: a new one leaves one address remembered.
+    assert guard.check_token("guess", 1100.0, "10.9.9.9") is False
+    assert guard.clients_remembered() == 1
+
+
+def test_an_address_is_refused_only_while_its_failures_are_recent() -> None:
+    guard = Guard("0.0.0.0", 9808, "s3cret-token")
+    for i in range(LOGIN_FAILURES_PER_MINUTE - 1):
+        assert guard.check_token("guess", 1000.0 + i / 100, "10.0.0.1") is False
+    assert guard.check_token("guess", 1030.0, "10.0.0.2") is False  # another, failing later
+    assert guard.check_token("guess", 1059.0, "10.0.0.1") is False  # the tenth in a minute
+    assert guard.check_token("s3cret-token", 1059.5, "10.0.0.1") is None
+    # A minute after its first nine, 10.0.0.1 has one recent failure: it may try again.
+    assert guard.check_token("s3cret-token", 1061.0, "10.0.0.1") is True
