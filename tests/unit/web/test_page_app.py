@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,10 @@ def call(
     remote_addr: str = "127.0.0.1",
     **headers: str,
 ) -> Answer:
+    path, _, query = path.partition("?")
     environ: dict[str, Any] = {
         "PATH_INFO": path,
+        "QUERY_STRING": query,
         "REQUEST_METHOD": method,
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
@@ -323,3 +327,71 @@ def test_an_address_is_refused_only_while_its_failures_are_recent() -> None:
     assert guard.check_token("s3cret-token", 1059.5, "10.0.0.1") is None
     # A minute after its first nine, 10.0.0.1 has one recent failure: it may try again.
     assert guard.check_token("s3cret-token", 1061.0, "10.0.0.1") is True
+
+
+def _thumb_urls(app: PageApp) -> list[str]:
+    return re.findall(r'<img src="(/thumb/[^"]+)"', call(app, "/").text)
+
+
+def test_cached_thumbnails_need_no_render_slot_and_may_be_kept_by_the_browser(
+    setup: Any,
+) -> None:
+    root, store, _ = setup
+    for i in range(8):
+        quarantine(store, root, f"p{i}.jpg", product_image(60 + i, 40))
+    app = make_app(setup)
+    urls = _thumb_urls(app)
+    assert len(urls) == 8 and all("?v=" in url for url in urls)
+    assert all(call(app, url).code == 200 for url in urls)  # made once, now cached
+    for _ in range(web_app.MAX_RENDERS):  # every render slot taken (pages being made)
+        assert app._slots.acquire(blocking=False)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda url: call(app, url), urls))
+    assert [a.code for a in answers] == [200] * 8
+    for answer in answers:
+        assert answer.headers["Content-Type"] == "image/png" and _has_security_headers(answer)
+        assert answer.headers["Cache-Control"].startswith("private, max-age=")
+    # Without the version the page names (an old or made-up URL): served, never kept.
+    bare = call(app, urls[0].partition("?")[0])
+    assert bare.code == 200 and bare.headers["Cache-Control"] == "no-store"
+    assert call(app, urls[0] + "0").headers["Cache-Control"] == "no-store"
+
+
+def test_a_thumbnail_url_changes_when_its_job_does(setup: Any) -> None:
+    root, store, _ = setup
+    job_id = quarantine(store, root, "a.jpg", product_image(60, 40))
+    app = make_app(setup)
+    cookie, csrf = session(app)
+    (before,) = _thumb_urls(app)
+    origin = f"http://{HOST}"
+    form = f"job={job_id}".encode()
+    assert (
+        call(app, "/retry", "POST", form, cookie=cookie, origin=origin, x_csrf_token=csrf).code
+        == 200
+    )
+    job = store.claim(60)
+    assert job is not None and job.id == job_id
+    # Mended and sent again (the worker records the new version), then quarantined again.
+    mended = root / "q" / "a.jpg"
+    mended.write_bytes(product_image(80, 50))
+    st = mended.stat()
+    store.record_version(job, st.st_size, st.st_mtime_ns, st.st_ino)
+    store.quarantine(job, "corrupt_image", "again", None, location="a.jpg")
+    (after,) = _thumb_urls(app)
+    assert after != before and after.startswith(f"/thumb/{job_id}/before?v=")
+
+
+def test_an_uncached_thumbnail_waits_a_bounded_while_for_a_render_slot(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, store, _ = setup
+    quarantine(store, root, "a.jpg", product_image(60, 40))
+    monkeypatch.setattr(web_app, "THUMB_WAIT_SECONDS", 0.05)
+    app = make_app(setup)
+    (url,) = _thumb_urls(app)
+    for _ in range(web_app.MAX_RENDERS):
+        assert app._slots.acquire(blocking=False)
+    busy = call(app, url)
+    assert busy.code == 503 and busy.headers["Retry-After"] == "1"
+    app._slots.release()
+    assert call(app, url).code == 200
