@@ -8,17 +8,22 @@ object, ``GET /thumb/<job id>/<before|after>`` a thumbnail, ``POST /retry``
 Every answer carries the security headers (:data:`HEADERS`); what may be seen
 and done is :mod:`bgsyncd.web.security`'s decision. The work is bounded: at
 most :data:`MAX_RENDERS` pages or thumbnails are being made at once (one more
-gets ``503`` at once, never a queue), a request body is at most
+page gets ``503`` at once, never a queue; one more thumbnail waits at most
+:data:`THUMB_WAIT_SECONDS` for a slot; a thumbnail already made needs none),
+a request body is at most
 :data:`MAX_BODY` bytes, and a thumbnail's source at most :data:`MAX_SOURCE_BYTES`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -31,7 +36,7 @@ from bgsyncd.inbox.returns import quarantined_at, return_quarantined
 from bgsyncd.logs import get_logger
 from bgsyncd.web.security import Guard
 from bgsyncd.web.thumbcache import ThumbCache
-from bgsyncd.web.view import RECENT_JOBS, Live, page_model, status_json
+from bgsyncd.web.view import RECENT_JOBS, Live, page_model, status_json, thumb_version
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -52,9 +57,12 @@ HEADERS = [
 ]
 MAX_RENDERS = 4  # pages, parts and thumbnails being made at once
 MAX_BODY = 4096  # a POST's body: a form of a few fields
+MAX_FIELDS = 10  # ... and at most this many
 MAX_SOURCE_BYTES = 64 * 1024 * 1024  # a thumbnail's source read at most
 _STATIC = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
+THUMB_WAIT_SECONDS = 2.0  # a thumbnail to make waits this long for a render slot, then 503
 _WARN_EVERY_SECONDS = 60.0
+_JOB_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits, short enough for int() and a SQLite id
 
 Answer = tuple[str, list[tuple[str, str]], bytes]
 
@@ -79,9 +87,30 @@ class PageApp:
             _log.warning("page.off", reason=off)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        status, headers, body = self._answer(environ)
+        try:
+            status, headers, body = self._answer(environ)
+        except Refused as refused:
+            status, headers, body = refused.answer
+        except Exception as exc:  # a bug: logged, a 500, never a traceback
+            self._log_error(environ, exc)
+            status, headers, body = _text("500 Internal Server Error", "internal error\n")
         start_response(status, [*HEADERS, *headers])
         return [body]
+
+    @staticmethod
+    def _log_error(environ: WSGIEnvironment, exc: Exception) -> None:
+        """``page.error``: the request's method and path, the error's type and where it was
+        raised; never its message or the request's headers (a token or cookie may be in them)."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        last = frames[-1] if frames else None
+        where = f"{Path(last.filename).name}:{last.lineno} {last.name}" if last else ""
+        _log.error(
+            "page.error",
+            method=str(environ.get("REQUEST_METHOD", ""))[:10],
+            path=str(environ.get("PATH_INFO", ""))[:100],
+            error=type(exc).__name__,
+            at=where,
+        )
 
     # -- routing -------------------------------------------------------------------
 
@@ -120,12 +149,13 @@ class PageApp:
             status, headers, body = self._bounded(lambda: self._page(path, sid))
             return status, [*headers, *new_cookie], body
         if path.startswith("/thumb/"):
-            return self._bounded(lambda: self._thumb(path.removeprefix("/thumb/")))
+            return self._thumb(path.removeprefix("/thumb/"), environ.get("QUERY_STRING", ""))
         return _text("404 Not Found", "not found\n")
 
-    def _bounded(self, make: Callable[[], Answer]) -> Answer:
-        """``make()`` in one of the render slots, or 503 at once when all are taken."""
-        if not self._slots.acquire(blocking=False):
+    def _bounded(self, make: Callable[[], Answer], wait: float = 0.0) -> Answer:
+        """``make()`` in one of the render slots, or 503 when none is free within ``wait`` s."""
+        got = self._slots.acquire(timeout=wait) if wait > 0 else self._slots.acquire(blocking=False)
+        if not got:
             status, headers, body = _text("503 Service Unavailable", "busy; try again\n")
             return status, [*headers, ("Retry-After", "1")], body
         try:
@@ -160,9 +190,8 @@ class PageApp:
         if not self.guard.same_origin(environ):
             return _text("403 Forbidden", "cross-origin login refused\n")
         form = _form(environ)
-        if form is None:
-            return _text("413 Content Too Large", "too large\n")
-        verdict = self.guard.check_token(form.get("token", ""), time.monotonic())
+        client = str(environ.get("REMOTE_ADDR", ""))
+        verdict = self.guard.check_token(form.get("token", ""), time.monotonic(), client)
         if verdict is None:
             return _text("429 Too Many Requests", "too many wrong tokens; wait a minute\n")
         if not verdict:
@@ -186,8 +215,6 @@ class PageApp:
         if not self.guard.csrf_ok(environ, sid):
             return _text("403 Forbidden", "missing or wrong CSRF token\n")
         form = _form(environ)
-        if form is None:
-            return _text("413 Content Too Large", "too large\n")
         everything = form.get("all") == "1"
         wanted = form.get("job", "")
         retried, failed = 0, []
@@ -209,19 +236,34 @@ class PageApp:
 
     # -- thumbnails ----------------------------------------------------------------
 
-    def _thumb(self, rest: str) -> Answer:
+    def _thumb(self, rest: str, query: str) -> Answer:
+        """A thumbnail: from the cache without a render slot, else made in one (waiting at
+        most :data:`THUMB_WAIT_SECONDS` for it). At the URL the page names (``?v=`` the
+        job's :func:`~bgsyncd.web.view.thumb_version`) the browser may keep it: the
+        version changes whenever the thumbnail could; any other URL is ``no-store``."""
         job_id, _, kind = rest.partition("/")
-        if kind not in ("before", "after") or not job_id.isdigit():
+        if kind not in ("before", "after") or not _JOB_ID.fullmatch(job_id):
             return _text("404 Not Found", "not found\n")
         # Only a job the page lists: a file bgsyncd knows, never a path from the request.
         recent = {r.job.id: r for r in self.live.queue.recent(RECENT_JOBS)}
         entry = recent.get(int(job_id))
         if entry is None:
             return _text("404 Not Found", "not found\n")
-        key = f"{int(entry.at * 1000):x}{entry.job.id:x}-{kind}"
+        version = thumb_version(entry)
+        keep = "private, max-age=86400" if query == f"v={version}" else "no-store"
+        headers = [("Content-Type", "image/png"), ("Cache-Control", keep)]
+        key = f"{entry.job.id:x}{version}-{kind}"
         data = self.thumbs.get(key)
+        if data is not None:
+            return "200 OK", headers, data
+        return self._bounded(
+            lambda: self._make_thumb(entry.job, kind, key, headers), THUMB_WAIT_SECONDS
+        )
+
+    def _make_thumb(self, job: Job, kind: str, key: str, headers: list[tuple[str, str]]) -> Answer:
+        data = self.thumbs.get(key)  # made meanwhile by a request that had the slot
         if data is None:
-            source = self._source(entry.job, kind)
+            source = self._source(job, kind)
             if source is None:
                 return _text("404 Not Found", "not found\n")
             try:
@@ -229,7 +271,7 @@ class PageApp:
             except imaging.CorruptImage:
                 return _text("404 Not Found", "not an image\n")
             self.thumbs.put(key, data)
-        return "200 OK", [("Content-Type", "image/png"), ("Cache-Control", "no-store")], data
+        return "200 OK", headers, data
 
     def _source(self, job: Job, kind: str) -> bytes | None:
         """The bytes a thumbnail is made from, read through the folders' descriptors."""
@@ -256,16 +298,28 @@ class PageApp:
         return None
 
 
-def _form(environ: WSGIEnvironment) -> dict[str, str] | None:
-    """A POST's url-encoded fields (first value of each); None when the body is too large."""
+class Refused(Exception):
+    """A request the page answers with ``answer`` (a 4xx) wherever it was found wanting."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer[0])
+        self.answer = answer
+
+
+def _form(environ: WSGIEnvironment) -> dict[str, str]:
+    """A POST's url-encoded fields (first value of each); :class:`Refused` for a body too
+    large (413) or of too many fields (400)."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
     if length > MAX_BODY:
-        return None
+        raise Refused(_text("413 Content Too Large", "too large\n"))
     body = environ["wsgi.input"].read(length) if length > 0 else b""
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=MAX_FIELDS)
+    except ValueError:
+        raise Refused(_text("400 Bad Request", "too many fields\n")) from None
     return {k: v[0] for k, v in fields.items()}
 
 

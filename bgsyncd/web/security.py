@@ -23,7 +23,7 @@ import hmac
 import ipaddress
 import secrets
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 COOKIE = "bgsyncd_session"
 CSRF_HEADER = "HTTP_X_CSRF_TOKEN"
-LOGIN_FAILURES_PER_MINUTE = 10  # more wrong tokens than this in a minute: refused for a while
+LOGIN_FAILURES_PER_MINUTE = 10  # per client address: more in a minute and it is refused a while
+MAX_CLIENTS = 1024  # client addresses whose recent wrong tokens are remembered
+_FAILURE_WINDOW = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -46,6 +48,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison of any text a request sent (``compare_digest`` on
+    ``str`` refuses non-ASCII with a TypeError; bytes it compares)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
+def _forget_old(failures: deque[float], now: float) -> None:
+    while failures and now - failures[0] > _FAILURE_WINDOW:
+        failures.popleft()
+
+
 class Guard:
     """The page's checks for one listener (``host``:``port``), with or without a token."""
 
@@ -54,7 +67,7 @@ class Guard:
         self.port = port
         self._token = token.encode() if token else None
         self._secret = secrets.token_bytes(32)
-        self._failures: deque[float] = deque()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()  # oldest failure first
         self._lock = threading.Lock()
 
     # -- the page on or off ------------------------------------------------------
@@ -117,7 +130,7 @@ class Guard:
         if morsel is None:
             return None
         sid, _, mac = morsel.value.partition(".")
-        if not sid or not hmac.compare_digest(mac, self._sign("session:" + sid)):
+        if not sid or not _same(mac, self._sign("session:" + sid)):
             return None
         return sid
 
@@ -127,7 +140,7 @@ class Guard:
 
     def csrf_ok(self, environ: WSGIEnvironment, sid: str) -> bool:
         """True when the request carries ``sid``'s CSRF token."""
-        return hmac.compare_digest(environ.get(CSRF_HEADER, ""), self.csrf_token(sid))
+        return _same(environ.get(CSRF_HEADER, ""), self.csrf_token(sid))
 
     @staticmethod
     def cookie_header(value: str, environ: WSGIEnvironment) -> tuple[str, str]:
@@ -137,16 +150,44 @@ class Guard:
 
     # -- the token login ---------------------------------------------------------
 
-    def check_token(self, given: str, now: float) -> bool | None:
-        """True for the right token, False for a wrong one, None while refusing (too many)."""
+    def check_token(self, given: str, now: float, client: str) -> bool | None:
+        """True for the right token, False for a wrong one, None while refusing ``client``.
+
+        The limit is per client address (``REMOTE_ADDR``): wrong tokens from one
+        address never lock out another. A refused address is refused even with
+        the right token, else the 429 would not slow its guessing. At most
+        :data:`MAX_CLIENTS` addresses are remembered (a failure a minute old is
+        forgotten; when full, the least recently failing go first).
+        """
         if self._token is None:
             return False
         with self._lock:
-            while self._failures and now - self._failures[0] > 60.0:
-                self._failures.popleft()
-            if len(self._failures) >= LOGIN_FAILURES_PER_MINUTE:
+            self._expire(now)
+            failures = self._failures.get(client)
+            if failures is not None:
+                _forget_old(failures, now)
+            if failures is not None and len(failures) >= LOGIN_FAILURES_PER_MINUTE:
                 return None
-            if hmac.compare_digest(given.encode(), self._token):
+            if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token):
                 return True
-            self._failures.append(now)
+            if failures is None:
+                while len(self._failures) >= MAX_CLIENTS:
+                    self._failures.popitem(last=False)
+                failures = self._failures[client] = deque()
+            failures.append(now)
+            self._failures.move_to_end(client)
             return False
+
+    def clients_remembered(self) -> int:
+        """How many client addresses the login throttle remembers now."""
+        with self._lock:
+            return len(self._failures)
+
+    def _expire(self, now: float) -> None:
+        """Forget failures older than the window (the dict is ordered by last failure)."""
+        while self._failures:
+            client, failures = next(iter(self._failures.items()))
+            _forget_old(failures, now)
+            if failures:
+                break
+            del self._failures[client]

@@ -10,6 +10,7 @@ together; :func:`status_json` is ``GET /api/status``, the same object as
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,9 +120,19 @@ def _recent(r: Recent) -> dict[str, Any]:
         "relpath": job.relpath,
         "outcome": job.state,
         "when": when(r.at),
+        "version": thumb_version(r),
         "before": job.state in ("done", "quarantined"),
         "after": job.state == "done" and bool(job.outputs),
     }
+
+
+def thumb_version(r: Recent) -> str:
+    """What a job's thumbnails are made from, as 16 hex digits: the same while they cannot
+    differ, another once the job's state, its file's recorded version or its outputs
+    change (a retry, a redo). Part of a thumbnail's URL, so a browser may keep it."""
+    job = r.job
+    what = (repr(r.at), job.state, job.size, job.mtime_ns, job.inode, job.outputs)
+    return hashlib.sha256(repr(what).encode()).hexdigest()[:16]
 
 
 def _quarantined(job: Job) -> dict[str, Any]:

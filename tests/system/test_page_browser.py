@@ -76,6 +76,9 @@ def _rows(driver: WebDriver, hook: str) -> list[str]:
     return found
 
 
+_PHOTO0_IMGS = "const imgs = document.querySelectorAll('[data-job=\"photo0.jpg\"] img');"
+
+
 def _click(driver: WebDriver, css: str) -> bool:
     """Click the element (a real click); False when the refresh replaced it meanwhile."""
     try:
@@ -119,10 +122,15 @@ def test_the_counts_match_status_json_and_a_dropped_file_appears_without_reload(
         what="thumbnails loaded",
     )
     marker = browser.find_element(By.TAG_NAME, "h1")
+    browser.execute_script(_PHOTO0_IMGS + "imgs.forEach(i => { i.keptNode = true; });")
     (inbox / "late.jpg").write_bytes(product_image(80, 60))
     wait_until(lambda: "late.jpg" in _rows(browser, "data-job"), 8, what="late.jpg on the page")
     wait_until(lambda: _count(browser, "products", "done") == 4, 8, what="done = 4 on the page")
     assert marker.is_displayed()  # the same document: no reload
+    # The refreshes kept the unchanged thumbnails' <img> nodes: not fetched again.
+    assert browser.execute_script(
+        _PHOTO0_IMGS + "return imgs.length === 2 && [...imgs].every(i => i.keptNode === true);"
+    )
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
 

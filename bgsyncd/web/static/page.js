@@ -9,6 +9,27 @@
   const live = document.getElementById("live");
   let busy = false;
 
+  // Put the new content in, keeping each thumbnail whose URL is unchanged (its
+  // URL names the thumbnail's version) as the same <img> node: never fetched or
+  // drawn again. A broken one (a 503 while the daemon was busy) is replaced.
+  function swap(page, doc) {
+    const kept = new Map();
+    for (const img of page.querySelectorAll("img[src]")) {
+      if (!(img.complete && img.naturalWidth === 0)) kept.set(img.getAttribute("src"), img);
+    }
+    const reuse = [];
+    for (const img of doc.body.querySelectorAll("img[src]")) {
+      const old = kept.get(img.getAttribute("src"));
+      if (old) {
+        kept.delete(img.getAttribute("src"));
+        img.removeAttribute("src"); // the placeholder asks for nothing
+        reuse.push([img, old]);
+      }
+    }
+    page.replaceChildren(...doc.body.childNodes);
+    for (const [placeholder, old] of reuse) placeholder.replaceWith(old);
+  }
+
   async function refresh() {
     if (busy) return;
     busy = true;
@@ -16,7 +37,7 @@
       const answer = await fetch("/part", { credentials: "same-origin", cache: "no-store" });
       if (answer.ok) {
         const doc = new DOMParser().parseFromString(await answer.text(), "text/html");
-        document.getElementById("page").replaceChildren(...doc.body.childNodes);
+        swap(document.getElementById("page"), doc);
         live.textContent = "";
       } else {
         live.textContent = "not updated: " + answer.status;

@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from bgsyncd.storage.contract import Found, Store
 from bgsyncd.storage.sqlite.store import SqliteStore
 from bgsyncd.web import app as web_app
 from bgsyncd.web.app import PageApp
-from bgsyncd.web.security import COOKIE, Guard
+from bgsyncd.web.security import COOKIE, LOGIN_FAILURES_PER_MINUTE, MAX_CLIENTS, Guard
 from bgsyncd.web.thumbcache import ThumbCache
 from bgsyncd.web.view import Live
 from tests.support.helpers import product_image
@@ -38,13 +40,23 @@ class Answer:
         self.text = body.decode("utf-8", "replace")
 
 
-def call(app: PageApp, path: str, method: str = "GET", body: bytes = b"", **headers: str) -> Answer:
+def call(
+    app: PageApp,
+    path: str,
+    method: str = "GET",
+    body: bytes = b"",
+    remote_addr: str = "127.0.0.1",
+    **headers: str,
+) -> Answer:
+    path, _, query = path.partition("?")
     environ: dict[str, Any] = {
         "PATH_INFO": path,
+        "QUERY_STRING": query,
         "REQUEST_METHOD": method,
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
         "HTTP_HOST": HOST,
+        "REMOTE_ADDR": remote_addr,
     }
     environ.update({f"HTTP_{k.upper()}": v for k, v in headers.items()})
     got: list[Any] = []
@@ -228,3 +240,158 @@ def test_requests_are_bounded_a_large_body_and_too_many_at_once_are_refused(
         assert app._slots.acquire(blocking=False)
     busy = call(app, "/")
     assert busy.code == 503 and busy.headers["Retry-After"] == "1"
+
+
+def _has_security_headers(answer: Answer) -> bool:
+    return (
+        "script-src 'self'" in answer.headers.get("Content-Security-Policy", "")
+        and answer.headers.get("X-Content-Type-Options") == "nosniff"
+        and answer.headers.get("Referrer-Policy") == "no-referrer"
+    )
+
+
+def test_malformed_requests_get_a_clear_answer_never_a_crash(
+    setup: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, store, _ = setup
+    job_id = quarantine(store, root, "a.jpg", product_image(60, 40))
+    app = make_app(setup)
+    cookie, csrf = session(app)
+    origin = f"http://{HOST}"
+    form = f"job={job_id}".encode()
+    many = b"&".join(b"a%d=1" % i for i in range(11)) + b"&" + form
+    answers = {
+        "non-ASCII CSRF token": (
+            call(app, "/retry", "POST", form, cookie=cookie, origin=origin, x_csrf_token="\xe9"),
+            403,
+        ),
+        "non-ASCII cookie": (call(app, "/api/status", cookie=f"{COOKIE}=a.\xe9"), 200),
+        "too many fields": (
+            call(app, "/retry", "POST", many, cookie=cookie, origin=origin, x_csrf_token=csrf),
+            400,
+        ),
+        "a 5000-digit id": (call(app, "/thumb/" + "9" * 5000 + "/before", cookie=cookie), 404),
+        "a non-ASCII digit": (call(app, f"/thumb/\u0660{job_id}/before", cookie=cookie), 404),
+    }
+    for what, (answer, code) in answers.items():
+        assert answer.code == code, what
+        assert _has_security_headers(answer), what
+    assert store.quarantined() != []  # none of them did anything
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_a_logged_500_with_the_security_headers(
+    setup: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken_hosts() -> None:
+        raise RuntimeError("the fleet table is gone; token=s3cret")
+
+    app = make_app(setup, hosts=broken_hosts)
+    answer = call(app, "/api/status", cookie="x=s3cret")
+    assert answer.code == 500 and _has_security_headers(answer)
+    assert "s3cret" not in answer.text
+    logged = capsys.readouterr()
+    assert "page.error" in logged.err and "RuntimeError" in logged.err
+    assert "Traceback" not in logged.err and "s3cret" not in logged.err + logged.out
+
+
+def test_wrong_tokens_from_one_address_do_not_lock_out_another(setup: Any) -> None:
+    app = make_app(setup, host="0.0.0.0", token="s3cret-token")
+    h = {"host": "bg.example:443", "origin": "https://bg.example:443"}
+    attacker, user = "203.0.113.9", "198.51.100.7"
+    for _ in range(LOGIN_FAILURES_PER_MINUTE):
+        assert call(app, "/login", "POST", b"token=guess", attacker, **h).code == 403
+    assert call(app, "/login", "POST", b"token=guess", attacker, **h).code == 429
+    # The attacker stays refused, even with the right token (else 429 would not slow guessing).
+    assert call(app, "/login", "POST", b"token=s3cret-token", attacker, **h).code == 429
+    ok = call(app, "/login", "POST", b"token=s3cret-token", user, **h)
+    assert ok.code == 303 and ok.cookies
+
+
+def test_the_login_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    guard = Guard("0.0.0.0", 9808, "s3cret-token")
+    for i in range(MAX_CLIENTS * 2):
+        assert guard.check_token("guess", 1000.0 + i / 1000, f"10.0.{i // 256}.{i % 256}") is False
+    assert guard.clients_remembered() <= MAX_CLIENTS
+    # A minute on, every failure has expired: a new one leaves one address remembered.
+    assert guard.check_token("guess", 1100.0, "10.9.9.9") is False
+    assert guard.clients_remembered() == 1
+
+
+def test_an_address_is_refused_only_while_its_failures_are_recent() -> None:
+    guard = Guard("0.0.0.0", 9808, "s3cret-token")
+    for i in range(LOGIN_FAILURES_PER_MINUTE - 1):
+        assert guard.check_token("guess", 1000.0 + i / 100, "10.0.0.1") is False
+    assert guard.check_token("guess", 1030.0, "10.0.0.2") is False  # another, failing later
+    assert guard.check_token("guess", 1059.0, "10.0.0.1") is False  # the tenth in a minute
+    assert guard.check_token("s3cret-token", 1059.5, "10.0.0.1") is None
+    # A minute after its first nine, 10.0.0.1 has one recent failure: it may try again.
+    assert guard.check_token("s3cret-token", 1061.0, "10.0.0.1") is True
+
+
+def _thumb_urls(app: PageApp) -> list[str]:
+    return re.findall(r'<img src="(/thumb/[^"]+)"', call(app, "/").text)
+
+
+def test_cached_thumbnails_need_no_render_slot_and_may_be_kept_by_the_browser(
+    setup: Any,
+) -> None:
+    root, store, _ = setup
+    for i in range(8):
+        quarantine(store, root, f"p{i}.jpg", product_image(60 + i, 40))
+    app = make_app(setup)
+    urls = _thumb_urls(app)
+    assert len(urls) == 8 and all("?v=" in url for url in urls)
+    assert all(call(app, url).code == 200 for url in urls)  # made once, now cached
+    for _ in range(web_app.MAX_RENDERS):  # every render slot taken (pages being made)
+        assert app._slots.acquire(blocking=False)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda url: call(app, url), urls))
+    assert [a.code for a in answers] == [200] * 8
+    for answer in answers:
+        assert answer.headers["Content-Type"] == "image/png" and _has_security_headers(answer)
+        assert answer.headers["Cache-Control"].startswith("private, max-age=")
+    # Without the version the page names (an old or made-up URL): served, never kept.
+    bare = call(app, urls[0].partition("?")[0])
+    assert bare.code == 200 and bare.headers["Cache-Control"] == "no-store"
+    assert call(app, urls[0] + "0").headers["Cache-Control"] == "no-store"
+
+
+def test_a_thumbnail_url_changes_when_its_job_does(setup: Any) -> None:
+    root, store, _ = setup
+    job_id = quarantine(store, root, "a.jpg", product_image(60, 40))
+    app = make_app(setup)
+    cookie, csrf = session(app)
+    (before,) = _thumb_urls(app)
+    origin = f"http://{HOST}"
+    form = f"job={job_id}".encode()
+    assert (
+        call(app, "/retry", "POST", form, cookie=cookie, origin=origin, x_csrf_token=csrf).code
+        == 200
+    )
+    job = store.claim(60)
+    assert job is not None and job.id == job_id
+    # Mended and sent again (the worker records the new version), then quarantined again.
+    mended = root / "q" / "a.jpg"
+    mended.write_bytes(product_image(80, 50))
+    st = mended.stat()
+    store.record_version(job, st.st_size, st.st_mtime_ns, st.st_ino)
+    store.quarantine(job, "corrupt_image", "again", None, location="a.jpg")
+    (after,) = _thumb_urls(app)
+    assert after != before and after.startswith(f"/thumb/{job_id}/before?v=")
+
+
+def test_an_uncached_thumbnail_waits_a_bounded_while_for_a_render_slot(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, store, _ = setup
+    quarantine(store, root, "a.jpg", product_image(60, 40))
+    monkeypatch.setattr(web_app, "THUMB_WAIT_SECONDS", 0.05)
+    app = make_app(setup)
+    (url,) = _thumb_urls(app)
+    for _ in range(web_app.MAX_RENDERS):
+        assert app._slots.acquire(blocking=False)
+    busy = call(app, url)
+    assert busy.code == 503 and busy.headers["Retry-After"] == "1"
+    app._slots.release()
+    assert call(app, url).code == 200
