@@ -270,6 +270,8 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "bgsyncd_resends": ("counter", set()),
     "bgsyncd_folder_up": ("gauge", {"folder"}),
     "bgsyncd_upload_bytes": ("counter", {"endpoint"}),
+    "bgsyncd_hooks": ("counter", {"folder", "kind", "result"}),
+    "bgsyncd_hooks_pending": ("gauge", set()),
 }
 
 
