@@ -247,6 +247,8 @@ def _encode(img: Image.Image, meta: _Meta, fmt: str, background: str) -> bytes:
         flat = Image.new("RGB", img.size, colour)
         flat.paste(img, mask=img.getchannel("A"))
         img = flat
+    elif img.mode == "RGBA":
+        _clear_hidden(img)
     if fmt == "png":
         return codec.save(
             img,
@@ -266,6 +268,24 @@ def _encode(img: Image.Image, meta: _Meta, fmt: str, background: str) -> bytes:
     return codec.save(
         img, "JPEG", quality=_QUALITY, exif=meta.exif, icc_profile=meta.icc, dpi=meta.dpi
     )
+
+
+_HIDDEN = [255] + [0] * 255  # alpha -> where the colour cannot be seen
+
+
+def _clear_hidden(img: Image.Image) -> None:
+    """Make every fully transparent pixel of an RGBA cut-out transparent black, in place.
+
+    No viewer shows a colour under alpha 0, but zlib still has to encode it:
+    the old backdrop's detail made a photo's PNG cut-out about five times
+    larger and its encoding three times slower (bench/upload.py) than the same
+    cut-out with nothing behind it. Every pixel with alpha above 0 keeps its
+    colour (SPEC §5's exactness holds there). In place: one "L" mask, no
+    second copy of the image.
+    """
+    hidden = img.getchannel("A").point(_HIDDEN)
+    if hidden.getbbox() is not None:
+        img.paste((0, 0, 0, 0), mask=hidden)
 
 
 def _parse_background(background: str) -> tuple[int, int, int] | None:

@@ -513,7 +513,8 @@ def test_render_refuses_an_undecodable_answer_as_unusable() -> None:
         (Image.new("RGB", (40, 20), (0, 0, 255)).convert("P"), (0, 0, 255, 255)),
         (Image.new("I;16", (40, 20), 32768), (128, 128, 128, 255)),
         (Image.new("LA", (40, 20), (77, 255)), (77, 77, 77, 255)),
-        (Image.new("LA", (40, 20), (77, 0)), (77, 77, 77, 0)),  # its own transparency kept
+        # Its own transparency kept; no colour is kept where nothing can be seen.
+        (Image.new("LA", (40, 20), (77, 0)), (0, 0, 0, 0)),
     ],
     ids=["cmyk", "palette", "16-bit", "la", "la-clear"],
 )
@@ -883,3 +884,22 @@ def test_imaging_and_emulator_modules_stay_under_400_lines() -> None:
     assert len(modules) >= 10
     long = {m.name: n for m in modules if (n := len(m.read_text().splitlines())) > 400}
     assert not long, f"modules over 400 lines: {long}"
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_no_colour_is_kept_where_the_cutout_is_fully_transparent(fmt: str) -> None:
+    # A busy backdrop: every pixel differs. Under alpha 0 nothing is seen, so nothing is
+    # encoded there; wherever alpha is above 0 the original's colours stay exact.
+    noise = Image.effect_noise((120, 80), 60).convert("RGB")
+    original = _encode(noise)
+    out = open_image(_cutout(original, _encode(_half_mask(120, 80)), fmt=fmt))
+    alpha = out.getchannel("A")
+    hidden = [out.getpixel((x, y)) for x in range(60) for y in range(80)]
+    assert set(hidden) == {(0, 0, 0, 0)}
+    seen = [(x, y) for x in range(60, 120) for y in range(80) if alpha.getpixel((x, y)) == 255]
+    assert len(seen) == 60 * 80
+    assert all(out.getpixel(xy)[:3] == noise.getpixel(xy) for xy in seen)
+    # What it is for: the cut-out is a fraction of one that keeps the backdrop's noise.
+    kept = noise.copy()
+    kept.putalpha(_half_mask(120, 80))
+    assert len(_cutout(original, _encode(_half_mask(120, 80)))) < 0.7 * len(_encode(kept))
