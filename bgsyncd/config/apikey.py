@@ -21,13 +21,11 @@ from bgsyncd.errors import ConfigError, describe_os_error
 
 KEY_ENV = "BGSYNCD_API_KEY"
 CREDENTIAL = "$CREDENTIALS_DIRECTORY/api_key"
-SECRET_CREDENTIAL = "$CREDENTIALS_DIRECTORY/webhook_secret"  # noqa: S105 (a place)
 # An HTTP header value: a key with spaces or control characters would make the
 # HTTP library raise an error that quotes it, so such a key is refused here.
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
 _MAX_KEY_BYTES = 4096
 _KEY_SHAPE = "does not hold an API key: expected one line of printable ASCII without spaces"
-PAGE_CREDENTIAL = "$CREDENTIALS_DIRECTORY/page_token"
 _TOKEN_SHAPE = "does not hold a token: expected one line of printable ASCII without spaces"  # noqa: S105 (a message)
 _SIGNING_SHAPE = "does not hold a secret: expected one line of printable ASCII without spaces"
 
@@ -64,25 +62,33 @@ def resolve_api_key(key_file: str, env: Mapping[str, str], file: Path) -> ApiKey
 def resolve_page_token(token_file: str, env: Mapping[str, str], file: Path) -> ApiKey:
     """The status page's token (SPEC §11): ``metrics.page_token_file``, else the systemd
     credential ``page_token``; read, checked and kept secret like the API key."""
-    if token_file:
-        prefix = f"{file}: invalid configuration: "
-        return _read_key_file(Path(token_file), "metrics.page_token_file", prefix, _TOKEN_SHAPE)
-    if env.get("CREDENTIALS_DIRECTORY"):
-        path = Path(env["CREDENTIALS_DIRECTORY"]) / "page_token"
-        if os.path.lexists(path):
-            return _read_key_file(path, PAGE_CREDENTIAL, "", _TOKEN_SHAPE)
-    return ApiKey(None, "")
+    return _secret_file_or_credential(
+        token_file, "metrics.page_token_file", "page_token", env, file, _TOKEN_SHAPE
+    )
 
 
 def resolve_webhook_secret(secret_file: str, env: Mapping[str, str], file: Path) -> ApiKey:
     """``hooks.secret_file``, else the systemd credential ``webhook_secret``, else none."""
-    if secret_file:
+    return _secret_file_or_credential(
+        secret_file, "hooks.secret_file", "webhook_secret", env, file, _SIGNING_SHAPE
+    )
+
+
+def _secret_file_or_credential(
+    configured: str, key: str, credential: str, env: Mapping[str, str], file: Path, shape: str
+) -> ApiKey:
+    """The file named by the configuration's ``key``, else ``$CREDENTIALS_DIRECTORY/credential``.
+
+    A configured file that is missing is an error naming ``key``; a missing
+    credential means none.
+    """
+    if configured:
         prefix = f"{file}: invalid configuration: "
-        return _read_key_file(Path(secret_file), "hooks.secret_file", prefix, _SIGNING_SHAPE)
+        return _read_key_file(Path(configured), key, prefix, shape)
     if env.get("CREDENTIALS_DIRECTORY"):
-        path = Path(env["CREDENTIALS_DIRECTORY"]) / "webhook_secret"
+        path = Path(env["CREDENTIALS_DIRECTORY"]) / credential
         if os.path.lexists(path):
-            return _read_key_file(path, SECRET_CREDENTIAL, "", _SIGNING_SHAPE)
+            return _read_key_file(path, f"$CREDENTIALS_DIRECTORY/{credential}", "", shape)
     return ApiKey(None, "")
 
 
