@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bgsyncd.files.names import fill_template
+
 # SPEC §9 "Presets": the keys each one fills in when they are not set beside it.
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "amazon": {
@@ -143,11 +145,6 @@ def check_template(template: str) -> None:
     shortest = fill_template(template, stem="x", ext="", folder="x")
     if shortest in ("", ".", ".."):
         raise ValueError("could make an empty name, '.' or '..'")
-
-
-def fill_template(template: str, *, stem: str, ext: str, folder: str) -> str:
-    """``template`` with its fields filled in (checked by :func:`check_template` first)."""
-    return template.format(stem=stem, ext=ext, folder=folder)
 
 
 Align = Literal["center", "bottom"]

@@ -60,6 +60,11 @@ def fit_name(base: str, rest: str, relpath: str, numbered: str = "", keep: int =
     return cut_utf8(base, room) + path_tag(relpath) + numbered + rest
 
 
+def fill_template(template: str, *, stem: str, ext: str, folder: str) -> str:
+    """``name_template`` with its fields filled in (checked by the configuration first)."""
+    return template.format(stem=stem, ext=ext, folder=folder)
+
+
 def output_candidates(
     relpath: str, ext: str, template: str = "{stem}", folder: str = ""
 ) -> Iterator[str]:
@@ -77,7 +82,7 @@ def output_candidates(
     stem, own_ext = pure.stem, pure.suffix[1:]
 
     def base(of: str) -> str:
-        return template.format(stem=of, ext=own_ext, folder=folder)
+        return fill_template(template, stem=of, ext=own_ext, folder=folder)
 
     rest = f".{ext}"
     first = fit_name(base(stem), rest, relpath)

@@ -71,6 +71,7 @@ from bgsyncd.imaging.cutouts import (
     Rendered,
     check_cutout,
     check_matte,
+    output_extension,
     render,
     render_all,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "inspect",
     "make_proxy",
     "make_thumbnail",
+    "output_extension",
     "plan_upload",
     "render",
     "render_all",

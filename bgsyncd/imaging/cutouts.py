@@ -30,6 +30,12 @@ from bgsyncd.imaging.plan import Size
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 """Output format -> file extension."""
 
+
+def output_extension(output: str, fmt: str) -> str:
+    """The primary output's file extension: a mask alone is always a PNG."""
+    return "png" if output == "mask" else EXTENSIONS[fmt]
+
+
 _QUALITY = 90
 # zlib level 1, not Pillow's 6: a 6000 x 4000 RGBA cut-out encodes in about 1.8 s
 # instead of 11 s for about 3 % more bytes. Output encoding dominates the time from

@@ -39,7 +39,7 @@ def _expected(
 ) -> list[str]:
     """The unsuffixed names of ``relpath``'s outputs in one tree (the folder's own or a
     rendition's)."""
-    ext = "png" if tree.output == "mask" else imaging.EXTENSIONS[tree.format]
+    ext = imaging.output_extension(tree.output, tree.format)
     primary = next(outputs.output_candidates(relpath, ext, tree.name_template, folder.name))
     if tree.output == "both":
         return [primary, next(outputs.mask_candidates(primary, relpath))]

@@ -147,5 +147,5 @@ def after_success_target(folder: FolderSettings) -> tuple[str, str]:
 def _candidates(job: Job, folder: FolderSettings, tree: Tree) -> Iterator[str]:
     """A tree's primary output names, in order (SPEC §4, after ``name_template``)."""
     finishing = tree.finishing
-    ext = "png" if finishing.output == "mask" else imaging.EXTENSIONS[finishing.format]
+    ext = imaging.output_extension(finishing.output, finishing.format)
     return outputs.output_candidates(job.relpath, ext, finishing.name_template, folder.name)

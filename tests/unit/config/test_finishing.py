@@ -13,13 +13,13 @@ from bgsyncd.config.finishing import (
     Canvas,
     Margin,
     check_template,
-    fill_template,
     parse_canvas,
     parse_margin,
 )
 from bgsyncd.config.loading import render_settings
 from bgsyncd.config.schema import Settings
 from bgsyncd.errors import ConfigError
+from bgsyncd.files.names import fill_template
 from bgsyncd.service.backends import load_settings
 from tests.support.configs import FOLDER
 
