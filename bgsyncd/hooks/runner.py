@@ -75,7 +75,9 @@ def hook_config(settings: Settings) -> HookConfig:
 def backoff(failed: int, base: float, cap: float, rng: Callable[[], float]) -> float:
     """Seconds before the next try after ``failed`` failed tries: ``base``, then
     doubling, each up to a quarter more at random (jitter), never over ``cap``."""
-    return float(min(cap, base * 2 ** (failed - 1) * (1.0 + 0.25 * rng())))
+    # The exponent stops at 64 (far above any cap): max_attempts is the operator's to
+    # choose, and 2 ** 1100 would not convert to a float at all.
+    return float(min(cap, base * 2.0 ** min(failed - 1, 64) * (1.0 + 0.25 * rng())))
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     assert backoff(2, 5, 300, lambda: 0.0) == 10
     assert backoff(3, 5, 300, lambda: 1.0) == 25
     assert backoff(20, 5, 300, lambda: 1.0) == 300
+    assert backoff(5000, 5, 300, lambda: 1.0) == 300  # a huge max_attempts is no crash
 
 
 def test_a_killed_runs_claims_are_given_back_at_start(tmp_path: Path) -> None:
