@@ -60,10 +60,7 @@ def _open_fleet(settings: Settings, hosts: list[dict[str, Any]]) -> Store | None
     except BaseException:
         view.close()
         raise
-    hosts[:] = [
-        {"id": h.id, "folders": list(h.folders), "last_seen": h.last_seen, "in_flight": h.in_flight}
-        for h in listed
-    ]
+    hosts[:] = [h.as_json() for h in listed]
     return view
 
 

@@ -28,6 +28,15 @@ class Host:
     last_seen: float
     in_flight: int
 
+    def as_json(self) -> dict[str, object]:
+        """This host as ``status --json`` lists it (and the status page)."""
+        return {
+            "id": self.id,
+            "folders": list(self.folders),
+            "last_seen": self.last_seen,
+            "in_flight": self.in_flight,
+        }
+
 
 class Hosts:
     """The fleet's host rows: heartbeats, lease renewal and takeover."""

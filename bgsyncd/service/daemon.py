@@ -224,11 +224,7 @@ class Daemon:
         """The fleet's hosts as ``status --json`` lists them; None on SQLite."""
         if self.fleet is None:
             return None
-        return [
-            {"id": h.id, "folders": list(h.folders), "last_seen": h.last_seen, "in_flight": n}
-            for h in self.fleet.hosts.listed()
-            for n in [h.in_flight]
-        ]
+        return [h.as_json() for h in self.fleet.hosts.listed()]
 
     def _wake_dispatch(self) -> None:
         self.publisher.dirty.set()
